@@ -1,0 +1,25 @@
+"""Evaluate an encoder on a language's test split: ``python evaluate.py [overrides]`` (see conf/evaluate.yaml).
+
+Zero-shot:   python evaluate.py model=me5_small language=th
+A checkpoint: python evaluate.py language=th checkpoint=outputs/train/runs/<time>/encoder
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from mdr.pipeline import evaluate, run_task
+from mdr.utils.instantiate import register_resolvers
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns MRR@100."""
+    return run_task(cfg, evaluate).get("metrics", {}).get("mrr@100")
+
+
+if __name__ == "__main__":
+    main()

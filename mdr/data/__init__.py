@@ -1,0 +1,1 @@
+"""Retrieval data: schemas, readers, negative sampling, batching."""

@@ -1,0 +1,121 @@
+"""Per-epoch negatives: ``round(p * k)`` from the query's hard-negative pool, the rest random from the corpus.
+
+``p`` is ``hard_proportion`` and ``k`` ``num_negatives``. With ``p = 0`` this is standard (random)
+negative sampling; with ``p = 1`` every negative is mined. Draws are deterministic per
+``(seed, epoch, query_id)`` and never include a positive.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from mdr.data.schema import DataError, RetrievalSplit, TrainingExample
+from mdr.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+HardNegativePools = Mapping[str, Sequence[str]]
+"""query_id -> ranked candidate docids (positives already removed by the miner)."""
+
+
+def num_hard(hard_proportion: float, num_negatives: int) -> int:
+    """``round(p * k)`` with halves rounded up (Python's ``round`` rounds halves to even)."""
+    return int(math.floor(hard_proportion * num_negatives + 0.5))
+
+
+@dataclass
+class SamplingStats:
+    """What one epoch's sampling did, for logging."""
+
+    examples: int = 0
+    hard: int = 0
+    random: int = 0
+    hard_shortfall: int = 0
+    queries_short_of_hard: int = 0
+    queries_without_positive: int = 0
+
+
+class NegativeSampler:
+    """Draws each training query's k negatives for one epoch.
+
+    Args:
+        num_negatives: k, negatives per query (0 trains on in-batch negatives only).
+        hard_proportion: p in [0, 1], the share of the k negatives taken from the hard pool.
+        seed: base seed; the draw for a query depends only on (seed, epoch, query_id).
+        strict: if true, a query whose pool holds fewer than round(p*k) usable candidates is an error;
+            otherwise the missing hard negatives are replaced by random ones and counted.
+    """
+
+    def __init__(self, num_negatives: int, hard_proportion: float, seed: int = 0, strict: bool = False) -> None:
+        if not 0.0 <= float(hard_proportion) <= 1.0:
+            raise ValueError(f"negatives.hard_proportion must be in [0, 1], got {hard_proportion}")
+        if num_negatives < 0:
+            raise ValueError(f"negatives.num_negatives must be >= 0, got {num_negatives}")
+        self.num_negatives = int(num_negatives)
+        self.hard_proportion = float(hard_proportion)
+        self.seed = int(seed)
+        self.strict = strict
+        self.num_hard = num_hard(self.hard_proportion, self.num_negatives)
+
+    def _rng(self, epoch: int, query_id: str) -> random.Random:
+        return random.Random(f"{self.seed}:{epoch}:{query_id}")
+
+    def draw(
+        self, query_id: str, positives: set[str], pool: Sequence[str], corpus_ids: Sequence[str], epoch: int
+    ) -> tuple[list[str], int]:
+        """Negatives for one query and how many hard ones the pool could not supply."""
+        rng = self._rng(epoch, query_id)
+        candidates = list(dict.fromkeys(docid for docid in pool if docid not in positives))
+        hard = rng.sample(candidates, min(self.num_hard, len(candidates)))
+        shortfall = self.num_hard - len(hard)
+        if shortfall and self.strict:
+            raise DataError(
+                f"query {query_id!r}: hard-negative pool has {len(candidates)} usable candidates, "
+                f"{self.num_hard} needed (negatives.strict=true)"
+            )
+        taken = set(hard) | positives
+        available = len(corpus_ids) - len(taken)
+        wanted = self.num_negatives - len(hard)
+        if wanted > available:
+            raise DataError(f"query {query_id!r}: corpus has {available} non-positive passages, {wanted} needed")
+        randoms: list[str] = []
+        while len(randoms) < wanted:
+            docid = corpus_ids[rng.randrange(len(corpus_ids))]
+            if docid not in taken:
+                taken.add(docid)
+                randoms.append(docid)
+        return hard + randoms, shortfall
+
+    def examples(
+        self, split: RetrievalSplit, pools: HardNegativePools, epoch: int
+    ) -> tuple[list[TrainingExample], SamplingStats]:
+        """One epoch's training examples (queries without a positive are skipped and counted)."""
+        corpus_ids = sorted(split.corpus)
+        stats = SamplingStats()
+        examples: list[TrainingExample] = []
+        for query_id in sorted(split.queries):
+            positives = split.positives(query_id)
+            if not positives:
+                stats.queries_without_positive += 1
+                continue
+            negatives, shortfall = self.draw(query_id, set(positives), pools.get(query_id, ()), corpus_ids, epoch)
+            positive = self._rng(epoch, query_id + "/positive").choice(sorted(positives))
+            examples.append(TrainingExample(query_id, split.queries[query_id].text, positive, tuple(negatives)))
+            stats.hard_shortfall += shortfall
+            stats.queries_short_of_hard += shortfall > 0
+            stats.hard += self.num_hard - shortfall
+            stats.random += len(negatives) - (self.num_hard - shortfall)
+        stats.examples = len(examples)
+        if not examples:
+            raise DataError(f"no training query has a positive passage ({len(split.queries)} queries read)")
+        if stats.queries_without_positive:
+            log.warning("skipped %d training queries with no positive passage", stats.queries_without_positive)
+        if stats.hard_shortfall:
+            log.warning(
+                "epoch %d: %d queries had fewer than %d hard candidates; %d hard negatives replaced by random ones",
+                epoch, stats.queries_short_of_hard, self.num_hard, stats.hard_shortfall,
+            )
+        return examples, stats

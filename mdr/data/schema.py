@@ -1,0 +1,62 @@
+"""Typed records shared by readers, samplers, collators and the evaluator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and line, or the key, at fault."""
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One corpus entry."""
+
+    docid: str
+    text: str
+    title: str = ""
+
+
+@dataclass(frozen=True)
+class Query:
+    """One query."""
+
+    query_id: str
+    text: str
+
+
+Qrels = dict[str, dict[str, int]]
+"""query_id -> {docid: relevance grade}."""
+
+
+@dataclass
+class RetrievalSplit:
+    """One language's corpus and one split's queries, relevance judgements and shipped negatives.
+
+    Attributes:
+        corpus: docid -> passage.
+        queries: query_id -> query.
+        qrels: query_id -> {docid: grade}; grade > 0 means relevant.
+        shipped_negatives: query_id -> docids listed as negatives by the dataset itself
+            (Mr. TyDi / MIRACL ``negative_passages``); empty for sets that ship none.
+    """
+
+    corpus: dict[str, Passage]
+    queries: dict[str, Query]
+    qrels: Qrels
+    shipped_negatives: dict[str, list[str]] = field(default_factory=dict)
+
+    def positives(self, query_id: str) -> list[str]:
+        """Docids judged relevant for ``query_id``."""
+        return [docid for docid, grade in self.qrels.get(query_id, {}).items() if grade > 0]
+
+
+@dataclass(frozen=True)
+class TrainingExample:
+    """A query with its positive and the k negatives drawn for one epoch."""
+
+    query_id: str
+    query: str
+    positive: str
+    negatives: tuple[str, ...]

@@ -1,0 +1,28 @@
+"""Distributed helpers that are the identity on a single process."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def world_size_and_rank() -> tuple[int, int]:
+    """``(world_size, rank)``; ``(1, 0)`` when torch.distributed is not initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` from every process along dim 0, keeping gradients for all slots.
+
+    ``torch.distributed.nn.functional.all_gather`` sums the incoming gradients back to the owning
+    rank in backward, so with DDP's gradient averaging the result is the gradient of the mean loss
+    over all ranks: no extra scaling by the world size is needed. Shapes must match across ranks.
+    """
+    world_size, _ = world_size_and_rank()
+    if world_size == 1:
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor.contiguous()), dim=0)

@@ -1,0 +1,55 @@
+"""MRR@100, Recall@100 and nDCG@10 with trec_eval's conventions, per query and averaged.
+
+Matches ``trec_eval -c -M 100 -m recip_rank -m recall.100 -m ndcg_cut.10``:
+* documents are ranked by score descending, ties broken by docid descending (trec_eval ignores the
+  rank column of the run file);
+* ``-M 100`` keeps the top 100 per query before any measure;
+* ``-c`` averages over every query in the qrels that has a relevant document, a query missing from the
+  run scoring 0;
+* nDCG gains are the qrels grades with a log2(rank + 1) discount, the ideal ranking from the qrels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from mdr.data.schema import Qrels
+
+Run = Mapping[str, Mapping[str, float]]
+"""query_id -> {docid: score}."""
+
+METRICS = ("mrr@100", "recall@100", "ndcg@10")
+
+
+def ranked(scores: Mapping[str, float], depth: int = 100) -> list[str]:
+    """Docids in trec_eval order (score desc, docid desc), cut at ``depth``."""
+    return [docid for docid, _ in sorted(scores.items(), key=lambda item: (item[1], item[0]), reverse=True)][:depth]
+
+
+def query_metrics(ranking: list[str], judged: Mapping[str, int]) -> dict[str, float]:
+    """The three measures for one query given its trec_eval-ordered ranking."""
+    relevant = {docid for docid, grade in judged.items() if grade > 0}
+    reciprocal_rank = next((1.0 / rank for rank, docid in enumerate(ranking, 1) if docid in relevant), 0.0)
+    recall = sum(docid in relevant for docid in ranking[:100]) / len(relevant)
+    dcg = sum(max(judged.get(docid, 0), 0) / math.log2(rank + 1) for rank, docid in enumerate(ranking[:10], 1))
+    ideal_grades = sorted((grade for grade in judged.values() if grade > 0), reverse=True)[:10]
+    ideal = sum(grade / math.log2(rank + 1) for rank, grade in enumerate(ideal_grades, 1))
+    return {"mrr@100": reciprocal_rank, "recall@100": recall, "ndcg@10": dcg / ideal}
+
+
+def evaluate_run(run: Run, qrels: Qrels, depth: int = 100) -> dict[str, dict[str, float]]:
+    """Per-query measures for every query in ``qrels`` with a relevant document (absent from run: 0)."""
+    per_query: dict[str, dict[str, float]] = {}
+    for query_id, judged in qrels.items():
+        if not any(grade > 0 for grade in judged.values()):
+            continue
+        per_query[query_id] = query_metrics(ranked(run.get(query_id, {}), depth), judged)
+    return per_query
+
+
+def mean_metrics(per_query: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Averages over queries (the ``-c`` mean when ``per_query`` came from :func:`evaluate_run`)."""
+    if not per_query:
+        raise ValueError("no judged query to average over")
+    return {name: sum(values[name] for values in per_query.values()) / len(per_query) for name in METRICS}

@@ -1,0 +1,1 @@
+"""Hard-negative mining: retrieve candidates per training query, drop positives, cache the pool."""

@@ -1,0 +1,125 @@
+"""Hard-negative pools: mine once per (corpus, queries, miner settings), cache on disk, filter per run.
+
+A pool maps each training query to ranked candidates ``(docid, score)`` with its positives removed.
+The false-negative controls (``range_min``/``range_max``, optional score ``margin`` relative to the
+positive) are applied when a pool is used, so one cached pool serves every setting of a sweep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mdr.data.schema import DataError, RetrievalSplit
+from mdr.utils.io import atomic_write_lines
+from mdr.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+Candidates = list[tuple[str, float]]
+RawPools = dict[str, Candidates]
+"""query_id -> ranked (docid, score), best first, positives removed."""
+
+
+def fingerprint(split: RetrievalSplit) -> str:
+    """A short hash of the corpus texts and the queries, so a changed data set never reuses a stale pool."""
+    digest = hashlib.sha256()
+    for docid in sorted(split.corpus):
+        passage = split.corpus[docid]
+        digest.update(f"{docid}\t{passage.title}\t{passage.text}\n".encode())
+    for query_id in sorted(split.queries):
+        digest.update(f"{query_id}\t{split.queries[query_id].text}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def cache_path(cache_dir: str | Path, split: RetrievalSplit, language: str, settings: Mapping[str, object]) -> Path:
+    """``<cache_dir>/pools/<language>-<source>-<hash>.jsonl`` for these data and miner settings."""
+    key = json.dumps({"data": fingerprint(split), "language": language, **settings}, sort_keys=True, default=str)
+    name = f"{language}-{settings.get('source', 'pool')}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsonl"
+    return Path(cache_dir) / "pools" / name
+
+
+def save_pools(path: Path, pools: RawPools) -> None:
+    """One JSON line per query: ``{"query_id", "candidates": [[docid, score], ...]}``, atomically."""
+    atomic_write_lines(
+        path, (json.dumps({"query_id": qid, "candidates": pools[qid]}, ensure_ascii=False) for qid in sorted(pools))
+    )
+
+
+def load_pools(path: Path) -> RawPools:
+    """Read a pool file written by :func:`save_pools`."""
+    pools: RawPools = {}
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            try:
+                record = json.loads(line)
+                pools[record["query_id"]] = [(str(d), float(s)) for d, s in record["candidates"]]
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+                raise DataError(f"{path}:{line_number}: malformed pool line ({error})") from error
+    return pools
+
+
+def cached(path: Path, mine: Callable[[], RawPools]) -> RawPools:
+    """Load the pool at ``path`` or mine it and save it there."""
+    if path.is_file():
+        log.info("reusing hard-negative pool %s", path)
+        return load_pools(path)
+    pools = mine()
+    save_pools(path, pools)
+    log.info("mined hard-negative pool for %d queries -> %s", len(pools), path)
+    return pools
+
+
+def drop_positives(ranking: Sequence[tuple[str, float]], positives: set[str]) -> Candidates:
+    """The ranking without the query's positives."""
+    return [(docid, score) for docid, score in ranking if docid not in positives]
+
+
+@dataclass
+class FilterStats:
+    """Candidates removed by the false-negative controls."""
+
+    queries: int = 0
+    kept: int = 0
+    skipped_top: int = 0
+    skipped_margin: int = 0
+    empty: int = 0
+
+
+def filter_pools(
+    pools: RawPools, range_min: int = 0, range_max: int | None = None, margin: float | None = None,
+    positive_scores: Mapping[str, float] | None = None,
+) -> tuple[dict[str, list[str]], FilterStats]:
+    """Apply the sampling range and the score margin; return docid pools and what was skipped.
+
+    Args:
+        range_min: skip the first ``range_min`` candidates (likely unjudged positives).
+        range_max: keep candidates ranked above ``range_max`` (None: all).
+        margin: with ``positive_scores``, drop candidates scoring above ``positive_score - margin``
+            (margin 0 drops negatives that outscore the positive).
+    """
+    if range_min < 0 or (range_max is not None and range_max <= range_min):
+        raise ValueError(f"negatives.pool range must satisfy 0 <= range_min < range_max, got {range_min}, {range_max}")
+    stats = FilterStats()
+    filtered: dict[str, list[str]] = {}
+    for query_id, candidates in pools.items():
+        window = candidates[range_min:range_max]
+        stats.skipped_top += min(range_min, len(candidates))
+        if margin is not None and positive_scores is not None and query_id in positive_scores:
+            ceiling = positive_scores[query_id] - margin
+            kept = [docid for docid, score in window if score <= ceiling]
+            stats.skipped_margin += len(window) - len(kept)
+        else:
+            kept = [docid for docid, _ in window]
+        filtered[query_id] = kept
+        stats.queries += 1
+        stats.kept += len(kept)
+        stats.empty += not kept
+    log.info(
+        "hard-negative pools: %d queries, %d candidates kept, %d skipped as top-ranked, %d by margin, %d empty",
+        stats.queries, stats.kept, stats.skipped_top, stats.skipped_margin, stats.empty,
+    )
+    return filtered, stats

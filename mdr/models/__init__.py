@@ -1,0 +1,1 @@
+"""Encoders: the bi-encoder, its Lightning wrapper and local model builders."""

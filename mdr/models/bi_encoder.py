@@ -1,0 +1,151 @@
+"""A bi-encoder over a Hugging Face backbone: one shared encoder (or two), CLS or mean pooling, optional L2 norm."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+SETTINGS_FILE = "mdr_encoder.json"
+
+
+class ModelLoadError(OSError):
+    """A model path or hub id that cannot be loaded."""
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """How texts become vectors; saved next to the weights so a checkpoint is self-describing."""
+
+    pooling: Literal["cls", "mean"] = "cls"
+    normalize: bool = False
+    shared: bool = True
+    query_max_length: int = 64
+    passage_max_length: int = 256
+    query_prefix: str = ""
+    passage_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("cls", "mean"):
+            raise ValueError(f"model.pooling must be 'cls' or 'mean', got {self.pooling!r}")
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """(batch, seq, dim) hidden states -> (batch, dim) by the first token or the masked mean."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+def _load_backbone(name_or_path: str | Path) -> PreTrainedModel:
+    try:
+        return AutoModel.from_pretrained(str(name_or_path))
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(
+            f"model.name_or_path={str(name_or_path)!r} cannot be loaded: not a model folder here "
+            f"and not reachable on the Hugging Face hub ({error.__class__.__name__})"
+        ) from error
+
+
+def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer saved with a model (or on the hub)."""
+    try:
+        return AutoTokenizer.from_pretrained(str(name_or_path))
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"model.name_or_path={str(name_or_path)!r}: no tokenizer can be loaded ({error})") from error
+
+
+class BiEncoder(nn.Module):
+    """Encodes queries and passages into one vector space.
+
+    Args:
+        query_backbone: the transformer for queries (and passages when shared).
+        passage_backbone: a separate transformer for passages, or None to share ``query_backbone``.
+        settings: pooling, normalisation, lengths and prefixes.
+    """
+
+    def __init__(
+        self, query_backbone: PreTrainedModel, passage_backbone: PreTrainedModel | None, settings: EncoderSettings
+    ) -> None:
+        super().__init__()
+        self.query_backbone = query_backbone
+        self.passage_backbone = passage_backbone
+        self.settings = settings
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, settings: EncoderSettings) -> BiEncoder:
+        """Load a hub model, a local model, or a bi-encoder saved by :meth:`save_pretrained`.
+
+        A saved two-tower bi-encoder (``query_encoder/`` and ``passage_encoder/``) is loaded as such;
+        a single model is used as the shared tower, or copied into two towers if ``settings.shared`` is false.
+        """
+        root = Path(str(name_or_path))
+        if (root / "query_encoder").is_dir():
+            return cls(_load_backbone(root / "query_encoder"), _load_backbone(root / "passage_encoder"), settings)
+        query_backbone = _load_backbone(name_or_path)
+        passage_backbone = None if settings.shared else _load_backbone(name_or_path)
+        return cls(query_backbone, passage_backbone, settings)
+
+    def _encode(self, backbone: PreTrainedModel, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        hidden = backbone(**inputs).last_hidden_state  # (batch, seq, dim)
+        vectors = pool(hidden, inputs["attention_mask"], self.settings.pooling)  # (batch, dim)
+        return F.normalize(vectors, dim=-1) if self.settings.normalize else vectors
+
+    def encode_queries(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(batch, dim) query vectors."""
+        return self._encode(self.query_backbone, inputs)
+
+    def encode_passages(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(batch, dim) passage vectors."""
+        return self._encode(self.passage_backbone or self.query_backbone, inputs)
+
+    def save_pretrained(self, directory: str | Path, tokenizer: PreTrainedTokenizerBase) -> Path:
+        """Save weights, tokenizer and settings; a shared encoder also gets sentence-transformers files.
+
+        ``transformers.AutoModel`` and ``sentence_transformers.SentenceTransformer`` load a shared
+        encoder from ``directory``; a two-tower one is in ``directory/{query,passage}_encoder``.
+        """
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        if self.passage_backbone is None:
+            self.query_backbone.save_pretrained(out)
+            tokenizer.save_pretrained(out)
+            _write_sentence_transformers_files(out, self.settings, self.query_backbone.config.hidden_size)
+        else:
+            for name, backbone in (("query_encoder", self.query_backbone), ("passage_encoder", self.passage_backbone)):
+                backbone.save_pretrained(out / name)
+                tokenizer.save_pretrained(out / name)
+            tokenizer.save_pretrained(out)
+        (out / SETTINGS_FILE).write_text(json.dumps(asdict(self.settings), indent=2) + "\n")
+        return out
+
+
+def _write_sentence_transformers_files(out: Path, settings: EncoderSettings, dim: int) -> None:
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if settings.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (out / "2_Normalize").mkdir(exist_ok=True)
+    (out / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
+    (out / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": settings.passage_max_length, "do_lower_case": False}, indent=2) + "\n"
+    )
+    (out / "config_sentence_transformers.json").write_text(
+        json.dumps({"prompts": {"query": settings.query_prefix, "document": settings.passage_prefix},
+                    "default_prompt_name": None, "similarity_fn_name": "dot"}, indent=2) + "\n"
+    )
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    (out / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": dim, "pooling_mode_cls_token": settings.pooling == "cls",
+                    "pooling_mode_mean_tokens": settings.pooling == "mean"}, indent=2) + "\n"
+    )

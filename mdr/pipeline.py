@@ -1,0 +1,228 @@
+"""What ``train.py`` and ``evaluate.py`` do, as functions of a composed config."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mdr.data.collator import BiEncoderCollator
+from mdr.data.datamodule import RetrievalDataModule
+from mdr.data.negatives import NegativeSampler
+from mdr.data.schema import RetrievalSplit
+from mdr.evaluation.evaluator import evaluate_language
+from mdr.losses import InfoNCELoss
+from mdr.mining.bm25 import bm25s_pools
+from mdr.mining.pools import RawPools, cache_path, cached, drop_positives, filter_pools
+from mdr.models.bi_encoder import BiEncoder, EncoderSettings, load_tokenizer
+from mdr.models.module import BiEncoderModule
+from mdr.utils.instantiate import build_reader, encoder_settings, ensure_model_files
+from mdr.utils.io import atomic_write_json, atomic_write_text
+from mdr.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """The run's folder (the Hydra output folder unless ``paths.output_dir`` is set)."""
+    path = Path(cfg.paths.output_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_task(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]]) -> dict[str, Any]:
+    """Write the resolved config, run ``task``, and on failure leave ``failed.json`` with the error.
+
+    ``metrics.json`` is written by the task itself, atomically, only once everything succeeded.
+    """
+    out = output_dir(cfg)
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+        atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        result = task(cfg)
+    except BaseException as error:
+        if not isinstance(error, KeyboardInterrupt):
+            atomic_write_json(
+                out / "failed.json",
+                {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc(), "time": time.time()},
+            )
+        raise
+    (out / "failed.json").unlink(missing_ok=True)
+    return result
+
+
+def load_splits(cfg: DictConfig) -> tuple[RetrievalSplit | None, RetrievalSplit]:
+    """(train split or None for zero-shot, test split) of the configured language."""
+    reader = build_reader(cfg.data)
+    train = reader.load(cfg.data.train_split) if cfg.get("stage") and cfg.stage.train_target else None
+    test = reader.load(cfg.data.test_split)
+    return train, test
+
+
+def mine_pools(cfg: DictConfig, split: RetrievalSplit) -> RawPools:
+    """The raw (unfiltered) hard-negative pool for the configured source, cached on disk."""
+    pool_cfg = cfg.negatives.pool
+    if pool_cfg.source == "shipped":
+        if not split.shipped_negatives:
+            raise ValueError(f"negatives.pool.source=shipped but data={cfg.data.name} ships no negative_passages")
+        return {q: [(d, 0.0) for d, _ in drop_positives([(d, 0.0) for d in docs], set(split.positives(q)))]
+                for q, docs in split.shipped_negatives.items()}
+    if pool_cfg.source != "bm25":
+        raise ValueError(f"negatives.pool.source={pool_cfg.source!r}: expected bm25 or shipped")
+    settings = {"source": "bm25", "backend": pool_cfg.backend, "depth": int(pool_cfg.depth),
+                "analyzer": cfg.language.analyzer}
+    path = cache_path(cfg.paths.cache_dir, split, cfg.language.code, settings)
+    if pool_cfg.backend == "bm25s":
+        return cached(path, lambda: bm25s_pools(split, int(pool_cfg.depth)))
+    raise ValueError(f"negatives.pool.backend={pool_cfg.backend!r}: expected bm25s or pyserini")
+
+
+def hard_negative_pools(cfg: DictConfig, split: RetrievalSplit) -> dict[str, list[str]]:
+    """Docid pools after the false-negative controls; empty when no hard negative is asked for."""
+    sampler_needs_pool = NegativeSampler(cfg.negatives.num_negatives, cfg.negatives.hard_proportion).num_hard > 0
+    if not sampler_needs_pool:
+        return {}
+    pool_cfg = cfg.negatives.pool
+    pools, _ = filter_pools(mine_pools(cfg, split), int(pool_cfg.range_min), pool_cfg.get("range_max"))
+    return pools
+
+
+def load_encoder(cfg: DictConfig, name_or_path: str | None = None) -> tuple[BiEncoder, Any]:
+    """The configured encoder (built locally first where the model group says how) and its tokenizer."""
+    if name_or_path is None:
+        ensure_model_files(cfg.model)
+        name_or_path = str(cfg.model.name_or_path)
+    settings = encoder_settings(cfg.model)
+    saved = Path(name_or_path) / "mdr_encoder.json"
+    if saved.is_file():
+        settings = EncoderSettings(**json.loads(saved.read_text()))
+    return BiEncoder.from_pretrained(name_or_path, settings), load_tokenizer(name_or_path)
+
+
+def build_loggers(cfg: DictConfig, out: Path) -> list[Any]:
+    """CSV always; W&B (offline unless configured otherwise) grouped by the multirun folder."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers: list[Any] = [CSVLogger(save_dir=str(out), name="csv", version="")]
+    wandb_cfg = cfg.logger.wandb
+    if wandb_cfg.enabled:
+        from lightning.pytorch.loggers import WandbLogger
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        group = wandb_cfg.group or sweep_name(out)
+        loggers.append(WandbLogger(
+            project=wandb_cfg.project, entity=wandb_cfg.entity, group=group, name=run_name(cfg), save_dir=str(out),
+            mode=wandb_cfg.mode, config=OmegaConf.to_container(cfg, resolve=True), job_type=cfg.task_name,
+        ))
+    return loggers
+
+
+def sweep_name(out: Path) -> str:
+    """The multirun folder's name for a sweep job, the run folder's otherwise."""
+    return out.parent.name if out.parent.parent.name == "multiruns" else out.name
+
+
+def run_name(cfg: DictConfig) -> str:
+    """A readable run name: language, model, stage, proportion, seed."""
+    stage = cfg.stage.name if cfg.get("stage") else "eval"
+    proportion = cfg.negatives.hard_proportion if cfg.get("negatives") else "-"
+    return f"{cfg.language.code}-{cfg.model.name}-{stage}-p{proportion}-s{cfg.seed}"
+
+
+def fit(cfg: DictConfig, encoder: BiEncoder, tokenizer: Any, split: RetrievalSplit, out: Path) -> dict[str, Any]:
+    """Train ``encoder`` on ``split`` with the configured negatives; resumes from ``checkpoints/last.ckpt``."""
+    sampler = NegativeSampler(
+        cfg.negatives.num_negatives, cfg.negatives.hard_proportion, seed=cfg.seed, strict=cfg.negatives.strict
+    )
+    settings = encoder.settings
+    collator = BiEncoderCollator(
+        tokenizer, split.corpus, settings.query_max_length, settings.passage_max_length,
+        settings.query_prefix, settings.passage_prefix,
+    )
+    datamodule = RetrievalDataModule(
+        split, hard_negative_pools(cfg, split), sampler, collator, cfg.train.batch_size, cfg.seed,
+        cfg.train.num_workers,
+    )
+    module = BiEncoderModule(
+        encoder, InfoNCELoss(cfg.model.temperature), cfg.train.learning_rate, cfg.train.weight_decay,
+        cfg.train.warmup_ratio,
+    )
+    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0)
+    trainer = pl.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True), default_root_dir=str(out),
+        logger=build_loggers(cfg, out), callbacks=[checkpoints], reload_dataloaders_every_n_epochs=1,
+        enable_model_summary=False,
+    )
+    last = out / "checkpoints" / "last.ckpt"
+    module.train()  # from_pretrained returns modules in eval mode; training wants dropout on
+    started = time.time()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+    stats = datamodule.last_stats
+    return {
+        "trainer": trainer,
+        "summary": {
+            "epochs": trainer.current_epoch, "steps": trainer.global_step, "seconds": round(time.time() - started, 1),
+            "resumed_from": str(last) if trainer.ckpt_path else None,
+            "train_queries": stats.examples if stats else 0, "num_hard": sampler.num_hard,
+            "hard_shortfall_last_epoch": stats.hard_shortfall if stats else 0,
+        },
+    }
+
+
+def evaluate_and_report(cfg: DictConfig, encoder: BiEncoder, tokenizer: Any, test: RetrievalSplit, out: Path,
+                        extra: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate on the test split, write metrics.json atomically, and print MRR@100."""
+    device = "cuda" if torch.cuda.is_available() and cfg.get("trainer", {}).get("accelerator") != "cpu" else "cpu"
+    encoder.to(device)
+    result = evaluate_language(
+        encoder, tokenizer, test, cfg.language.code, out, depth=int(cfg.evaluation.depth),
+        batch_size=int(cfg.evaluation.batch_size), device=device, use_gpu_index=cfg.evaluation.faiss_gpu,
+    )
+    payload = {
+        "language": cfg.language.code, "low_resource": bool(cfg.language.low_resource), "data": cfg.data.name,
+        "model": cfg.model.name, "stage": cfg.stage.name if cfg.get("stage") else "zero_shot",
+        "hard_proportion": float(cfg.negatives.hard_proportion) if cfg.get("negatives") else None,
+        "num_negatives": int(cfg.negatives.num_negatives) if cfg.get("negatives") else None,
+        "seed": int(cfg.seed), "split": cfg.evaluation.split, "num_queries": result.num_queries,
+        "metrics": result.metrics, "run_file": f"runs/{cfg.language.code}.trec",
+        "per_query_file": f"per_query/{cfg.language.code}.tsv", **extra,
+    }
+    atomic_write_json(out / "metrics.json", payload)
+    print(f"[mdr] {payload['language']} {payload['model']} {payload['stage']} p={payload['hard_proportion']} "
+          f"seed={payload['seed']}: MRR@100={result.metrics['mrr@100']:.4f} "
+          f"Recall@100={result.metrics['recall@100']:.4f} nDCG@10={result.metrics['ndcg@10']:.4f}", flush=True)
+    return payload
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit on the target language (unless zero-shot), save the encoder, evaluate, write metrics.json."""
+    out = output_dir(cfg)
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    train_split, test_split = load_splits(cfg)
+    encoder, tokenizer = load_encoder(cfg)
+    extra: dict[str, Any] = {"train": None}
+    if train_split is not None:
+        fitted = fit(cfg, encoder, tokenizer, train_split, out)
+        if not fitted["trainer"].is_global_zero:
+            return {}
+        extra["train"] = fitted["summary"]
+        if cfg.train.save_encoder:
+            encoder.save_pretrained(out / "encoder", tokenizer)
+    return evaluate_and_report(cfg, encoder, tokenizer, test_split, out, extra)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` (or the configured model as it is) on the configured language."""
+    out = output_dir(cfg)
+    reader = build_reader(cfg.data)
+    test_split = reader.load(cfg.data.test_split)
+    encoder, tokenizer = load_encoder(cfg, cfg.checkpoint)
+    return evaluate_and_report(cfg, encoder, tokenizer, test_split, out, {"checkpoint": cfg.checkpoint})

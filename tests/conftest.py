@@ -1,0 +1,62 @@
+"""Shared fixtures: the shared data folder, a tiny local model, and composed configs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from mdr.utils.instantiate import register_resolvers
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("MDR_DATA_DIR", ROOT.parent / "shared" / "data")).resolve()
+XQUAD_SENT = DATA_DIR / "xquad" / "xquad-sent"
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+register_resolvers()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not XQUAD_SENT.is_dir():
+        raise pytest.UsageError(f"shared data not found at {DATA_DIR}: put shared/ beside the repo or set MDR_DATA_DIR")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache per test session: the tiny model and mined pools are built once."""
+    return tmp_path_factory.mktemp("mdr-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(cache_dir: Path) -> Path:
+    """A tiny random BERT with a WordPiece vocabulary trained on the xquad-sent corpora, saved locally."""
+    from mdr.models.builders import build_tiny_bert
+
+    path = cache_dir / "models" / "tiny-bert"
+    if not path.is_dir():
+        build_tiny_bert(str(path), str(XQUAD_SENT / "*" / "corpus.jsonl"), vocab_size=8000)
+    return path
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path, cache_dir: Path, tiny_model: Path) -> Callable[..., DictConfig]:
+    """Compose ``conf/<config_name>.yaml`` with test-sized settings plus ``overrides``."""
+
+    def _make(*overrides: str, config_name: str = "train") -> DictConfig:
+        base = [
+            f"paths.data_dir={DATA_DIR}", f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path / 'run'}",
+            "logger.wandb.enabled=false", "data=demo", "language=th",
+        ]
+        if config_name == "train":
+            base += ["trainer.max_epochs=1", "trainer.enable_progress_bar=false", "+trainer.limit_train_batches=4",
+                     "train.batch_size=8", "negatives.num_negatives=2"]
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return compose(config_name=config_name, overrides=[*base, *overrides])
+
+    return _make

@@ -1,0 +1,83 @@
+"""End to end on CPU: train.py writes config, checkpoint, encoder, run file and metrics.json; evaluate.py agrees."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytrec_eval
+from omegaconf import OmegaConf
+
+from conftest import DATA_DIR, ROOT
+from mdr.pipeline import evaluate, run_task, train
+
+
+def _pytrec_mrr(run_file: Path, qrels_file: Path) -> float:
+    with qrels_file.open() as handle:
+        qrels = pytrec_eval.parse_qrel(handle)
+    with run_file.open() as handle:
+        run = pytrec_eval.parse_run(handle)
+    per_query = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(run)
+    return sum(per_query.get(q, {"recip_rank": 0.0})["recip_rank"] for q in qrels) / len(qrels)
+
+
+def test_train_then_evaluate_writes_consistent_outputs(make_cfg, tmp_path: Path) -> None:  # noqa: ANN001
+    cfg = make_cfg("negatives.hard_proportion=0.5")
+    result = run_task(cfg, train)
+    out = Path(cfg.paths.output_dir)
+    for name in ("config.yaml", "metrics.json", "runs/th.trec", "per_query/th.tsv", "checkpoints/last.ckpt",
+                 "encoder/config.json", "encoder/mdr_encoder.json", "csv/metrics.csv"):
+        assert (out / name).is_file(), name
+    assert not (out / "failed.json").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == result
+    assert metrics["language"] == "th" and metrics["hard_proportion"] == 0.5 and metrics["train"]["steps"] == 4
+    assert metrics["num_queries"] == 635
+    qrels_file = DATA_DIR / "xquad/xquad-para/th/qrels/test.txt"
+    assert round(metrics["metrics"]["mrr@100"], 4) == round(_pytrec_mrr(out / "runs/th.trec", qrels_file), 4)
+    resolved = OmegaConf.load(out / "config.yaml")
+    assert resolved.negatives.hard_proportion == 0.5 and "${" not in (out / "config.yaml").read_text()
+
+    eval_cfg = make_cfg(f"checkpoint={out / 'encoder'}", f"paths.output_dir={tmp_path / 'eval'}", config_name="evaluate")
+    again = run_task(eval_cfg, evaluate)
+    assert again["metrics"] == pytest.approx(metrics["metrics"], abs=1e-4)
+
+
+def test_zero_shot_stage_trains_nothing(make_cfg) -> None:  # noqa: ANN001
+    cfg = make_cfg("stage=zero_shot")
+    result = run_task(cfg, train)
+    out = Path(cfg.paths.output_dir)
+    assert result["train"] is None and not (out / "checkpoints").exists()
+    assert 0.0 <= result["metrics"]["mrr@100"] <= 1.0
+
+
+def test_failure_leaves_failed_json_and_no_metrics(make_cfg) -> None:  # noqa: ANN001
+    cfg = make_cfg("negatives.hard_proportion=1.5")
+    with pytest.raises(ValueError, match=r"negatives.hard_proportion must be in \[0, 1\], got 1.5"):
+        run_task(cfg, train)
+    out = Path(cfg.paths.output_dir)
+    assert "hard_proportion" in json.loads((out / "failed.json").read_text())["error"]
+    assert not (out / "metrics.json").exists()
+
+
+def test_unknown_language_names_the_key(make_cfg) -> None:  # noqa: ANN001
+    cfg = make_cfg("language=sw")
+    with pytest.raises(Exception, match=r"language 'sw' has no data: .*xquad-para/sw does not exist"):
+        run_task(cfg, train)
+
+
+def test_cli_with_wandb_offline(tmp_path: Path, cache_dir: Path, tiny_model: Path) -> None:
+    env = {**os.environ, "MDR_DATA_DIR": str(DATA_DIR), "MDR_CACHE_DIR": str(cache_dir), "WANDB_MODE": "offline"}
+    command = [sys.executable, str(ROOT / "train.py"), "data=demo", "language=hi", "trainer.max_epochs=1",
+               "+trainer.limit_train_batches=2", "train.batch_size=4", "trainer.enable_progress_bar=false",
+               f"hydra.run.dir={tmp_path / 'cli'}"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[mdr] hi tiny target_only" in done.stdout and "MRR@100=" in done.stdout
+    out = tmp_path / "cli"
+    assert (out / "metrics.json").is_file() and (out / ".hydra" / "overrides.yaml").is_file()
+    assert list((out / "wandb").glob("offline-run-*")), "W&B offline run folder missing"
