@@ -9,7 +9,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from mdr.pipeline import evaluate, run_task
+from mdr.pipeline import entry_point, evaluate
 from mdr.utils.instantiate import register_resolvers
 
 register_resolvers()
@@ -18,7 +18,7 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns MRR@100."""
-    return run_task(cfg, evaluate).get("metrics", {}).get("mrr@100")
+    return entry_point(cfg, evaluate)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from mdr.pipeline import run_task, train
+from mdr.pipeline import entry_point, train
 from mdr.utils.instantiate import register_resolvers
 
 register_resolvers()
@@ -19,8 +19,7 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns MRR@100 for Hydra sweepers."""
-    result = run_task(cfg, train)
-    return result.get("metrics", {}).get("mrr@100")
+    return entry_point(cfg, train)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,7 @@ from mdr.data.negatives import NegativeSampler
 from mdr.data.schema import RetrievalSplit
 from mdr.evaluation.evaluator import evaluate_language
 from mdr.losses import InfoNCELoss
-from mdr.mining.bm25 import bm25s_pools
-from mdr.mining.pools import RawPools, cache_path, cached, drop_positives, filter_pools
+from mdr.mining.miner import PoolSettings, hard_negative_pools
 from mdr.models.bi_encoder import BiEncoder, EncoderSettings, load_tokenizer
 from mdr.models.module import BiEncoderModule
 from mdr.utils.instantiate import build_reader, encoder_settings, ensure_model_files
@@ -59,6 +58,30 @@ def run_task(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]]) -> d
     return result
 
 
+def in_multirun() -> bool:
+    """True inside a Hydra multirun job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def entry_point(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]]) -> float | None:
+    """Run ``task`` for a Hydra main; return MRR@100 for sweepers.
+
+    In a multirun a failing job is recorded (``failed.json``) and logged, and the sweep goes on with the
+    next job; the aggregation lists it. A single run re-raises, so the command exits non-zero.
+    """
+    try:
+        result = run_task(cfg, task)
+    except Exception:
+        if not in_multirun():
+            raise
+        log.exception("job failed; recorded in %s/failed.json, continuing the sweep", cfg.paths.output_dir)
+        return None
+    return result.get("metrics", {}).get("mrr@100")
+
+
 def load_splits(cfg: DictConfig) -> tuple[RetrievalSplit | None, RetrievalSplit]:
     """(train split or None for zero-shot, test split) of the configured language."""
     reader = build_reader(cfg.data)
@@ -67,32 +90,13 @@ def load_splits(cfg: DictConfig) -> tuple[RetrievalSplit | None, RetrievalSplit]
     return train, test
 
 
-def mine_pools(cfg: DictConfig, split: RetrievalSplit) -> RawPools:
-    """The raw (unfiltered) hard-negative pool for the configured source, cached on disk."""
-    pool_cfg = cfg.negatives.pool
-    if pool_cfg.source == "shipped":
-        if not split.shipped_negatives:
-            raise ValueError(f"negatives.pool.source=shipped but data={cfg.data.name} ships no negative_passages")
-        return {q: [(d, 0.0) for d, _ in drop_positives([(d, 0.0) for d in docs], set(split.positives(q)))]
-                for q, docs in split.shipped_negatives.items()}
-    if pool_cfg.source != "bm25":
-        raise ValueError(f"negatives.pool.source={pool_cfg.source!r}: expected bm25 or shipped")
-    settings = {"source": "bm25", "backend": pool_cfg.backend, "depth": int(pool_cfg.depth),
-                "analyzer": cfg.language.analyzer}
-    path = cache_path(cfg.paths.cache_dir, split, cfg.language.code, settings)
-    if pool_cfg.backend == "bm25s":
-        return cached(path, lambda: bm25s_pools(split, int(pool_cfg.depth)))
-    raise ValueError(f"negatives.pool.backend={pool_cfg.backend!r}: expected bm25s or pyserini")
-
-
-def hard_negative_pools(cfg: DictConfig, split: RetrievalSplit) -> dict[str, list[str]]:
-    """Docid pools after the false-negative controls; empty when no hard negative is asked for."""
-    sampler_needs_pool = NegativeSampler(cfg.negatives.num_negatives, cfg.negatives.hard_proportion).num_hard > 0
-    if not sampler_needs_pool:
+def negative_pools(cfg: DictConfig, split: RetrievalSplit, language: DictConfig) -> dict[str, list[str]]:
+    """The run's hard-negative pools; nothing is mined when no hard negative is asked for."""
+    if NegativeSampler(cfg.negatives.num_negatives, cfg.negatives.hard_proportion).num_hard == 0:
         return {}
-    pool_cfg = cfg.negatives.pool
-    pools, _ = filter_pools(mine_pools(cfg, split), int(pool_cfg.range_min), pool_cfg.get("range_max"))
-    return pools
+    settings = PoolSettings(**OmegaConf.to_container(cfg.negatives.pool, resolve=True))  # type: ignore[arg-type]
+    return hard_negative_pools(settings, split, language.code, language.analyzer, cfg.paths.cache_dir,
+                               lambda path: load_encoder(cfg, path))
 
 
 def load_encoder(cfg: DictConfig, name_or_path: str | None = None) -> tuple[BiEncoder, Any]:
@@ -137,8 +141,9 @@ def run_name(cfg: DictConfig) -> str:
     return f"{cfg.language.code}-{cfg.model.name}-{stage}-p{proportion}-s{cfg.seed}"
 
 
-def fit(cfg: DictConfig, encoder: BiEncoder, tokenizer: Any, split: RetrievalSplit, out: Path) -> dict[str, Any]:
-    """Train ``encoder`` on ``split`` with the configured negatives; resumes from ``checkpoints/last.ckpt``."""
+def fit(cfg: DictConfig, encoder: BiEncoder, tokenizer: Any, split: RetrievalSplit, pools: dict[str, list[str]],
+        out: Path) -> dict[str, Any]:
+    """Train ``encoder`` on ``split`` with ``cfg.negatives``; resumes from ``out/checkpoints/last.ckpt``."""
     sampler = NegativeSampler(
         cfg.negatives.num_negatives, cfg.negatives.hard_proportion, seed=cfg.seed, strict=cfg.negatives.strict
     )
@@ -148,7 +153,7 @@ def fit(cfg: DictConfig, encoder: BiEncoder, tokenizer: Any, split: RetrievalSpl
         settings.query_prefix, settings.passage_prefix,
     )
     datamodule = RetrievalDataModule(
-        split, hard_negative_pools(cfg, split), sampler, collator, cfg.train.batch_size, cfg.seed,
+        split, pools, sampler, collator, cfg.train.batch_size, cfg.seed,
         cfg.train.num_workers,
     )
     module = BiEncoderModule(
@@ -207,10 +212,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out = output_dir(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     train_split, test_split = load_splits(cfg)
-    encoder, tokenizer = load_encoder(cfg)
-    extra: dict[str, Any] = {"train": None}
+    extra: dict[str, Any] = {"train": None, "initialised_from": None}
+    start = None
+    if cfg.stage.get("source"):
+        from mdr.stages import source_stage_encoder
+
+        start = str(source_stage_encoder(cfg))
+        extra["initialised_from"] = start
+    encoder, tokenizer = load_encoder(cfg, start)
     if train_split is not None:
-        fitted = fit(cfg, encoder, tokenizer, train_split, out)
+        pools = negative_pools(cfg, train_split, cfg.language)
+        fitted = fit(cfg, encoder, tokenizer, train_split, pools, out)
         if not fitted["trainer"].is_global_zero:
             return {}
         extra["train"] = fitted["summary"]

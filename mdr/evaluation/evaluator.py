@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -32,12 +33,21 @@ class EvaluationResult:
     num_queries: int
 
 
-def retrieve(
-    encoder: BiEncoder, tokenizer: PreTrainedTokenizerBase, split: RetrievalSplit, depth: int = 100,
-    batch_size: int = 128, device: torch.device | str = "cpu", use_gpu_index: bool | str = "auto",
-    autocast_dtype: torch.dtype | None = None,
-) -> Run:
-    """Top-``depth`` passages per query by inner product."""
+@dataclass(frozen=True)
+class EncodedSplit:
+    """Query and passage vectors of a split, with their ids in row order."""
+
+    query_ids: list[str]
+    query_vectors: np.ndarray
+    docids: list[str]
+    passage_vectors: np.ndarray
+
+
+def encode_split(
+    encoder: BiEncoder, tokenizer: PreTrainedTokenizerBase, split: RetrievalSplit, batch_size: int = 128,
+    device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
+) -> EncodedSplit:
+    """Encode every passage of the corpus and every query of the split."""
     settings = encoder.settings
     encoder.eval()
     docids = list(split.corpus)
@@ -50,11 +60,25 @@ def retrieve(
     query_vectors = encode_texts(
         encoder.encode_queries, tokenizer, queries, settings.query_max_length, batch_size, device, autocast_dtype
     )
-    scores, rows = FlatIPSearcher(passage_vectors, use_gpu_index).search(query_vectors, depth)
+    return EncodedSplit(query_ids, query_vectors, docids, passage_vectors)
+
+
+def search(encoded: EncodedSplit, depth: int, use_gpu_index: bool | str = "auto") -> Run:
+    """Top-``depth`` passages per query by inner product."""
+    scores, rows = FlatIPSearcher(encoded.passage_vectors, use_gpu_index).search(encoded.query_vectors, depth)
     return {
-        query_id: {docids[row]: float(score) for score, row in zip(scores[i], rows[i]) if row >= 0}
-        for i, query_id in enumerate(query_ids)
+        query_id: {encoded.docids[row]: float(score) for score, row in zip(scores[i], rows[i]) if row >= 0}
+        for i, query_id in enumerate(encoded.query_ids)
     }
+
+
+def retrieve(
+    encoder: BiEncoder, tokenizer: PreTrainedTokenizerBase, split: RetrievalSplit, depth: int = 100,
+    batch_size: int = 128, device: torch.device | str = "cpu", use_gpu_index: bool | str = "auto",
+    autocast_dtype: torch.dtype | None = None,
+) -> Run:
+    """Encode the split and return the top-``depth`` passages per query."""
+    return search(encode_split(encoder, tokenizer, split, batch_size, device, autocast_dtype), depth, use_gpu_index)
 
 
 def evaluate_language(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mdr.data.collator import passage_text
 from mdr.data.schema import RetrievalSplit
-from mdr.mining.pools import RawPools, drop_positives
+from mdr.mining.pools import RawPools, from_rankings
 from mdr.mining.tokenize import bm25_tokens
 
 
@@ -28,5 +28,4 @@ def bm25s_search(split: RetrievalSplit, depth: int, k1: float = 0.9, b: float = 
 def bm25s_pools(split: RetrievalSplit, depth: int) -> RawPools:
     """BM25 candidates per training query with its positives removed (retrieves ``depth`` + positives)."""
     most_positives = max((len(split.positives(q)) for q in split.queries), default=0)
-    rankings = bm25s_search(split, depth + most_positives)
-    return {q: drop_positives(r, set(split.positives(q)))[:depth] for q, r in rankings.items()}
+    return from_rankings(split, bm25s_search(split, depth + most_positives), depth)

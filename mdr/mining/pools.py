@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mdr.data.schema import DataError, RetrievalSplit
@@ -20,8 +20,20 @@ from mdr.utils.logging import get_logger
 log = get_logger(__name__)
 
 Candidates = list[tuple[str, float]]
-RawPools = dict[str, Candidates]
-"""query_id -> ranked (docid, score), best first, positives removed."""
+
+
+@dataclass
+class RawPools:
+    """A miner's output before filtering.
+
+    Attributes:
+        candidates: query_id -> ranked (docid, score), best first, positives removed.
+        positive_scores: query_id -> the best positive's score under the same retriever, where known
+            (BM25 knows it only for positives it retrieved), for the margin filter.
+    """
+
+    candidates: dict[str, Candidates]
+    positive_scores: dict[str, float] = field(default_factory=dict)
 
 
 def fingerprint(split: RetrievalSplit) -> str:
@@ -43,20 +55,24 @@ def cache_path(cache_dir: str | Path, split: RetrievalSplit, language: str, sett
 
 
 def save_pools(path: Path, pools: RawPools) -> None:
-    """One JSON line per query: ``{"query_id", "candidates": [[docid, score], ...]}``, atomically."""
-    atomic_write_lines(
-        path, (json.dumps({"query_id": qid, "candidates": pools[qid]}, ensure_ascii=False) for qid in sorted(pools))
-    )
+    """One JSON line per query: ``{"query_id", "candidates": [[docid, score], ...], "positive_score"}``."""
+    atomic_write_lines(path, (
+        json.dumps({"query_id": qid, "candidates": pools.candidates[qid],
+                    "positive_score": pools.positive_scores.get(qid)}, ensure_ascii=False)
+        for qid in sorted(pools.candidates)
+    ))
 
 
 def load_pools(path: Path) -> RawPools:
     """Read a pool file written by :func:`save_pools`."""
-    pools: RawPools = {}
+    pools = RawPools({})
     with path.open(encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
             try:
                 record = json.loads(line)
-                pools[record["query_id"]] = [(str(d), float(s)) for d, s in record["candidates"]]
+                pools.candidates[record["query_id"]] = [(str(d), float(s)) for d, s in record["candidates"]]
+                if record.get("positive_score") is not None:
+                    pools.positive_scores[record["query_id"]] = float(record["positive_score"])
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
                 raise DataError(f"{path}:{line_number}: malformed pool line ({error})") from error
     return pools
@@ -69,13 +85,21 @@ def cached(path: Path, mine: Callable[[], RawPools]) -> RawPools:
         return load_pools(path)
     pools = mine()
     save_pools(path, pools)
-    log.info("mined hard-negative pool for %d queries -> %s", len(pools), path)
+    log.info("mined hard-negative pool for %d queries -> %s", len(pools.candidates), path)
     return pools
 
 
-def drop_positives(ranking: Sequence[tuple[str, float]], positives: set[str]) -> Candidates:
-    """The ranking without the query's positives."""
-    return [(docid, score) for docid, score in ranking if docid not in positives]
+def from_rankings(split: RetrievalSplit, rankings: Mapping[str, Sequence[tuple[str, float]]], depth: int) -> RawPools:
+    """Pools from full rankings: positives removed (their best score kept), cut at ``depth``."""
+    pools = RawPools({})
+    for query_id in split.queries:
+        positives = set(split.positives(query_id))
+        ranking = rankings.get(query_id, [])
+        pools.candidates[query_id] = [(d, s) for d, s in ranking if d not in positives][:depth]
+        positive_scores = [s for d, s in ranking if d in positives]
+        if positive_scores:
+            pools.positive_scores[query_id] = max(positive_scores)
+    return pools
 
 
 @dataclass
@@ -91,25 +115,24 @@ class FilterStats:
 
 def filter_pools(
     pools: RawPools, range_min: int = 0, range_max: int | None = None, margin: float | None = None,
-    positive_scores: Mapping[str, float] | None = None,
 ) -> tuple[dict[str, list[str]], FilterStats]:
     """Apply the sampling range and the score margin; return docid pools and what was skipped.
 
     Args:
         range_min: skip the first ``range_min`` candidates (likely unjudged positives).
         range_max: keep candidates ranked above ``range_max`` (None: all).
-        margin: with ``positive_scores``, drop candidates scoring above ``positive_score - margin``
-            (margin 0 drops negatives that outscore the positive).
+        margin: drop candidates scoring above ``positive_score - margin`` (margin 0 drops negatives that
+            outscore the positive); queries whose positive score is unknown are not margin-filtered.
     """
     if range_min < 0 or (range_max is not None and range_max <= range_min):
         raise ValueError(f"negatives.pool range must satisfy 0 <= range_min < range_max, got {range_min}, {range_max}")
     stats = FilterStats()
     filtered: dict[str, list[str]] = {}
-    for query_id, candidates in pools.items():
+    for query_id, candidates in pools.candidates.items():
         window = candidates[range_min:range_max]
         stats.skipped_top += min(range_min, len(candidates))
-        if margin is not None and positive_scores is not None and query_id in positive_scores:
-            ceiling = positive_scores[query_id] - margin
+        if margin is not None and query_id in pools.positive_scores:
+            ceiling = pools.positive_scores[query_id] - margin
             kept = [docid for docid, score in window if score <= ceiling]
             stats.skipped_margin += len(window) - len(kept)
         else:

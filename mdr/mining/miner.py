@@ -1,0 +1,94 @@
+"""Pick, cache and filter the hard-negative pool a run asks for (BM25 via bm25s or pyserini, dense, shipped)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from mdr.data.schema import RetrievalSplit
+from mdr.mining.pools import RawPools, cache_path, cached, filter_pools, from_rankings
+from mdr.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+EncoderLoader = Callable[[str], tuple[Any, Any]]
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """``negatives.pool``: where candidates come from and which of them may be sampled.
+
+    Attributes:
+        source: ``bm25`` (mined here), ``dense`` (an encoder's top-N), ``shipped`` (the dataset's negatives).
+        backend: for bm25, ``bm25s`` (pure Python) or ``pyserini`` (Lucene analyzers, Java 21+).
+        depth: candidates retrieved per query (N).
+        range_min / range_max: sample only ranks in [range_min, range_max) of the positive-free ranking.
+        margin: drop candidates scoring above (positive score - margin); null: no margin filter.
+        encoder: for dense, the encoder folder (a train.py ``encoder/`` or a model folder / hub id).
+    """
+
+    source: Literal["bm25", "dense", "shipped"] = "bm25"
+    backend: Literal["bm25s", "pyserini"] = "bm25s"
+    depth: int = 100
+    range_min: int = 0
+    range_max: int | None = 50
+    margin: float | None = None
+    encoder: str | None = None
+
+
+def _encoder_identity(path: str) -> str:
+    """The encoder path plus a hash of its weight files' sizes and times, so a retrained model is re-mined."""
+    root = Path(path)
+    files = sorted(root.rglob("*.safetensors")) + sorted(root.rglob("*.bin")) if root.is_dir() else []
+    stamp = "|".join(f"{f.relative_to(root)}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    return f"{path}#{hashlib.sha256(stamp.encode()).hexdigest()[:12]}"
+
+
+def mine(settings: PoolSettings, split: RetrievalSplit, language: str, analyzer: str, cache_dir: str | Path,
+         load_encoder: EncoderLoader) -> RawPools:
+    """The unfiltered pool for ``settings``, from the cache when these data and settings were mined before."""
+    if settings.source == "shipped":
+        if not split.shipped_negatives:
+            raise ValueError("negatives.pool.source=shipped but the data set ships no negative_passages")
+        rankings = {q: [(d, 0.0) for d in docs] for q, docs in split.shipped_negatives.items()}
+        return from_rankings(split, rankings, settings.depth)
+    key: dict[str, Any] = {"source": settings.source, "depth": settings.depth}
+    if settings.source == "bm25":
+        key.update(backend=settings.backend, analyzer=analyzer)
+        if settings.backend == "bm25s":
+            from mdr.mining.bm25 import bm25s_pools
+            from mdr.mining.tokenize import TOKENIZER_VERSION
+
+            key["tokenizer"] = TOKENIZER_VERSION
+            return cached(cache_path(cache_dir, split, language, key), lambda: bm25s_pools(split, settings.depth))
+        if settings.backend == "pyserini":
+            from mdr.mining.lucene import pyserini_pools
+
+            return cached(cache_path(cache_dir, split, language, key),
+                          lambda: pyserini_pools(split, analyzer, settings.depth))
+        raise ValueError(f"negatives.pool.backend={settings.backend!r}: expected bm25s or pyserini")
+    if settings.source == "dense":
+        if not settings.encoder:
+            raise ValueError("negatives.pool.source=dense needs negatives.pool.encoder (an encoder folder or model)")
+        key["encoder"] = _encoder_identity(settings.encoder)
+
+        def run_dense() -> RawPools:
+            from mdr.mining.dense import dense_pools
+
+            encoder, tokenizer = load_encoder(settings.encoder)  # type: ignore[arg-type]
+            return dense_pools(encoder, tokenizer, split, settings.depth)
+
+        return cached(cache_path(cache_dir, split, language, key), run_dense)
+    raise ValueError(f"negatives.pool.source={settings.source!r}: expected bm25, dense or shipped")
+
+
+def hard_negative_pools(settings: PoolSettings, split: RetrievalSplit, language: str, analyzer: str,
+                        cache_dir: str | Path, load_encoder: EncoderLoader) -> dict[str, list[str]]:
+    """Docid pools after the false-negative controls (their skip counts are logged)."""
+    raw = mine(settings, split, language, analyzer, cache_dir, load_encoder)
+    pools, stats = filter_pools(raw, settings.range_min, settings.range_max, settings.margin)
+    log.info("pool settings %s: %s", asdict(settings), asdict(stats))
+    return pools

@@ -1,0 +1,1 @@
+"""Sweep reporting: collect run folders, tables, plots and paired significance tests."""
