@@ -47,7 +47,10 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
 
 def _load_backbone(name_or_path: str | Path) -> PreTrainedModel:
     try:
-        return AutoModel.from_pretrained(str(name_or_path))
+        try:  # BERT / XLM-R: no pooler head, which a bi-encoder never uses (and DDP would flag as unused)
+            return AutoModel.from_pretrained(str(name_or_path), add_pooling_layer=False)
+        except TypeError:
+            return AutoModel.from_pretrained(str(name_or_path))
     except (OSError, ValueError) as error:
         raise ModelLoadError(
             f"model.name_or_path={str(name_or_path)!r} cannot be loaded: not a model folder here "
