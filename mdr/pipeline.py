@@ -12,6 +12,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from mdr.data.collator import BiEncoderCollator
@@ -95,8 +96,9 @@ def negative_pools(cfg: DictConfig, split: RetrievalSplit, language: DictConfig)
     if NegativeSampler(cfg.negatives.num_negatives, cfg.negatives.hard_proportion).num_hard == 0:
         return {}
     settings = PoolSettings(**OmegaConf.to_container(cfg.negatives.pool, resolve=True))  # type: ignore[arg-type]
-    return hard_negative_pools(settings, split, language.code, language.analyzer, cfg.paths.cache_dir,
-                               lambda path: load_encoder(cfg, path))
+    return hard_negative_pools(
+        settings, split, language.code, language.analyzer, cfg.paths.cache_dir, lambda path: load_encoder(cfg, path)
+    )
 
 
 def load_encoder(cfg: DictConfig, name_or_path: str | None = None) -> tuple[BiEncoder, Any]:
@@ -122,10 +124,18 @@ def build_loggers(cfg: DictConfig, out: Path) -> list[Any]:
 
         os.environ.setdefault("WANDB_SILENT", "true")
         group = wandb_cfg.group or sweep_name(out)
-        loggers.append(WandbLogger(
-            project=wandb_cfg.project, entity=wandb_cfg.entity, group=group, name=run_name(cfg), save_dir=str(out),
-            mode=wandb_cfg.mode, config=OmegaConf.to_container(cfg, resolve=True), job_type=cfg.task_name,
-        ))
+        loggers.append(
+            WandbLogger(
+                project=wandb_cfg.project,
+                entity=wandb_cfg.entity,
+                group=group,
+                name=run_name(cfg),
+                save_dir=str(out),
+                mode=wandb_cfg.mode,
+                config=OmegaConf.to_container(cfg, resolve=True),
+                job_type=cfg.task_name,
+            )
+        )
     return loggers
 
 
@@ -141,30 +151,56 @@ def run_name(cfg: DictConfig) -> str:
     return f"{cfg.language.code}-{cfg.model.name}-{stage}-p{proportion}-s{cfg.seed}"
 
 
-def fit(cfg: DictConfig, encoder: BiEncoder, tokenizer: Any, split: RetrievalSplit, pools: dict[str, list[str]],
-        out: Path) -> dict[str, Any]:
+def fit(
+    cfg: DictConfig, encoder: BiEncoder, tokenizer: Any, split: RetrievalSplit, pools: dict[str, list[str]], out: Path
+) -> dict[str, Any]:
     """Train ``encoder`` on ``split`` with ``cfg.negatives``; resumes from ``out/checkpoints/last.ckpt``."""
     sampler = NegativeSampler(
         cfg.negatives.num_negatives, cfg.negatives.hard_proportion, seed=cfg.seed, strict=cfg.negatives.strict
     )
     settings = encoder.settings
     collator = BiEncoderCollator(
-        tokenizer, split.corpus, settings.query_max_length, settings.passage_max_length,
-        settings.query_prefix, settings.passage_prefix,
+        tokenizer,
+        split.corpus,
+        settings.query_max_length,
+        settings.passage_max_length,
+        settings.query_prefix,
+        settings.passage_prefix,
     )
     datamodule = RetrievalDataModule(
-        split, pools, sampler, collator, cfg.train.batch_size, cfg.seed,
+        split,
+        pools,
+        sampler,
+        collator,
+        cfg.train.batch_size,
+        cfg.seed,
         cfg.train.num_workers,
     )
     module = BiEncoderModule(
-        encoder, InfoNCELoss(cfg.model.temperature), cfg.train.learning_rate, cfg.train.weight_decay,
+        encoder,
+        InfoNCELoss(cfg.model.temperature),
+        cfg.train.learning_rate,
+        cfg.train.weight_decay,
         cfg.train.warmup_ratio,
+        seed=int(cfg.seed),
     )
-    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0)
+    # one checkpoint per epoch end: a killed or preempted job resumes from the last finished epoch, whose
+    # negatives, batch order and dropout seeds are all functions of (seed, epoch), so it ends where an
+    # uninterrupted run ends
+    checkpoints = pl.callbacks.ModelCheckpoint(
+        dirpath=out / "checkpoints", save_last=True, save_top_k=0, save_on_train_epoch_end=True
+    )
+    plugins = []
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))  # submitit requeues and the rerun resumes
     trainer = pl.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True), default_root_dir=str(out),
-        logger=build_loggers(cfg, out), callbacks=[checkpoints], reload_dataloaders_every_n_epochs=1,
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        default_root_dir=str(out),
+        logger=build_loggers(cfg, out),
+        callbacks=[checkpoints],
+        reload_dataloaders_every_n_epochs=1,
         enable_model_summary=False,
+        plugins=plugins,
     )
     last = out / "checkpoints" / "last.ckpt"
     module.train()  # from_pretrained returns modules in eval mode; training wants dropout on
@@ -174,36 +210,57 @@ def fit(cfg: DictConfig, encoder: BiEncoder, tokenizer: Any, split: RetrievalSpl
     return {
         "trainer": trainer,
         "summary": {
-            "epochs": trainer.current_epoch, "steps": trainer.global_step, "seconds": round(time.time() - started, 1),
+            "epochs": trainer.current_epoch,
+            "steps": trainer.global_step,
+            "seconds": round(time.time() - started, 1),
             "resumed_from": str(last) if trainer.ckpt_path else None,
-            "train_queries": stats.examples if stats else 0, "num_hard": sampler.num_hard,
+            "train_queries": stats.examples if stats else 0,
+            "num_hard": sampler.num_hard,
             "hard_shortfall_last_epoch": stats.hard_shortfall if stats else 0,
         },
     }
 
 
-def evaluate_and_report(cfg: DictConfig, encoder: BiEncoder, tokenizer: Any, test: RetrievalSplit, out: Path,
-                        extra: dict[str, Any]) -> dict[str, Any]:
+def evaluate_and_report(
+    cfg: DictConfig, encoder: BiEncoder, tokenizer: Any, test: RetrievalSplit, out: Path, extra: dict[str, Any]
+) -> dict[str, Any]:
     """Evaluate on the test split, write metrics.json atomically, and print MRR@100."""
     device = "cuda" if torch.cuda.is_available() and cfg.get("trainer", {}).get("accelerator") != "cpu" else "cpu"
     encoder.to(device)
     result = evaluate_language(
-        encoder, tokenizer, test, cfg.language.code, out, depth=int(cfg.evaluation.depth),
-        batch_size=int(cfg.evaluation.batch_size), device=device, use_gpu_index=cfg.evaluation.faiss_gpu,
+        encoder,
+        tokenizer,
+        test,
+        cfg.language.code,
+        out,
+        depth=int(cfg.evaluation.depth),
+        batch_size=int(cfg.evaluation.batch_size),
+        device=device,
+        use_gpu_index=cfg.evaluation.faiss_gpu,
     )
     payload = {
-        "language": cfg.language.code, "low_resource": bool(cfg.language.low_resource), "data": cfg.data.name,
-        "model": cfg.model.name, "stage": cfg.stage.name if cfg.get("stage") else "zero_shot",
+        "language": cfg.language.code,
+        "low_resource": bool(cfg.language.low_resource),
+        "data": cfg.data.name,
+        "model": cfg.model.name,
+        "stage": cfg.stage.name if cfg.get("stage") else "zero_shot",
         "hard_proportion": float(cfg.negatives.hard_proportion) if cfg.get("negatives") else None,
         "num_negatives": int(cfg.negatives.num_negatives) if cfg.get("negatives") else None,
-        "seed": int(cfg.seed), "split": cfg.evaluation.split, "num_queries": result.num_queries,
-        "metrics": result.metrics, "run_file": f"runs/{cfg.language.code}.trec",
-        "per_query_file": f"per_query/{cfg.language.code}.tsv", **extra,
+        "seed": int(cfg.seed),
+        "split": cfg.evaluation.split,
+        "num_queries": result.num_queries,
+        "metrics": result.metrics,
+        "run_file": f"runs/{cfg.language.code}.trec",
+        "per_query_file": f"per_query/{cfg.language.code}.tsv",
+        **extra,
     }
     atomic_write_json(out / "metrics.json", payload)
-    print(f"[mdr] {payload['language']} {payload['model']} {payload['stage']} p={payload['hard_proportion']} "
-          f"seed={payload['seed']}: MRR@100={result.metrics['mrr@100']:.4f} "
-          f"Recall@100={result.metrics['recall@100']:.4f} nDCG@10={result.metrics['ndcg@10']:.4f}", flush=True)
+    print(
+        f"[mdr] {payload['language']} {payload['model']} {payload['stage']} p={payload['hard_proportion']} "
+        f"seed={payload['seed']}: MRR@100={result.metrics['mrr@100']:.4f} "
+        f"Recall@100={result.metrics['recall@100']:.4f} nDCG@10={result.metrics['ndcg@10']:.4f}",
+        flush=True,
+    )
     return payload
 
 

@@ -29,8 +29,11 @@ def stage_key(cfg: DictConfig) -> dict[str, object]:
     return {
         "model": model,
         "source": OmegaConf.to_container(cfg.stage.source, resolve=True),
-        "train": {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items()  # type: ignore[union-attr]
-                  if k not in ("num_workers", "save_encoder")},
+        "train": {
+            k: v
+            for k, v in OmegaConf.to_container(cfg.train, resolve=True).items()  # type: ignore[union-attr]
+            if k not in ("num_workers", "save_encoder")
+        },
         "precision": str(cfg.trainer.precision),
         "seed": int(cfg.seed),
     }
@@ -40,7 +43,9 @@ def stage_dir(cfg: DictConfig) -> Path:
     """``<cache_dir>/stages/<source language>-<model>-s<seed>-<hash>``."""
     key = json.dumps(stage_key(cfg), sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return Path(cfg.paths.cache_dir) / "stages" / f"{cfg.stage.source.language.code}-{cfg.model.name}-s{cfg.seed}-{digest}"
+    return (
+        Path(cfg.paths.cache_dir) / "stages" / f"{cfg.stage.source.language.code}-{cfg.model.name}-s{cfg.seed}-{digest}"
+    )
 
 
 def _source_cfg(cfg: DictConfig, root: Path) -> DictConfig:

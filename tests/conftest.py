@@ -50,12 +50,21 @@ def make_cfg(tmp_path: Path, cache_dir: Path, tiny_model: Path) -> Callable[...,
 
     def _make(*overrides: str, config_name: str = "train") -> DictConfig:
         base = [
-            f"paths.data_dir={DATA_DIR}", f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path / 'run'}",
-            "logger.wandb.enabled=false", "data=demo", "language=th",
+            f"paths.data_dir={DATA_DIR}",
+            f"paths.cache_dir={cache_dir}",
+            f"paths.output_dir={tmp_path / 'run'}",
+            "logger.wandb.enabled=false",
+            "data=demo",
+            "language=th",
         ]
         if config_name == "train":
-            base += ["trainer.max_epochs=1", "trainer.enable_progress_bar=false", "+trainer.limit_train_batches=4",
-                     "train.batch_size=8", "negatives.num_negatives=2"]
+            base += [
+                "trainer.max_epochs=1",
+                "trainer.enable_progress_bar=false",
+                "+trainer.limit_train_batches=4",
+                "train.batch_size=8",
+                "negatives.num_negatives=2",
+            ]
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             return compose(config_name=config_name, overrides=[*base, *overrides])
 

@@ -16,20 +16,43 @@ from conftest import DATA_DIR, ROOT
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["data=demo", "trainer.max_epochs=1", "+trainer.limit_train_batches=3", "trainer.enable_progress_bar=false",
-         "logger.wandb.enabled=false", "train.batch_size=8"]
+SMALL = [
+    "data=demo",
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=3",
+    "trainer.enable_progress_bar=false",
+    "logger.wandb.enabled=false",
+    "train.batch_size=8",
+]
 
 
 def _run(args: list[str], cwd: Path, cache_dir: Path, timeout: int = 900) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "MDR_DATA_DIR": str(DATA_DIR), "MDR_CACHE_DIR": str(cache_dir)}
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_ddp_on_two_cpu_processes(tmp_path: Path, cache_dir: Path, tiny_model: Path) -> None:
     out = tmp_path / "ddp"
-    done = _run(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
-                 "language=th", *SMALL, f"hydra.run.dir={out}"], tmp_path, cache_dir)
+    done = _run(
+        [
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.precision=32-true",
+            "language=th",
+            *SMALL,
+            f"hydra.run.dir={out}",
+        ],
+        tmp_path,
+        cache_dir,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     # 555 queries over 2 ranks of 8: each rank takes 3 batches (limit), i.e. 3 optimizer steps
@@ -50,9 +73,22 @@ def test_multirun_through_slurm(tmp_path: Path, cache_dir: Path, tiny_model: Pat
             pytest.fail("MDR_REQUIRE_SLURM=1 but no SLURM cluster answers sinfo (see .ci/run)")
         pytest.skip("no SLURM cluster (bring one up with shared/setup/slurm_up.sh)")
     sweep = tmp_path / "slurm"
-    done = _run(["-m", "launcher=slurm", "language=th,hi", "negatives.hard_proportion=0,1", *SMALL,
-                 "hydra.launcher.mem_gb=4", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=20",
-                 "hydra.callbacks.aggregate.trials=1000", f"hydra.sweep.dir={sweep}"], tmp_path, cache_dir)
+    done = _run(
+        [
+            "-m",
+            "launcher=slurm",
+            "language=th,hi",
+            "negatives.hard_proportion=0,1",
+            *SMALL,
+            "hydra.launcher.mem_gb=4",
+            "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.timeout_min=20",
+            "hydra.callbacks.aggregate.trials=1000",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+        cache_dir,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     logs = list((sweep / ".submitit").glob("*/*_log.out"))
     assert len(logs) == 4, "each cell should have run as its own SLURM job"

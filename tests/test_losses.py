@@ -44,8 +44,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, queries: torch.Tensor, passages: torch.Tensor,
-            weight: torch.Tensor, results: dict) -> None:
+def _worker(
+    rank: int, world: int, port: int, queries: torch.Tensor, passages: torch.Tensor, weight: torch.Tensor, results: dict
+) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     model = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)

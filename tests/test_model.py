@@ -1,4 +1,4 @@
-"""Bi-encoder: pooling, shared vs separate towers, save_pretrained loadable by transformers and sentence-transformers."""
+"""Bi-encoder: pooling, shared vs separate towers, saved encoders load in transformers and sentence-transformers."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ def _inputs(tokenizer, texts=TEXTS):  # noqa: ANN001, ANN202
     return dict(tokenizer(texts, padding=True, return_tensors="pt"))
 
 
-def test_shared_encoder_round_trips_through_transformers_and_sentence_transformers(tiny_model: Path,
-                                                                                    tmp_path: Path) -> None:
+def test_shared_encoder_round_trips_through_transformers_and_sentence_transformers(
+    tiny_model: Path, tmp_path: Path
+) -> None:
     settings = EncoderSettings(pooling="mean", normalize=True, query_prefix="query: ", passage_prefix="passage: ")
     encoder = BiEncoder.from_pretrained(tiny_model, settings).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
@@ -54,11 +55,15 @@ def test_separate_towers_are_independent_and_saved_apart(tiny_model: Path, tmp_p
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     encoder.eval()
     with torch.no_grad():
-        assert not torch.allclose(encoder.encode_queries(_inputs(tokenizer)), encoder.encode_passages(_inputs(tokenizer)))
+        assert not torch.allclose(
+            encoder.encode_queries(_inputs(tokenizer)), encoder.encode_passages(_inputs(tokenizer))
+        )
     out = encoder.save_pretrained(tmp_path / "two", tokenizer)
     again = BiEncoder.from_pretrained(out, EncoderSettings(pooling="cls", shared=False)).eval()
     with torch.no_grad():
-        torch.testing.assert_close(again.encode_passages(_inputs(tokenizer)), encoder.encode_passages(_inputs(tokenizer)))
+        torch.testing.assert_close(
+            again.encode_passages(_inputs(tokenizer)), encoder.encode_passages(_inputs(tokenizer))
+        )
 
 
 def test_unknown_model_path_is_a_clear_error(tmp_path: Path) -> None:

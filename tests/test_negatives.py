@@ -20,8 +20,9 @@ def _pools(split: RetrievalSplit, size: int = 20) -> dict[str, list[str]]:
     return {q: [f"d{i}" for i in range(int(q[1:]), int(q[1:]) + size)] for q in split.queries}
 
 
-@pytest.mark.parametrize(("p", "k", "expected"), [(0, 4, 0), (0.25, 4, 1), (0.5, 4, 2), (1, 4, 4), (0.5, 3, 2),
-                                                  (0.5, 1, 1), (0.1, 4, 0)])
+@pytest.mark.parametrize(
+    ("p", "k", "expected"), [(0, 4, 0), (0.25, 4, 1), (0.5, 4, 2), (1, 4, 4), (0.5, 3, 2), (0.5, 1, 1), (0.1, 4, 0)]
+)
 def test_num_hard_rounds_half_up(p: float, k: int, expected: int) -> None:
     assert num_hard(p, k) == expected
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import XQUAD_SENT
 from mdr.data.readers import HubReader, LocalReader
 from mdr.data.schema import DataError
+
+from conftest import XQUAD_SENT
 
 
 def test_local_reader_reads_xquad_sent() -> None:
@@ -77,9 +78,8 @@ def _write_hub_folder(root: Path, corpus: list[dict], rows: dict[str, list[dict]
     (documents / "swahili" / "corpus.jsonl").write_text("".join(json.dumps(p) + "\n" for p in corpus))
     splits = "\n".join(f"      - split: {s}\n        path: swahili/{s}.jsonl" for s in rows)
     (queries / "README.md").write_text(f"---\nconfigs:\n  - config_name: swahili\n    data_files:\n{splits}\n---\n")
-    (documents / "README.md").write_text(
-        "---\nconfigs:\n  - config_name: swahili\n    data_files:\n      - split: train\n        path: swahili/corpus.jsonl\n---\n"
-    )
+    corpus_files = "      - split: train\n        path: swahili/corpus.jsonl"
+    (documents / "README.md").write_text(f"---\nconfigs:\n  - config_name: swahili\n    data_files:\n{corpus_files}\n---\n")
 
 
 def test_hub_reader_on_mrtydi_schema(tmp_path: Path) -> None:
@@ -102,8 +102,14 @@ def test_hub_reader_on_mrtydi_schema(tmp_path: Path) -> None:
 
 def test_hub_reader_rejects_positive_outside_corpus(tmp_path: Path) -> None:
     corpus = [{"docid": "a", "title": "", "text": "x"}]
-    rows = [{"query_id": "1", "query": "q", "positive_passages": [{"docid": "b", "title": "", "text": "y"}],
-             "negative_passages": []}]
+    rows = [
+        {
+            "query_id": "1",
+            "query": "q",
+            "positive_passages": [{"docid": "b", "title": "", "text": "y"}],
+            "negative_passages": [],
+        }
+    ]
     _write_hub_folder(tmp_path, corpus, {"train": rows})
     reader = HubReader(str(tmp_path / "mr-tydi"), str(tmp_path / "mr-tydi-corpus"), "swahili", language="sw")
     with pytest.raises(DataError, match=r"query '1' has positive docid\(s\) \['b'\] not in the corpus"):

@@ -13,17 +13,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import DATA_DIR, ROOT
 from mdr.reporting.aggregate import aggregate, main
 from mdr.reporting.significance import holm, paired_randomization_test
+
+from conftest import DATA_DIR, ROOT
 
 
 def test_randomization_test_approaches_the_exact_permutation_p_value() -> None:
     a = np.array([0.9, 0.8, 0.5, 1.0, 0.3, 0.7, 0.6, 0.2])
     b = np.array([0.5, 0.6, 0.5, 0.2, 0.1, 0.7, 0.3, 0.3])
     diffs = a - b
-    exact = np.mean([abs((np.array(s) * diffs).mean()) >= abs(diffs.mean()) - 1e-12
-                     for s in itertools.product((-1, 1), repeat=len(diffs))])
+    exact = np.mean(
+        [
+            abs((np.array(s) * diffs).mean()) >= abs(diffs.mean()) - 1e-12
+            for s in itertools.product((-1, 1), repeat=len(diffs))
+        ]
+    )
     assert paired_randomization_test(a, b, trials=20_000) == pytest.approx(exact, abs=0.01)
     assert paired_randomization_test(a, a) == 1.0
     assert paired_randomization_test(np.ones(200), np.zeros(200), trials=999) == pytest.approx(1 / 1000)
@@ -39,10 +44,21 @@ def test_multirun_is_aggregated_and_failures_are_isolated(tmp_path: Path, cache_
     env = {**os.environ, "MDR_DATA_DIR": str(DATA_DIR), "MDR_CACHE_DIR": str(cache_dir)}
     sweep = tmp_path / "sweep"
     command = [
-        sys.executable, str(ROOT / "train.py"), "-m", "data=demo", "language=th", "trainer.max_epochs=1",
-        "+trainer.limit_train_batches=2", "train.batch_size=8", "negatives.num_negatives=2",
-        "trainer.enable_progress_bar=false", "logger.wandb.enabled=false", "hydra.callbacks.aggregate.trials=2000",
-        "negatives.hard_proportion=0,1,1.5", "seed=0,1", f"hydra.sweep.dir={sweep}",
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        "data=demo",
+        "language=th",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "train.batch_size=8",
+        "negatives.num_negatives=2",
+        "trainer.enable_progress_bar=false",
+        "logger.wandb.enabled=false",
+        "hydra.callbacks.aggregate.trials=2000",
+        "negatives.hard_proportion=0,1,1.5",
+        "seed=0,1",
+        f"hydra.sweep.dir={sweep}",
     ]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

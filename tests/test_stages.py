@@ -32,8 +32,9 @@ def test_two_stage_trains_the_source_once_and_starts_targets_from_it(make_cfg, t
     # the source stage did train: its weights differ from the starting model's
     start = BiEncoder.from_pretrained(first.model.name_or_path, EncoderSettings())
     trained = BiEncoder.from_pretrained(encoder_dir, EncoderSettings())
-    assert not torch.allclose(start.query_backbone.embeddings.word_embeddings.weight,
-                              trained.query_backbone.embeddings.word_embeddings.weight)
+    assert not torch.allclose(
+        start.query_backbone.embeddings.word_embeddings.weight, trained.query_backbone.embeddings.word_embeddings.weight
+    )
     assert result_b["stage"] == "two_stage" and result_b["train"]["steps"] == 4
 
 

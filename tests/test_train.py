@@ -12,8 +12,9 @@ import pytest
 import pytrec_eval
 from omegaconf import OmegaConf
 
-from conftest import DATA_DIR, ROOT
 from mdr.pipeline import evaluate, run_task, train
+
+from conftest import DATA_DIR, ROOT
 
 
 def _pytrec_mrr(run_file: Path, qrels_file: Path) -> float:
@@ -29,8 +30,16 @@ def test_train_then_evaluate_writes_consistent_outputs(make_cfg, tmp_path: Path)
     cfg = make_cfg("negatives.hard_proportion=0.5")
     result = run_task(cfg, train)
     out = Path(cfg.paths.output_dir)
-    for name in ("config.yaml", "metrics.json", "runs/th.trec", "per_query/th.tsv", "checkpoints/last.ckpt",
-                 "encoder/config.json", "encoder/mdr_encoder.json", "csv/metrics.csv"):
+    for name in (
+        "config.yaml",
+        "metrics.json",
+        "runs/th.trec",
+        "per_query/th.tsv",
+        "checkpoints/last.ckpt",
+        "encoder/config.json",
+        "encoder/mdr_encoder.json",
+        "csv/metrics.csv",
+    ):
         assert (out / name).is_file(), name
     assert not (out / "failed.json").exists()
     metrics = json.loads((out / "metrics.json").read_text())
@@ -42,7 +51,9 @@ def test_train_then_evaluate_writes_consistent_outputs(make_cfg, tmp_path: Path)
     resolved = OmegaConf.load(out / "config.yaml")
     assert resolved.negatives.hard_proportion == 0.5 and "${" not in (out / "config.yaml").read_text()
 
-    eval_cfg = make_cfg(f"checkpoint={out / 'encoder'}", f"paths.output_dir={tmp_path / 'eval'}", config_name="evaluate")
+    eval_cfg = make_cfg(
+        f"checkpoint={out / 'encoder'}", f"paths.output_dir={tmp_path / 'eval'}", config_name="evaluate"
+    )
     again = run_task(eval_cfg, evaluate)
     assert again["metrics"] == pytest.approx(metrics["metrics"], abs=1e-4)
 
@@ -72,9 +83,17 @@ def test_unknown_language_names_the_key(make_cfg) -> None:  # noqa: ANN001
 
 def test_cli_with_wandb_offline(tmp_path: Path, cache_dir: Path, tiny_model: Path) -> None:
     env = {**os.environ, "MDR_DATA_DIR": str(DATA_DIR), "MDR_CACHE_DIR": str(cache_dir), "WANDB_MODE": "offline"}
-    command = [sys.executable, str(ROOT / "train.py"), "data=demo", "language=hi", "trainer.max_epochs=1",
-               "+trainer.limit_train_batches=2", "train.batch_size=4", "trainer.enable_progress_bar=false",
-               f"hydra.run.dir={tmp_path / 'cli'}"]
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "data=demo",
+        "language=hi",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "train.batch_size=4",
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={tmp_path / 'cli'}",
+    ]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[mdr] hi tiny target_only" in done.stdout and "MRR@100=" in done.stdout

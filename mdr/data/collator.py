@@ -65,7 +65,9 @@ class BiEncoderCollator:
 
     def tokenize(self, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
         """Pad to the longest text in the batch, truncate at ``max_length``."""
-        return dict(self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
+        return dict(
+            self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        )
 
     def __call__(self, examples: Sequence[TrainingExample]) -> BiEncoderBatch:
         group_sizes = {1 + len(example.negatives) for example in examples}

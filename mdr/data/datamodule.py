@@ -32,8 +32,14 @@ class RetrievalDataModule(pl.LightningDataModule):
     """
 
     def __init__(
-        self, train_split: RetrievalSplit, pools: HardNegativePools, sampler: NegativeSampler,
-        collator: BiEncoderCollator, batch_size: int, seed: int = 0, num_workers: int = 0,
+        self,
+        train_split: RetrievalSplit,
+        pools: HardNegativePools,
+        sampler: NegativeSampler,
+        collator: BiEncoderCollator,
+        batch_size: int,
+        seed: int = 0,
+        num_workers: int = 0,
     ) -> None:
         super().__init__()
         self.train_split = train_split
@@ -54,8 +60,13 @@ class RetrievalDataModule(pl.LightningDataModule):
         """A shuffled loader over the epoch's examples; the order depends only on (seed, epoch)."""
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         return DataLoader(
-            self.examples_for_epoch(epoch), batch_size=self.batch_size, shuffle=True, generator=generator,
-            collate_fn=self.collator, num_workers=self.num_workers, drop_last=False,
+            self.examples_for_epoch(epoch),
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=generator,
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+            drop_last=False,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -116,6 +116,9 @@ class NegativeSampler:
         if stats.hard_shortfall:
             log.warning(
                 "epoch %d: %d queries had fewer than %d hard candidates; %d hard negatives replaced by random ones",
-                epoch, stats.queries_short_of_hard, self.num_hard, stats.hard_shortfall,
+                epoch,
+                stats.queries_short_of_hard,
+                self.num_hard,
+                stats.hard_shortfall,
             )
         return examples, stats

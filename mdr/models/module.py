@@ -20,18 +20,29 @@ class BiEncoderModule(pl.LightningModule):
         encoder: the bi-encoder.
         loss: the contrastive loss.
         learning_rate / weight_decay / warmup_ratio: optimiser settings (warm-up as a share of all steps).
+        seed: with the epoch, reseeds torch's RNG (dropout) at every epoch start, so a run resumed from an
+            epoch checkpoint repeats exactly what an uninterrupted run does.
     """
 
     def __init__(
-        self, encoder: BiEncoder, loss: InfoNCELoss, learning_rate: float, weight_decay: float = 0.01,
+        self,
+        encoder: BiEncoder,
+        loss: InfoNCELoss,
+        learning_rate: float,
+        weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
+        seed: int = 0,
     ) -> None:
         super().__init__()
+        self.seed = seed
         self.encoder = encoder
         self.loss = loss
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.warmup_ratio = warmup_ratio
+
+    def on_train_epoch_start(self) -> None:
+        torch.manual_seed(self.seed * 1_000_003 + self.current_epoch + 1_000 * self.global_rank)
 
     def training_step(self, batch: BiEncoderBatch, batch_idx: int) -> torch.Tensor:
         query_embeddings = self.encoder.encode_queries(batch.query_inputs)  # (Q, dim)

@@ -17,9 +17,14 @@ import numpy as np
 BLOCK = 32
 HEADER_KEYS = ("H", "NL", "NH", "FF", "VOC", "MAXP", "TVS")
 LAYER_PARTS = {
-    "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
-    "ao": "attention.output.dense", "aln": "attention.output.LayerNorm",
-    "fi": "intermediate.dense", "fo": "output.dense", "oln": "output.LayerNorm",
+    "q": "attention.self.query",
+    "k": "attention.self.key",
+    "v": "attention.self.value",
+    "ao": "attention.output.dense",
+    "aln": "attention.output.LayerNorm",
+    "fi": "intermediate.dense",
+    "fo": "output.dense",
+    "oln": "output.LayerNorm",
 }
 
 
@@ -94,8 +99,14 @@ def read_state_dict(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         "embeddings.LayerNorm.weight": get("emb.ln.w", (hidden,)),
         "embeddings.LayerNorm.bias": get("emb.ln.b", (hidden,)),
     }
-    matrices = {"q": (hidden, hidden), "k": (hidden, hidden), "v": (hidden, hidden), "ao": (hidden, hidden),
-                "fi": (ffn, hidden), "fo": (hidden, ffn)}
+    matrices = {
+        "q": (hidden, hidden),
+        "k": (hidden, hidden),
+        "v": (hidden, hidden),
+        "ao": (hidden, hidden),
+        "fi": (ffn, hidden),
+        "fo": (hidden, ffn),
+    }
     for layer in range(header["NL"]):
         for short, long in LAYER_PARTS.items():
             weight_shape = matrices.get(short, (hidden,))
@@ -107,7 +118,14 @@ def read_state_dict(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 def bert_config(header: dict[str, Any]) -> dict[str, Any]:
     """BertConfig keyword arguments for the parsed header."""
     return dict(
-        vocab_size=header["VOC"], hidden_size=header["H"], num_hidden_layers=header["NL"],
-        num_attention_heads=header["NH"], intermediate_size=header["FF"], max_position_embeddings=header["MAXP"],
-        type_vocab_size=header["TVS"], layer_norm_eps=float(header["eps"]), hidden_act="gelu", pad_token_id=0,
+        vocab_size=header["VOC"],
+        hidden_size=header["H"],
+        num_hidden_layers=header["NL"],
+        num_attention_heads=header["NH"],
+        intermediate_size=header["FF"],
+        max_position_embeddings=header["MAXP"],
+        type_vocab_size=header["TVS"],
+        layer_norm_eps=float(header["eps"]),
+        hidden_act="gelu",
+        pad_token_id=0,
     )

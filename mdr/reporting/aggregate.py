@@ -46,9 +46,16 @@ def collect(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         cell = " ".join(line.removeprefix("- ").strip() for line in overrides.splitlines() if line.strip())
         if (job / "metrics.json").is_file():
             metrics = json.loads((job / "metrics.json").read_text())
-            rows.append({**{k: metrics.get(k) for k in KEYS}, **metrics["metrics"],
-                         "low_resource": metrics.get("low_resource"), "num_queries": metrics["num_queries"],
-                         "job": job.name, "per_query_file": str(job / metrics["per_query_file"])})
+            rows.append(
+                {
+                    **{k: metrics.get(k) for k in KEYS},
+                    **metrics["metrics"],
+                    "low_resource": metrics.get("low_resource"),
+                    "num_queries": metrics["num_queries"],
+                    "job": job.name,
+                    "per_query_file": str(job / metrics["per_query_file"]),
+                }
+            )
         elif (job / "failed.json").is_file():
             error = json.loads((job / "failed.json").read_text())["error"]
             problems.append({"job": job.name, "status": "failed", "error": error, "overrides": cell})
@@ -76,9 +83,17 @@ def significance(results: pd.DataFrame, trials: int = 10_000) -> pd.DataFrame:
             other = _per_query_mrr(cell.per_query_file.tolist())
             common = base.index.intersection(other.index)
             p_value = paired_randomization_test(other[common], base[common], trials)
-            tests.append({"model": model, "stage": stage, "language": language, "hard_proportion": proportion,
-                          "delta_mrr@100": float(other[common].mean() - base[common].mean()),
-                          "queries": len(common), "p_value": p_value})
+            tests.append(
+                {
+                    "model": model,
+                    "stage": stage,
+                    "language": language,
+                    "hard_proportion": proportion,
+                    "delta_mrr@100": float(other[common].mean() - base[common].mean()),
+                    "queries": len(common),
+                    "p_value": p_value,
+                }
+            )
         for test, adjusted in zip(tests, holm([t["p_value"] for t in tests]) if tests else []):
             out.append({**test, "p_holm": adjusted})
     return pd.DataFrame(out)
@@ -89,9 +104,12 @@ def markdown_table(results: pd.DataFrame, tests: pd.DataFrame) -> str:
     lines: list[str] = []
     for (model, stage), block in results.groupby(["model", "stage"]):
         proportions = sorted(block.hard_proportion.unique())
-        lines += [f"### MRR@100, model={model}, stage={stage}", "",
-                  "| language | " + " | ".join(f"p={p:g}" for p in proportions) + " |",
-                  "|---|" + "---:|" * len(proportions)]
+        lines += [
+            f"### MRR@100, model={model}, stage={stage}",
+            "",
+            "| language | " + " | ".join(f"p={p:g}" for p in proportions) + " |",
+            "|---|" + "---:|" * len(proportions),
+        ]
         for language, rows in block.groupby("language"):
             cells = []
             for proportion in proportions:
@@ -102,16 +120,22 @@ def markdown_table(results: pd.DataFrame, tests: pd.DataFrame) -> str:
                 std = values.std(ddof=1) if len(values) > 1 else 0.0
                 mark = ""
                 if not tests.empty and proportion != 0:
-                    hit = tests[(tests.model == model) & (tests.stage == stage) & (tests.language == language)
-                                & (tests.hard_proportion == proportion)]
+                    hit = tests[
+                        (tests.model == model)
+                        & (tests.stage == stage)
+                        & (tests.language == language)
+                        & (tests.hard_proportion == proportion)
+                    ]
                     if not hit.empty and hit.p_holm.iloc[0] < 0.05:
                         mark = "*"
                 cells.append(f"{values.mean():.4f} ± {std:.4f}{mark} (n={len(values)})")
             low = rows.low_resource.iloc[0]
             lines.append(f"| {language}{' (low-resource)' if low else ''} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines.append("`*`: different from p=0 (standard random negatives) at Holm-adjusted p < 0.05, paired "
-                 "randomisation test over queries on per-query MRR@100 averaged over seeds.")
+    lines.append(
+        "`*`: different from p=0 (standard random negatives) at Holm-adjusted p < 0.05, paired "
+        "randomisation test over queries on per-query MRR@100 averaged over seeds."
+    )
     return "\n".join(lines)
 
 
@@ -144,10 +168,18 @@ def aggregate(sweep_dir: str | Path, trials: int = 10_000) -> dict[str, Any]:
     """Write results.csv, significance.csv, results.md and mrr_vs_proportion.png into the sweep folder."""
     root = resolve_sweep_dir(sweep_dir)
     results, problems = collect(root)
-    summary: dict[str, Any] = {"sweep_dir": str(root), "completed": len(results), "failed": int(
-        (problems.status == "failed").sum()), "missing": int((problems.status == "missing").sum())}
-    sections = [f"# Results: {root}", "", f"{summary['completed']} completed, {summary['failed']} failed, "
-                f"{summary['missing']} missing.", ""]
+    summary: dict[str, Any] = {
+        "sweep_dir": str(root),
+        "completed": len(results),
+        "failed": int((problems.status == "failed").sum()),
+        "missing": int((problems.status == "missing").sum()),
+    }
+    sections = [
+        f"# Results: {root}",
+        "",
+        f"{summary['completed']} completed, {summary['failed']} failed, {summary['missing']} missing.",
+        "",
+    ]
     if not results.empty:
         results = results.sort_values(KEYS).reset_index(drop=True)
         tests = significance(results, trials)

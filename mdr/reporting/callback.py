@@ -24,4 +24,6 @@ class AggregateOnMultirunEnd(Callback):
         summary = aggregate(config.hydra.sweep.dir, self.trials)
         print(open(summary["table"]).read(), flush=True)
         if summary["failed"] or summary["missing"]:
-            log.error("%d job(s) failed and %d missing: see %s", summary["failed"], summary["missing"], summary["table"])
+            log.error(
+                "%d job(s) failed and %d missing: see %s", summary["failed"], summary["missing"], summary["table"]
+            )

@@ -36,7 +36,11 @@ def ensure_model_files(model_cfg: DictConfig) -> None:
 def encoder_settings(model_cfg: DictConfig) -> EncoderSettings:
     """The model group's pooling, normalisation, lengths and prefixes."""
     return EncoderSettings(
-        pooling=model_cfg.pooling, normalize=bool(model_cfg.normalize), shared=bool(model_cfg.shared),
-        query_max_length=int(model_cfg.query_max_length), passage_max_length=int(model_cfg.passage_max_length),
-        query_prefix=str(model_cfg.query_prefix), passage_prefix=str(model_cfg.passage_prefix),
+        pooling=model_cfg.pooling,
+        normalize=bool(model_cfg.normalize),
+        shared=bool(model_cfg.shared),
+        query_max_length=int(model_cfg.query_max_length),
+        passage_max_length=int(model_cfg.passage_max_length),
+        query_prefix=str(model_cfg.query_prefix),
+        passage_prefix=str(model_cfg.passage_prefix),
     )

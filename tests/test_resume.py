@@ -1,0 +1,97 @@
+"""Resume and determinism: a killed run resumed from its checkpoint ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mdr.pipeline import run_task, train
+from mdr.utils.io import atomic_write_json
+
+from conftest import DATA_DIR, ROOT
+
+ARGS = [
+    "data=demo",
+    "language=th",
+    "trainer.max_epochs=3",
+    "+trainer.limit_train_batches=6",
+    "train.batch_size=8",
+    "negatives.num_negatives=2",
+    "trainer.enable_progress_bar=false",
+    "logger.wandb.enabled=false",
+]
+
+
+def _command(out: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "train.py"), *ARGS, f"hydra.run.dir={out}"]
+
+
+def _env(cache_dir: Path) -> dict[str, str]:
+    return {**os.environ, "MDR_DATA_DIR": str(DATA_DIR), "MDR_CACHE_DIR": str(cache_dir)}
+
+
+def _metrics(out: Path) -> dict:
+    return json.loads((out / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_run_resumes_to_the_same_metrics(
+    sig: signal.Signals, tmp_path: Path, cache_dir: Path, tiny_model: Path
+) -> None:
+    env = _env(cache_dir)
+    reference = tmp_path / "reference"
+    subprocess.run(_command(reference), cwd=tmp_path, env=env, check=True, capture_output=True, timeout=600)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        _command(killed), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    checkpoint = killed / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not checkpoint.is_file() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert checkpoint.is_file(), "no epoch checkpoint appeared"
+    process.send_signal(sig)  # during epoch 2 of 3
+    process.wait(timeout=120)
+    assert not (killed / "metrics.json").exists(), "a killed run must not leave metrics.json"
+
+    done = subprocess.run(_command(killed), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed, expected = _metrics(killed), _metrics(reference)
+    assert resumed["train"]["resumed_from"] and expected["train"]["resumed_from"] is None
+    assert resumed["train"]["steps"] == expected["train"]["steps"] == 18
+    assert resumed["metrics"] == pytest.approx(expected["metrics"], abs=1e-5)
+    assert (killed / "runs/th.trec").read_text().splitlines()[:50] == (
+        reference / "runs/th.trec"
+    ).read_text().splitlines()[:50]
+
+
+def test_same_seed_same_metrics_and_run(make_cfg, tmp_path: Path) -> None:  # noqa: ANN001
+    first = run_task(make_cfg("seed=7", f"paths.output_dir={tmp_path / 'a'}"), train)
+    second = run_task(make_cfg("seed=7", f"paths.output_dir={tmp_path / 'b'}"), train)
+    assert first["metrics"] == second["metrics"]
+    assert (tmp_path / "a/runs/th.trec").read_text() == (tmp_path / "b/runs/th.trec").read_text()
+    other = run_task(make_cfg("seed=8", f"paths.output_dir={tmp_path / 'c'}"), train)
+    assert other["metrics"] != first["metrics"]
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "metrics.json"
+    atomic_write_json(target, {"mrr@100": 0.5})
+
+    def crash(fd: int) -> None:  # dies after the new bytes were written to the temporary file
+        raise OSError("disk vanished")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError, match="disk vanished"):
+        atomic_write_json(target, {"mrr@100": 0.9})
+    assert json.loads(target.read_text()) == {"mrr@100": 0.5}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"], "temporary file left behind"
