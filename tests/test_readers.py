@@ -77,9 +77,9 @@ def _write_hub_folder(root: Path, corpus: list[dict], rows: dict[str, list[dict]
     (documents / "swahili").mkdir(parents=True, exist_ok=True)
     (documents / "swahili" / "corpus.jsonl").write_text("".join(json.dumps(p) + "\n" for p in corpus))
     splits = "\n".join(f"      - split: {s}\n        path: swahili/{s}.jsonl" for s in rows)
-    (queries / "README.md").write_text(f"---\nconfigs:\n  - config_name: swahili\n    data_files:\n{splits}\n---\n")
-    corpus_files = "      - split: train\n        path: swahili/corpus.jsonl"
-    (documents / "README.md").write_text(f"---\nconfigs:\n  - config_name: swahili\n    data_files:\n{corpus_files}\n---\n")
+    card = "---\nconfigs:\n  - config_name: swahili\n    data_files:\n{}\n---\n"
+    (queries / "README.md").write_text(card.format(splits))
+    (documents / "README.md").write_text(card.format("      - split: train\n        path: swahili/corpus.jsonl"))
 
 
 def test_hub_reader_on_mrtydi_schema(tmp_path: Path) -> None:
