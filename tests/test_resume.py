@@ -95,3 +95,25 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path, monk
         atomic_write_json(target, {"mrr@100": 0.9})
     assert json.loads(target.read_text()) == {"mrr@100": 0.5}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"], "temporary file left behind"
+
+
+def test_same_seed_and_epoch_give_the_same_batches(tiny_model: Path) -> None:
+    from mdr.data.collator import BiEncoderCollator
+    from mdr.data.datamodule import RetrievalDataModule
+    from mdr.data.negatives import NegativeSampler
+    from mdr.data.readers import LocalReader
+    from mdr.models.bi_encoder import load_tokenizer
+
+    from conftest import XQUAD_SENT
+
+    split = LocalReader(XQUAD_SENT / "th", "th").load("train")
+    collator = BiEncoderCollator(load_tokenizer(tiny_model), split.corpus, 32, 64)
+
+    def first_batches(seed: int, epoch: int) -> list:
+        module = RetrievalDataModule(split, {}, NegativeSampler(3, 0.0, seed=seed), collator, 16, seed=seed)
+        loader = iter(module.dataloader_for_epoch(epoch))
+        return [next(loader).passage_inputs["input_ids"] for _ in range(3)]
+
+    same = zip(first_batches(5, 2), first_batches(5, 2))
+    assert all(a.shape == b.shape and bool((a == b).all()) for a, b in same)
+    assert any(a.shape != b.shape or not bool((a == b).all()) for a, b in zip(first_batches(5, 2), first_batches(5, 3)))
