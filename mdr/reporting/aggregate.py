@@ -117,7 +117,7 @@ def markdown_table(results: pd.DataFrame, tests: pd.DataFrame) -> str:
                 if values.empty:
                     cells.append("–")
                     continue
-                std = values.std(ddof=1) if len(values) > 1 else 0.0
+                std = values.std(ddof=1) if len(values) > 1 else float("nan")
                 mark = ""
                 if not tests.empty and proportion != 0:
                     hit = tests[
@@ -128,7 +128,8 @@ def markdown_table(results: pd.DataFrame, tests: pd.DataFrame) -> str:
                     ]
                     if not hit.empty and hit.p_holm.iloc[0] < 0.05:
                         mark = "*"
-                cells.append(f"{values.mean():.4f} ± {std:.4f}{mark} (n={len(values)})")
+                spread = f" ± {std:.4f}" if len(values) > 1 else ""
+                cells.append(f"{values.mean():.4f}{spread}{mark} (n={len(values)})")
             low = rows.low_resource.iloc[0]
             lines.append(f"| {language}{' (low-resource)' if low else ''} | " + " | ".join(cells) + " |")
         lines.append("")
