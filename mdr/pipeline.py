@@ -113,30 +113,46 @@ def load_encoder(cfg: DictConfig, name_or_path: str | None = None) -> tuple[BiEn
     return BiEncoder.from_pretrained(name_or_path, settings), load_tokenizer(name_or_path)
 
 
+def wandb_settings(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """Keyword arguments shared by ``WandbLogger`` and ``wandb.init``: one group per sweep, offline by default."""
+    wandb_cfg = cfg.logger.wandb
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return {
+        "project": wandb_cfg.project, "entity": wandb_cfg.entity, "group": wandb_cfg.group or sweep_name(out),
+        "name": run_name(cfg), "dir": str(out), "mode": wandb_cfg.mode, "job_type": cfg.task_name,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
 def build_loggers(cfg: DictConfig, out: Path) -> list[Any]:
     """CSV always; W&B (offline unless configured otherwise) grouped by the multirun folder."""
     from lightning.pytorch.loggers import CSVLogger
 
     loggers: list[Any] = [CSVLogger(save_dir=str(out), name="csv", version="")]
-    wandb_cfg = cfg.logger.wandb
-    if wandb_cfg.enabled:
+    if cfg.logger.wandb.enabled:
         from lightning.pytorch.loggers import WandbLogger
 
-        os.environ.setdefault("WANDB_SILENT", "true")
-        group = wandb_cfg.group or sweep_name(out)
-        loggers.append(
-            WandbLogger(
-                project=wandb_cfg.project,
-                entity=wandb_cfg.entity,
-                group=group,
-                name=run_name(cfg),
-                save_dir=str(out),
-                mode=wandb_cfg.mode,
-                config=OmegaConf.to_container(cfg, resolve=True),
-                job_type=cfg.task_name,
-            )
-        )
+        settings = wandb_settings(cfg, out)
+        settings["save_dir"] = settings.pop("dir")
+        loggers.append(WandbLogger(**settings))
     return loggers
+
+
+def publish_to_wandb(cfg: DictConfig, out: Path, payload: dict[str, Any]) -> None:
+    """Put the test metrics and the cell into the run's W&B summary and close the run.
+
+    Closing matters in a multirun: jobs share one process, and an open run would swallow the next job's logs.
+    """
+    if not cfg.logger.wandb.enabled:
+        return
+    import wandb
+
+    if wandb.run is None:  # zero-shot / evaluate.py: no training logger opened a run
+        wandb.init(**wandb_settings(cfg, out))
+    summary = {f"test/{name}": value for name, value in payload["metrics"].items()}
+    summary.update({key: payload[key] for key in ("language", "model", "stage", "hard_proportion", "seed")})
+    wandb.run.summary.update(summary)
+    wandb.finish()
 
 
 def sweep_name(out: Path) -> str:
@@ -255,6 +271,7 @@ def evaluate_and_report(
         **extra,
     }
     atomic_write_json(out / "metrics.json", payload)
+    publish_to_wandb(cfg, out, payload)
     print(
         f"[mdr] {payload['language']} {payload['model']} {payload['stage']} p={payload['hard_proportion']} "
         f"seed={payload['seed']}: MRR@100={result.metrics['mrr@100']:.4f} "

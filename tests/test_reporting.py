@@ -41,7 +41,7 @@ def test_holm_adjustment() -> None:
 
 
 def test_multirun_is_aggregated_and_failures_are_isolated(tmp_path: Path, cache_dir: Path, tiny_model: Path) -> None:
-    env = {**os.environ, "MDR_DATA_DIR": str(DATA_DIR), "MDR_CACHE_DIR": str(cache_dir)}
+    env = {**os.environ, "MDR_DATA_DIR": str(DATA_DIR), "MDR_CACHE_DIR": str(cache_dir), "WANDB_MODE": "offline"}
     sweep = tmp_path / "sweep"
     command = [
         sys.executable,
@@ -54,7 +54,6 @@ def test_multirun_is_aggregated_and_failures_are_isolated(tmp_path: Path, cache_
         "train.batch_size=8",
         "negatives.num_negatives=2",
         "trainer.enable_progress_bar=false",
-        "logger.wandb.enabled=false",
         "hydra.callbacks.aggregate.trials=2000",
         "negatives.hard_proportion=0,1,1.5",
         "seed=0,1",
@@ -75,6 +74,10 @@ def test_multirun_is_aggregated_and_failures_are_isolated(tmp_path: Path, cache_
     runs = [json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")]
     mean_p0 = np.mean([r["metrics"]["mrr@100"] for r in runs if r["hard_proportion"] == 0.0])
     assert f"{mean_p0:.4f} ±" in table
+    # W&B (offline): one run per job, none reused by the next job of the same process
+    run_dirs = [sorted((p.parent / "wandb").glob("offline-run-*")) for p in sweep.glob("*/metrics.json")]
+    assert all(len(dirs) == 1 for dirs in run_dirs), run_dirs
+    assert len({dirs[0].name.rsplit("-", 1)[1] for dirs in run_dirs}) == 4
     # a job killed before writing anything is listed as missing, and the CLI exits 1
     (sweep / "killed_job" / ".hydra").mkdir(parents=True)
     summary = aggregate(sweep, trials=500)
