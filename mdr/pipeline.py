@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 import traceback
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from mdr.data.collator import BiEncoderCollator
@@ -23,7 +25,7 @@ from mdr.evaluation.evaluator import evaluate_language
 from mdr.losses import InfoNCELoss
 from mdr.mining.miner import PoolSettings, hard_negative_pools
 from mdr.models.bi_encoder import BiEncoder, EncoderSettings, load_tokenizer
-from mdr.models.module import BiEncoderModule
+from mdr.models.module import BiEncoderModule, EpochEndCheckpoint
 from mdr.utils.instantiate import build_reader, encoder_settings, ensure_model_files
 from mdr.utils.io import atomic_write_json, atomic_write_text
 from mdr.utils.logging import get_logger
@@ -54,6 +56,8 @@ def run_task(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]]) -> d
                 out / "failed.json",
                 {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc(), "time": time.time()},
             )
+        if isinstance(error, SIGTERMException):  # a SystemExit with code 0: say 128 + SIGTERM instead
+            raise SystemExit(128 + signal.SIGTERM) from error
         raise
     (out / "failed.json").unlink(missing_ok=True)
     return result
@@ -203,9 +207,7 @@ def fit(
     # one checkpoint per epoch end: a killed or preempted job resumes from the last finished epoch, whose
     # negatives, batch order and dropout seeds are all functions of (seed, epoch), so it ends where an
     # uninterrupted run ends
-    checkpoints = pl.callbacks.ModelCheckpoint(
-        dirpath=out / "checkpoints", save_last=True, save_top_k=0, save_on_train_epoch_end=True
-    )
+    checkpoints = EpochEndCheckpoint(dirpath=out / "checkpoints")
     plugins = []
     if SLURMEnvironment.detect():
         plugins.append(SLURMEnvironment(auto_requeue=False))  # submitit requeues and the rerun resumes
@@ -230,6 +232,7 @@ def fit(
             "steps": trainer.global_step,
             "seconds": round(time.time() - started, 1),
             "resumed_from": str(last) if trainer.ckpt_path else None,
+            "resumed_at_epoch": module.start_epoch if trainer.ckpt_path else None,
             "train_queries": stats.examples if stats else 0,
             "num_hard": sampler.num_hard,
             "hard_shortfall_last_epoch": stats.hard_shortfall if stats else 0,

@@ -60,13 +60,14 @@ def test_killed_run_resumes_to_the_same_metrics(
         time.sleep(0.05)
     assert checkpoint.is_file(), "no epoch checkpoint appeared"
     process.send_signal(sig)  # during epoch 2 of 3
-    process.wait(timeout=120)
+    assert process.wait(timeout=120) != 0
     assert not (killed / "metrics.json").exists(), "a killed run must not leave metrics.json"
 
     done = subprocess.run(_command(killed), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     resumed, expected = _metrics(killed), _metrics(reference)
     assert resumed["train"]["resumed_from"] and expected["train"]["resumed_from"] is None
+    assert 0 < resumed["train"]["resumed_at_epoch"] < 3, "the kill should land before training finished"
     assert resumed["train"]["steps"] == expected["train"]["steps"] == 18
     assert resumed["metrics"] == pytest.approx(expected["metrics"], abs=1e-5)
     assert (killed / "runs/th.trec").read_text().splitlines()[:50] == (

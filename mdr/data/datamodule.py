@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import random
+
 import lightning.pytorch as pl
-import torch
 from torch.utils.data import DataLoader
 
 from mdr.data.collator import BiEncoderCollator
@@ -57,13 +58,18 @@ class RetrievalDataModule(pl.LightningDataModule):
         return examples
 
     def dataloader_for_epoch(self, epoch: int) -> DataLoader:
-        """A shuffled loader over the epoch's examples; the order depends only on (seed, epoch)."""
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        """A loader over the epoch's examples in an order that depends only on (seed, epoch).
+
+        The examples are shuffled here, not by a sampler: a sampler's generator advances each time the
+        loader is iterated, and Lightning iterates a restored epoch's loader a different number of times
+        than an uninterrupted one. Under DDP, Lightning's DistributedSampler deals this order out to ranks.
+        """
+        examples = self.examples_for_epoch(epoch)
+        random.Random(f"{self.seed}:{epoch}:order").shuffle(examples)
         return DataLoader(
-            self.examples_for_epoch(epoch),
+            examples,
             batch_size=self.batch_size,
-            shuffle=True,
-            generator=generator,
+            shuffle=False,
             collate_fn=self.collator,
             num_workers=self.num_workers,
             drop_last=False,

@@ -16,7 +16,8 @@ def write_run(path: str | os.PathLike[str], run: Run, tag: str = "mdr", depth: i
     for query_id in sorted(run):
         scores = run[query_id]
         for rank, docid in enumerate(ranked(scores, depth), start=1):
-            lines.append(f"{query_id} Q0 {docid} {rank} {scores[docid]:.6f} {tag}")
+            # 9 significant digits round-trip float32 scores, so the file ranks exactly as in memory
+            lines.append(f"{query_id} Q0 {docid} {rank} {scores[docid]:.9g} {tag}")
     return atomic_write_lines(path, lines)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -20,8 +21,8 @@ class BiEncoderModule(pl.LightningModule):
         encoder: the bi-encoder.
         loss: the contrastive loss.
         learning_rate / weight_decay / warmup_ratio: optimiser settings (warm-up as a share of all steps).
-        seed: with the epoch, reseeds torch's RNG (dropout) at every epoch start, so a run resumed from an
-            epoch checkpoint repeats exactly what an uninterrupted run does.
+        seed: with the step, reseeds torch's RNG (dropout) at every step, so a run resumed from an epoch
+            checkpoint repeats exactly what an uninterrupted run does.
     """
 
     def __init__(
@@ -35,16 +36,19 @@ class BiEncoderModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.seed = seed
+        self.start_epoch = 0
         self.encoder = encoder
         self.loss = loss
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.warmup_ratio = warmup_ratio
 
-    def on_train_epoch_start(self) -> None:
-        torch.manual_seed(self.seed * 1_000_003 + self.current_epoch + 1_000 * self.global_rank)
+    def on_train_start(self) -> None:
+        self.start_epoch = self.current_epoch  # > 0 when resumed from a checkpoint
 
     def training_step(self, batch: BiEncoderBatch, batch_idx: int) -> torch.Tensor:
+        # dropout masks depend only on (seed, step, rank): a resumed run draws the same ones
+        torch.manual_seed(self.seed * 1_000_003 + self.global_step * 1_009 + self.global_rank)
         query_embeddings = self.encoder.encode_queries(batch.query_inputs)  # (Q, dim)
         passage_embeddings = self.encoder.encode_passages(batch.passage_inputs)  # (Q * (1 + k), dim)
         output = self.loss(query_embeddings, passage_embeddings)
@@ -74,3 +78,21 @@ class BiEncoderModule(pl.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = get_linear_schedule_with_warmup(optimizer, int(self.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class EpochEndCheckpoint(pl.callbacks.ModelCheckpoint):
+    """Keeps the latest epoch-end checkpoint, with ``last.ckpt`` linking to it.
+
+    Unlike the stock callback it writes nothing when training is interrupted (SIGTERM, an exception): a
+    mid-epoch state cannot be resumed exactly, an epoch boundary can, because negatives, batch order and
+    dropout seeds are functions of (seed, epoch).
+    """
+
+    def __init__(self, dirpath: str | Path) -> None:
+        super().__init__(
+            dirpath=dirpath, filename="epoch{epoch}", auto_insert_metric_name=False, save_top_k=1,
+            save_last="link", every_n_epochs=1, save_on_train_epoch_end=True,
+        )
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        return None
