@@ -122,8 +122,13 @@ def wandb_settings(cfg: DictConfig, out: Path) -> dict[str, Any]:
     wandb_cfg = cfg.logger.wandb
     os.environ.setdefault("WANDB_SILENT", "true")
     return {
-        "project": wandb_cfg.project, "entity": wandb_cfg.entity, "group": wandb_cfg.group or sweep_name(out),
-        "name": run_name(cfg), "dir": str(out), "mode": wandb_cfg.mode, "job_type": cfg.task_name,
+        "project": wandb_cfg.project,
+        "entity": wandb_cfg.entity,
+        "group": wandb_cfg.group or sweep_name(out),
+        "name": run_name(cfg),
+        "dir": str(out),
+        "mode": wandb_cfg.mode,
+        "job_type": cfg.task_name,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mdr.data.collator import passage_text
 from mdr.data.schema import RetrievalSplit
-from mdr.mining.pools import RawPools, from_rankings
+from mdr.mining.pools import RawPools, from_rankings, retrieval_depth
 from mdr.mining.tokenize import bm25_tokens
 
 
@@ -29,5 +29,4 @@ def bm25s_search(
 
 def bm25s_pools(split: RetrievalSplit, depth: int) -> RawPools:
     """BM25 candidates per training query with its positives removed (retrieves ``depth`` + positives)."""
-    most_positives = max((len(split.positives(q)) for q in split.queries), default=0)
-    return from_rankings(split, bm25s_search(split, depth + most_positives), depth)
+    return from_rankings(split, bm25s_search(split, retrieval_depth(split, depth)), depth)

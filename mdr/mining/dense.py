@@ -8,7 +8,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mdr.data.schema import RetrievalSplit
 from mdr.evaluation.evaluator import encode_split, search
-from mdr.mining.pools import RawPools, from_rankings
+from mdr.mining.pools import RawPools, from_rankings, rank_run, retrieval_depth
 from mdr.models.bi_encoder import BiEncoder
 
 
@@ -22,10 +22,7 @@ def dense_pools(
 ) -> RawPools:
     """Top-``depth`` non-positive passages per query, with the exact best-positive score for the margin filter."""
     encoded = encode_split(encoder, tokenizer, split, batch_size, device)
-    most_positives = max((len(split.positives(q)) for q in split.queries), default=0)
-    run = search(encoded, depth + most_positives)
-    rankings = {q: sorted(docs.items(), key=lambda item: (-item[1], item[0])) for q, docs in run.items()}
-    pools = from_rankings(split, rankings, depth)
+    pools = from_rankings(split, rank_run(search(encoded, retrieval_depth(split, depth))), depth)
     row_of = {docid: row for row, docid in enumerate(encoded.docids)}
     for i, query_id in enumerate(encoded.query_ids):
         rows = [row_of[d] for d in split.positives(query_id)]

@@ -17,7 +17,7 @@ from mdr.data.collator import passage_text
 from mdr.data.schema import RetrievalSplit
 from mdr.evaluation.trec import read_run
 from mdr.mining.java import configure_java
-from mdr.mining.pools import RawPools, from_rankings
+from mdr.mining.pools import RawPools, from_rankings, rank_run, retrieval_depth
 
 
 def _pyserini(*args: str) -> None:
@@ -83,10 +83,9 @@ def pyserini_search(
             "1",
         )
         run = read_run(work / "run.trec")
-    return {q: sorted(docs.items(), key=lambda item: (-item[1], item[0])) for q, docs in run.items()}
+    return rank_run(run)
 
 
 def pyserini_pools(split: RetrievalSplit, language: str, depth: int) -> RawPools:
     """Lucene BM25 candidates per training query with its positives removed."""
-    most_positives = max((len(split.positives(q)) for q in split.queries), default=0)
-    return from_rankings(split, pyserini_search(split, language, depth + most_positives), depth)
+    return from_rankings(split, pyserini_search(split, language, retrieval_depth(split, depth)), depth)

@@ -98,6 +98,16 @@ def cached(path: Path, mine: Callable[[], RawPools]) -> RawPools:
     return pools
 
 
+def retrieval_depth(split: RetrievalSplit, depth: int) -> int:
+    """How deep to retrieve so that ``depth`` candidates remain once any query's positives are removed."""
+    return depth + max((len(split.positives(q)) for q in split.queries), default=0)
+
+
+def rank_run(run: Mapping[str, Mapping[str, float]]) -> dict[str, Candidates]:
+    """A run's documents per query as (docid, score), best first, ties by docid."""
+    return {q: sorted(docs.items(), key=lambda item: (-item[1], item[0])) for q, docs in run.items()}
+
+
 def from_rankings(split: RetrievalSplit, rankings: Mapping[str, Sequence[tuple[str, float]]], depth: int) -> RawPools:
     """Pools from full rankings: positives removed (their best score kept), cut at ``depth``."""
     pools = RawPools({})

@@ -90,8 +90,13 @@ class EpochEndCheckpoint(pl.callbacks.ModelCheckpoint):
 
     def __init__(self, dirpath: str | Path) -> None:
         super().__init__(
-            dirpath=dirpath, filename="epoch{epoch}", auto_insert_metric_name=False, save_top_k=1,
-            save_last="link", every_n_epochs=1, save_on_train_epoch_end=True,
+            dirpath=dirpath,
+            filename="epoch{epoch}",
+            auto_insert_metric_name=False,
+            save_top_k=1,
+            save_last="link",
+            every_n_epochs=1,
+            save_on_train_epoch_end=True,
         )
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
