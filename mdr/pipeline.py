@@ -26,6 +26,7 @@ from mdr.losses import InfoNCELoss
 from mdr.mining.miner import PoolSettings, hard_negative_pools
 from mdr.models.bi_encoder import BiEncoder, EncoderSettings, load_tokenizer
 from mdr.models.module import BiEncoderModule, EpochEndCheckpoint
+from mdr.models.precision import resolve_precision
 from mdr.utils.instantiate import build_reader, encoder_settings, ensure_model_files
 from mdr.utils.io import atomic_write_json, atomic_write_text
 from mdr.utils.logging import get_logger
@@ -184,6 +185,7 @@ def fit(
         cfg.negatives.num_negatives, cfg.negatives.hard_proportion, seed=cfg.seed, strict=cfg.negatives.strict
     )
     settings = encoder.settings
+    grad_cache = cfg.train.grad_cache
     collator = BiEncoderCollator(
         tokenizer,
         split.corpus,
@@ -191,7 +193,11 @@ def fit(
         settings.passage_max_length,
         settings.query_prefix,
         settings.passage_prefix,
+        chunk_size=int(grad_cache.chunk_size) if grad_cache.enabled else None,
+        chunk_tokens=int(cfg.train.chunk_tokens),
     )
+    if cfg.train.gradient_checkpointing:
+        encoder.gradient_checkpointing_enable()
     datamodule = RetrievalDataModule(
         split,
         pools,
@@ -203,11 +209,13 @@ def fit(
     )
     module = BiEncoderModule(
         encoder,
-        InfoNCELoss(cfg.model.temperature),
+        InfoNCELoss(cfg.model.temperature, mask_false_negatives=bool(cfg.loss.mask_false_negatives)),
         cfg.train.learning_rate,
         cfg.train.weight_decay,
         cfg.train.warmup_ratio,
         seed=int(cfg.seed),
+        grad_cache=bool(grad_cache.enabled),
+        gradient_clip_val=cfg.train.gradient_clip_val,
     )
     # one checkpoint per epoch end: a killed or preempted job resumes from the last finished epoch, whose
     # negatives, batch order and dropout seeds are all functions of (seed, epoch), so it ends where an
@@ -216,8 +224,10 @@ def fit(
     plugins = []
     if SLURMEnvironment.detect():
         plugins.append(SLURMEnvironment(auto_requeue=False))  # submitit requeues and the rerun resumes
+    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_args["precision"] = resolve_precision(trainer_args["precision"], str(trainer_args["accelerator"]))
     trainer = pl.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **trainer_args,
         default_root_dir=str(out),
         logger=build_loggers(cfg, out),
         callbacks=[checkpoints],
@@ -230,6 +240,7 @@ def fit(
     started = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
     stats = datamodule.last_stats
+    masked = module.masked_total()
     return {
         "trainer": trainer,
         "summary": {
@@ -241,6 +252,10 @@ def fit(
             "train_queries": stats.examples if stats else 0,
             "num_hard": sampler.num_hard,
             "hard_shortfall_last_epoch": stats.hard_shortfall if stats else 0,
+            "precision": trainer_args["precision"],
+            "mask_false_negatives": bool(cfg.loss.mask_false_negatives),
+            "in_batch_false_negatives_masked": masked,
+            "grad_cache_chunk_size": int(grad_cache.chunk_size) if grad_cache.enabled else None,
         },
     }
 

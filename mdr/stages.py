@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mdr.models.precision import resolve_precision
 from mdr.utils.instantiate import build_reader
 from mdr.utils.logging import get_logger
 
@@ -34,7 +35,8 @@ def stage_key(cfg: DictConfig) -> dict[str, object]:
             for k, v in OmegaConf.to_container(cfg.train, resolve=True).items()  # type: ignore[union-attr]
             if k not in ("num_workers", "save_encoder")
         },
-        "precision": str(cfg.trainer.precision),
+        "loss": OmegaConf.to_container(cfg.loss, resolve=True),
+        "precision": resolve_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator)),
         "seed": int(cfg.seed),
     }
 

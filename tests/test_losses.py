@@ -81,3 +81,77 @@ def test_ddp_gather_gives_the_single_process_gradient() -> None:
     # without the gather, each rank would only see its own passages: a different loss
     local = InfoNCELoss(0.1)(model(queries[:2]), model(passages[:6])).loss
     assert abs(local.item() - losses[0].item()) > 1e-3
+
+
+def test_false_negatives_leave_the_softmax_hand_computation() -> None:
+    # 2 queries, 1 negative each: passages [p0, n0, p1, n1]; q0's judged positives are docs 10 and 12,
+    # and doc 12 is also q1's negative (column 3); q1's positive (doc 11) is q0's negative (column 1)
+    queries = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    passages = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 2.0], [1.2, 1.0]])
+    passage_ids = torch.tensor([10, 11, 11, 12])  # p1 and n0 are the same document (11)
+    positive_ids = torch.tensor([[10, 12], [11, -1]])
+    temperature = 0.5
+    out = InfoNCELoss(temperature, mask_false_negatives=True)(queries, passages, passage_ids, positive_ids)
+    scores = [[1.0, 0.5, 0.0, 1.2], [0.0, 0.5, 2.0, 1.0]]
+    kept = [[0, 1, 2], [0, 2, 3]]  # q0 loses column 3 (doc 12); q1 loses column 1 (doc 11, not its target)
+    expected = 0.0
+    for row, target, columns in zip(scores, (0, 2), kept):
+        logits = [row[c] / temperature for c in columns]
+        expected += -(row[target] / temperature - math.log(sum(math.exp(x) for x in logits)))
+    assert out.loss.item() == pytest.approx(expected / 2, rel=1e-6)
+    assert out.masked.item() == 2
+    assert out.accuracy.item() == pytest.approx(1.0)  # without column 3, q0's positive is its best
+    unmasked = InfoNCELoss(temperature)(queries, passages, passage_ids, positive_ids)
+    assert unmasked.masked.item() == 0 and unmasked.loss.item() > out.loss.item()
+
+
+def test_mask_needs_ids() -> None:
+    with pytest.raises(ValueError, match="passage_ids"):
+        InfoNCELoss(mask_false_negatives=True)(torch.randn(2, 4), torch.randn(4, 4))
+
+
+def _masked_worker(
+    rank: int,
+    world: int,
+    port: int,
+    queries: torch.Tensor,
+    passages: torch.Tensor,
+    ids: torch.Tensor,
+    positives: torch.Tensor,
+    results: dict,
+) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    q_per_rank, p_per_rank = queries.shape[0] // world, passages.shape[0] // world
+    local_q = queries[rank * q_per_rank : (rank + 1) * q_per_rank].clone().requires_grad_(True)
+    local_p = passages[rank * p_per_rank : (rank + 1) * p_per_rank].clone().requires_grad_(True)
+    out = InfoNCELoss(0.1, mask_false_negatives=True)(
+        local_q,
+        local_p,
+        ids[rank * p_per_rank : (rank + 1) * p_per_rank],
+        positives[rank * q_per_rank : (rank + 1) * q_per_rank],
+    )
+    out.loss.backward()
+    results[rank] = (out.loss.detach(), out.masked.detach(), local_q.grad.clone())
+    dist.destroy_process_group()
+
+
+def test_ddp_masks_duplicates_held_by_another_rank() -> None:
+    torch.manual_seed(1)
+    world = 2
+    queries, passages = torch.randn(4, 6), torch.randn(4 * 2, 6)
+    # query 0 (rank 0) and query 3 (rank 1) share their positive document 7; query 1's positive 9 is
+    # query 2's negative (rank 1): both are false negatives that only the gathered ids reveal
+    ids = torch.tensor([7, 1, 9, 2, 3, 9, 7, 4])
+    positives = torch.tensor([[7], [9], [3], [7]])
+    reference = InfoNCELoss(0.1, mask_false_negatives=True)(queries, passages, ids, positives)
+    assert reference.masked.item() == 3  # q0 <- column 6, q1 <- column 5, q3 <- column 0
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(
+        _masked_worker, args=(world, _free_port(), queries, passages, ids, positives, results), nprocs=world, join=True
+    )
+    assert torch.stack([results[r][0] for r in range(world)]).mean().item() == pytest.approx(
+        reference.loss.item(), rel=1e-5
+    )
+    assert sum(int(results[r][1]) for r in range(world)) == 3

@@ -113,7 +113,7 @@ def test_same_seed_and_epoch_give_the_same_batches(tiny_model: Path) -> None:
     def first_batches(seed: int, epoch: int) -> list:
         module = RetrievalDataModule(split, {}, NegativeSampler(3, 0.0, seed=seed), collator, 16, seed=seed)
         loader = iter(module.dataloader_for_epoch(epoch))
-        return [next(loader).passage_inputs["input_ids"] for _ in range(3)]
+        return [next(loader).passages.chunks[0]["input_ids"] for _ in range(3)]
 
     same = zip(first_batches(5, 2), first_batches(5, 2))
     assert all(a.shape == b.shape and bool((a == b).all()) for a, b in same)

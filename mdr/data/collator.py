@@ -1,7 +1,14 @@
-"""Tokenise training examples into a :class:`BiEncoderBatch` (passages laid out per query as [pos, negs...])."""
+"""Tokenise training examples into a :class:`BiEncoderBatch`: passages laid out per query as [pos, negs...].
+
+Texts are tokenised without padding, sorted by length and cut into chunks that are padded only to their own
+longest text, so the encoder's work follows the real token counts rather than the batch's longest passage.
+The model puts the chunk outputs back into the original order (:meth:`PackedTexts.unpack`); the loss sees the
+same embeddings as with one padded tensor.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -17,24 +24,122 @@ def passage_text(passage: Passage, prefix: str = "") -> str:
     return prefix + body
 
 
+def docid_hash(docid: str) -> int:
+    """A stable 63-bit integer for a docid (same on every process and run), to compare docids as tensors."""
+    return int.from_bytes(hashlib.blake2b(docid.encode("utf-8"), digest_size=8).digest(), "little") >> 1
+
+
+@dataclass(frozen=True)
+class PackedTexts:
+    """N tokenised texts as length-sorted chunks, each padded to its own longest text.
+
+    Attributes:
+        chunks: model inputs (``input_ids``, ``attention_mask``, ...), chunk c of shape (n_c, len_c).
+        order: (N,) the original position of each row of the concatenated chunk outputs.
+        real_tokens: non-padding tokens over all chunks.
+    """
+
+    chunks: list[dict[str, torch.Tensor]]
+    order: torch.Tensor
+    real_tokens: int
+
+    def __len__(self) -> int:
+        return int(self.order.shape[0])
+
+    @property
+    def padded_tokens(self) -> int:
+        """Tokens the encoder processes, padding included."""
+        return sum(int(chunk["input_ids"].numel()) for chunk in self.chunks)
+
+    def unpack(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Concatenate per-chunk outputs (n_c, dim) and return them in the original order, (N, dim)."""
+        stacked = torch.cat(list(outputs), dim=0)  # (N, dim) in sorted order
+        inverse = torch.empty_like(self.order)
+        inverse[self.order] = torch.arange(len(self.order), device=self.order.device)
+        return stacked[inverse.to(stacked.device)]  # (N, dim) in the original order
+
+    def to(self, device: torch.device | str) -> PackedTexts:
+        """A copy with every tensor on ``device``."""
+        chunks = [{key: value.to(device, non_blocking=True) for key, value in chunk.items()} for chunk in self.chunks]
+        return PackedTexts(chunks, self.order, self.real_tokens)
+
+
+def pack_texts(
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    max_length: int,
+    chunk_size: int | None = None,
+    chunk_tokens: int = 4096,
+) -> PackedTexts:
+    """Tokenise ``texts`` (truncated at ``max_length``) into length-sorted, individually padded chunks.
+
+    Args:
+        chunk_size: fixed number of texts per chunk (GradCache's unit); None: chunks by ``chunk_tokens``.
+        chunk_tokens: without ``chunk_size``, a chunk grows while (texts x its longest length) stays within
+            this many tokens, so short texts share large chunks and long ones small chunks.
+    """
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    for index in order:
+        if groups and chunk_size is not None and len(groups[-1]) < chunk_size:
+            groups[-1].append(index)
+        elif groups and chunk_size is None and (len(groups[-1]) + 1) * lengths[index] <= chunk_tokens:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    pad_values = {"input_ids": tokenizer.pad_token_id or 0, "attention_mask": 0, "token_type_ids": 0}
+    keys = [key for key in pad_values if key in encoded]
+    chunks = []
+    for group in groups:
+        width = max(lengths[i] for i in group)
+        chunk = {}
+        for key in keys:
+            tensor = torch.full((len(group), width), pad_values[key], dtype=torch.long)  # (n_c, len_c)
+            for row, index in enumerate(group):  # on the side the tokenizer pads
+                values = torch.tensor(encoded[key][index], dtype=torch.long)
+                if tokenizer.padding_side == "left":
+                    tensor[row, width - lengths[index] :] = values
+                else:
+                    tensor[row, : lengths[index]] = values
+            chunk[key] = tensor
+        chunks.append(chunk)
+    return PackedTexts(chunks, torch.tensor(order, dtype=torch.long), sum(lengths))
+
+
 @dataclass(frozen=True)
 class BiEncoderBatch:
     """One training batch.
 
     Attributes:
-        query_inputs: tokenised queries, Q rows.
-        passage_inputs: tokenised passages, Q * (1 + k) rows, query i's positive at row i * (1 + k).
+        queries: Q tokenised queries.
+        passages: Q * (1 + k) tokenised passages, query i's positive at position i * (1 + k).
         group_size: 1 + k.
+        passage_ids: (Q * (1 + k),) :func:`docid_hash` of each passage, in passage order.
+        positive_ids: (Q, P) :func:`docid_hash` of each query's judged positives, padded with -1.
     """
 
-    query_inputs: Mapping[str, torch.Tensor]
-    passage_inputs: Mapping[str, torch.Tensor]
+    queries: PackedTexts
+    passages: PackedTexts
     group_size: int
+    passage_ids: torch.Tensor
+    positive_ids: torch.Tensor
 
     @property
     def num_queries(self) -> int:
         """Q, the number of queries in the batch."""
-        return int(self.query_inputs["input_ids"].shape[0])
+        return len(self.queries)
+
+    def to(self, device: torch.device | str) -> BiEncoderBatch:
+        """A copy with every tensor on ``device``."""
+        return BiEncoderBatch(
+            self.queries.to(device),
+            self.passages.to(device),
+            self.group_size,
+            self.passage_ids.to(device),
+            self.positive_ids.to(device),
+        )
 
 
 class BiEncoderCollator:
@@ -45,6 +150,8 @@ class BiEncoderCollator:
         corpus: docid -> passage, to look up the texts of positives and negatives.
         query_max_length / passage_max_length: truncation lengths per side.
         query_prefix / passage_prefix: strings put before each text (E5 wants ``"query: "``/``"passage: "``).
+        chunk_size: texts per chunk (``train.grad_cache.chunk_size``); None: chunks by ``chunk_tokens``.
+        chunk_tokens: padded-token budget of a chunk when ``chunk_size`` is None (``train.chunk_tokens``).
     """
 
     def __init__(
@@ -55,6 +162,8 @@ class BiEncoderCollator:
         passage_max_length: int,
         query_prefix: str = "",
         passage_prefix: str = "",
+        chunk_size: int | None = None,
+        chunk_tokens: int = 4096,
     ) -> None:
         self.tokenizer = tokenizer
         self.corpus = corpus
@@ -62,25 +171,28 @@ class BiEncoderCollator:
         self.passage_max_length = passage_max_length
         self.query_prefix = query_prefix
         self.passage_prefix = passage_prefix
+        self.chunk_size = chunk_size
+        self.chunk_tokens = chunk_tokens
 
-    def tokenize(self, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
-        """Pad to the longest text in the batch, truncate at ``max_length``."""
-        return dict(
-            self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        )
+    def _pack(self, texts: Sequence[str], max_length: int) -> PackedTexts:
+        return pack_texts(self.tokenizer, texts, max_length, self.chunk_size, self.chunk_tokens)
 
     def __call__(self, examples: Sequence[TrainingExample]) -> BiEncoderBatch:
         group_sizes = {1 + len(example.negatives) for example in examples}
         if len(group_sizes) != 1:
             raise ValueError(f"examples in one batch must have the same number of negatives, got {group_sizes}")
-        passages = [
-            passage_text(self.corpus[docid], self.passage_prefix)
-            for example in examples
-            for docid in (example.positive, *example.negatives)
-        ]
+        docids = [docid for example in examples for docid in (example.positive, *example.negatives)]
+        passages = [passage_text(self.corpus[docid], self.passage_prefix) for docid in docids]
         queries = [self.query_prefix + example.query for example in examples]
+        positives = [example.positives or (example.positive,) for example in examples]
+        width = max(len(p) for p in positives)
+        positive_ids = torch.full((len(examples), width), -1, dtype=torch.long)  # (Q, P)
+        for row, judged in enumerate(positives):
+            positive_ids[row, : len(judged)] = torch.tensor([docid_hash(d) for d in judged], dtype=torch.long)
         return BiEncoderBatch(
-            query_inputs=self.tokenize(queries, self.query_max_length),
-            passage_inputs=self.tokenize(passages, self.passage_max_length),
+            queries=self._pack(queries, self.query_max_length),
+            passages=self._pack(passages, self.passage_max_length),
             group_size=group_sizes.pop(),
+            passage_ids=torch.tensor([docid_hash(d) for d in docids], dtype=torch.long),  # (Q * (1 + k),)
+            positive_ids=positive_ids,
         )

@@ -103,7 +103,11 @@ class NegativeSampler:
                 continue
             negatives, shortfall = self.draw(query_id, set(positives), pools.get(query_id, ()), corpus_ids, epoch)
             positive = self._rng(epoch, query_id + "/positive").choice(sorted(positives))
-            examples.append(TrainingExample(query_id, split.queries[query_id].text, positive, tuple(negatives)))
+            examples.append(
+                TrainingExample(
+                    query_id, split.queries[query_id].text, positive, tuple(negatives), tuple(sorted(positives))
+                )
+            )
             stats.hard_shortfall += shortfall
             stats.queries_short_of_hard += shortfall > 0
             stats.hard += self.num_hard - shortfall

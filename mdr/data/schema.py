@@ -54,9 +54,15 @@ class RetrievalSplit:
 
 @dataclass(frozen=True)
 class TrainingExample:
-    """A query with its positive and the k negatives drawn for one epoch."""
+    """A query with its positive and the k negatives drawn for one epoch.
+
+    Attributes:
+        positives: every passage judged relevant to the query (``positive`` among them); the loss keeps
+            them out of the query's softmax wherever they appear as another query's passage.
+    """
 
     query_id: str
     query: str
     positive: str
     negatives: tuple[str, ...]
+    positives: tuple[str, ...] = ()

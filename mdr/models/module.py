@@ -1,7 +1,18 @@
-"""LightningModule: a shared-weight bi-encoder trained with in-batch plus hard-negative InfoNCE."""
+"""LightningModule: a shared-weight bi-encoder trained with in-batch plus hard-negative InfoNCE.
+
+One optimisation step encodes the batch's queries and passages chunk by chunk (length-sorted chunks made by
+the collator), computes the loss over the whole batch and takes one AdamW step. With GradCache (Gao et al.
+2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup") the chunks are first encoded
+without a graph, the loss's gradient with respect to every embedding is computed once, and each chunk is then
+encoded again with a graph and back-propagated on its own: the same loss and gradients, with the activation
+memory of one chunk. Dropout masks are seeded per (seed, step, rank, side, chunk), so the second pass replays
+the first exactly and a resumed run repeats an uninterrupted one.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -9,9 +20,12 @@ import lightning.pytorch as pl
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from mdr.data.collator import BiEncoderBatch
-from mdr.losses import InfoNCELoss
+from mdr.data.collator import BiEncoderBatch, PackedTexts
+from mdr.losses import InfoNCELoss, LossOutput
 from mdr.models.bi_encoder import BiEncoder
+
+EncodeFn = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
+QUERIES, PASSAGES = 0, 1
 
 
 class BiEncoderModule(pl.LightningModule):
@@ -21,8 +35,9 @@ class BiEncoderModule(pl.LightningModule):
         encoder: the bi-encoder.
         loss: the contrastive loss.
         learning_rate / weight_decay / warmup_ratio: optimiser settings (warm-up as a share of all steps).
-        seed: with the step, reseeds torch's RNG (dropout) at every step, so a run resumed from an epoch
-            checkpoint repeats exactly what an uninterrupted run does.
+        seed: with the step, rank and chunk, seeds torch's RNG (dropout) before every chunk's forward pass.
+        grad_cache: encode with GradCache (the collator's chunks are its chunks).
+        gradient_clip_val: clip the gradient norm to this (None: no clipping).
     """
 
     def __init__(
@@ -33,8 +48,11 @@ class BiEncoderModule(pl.LightningModule):
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
         seed: int = 0,
+        grad_cache: bool = False,
+        gradient_clip_val: float | None = 1.0,
     ) -> None:
         super().__init__()
+        self.automatic_optimization = False  # one step may run several backward passes (GradCache)
         self.seed = seed
         self.start_epoch = 0
         self.encoder = encoder
@@ -42,16 +60,75 @@ class BiEncoderModule(pl.LightningModule):
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.warmup_ratio = warmup_ratio
+        self.grad_cache = grad_cache
+        self.gradient_clip_val = gradient_clip_val
+        self.register_buffer("false_negatives_masked", torch.zeros((), dtype=torch.long), persistent=False)
 
     def on_train_start(self) -> None:
         self.start_epoch = self.current_epoch  # > 0 when resumed from a checkpoint
 
+    def _seed_chunk(self, side: int, chunk: int) -> None:
+        """Dropout masks that depend only on (seed, step, rank, side, chunk)."""
+        base = self.seed * 1_000_003 + self.global_step * 1_009 + self.global_rank
+        torch.manual_seed(base * 8_192 + side * 4_096 + chunk)
+
+    def _chunks(self, batch: BiEncoderBatch) -> Iterator[tuple[int, int, Mapping[str, torch.Tensor], EncodeFn]]:
+        """(side, chunk index, inputs, encode function) for every query chunk, then every passage chunk."""
+        for side, packed, encode in (
+            (QUERIES, batch.queries, self.encoder.encode_queries),
+            (PASSAGES, batch.passages, self.encoder.encode_passages),
+        ):
+            for index, inputs in enumerate(packed.chunks):
+                yield side, index, inputs, encode
+
+    def _encode_all(self, batch: BiEncoderBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Q, dim) query and (Q * (1 + k), dim) passage embeddings, in batch order."""
+        outputs: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        for side, index, inputs, encode in self._chunks(batch):
+            self._seed_chunk(side, index)
+            outputs[side].append(encode(inputs))  # (n_c, dim)
+        return batch.queries.unpack(outputs[QUERIES]), batch.passages.unpack(outputs[PASSAGES])
+
+    def _loss(self, batch: BiEncoderBatch, queries: torch.Tensor, passages: torch.Tensor) -> LossOutput:
+        return self.loss(queries, passages, batch.passage_ids, batch.positive_ids)
+
+    def _grad_cache_backward(self, batch: BiEncoderBatch) -> LossOutput:
+        """GradCache: loss and embedding gradients from a graph-free pass, then one backward per chunk."""
+        with torch.no_grad():
+            queries, passages = self._encode_all(batch)  # (Q, dim), (Q * (1 + k), dim)
+        queries.requires_grad_(True)
+        passages.requires_grad_(True)
+        output = self._loss(batch, queries, passages)
+        query_grads, passage_grads = torch.autograd.grad(output.loss, [queries, passages])  # shapes as inputs
+        sorted_grads = (query_grads[batch.queries.order], passage_grads[batch.passages.order])  # chunk order
+        offsets = [0, 0]
+        chunks = list(self._chunks(batch))
+        block_sync = getattr(self.trainer.strategy, "block_backward_sync", contextlib.nullcontext)
+        for position, (side, index, inputs, encode) in enumerate(chunks):
+            self._seed_chunk(side, index)  # the same dropout masks as in the graph-free pass
+            embeddings = encode(inputs)  # (n_c, dim)
+            grads = sorted_grads[side][offsets[side] : offsets[side] + embeddings.shape[0]]  # (n_c, dim)
+            offsets[side] += embeddings.shape[0]
+            surrogate = (embeddings.float() * grads.float()).sum()  # d surrogate / d params = chunk's share
+            last = position == len(chunks) - 1
+            with contextlib.nullcontext() if last else block_sync():  # DDP all-reduces once, after the last
+                self.manual_backward(surrogate)
+        return LossOutput(output.loss.detach(), output.accuracy, output.masked)
+
     def training_step(self, batch: BiEncoderBatch, batch_idx: int) -> torch.Tensor:
-        # dropout masks depend only on (seed, step, rank): a resumed run draws the same ones
-        torch.manual_seed(self.seed * 1_000_003 + self.global_step * 1_009 + self.global_rank)
-        query_embeddings = self.encoder.encode_queries(batch.query_inputs)  # (Q, dim)
-        passage_embeddings = self.encoder.encode_passages(batch.passage_inputs)  # (Q * (1 + k), dim)
-        output = self.loss(query_embeddings, passage_embeddings)
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
+        optimizer.zero_grad(set_to_none=True)
+        if self.grad_cache:
+            output = self._grad_cache_backward(batch)
+        else:
+            output = self._loss(batch, *self._encode_all(batch))
+            self.manual_backward(output.loss)
+        if self.gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
+        optimizer.step()
+        scheduler.step()  # type: ignore[union-attr]
+        self.false_negatives_masked += output.masked
         size = batch.num_queries
         self.log("train/loss", output.loss, prog_bar=True, batch_size=size)
         self.log("train/accuracy", output.accuracy, prog_bar=True, batch_size=size)
@@ -60,12 +137,20 @@ class BiEncoderModule(pl.LightningModule):
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         if isinstance(batch, BiEncoderBatch):
-            return BiEncoderBatch(
-                query_inputs={key: value.to(device) for key, value in batch.query_inputs.items()},
-                passage_inputs={key: value.to(device) for key, value in batch.passage_inputs.items()},
-                group_size=batch.group_size,
-            )
+            return batch.to(device)
+        if isinstance(batch, PackedTexts):
+            return batch.to(device)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["mdr_false_negatives_masked"] = int(self.false_negatives_masked)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.false_negatives_masked.fill_(int(checkpoint.get("mdr_false_negatives_masked", 0)))
+
+    def masked_total(self) -> int:
+        """In-batch false negatives masked over training, summed over every process."""
+        return int(self.trainer.strategy.reduce(self.false_negatives_masked.clone(), reduce_op="sum"))
 
     def configure_optimizers(self) -> dict[str, Any]:
         no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")

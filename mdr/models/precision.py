@@ -1,0 +1,55 @@
+"""Which low precision the hardware runs fast: bf16 on CUDA cards that support it and on CPUs with bf16 units.
+
+One place decides it, for training (``trainer.precision: auto``), evaluation and mining alike.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import torch
+
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+"""/proc/cpuinfo flags of x86 CPUs with native bf16 arithmetic (AMX tiles or AVX512-BF16 dot products)."""
+
+
+@cache
+def _cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def bf16_supported(device: str | torch.device) -> bool:
+    """True where bf16 matmuls run natively on ``device`` (and so faster than fp32)."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if kind == "cpu":
+        return any(flag in _cpu_flags() for flag in CPU_BF16_FLAGS)
+    return False
+
+
+def autocast_dtype(device: str | torch.device) -> torch.dtype | None:
+    """``torch.bfloat16`` where :func:`bf16_supported`, else ``None`` (stay in fp32)."""
+    return torch.bfloat16 if bf16_supported(device) else None
+
+
+def resolve_precision(precision: str | int, accelerator: str) -> str:
+    """Lightning's precision string for ``trainer.precision``; ``auto`` picks ``bf16-mixed`` where supported.
+
+    Args:
+        precision: ``auto`` or any Lightning precision (``32-true``, ``bf16-mixed``, ...).
+        accelerator: the trainer's accelerator (``cpu``, ``gpu``, ``cuda``, ``auto``).
+    """
+    if str(precision) != "auto":
+        return str(precision)
+    device = (
+        "cuda" if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()) else "cpu"
+    )
+    return "bf16-mixed" if bf16_supported(device) else "32-true"

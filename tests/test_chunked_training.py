@@ -1,0 +1,109 @@
+"""Length-sorted chunks and GradCache: the same loss and gradients as one padded batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mdr.data.collator import BiEncoderCollator, pack_texts
+from mdr.data.schema import Passage, TrainingExample
+from mdr.losses import InfoNCELoss
+from mdr.models.bi_encoder import BiEncoder, EncoderSettings, load_tokenizer
+from mdr.models.module import BiEncoderModule
+
+TEXTS = [
+    "สั้น",
+    "a somewhat longer English passage about the Panthers' defence and how many points it gave up",
+    "पैंथर्स डिफ़ेंस ने कितने अंक दिए?",
+    "x",
+    "medium length text here",
+    "another one, of a middling length, with a comma",
+]
+
+
+def _examples(n: int = 6) -> tuple[dict[str, Passage], list[TrainingExample]]:
+    corpus = {f"d{i}": Passage(f"d{i}", text * (1 + i % 3)) for i, text in enumerate(TEXTS * 3)}
+    examples = [
+        TrainingExample(f"q{i}", TEXTS[i % len(TEXTS)], f"d{i}", (f"d{(i + 5) % 18}", f"d{(i + 11) % 18}"), (f"d{i}",))
+        for i in range(n)
+    ]
+    return corpus, examples
+
+
+def test_chunks_pad_less_and_unpack_to_the_original_order(tiny_model: Path) -> None:
+    tokenizer = load_tokenizer(tiny_model)
+    texts = [t * (1 + i % 4) for i, t in enumerate(TEXTS * 4)]
+    packed = pack_texts(tokenizer, texts, max_length=64, chunk_tokens=64)
+    assert len(packed.chunks) > 1
+    padded_once = tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+    assert packed.real_tokens == int(padded_once["attention_mask"].sum())
+    assert packed.padded_tokens < padded_once["input_ids"].numel()
+    rows = packed.unpack([chunk["input_ids"][:, :1].float() for chunk in packed.chunks])  # (N, 1): the CLS id
+    assert rows.shape == (len(texts), 1)
+    lengths = packed.unpack([chunk["attention_mask"].sum(1, keepdim=True).float() for chunk in packed.chunks])
+    assert lengths[:, 0].tolist() == padded_once["attention_mask"].sum(1).float().tolist()
+
+
+def _encoder(tiny_model: Path) -> BiEncoder:
+    torch.manual_seed(0)
+    return BiEncoder.from_pretrained(tiny_model, EncoderSettings(pooling="mean", normalize=True))
+
+
+def _loss_and_grads(module: BiEncoderModule, batch, grad_cache: bool) -> tuple[float, list[torch.Tensor]]:  # noqa: ANN001
+    module.encoder.zero_grad(set_to_none=True)
+    if grad_cache:
+        output = module._grad_cache_backward(batch)
+    else:
+        output = module._loss(batch, *module._encode_all(batch))
+        module.manual_backward(output.loss)
+    grads = [p.grad.detach().clone() for p in module.encoder.parameters() if p.grad is not None]
+    return output.loss.item(), grads
+
+
+@pytest.fixture
+def module_factory(tiny_model: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    def make(grad_cache: bool) -> BiEncoderModule:
+        module = BiEncoderModule(
+            _encoder(tiny_model), InfoNCELoss(0.05, mask_false_negatives=True), 1e-3, seed=3, grad_cache=grad_cache
+        )
+        module.train()
+        monkeypatch.setattr(BiEncoderModule, "manual_backward", lambda self, loss: loss.backward())
+        monkeypatch.setattr(BiEncoderModule, "trainer", property(lambda self: type("T", (), {"strategy": object()})()))
+        return module
+
+    return make
+
+
+def test_chunking_leaves_loss_and_gradients_unchanged(tiny_model: Path, module_factory) -> None:  # noqa: ANN001
+    corpus, examples = _examples()
+    tokenizer = load_tokenizer(tiny_model)
+    one = BiEncoderCollator(tokenizer, corpus, 32, 64, chunk_tokens=10**9)(examples)
+    many = BiEncoderCollator(tokenizer, corpus, 32, 64, chunk_size=3)(examples)
+    assert len(one.passages.chunks) == 1 and len(many.passages.chunks) == 6
+    module = module_factory(False)
+    module.eval()  # dropout off: one padded chunk and many small ones must agree
+    loss_one, grads_one = _loss_and_grads(module, one, grad_cache=False)
+    loss_many, grads_many = _loss_and_grads(module, many, grad_cache=False)
+    assert loss_one == pytest.approx(loss_many, abs=1e-5)
+    for a, b in zip(grads_one, grads_many):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_grad_cache_is_exact_with_dropout_on(tiny_model: Path, module_factory) -> None:  # noqa: ANN001
+    corpus, examples = _examples()
+    batch = BiEncoderCollator(load_tokenizer(tiny_model), corpus, 32, 64, chunk_size=4)(examples)
+    plain = module_factory(False)
+    cached = module_factory(True)
+    assert plain.training and cached.training  # dropout on in both
+    loss_plain, grads_plain = _loss_and_grads(plain, batch, grad_cache=False)
+    loss_cached, grads_cached = _loss_and_grads(cached, batch, grad_cache=True)
+    assert loss_plain == pytest.approx(loss_cached, abs=1e-5)
+    assert len(grads_plain) == len(grads_cached) > 0
+    for a, b in zip(grads_plain, grads_cached):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # and the replay matters: different dropout masks give different gradients
+    cached.seed = 4
+    _, grads_other = _loss_and_grads(cached, batch, grad_cache=True)
+    assert any(not torch.allclose(a, b, atol=1e-6) for a, b in zip(grads_plain, grads_other))
