@@ -17,6 +17,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from mdr import run_folder
 from mdr.data.collator import BiEncoderCollator
 from mdr.data.datamodule import RetrievalDataModule
 from mdr.data.negatives import NegativeSampler
@@ -27,9 +28,11 @@ from mdr.mining.miner import PoolSettings, hard_negative_pools
 from mdr.models.bi_encoder import BiEncoder, EncoderSettings, load_tokenizer
 from mdr.models.module import BiEncoderModule, EpochEndCheckpoint
 from mdr.models.precision import resolve_precision
+from mdr.stages import StageFunctions, evaluation_splits, low_resource, run_schedule, trains_on_target
 from mdr.utils.instantiate import build_reader, encoder_settings, ensure_model_files
 from mdr.utils.io import atomic_write_json, atomic_write_text
 from mdr.utils.logging import get_logger
+from mdr.validation import validate, validate_splits
 
 log = get_logger(__name__)
 
@@ -42,26 +45,39 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 def run_task(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]]) -> dict[str, Any]:
-    """Write the resolved config, run ``task``, and on failure leave ``failed.json`` with the error.
+    """Claim the run folder for ``cfg``, write the resolved config, run ``task``; on failure leave ``failed.json``.
 
-    ``metrics.json`` is written by the task itself, atomically, only once everything succeeded.
+    ``metrics.json`` is written by the task itself, atomically, only once everything succeeded. The folder
+    belongs to one config (:mod:`mdr.run_folder`): another config is refused before anything runs (and
+    leaves no ``failed.json``), the same config resumes, and a finished run returns its stored metrics.
     """
     out = output_dir(cfg)
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+    if not run_folder.is_primary_process():  # a DDP / SLURM rank > 0: rank 0 owns the folder
+        return task(cfg)
+    with run_folder.exclusive(out):
+        state = run_folder.claim(cfg, out)
+        if state.complete is not None:
+            log.info("%s already holds this config's finished run; nothing recomputed (run.on_complete=fresh)", out)
+            print(f"[mdr] {out}: already complete (same config), metrics.json kept", flush=True)
+            return state.complete
         atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    try:
-        result = task(cfg)
-    except BaseException as error:
-        if not isinstance(error, KeyboardInterrupt):
-            atomic_write_json(
-                out / "failed.json",
-                {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc(), "time": time.time()},
-            )
-        if isinstance(error, SIGTERMException):  # a SystemExit with code 0: say 128 + SIGTERM instead
-            raise SystemExit(128 + signal.SIGTERM) from error
-        raise
-    (out / "failed.json").unlink(missing_ok=True)
-    return result
+        try:
+            result = task(cfg)
+        except BaseException as error:
+            if not isinstance(error, KeyboardInterrupt):
+                atomic_write_json(
+                    out / "failed.json",
+                    {
+                        "error": f"{type(error).__name__}: {error}",
+                        "traceback": traceback.format_exc(),
+                        "time": time.time(),
+                    },
+                )
+            if isinstance(error, SIGTERMException):  # a SystemExit with code 0: say 128 + SIGTERM instead
+                raise SystemExit(128 + signal.SIGTERM) from error
+            raise
+        (out / "failed.json").unlink(missing_ok=True)
+        return result
 
 
 def in_multirun() -> bool:
@@ -76,10 +92,13 @@ def entry_point(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]]) -
     """Run ``task`` for a Hydra main; return MRR@100 for sweepers.
 
     In a multirun a failing job is recorded (``failed.json``) and logged, and the sweep goes on with the
-    next job; the aggregation lists it. A single run re-raises, so the command exits non-zero.
+    next job; the aggregation lists it. A single run re-raises, so the command exits non-zero. A job refused
+    by its run folder (another config's results are there) stops the sweep in either case.
     """
     try:
         result = run_task(cfg, task)
+    except run_folder.RunFolderRefused:
+        raise  # even in a multirun: the folder's old results would otherwise pass for this cell's
     except Exception:
         if not in_multirun():
             raise
@@ -89,21 +108,45 @@ def entry_point(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]]) -
 
 
 def load_splits(cfg: DictConfig) -> tuple[RetrievalSplit | None, RetrievalSplit]:
-    """(train split or None for zero-shot, test split) of the configured language."""
+    """(train split, or None when no stage trains on the configured language, test split) of that language."""
     reader = build_reader(cfg.data)
-    train = reader.load(cfg.data.train_split) if cfg.get("stage") and cfg.stage.train_target else None
+    train = reader.load(cfg.data.train_split) if trains_on_target(cfg) else None
     test = reader.load(cfg.data.test_split)
     return train, test
 
 
 def negative_pools(cfg: DictConfig, split: RetrievalSplit, language: DictConfig) -> dict[str, list[str]]:
-    """The run's hard-negative pools; nothing is mined when no hard negative is asked for."""
+    """The run's hard-negative pools; nothing is mined when no hard negative is asked for.
+
+    Returns a :class:`mdr.mining.denoise.NegativePools` (a dict): with ``negatives.denoise.enabled`` a teacher
+    encoder has dropped likely false negatives, and its ``.denoise`` (:class:`~mdr.mining.denoise.DenoiseStats`,
+    None when not denoised) says how many.
+    """
+    from mdr.mining.denoise import DenoiseSettings, NegativePools, denoise_pools, teacher_model
+
+    denoise = DenoiseSettings.from_config(cfg.negatives.get("denoise"))
     if NegativeSampler(cfg.negatives.num_negatives, cfg.negatives.hard_proportion).num_hard == 0:
-        return {}
+        return NegativePools()
     settings = PoolSettings(**OmegaConf.to_container(cfg.negatives.pool, resolve=True))  # type: ignore[arg-type]
-    return hard_negative_pools(
-        settings, split, language.code, language.analyzer, cfg.paths.cache_dir, lambda path: load_encoder(cfg, path)
+    device = "cpu" if cfg.get("trainer", {}).get("accelerator") == "cpu" else None  # None: CUDA where there is one
+    pools = hard_negative_pools(
+        settings,
+        split,
+        language.code,
+        language.analyzer,
+        cfg.paths.cache_dir,
+        lambda path: load_encoder(cfg, path),
+        device,
     )
+    if not denoise.enabled:
+        return NegativePools(pools)
+    teacher_cfg, teacher_path = teacher_model(cfg, denoise.teacher)
+
+    def load_teacher() -> tuple[BiEncoder, Any, str]:
+        encoder, tokenizer = load_encoder(teacher_cfg, teacher_path)
+        return encoder, tokenizer, teacher_path or str(teacher_cfg.model.name_or_path)
+
+    return denoise_pools(pools, split, language.code, denoise, load_teacher, cfg.paths.cache_dir, device)
 
 
 def load_encoder(cfg: DictConfig, name_or_path: str | None = None) -> tuple[BiEncoder, Any]:
@@ -135,10 +178,8 @@ def wandb_settings(cfg: DictConfig, out: Path) -> dict[str, Any]:
 
 
 def build_loggers(cfg: DictConfig, out: Path) -> list[Any]:
-    """CSV always; W&B (offline unless configured otherwise) grouped by the multirun folder."""
-    from lightning.pytorch.loggers import CSVLogger
-
-    loggers: list[Any] = [CSVLogger(save_dir=str(out), name="csv", version="")]
+    """CSV always (kept across resume: :func:`mdr.run_folder.csv_logger`); W&B grouped by the multirun folder."""
+    loggers: list[Any] = [run_folder.csv_logger(out)]
     if cfg.logger.wandb.enabled:
         from lightning.pytorch.loggers import WandbLogger
 
@@ -160,6 +201,8 @@ def publish_to_wandb(cfg: DictConfig, out: Path, payload: dict[str, Any]) -> Non
     if wandb.run is None:  # zero-shot / evaluate.py: no training logger opened a run
         wandb.init(**wandb_settings(cfg, out))
     summary = {f"test/{name}": value for name, value in payload["metrics"].items()}
+    for code, section in payload.get("per_language", {}).items():  # evaluation.languages
+        summary.update({f"test/{code}/{name}": value for name, value in section["metrics"].items()})
     summary.update({key: payload[key] for key in ("language", "model", "stage", "hard_proportion", "seed")})
     wandb.run.summary.update(summary)
     wandb.finish()
@@ -238,6 +281,7 @@ def fit(
     last = out / "checkpoints" / "last.ckpt"
     module.train()  # from_pretrained returns modules in eval mode; training wants dropout on
     started = time.time()
+    resumed_at = run_folder.checkpoint_epochs(last) if last.is_file() else None  # epochs done before this attempt
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
     stats = datamodule.last_stats
     masked = module.masked_total()
@@ -248,7 +292,7 @@ def fit(
             "steps": trainer.global_step,
             "seconds": round(time.time() - started, 1),
             "resumed_from": str(last) if trainer.ckpt_path else None,
-            "resumed_at_epoch": module.start_epoch if trainer.ckpt_path else None,
+            "resumed_at_epoch": resumed_at if trainer.ckpt_path else None,
             "train_queries": stats.examples if stats else 0,
             "num_hard": sampler.num_hard,
             "hard_shortfall_last_epoch": stats.hard_shortfall if stats else 0,
@@ -261,25 +305,68 @@ def fit(
 
 
 def evaluate_and_report(
-    cfg: DictConfig, encoder: BiEncoder, tokenizer: Any, test: RetrievalSplit, out: Path, extra: dict[str, Any]
+    cfg: DictConfig,
+    encoder: BiEncoder,
+    tokenizer: Any,
+    test: RetrievalSplit | dict[str, RetrievalSplit],
+    out: Path,
+    extra: dict[str, Any],
+    distributed: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate on the test split, write metrics.json atomically, and print MRR@100."""
-    device = "cuda" if torch.cuda.is_available() and cfg.get("trainer", {}).get("accelerator") != "cpu" else "cpu"
+    """Evaluate on the test split, write metrics.json atomically, and print MRR@100.
+
+    ``test`` may map several language codes to test splits (``evaluation.languages``,
+    :func:`mdr.stages.evaluation_splits`): each gets its own run file, per-query file and metrics under
+    ``per_language``; the top-level fields are the primary language's (the run's ``language`` if evaluated,
+    else the first listed).
+
+    The corpus is encoded in ``evaluation.shard_size``-row shards under ``<out>/embeddings/<language>/`` (a rerun
+    after a kill reuses the finished ones), with bf16 autocast where :mod:`mdr.models.precision` supports it
+    (``evaluation.bf16: auto``; ``false``: fp32), and searched shard by shard (``evaluation.fp16_index``).
+
+    Args:
+        distributed: every rank of the initialised process group calls this (e.g. after a DDP fit): each encodes
+            and searches its own shards on its own device; rank 0 writes the files and returns the payload, the
+            other ranks return ``{}``. False: this process does it all.
+    """
+    from mdr.distributed import world_size_and_rank
+    from mdr.models.precision import autocast_dtype
+
+    evaluation = cfg.evaluation
+    world, rank = world_size_and_rank() if distributed else (1, 0)
+    use_cuda = torch.cuda.is_available() and cfg.get("trainer", {}).get("accelerator") != "cpu"
+    device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
     encoder.to(device)
-    result = evaluate_language(
-        encoder,
-        tokenizer,
-        test,
-        cfg.language.code,
-        out,
-        depth=int(cfg.evaluation.depth),
-        batch_size=int(cfg.evaluation.batch_size),
-        device=device,
-        use_gpu_index=cfg.evaluation.faiss_gpu,
-    )
+    bf16 = evaluation.get("bf16", "auto")
+    if bf16 not in ("auto", True, False):
+        raise ValueError(f"evaluation.bf16 must be auto, true or false, got {bf16!r}")
+    autocast = autocast_dtype(device) if bf16 == "auto" else (torch.bfloat16 if bf16 else None)
+    tests = test if isinstance(test, dict) else {str(cfg.language.code): test}
+    results = {}
+    for code, split in tests.items():  # one run file and per-query file per evaluation language
+        results[code] = evaluate_language(
+            encoder,
+            tokenizer,
+            split,
+            code,
+            out,
+            depth=int(evaluation.depth),
+            batch_size=int(evaluation.batch_size),
+            device=device,
+            use_gpu_index=evaluation.faiss_gpu,
+            autocast_dtype=autocast,
+            fp16_index=bool(evaluation.get("fp16_index", False)),
+            shard_rows=int(evaluation.get("shard_size", 50_000)),
+            keep_embeddings=bool(evaluation.get("keep_embeddings", False)),
+            distributed=distributed,
+        )
+    if rank != 0:
+        return {}
+    primary = str(cfg.language.code) if str(cfg.language.code) in results else next(iter(results))
+    result = results[primary]
     payload = {
-        "language": cfg.language.code,
-        "low_resource": bool(cfg.language.low_resource),
+        "language": primary,
+        "low_resource": low_resource(cfg, primary),
         "data": cfg.data.name,
         "model": cfg.model.name,
         "stage": cfg.stage.name if cfg.get("stage") else "zero_shot",
@@ -289,49 +376,60 @@ def evaluate_and_report(
         "split": cfg.evaluation.split,
         "num_queries": result.num_queries,
         "metrics": result.metrics,
-        "run_file": f"runs/{cfg.language.code}.trec",
-        "per_query_file": f"per_query/{cfg.language.code}.tsv",
+        "run_file": f"runs/{primary}.trec",
+        "per_query_file": f"per_query/{primary}.tsv",
+        "evaluation": {
+            "autocast": str(autocast).removeprefix("torch.") if autocast else None,
+            "fp16_index": bool(evaluation.get("fp16_index", False)),
+            "ranks": world,
+        },
         **extra,
     }
+    if isinstance(test, dict):  # evaluation.languages: one section per language, the primary's also on top
+        payload["evaluation_languages"] = list(results)
+        payload["per_language"] = {
+            code: {
+                "low_resource": low_resource(cfg, code),
+                "num_queries": found.num_queries,
+                "metrics": found.metrics,
+                "run_file": f"runs/{code}.trec",
+                "per_query_file": f"per_query/{code}.tsv",
+            }
+            for code, found in results.items()
+        }
     atomic_write_json(out / "metrics.json", payload)
     publish_to_wandb(cfg, out, payload)
-    print(
-        f"[mdr] {payload['language']} {payload['model']} {payload['stage']} p={payload['hard_proportion']} "
-        f"seed={payload['seed']}: MRR@100={result.metrics['mrr@100']:.4f} "
-        f"Recall@100={result.metrics['recall@100']:.4f} nDCG@10={result.metrics['ndcg@10']:.4f}",
-        flush=True,
-    )
+    for code, found in results.items():
+        print(
+            f"[mdr] {code} {payload['model']} {payload['stage']} p={payload['hard_proportion']} "
+            f"seed={payload['seed']}: MRR@100={found.metrics['mrr@100']:.4f} "
+            f"Recall@100={found.metrics['recall@100']:.4f} nDCG@10={found.metrics['ndcg@10']:.4f}",
+            flush=True,
+        )
     return payload
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit on the target language (unless zero-shot), save the encoder, evaluate, write metrics.json."""
+    """Run the stage schedule (``stage.stages``), save the final encoder, evaluate, write metrics.json."""
     out = output_dir(cfg)
+    validate(cfg)  # config alone, before anything is read, built or trained
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     train_split, test_split = load_splits(cfg)
-    extra: dict[str, Any] = {"train": None, "initialised_from": None}
-    start = None
-    if cfg.stage.get("source"):
-        from mdr.stages import source_stage_encoder
-
-        start = str(source_stage_encoder(cfg))
-        extra["initialised_from"] = start
-    encoder, tokenizer = load_encoder(cfg, start)
-    if train_split is not None:
-        pools = negative_pools(cfg, train_split, cfg.language)
-        fitted = fit(cfg, encoder, tokenizer, train_split, pools, out)
-        if not fitted["trainer"].is_global_zero:
-            return {}
-        extra["train"] = fitted["summary"]
-        if cfg.train.save_encoder:
-            encoder.save_pretrained(out / "encoder", tokenizer)
-    return evaluate_and_report(cfg, encoder, tokenizer, test_split, out, extra)
+    validate_splits(cfg, train_split, test_split)
+    tests = evaluation_splits(cfg, test_split)  # evaluation.languages: read and checked before training
+    # the stage schedule (mdr.stages): cached earlier stages, then the run's own stage in `out`
+    trained = run_schedule(cfg, out, StageFunctions(fit, load_encoder, negative_pools), train_split)
+    if trained is None:  # a DDP rank other than 0
+        return {}
+    return evaluate_and_report(cfg, trained.encoder, trained.tokenizer, tests, out, trained.extra)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``checkpoint`` (or the configured model as it is) on the configured language."""
     out = output_dir(cfg)
-    reader = build_reader(cfg.data)
-    test_split = reader.load(cfg.data.test_split)
+    validate(cfg)
+    _, test_split = load_splits(cfg)
+    validate_splits(cfg, None, test_split)
     encoder, tokenizer = load_encoder(cfg, cfg.checkpoint)
-    return evaluate_and_report(cfg, encoder, tokenizer, test_split, out, {"checkpoint": cfg.checkpoint})
+    tests = evaluation_splits(cfg, test_split)  # evaluation.languages: several test splits
+    return evaluate_and_report(cfg, encoder, tokenizer, tests, out, {"checkpoint": cfg.checkpoint})

@@ -1,91 +1,661 @@
-"""Multi-stage fine-tuning: train once on a source set, then start every target run from that checkpoint.
+"""Stage schedules as data: a run trains a list of stages, each starting from the previous stage's encoder.
 
-The source-stage encoder is cached under ``<cache_dir>/stages/<hash>/encoder``, keyed by everything that
-shapes it (model, source data, its negatives, epochs, optimiser settings, seed) and nothing that does not
-(target language, target hard-negative proportion). Concurrent jobs of one sweep that need the same
-source stage wait on a file lock, so the stage is trained once per sweep, not once per cell.
+``stage.stages`` (``conf/stage/*.yaml``) lists the stages and ``stage.name`` names the schedule in tables::
+
+    stages:
+      - name: english
+        train_on: [en]            # sources, trained on as one union when there are several: a language code of
+                                  # the run's data group, `target` (the run's own language), or a mapping
+                                  # {language: <code or language mapping>, data: <data config>, split: <split>}
+        exclude_target: false     # true: drop the run's language from train_on ("every language but the target")
+        epochs: ${trainer.max_epochs}
+        negatives: {hard_proportion: 0.5}   # merged over the run's `negatives` (null: the run's negatives)
+      - name: target
+        train_on: [target]
+
+``stage.proportion_applies_to`` says which stages take the swept ``negatives.hard_proportion``: ``last`` (the
+last stage; every earlier stage must fix its own) or ``all``. ``stage.evaluate_on`` (optional) lists the
+languages a recipe is evaluated on when ``evaluation.languages`` is not set.
+
+The last stage is the run's own when it trains on the run's language: it trains in the run folder (resumable
+there, its encoder saved to ``<run>/encoder``). Every other stage is cached under
+``<paths.cache_dir>/stages/<key hash>/`` (``encoder/``, ``stage.json`` with its key, ``summary.json``), keyed by
+everything that shapes it: the model, its training data, negatives, epochs, train / loss / trainer settings,
+the resolved precision, the seed and the key of the stage before it. Jobs of a sweep that need the same stage
+wait on a file lock and reuse it, so a stage is trained once per sweep however many cells start from it.
+
+A union's query ids and docids are namespaced by part (:mod:`mdr.data.union`): each query draws its negatives
+from its own language's corpus and pools.
+
+This module does not import :mod:`mdr.pipeline`: the pipeline passes in what it needs to train
+(:class:`StageFunctions`), so ``mdr.pipeline`` imports this module and nothing imports back.
 """
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import hashlib
 import json
 import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from mdr.data.schema import DataError, RetrievalSplit
+from mdr.data.union import UnionSplit
 from mdr.models.precision import resolve_precision
 from mdr.utils.instantiate import build_reader
+from mdr.utils.io import atomic_write_json
 from mdr.utils.logging import get_logger
+from mdr.validation import validate_splits
 
 log = get_logger(__name__)
 
+LANGUAGES_DIR = Path(__file__).resolve().parents[1] / "conf" / "language"
+"""``conf/language``: the language configs a stage or ``evaluation.languages`` names by code."""
+TARGET = "target"
+"""In ``train_on``: the run's own language (``language``) in the run's data group (``data``)."""
+APPLIES_TO = ("last", "all")
+TRAINER_KEYS_IGNORED = (
+    "max_epochs",
+    "precision",
+    "log_every_n_steps",
+    "enable_progress_bar",
+    "enable_model_summary",
+    "devices",
+    "num_nodes",
+    "strategy",
+)
+"""Trainer settings left out of a stage key: epochs and the resolved precision are keyed apart, and a cached
+stage is always trained by one process on one device (:func:`cached_stage`), so a DDP run reuses it."""
 
-def stage_key(cfg: DictConfig) -> dict[str, object]:
-    """What determines the source-stage encoder."""
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    model.pop("build", None)  # type: ignore[union-attr]
+
+# ---- configs --------------------------------------------------------------------------------------------------
+
+
+def language_config(language: str | Mapping[str, Any], key: str) -> DictConfig:
+    """A language's config: ``conf/language/<code>.yaml`` for a code, the mapping itself otherwise.
+
+    Raises:
+        DataError: naming ``key`` when there is no such language config.
+    """
+    if isinstance(language, Mapping):
+        if "code" not in language:
+            raise DataError(f"{key}: a language mapping needs a `code`, got {dict(language)}")
+        return OmegaConf.create(dict(language))
+    path = LANGUAGES_DIR / f"{language}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in LANGUAGES_DIR.glob("*.yaml"))
+        raise DataError(f"{key}: no language {language!r} (conf/language has {', '.join(known)})")
+    return OmegaConf.load(path)
+
+
+def with_language(cfg: DictConfig, language: DictConfig, data: Mapping[str, Any] | None = None) -> DictConfig:
+    """A copy of ``cfg`` whose ``language`` (and, if given, ``data``) are replaced, so ``data`` resolves for it."""
+    other = copy.deepcopy(cfg)
+    with open_dict(other):
+        other.language = language
+        if data is not None:
+            other.data = OmegaConf.create(dict(data))
+    return other
+
+
+def _plain(node: Any) -> Any:
+    """``node`` as plain Python, resolved."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def _without_cache_dir(tree: Any) -> Any:
+    """``tree`` without its ``cache_dir`` keys (where a corpus is stored does not change the data)."""
+    if isinstance(tree, dict):
+        return {key: _without_cache_dir(value) for key, value in tree.items() if key != "cache_dir"}
+    if isinstance(tree, list):
+        return [_without_cache_dir(value) for value in tree]
+    return tree
+
+
+@dataclass(frozen=True)
+class Source:
+    """One training set of a stage.
+
+    Attributes:
+        part: the name its ids are namespaced with in a union (the language code, or ``<data>-<code>``).
+        language: the language config (code, analyzer, ...), resolved.
+        data: the data config (name, reader, ...), resolved for that language.
+        split: the split trained on.
+        is_target: the run's own language in the run's data group.
+        cfg: the run's config with this language and data put in (its ``data`` builds the reader).
+    """
+
+    part: str
+    language: dict[str, Any]
+    data: dict[str, Any]
+    split: str
+    is_target: bool
+    cfg: DictConfig = field(repr=False, compare=False)
+
+    @property
+    def code(self) -> str:
+        """The language code."""
+        return str(self.language["code"])
+
+    @property
+    def label(self) -> str:
+        """``<data name>/<code>``, for logs and metrics.json."""
+        return f"{self.data.get('name', 'data')}/{self.code}"
+
+    def key(self) -> dict[str, Any]:
+        """What of this source shapes a stage trained on it."""
+        return {"language": self.code, "data": _without_cache_dir(self.data), "split": self.split}
+
+    def load(self) -> RetrievalSplit:
+        """Read the split."""
+        return build_reader(self.cfg.data).load(self.split)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a schedule, resolved against the run's config.
+
+    Attributes:
+        index: position in the schedule.
+        name: for logs and metrics.json.
+        sources: what it trains on (several: one union).
+        epochs: training epochs.
+        negatives: the stage's negatives config (the run's, with the stage's overrides and the proportion rule).
+        own: the run's own stage (the last one, training on the run's language): trained in the run folder.
+    """
+
+    index: int
+    name: str
+    sources: tuple[Source, ...]
+    epochs: int
+    negatives: dict[str, Any]
+    own: bool
+
+    @property
+    def hard_proportion(self) -> float:
+        """The stage's share of mined hard negatives."""
+        return float(self.negatives["hard_proportion"])
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A run's stages, resolved (empty: zero-shot, the configured model is evaluated as it is)."""
+
+    name: str
+    proportion_applies_to: str
+    stages: tuple[Stage, ...]
+
+    @property
+    def trains_on_target(self) -> bool:
+        """Whether the last stage trains on the run's own language (in the run folder)."""
+        return bool(self.stages) and self.stages[-1].own
+
+
+def _source(cfg: DictConfig, entry: Any, key: str) -> Source:
+    """One ``train_on`` entry, resolved."""
+    target = cfg.language.code
+    if isinstance(entry, str):
+        entry = {"language": entry}
+    elif isinstance(entry, DictConfig):
+        entry = {
+            "language": _plain(entry.get("language")),
+            # unresolved: resolved below in a config holding the source's own language
+            "data": OmegaConf.to_container(entry.data, resolve=False) if entry.get("data") is not None else None,
+            "split": entry.get("split"),
+        }
+    if not isinstance(entry, Mapping) or entry.get("language") is None:
+        raise DataError(f"{key}: a source is a language code, `{TARGET}`, or a mapping with a `language`")
+    data = entry.get("data")
+    language_value = entry["language"]
+    if language_value == TARGET:
+        if data is not None:
+            raise DataError(f"{key}: `{TARGET}` means the run's data group; give a language code with `data`")
+        language = copy.deepcopy(cfg.language)
+    else:
+        language = language_config(language_value, f"{key}.language")
+    source_cfg = with_language(cfg, language, data)
+    split = entry.get("split") or source_cfg.data.get("train_split") or "train"
+    try:
+        resolved = _plain(source_cfg.data)
+        language_plain = _plain(source_cfg.language)
+    except Exception as error:  # noqa: BLE001 - an interpolation that does not resolve for this language
+        raise DataError(f"{key}: its data config does not resolve: {error}") from error
+    is_target = data is None and str(language_plain["code"]) == str(target)
+    return Source(str(language_plain["code"]), language_plain, resolved, str(split), is_target, source_cfg)
+
+
+def _parts(sources: list[Source]) -> list[Source]:
+    """Name each source's namespace: its code, or ``<data name>-<code>`` where codes repeat."""
+    codes = [source.code for source in sources]
+    named = []
+    for source in sources:
+        part = source.code if codes.count(source.code) == 1 else f"{source.data.get('name', 'data')}-{source.code}"
+        named.append(replace(source, part=part.replace("/", "-")))
+    return named
+
+
+def schedule(cfg: DictConfig) -> Schedule:
+    """The run's schedule (``stage.stages``), resolved and checked.
+
+    Raises:
+        DataError: listing every problem, each naming its config key.
+    """
+    stage_cfg = cfg.get("stage")
+    if stage_cfg is None:
+        return Schedule("zero_shot", "last", ())
+    name = str(stage_cfg.get("name", "schedule"))
+    applies_to = str(stage_cfg.get("proportion_applies_to", "last"))
+    problems: list[str] = []
+    if applies_to not in APPLIES_TO:
+        problems.append(f"stage.proportion_applies_to must be one of {list(APPLIES_TO)}, got {applies_to!r}")
+    entries = stage_cfg.get("stages")
+    if entries is None:
+        entries = []
+    if not isinstance(entries, ListConfig):
+        problems.append(f"stage.stages must be a list of stages, got {type(entries).__name__}")
+        entries = []
+    run_negatives = _plain(cfg.negatives)
+    stages: list[Stage] = []
+    for index, entry in enumerate(entries):
+        key = f"stage.stages[{index}]"
+        last = index == len(entries) - 1
+        if not isinstance(entry, DictConfig):
+            problems.append(f"{key} must be a mapping (name, train_on, epochs, negatives)")
+            continue
+        train_on = entry.get("train_on")
+        if isinstance(train_on, (str, DictConfig)):
+            train_on = [train_on]
+        if not train_on:
+            problems.append(f"{key}.train_on must name at least one source")
+            continue
+        sources: list[Source] = []
+        for number, item in enumerate(train_on):
+            try:
+                sources.append(_source(cfg, item, f"{key}.train_on[{number}]"))
+            except DataError as error:
+                problems.append(str(error))
+        if entry.get("exclude_target", False):
+            sources = [source for source in sources if not source.is_target]
+            if not sources and not problems:
+                problems.append(f"{key}.train_on holds nothing but the run's language ({cfg.language.code}), excluded")
+        labels = [source.label + ":" + source.split for source in sources]
+        if len(set(labels)) != len(labels):
+            problems.append(f"{key}.train_on names a source twice: {labels}")
+        epochs = _plain(entry.get("epochs", cfg.trainer.max_epochs))
+        if isinstance(epochs, float) and epochs.is_integer():
+            epochs = int(epochs)
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            problems.append(f"{key}.epochs must be an integer >= 1, got {epochs!r}")
+        overrides = _plain(entry.get("negatives")) or {}
+        if not isinstance(overrides, dict):
+            problems.append(f"{key}.negatives must be a mapping merged over `negatives`, got {overrides!r}")
+            overrides = {}
+        negatives = _plain(OmegaConf.merge(run_negatives, overrides))
+        takes_sweep = last or applies_to == "all"
+        if takes_sweep:
+            negatives["hard_proportion"] = run_negatives["hard_proportion"]
+        elif "hard_proportion" not in overrides:
+            problems.append(
+                f"{key}.negatives.hard_proportion must be set: with stage.proportion_applies_to=last only the last "
+                "stage takes negatives.hard_proportion"
+            )
+        proportion = negatives.get("hard_proportion")
+        if isinstance(proportion, bool) or not isinstance(proportion, (int, float)) or not 0 <= proportion <= 1:
+            problems.append(f"{key}.negatives.hard_proportion must be a number in [0, 1], got {proportion!r}")
+        k = negatives.get("num_negatives")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            problems.append(f"{key}.negatives.num_negatives must be an integer >= 0, got {k!r}")
+        own = last and any(source.is_target for source in sources)
+        stages.append(
+            Stage(index, str(entry.get("name") or f"stage{index}"), tuple(_parts(sources)), epochs, negatives, own)
+        )
+    if problems:
+        raise DataError(
+            problems[0] if len(problems) == 1 else f"{len(problems)} problems with stage:\n  " + "\n  ".join(problems)
+        )
+    return Schedule(name, applies_to, tuple(stages))
+
+
+def trains_on_target(cfg: DictConfig) -> bool:
+    """Whether the run trains on its own language's training split (its last stage does)."""
+    return cfg.get("stage") is not None and schedule(cfg).trains_on_target
+
+
+# ---- cache keys -----------------------------------------------------------------------------------------------
+
+
+def stage_key(cfg: DictConfig, stage: Stage, previous: str | None) -> dict[str, Any]:
+    """Everything that shapes a stage's encoder (not its name, nor the target language unless trained on)."""
+    model = _plain(cfg.model)
+    model.pop("build", None)
+    trainer = {k: v for k, v in _plain(cfg.trainer).items() if k not in TRAINER_KEYS_IGNORED}
     return {
         "model": model,
-        "source": OmegaConf.to_container(cfg.stage.source, resolve=True),
-        "train": {
-            k: v
-            for k, v in OmegaConf.to_container(cfg.train, resolve=True).items()  # type: ignore[union-attr]
-            if k not in ("num_workers", "save_encoder")
-        },
-        "loss": OmegaConf.to_container(cfg.loss, resolve=True),
+        "previous": previous,
+        "train_on": [source.key() for source in stage.sources],
+        "epochs": stage.epochs,
+        "negatives": stage.negatives,
+        "train": {k: v for k, v in _plain(cfg.train).items() if k not in ("num_workers", "save_encoder")},
+        "loss": _plain(cfg.loss),
+        "trainer": trainer,
         "precision": resolve_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator)),
         "seed": int(cfg.seed),
     }
 
 
-def stage_dir(cfg: DictConfig) -> Path:
-    """``<cache_dir>/stages/<source language>-<model>-s<seed>-<hash>``."""
-    key = json.dumps(stage_key(cfg), sort_keys=True, default=str)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return (
-        Path(cfg.paths.cache_dir) / "stages" / f"{cfg.stage.source.language.code}-{cfg.model.name}-s{cfg.seed}-{digest}"
-    )
+def key_digest(key: Mapping[str, Any]) -> str:
+    """A 16-hex-digit hash of a stage key."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _source_cfg(cfg: DictConfig, root: Path) -> DictConfig:
-    """The run's config with the source language, data, negatives and epochs put in."""
-    source = OmegaConf.create(OmegaConf.to_container(cfg.stage.source, resolve=True))  # before it points at itself
-    stage_cfg = cfg.copy()
+def stage_keys(cfg: DictConfig, plan: Schedule) -> list[tuple[dict[str, Any], str]]:
+    """(key, digest) of every stage, each chained to the one before."""
+    keys: list[tuple[dict[str, Any], str]] = []
+    previous = None
+    for stage in plan.stages:
+        key = stage_key(cfg, stage, previous)
+        previous = key_digest(key)
+        keys.append((key, previous))
+    return keys
+
+
+def stage_dir(cfg: DictConfig, digest: str) -> Path:
+    """``<paths.cache_dir>/stages/<digest>``."""
+    return Path(cfg.paths.cache_dir) / "stages" / digest
+
+
+# ---- running --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageFunctions:
+    """What training a stage takes from :mod:`mdr.pipeline` (passed in, so this module never imports it).
+
+    Attributes:
+        fit: ``fit(cfg, encoder, tokenizer, split, pools, out) -> {"trainer", "summary"}``.
+        load_encoder: ``load_encoder(cfg, folder or None) -> (encoder, tokenizer)``.
+        negative_pools: ``negative_pools(cfg, split, language) -> pools`` (with ``.denoise``).
+    """
+
+    fit: Callable[..., dict[str, Any]]
+    load_encoder: Callable[..., tuple[Any, Any]]
+    negative_pools: Callable[..., Mapping[str, list[str]]]
+
+
+@dataclass
+class StageRun:
+    """A stage just trained: its encoder, tokenizer, fit summary and negatives record."""
+
+    encoder: Any
+    tokenizer: Any
+    summary: dict[str, Any]
+    denoise: Any
+    is_global_zero: bool
+
+
+def stage_config(cfg: DictConfig, stage: Stage, out: Path, own: bool) -> DictConfig:
+    """The config ``fit`` gets for ``stage``: its epochs and negatives, its single source's language and data."""
+    stage_cfg = copy.deepcopy(stage.sources[0].cfg if len(stage.sources) == 1 else cfg)
     with open_dict(stage_cfg):
-        stage_cfg.language = source.language
-        stage_cfg.negatives = source.negatives
-        stage_cfg.trainer.max_epochs = source.max_epochs
-        stage_cfg.paths.output_dir = str(root / "run")
-        stage_cfg.logger.wandb.enabled = False
+        stage_cfg.negatives = OmegaConf.create(stage.negatives)
+        stage_cfg.trainer.max_epochs = stage.epochs
+        if not own:
+            stage_cfg.paths.output_dir = str(out)
+            stage_cfg.logger.wandb.enabled = False
     return stage_cfg
 
 
-def source_stage_encoder(cfg: DictConfig) -> Path:
-    """The source-stage encoder folder, trained now unless this key was trained before."""
-    from mdr.pipeline import fit, load_encoder, negative_pools
+def training_data(
+    stage_cfg: DictConfig, stage: Stage, functions: StageFunctions, target_train: RetrievalSplit | None
+) -> tuple[RetrievalSplit | UnionSplit, Mapping[str, list[str]], Any]:
+    """The stage's training split (a :class:`UnionSplit` for several sources), its pools and denoise record."""
+    loaded = []
+    for source in stage.sources:
+        split = target_train if source.is_target and target_train is not None else source.load()
+        log.info("stage %s: %s %s, %d queries", stage.name, source.label, source.split, len(split.queries))
+        pools = functions.negative_pools(stage_cfg, split, OmegaConf.create(source.language))
+        loaded.append((source, split, pools))
+    if len(loaded) == 1:
+        _, split, pools = loaded[0]
+        denoised = getattr(pools, "denoise", None)
+        return split, pools, denoised.as_dict() if denoised is not None else None
+    from mdr.mining.denoise import NegativePools
 
-    root = stage_dir(cfg)
+    union = UnionSplit([(source.part, split) for source, split, _ in loaded])
+    merged = NegativePools()
+    denoise: dict[str, Any] = {}
+    for source, _, pools in loaded:
+        merged.update(UnionSplit.namespace_pools(source.part, pools))
+        if getattr(pools, "denoise", None) is not None:
+            denoise[source.part] = pools.denoise.as_dict()
+    return union, merged, denoise or None
+
+
+def run_stage(
+    cfg: DictConfig,
+    stage: Stage,
+    start: str | None,
+    out: Path,
+    functions: StageFunctions,
+    target_train: RetrievalSplit | None = None,
+) -> StageRun:
+    """Train one stage from ``start`` (an encoder folder; None: the configured model) in ``out``.
+
+    ``fit`` resumes from ``out/checkpoints/last.ckpt`` when a killed attempt left one.
+    """
+    stage_cfg = stage_config(cfg, stage, out, stage.own)
+    data, pools, denoise = training_data(stage_cfg, stage, functions, target_train)
+    encoder, tokenizer = functions.load_encoder(stage_cfg, start)
+    fitted = functions.fit(stage_cfg, encoder, tokenizer, data, pools, out)
+    return StageRun(encoder, tokenizer, fitted["summary"], denoise, bool(fitted["trainer"].is_global_zero))
+
+
+def cached_stage(
+    cfg: DictConfig,
+    stage: Stage,
+    key: dict[str, Any],
+    digest: str,
+    start: str | None,
+    functions: StageFunctions,
+) -> tuple[Path, str, dict[str, Any] | None]:
+    """(encoder folder, ``trained`` or ``reused``, summary) of a cached stage, trained now unless found.
+
+    Jobs needing the same stage wait on ``<dir>/.lock``; the encoder is saved to a temporary folder and renamed,
+    so a folder with ``encoder/`` is always complete.
+    """
+    root = stage_dir(cfg, digest)
     encoder_dir = root / "encoder"
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second job of the sweep waits here, then reuses the result
         if (encoder_dir / "mdr_encoder.json").is_file():
-            log.info("reusing source stage %s", encoder_dir)
-            return encoder_dir
-        stage_cfg = _source_cfg(cfg, root)
-        (root / "stage.json").write_text(json.dumps(stage_key(cfg), indent=2, default=str) + "\n")
-        split = build_reader(cfg.stage.source.data).load(cfg.stage.source.split)
-        log.info("training source stage on %s (%d queries) -> %s", stage_cfg.language.code, len(split.queries), root)
-        encoder, tokenizer = load_encoder(stage_cfg)
-        pools = negative_pools(stage_cfg, split, stage_cfg.language)
-        fitted = fit(stage_cfg, encoder, tokenizer, split, pools, root / "run")
-        if not fitted["trainer"].is_global_zero:
-            raise RuntimeError("the source stage must run before DDP spawns: run it with trainer.devices=1 first")
+            log.info("stage %s: reusing %s", stage.name, encoder_dir)
+            return encoder_dir, "reused", _summary(root)
+        if not one_process(cfg):  # its ranks would wait on this lock for each other
+            raise DataError(
+                f"stage {stage.name} ({root}) is not cached yet, and cached stages are trained by one process on one "
+                "device: run the same command once with trainer.devices=1 trainer.strategy=auto (and num_nodes=1), "
+                "then this run reuses it"
+            )
+        atomic_write_json(root / "stage.json", {"name": stage.name, "key": key})
+        log.info("stage %s: training on %s -> %s", stage.name, ", ".join(s.label for s in stage.sources), root)
+        trained = run_stage(cfg, stage, start, root / "run", functions)
+        if not trained.is_global_zero:
+            raise RuntimeError(
+                f"stage {stage.name} is cached and must be trained before DDP spawns: run it with trainer.devices=1"
+            )
         staging = root / ".encoder.tmp"
         shutil.rmtree(staging, ignore_errors=True)
-        encoder.save_pretrained(staging, tokenizer)
+        trained.encoder.save_pretrained(staging, trained.tokenizer)
+        summary = {**trained.summary, "denoise": trained.denoise}
+        atomic_write_json(root / "summary.json", summary)
         staging.rename(encoder_dir)
-        return encoder_dir
+        return encoder_dir, "trained", summary
+
+
+def one_process(cfg: DictConfig) -> bool:
+    """Whether the trainer runs as a single process on one device (no DDP)."""
+    trainer = cfg.trainer
+    devices = trainer.get("devices", 1)
+    count = len(devices) if isinstance(devices, (list, ListConfig)) else devices
+    if str(count) == "auto":
+        count = 1 if str(trainer.get("accelerator")) == "cpu" else "auto"
+    return str(count) == "1" and int(trainer.get("num_nodes") or 1) == 1
+
+
+def _summary(root: Path) -> dict[str, Any] | None:
+    path = root / "summary.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+@dataclass
+class ScheduleResult:
+    """What the schedule left to evaluate.
+
+    Attributes:
+        encoder / tokenizer: the final encoder (the configured model for zero-shot).
+        extra: metrics.json fields: ``train`` (the final stage's training summary), ``initialised_from`` (the
+            encoder the final stage started from), ``encoder`` (the evaluated encoder's folder), ``denoised`` /
+            ``denoise``, ``proportion_applies_to`` and ``schedule`` (one record per stage).
+    """
+
+    encoder: Any
+    tokenizer: Any
+    extra: dict[str, Any]
+
+
+def _record(stage: Stage, digest: str) -> dict[str, Any]:
+    return {
+        "name": stage.name,
+        "train_on": [f"{source.label}:{source.split}" for source in stage.sources],
+        "epochs": stage.epochs,
+        "hard_proportion": stage.hard_proportion,
+        "num_negatives": int(stage.negatives["num_negatives"]),
+        "pool": (stage.negatives.get("pool") or {}).get("source"),
+        "key": digest,
+        "dir": None,
+        "status": None,
+        "train": None,
+    }
+
+
+def run_schedule(
+    cfg: DictConfig, out: Path, functions: StageFunctions, target_train: RetrievalSplit | None = None
+) -> ScheduleResult | None:
+    """Run the schedule's stages in order; return the final encoder, or None on a DDP rank other than 0.
+
+    Cached stages come first (trained or reused); the run's own stage trains in ``out`` and, with
+    ``train.save_encoder``, is saved to ``out/encoder``. Each record's ``status`` is ``trained`` or ``reused``
+    (cached stages) or ``run`` (the run's own).
+
+    Args:
+        target_train: the run's own training split, already read (``mdr.pipeline.load_splits``), or None.
+    """
+    plan = schedule(cfg)
+    keys = stage_keys(cfg, plan)
+    records = [_record(stage, digest) for stage, (_, digest) in zip(plan.stages, keys)]
+    extra: dict[str, Any] = {
+        "train": None,
+        "initialised_from": None,
+        "encoder": None,
+        "denoised": False,
+        "denoise": None,
+        "proportion_applies_to": plan.proportion_applies_to,
+        "schedule": {"name": plan.name, "proportion_applies_to": plan.proportion_applies_to, "stages": records},
+    }
+    start: str | None = None
+    summary: dict[str, Any] | None = None
+    for stage in (stage for stage in plan.stages if not stage.own):
+        key, digest = keys[stage.index]
+        encoder_dir, status, summary = cached_stage(cfg, stage, key, digest, start, functions)
+        records[stage.index].update(dir=str(stage_dir(cfg, digest)), status=status, train=summary)
+        extra["initialised_from"] = start
+        start = str(encoder_dir)
+    if not plan.stages:  # zero-shot
+        encoder, tokenizer = functions.load_encoder(cfg, None)
+        return ScheduleResult(encoder, tokenizer, extra)
+    last = plan.stages[-1]
+    if not last.own:  # the final stage is cached: evaluate its encoder
+        encoder, tokenizer = functions.load_encoder(cfg, start)
+        denoise = (summary or {}).get("denoise")
+        extra.update(train=summary, encoder=start, denoised=denoise is not None, denoise=denoise)
+        return ScheduleResult(encoder, tokenizer, extra)
+    trained = run_stage(cfg, last, start, out, functions, target_train)
+    if not trained.is_global_zero:
+        return None
+    records[-1].update(status="run", train=trained.summary)
+    extra.update(train=trained.summary, initialised_from=start, denoised=trained.denoise is not None)
+    extra["denoise"] = trained.denoise
+    if cfg.train.save_encoder:
+        trained.encoder.save_pretrained(out / "encoder", trained.tokenizer)
+        extra["encoder"] = str(out / "encoder")
+    return ScheduleResult(trained.encoder, trained.tokenizer, extra)
+
+
+# ---- evaluation languages -------------------------------------------------------------------------------------
+
+
+def evaluation_languages(cfg: DictConfig) -> list[DictConfig]:
+    """The languages a run is evaluated on: ``evaluation.languages``, else ``stage.evaluate_on``, else ``language``.
+
+    Raises:
+        DataError: naming the key of an unknown or repeated language.
+    """
+    evaluation = cfg.get("evaluation") or {}
+    key, listed = "evaluation.languages", evaluation.get("languages")
+    if listed is None and cfg.get("stage") is not None and cfg.stage.get("evaluate_on") is not None:
+        key, listed = "stage.evaluate_on", cfg.stage.evaluate_on
+    if listed is None:
+        return [cfg.language]
+    if isinstance(listed, str):
+        listed = [listed]
+    languages = []
+    for number, item in enumerate(listed):
+        value = _plain(item)
+        if value == cfg.language.code or value == TARGET:
+            languages.append(cfg.language)
+        else:
+            languages.append(language_config(value, f"{key}[{number}]"))
+    codes = [str(language.code) for language in languages]
+    if not codes:
+        raise DataError(f"{key} is empty: name at least one language (or leave it null for `language`)")
+    if len(set(codes)) != len(codes):
+        raise DataError(f"{key} names a language twice: {codes}")
+    return languages
+
+
+def evaluation_splits(cfg: DictConfig, test: RetrievalSplit) -> RetrievalSplit | dict[str, RetrievalSplit]:
+    """``test`` when the run is evaluated on its own language only, else language code -> test split.
+
+    Each other language's test split is read with the run's data group in that language and checked like the
+    run's own (:func:`mdr.validation.validate_splits`).
+    """
+    languages = evaluation_languages(cfg)
+    if [str(language.code) for language in languages] == [str(cfg.language.code)]:
+        return test
+    splits: dict[str, RetrievalSplit] = {}
+    for language in languages:
+        code = str(language.code)
+        if code == str(cfg.language.code):
+            splits[code] = test
+            continue
+        other = with_language(cfg, language)
+        split = build_reader(other.data).load(other.data.test_split)
+        validate_splits(other, None, split)
+        splits[code] = split
+    return splits
+
+
+def low_resource(cfg: DictConfig, code: str) -> bool:
+    """Whether language ``code`` is marked low-resource (the run's own config, else conf/language/<code>.yaml)."""
+    if code == str(cfg.language.code):
+        return bool(cfg.language.low_resource)
+    return bool(language_config(code, "evaluation.languages").get("low_resource", False))

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from pathlib import Path
 
-import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+# before anything imports huggingface_hub (mdr.data.hub does), which reads these once at import
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
 
-from mdr.utils.instantiate import register_resolvers
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from mdr.utils.instantiate import register_resolvers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("MDR_DATA_DIR", ROOT.parent / "shared" / "data")).resolve()
 XQUAD_SENT = DATA_DIR / "xquad" / "xquad-sent"
 
-os.environ.setdefault("WANDB_MODE", "offline")
-os.environ.setdefault("WANDB_SILENT", "true")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 register_resolvers()
 
 

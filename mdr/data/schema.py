@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mdr.data.corpus import Corpus
 
 
 class DataError(ValueError):
@@ -35,17 +40,28 @@ class RetrievalSplit:
     """One language's corpus and one split's queries, relevance judgements and shipped negatives.
 
     Attributes:
-        corpus: docid -> passage.
+        corpus: docid -> passage, a memory-mapped :class:`mdr.data.corpus.Corpus` shared by the language's
+            splits (a plain mapping given here, as small tests do, is stored into a temporary Corpus).
         queries: query_id -> query.
-        qrels: query_id -> {docid: grade}; grade > 0 means relevant.
+        qrels: query_id -> {docid: grade}; grade > 0 means relevant, 0 judged non-relevant.
         shipped_negatives: query_id -> docids listed as negatives by the dataset itself
-            (Mr. TyDi / MIRACL ``negative_passages``); empty for sets that ship none.
+            (Mr. TyDi ``negative_passages``, MIRACL's grade-0 judgements); empty for sets that ship none.
     """
 
-    corpus: dict[str, Passage]
+    corpus: Corpus
     queries: dict[str, Query]
     qrels: Qrels
     shipped_negatives: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from mdr.data.corpus import Corpus  # corpus.py imports this module
+
+        if not isinstance(self.corpus, Corpus):
+            if not isinstance(self.corpus, Mapping):
+                raise TypeError(
+                    f"RetrievalSplit.corpus must be a Corpus or a mapping, got {type(self.corpus).__name__}"
+                )
+            self.corpus = Corpus.from_records(self.corpus.values())
 
     def positives(self, query_id: str) -> list[str]:
         """Docids judged relevant for ``query_id``."""

@@ -1,4 +1,4 @@
-"""Batched, no-grad encoding of texts into float32 numpy arrays."""
+"""Batched, no-grad encoding of texts into a numpy array (float32, or any array the caller allocates)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 EncodeFn = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
+Allocate = Callable[[int], np.ndarray]
+"""Given the embedding dimension, return the ``(len(texts), dim)`` array the vectors are written into."""
 
 
 @torch.inference_mode()
@@ -20,19 +22,30 @@ def encode_texts(
     batch_size: int = 128,
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
+    allocate: Allocate | None = None,
 ) -> np.ndarray:
-    """(len(texts), dim) vectors; texts are sorted by length internally so batches pad little."""
+    """(len(texts), dim) vectors, in the order of ``texts``.
+
+    Texts are encoded sorted by length (batches pad little) and each batch's vectors go straight to their rows
+    of the output, so the host holds one copy of the result (``allocate`` may return a memory-mapped file, of
+    float16 too). ``autocast_dtype`` (e.g. bf16 from :func:`mdr.models.precision.autocast_dtype`) runs the
+    encoder under ``torch.autocast``; vectors are returned in float32 (or the output's dtype).
+    """
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    chunks: list[np.ndarray] = []
+    out: np.ndarray | None = None
+    device_type = torch.device(device).type
     for start in range(0, len(order), batch_size):
-        batch = [texts[i] for i in order[start : start + batch_size]]
-        inputs = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        rows = order[start : start + batch_size]
+        inputs = tokenizer(
+            [texts[i] for i in rows], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
         inputs = {key: value.to(device) for key, value in inputs.items()}
-        with torch.autocast(
-            device_type=torch.device(device).type, dtype=autocast_dtype, enabled=autocast_dtype is not None
-        ):
-            chunks.append(encode(inputs).float().cpu().numpy())
-    vectors = np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
-    out = np.empty_like(vectors)
-    out[order] = vectors
+        with torch.autocast(device_type=device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            vectors = encode(inputs).float().cpu().numpy()  # (len(rows), dim)
+        if out is None:
+            dim = vectors.shape[1]
+            out = allocate(dim) if allocate is not None else np.empty((len(texts), dim), dtype=np.float32)
+        out[rows] = vectors
+    if out is None:
+        return allocate(0) if allocate is not None else np.zeros((0, 0), dtype=np.float32)
     return out

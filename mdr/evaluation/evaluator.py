@@ -1,7 +1,19 @@
-"""Evaluate a bi-encoder on one language's test split: encode, search, score, and write results."""
+"""Evaluate a bi-encoder on one language's test split: encode, search, score, and write results.
+
+The corpus is encoded in fixed-size row shards written under ``<run>/embeddings/<language>/``
+(:mod:`mdr.evaluation.shards`); under DDP (``distributed=True`` with an initialised process group) each rank
+encodes and searches its own shards, rank 0 encodes the queries and broadcasts them, and the per-rank top-k
+lists are gathered and merged in one total order, so the run and the metrics equal a single process's. Host
+memory holds one shard's embeddings at a time (plus the queries and the top-k lists).
+"""
 
 from __future__ import annotations
 
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,17 +21,21 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from mdr.data.collator import passage_text
-from mdr.data.schema import RetrievalSplit
+from mdr.data.schema import Passage, Query, RetrievalSplit
+from mdr.distributed import world_size_and_rank
+from mdr.evaluation.corpus_rows import RowTexts, corpus_fingerprint, docid_lookup
 from mdr.evaluation.encode import encode_texts
 from mdr.evaluation.metrics import Run, evaluate_run, mean_metrics
-from mdr.evaluation.search import FlatIPSearcher
+from mdr.evaluation.search import FlatIPSearcher, merge_topk
+from mdr.evaluation.shards import EmbeddingShards, ShardPlan, encoder_identity
 from mdr.evaluation.trec import write_run
 from mdr.models.bi_encoder import BiEncoder
 from mdr.utils.io import atomic_write_lines
 from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
+
+DEFAULT_SHARD_ROWS = 50_000
 
 
 @dataclass(frozen=True)
@@ -33,47 +49,182 @@ class EvaluationResult:
     num_queries: int
 
 
-@dataclass(frozen=True)
-class EncodedSplit:
-    """Query and passage vectors of a split, with their ids in row order."""
+@dataclass
+class DenseRetrieval:
+    """Top-k corpus rows per query, with what produced them.
+
+    Attributes:
+        query_ids: sorted query ids, the row order of ``query_vectors``, ``scores`` and ``rows``.
+        query_vectors: (Q, dim) float32.
+        scores: (Q, k) float32, best first; -inf where fewer than k passages exist.
+        rows: (Q, k) corpus rows, -1 where no hit.
+        shards: the corpus embeddings on disk.
+        encoded: the shards this process encoded now (the others it owns were reused).
+        seconds: this process's wall time per stage (``encode_corpus``, ``encode_queries``, ``search``, ``gather``).
+    """
 
     query_ids: list[str]
     query_vectors: np.ndarray
-    docids: list[str]
-    passage_vectors: np.ndarray
+    scores: np.ndarray
+    rows: np.ndarray
+    shards: EmbeddingShards
+    encoded: list[int]
+    seconds: dict[str, float]
+
+    def run(self, corpus: Mapping[str, Passage]) -> Run:
+        """query_id -> {docid: score}."""
+        docid_of = docid_lookup(corpus)
+        return {
+            query_id: {docid_of(int(row)): float(score) for score, row in zip(self.scores[i], self.rows[i]) if row >= 0}
+            for i, query_id in enumerate(self.query_ids)
+        }
 
 
-def encode_split(
+def _gpu_index(device: torch.device | str) -> int:
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 0
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def corpus_shards(
     encoder: BiEncoder,
     tokenizer: PreTrainedTokenizerBase,
-    split: RetrievalSplit,
+    corpus: Mapping[str, Passage],
+    folder: str | Path,
+    autocast_dtype: torch.dtype | None = None,
+    fp16_index: bool = False,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+) -> EmbeddingShards:
+    """The shard files of ``corpus`` encoded by ``encoder`` (identity: weights, tokenizer, corpus, precision)."""
+    plan = ShardPlan(len(corpus), int(shard_rows))
+    identity = encoder_identity(
+        encoder,
+        tokenizer,
+        corpus=corpus_fingerprint(corpus),
+        autocast=str(autocast_dtype),
+        fp16=bool(fp16_index),
+        shard_rows=plan.shard_rows,
+    )
+    return EmbeddingShards(folder, plan, identity, fp16=fp16_index)
+
+
+def search_shards(
+    shards: EmbeddingShards,
+    owned: list[int],
+    query_vectors: np.ndarray,
+    k: int,
+    use_gpu_index: bool | str = "auto",
+    fp16_index: bool = False,
+    gpu_device: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (scores, corpus rows) per query over the ``owned`` shards, one shard's index at a time."""
+    best = merge_topk([], k, len(query_vectors))
+    for shard in owned:
+        start, _ = shards.plan.bounds(shard)
+        searcher = FlatIPSearcher(shards.load(shard), use_gpu_index, fp16_index, gpu_device)
+        scores, rows = searcher.search(query_vectors, k)  # (Q, <= k) each
+        del searcher
+        best = merge_topk([best, (scores, np.where(rows >= 0, rows + start, -1))], k, len(query_vectors))
+    return best
+
+
+def dense_retrieve(
+    encoder: BiEncoder,
+    tokenizer: PreTrainedTokenizerBase,
+    corpus: Mapping[str, Passage],
+    queries: Mapping[str, Query],
+    depth: int,
+    folder: str | Path,
     batch_size: int = 128,
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
-) -> EncodedSplit:
-    """Encode every passage of the corpus and every query of the split."""
+    use_gpu_index: bool | str = "auto",
+    fp16_index: bool = False,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+    distributed: bool = False,
+) -> DenseRetrieval:
+    """Encode ``corpus`` into shards under ``folder`` (reusing finished ones) and search ``queries``.
+
+    Args:
+        distributed: split the shards over the ranks of the initialised process group; every rank must call.
+            False: this process does everything (as does a world of one).
+    """
+    world, rank = world_size_and_rank() if distributed else (1, 0)
     settings = encoder.settings
     encoder.eval()
-    docids = list(split.corpus)
-    passages = [passage_text(split.corpus[docid], settings.passage_prefix) for docid in docids]
-    passage_vectors = encode_texts(
-        encoder.encode_passages, tokenizer, passages, settings.passage_max_length, batch_size, device, autocast_dtype
-    )
-    query_ids = sorted(split.queries)
-    queries = [settings.query_prefix + split.queries[query_id].text for query_id in query_ids]
-    query_vectors = encode_texts(
-        encoder.encode_queries, tokenizer, queries, settings.query_max_length, batch_size, device, autocast_dtype
-    )
-    return EncodedSplit(query_ids, query_vectors, docids, passage_vectors)
+    shards = corpus_shards(encoder, tokenizer, corpus, folder, autocast_dtype, fp16_index, shard_rows)
+    plan = shards.plan
+    owned = plan.owned(rank, world)
+    row_texts = RowTexts(corpus)
+    encoded: list[int] = []
+    started = time.perf_counter()
+    for shard in owned:
+        if shards.is_done(shard):
+            continue
+        start, end = plan.bounds(shard)
+        created: dict[str, object] = {}
 
+        def allocate(dim: int, shard: int = shard) -> np.ndarray:
+            created["array"], created["tmp"] = shards.create(shard, dim)
+            return created["array"]  # type: ignore[return-value]
 
-def search(encoded: EncodedSplit, depth: int, use_gpu_index: bool | str = "auto") -> Run:
-    """Top-``depth`` passages per query by inner product."""
-    scores, rows = FlatIPSearcher(encoded.passage_vectors, use_gpu_index).search(encoded.query_vectors, depth)
-    return {
-        query_id: {encoded.docids[row]: float(score) for score, row in zip(scores[i], rows[i]) if row >= 0}
-        for i, query_id in enumerate(encoded.query_ids)
-    }
+        encode_texts(
+            encoder.encode_passages,
+            tokenizer,
+            row_texts.texts(start, end, settings.passage_prefix),
+            settings.passage_max_length,
+            batch_size,
+            device,
+            autocast_dtype,
+            allocate,
+        )
+        shards.commit(shard, created.pop("array"), created.pop("tmp"))  # type: ignore[arg-type]
+        encoded.append(shard)
+    if owned:
+        log.info(
+            "rank %d/%d: encoded %d of its %d corpus shards in %.1fs (%d reused) -> %s",
+            rank,
+            world,
+            len(encoded),
+            len(owned),
+            time.perf_counter() - started,
+            len(owned) - len(encoded),
+            shards.folder,
+        )
+
+    seconds = {"encode_corpus": time.perf_counter() - started}
+    started = time.perf_counter()
+    query_ids = sorted(queries)
+    query_vectors: np.ndarray | None = None
+    if rank == 0:
+        query_vectors = encode_texts(
+            encoder.encode_queries,
+            tokenizer,
+            [settings.query_prefix + queries[q].text for q in query_ids],
+            settings.query_max_length,
+            batch_size,
+            device,
+            autocast_dtype,
+        )
+    if world > 1:
+        box = [query_vectors]
+        torch.distributed.broadcast_object_list(box, src=0)
+        query_vectors = box[0]
+    assert query_vectors is not None
+    seconds["encode_queries"] = time.perf_counter() - started
+    started = time.perf_counter()
+    k = min(depth, plan.num_rows)
+    best = search_shards(shards, owned, query_vectors, k, use_gpu_index, fp16_index, _gpu_index(device))
+    seconds["search"] = time.perf_counter() - started
+    started = time.perf_counter()
+    if world > 1:
+        gathered: list[tuple[np.ndarray, np.ndarray] | None] = [None] * world
+        torch.distributed.all_gather_object(gathered, best)
+        best = merge_topk([part for part in gathered if part is not None], k, len(query_ids))
+    seconds["gather"] = time.perf_counter() - started
+    seconds = {name: round(value, 3) for name, value in seconds.items()}
+    return DenseRetrieval(query_ids, query_vectors, best[0], best[1], shards, encoded, seconds)
 
 
 def retrieve(
@@ -86,8 +237,21 @@ def retrieve(
     use_gpu_index: bool | str = "auto",
     autocast_dtype: torch.dtype | None = None,
 ) -> Run:
-    """Encode the split and return the top-``depth`` passages per query."""
-    return search(encode_split(encoder, tokenizer, split, batch_size, device, autocast_dtype), depth, use_gpu_index)
+    """Encode the split (in a temporary folder) and return the top-``depth`` passages per query."""
+    with tempfile.TemporaryDirectory(prefix="mdr-embeddings-") as tmp:
+        found = dense_retrieve(
+            encoder,
+            tokenizer,
+            split.corpus,
+            split.queries,
+            depth,
+            tmp,
+            batch_size,
+            device,
+            autocast_dtype,
+            use_gpu_index=use_gpu_index,
+        )
+        return found.run(split.corpus)
 
 
 def evaluate_language(
@@ -96,19 +260,53 @@ def evaluate_language(
     split: RetrievalSplit,
     language: str,
     output_dir: str | Path,
-    **retrieve_kwargs: object,
+    depth: int = 100,
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+    use_gpu_index: bool | str = "auto",
+    autocast_dtype: torch.dtype | None = None,
+    fp16_index: bool = False,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+    keep_embeddings: bool = False,
+    distributed: bool = False,
 ) -> EvaluationResult:
-    """Retrieve, score and write ``runs/<language>.trec`` and ``per_query/<language>.tsv`` under ``output_dir``."""
-    run = retrieve(encoder, tokenizer, split, **retrieve_kwargs)  # type: ignore[arg-type]
+    """Retrieve, score and write ``runs/<language>.trec`` and ``per_query/<language>.tsv`` under ``output_dir``.
+
+    The corpus embeddings go to ``<output_dir>/embeddings/<language>/``; they are removed once the results are
+    written unless ``keep_embeddings`` (a job killed before that reuses the finished shards when rerun). With
+    ``distributed``, every rank must call this; all return the same result and rank 0 writes the files.
+    """
+    out = Path(output_dir)
+    folder = out / "embeddings" / language
+    _, rank = world_size_and_rank() if distributed else (1, 0)
+    found = dense_retrieve(
+        encoder,
+        tokenizer,
+        split.corpus,
+        split.queries,
+        depth,
+        folder,
+        batch_size,
+        device,
+        autocast_dtype,
+        use_gpu_index,
+        fp16_index,
+        shard_rows,
+        distributed,
+    )
+    run = found.run(split.corpus)
     per_query = evaluate_run(run, split.qrels)
     metrics = mean_metrics(per_query)
-    out = Path(output_dir)
-    write_run(out / "runs" / f"{language}.trec", run, tag=f"mdr-{language}")
-    names = sorted(metrics)
-    atomic_write_lines(
-        out / "per_query" / f"{language}.tsv",
-        ["query_id\t" + "\t".join(names)]
-        + [f"{qid}\t" + "\t".join(f"{per_query[qid][n]:.6f}" for n in names) for qid in sorted(per_query)],
-    )
-    log.info("%s: %s over %d queries", language, {k: round(v, 4) for k, v in metrics.items()}, len(per_query))
+    if rank == 0:
+        write_run(out / "runs" / f"{language}.trec", run, tag=f"mdr-{language}")
+        names = sorted(metrics)
+        atomic_write_lines(
+            out / "per_query" / f"{language}.tsv",
+            ["query_id\t" + "\t".join(names)]
+            + [f"{qid}\t" + "\t".join(f"{per_query[qid][n]:.6f}" for n in names) for qid in sorted(per_query)],
+        )
+        if not keep_embeddings:  # every rank has searched its shards: the gather above waited for them
+            shutil.rmtree(folder, ignore_errors=True)
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s: %s over %d queries", language, {k: round(v, 4) for k, v in metrics.items()}, len(per_query))
     return EvaluationResult(language, metrics, per_query, run, len(per_query))

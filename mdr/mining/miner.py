@@ -23,11 +23,15 @@ class PoolSettings:
 
     Attributes:
         source: ``bm25`` (mined here), ``dense`` (an encoder's top-N), ``shipped`` (the dataset's negatives).
-        backend: for bm25, ``bm25s`` (pure Python) or ``pyserini`` (Lucene analyzers, Java 21+).
+        backend: for bm25, ``bm25s`` (bm25s's Lucene-variant scores over mdr's word / character-bigram tokens,
+            streamed into an on-disk sparse index: bounded memory) or ``pyserini`` (Lucene with the language's
+            analyzer, Java 21+, in a child process).
         depth: candidates retrieved per query (N).
         range_min / range_max: sample only ranks in [range_min, range_max) of the positive-free ranking.
         margin: drop candidates scoring above (positive score - margin); null: no margin filter.
         encoder: for dense, the encoder folder (a train.py ``encoder/`` or a model folder / hub id).
+        threads: bm25 indexing / search threads (``None``: the CPUs this process may use, at most 8); not part
+            of the cache key (the pool does not depend on it).
     """
 
     source: Literal["bm25", "dense", "shipped"] = "bm25"
@@ -37,6 +41,7 @@ class PoolSettings:
     range_max: int | None = 50
     margin: float | None = None
     encoder: str | None = None
+    threads: int | None = None
 
 
 def _encoder_identity(path: str) -> str:
@@ -54,8 +59,13 @@ def mine(
     analyzer: str,
     cache_dir: str | Path,
     load_encoder: EncoderLoader,
+    device: str | None = None,
 ) -> RawPools:
-    """The unfiltered pool for ``settings``, from the cache when these data and settings were mined before."""
+    """The unfiltered pool for ``settings``, from the cache when these data and settings were mined before.
+
+    Args:
+        device: where a dense miner encodes (``None``: this process's CUDA device when there is one, else CPU).
+    """
     if settings.source == "shipped":
         if not split.shipped_negatives:
             raise ValueError("negatives.pool.source=shipped but the data set ships no negative_passages")
@@ -65,16 +75,20 @@ def mine(
     if settings.source == "bm25":
         key.update(backend=settings.backend, analyzer=analyzer)
         if settings.backend == "bm25s":
-            from mdr.mining.bm25 import bm25s_pools
+            from mdr.mining.bm25 import INDEX_VERSION, bm25s_pools
             from mdr.mining.tokenize import TOKENIZER_VERSION
 
-            key["tokenizer"] = TOKENIZER_VERSION
-            return cached(cache_path(cache_dir, split, language, key), lambda: bm25s_pools(split, settings.depth))
+            key.update(tokenizer=TOKENIZER_VERSION, index=INDEX_VERSION)
+            return cached(
+                cache_path(cache_dir, split, language, key),
+                lambda: bm25s_pools(split, settings.depth, cache_dir=cache_dir, threads=settings.threads),
+            )
         if settings.backend == "pyserini":
             from mdr.mining.lucene import pyserini_pools
 
             return cached(
-                cache_path(cache_dir, split, language, key), lambda: pyserini_pools(split, analyzer, settings.depth)
+                cache_path(cache_dir, split, language, key),
+                lambda: pyserini_pools(split, analyzer, settings.depth, threads=settings.threads),
             )
         raise ValueError(f"negatives.pool.backend={settings.backend!r}: expected bm25s or pyserini")
     if settings.source == "dense":
@@ -86,7 +100,7 @@ def mine(
             from mdr.mining.dense import dense_pools
 
             encoder, tokenizer = load_encoder(settings.encoder)  # type: ignore[arg-type]
-            return dense_pools(encoder, tokenizer, split, settings.depth)
+            return dense_pools(encoder, tokenizer, split, settings.depth, device=device)
 
         return cached(cache_path(cache_dir, split, language, key), run_dense)
     raise ValueError(f"negatives.pool.source={settings.source!r}: expected bm25, dense or shipped")
@@ -99,9 +113,10 @@ def hard_negative_pools(
     analyzer: str,
     cache_dir: str | Path,
     load_encoder: EncoderLoader,
+    device: str | None = None,
 ) -> dict[str, list[str]]:
     """Docid pools after the false-negative controls (their skip counts are logged)."""
-    raw = mine(settings, split, language, analyzer, cache_dir, load_encoder)
+    raw = mine(settings, split, language, analyzer, cache_dir, load_encoder, device)
     pools, stats = filter_pools(raw, settings.range_min, settings.range_max, settings.margin)
     log.info("pool settings %s: %s", asdict(settings), asdict(stats))
     return pools

@@ -7,13 +7,16 @@ positive) are applied when a pool is used, so one cached pool serves every setti
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mdr.data.schema import DataError, RetrievalSplit
+from mdr.evaluation.corpus_rows import corpus_fingerprint
 from mdr.utils.io import atomic_write_lines
 from mdr.utils.logging import get_logger
 
@@ -37,21 +40,45 @@ class RawPools:
 
 
 def fingerprint(split: RetrievalSplit) -> str:
-    """A short hash of the corpus texts and the queries, so a changed data set never reuses a stale pool."""
-    digest = hashlib.sha256()
-    for docid in sorted(split.corpus):
-        passage = split.corpus[docid]
-        digest.update(f"{docid}\t{passage.title}\t{passage.text}\n".encode())
+    """A short hash of the corpus, the queries and the qrels, so a changed data set never reuses a stale pool.
+
+    The qrels count: the positives removed from a pool and the positive scores kept for the margin filter
+    both come from them.
+    """
+    digest = hashlib.sha256(corpus_fingerprint(split.corpus).encode())
     for query_id in sorted(split.queries):
-        digest.update(f"{query_id}\t{split.queries[query_id].text}\n".encode())
+        digest.update(f"q\t{query_id}\t{split.queries[query_id].text}\n".encode())
+    for query_id in sorted(split.qrels):
+        for docid, grade in sorted(split.qrels[query_id].items()):
+            digest.update(f"r\t{query_id}\t{docid}\t{grade}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def settings_hash(settings: Mapping[str, object]) -> str:
+    """16 hex digits of the SHA-256 of ``settings`` as sorted JSON."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def cache_path(cache_dir: str | Path, split: RetrievalSplit, language: str, settings: Mapping[str, object]) -> Path:
     """``<cache_dir>/pools/<language>-<source>-<hash>.jsonl`` for these data and miner settings."""
-    key = json.dumps({"data": fingerprint(split), "language": language, **settings}, sort_keys=True, default=str)
-    name = f"{language}-{settings.get('source', 'pool')}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsonl"
-    return Path(cache_dir) / "pools" / name
+    key = settings_hash({"data": fingerprint(split), "language": language, **settings})
+    return Path(cache_dir) / "pools" / f"{language}-{settings.get('source', 'pool')}-{key}.jsonl"
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if missing) for the duration of the block.
+
+    Concurrent processes (DDP ranks, sweep jobs on one node or a shared file system with flock) mining the same
+    pool or index wait for the first one and then reuse its result instead of computing it again.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def save_pools(path: Path, pools: RawPools) -> None:
@@ -88,12 +115,13 @@ def load_pools(path: Path) -> RawPools:
 
 
 def cached(path: Path, mine: Callable[[], RawPools]) -> RawPools:
-    """Load the pool at ``path`` or mine it and save it there."""
-    if path.is_file():
-        log.info("reusing hard-negative pool %s", path)
-        return load_pools(path)
-    pools = mine()
-    save_pools(path, pools)
+    """Load the pool at ``path`` or mine it and save it there (under a lock: one process mines, others wait)."""
+    with file_lock(path.with_name(path.name + ".lock")):
+        if path.is_file():
+            log.info("reusing hard-negative pool %s", path)
+            return load_pools(path)
+        pools = mine()
+        save_pools(path, pools)
     log.info("mined hard-negative pool for %d queries -> %s", len(pools.candidates), path)
     return pools
 

@@ -1,11 +1,26 @@
-"""Language-agnostic BM25 tokens for the bm25s backend: words, or character bigrams for unspaced scripts."""
+"""Language-agnostic BM25 tokens for the bm25s backend: words, or character bigrams for unspaced scripts.
+
+Every language gets the same rule (no stemming, no stopwords): NFKC normalisation, lower case, maximal runs of
+letters, combining marks and digits (Unicode categories L*, M*, N*), and a word that contains a character of an
+unspaced script (Thai, Lao, Myanmar, Khmer, kana, CJK ideographs, hangul) of more than two characters becomes its
+overlapping character bigrams. So Thai, Chinese and Japanese are searched by character bigrams (the CJK
+analyzer's scheme, applied to Thai as well), Korean eojeol longer than two syllables too, and every other
+language by surface words.
+"""
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
-TOKENIZER_VERSION = "words+bigrams-v2"
-"""Part of the pool cache key: change it whenever :func:`bm25_tokens` changes."""
+import regex
+
+TOKENIZER_VERSION = "words+bigrams-v3"
+"""Part of the pool and index cache keys: change it whenever :func:`bm25_tokens` changes.
+
+v3: words found by the ``regex`` module's Unicode tables (categories L, M, N) instead of a per-character
+``unicodedata`` loop (same rule; characters assigned after Python's Unicode version now count as letters).
+"""
 
 # Thai, Lao, Myanmar, Khmer, kana, CJK ideographs and hangul: written without spaces between words.
 UNSPACED = (
@@ -18,37 +33,37 @@ UNSPACED = (
     (0xAC00, 0xD7AF),
 )
 
+# letters, combining marks (Thai vowels, Devanagari matras) and digits; Python's \w misses the marks
+_WORD = regex.compile(r"[\p{L}\p{M}\p{N}]+")
+_ASCII_WORD = re.compile(r"[a-z0-9]+")  # the same rule on ASCII text (no marks there), twice as fast
+_UNSPACED = regex.compile("[" + "".join(f"{chr(low)}-{chr(high)}" for low, high in UNSPACED) + "]")
+_FIRST_UNSPACED = chr(UNSPACED[0][0])
 
-def _is_word_char(char: str) -> bool:
-    # letters, combining marks (Thai vowels, Devanagari matras) and digits; Python's \w misses the marks
-    return unicodedata.category(char)[0] in "LMN"
 
-
-def _unspaced(word: str) -> bool:
-    return any(low <= ord(char) <= high for char in word for low, high in UNSPACED)
+def _normalise(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).lower()
 
 
 def words(text: str) -> list[str]:
     """Maximal runs of letters, marks and digits, NFKC-normalised and lower-cased."""
-    found: list[str] = []
-    current: list[str] = []
-    for char in unicodedata.normalize("NFKC", text).lower():
-        if _is_word_char(char):
-            current.append(char)
-        elif current:
-            found.append("".join(current))
-            current = []
-    if current:
-        found.append("".join(current))
-    return found
+    if text.isascii():
+        return _ASCII_WORD.findall(text.lower())
+    return _WORD.findall(_normalise(text))
 
 
 def bm25_tokens(text: str) -> list[str]:
     """Word tokens; a word in an unspaced script becomes its overlapping character bigrams."""
+    if text.isascii():
+        return _ASCII_WORD.findall(text.lower())
+    normalised = _normalise(text)
+    found = _WORD.findall(normalised)
+    # every unspaced script sits above U+0E00: Latin, Greek, Cyrillic, Arabic and Indic text skips the search
+    if max(normalised, default="") < _FIRST_UNSPACED or not _UNSPACED.search(normalised):
+        return found
     tokens: list[str] = []
-    for word in words(text):
-        if len(word) > 2 and _unspaced(word):
-            tokens.extend(word[i : i + 2] for i in range(len(word) - 1))
+    for word in found:
+        if len(word) > 2 and _UNSPACED.search(word):
+            tokens.extend([word[i : i + 2] for i in range(len(word) - 1)])
         else:
             tokens.append(word)
     return tokens

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from mdr.utils.io import share_like_new_files
+
 SETTINGS_FILE = "mdr_encoder.json"
 
 
@@ -136,10 +138,18 @@ class BiEncoder(nn.Module):
                 tokenizer.save_pretrained(out / name)
             tokenizer.save_pretrained(out)
         (out / SETTINGS_FILE).write_text(json.dumps(asdict(self.settings), indent=2) + "\n")
+        share_like_new_files(out)  # safetensors writes 0600: keep saved encoders readable like other results
         return out
 
 
 def _write_sentence_transformers_files(out: Path, settings: EncoderSettings, dim: int) -> None:
+    """sentence-transformers files that reproduce mdr's own encoding exactly.
+
+    ``encode_query`` / ``encode_document`` add the query / passage prefix (prompts ``query`` and ``document``)
+    and truncate at ``query_length`` / ``document_length`` (mdr's query / passage max lengths, counted with
+    the prefix, as mdr counts them); a plain ``encode`` adds no prefix and truncates at ``max_seq_length``,
+    the passage length.
+    """
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
@@ -149,7 +159,16 @@ def _write_sentence_transformers_files(out: Path, settings: EncoderSettings, dim
         (out / "2_Normalize").mkdir(exist_ok=True)
     (out / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
     (out / "sentence_bert_config.json").write_text(
-        json.dumps({"max_seq_length": settings.passage_max_length, "do_lower_case": False}, indent=2) + "\n"
+        json.dumps(
+            {
+                "max_seq_length": settings.passage_max_length,
+                "query_length": settings.query_max_length,
+                "document_length": settings.passage_max_length,
+                "do_lower_case": False,
+            },
+            indent=2,
+        )
+        + "\n"
     )
     (out / "config_sentence_transformers.json").write_text(
         json.dumps(

@@ -8,9 +8,11 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from mdr.utils.io import share_like_new_files
 from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -29,6 +31,19 @@ def _corpus_texts(corpus_glob: str) -> Iterator[str]:
                     yield json.loads(line)["text"]
 
 
+def _continuation_tokens(tokenizer: Any, texts: list[str]) -> list[str]:
+    """Every ``##c`` token the WordPiece trainer will create (a character seen after a word's first), sorted.
+
+    The trainer numbers these in the iteration order of a Rust hash map seeded per process, and merge ties
+    are broken by those numbers, so without fixing them the vocabulary differs between processes.
+    """
+    seen: set[str] = set()
+    # one call on the texts joined by newlines (whitespace, a word boundary; the normaliser is per character)
+    for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str("\n".join(texts))):
+        seen.update(word[1:])
+    return [f"##{char}" for char in sorted(seen)]
+
+
 def build_tiny_bert(
     out_dir: str,
     corpus_glob: str,
@@ -42,8 +57,10 @@ def build_tiny_bert(
 ) -> Path:
     """Train a WordPiece tokenizer on corpus texts and save it with a randomly initialised small BERT.
 
-    The tokenizer sees passages only (no queries, no labels). Written to a temporary folder first, then
-    moved into place, so a half-built model is never picked up.
+    The tokenizer sees passages only (no queries, no labels). The build is deterministic: the same corpus
+    files, sizes and seed give byte-identical files on every machine (the continuation tokens are numbered
+    up front, see :func:`_continuation_tokens`; the weights come from a forked, seeded RNG). Written to a
+    temporary folder first, then moved into place, so a half-built model is never picked up.
     """
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
@@ -51,8 +68,16 @@ def build_tiny_bert(
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=400))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False, handle_chinese_chars=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
-    tokenizer.train_from_iterator(_corpus_texts(corpus_glob), trainer=trainer)
+    texts = list(_corpus_texts(corpus_glob))
+    # passed as special tokens so they get ids before training, then made ordinary vocabulary entries below
+    continuation = _continuation_tokens(tokenizer, texts)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS + continuation, show_progress=False
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    state = json.loads(tokenizer.to_str())
+    state["added_tokens"] = [token for token in state["added_tokens"] if token["content"] in SPECIAL_TOKENS]
+    tokenizer = Tokenizer.from_str(json.dumps(state))
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -68,7 +93,6 @@ def build_tiny_bert(
         mask_token="[MASK]",
         model_max_length=max_position_embeddings,
     )
-    torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=tokenizer.get_vocab_size(),
         hidden_size=hidden_size,
@@ -78,7 +102,9 @@ def build_tiny_bert(
         max_position_embeddings=max_position_embeddings,
         pad_token_id=0,
     )
-    model = BertModel(config, add_pooling_layer=False)
+    with torch.random.fork_rng(devices=[]):  # the caller's RNG state is left as it was
+        torch.manual_seed(seed)
+        model = BertModel(config, add_pooling_layer=False)
     return _save_atomically(out_dir, model, fast)
 
 
@@ -124,6 +150,7 @@ def _save_atomically(out_dir: str, model: torch.nn.Module, tokenizer: object) ->
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     model.save_pretrained(staging)  # type: ignore[attr-defined]
     tokenizer.save_pretrained(staging)  # type: ignore[attr-defined]
+    share_like_new_files(staging)  # mkdtemp makes 0700 and safetensors 0600: a shared cache must be readable
     try:
         staging.rename(target)
     except OSError:  # another process built it first

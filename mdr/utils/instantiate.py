@@ -8,6 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mdr.data.readers import RetrievalReader
+from mdr.data.schema import DataError
 from mdr.models.bi_encoder import EncoderSettings
 from mdr.utils.logging import get_logger
 
@@ -25,12 +26,37 @@ def build_reader(data_cfg: DictConfig) -> RetrievalReader:
     return instantiate(data_cfg.reader)
 
 
-def ensure_model_files(model_cfg: DictConfig) -> None:
-    """Build a locally made model (tiny, me5_small) on first use; hub models are left to transformers."""
+def build_target_problem(model_cfg: DictConfig) -> str | None:
+    """Why a locally built model (one with ``build``) cannot be built at ``model.name_or_path``, or None.
+
+    A model group with a ``build`` section is built only at ``model.build.out_dir``: a ``model.name_or_path``
+    pointing anywhere else (a typo) must exist, or it would silently become a new random model.
+    """
     build = model_cfg.get("build")
-    if build is not None and not Path(model_cfg.name_or_path).is_dir():
+    path = Path(str(model_cfg.name_or_path))
+    if build is None or path.is_dir():
+        return None
+    target = build.get("out_dir")
+    if target is not None and Path(str(target)).expanduser().resolve() != path.expanduser().resolve():
+        return (
+            f"model.name_or_path={str(path)!r} does not exist, and model={model_cfg.get('name')} is built only at "
+            f"model.build.out_dir={str(target)!r}: fix the path, or set model.build.out_dir to it to build there"
+        )
+    return None
+
+
+def ensure_model_files(model_cfg: DictConfig) -> None:
+    """Build a locally made model (tiny, me5_small) on first use; hub models are left to transformers.
+
+    Raises:
+        DataError: ``model.name_or_path`` is missing and is not the model's build target.
+    """
+    problem = build_target_problem(model_cfg)
+    if problem:
+        raise DataError(problem)
+    if model_cfg.get("build") is not None and not Path(model_cfg.name_or_path).is_dir():
         log.info("building model %s at %s", model_cfg.name, model_cfg.name_or_path)
-        instantiate(build)
+        instantiate(model_cfg.build)
 
 
 def encoder_settings(model_cfg: DictConfig) -> EncoderSettings:

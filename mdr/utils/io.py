@@ -17,6 +17,21 @@ def _default_mode() -> int:
     return 0o666 & ~umask
 
 
+def share_like_new_files(root: str | os.PathLike[str]) -> None:
+    """Give ``root`` and everything under it the modes ``mkdir`` / ``open`` would (0o777 / 0o666 less the umask).
+
+    ``tempfile.mkdtemp`` makes folders 0o700 and some writers (safetensors) files 0o600; a folder built that
+    way and renamed into a shared cache would be unreadable to everyone else.
+    """
+    file_mode = _default_mode()
+    folder_mode = file_mode | ((file_mode & 0o444) >> 2)  # x wherever r: 0o644 -> 0o755
+    top = Path(root)
+    for path in [top, *top.rglob("*")]:
+        if path.is_symlink():
+            continue
+        os.chmod(path, folder_mode if path.is_dir() else file_mode)
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
     target = Path(path)

@@ -1,0 +1,401 @@
+"""A corpus stored once on disk as Arrow and opened memory-mapped, so every process and rank shares one copy.
+
+Layout of a stored corpus (one folder, written to a temporary sibling and renamed into place):
+
+* ``corpus.arrow``: an Arrow IPC file with string columns ``docid``, ``title``, ``text`` in record batches of
+  :data:`BATCH_ROWS` rows (the last one shorter), so row ``r`` is batch ``r // BATCH_ROWS``;
+* ``docid_hashes.npy`` / ``docid_rows.npy``: the docids' 64-bit hashes in ascending order and the row each one
+  belongs to; ``row(docid)`` is a ``searchsorted`` over the memory-mapped hashes plus a check of the docid string
+  at the found row (so a hash collision costs one more comparison, never a wrong answer);
+* ``meta.json`` (written last): row count, content fingerprint, the source files.
+
+Nothing per passage lives in Python objects: opening costs a few kB whatever the size, and the pages of the
+files are the kernel's page cache, shared by every process that maps them (DDP ranks, DataLoader workers).
+Building streams the rows (bounded memory: one record batch of text plus 24 bytes per passage for the
+docid index) and is atomic: concurrent builders of the same corpus wait on a file lock and reuse the result.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import weakref
+from array import array
+from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mdr.data.schema import DataError, Passage
+from mdr.utils.io import atomic_write_json
+from mdr.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+FORMAT_VERSION = 1
+"""Bump when the stored layout or the meaning of its columns changes (old folders are then rebuilt)."""
+BATCH_ROWS = 8192
+"""Rows per Arrow record batch."""
+ARROW_FILE, HASHES_FILE, ROWS_FILE, META_FILE = "corpus.arrow", "docid_hashes.npy", "docid_rows.npy", "meta.json"
+SCHEMA = pa.schema([("docid", pa.string()), ("title", pa.string()), ("text", pa.string())])
+
+Row = tuple[str, str, str, int, int]
+"""``(docid, title, text, source_index, line)``: a passage and where it was read (for error messages)."""
+
+
+def default_cache_dir() -> Path:
+    """``$MDR_CACHE_DIR`` or ``.cache/mdr`` (the default of ``paths.cache_dir``), made absolute."""
+    return Path(os.environ.get("MDR_CACHE_DIR", ".cache/mdr")).expanduser().resolve()
+
+
+def docid_key(docid: str) -> int:
+    """A stable 64-bit hash of a docid (the same in every process and Python version)."""
+    return int.from_bytes(hashlib.blake2b(docid.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def encoded_text(title: str, text: str, prefix: str = "") -> str:
+    """The string a passage is encoded as: ``prefix + title + " " + text`` (no title: just the text).
+
+    The same rule as :func:`mdr.data.collator.passage_text` (``tests/test_corpus.py`` checks they agree).
+    """
+    return prefix + (f"{title} {text}" if title else text)
+
+
+def source_key(paths: Sequence[Path], parser: str) -> str:
+    """A short hash naming a corpus built from ``paths`` by ``parser``: paths, sizes and modification times.
+
+    Cheap (no file is read), and any rewrite of a source file changes it. Files from the Hugging Face cache are
+    content-addressed blobs, so the same revision always maps to the same key.
+    """
+    files = []
+    for path in paths:
+        resolved = Path(path).resolve()
+        stat = resolved.stat()
+        files.append([str(resolved), stat.st_size, stat.st_mtime_ns])
+    payload = json.dumps({"format": FORMAT_VERSION, "parser": parser, "files": files}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _write(rows: Iterable[Row], folder: Path, sources: Sequence[str]) -> None:
+    """Stream ``rows`` into ``folder`` (Arrow file, docid index, meta.json last)."""
+    hashes = array("Q")
+    where_source, where_line = array("l"), array("q")
+    digest = hashlib.sha256()
+    columns: tuple[list[str], list[str], list[str]] = ([], [], [])
+    count = 0
+    with pa.OSFile(str(folder / ARROW_FILE), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
+
+        def flush() -> None:
+            writer.write_batch(pa.record_batch([pa.array(column, pa.string()) for column in columns], schema=SCHEMA))
+            for column in columns:
+                column.clear()
+
+        for docid, title, text, source, line in rows:
+            columns[0].append(docid)
+            columns[1].append(title)
+            columns[2].append(text)
+            hashes.append(docid_key(docid))
+            where_source.append(source)
+            where_line.append(line)
+            fields = (docid.encode("utf-8"), title.encode("utf-8"), text.encode("utf-8"))
+            digest.update(b"%d:%d:%d\n" % tuple(len(field) for field in fields) + b"".join(fields))
+            count += 1
+            if len(columns[0]) == BATCH_ROWS:
+                flush()
+        if columns[0]:
+            flush()
+    if count == 0:
+        raise DataError(f"{', '.join(sources) or 'records'}: corpus is empty")
+    keys = np.frombuffer(hashes, dtype=np.uint64)
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    same = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])
+    if same.size:
+        stored = _Store(folder, BATCH_ROWS, count)
+        for index in same:
+            first, second = sorted(int(row) for row in order[index : index + 2])
+            docid = stored.field(second, 0)
+            if stored.field(first, 0) == docid:  # equal hashes and equal strings: a real duplicate
+                at = f"{sources[where_source[second]]}:{where_line[second]}"
+                raise DataError(
+                    f"{at}: duplicate docid {docid!r} (first at {sources[where_source[first]]}:{where_line[first]})"
+                )
+    np.save(folder / HASHES_FILE, sorted_keys)
+    np.save(folder / ROWS_FILE, order.astype(np.int64))
+    meta = {
+        "format": FORMAT_VERSION,
+        "rows": count,
+        "batch_rows": BATCH_ROWS,
+        "fingerprint": digest.hexdigest()[:32],
+        "sources": list(sources),
+    }
+    atomic_write_json(folder / META_FILE, meta)
+
+
+class _Store:
+    """Zero-copy access to the string columns of a stored Arrow file (numpy views over the mapped buffers)."""
+
+    def __init__(self, folder: Path, batch_rows: int, num_rows: int) -> None:
+        self.batch_rows = batch_rows
+        self.num_rows = num_rows
+        self.reader = pa.ipc.open_file(pa.memory_map(str(folder / ARROW_FILE), "r"))
+        expected = -(-num_rows // batch_rows)
+        if self.reader.num_record_batches != expected:
+            raise DataError(f"{folder / ARROW_FILE}: {self.reader.num_record_batches} batches, expected {expected}")
+        self._batches: dict[int, list[tuple[np.ndarray, memoryview]]] = {}
+
+    def columns(self, batch: int) -> list[tuple[np.ndarray, memoryview]]:
+        """(offsets, data) of each column of record batch ``batch``."""
+        cached = self._batches.get(batch)
+        if cached is None:
+            cached = []
+            for column in self.reader.get_batch(batch).columns:
+                _, offsets, data = column.buffers()
+                start = column.offset
+                view = np.frombuffer(offsets, dtype=np.int32)[start : start + len(column) + 1]
+                cached.append((view, memoryview(data) if data is not None else memoryview(b"")))
+            self._batches[batch] = cached
+        return cached
+
+    def field(self, row: int, column: int) -> str:
+        """Column ``column`` (0 docid, 1 title, 2 text) of ``row``."""
+        batch, local = divmod(row, self.batch_rows)
+        offsets, data = self.columns(batch)[column]
+        return str(data[offsets[local] : offsets[local + 1]], "utf-8")
+
+
+class Corpus(Mapping[str, Passage]):
+    """A read-only docid -> :class:`Passage` mapping over a stored, memory-mapped corpus, plus row access.
+
+    Iteration yields docids in row order (the order of the source files). Build one with
+    :meth:`from_records` (tests, small sets) or :meth:`build_cached` (readers); open a stored one by folder.
+
+    Args:
+        folder: a folder written by :meth:`build_cached` / :meth:`from_records`.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        meta_path = self.folder / META_FILE
+        if not meta_path.is_file():
+            raise DataError(f"{self.folder}: not a stored corpus ({META_FILE} missing)")
+        self._meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if self._meta.get("format") != FORMAT_VERSION:
+            raise DataError(f"{self.folder}: corpus format {self._meta.get('format')}, expected {FORMAT_VERSION}")
+        self._len = int(self._meta["rows"])
+        self._store = _Store(self.folder, int(self._meta["batch_rows"]), self._len)
+        self._hashes = np.load(self.folder / HASHES_FILE, mmap_mode="r")
+        self._rows = np.load(self.folder / ROWS_FILE, mmap_mode="r")
+        self._table: pa.Table | None = None
+        self._cleanup: weakref.finalize | None = None
+
+    # ---- construction -------------------------------------------------------------------------------------
+
+    @classmethod
+    def build_cached(
+        cls, rows: Callable[[], Iterable[Row]], sources: Sequence[Path], parser: str, cache_dir: str | Path | None
+    ) -> Corpus:
+        """The corpus of ``sources`` stored under ``<cache_dir>/corpora/<source key>/``, built now if absent.
+
+        Args:
+            rows: called once, and only when the corpus must be built; streams the validated rows.
+            sources: the files the rows come from (they name the cache folder and the error locations).
+            parser: names how ``rows`` reads them; a change of parsing rules must change it.
+            cache_dir: ``paths.cache_dir`` (``None``: :func:`default_cache_dir`).
+        """
+        root = Path(cache_dir).expanduser().resolve() if cache_dir is not None else default_cache_dir()
+        folder = root / "corpora" / source_key(sources, parser)
+        if (folder / META_FILE).is_file():
+            return cls(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with open(folder.with_name(folder.name + ".lock"), "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("another process is storing the corpus at %s; waiting for it", folder)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (folder / META_FILE).is_file():
+                for stale in folder.parent.glob(f"{folder.name}.tmp-*"):  # left by a killed builder
+                    shutil.rmtree(stale, ignore_errors=True)
+                staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+                staging.mkdir()
+                try:
+                    log.info("storing corpus %s -> %s", ", ".join(str(p) for p in sources), folder)
+                    _write(rows(), staging, [str(p) for p in sources])
+                    shutil.rmtree(folder, ignore_errors=True)  # a folder without meta.json is incomplete
+                    os.rename(staging, folder)
+                finally:
+                    shutil.rmtree(staging, ignore_errors=True)
+        return cls(folder)
+
+    @classmethod
+    def from_records(
+        cls, records: Iterable[Passage | Mapping[str, Any]], cache_dir: str | Path | None = None
+    ) -> Corpus:
+        """A corpus of ``records`` (:class:`Passage` objects or ``{docid, text, [title]}`` mappings), in order.
+
+        With ``cache_dir`` it is stored under ``<cache_dir>/corpora/records-<fingerprint>/`` and reused by equal
+        content; without, in a temporary folder removed when the returned object is garbage-collected.
+
+        Raises:
+            DataError: naming the record for a missing/null docid or text, a duplicate docid, or no record at all.
+        """
+        if cache_dir is None:
+            root = Path(tempfile.mkdtemp(prefix="mdr-corpus-"))
+        else:
+            root = Path(cache_dir).expanduser().resolve() / "corpora"
+            root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".records.tmp-", dir=root))
+        try:
+            _write(_record_rows(records), staging, ["records"])
+            fingerprint = json.loads((staging / META_FILE).read_text(encoding="utf-8"))["fingerprint"]
+            folder = root / f"records-{fingerprint}"
+            try:
+                os.rename(staging, folder)
+            except OSError:
+                if not (folder / META_FILE).is_file():  # not a finished twin: a real failure
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        corpus = cls(folder)
+        if cache_dir is None:
+            corpus._cleanup = weakref.finalize(corpus, shutil.rmtree, str(root), True)
+        return corpus
+
+    def __reduce__(self) -> tuple[type[Corpus], tuple[str]]:
+        # pickled (DataLoader workers, spawn) as its folder: the other process maps the same files
+        return (Corpus, (str(self.folder),))
+
+    # ---- Mapping ------------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[str]:
+        for batch in range(self._store.reader.num_record_batches):
+            yield from self._store.reader.get_batch(batch).column(0).to_pylist()
+
+    def __getitem__(self, docid: str) -> Passage:
+        return self.passage(self.row(docid))
+
+    def __contains__(self, docid: object) -> bool:
+        if not isinstance(docid, str):
+            return False
+        try:
+            self.row(docid)
+        except KeyError:
+            return False
+        return True
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Corpus):
+            return self.fingerprint() == other.fingerprint()
+        return super().__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def items(self) -> ItemsView[str, Passage]:
+        """(docid, passage) pairs in row order, read batch by batch."""
+        return _Items(self)
+
+    def values(self) -> ValuesView[Passage]:
+        """Passages in row order, read batch by batch."""
+        return _Values(self)
+
+    def __repr__(self) -> str:
+        return f"Corpus({self._len} passages at {self.folder})"
+
+    # ---- rows ---------------------------------------------------------------------------------------------
+
+    def row(self, docid: str) -> int:
+        """The row of ``docid``.
+
+        Raises:
+            KeyError: if the corpus has no such docid.
+        """
+        key = np.uint64(docid_key(docid))
+        index = int(np.searchsorted(self._hashes, key, side="left"))
+        while index < self._len and self._hashes[index] == key:
+            row = int(self._rows[index])
+            if self._store.field(row, 0) == docid:
+                return row
+            index += 1
+        raise KeyError(docid)
+
+    def _check(self, row: int) -> int:
+        if not 0 <= row < self._len:
+            raise IndexError(f"row {row} outside a corpus of {self._len} passages")
+        return int(row)
+
+    def docid(self, row: int) -> str:
+        """The docid at ``row``."""
+        return self._store.field(self._check(row), 0)
+
+    def passage(self, row: int) -> Passage:
+        """The passage at ``row``."""
+        row = self._check(row)
+        return Passage(self._store.field(row, 0), self._store.field(row, 2), self._store.field(row, 1))
+
+    def texts(self, rows: Iterable[int], prefix: str = "") -> list[str]:
+        """The strings the passages at ``rows`` are encoded as (see :func:`encoded_text`)."""
+        store = self._store
+        return [
+            encoded_text(store.field(row, 1), store.field(row, 2), prefix) for row in (self._check(r) for r in rows)
+        ]
+
+    def iter_batches(self, batch_size: int) -> Iterator[tuple[int, list[str], list[str]]]:
+        """``(start row, docids, encoded texts without prefix)`` for consecutive rows, ``batch_size`` at a time."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if self._table is None:
+            self._table = self._store.reader.read_all()  # zero-copy: the batches stay in the mapped file
+        for start in range(0, self._len, batch_size):
+            part = self._table.slice(start, batch_size)
+            titles = part.column(1).to_pylist()
+            texts = part.column(2).to_pylist()
+            yield start, part.column(0).to_pylist(), [encoded_text(t, x) for t, x in zip(titles, texts)]
+
+    def fingerprint(self) -> str:
+        """A content hash of every (docid, title, text) in row order, computed once when the corpus was stored."""
+        return str(self._meta["fingerprint"])
+
+    @property
+    def sources(self) -> list[str]:
+        """The files the corpus was read from (``["records"]`` for :meth:`from_records`)."""
+        return list(self._meta["sources"])
+
+
+class _Items(ItemsView):
+    _mapping: Corpus
+
+    def __iter__(self) -> Iterator[tuple[str, Passage]]:
+        reader = self._mapping._store.reader
+        for batch in range(reader.num_record_batches):
+            docids, titles, texts = (column.to_pylist() for column in reader.get_batch(batch).columns)
+            for docid, title, text in zip(docids, titles, texts):
+                yield docid, Passage(docid, text, title)
+
+
+class _Values(ValuesView):
+    _mapping: Corpus
+
+    def __iter__(self) -> Iterator[Passage]:
+        for _, passage in _Items(self._mapping):
+            yield passage
+
+
+def _record_rows(records: Iterable[Passage | Mapping[str, Any]]) -> Iterator[Row]:
+    for number, record in enumerate(records, start=1):
+        if isinstance(record, Passage):
+            yield record.docid, record.title, record.text, 0, number
+            continue
+        docid, text, title = record.get("docid"), record.get("text"), record.get("title")
+        if docid is None or text is None:
+            raise DataError(f"record {number}: docid and text are required, got {dict(record)!r:.200}")
+        yield str(docid), "" if title is None else str(title), str(text), 0, number

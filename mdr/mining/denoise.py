@@ -1,0 +1,325 @@
+"""Denoised hard negatives: drop pool candidates that a teacher encoder scores too close to the query's positives.
+
+NV-Retriever's TopK-PercPos (Moreira et al. 2024) with the semantics of sentence-transformers'
+``relative_margin`` (``sentence_transformers.util.mine_hard_negatives``): a candidate is kept only if
+
+    teacher(query, candidate) <= positive - |positive| * relative_margin
+
+where ``positive`` is the *lowest* teacher score among the query's judged positives (any of them can be a
+training example's positive, so a kept negative must clear each one; sentence-transformers also takes the
+minimum). ``relative_margin = 0.05`` keeps candidates scoring at most 95% of the positive, NV-Retriever's best
+setting; ``|positive|`` keeps the rule sensible for negative scores. Queries without a judged positive keep
+their pool (counted).
+
+The candidates are the run's pool *after* the miner's own controls (``range_min``/``range_max``, ``margin``),
+as in sentence-transformers, where the rank window selects candidates and the margins then remove some:
+denoising only removes candidates, it never reaches deeper into the ranking, so "denoised" differs from
+"raw" in nothing but the suspected false negatives. Teacher scores (not the decisions) are cached on disk
+per (data, pool, teacher), so another ``relative_margin`` reuses them.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from mdr.data.collator import passage_text
+from mdr.data.schema import DataError, RetrievalSplit
+from mdr.evaluation.encode import encode_texts
+from mdr.mining.pools import RawPools, file_lock, fingerprint, load_pools, save_pools, settings_hash
+from mdr.models.bi_encoder import BiEncoder
+from mdr.models.precision import autocast_dtype
+from mdr.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+MODEL_GROUPS = Path(__file__).resolve().parents[2] / "conf" / "model"
+"""Where ``negatives.denoise.teacher`` names are looked up (``conf/model/<name>.yaml``)."""
+
+SCORES_VERSION = 1
+"""Bumped whenever the teacher-score computation changes, so old caches are not reused."""
+
+TeacherLoader = Callable[[], tuple[BiEncoder, Any, str]]
+"""Returns (teacher encoder, its tokenizer, its folder or hub id)."""
+
+
+@dataclass(frozen=True)
+class DenoiseSettings:
+    """``negatives.denoise``.
+
+    Attributes:
+        enabled: denoise the hard-negative pools.
+        teacher: a model group name (``conf/model/<name>.yaml``; ``me5_small`` is built on first use) or an
+            encoder folder (a train.py ``encoder/``; a folder without ``mdr_encoder.json`` is encoded with the
+            run's model settings, as ``negatives=dense`` does).
+        relative_margin: keep candidates scoring at most ``positive - |positive| * relative_margin``.
+        batch_size: texts per teacher forward pass.
+    """
+
+    enabled: bool = False
+    teacher: str = "me5_small"
+    relative_margin: float = 0.05
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.relative_margin) <= 0.5:
+            raise DataError(
+                f"negatives.denoise.relative_margin={self.relative_margin}: must be in [0, 0.5]; it is the fraction "
+                "below the positive's score (sentence-transformers' semantics): 0.05 keeps candidates scoring at "
+                "most 95% of the positive (NV-Retriever's TopK-PercPos 0.95)"
+            )
+        if int(self.batch_size) < 1:
+            raise DataError(f"negatives.denoise.batch_size={self.batch_size}: must be >= 1")
+        if not str(self.teacher).strip():
+            raise DataError("negatives.denoise.teacher is empty: name a model group (me5_small) or an encoder folder")
+
+    @classmethod
+    def from_config(cls, node: DictConfig | Mapping[str, Any] | None) -> DenoiseSettings:
+        """From ``cfg.negatives.denoise`` (absent: disabled)."""
+        if node is None:
+            return cls()
+        values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+        unknown = set(values) - {"enabled", "teacher", "relative_margin", "batch_size"}  # type: ignore[arg-type]
+        if unknown:
+            raise DataError(f"negatives.denoise: unknown keys {sorted(unknown)}")
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@dataclass
+class DenoiseStats:
+    """What denoising did to a run's pools (recorded in metrics.json).
+
+    Attributes:
+        teacher: the teacher's folder (or hub id), weight stamp and settings.
+        relative_margin: as configured.
+        queries: queries with a pool.
+        candidates: candidates before denoising.
+        dropped: candidates dropped as likely false negatives.
+        queries_with_drops: queries that lost at least one candidate.
+        emptied: queries whose pool denoising emptied (they fall back to random negatives).
+        without_positive: queries with candidates but no judged positive: kept as they were.
+        from_cache: the teacher scores came from the cache.
+        cache_file: where the teacher scores are cached.
+    """
+
+    teacher: str
+    relative_margin: float
+    queries: int = 0
+    candidates: int = 0
+    dropped: int = 0
+    queries_with_drops: int = 0
+    emptied: int = 0
+    without_positive: int = 0
+    from_cache: bool = False
+    cache_file: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return asdict(self)
+
+
+class NegativePools(dict[str, list[str]]):
+    """Hard-negative docid pools per training query, plus ``denoise``: what denoising dropped (None: off).
+
+    A plain ``dict`` for everything that samples from it.
+    """
+
+    def __init__(self, pools: Mapping[str, list[str]] | None = None, denoise: DenoiseStats | None = None) -> None:
+        super().__init__(pools or {})
+        self.denoise = denoise
+
+
+def teacher_model(cfg: DictConfig, teacher: str) -> tuple[DictConfig, str | None]:
+    """(config, folder) to give ``mdr.pipeline.load_encoder`` for ``negatives.denoise.teacher``.
+
+    A model group name gives the run's config with that group as ``model`` and no folder: the group's own
+    pooling, prefixes and lengths, and a locally made model (``me5_small``) is built on first use. An existing
+    folder gives the run's config and that folder.
+    """
+    group = MODEL_GROUPS / f"{teacher}.yaml"
+    if "/" not in teacher and group.is_file():
+        teacher_cfg = copy.deepcopy(cfg)
+        with open_dict(teacher_cfg):
+            teacher_cfg.model = OmegaConf.load(group)
+        return teacher_cfg, None
+    if Path(teacher).is_dir():
+        return cfg, str(Path(teacher).resolve())
+    groups = sorted(path.stem for path in MODEL_GROUPS.glob("*.yaml"))
+    raise DataError(
+        f"negatives.denoise.teacher={teacher!r}: neither a model group ({', '.join(groups)}) nor an existing folder"
+    )
+
+
+def teacher_identity(encoder: BiEncoder, name_or_path: str) -> str:
+    """The teacher's folder, a stamp of its weight files (sizes, times) and its encoding settings."""
+    root = Path(name_or_path)
+    files = sorted(root.rglob("*.safetensors")) + sorted(root.rglob("*.bin")) if root.is_dir() else []
+    stamp = "|".join(f"{f.relative_to(root)}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    settings = json.dumps(asdict(encoder.settings), sort_keys=True)
+    return f"{name_or_path}#{hashlib.sha256(stamp.encode()).hexdigest()[:12]}#{settings}"
+
+
+def _pool_digest(pools: Mapping[str, Sequence[str]]) -> str:
+    digest = hashlib.sha256()
+    for query_id in sorted(pools):
+        digest.update(f"{query_id}\t{' '.join(pools[query_id])}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def scores_cache_path(
+    cache_dir: str | Path, language: str, split: RetrievalSplit, pools: Mapping[str, Sequence[str]], identity: str
+) -> Path:
+    """``<cache_dir>/pools/<language>-teacher-<hash>.jsonl`` for these data, pools and teacher."""
+    key = settings_hash(
+        {"data": fingerprint(split), "pools": _pool_digest(pools), "teacher": identity, "version": SCORES_VERSION}
+    )
+    return Path(cache_dir) / "pools" / f"{language}-teacher-{key}.jsonl"
+
+
+def default_device() -> str:
+    """This process's CUDA device (``LOCAL_RANK`` under DDP) when there is one, else the CPU."""
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0) % torch.cuda.device_count()}"
+    return "cpu"
+
+
+def _passage_texts(corpus: Mapping[str, Any], docids: Sequence[str], prefix: str) -> list[str]:
+    """The strings ``docids`` are encoded as (a Corpus's row access where it has one)."""
+    texts, row = getattr(corpus, "texts", None), getattr(corpus, "row", None)
+    if callable(texts) and callable(row):
+        return texts([row(docid) for docid in docids], prefix)
+    return [passage_text(corpus[docid], prefix) for docid in docids]
+
+
+def teacher_scores(
+    pools: Mapping[str, Sequence[str]],
+    split: RetrievalSplit,
+    encoder: BiEncoder,
+    tokenizer: Any,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> RawPools:
+    """Teacher scores of each query's candidates and, as ``positive_scores``, its lowest-scoring judged positive.
+
+    Each distinct passage and query is encoded once (under bf16 autocast where the device runs it fast); a
+    score is the dot product of the teacher's vectors (its cosine when the teacher normalises).
+    """
+    settings = encoder.settings
+    encoder.eval()
+    encoder.to(device)
+    query_ids = sorted(query_id for query_id, docids in pools.items() if docids)
+    positives = {query_id: split.positives(query_id) for query_id in query_ids}
+    docids = sorted({d for q in query_ids for d in pools[q]} | {d for q in query_ids for d in positives[q]})
+    row = {docid: index for index, docid in enumerate(docids)}
+    dtype = autocast_dtype(device)
+    passage_vectors = encode_texts(
+        encoder.encode_passages,
+        tokenizer,
+        _passage_texts(split.corpus, docids, settings.passage_prefix),
+        settings.passage_max_length,
+        batch_size,
+        device,
+        dtype,
+    )  # (passages, dim)
+    query_vectors = encode_texts(
+        encoder.encode_queries,
+        tokenizer,
+        [settings.query_prefix + split.queries[query_id].text for query_id in query_ids],
+        settings.query_max_length,
+        batch_size,
+        device,
+        dtype,
+    )  # (queries, dim)
+    scored = RawPools({})
+    for index, query_id in enumerate(query_ids):
+        candidates = list(pools[query_id])
+        scores = passage_vectors[[row[d] for d in candidates]] @ query_vectors[index]  # (candidates,)
+        scored.candidates[query_id] = list(zip(candidates, scores.astype(float).tolist()))
+        if positives[query_id]:
+            positive = passage_vectors[[row[d] for d in positives[query_id]]] @ query_vectors[index]  # (positives,)
+            scored.positive_scores[query_id] = float(positive.min())
+    return scored
+
+
+def apply_relative_margin(
+    pools: Mapping[str, Sequence[str]], scores: RawPools, relative_margin: float, teacher: str = ""
+) -> tuple[dict[str, list[str]], DenoiseStats]:
+    """Keep the candidates scoring at most ``positive - |positive| * relative_margin``; count what goes."""
+    stats = DenoiseStats(teacher=teacher, relative_margin=float(relative_margin))
+    kept_pools: dict[str, list[str]] = {}
+    for query_id, docids in pools.items():
+        stats.queries += 1
+        stats.candidates += len(docids)
+        positive = scores.positive_scores.get(query_id)
+        if not docids or positive is None:
+            stats.without_positive += bool(docids)
+            kept_pools[query_id] = list(docids)
+            continue
+        ceiling = positive - abs(positive) * relative_margin
+        teacher_score = dict(scores.candidates[query_id])
+        kept = [docid for docid in docids if teacher_score[docid] <= ceiling]
+        dropped = len(docids) - len(kept)
+        stats.dropped += dropped
+        stats.queries_with_drops += dropped > 0
+        stats.emptied += not kept
+        kept_pools[query_id] = kept
+    return kept_pools, stats
+
+
+def denoise_pools(
+    pools: Mapping[str, list[str]],
+    split: RetrievalSplit,
+    language: str,
+    settings: DenoiseSettings,
+    load_teacher: TeacherLoader,
+    cache_dir: str | Path,
+    device: str | None = None,
+) -> NegativePools:
+    """Drop likely false negatives from ``pools`` (module docstring); ``.denoise`` of the result says how many.
+
+    Args:
+        pools: docid pools per training query (after the miner's range and margin filters).
+        split: the training split (queries, qrels, corpus).
+        language: for the cache file's name.
+        settings: ``negatives.denoise``.
+        load_teacher: returns (teacher encoder, tokenizer, its folder or hub id).
+        cache_dir: ``paths.cache_dir``; teacher scores go to ``<cache_dir>/pools/``.
+        device: where the teacher encodes (None: :func:`default_device`).
+    """
+    encoder, tokenizer, name_or_path = load_teacher()
+    identity = teacher_identity(encoder, name_or_path)
+    path = scores_cache_path(cache_dir, language, split, pools, identity)
+    with file_lock(path.with_name(path.name + ".lock")):
+        from_cache = path.is_file()
+        if from_cache:
+            scores = load_pools(path)
+        else:
+            scores = teacher_scores(pools, split, encoder, tokenizer, settings.batch_size, device or default_device())
+            save_pools(path, scores)
+    kept, stats = apply_relative_margin(pools, scores, settings.relative_margin, identity.split("#", 1)[0])
+    stats.from_cache, stats.cache_file = from_cache, str(path)
+    share = stats.dropped / stats.candidates if stats.candidates else 0.0
+    log.info(
+        "denoised hard negatives with %s (relative_margin %g%s): dropped %d of %d candidates (%.1f%%) in %d of %d "
+        "queries; %d pools left empty; %d queries without a judged positive kept as they were",
+        stats.teacher,
+        settings.relative_margin,
+        ", cached scores" if from_cache else "",
+        stats.dropped,
+        stats.candidates,
+        100 * share,
+        stats.queries_with_drops,
+        stats.queries,
+        stats.emptied,
+        stats.without_positive,
+    )
+    return NegativePools(kept, stats)

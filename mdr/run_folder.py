@@ -1,0 +1,405 @@
+"""A run folder belongs to one config: it records the config it was made for and refuses another.
+
+On first use a folder gets ``run_folder.json``: the canonical config (the resolved config less the keys that
+cannot change a result, see :data:`IGNORED_KEYS`) and its hash. Later runs into the same folder:
+
+* same config, not finished: resume (Lightning restores ``checkpoints/last.ckpt``);
+* same config, finished (``metrics.json`` newer than any ``failed.json``): nothing is recomputed, the stored
+  metrics are returned (``run.on_complete=fresh`` runs it again in a clean folder);
+* different config: refused with the differing keys listed, before anything is read or trained, unless the
+  folder holds no results yet (only bookkeeping files, e.g. after a run that failed validation) or
+  ``run.on_config_change=fresh``. ``fresh`` never deletes: the old contents move to
+  ``<folder>/previous-<time>/``.
+
+A folder is used by one process at a time (an exclusive ``flock`` on ``<folder>/.lock``); DDP ranks other
+than 0 neither lock nor record.
+
+The CSV log survives resume: :class:`ResumableCSVLogger` keeps the rows of the epochs the checkpoint holds
+and drops those of the interrupted epoch (which the resumed run logs again), where Lightning's own logger
+deletes the whole file.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import fcntl
+import hashlib
+import io
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mdr.data.schema import DataError
+from mdr.utils.io import atomic_write_json, atomic_write_text
+from mdr.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+RECORD_FILE = "run_folder.json"
+LOCK_FILE = ".lock"
+CACHE_PLACEHOLDER = "${paths.cache_dir}"
+
+IGNORED_KEYS: tuple[str, ...] = (
+    "hydra",  # launcher and output folder settings
+    "run",  # this module's own policy keys
+    "logger",  # CSV / W&B settings: where logs go, not what is computed
+    "paths.output_dir",  # the folder itself
+    "paths.cache_dir",  # built models, pools, stage-one encoders: deterministic functions of the config
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "train.num_workers",  # batches are functions of (seed, epoch), whatever process builds them
+    "train.save_encoder",
+    "evaluation.batch_size",
+    "evaluation.faiss_gpu",  # exact inner-product search either way
+)
+"""Dotted keys left out of a run folder's identity; every other resolved key is part of it."""
+
+BOOKKEEPING = ("config.yaml", RECORD_FILE, LOCK_FILE, "failed.json", ".hydra")
+"""What a folder may hold without holding results (``*.log`` and ``previous-*`` too)."""
+
+
+class RunFolderRefused(DataError):
+    """The run was refused before it started; nothing was written to the folder (no ``failed.json``)."""
+
+
+class RunFolderConflict(RunFolderRefused):
+    """The run folder was made for another config (or is in use by another process)."""
+
+
+@dataclass
+class RunFolderState:
+    """What :func:`claim` found.
+
+    Attributes:
+        complete: the stored ``metrics.json`` payload when the same config already finished here, else None.
+        resumed: true when the folder already belonged to this config.
+        moved_to: where ``fresh`` moved the old contents, if it did.
+    """
+
+    complete: dict[str, Any] | None = None
+    resumed: bool = False
+    moved_to: Path | None = None
+
+
+def is_primary_process() -> bool:
+    """True unless this is a non-zero rank of a distributed job (DDP child, SLURM task, node)."""
+    return all(int(os.environ.get(name, "0") or 0) == 0 for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def _normalise(value: Any, cache_dir: str | None) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _normalise(v, cache_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normalise(v, cache_dir) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # 1 and 1.0 are one config
+    if isinstance(value, str) and cache_dir and (value == cache_dir or value.startswith(cache_dir.rstrip("/") + "/")):
+        return CACHE_PLACEHOLDER + value[len(cache_dir.rstrip("/")) :]
+    return value
+
+
+def canonical_config(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+    """The resolved config without :data:`IGNORED_KEYS`, with the cache folder written as a placeholder."""
+    if isinstance(cfg, DictConfig):
+        data: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    else:
+        data = json.loads(json.dumps(cfg, default=str))
+    cache_dir = (data.get("paths") or {}).get("cache_dir")
+    for dotted in IGNORED_KEYS:
+        *parents, leaf = dotted.split(".")
+        node: Any = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    if isinstance(data.get("paths"), dict) and not data["paths"]:
+        data.pop("paths")
+    return _normalise(data, str(cache_dir) if cache_dir else None)
+
+
+def config_hash(canonical: dict[str, Any]) -> str:
+    """sha256 of the canonical config as sorted JSON."""
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        flat: dict[str, Any] = {}
+        for key, child in value.items():
+            flat.update(_flatten(child, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: value}
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every dotted key whose value differs (absent keys shown as <absent>)."""
+    before, after = _flatten(old), _flatten(new)
+    missing = "<absent>"
+    return [
+        f"{key}: {before.get(key, missing)!r} -> {after.get(key, missing)!r}"
+        for key in sorted(set(before) | set(after))
+        if before.get(key, missing) != after.get(key, missing)
+    ]
+
+
+def _read_record(out: Path) -> dict[str, Any] | None:
+    """The folder's record; for folders made before records existed, one built from their config.yaml."""
+    record = out / RECORD_FILE
+    if record.is_file():
+        return json.loads(record.read_text(encoding="utf-8"))
+    legacy = out / "config.yaml"
+    if legacy.is_file():
+        config = OmegaConf.to_container(OmegaConf.load(legacy), resolve=False)
+        return {"config": canonical_config(config)}  # type: ignore[arg-type]
+    return None
+
+
+def _hydra_owned(out: Path) -> set[str]:
+    """Files Hydra has just written into ``out`` for this run (kept in place by ``fresh``)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized() and Path(HydraConfig.get().runtime.output_dir).resolve() == out.resolve():
+            return {".hydra", f"{HydraConfig.get().job.name}.log"}
+    except (ImportError, ValueError):
+        pass
+    return set()
+
+
+def _results(out: Path) -> list[str]:
+    """Names in ``out`` that are more than bookkeeping (results, checkpoints, logs of training)."""
+    return sorted(
+        p.name
+        for p in out.iterdir()
+        if p.name not in BOOKKEEPING and not p.name.startswith("previous-") and not p.name.endswith(".log")
+    )
+
+
+def _move_aside(out: Path) -> Path:
+    """Move everything but Hydra's files of this run and earlier ``previous-*`` folders to ``previous-<time>``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = out / f"previous-{stamp}"
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = out / f"previous-{stamp}-{suffix}"
+    target.mkdir()
+    keep = _hydra_owned(out) | {LOCK_FILE, target.name}
+    for entry in sorted(out.iterdir()):
+        if entry.name in keep or entry.name.startswith("previous-"):
+            continue
+        entry.rename(target / entry.name)
+    return target
+
+
+def _completed_payload(out: Path) -> dict[str, Any] | None:
+    """The stored metrics when the folder's last outcome is a success (metrics.json newer than failed.json)."""
+    metrics, failed = out / "metrics.json", out / "failed.json"
+    if not metrics.is_file():
+        return None
+    if failed.is_file() and failed.stat().st_mtime_ns >= metrics.stat().st_mtime_ns:
+        return None
+    return json.loads(metrics.read_text(encoding="utf-8"))
+
+
+def _hydra_snapshot(out: Path) -> dict[str, str]:
+    """Hydra's ``.hydra/*.yaml`` of this run, when Hydra is running this folder (else empty)."""
+    folder = out / ".hydra"
+    if ".hydra" not in _hydra_owned(out) or not folder.is_dir():
+        return {}
+    return {path.name: path.read_text(encoding="utf-8") for path in sorted(folder.glob("*.yaml"))}
+
+
+def _restore_hydra(folder: Path, record: dict[str, Any] | None) -> None:
+    """Put back the recorded ``.hydra`` files, which Hydra overwrote before the task ran."""
+    for name, text in ((record or {}).get("hydra_files") or {}).items():
+        atomic_write_text(folder / ".hydra" / name, text)
+
+
+def _write_record(out: Path, canonical: dict[str, Any], created: str | None) -> None:
+    now = time.strftime("%Y-%m-%dT%H:%M:%S")
+    atomic_write_json(
+        out / RECORD_FILE,
+        {
+            "config_hash": config_hash(canonical),
+            "created": created or now,
+            "updated": now,
+            "config": canonical,
+            "hydra_files": _hydra_snapshot(out),
+        },
+    )
+
+
+def _policy(cfg: DictConfig, key: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = str(OmegaConf.select(cfg, f"run.{key}", default=default))
+    if value not in allowed:
+        raise RunFolderRefused(f"run.{key} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def claim(cfg: DictConfig, out: Path) -> RunFolderState:
+    """Check ``out`` against ``cfg`` and record ``cfg`` there; see the module docstring for the rules.
+
+    Raises:
+        RunFolderConflict: the folder holds results of another config and ``run.on_config_change=refuse``.
+    """
+    on_change = _policy(cfg, "on_config_change", "refuse", ("refuse", "fresh"))
+    on_complete = _policy(cfg, "on_complete", "skip", ("skip", "fresh"))
+    canonical = canonical_config(cfg)
+    record = _read_record(out)
+    state = RunFolderState()
+    hydra_running = ".hydra" in _hydra_owned(out)
+    created = None
+    if record is not None and config_hash(record["config"]) != config_hash(canonical):
+        differences = config_differences(record["config"], canonical)
+        results = _results(out)
+        if not results:
+            log.info("%s held no results of its earlier config; recording the new one", out)
+        elif on_change == "fresh":
+            state.moved_to = _move_aside(out)
+            if hydra_running:  # Hydra already overwrote .hydra with this run's files: keep the old ones
+                _restore_hydra(state.moved_to, record)
+            log.warning("run.on_config_change=fresh: earlier contents of %s moved to %s", out, state.moved_to)
+        else:
+            if hydra_running:
+                _restore_hydra(out, record)
+            shown = "\n  ".join(differences[:30]) + (
+                f"\n  ... and {len(differences) - 30} more" if len(differences) > 30 else ""
+            )
+            raise RunFolderConflict(
+                f"{out} holds a run of another config ({', '.join(results)}); differing keys (recorded -> now):\n"
+                f"  {shown}\n"
+                "Use another output folder, or run.on_config_change=fresh to move the old contents to "
+                f"{out}/previous-<time>/ and start again."
+            )
+    elif record is not None:
+        complete = _completed_payload(out)
+        if complete is not None and on_complete == "fresh":
+            state.moved_to = _move_aside(out)
+            if hydra_running:
+                _restore_hydra(state.moved_to, record)
+            log.warning("run.on_complete=fresh: the finished run in %s moved to %s", out, state.moved_to)
+        elif complete is not None:
+            if hydra_running:
+                _restore_hydra(out, record)
+            state.complete = complete
+            return state
+        else:
+            state.resumed = True
+            created = record.get("created")
+    _write_record(out, canonical, created)
+    return state
+
+
+@contextmanager
+def exclusive(out: Path) -> Iterator[None]:
+    """Hold ``<out>/.lock`` for the block; a second process on the same folder fails at once.
+
+    On file systems without ``flock`` (some network mounts) this warns and goes on unlocked.
+    """
+    with open(out / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunFolderConflict(f"{out} is in use by another process (it holds {out / LOCK_FILE})") from error
+            log.warning("cannot lock %s (%s); going on without a lock", out, error)
+            yield
+            return
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def checkpoint_epochs(path: Path) -> int | None:
+    """How many epochs a Lightning epoch-end checkpoint holds (its ``epoch`` + 1), or None if unreadable.
+
+    The file is memory-mapped, so no tensor is read.
+    """
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as error:  # noqa: BLE001 - a damaged checkpoint is reported by Lightning itself
+        log.warning("cannot read the epoch of %s (%s)", path, error)
+        return None
+    return int(checkpoint["epoch"]) + 1
+
+
+def _csv_logger_class() -> type:
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+    from lightning.pytorch.loggers.logger import rank_zero_experiment
+    from lightning.pytorch.utilities import rank_zero_only
+
+    class _KeepingWriter(ExperimentWriter):
+        """Lightning's CSV writer, but an existing metrics.csv is trimmed to ``keep_epochs``, not deleted."""
+
+        def __init__(self, log_dir: str, keep_epochs: int) -> None:
+            self.keep_epochs = keep_epochs
+            super().__init__(log_dir)
+
+        def _check_log_dir_exists(self) -> None:
+            path = Path(self.metrics_file_path)
+            if not path.is_file():
+                return
+            with path.open(newline="", encoding="utf-8") as handle:
+                reader = csv.DictReader(handle)
+                header = list(reader.fieldnames or [])
+                rows = list(reader)
+            kept = [row for row in rows if not row.get("epoch") or int(float(row["epoch"])) < self.keep_epochs]
+            if len(kept) < len(rows):
+                log.info(
+                    "%s: dropped %d row(s) of the interrupted epoch (logged again on resume), kept %d",
+                    path,
+                    len(rows) - len(kept),
+                    len(kept),
+                )
+                buffer = io.StringIO()
+                writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\r\n")
+                writer.writeheader()
+                writer.writerows(kept)
+                atomic_write_text(path, buffer.getvalue())
+            self.metrics_keys = sorted(header)
+
+    class ResumableCSVLogger(CSVLogger):
+        """CSV log that survives resume (see :func:`csv_logger`) and is written through at every row."""
+
+        def __init__(self, save_dir: str, keep_epochs: int) -> None:
+            super().__init__(save_dir=save_dir, name="csv", version="")
+            self.keep_epochs = keep_epochs
+
+        @property
+        @rank_zero_experiment
+        def experiment(self) -> ExperimentWriter:
+            if self._experiment is None:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = _KeepingWriter(self.log_dir, self.keep_epochs)
+            return self._experiment
+
+        @rank_zero_only
+        def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+            super().log_metrics(metrics, step)
+            self.save()  # every row on disk at once (rows come every log_every_n_steps): a kill loses none
+
+    return ResumableCSVLogger
+
+
+def csv_logger(out: Path) -> Any:
+    """``<out>/csv/metrics.csv``; on resume from ``checkpoints/last.ckpt`` the rows of its epochs are kept."""
+    last = out / "checkpoints" / "last.ckpt"
+    keep = 0
+    if last.is_file():
+        epochs = checkpoint_epochs(last)
+        keep = epochs if epochs is not None else 1 << 30  # epoch unknown: keep every row rather than lose any
+    return _csv_logger_class()(save_dir=str(out), keep_epochs=keep)
