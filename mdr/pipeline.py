@@ -419,9 +419,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     tests = evaluation_splits(cfg, test_split)  # evaluation.languages: read and checked before training
     # the stage schedule (mdr.stages): cached earlier stages, then the run's own stage in `out`
     trained = run_schedule(cfg, out, StageFunctions(fit, load_encoder, negative_pools), train_split)
-    if trained is None:  # a DDP rank other than 0
-        return {}
-    return evaluate_and_report(cfg, trained.encoder, trained.tokenizer, tests, out, trained.extra)
+    # after a DDP fit every rank encodes and searches its shards; rank 0 writes the files, the others get {}
+    return evaluate_and_report(
+        cfg, trained.encoder, trained.tokenizer, tests, out, trained.extra, distributed=trained.distributed
+    )
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

@@ -399,6 +399,7 @@ class StageRun:
     summary: dict[str, Any]
     denoise: Any
     is_global_zero: bool
+    world_size: int = 1
 
 
 def stage_config(cfg: DictConfig, stage: Stage, out: Path, own: bool) -> DictConfig:
@@ -455,7 +456,10 @@ def run_stage(
     data, pools, denoise = training_data(stage_cfg, stage, functions, target_train)
     encoder, tokenizer = functions.load_encoder(stage_cfg, start)
     fitted = functions.fit(stage_cfg, encoder, tokenizer, data, pools, out)
-    return StageRun(encoder, tokenizer, fitted["summary"], denoise, bool(fitted["trainer"].is_global_zero))
+    trainer = fitted["trainer"]
+    return StageRun(
+        encoder, tokenizer, fitted["summary"], denoise, bool(trainer.is_global_zero), int(trainer.world_size)
+    )
 
 
 def cached_stage(
@@ -530,6 +534,7 @@ class ScheduleResult:
     encoder: Any
     tokenizer: Any
     extra: dict[str, Any]
+    distributed: bool = False
 
 
 def _record(stage: Stage, digest: str) -> dict[str, Any]:
@@ -549,8 +554,11 @@ def _record(stage: Stage, digest: str) -> dict[str, Any]:
 
 def run_schedule(
     cfg: DictConfig, out: Path, functions: StageFunctions, target_train: RetrievalSplit | None = None
-) -> ScheduleResult | None:
-    """Run the schedule's stages in order; return the final encoder, or None on a DDP rank other than 0.
+) -> ScheduleResult:
+    """Run the schedule's stages in order; return the final encoder (on every DDP rank).
+
+    After a DDP fit every rank gets a result with ``distributed=True``: each evaluates its shards of the corpus
+    (:func:`mdr.pipeline.evaluate_and_report`); only rank 0 saves the encoder and writes files.
 
     Cached stages come first (trained or reused); the run's own stage trains in ``out`` and, with
     ``train.save_encoder``, is saved to ``out/encoder``. Each record's ``status`` is ``trained`` or ``reused``
@@ -589,15 +597,16 @@ def run_schedule(
         extra.update(train=summary, encoder=start, denoised=denoise is not None, denoise=denoise)
         return ScheduleResult(encoder, tokenizer, extra)
     trained = run_stage(cfg, last, start, out, functions, target_train)
+    distributed = trained.world_size > 1
     if not trained.is_global_zero:
-        return None
+        return ScheduleResult(trained.encoder, trained.tokenizer, extra, distributed)
     records[-1].update(status="run", train=trained.summary)
     extra.update(train=trained.summary, initialised_from=start, denoised=trained.denoise is not None)
     extra["denoise"] = trained.denoise
     if cfg.train.save_encoder:
         trained.encoder.save_pretrained(out / "encoder", trained.tokenizer)
         extra["encoder"] = str(out / "encoder")
-    return ScheduleResult(trained.encoder, trained.tokenizer, extra)
+    return ScheduleResult(trained.encoder, trained.tokenizer, extra, distributed)
 
 
 # ---- evaluation languages -------------------------------------------------------------------------------------

@@ -57,7 +57,8 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path, cache_dir: Path, tiny_model: P
     metrics = json.loads((out / "metrics.json").read_text())
     # 555 queries over 2 ranks of 8: each rank takes 3 batches (limit), i.e. 3 optimizer steps
     assert metrics["train"]["steps"] == 3 and metrics["num_queries"] == 635
-    assert done.stdout.count("[mdr] th tiny") == 1, "only rank 0 evaluates and reports"
+    assert done.stdout.count("[mdr] th tiny") == 1, "only rank 0 reports"
+    assert metrics["evaluation"]["ranks"] == 2, "every rank encodes and searches its shards of the corpus"
 
 
 def _slurm_up() -> bool:
