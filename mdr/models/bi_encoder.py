@@ -102,6 +102,8 @@ class BiEncoder(nn.Module):
         return cls(query_backbone, passage_backbone, settings)
 
     def _encode(self, backbone: PreTrainedModel, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if "inputs_embeds" in inputs:  # word embeddings looked up beforehand (:meth:`embed_words`)
+            inputs = {key: value for key, value in inputs.items() if key != "input_ids"}
         hidden = backbone(**inputs).last_hidden_state  # (batch, seq, dim)
         vectors = pool(hidden, inputs["attention_mask"], self.settings.pooling)  # (batch, dim)
         return F.normalize(vectors, dim=-1) if self.settings.normalize else vectors
@@ -111,6 +113,23 @@ class BiEncoder(nn.Module):
         for backbone in (self.query_backbone, self.passage_backbone):
             if backbone is not None:
                 backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def backbone_for(self, passages: bool) -> PreTrainedModel:
+        """The tower that encodes queries (``passages=False``) or passages."""
+        return (self.passage_backbone or self.query_backbone) if passages else self.query_backbone
+
+    def embed_words(self, passages: bool, chunks: list[Mapping[str, torch.Tensor]]) -> list[torch.Tensor]:
+        """Word embeddings of every chunk's tokens from one lookup: (n_c, len_c, dim) per chunk.
+
+        One lookup means one dense (vocab x dim) gradient for the word-embedding table per step instead of one
+        per chunk (384 MB each for a 250k-token vocabulary); the rest of the embedding layer (positions, token
+        types, LayerNorm, dropout) runs inside the backbone as usual, given ``inputs_embeds``.
+        """
+        table = self.backbone_for(passages).get_input_embeddings()
+        ids = [chunk["input_ids"] for chunk in chunks]
+        vectors = table(torch.cat([chunk_ids.reshape(-1) for chunk_ids in ids]))  # (tokens, dim)
+        pieces = torch.split(vectors, [chunk_ids.numel() for chunk_ids in ids])
+        return [piece.view(*chunk_ids.shape, -1) for piece, chunk_ids in zip(pieces, ids)]  # (n_c, len_c, dim)
 
     def encode_queries(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """(batch, dim) query vectors."""
