@@ -288,14 +288,14 @@ class _PublishedReader:
         self,
         queries_repo: str,
         corpus_repo: str,
-        config: str | None,
-        revision: str | None,
-        corpus_revision: str | None,
-        split_names: Mapping[str, str] | None,
-        language: str,
-        cache_dir: str | Path | None,
-        config_prefix: str,
-        published: Sequence[str] | None,
+        config: str | None = None,
+        revision: str | None = None,
+        corpus_revision: str | None = None,
+        split_names: Mapping[str, str] | None = None,
+        language: str = "",
+        cache_dir: str | Path | None = None,
+        config_prefix: str = "data",
+        published: Sequence[str] | None = None,
     ) -> None:
         self.queries_repo = str(queries_repo)
         self.corpus_repo = str(corpus_repo)
@@ -491,32 +491,6 @@ class MiraclReader(_PublishedReader):
     published = ("miracl/miracl", "miracl/miracl-corpus")
     queries_patterns = ("miracl-v1.0-{config}/topics/*", "miracl-v1.0-{config}/qrels/*")
     corpus_patterns = ("miracl-corpus-v1.0-{config}/docs-*.jsonl.gz",)
-
-    def __init__(
-        self,
-        queries_repo: str,
-        corpus_repo: str,
-        config: str | None = None,
-        revision: str | None = None,
-        corpus_revision: str | None = None,
-        split_names: Mapping[str, str] | None = None,
-        language: str = "",
-        cache_dir: str | Path | None = None,
-        config_prefix: str = "data",
-        published: Sequence[str] | None = None,
-    ) -> None:
-        super().__init__(
-            queries_repo,
-            corpus_repo,
-            config,
-            revision,
-            corpus_revision,
-            split_names,
-            language,
-            cache_dir,
-            config_prefix,
-            published,
-        )
 
     def corpus_files(self) -> list[Path]:
         """``docs-0.jsonl.gz``, ``docs-1.jsonl.gz``, ... in numeric order; a gap in the numbering is an error."""
