@@ -13,7 +13,8 @@ sentence-transformers truncates queries and passages at mdr's two lengths throug
     python benchmarks/train_e2e.py --memory --batch 8   # peak RSS: plain, GradCache chunk 4, checkpointing
     python benchmarks/train_e2e.py --quality       # MRR@100 of both trainers, tiny model, 4 epochs, 2 seeds
 
-(me5_small at batch 16 needs > 12 GB in sentence-transformers' process: more than a shared 24 GB machine has.)
+(me5_small at batch 16 peaked at 12.7 GB (bf16) / 14.6 GB (fp32) in sentence-transformers' process and 8.7 / 9.5 GB
+in mdr's: run it on an otherwise idle 24 GB machine.) ``--chunk-tokens N`` overrides mdr's ``train.chunk_tokens``.
 On a busy machine, ``--repeats 3`` alternates the two sides three times and keeps each side's fastest run, and
 ``--threads N`` fixes both sides' OpenMP threads (oversubscribed cores stall every OpenMP barrier).
 
@@ -137,6 +138,8 @@ def compose_cfg(args: argparse.Namespace, out: Path, mask: bool, epochs: int, ma
         overrides.append(f"model.query_max_length={args.query_length}")
     if args.passage_length:
         overrides.append(f"model.passage_max_length={args.passage_length}")
+    if args.chunk_tokens:
+        overrides.append(f"train.chunk_tokens={args.chunk_tokens}")
     if args.grad_cache:
         overrides += ["train.grad_cache.enabled=true", f"train.grad_cache.chunk_size={args.grad_cache}"]
     if args.gradient_checkpointing:
@@ -516,6 +519,7 @@ def child(args: argparse.Namespace, side: str, **changes: Any) -> dict[str, Any]
         "total_steps",
         "query_length",
         "passage_length",
+        "chunk_tokens",
         "grad_cache",
         "st_optim",
         "mask",
@@ -749,6 +753,7 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="optimiser steps (default 10; --memory: 2)")
     parser.add_argument("--query-length", type=int, default=None, help="override model.query_max_length")
     parser.add_argument("--passage-length", type=int, default=None, help="override model.passage_max_length")
+    parser.add_argument("--chunk-tokens", type=int, default=None, help="override train.chunk_tokens (mdr side)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="OMP/torch threads of both sides (default: torch's)")
     parser.add_argument("--st-optim", default=None, help="TrainingArguments.optim (default: transformers' default)")

@@ -162,10 +162,17 @@ def load_encoder(cfg: DictConfig, name_or_path: str | None = None) -> tuple[BiEn
 
 
 def wandb_settings(cfg: DictConfig, out: Path) -> dict[str, Any]:
-    """Keyword arguments shared by ``WandbLogger`` and ``wandb.init``: one group per sweep, offline by default."""
+    """Keyword arguments shared by ``WandbLogger`` and ``wandb.init``: one group per sweep, offline by default.
+
+    The W&B run id is the run folder's (:func:`mdr.run_folder.run_id`) with ``resume="allow"``: every attempt of a
+    resumed run logs to one W&B run (offline, ``wandb sync`` merges the attempts' folders into it).
+    """
     wandb_cfg = cfg.logger.wandb
     os.environ.setdefault("WANDB_SILENT", "true")
+    identity = run_folder.run_id(out)
+    resume = {"id": identity, "resume": "allow"} if identity else {}
     return {
+        **resume,
         "project": wandb_cfg.project,
         "entity": wandb_cfg.entity,
         "group": wandb_cfg.group or sweep_name(out),

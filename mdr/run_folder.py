@@ -29,6 +29,7 @@ import io
 import json
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -225,13 +226,14 @@ def _restore_hydra(folder: Path, record: dict[str, Any] | None) -> None:
         atomic_write_text(folder / ".hydra" / name, text)
 
 
-def _write_record(out: Path, canonical: dict[str, Any], created: str | None) -> None:
+def _write_record(out: Path, canonical: dict[str, Any], created: str | None, run_id: str | None) -> None:
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
     atomic_write_json(
         out / RECORD_FILE,
         {
             "config_hash": config_hash(canonical),
             "created": created or now,
+            "run_id": run_id or uuid.uuid4().hex[:16],
             "updated": now,
             "config": canonical,
             "hydra_files": _hydra_snapshot(out),
@@ -258,7 +260,7 @@ def claim(cfg: DictConfig, out: Path) -> RunFolderState:
     record = _read_record(out)
     state = RunFolderState()
     hydra_running = ".hydra" in _hydra_owned(out)
-    created = None
+    created = run_id = None
     if record is not None and config_hash(record["config"]) != config_hash(canonical):
         differences = config_differences(record["config"], canonical)
         results = _results(out)
@@ -295,9 +297,17 @@ def claim(cfg: DictConfig, out: Path) -> RunFolderState:
             return state
         else:
             state.resumed = True
-            created = record.get("created")
-    _write_record(out, canonical, created)
+            created, run_id = record.get("created"), record.get("run_id")
+    _write_record(out, canonical, created, run_id)
     return state
+
+
+def run_id(out: Path) -> str | None:
+    """The id of the run this folder holds (None before :func:`claim` recorded one): kept when the run resumes,
+    new when the folder starts again (``fresh``). W&B uses it, so a resumed run continues one W&B run."""
+    record = _read_record(out)
+    value = record.get("run_id") if record else None
+    return str(value) if value else None
 
 
 @contextmanager

@@ -145,6 +145,25 @@ def test_fresh_moves_the_old_contents_aside_and_starts_again(make_cfg: Any) -> N
     assert calls == ["0.5", "1.0", "1.0"] and len(list(out.glob("previous-*"))) == 2
 
 
+def test_a_resumed_run_keeps_its_wandb_run_and_a_fresh_one_gets_a_new_one(make_cfg: Any) -> None:
+    cfg = make_cfg("negatives.hard_proportion=0.5", "logger.wandb.enabled=true")
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    assert run_folder.run_id(out) is None  # nothing claimed yet
+    run_folder.claim(cfg, out)
+    first = run_folder.run_id(out)
+    settings = mdr.pipeline.wandb_settings(cfg, out)
+    assert first and settings["id"] == first and settings["resume"] == "allow"
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "last.ckpt").write_text("state")  # interrupted: no metrics.json
+    assert run_folder.claim(cfg, out).resumed
+    assert run_folder.run_id(out) == first, "a resumed run must log to the same W&B run"
+    moved = run_folder.claim(make_cfg("negatives.hard_proportion=1", "run.on_config_change=fresh"), out).moved_to
+    assert moved is not None and json.loads((moved / run_folder.RECORD_FILE).read_text())["run_id"] == first
+    second = run_folder.run_id(out)
+    assert second and second != first, "a folder started afresh is another W&B run"
+
+
 def test_a_failed_run_is_resumed_not_skipped_and_a_folder_without_results_takes_a_new_config(make_cfg: Any) -> None:
     calls: list[str] = []
     cfg = make_cfg("negatives.hard_proportion=abc")
