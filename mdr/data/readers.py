@@ -384,7 +384,7 @@ class MrTydiReader(_PublishedReader):
         split_names: mdr split -> published split (``test`` -> ``dev`` for a set without test labels).
         language: ISO code, for messages.
         cache_dir: ``paths.cache_dir`` (stored corpora; suggested download folder).
-        config_prefix: where these keys sit in the config, for messages (``data`` or ``stage.source.data``).
+        config_prefix: where these keys sit in the config, for messages (``data``).
         published: the canonical hub ids, named in the download command when a local folder is missing.
     """
 

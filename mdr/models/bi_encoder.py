@@ -133,11 +133,11 @@ class BiEncoder(nn.Module):
 
     def encode_queries(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """(batch, dim) query vectors."""
-        return self._encode(self.query_backbone, inputs)
+        return self._encode(self.backbone_for(False), inputs)
 
     def encode_passages(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """(batch, dim) passage vectors."""
-        return self._encode(self.passage_backbone or self.query_backbone, inputs)
+        return self._encode(self.backbone_for(True), inputs)
 
     def save_pretrained(self, directory: str | Path, tokenizer: PreTrainedTokenizerBase) -> Path:
         """Save weights, tokenizer and settings; a shared encoder also gets sentence-transformers files.

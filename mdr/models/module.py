@@ -88,14 +88,12 @@ class BiEncoderModule(pl.LightningModule):
             embed_once: look up each side's word embeddings in one call (one dense embedding gradient per side
                 and step, not one per chunk); GradCache's graph-free pass does not need it.
         """
-        words = (
-            (
+        words = None
+        if embed_once:
+            words = (
                 self.encoder.embed_words(False, batch.queries.chunks),
                 self.encoder.embed_words(True, batch.passages.chunks),
             )
-            if embed_once
-            else None
-        )
         outputs: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         for side, index, inputs, encode in self._chunks(batch):
             self._seed_chunk(side, index)
@@ -140,7 +138,8 @@ class BiEncoderModule(pl.LightningModule):
             output = self._loss(batch, *self._encode_all(batch))
             self.manual_backward(output.loss)
         if self.gradient_clip_val:
-            if self._grad_scaler() is None:  # bf16 / fp32: gradients are not scaled, clip them as they are
+            # Lightning's clip_gradients refuses fused optimizers; bf16 / fp32 gradients are unscaled: clip them as is
+            if self._grad_scaler() is None:
                 torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), self.gradient_clip_val)
             else:  # fp16 with a GradScaler: Lightning unscales before clipping
                 self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
