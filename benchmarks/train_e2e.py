@@ -144,6 +144,8 @@ def compose_cfg(args: argparse.Namespace, out: Path, mask: bool, epochs: int, ma
         overrides += ["train.grad_cache.enabled=true", f"train.grad_cache.chunk_size={args.grad_cache}"]
     if args.gradient_checkpointing:
         overrides.append("train.gradient_checkpointing=true")
+    if args.fast_dropout:
+        overrides.append("train.fast_dropout=true")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
 
@@ -528,7 +530,7 @@ def child(args: argparse.Namespace, side: str, **changes: Any) -> dict[str, Any]
             command += [f"--{key.replace('_', '-')}", str(settings[key])]
     if settings.get("max_steps") is not None:
         command += ["--max-steps", str(settings["max_steps"])]
-    for flag in ("gradient_checkpointing", "evaluate", "mask_microbench"):
+    for flag in ("gradient_checkpointing", "evaluate", "mask_microbench", "fast_dropout"):
         if settings.get(flag):
             command.append(f"--{flag.replace('_', '-')}")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_SILENT": "true"}
@@ -615,6 +617,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
         "batch": args.batch,
         "negatives": args.negatives,
         "hard_proportion": args.hard_proportion,
+        "mdr_fast_dropout": bool(args.fast_dropout),
         "lengths": _lengths(args),
         "steps": args.max_steps,
         "steps_timed": min(mdr["steps_timed"], st["steps_timed"]),
@@ -754,6 +757,7 @@ def main() -> None:
     parser.add_argument("--query-length", type=int, default=None, help="override model.query_max_length")
     parser.add_argument("--passage-length", type=int, default=None, help="override model.passage_max_length")
     parser.add_argument("--chunk-tokens", type=int, default=None, help="override train.chunk_tokens (mdr side)")
+    parser.add_argument("--fast-dropout", action="store_true", help="train.fast_dropout=true (mdr side)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="OMP/torch threads of both sides (default: torch's)")
     parser.add_argument("--st-optim", default=None, help="TrainingArguments.optim (default: transformers' default)")

@@ -248,6 +248,11 @@ def fit(
     )
     if cfg.train.gradient_checkpointing:
         encoder.gradient_checkpointing_enable()
+    if cfg.train.fast_dropout:
+        log.info(
+            "train.fast_dropout: %d dropout modules and the attention dropout draw 16-bit masks",
+            encoder.fast_dropout_enable(),
+        )
     datamodule = RetrievalDataModule(
         split,
         pools,

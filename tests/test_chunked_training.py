@@ -64,9 +64,12 @@ def _loss_and_grads(module: BiEncoderModule, batch, grad_cache: bool) -> tuple[f
 
 @pytest.fixture
 def module_factory(tiny_model: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
-    def make(grad_cache: bool) -> BiEncoderModule:
+    def make(grad_cache: bool, fast_dropout: bool = False) -> BiEncoderModule:
+        encoder = _encoder(tiny_model)
+        if fast_dropout:
+            assert encoder.fast_dropout_enable() > 0
         module = BiEncoderModule(
-            _encoder(tiny_model), InfoNCELoss(0.05, mask_false_negatives=True), 1e-3, seed=3, grad_cache=grad_cache
+            encoder, InfoNCELoss(0.05, mask_false_negatives=True), 1e-3, seed=3, grad_cache=grad_cache
         )
         module.train()
         monkeypatch.setattr(BiEncoderModule, "manual_backward", lambda self, loss: loss.backward())
@@ -91,11 +94,37 @@ def test_chunking_leaves_loss_and_gradients_unchanged(tiny_model: Path, module_f
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_grad_cache_is_exact_with_dropout_on(tiny_model: Path, module_factory) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "two_towers"])
+def test_word_embeddings_are_looked_up_once_per_table_and_step(tiny_model: Path, shared: bool) -> None:
+    """One lookup per table: one dense (vocab x dim) embedding gradient per step, not one per chunk or side."""
+    corpus, examples = _examples()
+    batch = BiEncoderCollator(load_tokenizer(tiny_model), corpus, 32, 64, chunk_size=3)(examples)
+    assert len(batch.queries.chunks) + len(batch.passages.chunks) > 2
+    torch.manual_seed(0)
+    encoder = BiEncoder.from_pretrained(tiny_model, EncoderSettings(pooling="mean", normalize=True, shared=shared))
+    tables = {side: encoder.backbone_for(side).get_input_embeddings() for side in (False, True)}
+    calls: list[int] = []
+    for table in {id(t): t for t in tables.values()}.values():
+        table.register_forward_hook(lambda module, args, output: calls.append(id(module)))
+    module = BiEncoderModule(encoder, InfoNCELoss(0.05), 1e-3)
+    module.eval()
+    queries, passages = module._encode_all(batch)  # (Q, dim), (Q * (1 + k), dim)
+    assert sorted(calls) == sorted({id(t) for t in tables.values()})  # one call per table
+    assert len(calls) == (1 if shared else 2)
+    in_chunk_order = (
+        torch.cat([encoder.encode_queries(chunk) for chunk in batch.queries.chunks]),
+        torch.cat([encoder.encode_passages(chunk) for chunk in batch.passages.chunks]),
+    )
+    torch.testing.assert_close(queries[batch.queries.order], in_chunk_order[0])
+    torch.testing.assert_close(passages[batch.passages.order], in_chunk_order[1])
+
+
+@pytest.mark.parametrize("fast_dropout", [False, True], ids=["torch_dropout", "fast_dropout"])
+def test_grad_cache_is_exact_with_dropout_on(tiny_model: Path, module_factory, fast_dropout: bool) -> None:  # noqa: ANN001
     corpus, examples = _examples()
     batch = BiEncoderCollator(load_tokenizer(tiny_model), corpus, 32, 64, chunk_size=4)(examples)
-    plain = module_factory(False)
-    cached = module_factory(True)
+    plain = module_factory(False, fast_dropout)
+    cached = module_factory(True, fast_dropout)
     assert plain.training and cached.training  # dropout on in both
     loss_plain, grads_plain = _loss_and_grads(plain, batch, grad_cache=False)
     loss_cached, grads_cached = _loss_and_grads(cached, batch, grad_cache=True)

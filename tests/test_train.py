@@ -100,3 +100,17 @@ def test_cli_with_wandb_offline(tmp_path: Path, cache_dir: Path, tiny_model: Pat
     out = tmp_path / "cli"
     assert (out / "metrics.json").is_file() and (out / ".hydra" / "overrides.yaml").is_file()
     assert list((out / "wandb").glob("offline-run-*")), "W&B offline run folder missing"
+
+
+def test_fast_dropout_run_saves_an_encoder_that_loads_and_scores_without_mdr(make_cfg, tmp_path: Path) -> None:  # noqa: ANN001
+    cfg = make_cfg("train.fast_dropout=true")
+    result = run_task(cfg, train)
+    out = Path(cfg.paths.output_dir)
+    assert result["train"]["steps"] == 4
+    saved = json.loads((out / "encoder" / "config.json").read_text())
+    assert "mdr" not in json.dumps(saved)  # the custom attention stays in the training process
+    eval_cfg = make_cfg(
+        f"checkpoint={out / 'encoder'}", f"paths.output_dir={tmp_path / 'eval'}", config_name="evaluate"
+    )
+    again = run_task(eval_cfg, evaluate)  # a fresh load: plain SDPA attention, torch's dropout modules
+    assert again["metrics"] == pytest.approx(result["metrics"], abs=1e-4)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from mdr.models.dropout import install_fast_dropout
 from mdr.utils.io import share_like_new_files
 
 SETTINGS_FILE = "mdr_encoder.json"
@@ -114,22 +115,32 @@ class BiEncoder(nn.Module):
             if backbone is not None:
                 backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
+    def fast_dropout_enable(self) -> int:
+        """CPU training draws dropout masks with :mod:`mdr.models.dropout`; returns the dropout modules replaced."""
+        return sum(
+            install_fast_dropout(backbone)
+            for backbone in (self.query_backbone, self.passage_backbone)
+            if backbone is not None
+        )
+
     def backbone_for(self, passages: bool) -> PreTrainedModel:
         """The tower that encodes queries (``passages=False``) or passages."""
         return (self.passage_backbone or self.query_backbone) if passages else self.query_backbone
 
-    def embed_words(self, passages: bool, chunks: list[Mapping[str, torch.Tensor]]) -> list[torch.Tensor]:
-        """Word embeddings of every chunk's tokens from one lookup: (n_c, len_c, dim) per chunk.
+    def embed_words(
+        self, query_chunks: list[Mapping[str, torch.Tensor]], passage_chunks: list[Mapping[str, torch.Tensor]]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Word embeddings of every query and passage chunk's tokens, (n_c, len_c, dim) per chunk.
 
-        One lookup means one dense (vocab x dim) gradient for the word-embedding table per step instead of one
-        per chunk (384 MB each for a 250k-token vocabulary); the rest of the embedding layer (positions, token
-        types, LayerNorm, dropout) runs inside the backbone as usual, given ``inputs_embeds``.
+        One lookup per table (a shared tower looks queries and passages up together) means one dense
+        (vocab x dim) gradient for the word-embedding table per step instead of one per chunk (384 MB each for a
+        250k-token vocabulary); the rest of the embedding layer (positions, token types, LayerNorm, dropout) runs
+        inside the backbone as usual, given ``inputs_embeds``.
         """
-        table = self.backbone_for(passages).get_input_embeddings()
-        ids = [chunk["input_ids"] for chunk in chunks]
-        vectors = table(torch.cat([chunk_ids.reshape(-1) for chunk_ids in ids]))  # (tokens, dim)
-        pieces = torch.split(vectors, [chunk_ids.numel() for chunk_ids in ids])
-        return [piece.view(*chunk_ids.shape, -1) for piece, chunk_ids in zip(pieces, ids)]  # (n_c, len_c, dim)
+        if self.passage_backbone is None:
+            pieces = _lookup(self.query_backbone, [*query_chunks, *passage_chunks])
+            return pieces[: len(query_chunks)], pieces[len(query_chunks) :]
+        return _lookup(self.query_backbone, query_chunks), _lookup(self.passage_backbone, passage_chunks)
 
     def encode_queries(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """(batch, dim) query vectors."""
@@ -159,6 +170,14 @@ class BiEncoder(nn.Module):
         (out / SETTINGS_FILE).write_text(json.dumps(asdict(self.settings), indent=2) + "\n")
         share_like_new_files(out)  # safetensors writes 0600: keep saved encoders readable like other results
         return out
+
+
+def _lookup(backbone: PreTrainedModel, chunks: list[Mapping[str, torch.Tensor]]) -> list[torch.Tensor]:
+    """``backbone``'s word embeddings of all ``chunks`` in one call, split back into (n_c, len_c, dim) per chunk."""
+    ids = [chunk["input_ids"] for chunk in chunks]
+    vectors = backbone.get_input_embeddings()(torch.cat([chunk_ids.reshape(-1) for chunk_ids in ids]))  # (tokens, dim)
+    pieces = torch.split(vectors, [chunk_ids.numel() for chunk_ids in ids])
+    return [piece.view(*chunk_ids.shape, -1) for piece, chunk_ids in zip(pieces, ids)]  # (n_c, len_c, dim)
 
 
 def _write_sentence_transformers_files(out: Path, settings: EncoderSettings, dim: int) -> None:

@@ -85,15 +85,12 @@ class BiEncoderModule(pl.LightningModule):
         """(Q, dim) query and (Q * (1 + k), dim) passage embeddings, in batch order.
 
         Args:
-            embed_once: look up each side's word embeddings in one call (one dense embedding gradient per side
-                and step, not one per chunk); GradCache's graph-free pass does not need it.
+            embed_once: look up the word embeddings in one call per table (one dense embedding gradient per
+                table and step, not one per chunk); GradCache's graph-free pass does not need it.
         """
         words = None
         if embed_once:
-            words = (
-                self.encoder.embed_words(False, batch.queries.chunks),
-                self.encoder.embed_words(True, batch.passages.chunks),
-            )
+            words = self.encoder.embed_words(batch.queries.chunks, batch.passages.chunks)
         outputs: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         for side, index, inputs, encode in self._chunks(batch):
             self._seed_chunk(side, index)
