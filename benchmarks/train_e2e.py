@@ -14,7 +14,8 @@ sentence-transformers truncates queries and passages at mdr's two lengths throug
     python benchmarks/train_e2e.py --quality       # MRR@100 of both trainers, tiny model, 4 epochs, 2 seeds
 
 (me5_small at batch 16 peaked at 12.7 GB (bf16) / 14.6 GB (fp32) in sentence-transformers' process and 8.7 / 9.5 GB
-in mdr's: run it on an otherwise idle 24 GB machine.) ``--chunk-tokens N`` overrides mdr's ``train.chunk_tokens``.
+in mdr's: run it on an otherwise idle 24 GB machine.) ``--chunk-tokens N`` overrides mdr's ``train.chunk_tokens``;
+``--fast-dropout`` trains mdr with ``train.fast_dropout=true`` (sentence-transformers keeps torch's dropout).
 On a busy machine, ``--repeats 3`` alternates the two sides three times and keeps each side's fastest run, and
 ``--threads N`` fixes both sides' OpenMP threads (oversubscribed cores stall every OpenMP barrier).
 
