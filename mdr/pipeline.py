@@ -21,11 +21,12 @@ from mdr import run_folder
 from mdr.data.collator import BiEncoderCollator
 from mdr.data.datamodule import RetrievalDataModule
 from mdr.data.negatives import NegativeSampler
-from mdr.data.schema import RetrievalSplit
+from mdr.data.schema import DataError, RetrievalSplit
 from mdr.evaluation.evaluator import evaluate_language
 from mdr.losses import InfoNCELoss
 from mdr.mining.miner import PoolSettings, hard_negative_pools
 from mdr.models.bi_encoder import BiEncoder, EncoderSettings, load_tokenizer
+from mdr.models.dropout import sdpa_supported
 from mdr.models.module import BiEncoderModule, EpochEndCheckpoint
 from mdr.models.precision import resolve_precision
 from mdr.stages import StageFunctions, evaluation_splits, low_resource, run_schedule, trains_on_target
@@ -428,6 +429,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     train_split, test_split = load_splits(cfg)
     validate_splits(cfg, train_split, test_split)
+    if cfg.train.fast_dropout:  # before mining and training: the model's config says whether it can
+        ensure_model_files(cfg.model)
+        if not sdpa_supported(str(cfg.model.name_or_path)):
+            raise DataError(
+                f"train.fast_dropout=true: model.name_or_path={str(cfg.model.name_or_path)!r} does not run SDPA "
+                "attention, the only one fast dropout replaces; set train.fast_dropout=false"
+            )
     tests = evaluation_splits(cfg, test_split)  # evaluation.languages: read and checked before training
     # the stage schedule (mdr.stages): cached earlier stages, then the run's own stage in `out`
     trained = run_schedule(cfg, out, StageFunctions(fit, load_encoder, negative_pools), train_split)

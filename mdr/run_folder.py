@@ -39,6 +39,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mdr.data.schema import DataError
+from mdr.utils.config_compat import drop_neutral_defaults
 from mdr.utils.io import atomic_write_json, atomic_write_text
 from mdr.utils.logging import get_logger
 
@@ -109,7 +110,8 @@ def _normalise(value: Any, cache_dir: str | None) -> Any:
 
 
 def canonical_config(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
-    """The resolved config without :data:`IGNORED_KEYS`, with the cache folder written as a placeholder."""
+    """The resolved config without :data:`IGNORED_KEYS` and keys at their neutral default
+    (:mod:`mdr.utils.config_compat`), with the cache folder written as a placeholder."""
     if isinstance(cfg, DictConfig):
         data: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     else:
@@ -124,7 +126,7 @@ def canonical_config(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
             node.pop(leaf, None)
     if isinstance(data.get("paths"), dict) and not data["paths"]:
         data.pop("paths")
-    return _normalise(data, str(cache_dir) if cache_dir else None)
+    return _normalise(drop_neutral_defaults(data), str(cache_dir) if cache_dir else None)
 
 
 def config_hash(canonical: dict[str, Any]) -> str:

@@ -48,6 +48,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from mdr.data.schema import DataError, RetrievalSplit
 from mdr.data.union import UnionSplit
 from mdr.models.precision import resolve_precision
+from mdr.utils.config_compat import drop_neutral_defaults
 from mdr.utils.instantiate import build_reader
 from mdr.utils.io import atomic_write_json
 from mdr.utils.logging import get_logger
@@ -343,7 +344,9 @@ def stage_key(cfg: DictConfig, stage: Stage, previous: str | None) -> dict[str, 
         "train_on": [source.key() for source in stage.sources],
         "epochs": stage.epochs,
         "negatives": stage.negatives,
-        "train": {k: v for k, v in _plain(cfg.train).items() if k not in ("num_workers", "save_encoder")},
+        "train": drop_neutral_defaults(
+            {k: v for k, v in _plain(cfg.train).items() if k not in ("num_workers", "save_encoder")}, "train"
+        ),
         "loss": _plain(cfg.loss),
         "trainer": trainer,
         "precision": resolve_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator)),

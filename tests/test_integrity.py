@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 import mdr.pipeline
 from mdr import run_folder
 from mdr.data.schema import DataError
 from mdr.pipeline import evaluate, run_task, train
 from mdr.run_folder import RunFolderConflict
+from mdr.stages import schedule, stage_keys
 from mdr.validation import validate
 
 from conftest import DATA_DIR, ROOT, XQUAD_SENT
@@ -120,6 +121,34 @@ def test_folder_records_its_config_and_ignores_keys_that_change_no_result(make_c
     # 1 and 1.0 are one value
     one = run_folder.canonical_config(make_cfg("negatives.hard_proportion=1"))
     assert one == run_folder.canonical_config(make_cfg("negatives.hard_proportion=1.0"))
+
+
+def _without(cfg: Any, dotted: str) -> Any:
+    """``cfg`` as an mdr from before ``dotted`` existed would have resolved it."""
+    *parents, leaf = dotted.split(".")
+    node = cfg
+    for part in parents:
+        node = node[part]
+    with open_dict(node):
+        del node[leaf]
+    return cfg
+
+
+def test_a_key_added_later_at_its_neutral_value_keeps_older_runs_and_stages_the_same_config(make_cfg: Any) -> None:
+    calls: list[str] = []
+    older = _without(make_cfg(), "train.fast_dropout")  # recorded by an mdr without train.fast_dropout
+    out = Path(older.paths.output_dir)
+    run_task(older, _fake_task(calls))
+    assert "fast_dropout" not in json.loads((out / run_folder.RECORD_FILE).read_text())["config"]["train"]
+    current = make_cfg()
+    assert current.train.fast_dropout is False
+    assert run_folder.canonical_config(current) == run_folder.canonical_config(older)
+    assert run_task(current, _fake_task(calls))["metrics"] == {"mrr@100": 0.5} and calls == ["0.5"]  # skipped
+    assert [d for _, d in stage_keys(current, schedule(current))] == [d for _, d in stage_keys(older, schedule(older))]
+    changed = make_cfg("train.fast_dropout=true")  # a different computation: another config
+    with pytest.raises(RunFolderConflict, match=r"train\.fast_dropout: '<absent>' -> True"):
+        run_task(changed, _fake_task(calls))
+    assert stage_keys(changed, schedule(changed))[0][1] != stage_keys(current, schedule(current))[0][1]
 
 
 def test_fresh_moves_the_old_contents_aside_and_starts_again(make_cfg: Any) -> None:
@@ -335,6 +364,20 @@ def test_a_bad_checkpoint_or_dense_encoder_names_its_own_key(
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # no network retries in the test
     with pytest.raises(DataError, match=r"^negatives.pool.encoder='no-such-org/no-such-model' is not a local folder"):
         validate(make_cfg("negatives=dense", "negatives.pool.encoder=no-such-org/no-such-model"))
+
+
+def test_fast_dropout_on_a_model_without_sdpa_is_refused_before_mining(
+    make_cfg: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import MPNetConfig  # MPNet runs its own attention, not SDPA
+
+    _no_expensive_step(monkeypatch)
+    model = tmp_path / "mpnet"
+    MPNetConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=2).save_pretrained(model)
+    cfg = make_cfg("train.fast_dropout=true", f"model.name_or_path={model}")
+    with pytest.raises(DataError, match=r"^train.fast_dropout=true: model.name_or_path='.*mpnet' does not run SDPA"):
+        run_task(cfg, train)
+    assert "train.fast_dropout=false" in json.loads((Path(cfg.paths.output_dir) / "failed.json").read_text())["error"]
 
 
 # --- 3 + 8. the tiny model is identical on every build; the shared cache is readable by others -----------

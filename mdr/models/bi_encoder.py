@@ -116,7 +116,7 @@ class BiEncoder(nn.Module):
                 backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def fast_dropout_enable(self) -> int:
-        """CPU training draws dropout masks with :mod:`mdr.models.dropout`; returns the dropout modules replaced."""
+        """CPU training draws dropout masks with :mod:`mdr.models.dropout`; returns the modules that now do."""
         return sum(
             install_fast_dropout(backbone)
             for backbone in (self.query_backbone, self.passage_backbone)
