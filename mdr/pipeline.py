@@ -25,7 +25,7 @@ from mdr.data.schema import DataError, RetrievalSplit
 from mdr.evaluation.evaluator import evaluate_language
 from mdr.losses import InfoNCELoss
 from mdr.mining.miner import PoolSettings, hard_negative_pools
-from mdr.models.bi_encoder import BiEncoder, EncoderSettings, load_tokenizer
+from mdr.models.bi_encoder import BiEncoder, EncoderSettings, ModelLoadError, load_tokenizer
 from mdr.models.dropout import sdpa_supported
 from mdr.models.module import BiEncoderModule, EpochEndCheckpoint
 from mdr.models.precision import resolve_precision
@@ -422,6 +422,27 @@ def evaluate_and_report(
     return payload
 
 
+def check_fast_dropout(cfg: DictConfig) -> None:
+    """With ``train.fast_dropout``, the configured model must run SDPA attention (read from its config alone).
+
+    Raises:
+        DataError: it does not; ModelLoadError: its config cannot be loaded.
+    """
+    if not cfg.train.fast_dropout:
+        return
+    ensure_model_files(cfg.model)
+    name = str(cfg.model.name_or_path)
+    try:
+        supported = sdpa_supported(name)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"model.name_or_path={name!r}: no model config can be loaded ({error})") from error
+    if not supported:
+        raise DataError(
+            f"train.fast_dropout=true: model.name_or_path={name!r} does not run SDPA attention, the only one fast "
+            "dropout replaces; set train.fast_dropout=false"
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run the stage schedule (``stage.stages``), save the final encoder, evaluate, write metrics.json."""
     out = output_dir(cfg)
@@ -429,13 +450,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     train_split, test_split = load_splits(cfg)
     validate_splits(cfg, train_split, test_split)
-    if cfg.train.fast_dropout:  # before mining and training: the model's config says whether it can
-        ensure_model_files(cfg.model)
-        if not sdpa_supported(str(cfg.model.name_or_path)):
-            raise DataError(
-                f"train.fast_dropout=true: model.name_or_path={str(cfg.model.name_or_path)!r} does not run SDPA "
-                "attention, the only one fast dropout replaces; set train.fast_dropout=false"
-            )
+    check_fast_dropout(cfg)  # before mining and training
     tests = evaluation_splits(cfg, test_split)  # evaluation.languages: read and checked before training
     # the stage schedule (mdr.stages): cached earlier stages, then the run's own stage in `out`
     trained = run_schedule(cfg, out, StageFunctions(fit, load_encoder, negative_pools), train_split)
