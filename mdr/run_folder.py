@@ -39,7 +39,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mdr.data.schema import DataError
-from mdr.utils.config_compat import drop_neutral_defaults
+from mdr.utils.config_compat import drop_neutral_defaults, parent_of
 from mdr.utils.io import atomic_write_json, atomic_write_text
 from mdr.utils.logging import get_logger
 
@@ -118,11 +118,8 @@ def canonical_config(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         data = json.loads(json.dumps(cfg, default=str))
     cache_dir = (data.get("paths") or {}).get("cache_dir")
     for dotted in IGNORED_KEYS:
-        *parents, leaf = dotted.split(".")
-        node: Any = data
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
+        node, leaf = parent_of(data, dotted)
+        if node is not None:
             node.pop(leaf, None)
     if isinstance(data.get("paths"), dict) and not data["paths"]:
         data.pop("paths")

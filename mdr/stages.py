@@ -345,8 +345,8 @@ def stage_key(cfg: DictConfig, stage: Stage, previous: str | None) -> dict[str, 
         "epochs": stage.epochs,
         "negatives": stage.negatives,
         "train": drop_neutral_defaults(
-            {k: v for k, v in _plain(cfg.train).items() if k not in ("num_workers", "save_encoder")}, "train"
-        ),
+            {"train": {k: v for k, v in _plain(cfg.train).items() if k not in ("num_workers", "save_encoder")}}
+        )["train"],
         "loss": _plain(cfg.loss),
         "trainer": trainer,
         "precision": resolve_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator)),

@@ -15,18 +15,20 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
 }
 
 
-def drop_neutral_defaults(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``data`` (a plain config, or its ``prefix`` section) without the keys that hold their neutral value."""
+def parent_of(data: dict[str, Any], dotted: str) -> tuple[dict[str, Any] | None, str]:
+    """The dict of plain config ``data`` holding ``dotted``'s last part (None: a parent is missing), and that part."""
+    *parents, leaf = dotted.split(".")
+    node: Any = data
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    return (node if isinstance(node, dict) else None), leaf
+
+
+def drop_neutral_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of plain config ``data`` without the keys of :data:`NEUTRAL_DEFAULTS` that hold their neutral value."""
     result = copy.deepcopy(data)
     for dotted, neutral in NEUTRAL_DEFAULTS.items():
-        if prefix and not dotted.startswith(prefix + "."):
-            continue
-        *parents, leaf = (dotted[len(prefix) + 1 :] if prefix else dotted).split(".")
-        node: Any = result
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and leaf in node:
-            value = node[leaf]
-            if type(value) is type(neutral) and value == neutral:  # False, not 0
-                node.pop(leaf)
+        node, leaf = parent_of(result, dotted)
+        if node is not None and leaf in node and type(node[leaf]) is type(neutral) and node[leaf] == neutral:
+            node.pop(leaf)  # type check: False is neutral, 0 is not
     return result
