@@ -444,7 +444,8 @@ def check_fast_dropout(cfg: DictConfig) -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run the stage schedule (``stage.stages``), save the final encoder, evaluate, write metrics.json."""
+    """Run the stage schedule (``stage.stages``), save the final encoder, evaluate, write metrics.json, then
+    remove the resume checkpoints (:func:`mdr.run_folder.remove_checkpoints`)."""
     out = output_dir(cfg)
     validate(cfg)  # config alone, before anything is read, built or trained
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -455,9 +456,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # the stage schedule (mdr.stages): cached earlier stages, then the run's own stage in `out`
     trained = run_schedule(cfg, out, StageFunctions(fit, load_encoder, negative_pools), train_split)
     # after a DDP fit every rank encodes and searches its shards; rank 0 writes the files, the others get {}
-    return evaluate_and_report(
+    payload = evaluate_and_report(
         cfg, trained.encoder, trained.tokenizer, tests, out, trained.extra, distributed=trained.distributed
     )
+    if payload:  # rank 0, metrics.json written: nothing resumes from the checkpoints any more
+        run_folder.remove_checkpoints(cfg, out, out / "encoder")
+    return payload
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

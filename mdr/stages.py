@@ -48,6 +48,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from mdr.data.schema import DataError, RetrievalSplit
 from mdr.data.union import UnionSplit
 from mdr.models.precision import resolve_precision
+from mdr.run_folder import remove_checkpoints
 from mdr.utils.config_compat import drop_neutral_defaults
 from mdr.utils.instantiate import build_reader
 from mdr.utils.io import atomic_write_json
@@ -505,6 +506,7 @@ def cached_stage(
         summary = {**trained.summary, "denoise": trained.denoise}
         atomic_write_json(root / "summary.json", summary)
         staging.rename(encoder_dir)
+        remove_checkpoints(cfg, root / "run", encoder_dir)  # later jobs reuse the encoder, never resume
         return encoder_dir, "trained", summary
 
 

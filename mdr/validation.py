@@ -170,6 +170,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
     for key, allowed in (("run.on_config_change", ("refuse", "fresh")), ("run.on_complete", ("skip", "fresh"))):
         if check.has(key):
             check.choice(key, allowed)
+    check.boolean("run.keep_checkpoints")
     check.integer("model.query_max_length", 1)
     check.integer("model.passage_max_length", 1)
     check.choice("model.pooling", ("cls", "mean"))

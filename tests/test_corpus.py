@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import tempfile
 import time
 from pathlib import Path
 
@@ -82,13 +83,15 @@ def test_lookup_survives_hash_collisions(monkeypatch: pytest.MonkeyPatch) -> Non
     assert "doc-6" not in corpus
 
 
-def test_bad_records_are_errors() -> None:
+def test_bad_records_are_errors_and_leave_no_temporary_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.raises(DataError, match=r"records:3: duplicate docid 'doc-1' \(first at records:2\)"):
         Corpus.from_records([*_records(2), {"docid": "doc-1", "text": "again"}])
     with pytest.raises(DataError, match="corpus is empty"):
         Corpus.from_records([])
     with pytest.raises(DataError, match="record 2: docid and text are required"):
         Corpus.from_records([{"docid": "a", "text": "t"}, {"docid": "b", "text": None}])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_pickles_as_its_folder() -> None:

@@ -290,6 +290,7 @@ def test_through_hydra_a_refused_or_finished_rerun_leaves_the_folder_as_it_was(
         ("negatives.pool.range_max=0", r"negatives.pool.range_max must be an integer >= 1"),
         ("negatives.pool.backend=lucene", r"negatives.pool.backend must be one of \['bm25s', 'pyserini'\]"),
         ("run.on_config_change=overwrite", r"run.on_config_change must be one of \['refuse', 'fresh'\]"),
+        ("run.keep_checkpoints=sometimes", r"run.keep_checkpoints must be true or false, got 'sometimes'"),
         ("stage=two_stage", None),
     ],
 )

@@ -110,6 +110,7 @@ def test_cross_lingual_caches_its_only_stage_and_shares_it_across_targets(  # no
     assert result_th["stage"] == result_hi["stage"] == "cross_lingual"
     assert len(count_fits) == 1 and "stages" in count_fits[0], "one English stage for both targets"
     assert result_th["encoder"] == result_hi["encoder"] == str(Path(count_fits[0]).parent / "encoder")
+    assert not (Path(count_fits[0]) / "checkpoints").exists(), "a cached stage is reused, never resumed"
     assert [r["status"] for r in result_hi["schedule"]["stages"]] == ["reused"]
     assert result_th["schedule"]["stages"][0]["train_on"] == ["demo/en:train"]
     assert result_hi["train"]["steps"] == 4 and not (tmp_path / "th" / "checkpoints").exists()

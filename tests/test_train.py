@@ -1,4 +1,4 @@
-"""End to end on CPU: train.py writes config, checkpoint, encoder, run file and metrics.json; evaluate.py agrees."""
+"""End to end on CPU: train.py writes config, encoder, run file and metrics.json; evaluate.py agrees."""
 
 from __future__ import annotations
 
@@ -35,13 +35,13 @@ def test_train_then_evaluate_writes_consistent_outputs(make_cfg, tmp_path: Path)
         "metrics.json",
         "runs/th.trec",
         "per_query/th.tsv",
-        "checkpoints/last.ckpt",
         "encoder/config.json",
         "encoder/mdr_encoder.json",
         "csv/metrics.csv",
     ):
         assert (out / name).is_file(), name
     assert not (out / "failed.json").exists()
+    assert not (out / "checkpoints").exists(), "a finished run keeps encoder/, not its resume state"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == result
     assert metrics["language"] == "th" and metrics["hard_proportion"] == 0.5 and metrics["train"]["steps"] == 4
@@ -56,6 +56,15 @@ def test_train_then_evaluate_writes_consistent_outputs(make_cfg, tmp_path: Path)
     )
     again = run_task(eval_cfg, evaluate)
     assert again["metrics"] == pytest.approx(metrics["metrics"], abs=1e-4)
+
+
+@pytest.mark.parametrize("override", ["run.keep_checkpoints=true", "train.save_encoder=false"])
+def test_resume_checkpoints_stay_when_asked_or_when_they_hold_the_only_weights(make_cfg, override: str) -> None:  # noqa: ANN001
+    cfg = make_cfg(override)
+    result = run_task(cfg, train)
+    out = Path(cfg.paths.output_dir)
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "encoder").is_dir() == (result["encoder"] is not None) == (override != "train.save_encoder=false")
 
 
 def test_zero_shot_stage_trains_nothing(make_cfg) -> None:  # noqa: ANN001

@@ -261,6 +261,10 @@ class Corpus(Mapping[str, Passage]):
             except OSError:
                 if not (folder / META_FILE).is_file():  # not a finished twin: a real failure
                     raise
+        except BaseException:
+            if cache_dir is None:  # bad records: no corpus object will own the temporary folder
+                shutil.rmtree(root, ignore_errors=True)
+            raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         corpus = cls(folder)
