@@ -349,7 +349,11 @@ def remove_checkpoints(cfg: DictConfig, folder: Path, encoder: Path) -> int:
         log.info("keeping %s: no saved encoder at %s holds the trained weights", checkpoints, encoder)
         return 0
     freed = sum(path.stat().st_size for path in checkpoints.rglob("*") if path.is_file() and not path.is_symlink())
-    shutil.rmtree(checkpoints)
+    try:
+        shutil.rmtree(checkpoints)
+    except OSError as error:  # the results are written: a leftover checkpoint is not a failed run
+        log.warning("could not remove %s (%s); the run's results are complete", checkpoints, error)
+        return 0
     log.info(
         "removed %s (%.2f GB, resume state only): training is over and %s holds the weights "
         "(run.keep_checkpoints=true keeps it)",

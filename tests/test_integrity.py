@@ -462,3 +462,38 @@ def test_sentence_transformers_reproduces_mdr_query_and_passage_vectors(tiny_mod
     np.testing.assert_allclose(model.encode_document(texts), passages, atol=1e-5)
     saved = json.loads((out / "sentence_bert_config.json").read_text())
     assert saved["query_length"] == 8 and saved["document_length"] == saved["max_seq_length"] == 16
+
+
+def _finished_folder(root: Path, encoder: bool = True) -> Path:
+    (root / "checkpoints").mkdir(parents=True)
+    (root / "checkpoints" / "epoch2.ckpt").write_bytes(b"x" * 1000)
+    (root / "checkpoints" / "last.ckpt").symlink_to("epoch2.ckpt")
+    if encoder:
+        (root / "encoder").mkdir()
+        (root / "encoder" / "mdr_encoder.json").write_text("{}")
+    return root
+
+
+def test_remove_checkpoints_frees_the_resume_state_only_when_the_encoder_holds_the_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    drop, keep = (
+        OmegaConf.create({"run": {"keep_checkpoints": False}}),
+        OmegaConf.create({"run": {"keep_checkpoints": True}}),
+    )
+    done = _finished_folder(tmp_path / "done")
+    assert run_folder.remove_checkpoints(drop, done, done / "encoder") == 1000  # the link counts once
+    assert not (done / "checkpoints").exists() and (done / "encoder" / "mdr_encoder.json").is_file()
+    kept = _finished_folder(tmp_path / "kept")
+    assert run_folder.remove_checkpoints(keep, kept, kept / "encoder") == 0
+    only = _finished_folder(tmp_path / "only", encoder=False)  # train.save_encoder=false: the only weights
+    assert run_folder.remove_checkpoints(drop, only, only / "encoder") == 0
+    assert (kept / "checkpoints" / "last.ckpt").is_file() and (only / "checkpoints" / "last.ckpt").is_file()
+
+    def refuse(path: Any) -> None:
+        raise PermissionError(13, "read-only file system", str(path))
+
+    monkeypatch.setattr(run_folder.shutil, "rmtree", refuse)
+    stuck = _finished_folder(tmp_path / "stuck")
+    assert run_folder.remove_checkpoints(drop, stuck, stuck / "encoder") == 0  # warns, never fails a finished run
+    assert "could not remove" in caplog.text and (stuck / "checkpoints" / "last.ckpt").is_file()
