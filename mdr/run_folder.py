@@ -332,13 +332,19 @@ def exclusive(out: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _tree_bytes(folder: Path) -> int:
+    """Bytes of the regular files under ``folder`` (links not followed, so ``last.ckpt`` counts once)."""
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file() and not path.is_symlink())
+
+
 def remove_checkpoints(cfg: DictConfig, folder: Path, encoder: Path) -> int:
     """Delete ``<folder>/checkpoints`` once training there is over and ``encoder`` holds its weights.
 
     An epoch-end checkpoint holds the weights and the optimizer's two moments (~3x the saved encoder: 1.4 GB
     for me5_small), and only a resume reads it; a finished run never resumes. ``run.keep_checkpoints=true``
-    keeps them, and so does a run whose encoder was not saved (``train.save_encoder=false``: they are its only
-    weights). Returns the bytes freed (0 when kept or absent); logs what it removed.
+    keeps them (it applies to the command that finishes the run: a rerun without it removes them), and so does a
+    folder with no saved encoder (``train.save_encoder=false``: they are its only weights). Returns the bytes freed
+    (0 when kept, absent or not removable: a warning, never an error, since the run's results are written).
     """
     checkpoints = folder / "checkpoints"
     if not checkpoints.is_dir():
@@ -348,8 +354,8 @@ def remove_checkpoints(cfg: DictConfig, folder: Path, encoder: Path) -> int:
     if not (encoder / "mdr_encoder.json").is_file():
         log.info("keeping %s: no saved encoder at %s holds the trained weights", checkpoints, encoder)
         return 0
-    freed = sum(path.stat().st_size for path in checkpoints.rglob("*") if path.is_file() and not path.is_symlink())
     try:
+        freed = _tree_bytes(checkpoints)
         shutil.rmtree(checkpoints)
     except OSError as error:  # the results are written: a leftover checkpoint is not a failed run
         log.warning("could not remove %s (%s); the run's results are complete", checkpoints, error)
