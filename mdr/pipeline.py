@@ -25,7 +25,7 @@ from mdr.data.schema import DataError, RetrievalSplit
 from mdr.evaluation.evaluator import evaluate_language
 from mdr.losses import InfoNCELoss
 from mdr.mining.miner import PoolSettings, hard_negative_pools
-from mdr.models.bi_encoder import BiEncoder, EncoderSettings, ModelLoadError, load_tokenizer
+from mdr.models.bi_encoder import SETTINGS_FILE, BiEncoder, EncoderSettings, ModelLoadError, load_tokenizer
 from mdr.models.dropout import sdpa_supported
 from mdr.models.module import BiEncoderModule, EpochEndCheckpoint
 from mdr.models.precision import resolve_precision
@@ -156,7 +156,7 @@ def load_encoder(cfg: DictConfig, name_or_path: str | None = None) -> tuple[BiEn
         ensure_model_files(cfg.model)
         name_or_path = str(cfg.model.name_or_path)
     settings = encoder_settings(cfg.model)
-    saved = Path(name_or_path) / "mdr_encoder.json"
+    saved = Path(name_or_path) / SETTINGS_FILE
     if saved.is_file():
         settings = EncoderSettings(**json.loads(saved.read_text()))
     return BiEncoder.from_pretrained(name_or_path, settings), load_tokenizer(name_or_path)

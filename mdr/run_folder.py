@@ -346,12 +346,14 @@ def remove_checkpoints(cfg: DictConfig, folder: Path, encoder: Path) -> int:
     folder with no saved encoder (``train.save_encoder=false``: they are its only weights). Returns the bytes freed
     (0 when kept, absent or not removable: a warning, never an error, since the run's results are written).
     """
+    from mdr.models.bi_encoder import SETTINGS_FILE  # as torch in checkpoint_epochs: kept off this module's import
+
     checkpoints = folder / "checkpoints"
     if not checkpoints.is_dir():
         return 0
     if bool(OmegaConf.select(cfg, "run.keep_checkpoints", default=False)):
         return 0
-    if not (encoder / "mdr_encoder.json").is_file():
+    if not (encoder / SETTINGS_FILE).is_file():
         log.info("keeping %s: no saved encoder at %s holds the trained weights", checkpoints, encoder)
         return 0
     try:

@@ -47,6 +47,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from mdr.data.schema import DataError, RetrievalSplit
 from mdr.data.union import UnionSplit
+from mdr.models.bi_encoder import SETTINGS_FILE
 from mdr.models.precision import resolve_precision
 from mdr.run_folder import remove_checkpoints
 from mdr.utils.config_compat import drop_neutral_defaults
@@ -484,7 +485,7 @@ def cached_stage(
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second job of the sweep waits here, then reuses the result
-        if (encoder_dir / "mdr_encoder.json").is_file():
+        if (encoder_dir / SETTINGS_FILE).is_file():
             log.info("stage %s: reusing %s", stage.name, encoder_dir)
             return encoder_dir, "reused", _summary(root)
         if not one_process(cfg):  # its ranks would wait on this lock for each other
