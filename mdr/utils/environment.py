@@ -1,0 +1,203 @@
+"""Which torch and faiss builds are installed, whether they fit the machine, and where a run computes.
+
+The GPU install (``bash scripts/setup.sh --gpu``, docs/gpu.md) supports one pairing: torch built for CUDA 12
+(:data:`TORCH_CUDA_INDEX`) with ``faiss-gpu`` (its wheels require the CUDA 12 runtime wheels,
+``nvidia-cuda-runtime-cu12>=12.6,<13``). torch from PyPI is a CUDA 13 build, so the two would load two CUDA stacks.
+``faiss-cpu`` and ``faiss-gpu`` both ship ``faiss/_swigfaiss.abi3.so``: exactly one of them may be installed.
+
+Runs as a script too (stdlib only at import; torch and faiss are imported inside the functions)::
+
+    python -m mdr.utils.environment check --want gpu     # the problems, one a line; exit 1 if any
+    python -m mdr.utils.environment torch --want gpu     # exit 1 when the installed torch must be replaced
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any
+
+FAISS_DISTRIBUTIONS = ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu11", "faiss-gpu-cu12", "faiss-gpu-cu13", "faiss")
+"""PyPI distributions that each install the ``faiss`` package (two of them overwrite each other's files)."""
+SUPPORTED_CUDA_MAJOR = 12
+"""The CUDA major version of the supported GPU pairing (faiss-gpu 1.15.1's runtime wheels)."""
+TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu128"
+"""Where ``scripts/setup.sh --gpu`` installs torch from unless ``MDR_TORCH_INDEX`` says otherwise."""
+MIXED_CUDA_ENV = "MDR_ALLOW_MIXED_CUDA"
+"""Set to 1 to accept torch and faiss on different CUDA majors (both load where the driver serves both)."""
+
+
+@dataclass(frozen=True)
+class Installed:
+    """What an environment holds, as read by :func:`installed`.
+
+    Attributes:
+        torch_version: e.g. ``2.13.0+cpu`` (None: torch not installed).
+        torch_cuda: torch's CUDA version, e.g. ``12.8`` (None: a CPU build).
+        faiss_builds: the installed faiss distributions (see :data:`FAISS_DISTRIBUTIONS`).
+        faiss_cuda_major: the CUDA major the installed faiss-gpu requires (None: none or a CPU build).
+        cuda_devices: ``torch.cuda.device_count()`` (0 without CUDA).
+        faiss_gpus: ``faiss.get_num_gpus()`` (0 for faiss-cpu; None: faiss does not import).
+    """
+
+    torch_version: str | None
+    torch_cuda: str | None
+    faiss_builds: tuple[str, ...]
+    faiss_cuda_major: int | None
+    cuda_devices: int
+    faiss_gpus: int | None
+
+
+def _cuda_major_of(distribution: str) -> int | None:
+    """The CUDA major named by ``distribution``'s ``nvidia-*-cuNN`` requirements (None: none named)."""
+    try:
+        requires = importlib.metadata.requires(distribution) or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    majors = {int(m.group(1)) for r in requires if (m := re.match(r"nvidia-[a-z-]+-cu(\d+)\b", r))}
+    return max(majors) if majors else None
+
+
+def faiss_builds() -> tuple[str, ...]:
+    """The installed distributions among :data:`FAISS_DISTRIBUTIONS`."""
+    found = []
+    for name in FAISS_DISTRIBUTIONS:
+        try:
+            importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return tuple(found)
+
+
+def installed() -> Installed:
+    """Read the current environment (imports torch and faiss)."""
+    try:
+        import torch
+    except ImportError:
+        torch_version, torch_cuda, devices = None, None, 0
+    else:
+        torch_version, torch_cuda = str(torch.__version__), torch.version.cuda
+        devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    builds = faiss_builds()
+    gpu_builds = [name for name in builds if name.startswith("faiss-gpu")]
+    try:
+        import faiss
+
+        gpus: int | None = int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
+    except ImportError:
+        gpus = None
+    return Installed(
+        torch_version, torch_cuda, builds, _cuda_major_of(gpu_builds[0]) if gpu_builds else None, devices, gpus
+    )
+
+
+def torch_problem(want: str, torch_version: str | None, torch_cuda: str | None) -> str | None:
+    """Why the installed torch does not suit a ``want`` (``cpu`` / ``gpu``) install, or None when it does.
+
+    A CPU venv reused on a GPU machine keeps ``2.13.0+cpu`` ("Requirement already satisfied"): for ``gpu`` torch
+    must be a CUDA build of the supported major (:data:`SUPPORTED_CUDA_MAJOR`, unless :data:`MIXED_CUDA_ENV` is 1).
+    ``cpu`` takes any torch (the CPU install pins the version itself).
+    """
+    if want not in ("cpu", "gpu"):
+        raise ValueError(f"want must be cpu or gpu, got {want!r}")
+    if want == "cpu":
+        return None
+    if torch_version is None:
+        return "torch is not installed"
+    if torch_cuda is None:
+        return f"torch {torch_version} is a CPU build (a CPU venv reused?): a GPU install needs a CUDA build"
+    major = int(str(torch_cuda).split(".")[0])
+    if major != SUPPORTED_CUDA_MAJOR and os.environ.get(MIXED_CUDA_ENV) != "1":
+        return (
+            f"torch {torch_version} is built for CUDA {torch_cuda}, faiss-gpu for CUDA {SUPPORTED_CUDA_MAJOR}: "
+            f"install torch from {TORCH_CUDA_INDEX} (or set {MIXED_CUDA_ENV}=1 to run two CUDA stacks)"
+        )
+    return None
+
+
+def install_problems(want: str, found: Installed) -> list[str]:
+    """Everything wrong with environment ``found`` for a ``want`` (``cpu`` / ``gpu``) install; empty: fine."""
+    problems = []
+    if (problem := torch_problem(want, found.torch_version, found.torch_cuda)) is not None:
+        problems.append(problem)
+    expected = "faiss-gpu" if want == "gpu" else "faiss-cpu"
+    if len(found.faiss_builds) > 1:
+        problems.append(
+            f"{len(found.faiss_builds)} faiss builds installed ({', '.join(found.faiss_builds)}): they overwrite "
+            f"each other's faiss/_swigfaiss.abi3.so; uninstall all of them and install {expected} alone"
+        )
+    elif found.faiss_builds != (expected,):
+        problems.append(f"{expected} is not installed (found: {', '.join(found.faiss_builds) or 'no faiss'})")
+    if found.faiss_gpus is None:
+        problems.append("faiss does not import")
+    if want == "gpu":
+        if found.cuda_devices == 0:
+            problems.append("torch sees no CUDA device: run the GPU install and its check on a GPU node")
+        elif found.faiss_gpus is not None and found.faiss_gpus != found.cuda_devices:
+            problems.append(f"faiss sees {found.faiss_gpus} GPUs, torch {found.cuda_devices}")
+        torch_major = int(str(found.torch_cuda).split(".")[0]) if found.torch_cuda else None
+        faiss_major = found.faiss_cuda_major
+        mixed_ok = os.environ.get(MIXED_CUDA_ENV) == "1"
+        if torch_major and faiss_major and torch_major != faiss_major and not mixed_ok:
+            problems.append(f"torch runs CUDA {torch_major}, faiss-gpu CUDA {faiss_major}: two CUDA stacks")
+    return problems
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else :func:`platform.processor`."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def device_name(device: Any) -> str:
+    """The name of torch device ``device`` (``torch.cuda.get_device_name`` or the CPU model)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return str(torch.cuda.get_device_name(device))
+    return cpu_name()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``check``: print the install's problems (exit 1 if any); ``torch``: exit 1 when torch must be replaced."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["check", "torch", "show"])
+    parser.add_argument("--want", choices=["cpu", "gpu"], default="cpu")
+    args = parser.parse_args(argv)
+    if args.what == "torch":  # torch alone: faiss may not be installed yet
+        try:
+            import torch
+
+            version, cuda = str(torch.__version__), torch.version.cuda
+        except ImportError:
+            version, cuda = None, None
+        problem = torch_problem(args.want, version, cuda)
+        if problem:
+            print(f"[mdr] {problem}", flush=True)
+        return 1 if problem else 0
+    found = installed()
+    if args.what == "show":
+        print(json.dumps(asdict(found)))
+        return 0
+    problems = install_problems(args.want, found)
+    for problem in problems:
+        print(f"[mdr] install problem: {problem}", file=sys.stderr, flush=True)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""The install's faiss / torch builds: one faiss build per extra, and the check that a venv suits a GPU install."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from mdr.utils import environment
+from mdr.utils.environment import Installed, install_problems, torch_problem
+
+from conftest import ROOT
+
+
+def _faiss(requirements: list[str]) -> set[str]:
+    return {name for r in requirements if (name := re.split(r"[=<>\[; ]", r, maxsplit=1)[0]).startswith("faiss")}
+
+
+def test_no_install_of_mdr_gets_two_faiss_builds() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not _faiss(project["dependencies"]), "faiss must come from the cpu or gpu extra, not the core"
+    extras = project["optional-dependencies"]
+    assert _faiss(extras["cpu"]) == {"faiss-cpu"} and _faiss(extras["gpu"]) == {"faiss-gpu"}
+    for name, requirements in extras.items():
+        assert len(_faiss(requirements)) <= 1, f"extra {name} installs two faiss builds"
+
+
+def test_setup_script_picks_one_faiss_extra() -> None:
+    script = (ROOT / "scripts/setup.sh").read_text()
+    assert "--gpu" in script and "EXTRAS=${EXTRAS:+$EXTRAS,}$WANT" in script
+    assert "uninstall -y -q faiss-cpu faiss-gpu" in script  # a venv switching builds loses both, then gets one
+
+
+@pytest.mark.parametrize(
+    ("version", "cuda", "broken"),
+    [("2.13.0+cpu", None, True), ("2.13.0", "13.0", True), ("2.13.0+cu128", "12.8", False), (None, None, True)],
+)
+def test_a_reused_cpu_venv_is_refused_for_a_gpu_install(version: str | None, cuda: str | None, broken: bool) -> None:
+    assert (torch_problem("gpu", version, cuda) is not None) is broken
+    assert torch_problem("cpu", version, cuda) is None  # the CPU install pins torch itself, as before
+
+
+def test_mixed_cuda_majors_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(environment.MIXED_CUDA_ENV, "1")
+    assert torch_problem("gpu", "2.13.0", "13.0") is None
+
+
+GOOD_GPU = Installed("2.13.0+cu128", "12.8", ("faiss-gpu",), 12, 8, 8)
+
+
+def test_install_problems() -> None:
+    assert install_problems("gpu", GOOD_GPU) == []
+    assert install_problems("cpu", Installed("2.13.0+cpu", None, ("faiss-cpu",), None, 0, 0)) == []
+    both = install_problems("gpu", Installed("2.13.0+cu128", "12.8", ("faiss-cpu", "faiss-gpu"), 12, 8, 0))
+    assert any("2 faiss builds" in p for p in both) and any("faiss sees 0 GPUs, torch 8" in p for p in both)
+    assert any(
+        "faiss-gpu is not installed" in p
+        for p in install_problems("gpu", GOOD_GPU.__class__("2.13.0+cu128", "12.8", ("faiss-cpu",), None, 8, 0))
+    )
+    assert any(
+        "no CUDA device" in p
+        for p in install_problems("gpu", Installed("2.13.0+cu128", "12.8", ("faiss-gpu",), 12, 0, 0))
+    )
+    assert any(
+        "two CUDA stacks" in p for p in install_problems("gpu", Installed("2.13.0", "13.0", ("faiss-gpu",), 12, 8, 8))
+    )
+    assert any(
+        "faiss does not import" in p for p in install_problems("cpu", Installed("2.13.0", None, (), None, 0, None))
+    )
+
+
+def test_faiss_cuda_major_read_from_its_requirements(monkeypatch: pytest.MonkeyPatch) -> None:
+    requires = ["numpy>=1.25", "nvidia-cuda-runtime-cu12<13,>=12.6", "nvidia-cublas-cu12<13,>=12.6"]
+    monkeypatch.setattr(environment.importlib.metadata, "requires", lambda name: requires)
+    assert environment._cuda_major_of("faiss-gpu") == 12
+
+
+def test_this_venv_passes_the_cpu_check() -> None:
+    found = environment.installed()
+    assert found.faiss_builds == ("faiss-cpu",), "this test venv should hold faiss-cpu alone"
+    assert environment.main(["check", "--want", "cpu"]) == 0
+    assert environment.device_name("cpu")
