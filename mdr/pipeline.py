@@ -23,6 +23,7 @@ from mdr.data.datamodule import RetrievalDataModule
 from mdr.data.negatives import NegativeSampler
 from mdr.data.schema import DataError, RetrievalSplit
 from mdr.evaluation.evaluator import evaluate_language
+from mdr.evaluation.search import search_device
 from mdr.losses import InfoNCELoss
 from mdr.mining.miner import PoolSettings, hard_negative_pools
 from mdr.models.bi_encoder import SETTINGS_FILE, BiEncoder, EncoderSettings, ModelLoadError, load_tokenizer
@@ -30,6 +31,7 @@ from mdr.models.dropout import sdpa_supported
 from mdr.models.module import BiEncoderModule, EpochEndCheckpoint
 from mdr.models.precision import resolve_precision
 from mdr.stages import StageFunctions, evaluation_splits, low_resource, run_schedule, trains_on_target
+from mdr.utils.environment import device_name, faiss_version
 from mdr.utils.instantiate import build_reader, encoder_settings, ensure_model_files
 from mdr.utils.io import atomic_write_json, atomic_write_text
 from mdr.utils.logging import get_logger
@@ -296,6 +298,7 @@ def fit(
     started = time.time()
     resumed_at = run_folder.checkpoint_epochs(last) if last.is_file() else None  # epochs done before this attempt
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+    root_device = trainer.strategy.root_device
     stats = datamodule.last_stats
     masked = module.masked_total()
     return {
@@ -310,6 +313,9 @@ def fit(
             "num_hard": sampler.num_hard,
             "hard_shortfall_last_epoch": stats.hard_shortfall if stats else 0,
             "precision": trainer_args["precision"],
+            "device": device_name(root_device),  # where training ran: the CUDA card's name or the CPU model
+            "accelerator": root_device.type,
+            "devices": int(trainer.world_size),
             "mask_false_negatives": bool(cfg.loss.mask_false_negatives),
             "in_batch_false_negatives_masked": masked,
             "grad_cache_chunk_size": int(grad_cache.chunk_size) if grad_cache.enabled else None,
@@ -354,6 +360,8 @@ def evaluate_and_report(
     if bf16 not in ("auto", True, False):
         raise ValueError(f"evaluation.bf16 must be auto, true or false, got {bf16!r}")
     autocast = autocast_dtype(device) if bf16 == "auto" else (torch.bfloat16 if bf16 else None)
+    search = search_device(evaluation.faiss_gpu, torch.cuda.device_count() if use_cuda else 0)
+    log.info("evaluation: encoding on %s (%s), faiss searching on %s", device, device_name(device), search)
     tests = test if isinstance(test, dict) else {str(cfg.language.code): test}
     results = {}
     for code, split in tests.items():  # one run file and per-query file per evaluation language
@@ -395,6 +403,9 @@ def evaluate_and_report(
             "autocast": str(autocast).removeprefix("torch.") if autocast else None,
             "fp16_index": bool(evaluation.get("fp16_index", False)),
             "ranks": world,
+            "device": device_name(device),  # where the corpus was encoded
+            "faiss": search,  # where faiss searched: gpu | cpu (evaluation.faiss_gpu, the faiss build)
+            "faiss_version": faiss_version(),
         },
         **extra,
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +82,32 @@ def test_this_venv_passes_the_cpu_check() -> None:
     assert found.faiss_builds == ("faiss-cpu",), "this test venv should hold faiss-cpu alone"
     assert environment.main(["check", "--want", "cpu"]) == 0
     assert environment.device_name("cpu")
+
+
+def test_metrics_json_says_where_training_and_search_ran(make_cfg) -> None:  # noqa: ANN001
+    import json
+
+    from mdr.pipeline import run_task, train
+
+    cfg = make_cfg()
+    run_task(cfg, train)
+    metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    cpu = environment.cpu_name()
+    assert metrics["train"]["device"] == cpu and metrics["train"]["accelerator"] == "cpu"
+    assert metrics["train"]["devices"] == 1 and metrics["train"]["precision"] in ("32-true", "bf16-mixed")
+    assert metrics["evaluation"]["device"] == cpu and metrics["evaluation"]["faiss"] == "cpu"
+    assert metrics["evaluation"]["faiss_version"].endswith("(faiss-cpu)")
+    assert "autocast" in metrics["evaluation"]
+
+
+def test_auto_faiss_on_a_cpu_build_says_so(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from mdr.evaluation import search
+
+    monkeypatch.setattr(search, "faiss_gpus", lambda: 0)
+    with caplog.at_level("WARNING"):
+        assert search.search_device("auto", cuda_devices=2) == "cpu"
+    assert "torch sees 2 CUDA device(s) but faiss none" in caplog.text
+    with pytest.raises(RuntimeError, match="faiss_gpu=true"):
+        search.search_device(True)
+    monkeypatch.setattr(search, "faiss_gpus", lambda: 2)
+    assert search.search_device("auto") == "gpu" and search.search_device(False) == "cpu"

@@ -26,6 +26,28 @@ def faiss_gpus() -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
 
+def search_device(use_gpu: bool | str = "auto", cuda_devices: int = 0) -> str:
+    """Where :class:`FlatIPSearcher` searches with setting ``use_gpu``: ``gpu`` or ``cpu``.
+
+    With ``auto`` and a faiss that sees no GPU it searches on CPU; where torch sees CUDA devices
+    (``cuda_devices`` > 0) that is said in the log (a faiss-cpu build on a GPU machine: docs/gpu.md).
+
+    Raises:
+        RuntimeError: ``use_gpu`` is True and faiss sees no GPU.
+    """
+    gpus = faiss_gpus()
+    if use_gpu is True and not gpus:
+        raise RuntimeError("evaluation.faiss_gpu=true but faiss sees no GPU (install faiss-gpu: mdr[gpu])")
+    on_gpu = bool(gpus) and use_gpu in (True, "auto")
+    if use_gpu == "auto" and not gpus and cuda_devices > 0:
+        log.warning(
+            "evaluation.faiss_gpu=auto: torch sees %d CUDA device(s) but faiss none (a faiss-cpu build?): "
+            "searching on CPU; bash scripts/setup.sh --gpu installs faiss-gpu",
+            cuda_devices,
+        )
+    return "gpu" if on_gpu else "cpu"
+
+
 class FlatIPSearcher:
     """Exact inner-product index over passage vectors.
 
@@ -49,7 +71,7 @@ class FlatIPSearcher:
         gpus = faiss_gpus()
         if use_gpu is True and not gpus:
             raise RuntimeError("evaluation.faiss_gpu=true but faiss sees no GPU (install faiss-gpu: mdr[gpu])")
-        self.on_gpu = bool(gpus) and use_gpu in (True, "auto")
+        self.on_gpu = bool(gpus) and use_gpu in (True, "auto")  # as search_device says
         if self.on_gpu:
             self.resources = faiss.StandardGpuResources()
             config = faiss.GpuIndexFlatConfig()

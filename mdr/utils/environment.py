@@ -172,6 +172,16 @@ def device_name(device: Any) -> str:
     return cpu_name()
 
 
+def faiss_version() -> str | None:
+    """The imported faiss's version and build (``1.15.1 (faiss-gpu)``), None when faiss does not import."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    builds = faiss_builds()
+    return f"{faiss.__version__} ({', '.join(builds)})" if builds else str(faiss.__version__)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``check``: print the install's problems (exit 1 if any); ``torch``: exit 1 when torch must be replaced."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
