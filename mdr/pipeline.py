@@ -30,7 +30,14 @@ from mdr.models.bi_encoder import SETTINGS_FILE, BiEncoder, EncoderSettings, Mod
 from mdr.models.dropout import sdpa_supported
 from mdr.models.module import BiEncoderModule, EpochEndCheckpoint
 from mdr.models.precision import resolve_precision
-from mdr.stages import StageFunctions, evaluation_splits, low_resource, run_schedule, trains_on_target
+from mdr.stages import (
+    StageFunctions,
+    evaluation_splits,
+    low_resource,
+    run_schedule,
+    train_cached_stages,
+    trains_on_target,
+)
 from mdr.utils.environment import device_name, faiss_version
 from mdr.utils.instantiate import build_reader, encoder_settings, ensure_model_files
 from mdr.utils.io import atomic_write_json, atomic_write_text
@@ -275,10 +282,10 @@ def fit(
         grad_cache=bool(grad_cache.enabled),
         gradient_clip_val=cfg.train.gradient_clip_val,
     )
-    # one checkpoint per epoch end: a killed or preempted job resumes from the last finished epoch, whose
-    # negatives, batch order and dropout seeds are all functions of (seed, epoch), so it ends where an
-    # uninterrupted run ends
-    checkpoints = EpochEndCheckpoint(dirpath=out / "checkpoints")
+    # one checkpoint per epoch end (and every train.checkpoint_every_n_steps steps): a killed or preempted job
+    # resumes from the last one; negatives, batch order and dropout seeds are functions of (seed, epoch, step) and
+    # the checkpoint says how many of the epoch's batches are done, so it ends where an uninterrupted run ends
+    checkpoints = EpochEndCheckpoint(out / "checkpoints", cfg.train.get("checkpoint_every_n_steps"))
     plugins = []
     if SLURMEnvironment.detect():
         plugins.append(SLURMEnvironment(auto_requeue=False))  # submitit requeues and the rerun resumes
@@ -296,7 +303,8 @@ def fit(
     last = out / "checkpoints" / "last.ckpt"
     module.train()  # from_pretrained returns modules in eval mode; training wants dropout on
     started = time.time()
-    resumed_at = run_folder.checkpoint_epochs(last) if last.is_file() else None  # epochs done before this attempt
+    position = run_folder.checkpoint_position(last) if last.is_file() else None  # done before this attempt
+    resumed_at = position.epochs if position else None
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
     root_device = trainer.strategy.root_device
     stats = datamodule.last_stats
@@ -309,6 +317,7 @@ def fit(
             "seconds": round(time.time() - started, 1),
             "resumed_from": str(last) if trainer.ckpt_path else None,
             "resumed_at_epoch": resumed_at if trainer.ckpt_path else None,
+            "resumed_at_step": position.steps if position and trainer.ckpt_path else None,
             "train_queries": stats.examples if stats else 0,
             "num_hard": sampler.num_hard,
             "hard_shortfall_last_epoch": stats.hard_shortfall if stats else 0,
@@ -460,6 +469,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out = output_dir(cfg)
     validate(cfg)  # config alone, before anything is read, built or trained
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    if cfg.get("run", {}).get("stages_only", False):  # a sweep's shared stages first, one job per stage
+        return stages_only(cfg)
     train_split, test_split = load_splits(cfg)
     validate_splits(cfg, train_split, test_split)
     check_fast_dropout(cfg)  # before mining and training
@@ -473,6 +484,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if payload:  # rank 0, metrics.json written: nothing resumes from the checkpoints any more
         run_folder.remove_checkpoints(cfg, out, out / "encoder")
     return payload
+
+
+def stages_only(cfg: DictConfig) -> dict[str, Any]:
+    """``run.stages_only=true``: train the run's cached stages (:func:`mdr.stages.train_cached_stages`), stop there.
+
+    No ``metrics.json``: the folder stays unfinished, and the same command without the flag runs the cell,
+    reusing the stages. Nothing is read for the run's own stage.
+    """
+    result = train_cached_stages(cfg, StageFunctions(fit, load_encoder, negative_pools))
+    stages = result["schedule"]["stages"]
+    for record in stages:
+        print(f"[mdr] run.stages_only: stage {record['name']} {record['status']} ({record['dir']})", flush=True)
+    if not stages:
+        print("[mdr] run.stages_only: no cached stage in this schedule; nothing to do", flush=True)
+    return result
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

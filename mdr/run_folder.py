@@ -61,6 +61,7 @@ IGNORED_KEYS: tuple[str, ...] = (
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",
     "train.num_workers",  # batches are functions of (seed, epoch), whatever process builds them
+    "train.checkpoint_every_n_steps",  # a resume from a mid-epoch checkpoint is exact
     "train.save_encoder",
     "evaluation.batch_size",
     "evaluation.faiss_gpu",  # exact inner-product search either way
@@ -372,10 +373,26 @@ def remove_checkpoints(cfg: DictConfig, folder: Path, encoder: Path) -> int:
     return freed
 
 
-def checkpoint_epochs(path: Path) -> int | None:
-    """How many epochs a Lightning epoch-end checkpoint holds (its ``epoch`` + 1), or None if unreadable.
+@dataclass(frozen=True)
+class CheckpointPosition:
+    """Where a resume checkpoint stands.
 
-    The file is memory-mapped, so no tensor is read.
+    Attributes:
+        epochs: epochs finished.
+        steps: optimiser steps done.
+        mid_epoch: saved inside epoch ``epochs`` (``train.checkpoint_every_n_steps``), not at an epoch end.
+    """
+
+    epochs: int
+    steps: int
+    mid_epoch: bool
+
+
+def checkpoint_position(path: Path) -> CheckpointPosition | None:
+    """Where the Lightning checkpoint ``path`` stands, or None if unreadable.
+
+    The file is memory-mapped, so no tensor is read. A mid-epoch checkpoint says so in the datamodule's state
+    (:meth:`mdr.data.datamodule.RetrievalDataModule.state_dict`); an epoch-end one holds ``epoch`` + 1 epochs.
     """
     import torch
 
@@ -384,7 +401,15 @@ def checkpoint_epochs(path: Path) -> int | None:
     except Exception as error:  # noqa: BLE001 - a damaged checkpoint is reported by Lightning itself
         log.warning("cannot read the epoch of %s (%s)", path, error)
         return None
-    return int(checkpoint["epoch"]) + 1
+    mid_epoch = bool((checkpoint.get("RetrievalDataModule") or {}).get("mid_epoch", False))
+    epoch = int(checkpoint["epoch"])
+    return CheckpointPosition(epoch if mid_epoch else epoch + 1, int(checkpoint.get("global_step", 0)), mid_epoch)
+
+
+def checkpoint_epochs(path: Path) -> int | None:
+    """How many epochs the checkpoint ``path`` holds finished (:func:`checkpoint_position`), or None if unreadable."""
+    position = checkpoint_position(path)
+    return position.epochs if position else None
 
 
 def _csv_logger_class() -> type:
@@ -394,11 +419,25 @@ def _csv_logger_class() -> type:
     from lightning.pytorch.utilities import rank_zero_only
 
     class _KeepingWriter(ExperimentWriter):
-        """Lightning's CSV writer, but an existing metrics.csv is trimmed to ``keep_epochs``, not deleted."""
+        """Lightning's CSV writer, but an existing metrics.csv is trimmed to ``keep_epochs``, not deleted.
 
-        def __init__(self, log_dir: str, keep_epochs: int) -> None:
+        With ``keep_steps`` (a mid-epoch checkpoint) the rows of epoch ``keep_epochs`` logged at steps below it
+        are kept too.
+        """
+
+        def __init__(self, log_dir: str, keep_epochs: int, keep_steps: int | None = None) -> None:
             self.keep_epochs = keep_epochs
+            self.keep_steps = keep_steps
             super().__init__(log_dir)
+
+        def _kept(self, row: dict[str, str]) -> bool:
+            if not row.get("epoch"):
+                return True
+            epoch = int(float(row["epoch"]))
+            if epoch < self.keep_epochs:
+                return True
+            before = self.keep_steps is not None and row.get("step") and int(float(row["step"])) < self.keep_steps
+            return epoch == self.keep_epochs and bool(before)
 
         def _check_log_dir_exists(self) -> None:
             path = Path(self.metrics_file_path)
@@ -408,7 +447,7 @@ def _csv_logger_class() -> type:
                 reader = csv.DictReader(handle)
                 header = list(reader.fieldnames or [])
                 rows = list(reader)
-            kept = [row for row in rows if not row.get("epoch") or int(float(row["epoch"])) < self.keep_epochs]
+            kept = [row for row in rows if self._kept(row)]
             if len(kept) < len(rows):
                 log.info(
                     "%s: dropped %d row(s) of the interrupted epoch (logged again on resume), kept %d",
@@ -426,16 +465,17 @@ def _csv_logger_class() -> type:
     class ResumableCSVLogger(CSVLogger):
         """CSV log that survives resume (see :func:`csv_logger`) and is written through at every row."""
 
-        def __init__(self, save_dir: str, keep_epochs: int) -> None:
+        def __init__(self, save_dir: str, keep_epochs: int, keep_steps: int | None = None) -> None:
             super().__init__(save_dir=save_dir, name="csv", version="")
             self.keep_epochs = keep_epochs
+            self.keep_steps = keep_steps
 
         @property
         @rank_zero_experiment
         def experiment(self) -> ExperimentWriter:
             if self._experiment is None:
                 self._fs.makedirs(self.root_dir, exist_ok=True)
-                self._experiment = _KeepingWriter(self.log_dir, self.keep_epochs)
+                self._experiment = _KeepingWriter(self.log_dir, self.keep_epochs, self.keep_steps)
             return self._experiment
 
         @rank_zero_only
@@ -447,10 +487,11 @@ def _csv_logger_class() -> type:
 
 
 def csv_logger(out: Path) -> Any:
-    """``<out>/csv/metrics.csv``; on resume from ``checkpoints/last.ckpt`` the rows of its epochs are kept."""
+    """``<out>/csv/metrics.csv``; on resume from ``checkpoints/last.ckpt`` the rows logged before it are kept."""
     last = out / "checkpoints" / "last.ckpt"
-    keep = 0
+    keep, steps = 0, None
     if last.is_file():
-        epochs = checkpoint_epochs(last)
-        keep = epochs if epochs is not None else 1 << 30  # epoch unknown: keep every row rather than lose any
-    return _csv_logger_class()(save_dir=str(out), keep_epochs=keep)
+        position = checkpoint_position(last)
+        keep = position.epochs if position is not None else 1 << 30  # unknown: keep every row rather than lose any
+        steps = position.steps if position is not None and position.mid_epoch else None
+    return _csv_logger_class()(save_dir=str(out), keep_epochs=keep, keep_steps=steps)

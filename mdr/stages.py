@@ -76,6 +76,9 @@ TRAINER_KEYS_IGNORED = (
 """Trainer settings left out of a stage key: epochs and the resolved precision are keyed apart, and a cached
 stage is always trained by one process on one device (:func:`cached_stage`), so a DDP run reuses it."""
 
+TRAIN_KEYS_IGNORED = ("num_workers", "save_encoder", "checkpoint_every_n_steps")
+"""``train`` settings left out of a stage key: none changes the encoder (a mid-epoch resume is exact)."""
+
 
 # ---- configs --------------------------------------------------------------------------------------------------
 
@@ -347,7 +350,7 @@ def stage_key(cfg: DictConfig, stage: Stage, previous: str | None) -> dict[str, 
         "epochs": stage.epochs,
         "negatives": stage.negatives,
         "train": drop_neutral_defaults(
-            {"train": {k: v for k, v in _plain(cfg.train).items() if k not in ("num_workers", "save_encoder")}}
+            {"train": {k: v for k, v in _plain(cfg.train).items() if k not in TRAIN_KEYS_IGNORED}}
         )["train"],
         "loss": _plain(cfg.loss),
         "trainer": trainer,
@@ -474,17 +477,23 @@ def cached_stage(
     digest: str,
     start: str | None,
     functions: StageFunctions,
+    wait: bool = True,
 ) -> tuple[Path, str, dict[str, Any] | None]:
-    """(encoder folder, ``trained`` or ``reused``, summary) of a cached stage, trained now unless found.
+    """(encoder folder, ``trained``, ``reused`` or ``busy``, summary) of a cached stage, trained now unless found.
 
     Jobs needing the same stage wait on ``<dir>/.lock``; the encoder is saved to a temporary folder and renamed,
-    so a folder with ``encoder/`` is always complete.
+    so a folder with ``encoder/`` is always complete. With ``wait=False`` (``run.stages_only``) a stage another
+    job holds is left to it: ``busy``, nothing trained.
     """
     root = stage_dir(cfg, digest)
     encoder_dir = root / "encoder"
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a second job of the sweep waits here, then reuses the result
+        try:  # a second job of the sweep waits here, then reuses the result
+            fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("stage %s: another job is training %s; left to it (run.stages_only)", stage.name, root)
+            return encoder_dir, "busy", None
         if (encoder_dir / SETTINGS_FILE).is_file():
             log.info("stage %s: reusing %s", stage.name, encoder_dir)
             return encoder_dir, "reused", _summary(root)
@@ -613,6 +622,29 @@ def run_schedule(
         trained.encoder.save_pretrained(out / "encoder", trained.tokenizer)
         extra["encoder"] = str(out / "encoder")
     return ScheduleResult(trained.encoder, trained.tokenizer, extra, distributed)
+
+
+def train_cached_stages(cfg: DictConfig, functions: StageFunctions) -> dict[str, Any]:
+    """``run.stages_only``: train (or find) the run's cached stages in order, nothing else; return their records.
+
+    A pass of this over a sweep's command trains each distinct cached stage in one job: a stage another job
+    holds is not waited for (``busy``, and the later stages of this run are left for the run itself), so no
+    job holds a device waiting on a stage lock. The run's own stage, evaluation and ``metrics.json`` are left
+    to the normal run of the same command, which then reuses the cache.
+    """
+    plan = schedule(cfg)
+    keys = stage_keys(cfg, plan)
+    records = [_record(stage, digest) for stage, (_, digest) in zip(plan.stages, keys)]
+    start: str | None = None
+    for stage in (stage for stage in plan.stages if not stage.own):
+        key, digest = keys[stage.index]
+        encoder_dir, status, summary = cached_stage(cfg, stage, key, digest, start, functions, wait=False)
+        records[stage.index].update(dir=str(stage_dir(cfg, digest)), status=status, train=summary)
+        if status == "busy":
+            break
+        start = str(encoder_dir)
+    done = [record for record in records if record["status"] is not None]
+    return {"stages_only": True, "schedule": {"name": plan.name, "stages": done}}
 
 
 # ---- evaluation languages -------------------------------------------------------------------------------------

@@ -194,3 +194,74 @@ def test_same_seed_and_epoch_give_the_same_batches(tiny_model: Path) -> None:
     same = zip(first_batches(5, 2), first_batches(5, 2))
     assert all(a.shape == b.shape and bool((a == b).all()) for a, b in same)
     assert any(a.shape != b.shape or not bool((a == b).all()) for a, b in zip(first_batches(5, 2), first_batches(5, 3)))
+
+
+ONE_LONG_EPOCH = ("trainer.max_epochs=1", "trainer.limit_train_batches=8", "trainer.log_every_n_steps=1")
+
+
+def test_a_run_killed_mid_epoch_resumes_from_its_step_checkpoint_exactly(
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # noqa: ANN001
+    """train.checkpoint_every_n_steps: one long epoch killed after step 5 resumes at step 3, ends as if never killed."""
+    from mdr.models.module import BiEncoderModule
+    from mdr.run_folder import checkpoint_position
+
+    reference = make_cfg(*ONE_LONG_EPOCH, f"paths.output_dir={tmp_path / 'reference'}")  # epoch-end checkpoints only
+    expected = run_task(reference, train)
+    cfg = make_cfg(*ONE_LONG_EPOCH, "train.checkpoint_every_n_steps=3")
+    out = Path(cfg.paths.output_dir)
+    training_step = BiEncoderModule.training_step
+
+    def dies_at_step_five(self, batch, batch_idx):  # noqa: ANN001, ANN202
+        if self.global_step == 5:
+            raise RuntimeError("killed mid-epoch")
+        return training_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(BiEncoderModule, "training_step", dies_at_step_five)
+    with pytest.raises(RuntimeError, match="killed mid-epoch"):
+        run_task(cfg, train)
+    position = checkpoint_position(out / "checkpoints" / "last.ckpt")
+    assert position is not None and position.mid_epoch and (position.epochs, position.steps) == (0, 3)
+
+    monkeypatch.setattr(BiEncoderModule, "training_step", training_step)
+    resumed = run_task(cfg, train)
+    assert resumed["train"]["resumed_at_epoch"] == 0 and resumed["train"]["resumed_at_step"] == 3
+    assert resumed["train"]["steps"] == expected["train"]["steps"] == 8
+    assert resumed["metrics"] == pytest.approx(expected["metrics"], abs=1e-5)
+    assert (out / "runs/th.trec").read_text() == (tmp_path / "reference/runs/th.trec").read_text()
+    rows, want = _csv_rows(out), _csv_rows(Path(reference.paths.output_dir))
+    step_rows = [r for r in rows if r.get("train/loss")]
+    assert step_rows == [r for r in want if r.get("train/loss")], "each step logged once, as uninterrupted"
+
+
+def test_a_resumed_loader_serves_the_rest_of_each_ranks_deal(tiny_model: Path) -> None:
+    """Under DDP Lightning rebuilds the loader with a DistributedSampler: each rank still skips its own batches."""
+    from lightning.fabric.utilities.data import _replace_dunder_methods
+    from lightning.pytorch.utilities.data import _update_dataloader
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from mdr.data.collator import BiEncoderCollator
+    from mdr.data.datamodule import RetrievalDataModule
+    from mdr.data.negatives import NegativeSampler
+    from mdr.data.readers import LocalReader
+    from mdr.models.bi_encoder import load_tokenizer
+
+    from conftest import XQUAD_SENT
+
+    split = LocalReader(XQUAD_SENT / "th", "th").load("train")
+    collator = BiEncoderCollator(load_tokenizer(tiny_model), split.corpus, 32, 64)
+    module = RetrievalDataModule(split, {}, NegativeSampler(2, 0.0, seed=3), collator, 4, seed=3)
+
+    def rank_batches(skip: int, rank: int) -> list:
+        with _replace_dunder_methods(DataLoader, "dataset"):
+            loader = module.dataloader_for_epoch(1, skip_batches=skip)
+        sampler = DistributedSampler(loader.dataset, num_replicas=2, rank=rank, shuffle=False)
+        loader = _update_dataloader(loader, sampler)
+        assert loader.skip_batches == skip
+        return [batch.queries.chunks[0]["input_ids"].tolist() for batch in loader], len(loader)
+
+    for rank in (0, 1):
+        full, full_length = rank_batches(0, rank)
+        rest, length = rank_batches(5, rank)
+        assert length == full_length, "the loader's length stays the epoch's (Lightning counts from the checkpoint)"
+        assert rest == full[5:]

@@ -177,3 +177,40 @@ def test_no_import_cycle_between_stages_and_pipeline() -> None:
         )
         done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_stages_only_trains_the_shared_stage_once_and_nothing_else(  # noqa: ANN001
+    make_cfg, tmp_path: Path, count_fits: list[str]
+) -> None:
+    """run.stages_only: a pass over the sweep trains each distinct cached stage in one job; the cells reuse it."""
+    import fcntl
+
+    cells = [
+        make_cfg("stage=english_then_target", f"language={code}", "run.stages_only=true", f"paths.output_dir={out}")
+        for code, out in (("th", tmp_path / "th"), ("hi", tmp_path / "hi"))
+    ]
+    first = run_task(cells[0], train)
+    assert first["stages_only"] and [r["status"] for r in first["schedule"]["stages"]] == ["trained"]
+    assert len(count_fits) == 1 and "stages" in count_fits[0], "the English stage, not the cell's own"
+    second = run_task(cells[1], train)  # another cell of the sweep: the same stage, found
+    assert [r["status"] for r in second["schedule"]["stages"]] == ["reused"] and len(count_fits) == 1
+    for out in (tmp_path / "th", tmp_path / "hi"):
+        assert not (out / "metrics.json").exists() and not (out / "checkpoints").exists()
+
+    # a stage another job is training is left to it at once (no job waits on the lock holding a device)
+    other = make_cfg("stage=english_then_target", "seed=5", "run.stages_only=true", f"paths.output_dir={tmp_path}/x")
+    (_, digest), _ = stage_keys(other, schedule(other))
+    root = stage_dir(other, digest)
+    root.mkdir(parents=True)
+    with open(root / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        busy = run_task(other, train)
+    assert [r["status"] for r in busy["schedule"]["stages"]] == ["busy"] and len(count_fits) == 1
+
+    # the normal run of the same command: the cell's own stage only, the English one reused
+    with open_dict(cells[0]):
+        cells[0].run.stages_only = False
+    result = run_task(cells[0], train)
+    assert [r["status"] for r in result["schedule"]["stages"]] == ["reused", "run"]
+    assert len(count_fits) == 2 and count_fits[1] == str(tmp_path / "th")
+    assert (tmp_path / "th" / "metrics.json").is_file()

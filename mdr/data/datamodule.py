@@ -1,8 +1,11 @@
-"""LightningDataModule: fresh negatives and a fresh, seeded shuffle at every epoch."""
+"""LightningDataModule: fresh negatives and a fresh, seeded shuffle at every epoch; resumable mid-epoch."""
 
 from __future__ import annotations
 
+import itertools
 import random
+from collections.abc import Iterator
+from typing import Any
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
@@ -15,12 +18,57 @@ from mdr.utils.logging import get_logger
 log = get_logger(__name__)
 
 
+class _SkippedBatches:
+    """A batch sampler that leaves out its first ``skip`` batches of indices (nothing is read or collated for them)."""
+
+    def __init__(self, batch_sampler: Any, skip: int) -> None:
+        self.batch_sampler = batch_sampler
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return itertools.islice(iter(self.batch_sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.batch_sampler) - self.skip)
+
+
+class ResumingDataLoader(DataLoader):
+    """A DataLoader whose iterators start at batch ``skip_batches`` while its length stays the whole epoch's.
+
+    Lightning counts a resumed epoch's batches from where the checkpoint left off and ends the epoch at the
+    loader's full length; this loader serves exactly the batches not yet trained on. Under DDP Lightning rebuilds
+    it with a DistributedSampler (``skip_batches`` is an ``__init__`` argument it carries over): each rank then
+    leaves out its own first ``skip_batches`` batches of the unchanged per-rank deal.
+    """
+
+    def __init__(self, *args: Any, skip_batches: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.skip_batches = int(skip_batches)
+
+    @property
+    def _index_sampler(self) -> Any:  # what the DataLoader's iterators draw indices from
+        sampler = super()._index_sampler
+        return _SkippedBatches(sampler, self.skip_batches) if self.skip_batches else sampler
+
+    def __len__(self) -> int:
+        return len(super()._index_sampler)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing: the datamodule's state says where an epoch stands (this makes Lightning treat it as resumable)."""
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore (see :meth:`state_dict`)."""
+
+
 class RetrievalDataModule(pl.LightningDataModule):
     """Serves one epoch of training examples at a time.
 
     ``train_dataloader`` is rebuilt every epoch (the Trainer runs with
     ``reload_dataloaders_every_n_epochs=1``) and draws that epoch's negatives with the epoch passed in
-    explicitly, so a resumed run sees the same negatives as an uninterrupted one.
+    explicitly, so a resumed run sees the same negatives as an uninterrupted one. A checkpoint records how
+    many of the epoch's batches were trained (:meth:`state_dict`); resumed from a mid-epoch checkpoint, the
+    epoch's loader serves the batches after those (:class:`ResumingDataLoader`).
 
     Args:
         train_split: training queries, qrels and corpus.
@@ -51,30 +99,59 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.seed = seed
         self.num_workers = num_workers
         self.last_stats: SamplingStats | None = None
+        self._resume: dict[str, int] | None = None  # a mid-epoch checkpoint's position, until its epoch is served
 
     def examples_for_epoch(self, epoch: int) -> list[TrainingExample]:
         """The epoch's training examples, with its negatives."""
         examples, self.last_stats = self.sampler.examples(self.train_split, self.pools, epoch)
         return examples
 
-    def dataloader_for_epoch(self, epoch: int) -> DataLoader:
+    def dataloader_for_epoch(self, epoch: int, skip_batches: int = 0) -> DataLoader:
         """A loader over the epoch's examples in an order that depends only on (seed, epoch).
 
         The examples are shuffled here, not by a sampler: a sampler's generator advances each time the
         loader is iterated, and Lightning iterates a restored epoch's loader a different number of times
         than an uninterrupted one. Under DDP, Lightning's DistributedSampler deals this order out to ranks.
+
+        Args:
+            skip_batches: batches (per process) of this epoch already trained on: left out of every iteration.
         """
         examples = self.examples_for_epoch(epoch)
         random.Random(f"{self.seed}:{epoch}:order").shuffle(examples)
-        return DataLoader(
+        return ResumingDataLoader(
             examples,
             batch_size=self.batch_size,
             shuffle=False,
             collate_fn=self.collator,
             num_workers=self.num_workers,
             drop_last=False,
+            skip_batches=skip_batches,
         )
 
     def train_dataloader(self) -> DataLoader:
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        return self.dataloader_for_epoch(epoch)
+        skip = 0
+        if self._resume is not None and self._resume["epoch"] == epoch:
+            skip = self._resume["batches_done"]
+            log.info("resuming epoch %d after its first %d batch(es) (a mid-epoch checkpoint)", epoch, skip)
+        self._resume = None
+        return self.dataloader_for_epoch(epoch, skip)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where training stands in the epoch (saved in every checkpoint): epoch, batches done, batches in it."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        total = trainer.num_training_batches
+        return {
+            "epoch": int(trainer.current_epoch),
+            "batches_done": done,
+            "mid_epoch": bool(0 < done < total),
+            "global_step": int(trainer.global_step),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume mid-epoch from a checkpoint's :meth:`state_dict` (an epoch-end one changes nothing)."""
+        if state_dict.get("mid_epoch"):
+            self._resume = {"epoch": int(state_dict["epoch"]), "batches_done": int(state_dict["batches_done"])}

@@ -186,23 +186,46 @@ class BiEncoderModule(pl.LightningModule):
 
 
 class EpochEndCheckpoint(pl.callbacks.ModelCheckpoint):
-    """Keeps the latest epoch-end checkpoint, with ``last.ckpt`` linking to it.
+    """Keeps the latest epoch-end checkpoint (and, with ``every_n_steps``, mid-epoch ones), ``last.ckpt`` linking to it.
 
-    Unlike the stock callback it writes nothing when training is interrupted (SIGTERM, an exception): a
-    mid-epoch state cannot be resumed exactly, an epoch boundary can, because negatives, batch order and
-    dropout seeds are functions of (seed, epoch).
+    Unlike the stock callback it writes nothing when training is interrupted (SIGTERM, an exception): only
+    states that resume exactly are saved. An epoch boundary does, because negatives, batch order and dropout
+    seeds are functions of (seed, epoch) and the step; so does the end of every ``every_n_steps``-th optimiser
+    step (``train.checkpoint_every_n_steps``), because the checkpoint also holds how many of the epoch's batches
+    are done and :class:`mdr.data.datamodule.RetrievalDataModule` serves the rest of that epoch's loader.
+
+    Args:
+        dirpath: the checkpoint folder.
+        every_n_steps: also save after every this many optimiser steps, except on an epoch's last batch (its
+            epoch-end checkpoint follows); None: at epoch ends only.
     """
 
-    def __init__(self, dirpath: str | Path) -> None:
+    def __init__(self, dirpath: str | Path, every_n_steps: int | None = None) -> None:
         super().__init__(
             dirpath=dirpath,
-            filename="epoch{epoch}",
+            filename="epoch{epoch}-step{step}" if every_n_steps else "epoch{epoch}",
             auto_insert_metric_name=False,
             save_top_k=1,
             save_last="link",
             every_n_epochs=1,
             save_on_train_epoch_end=True,
         )
+        if every_n_steps is not None and (isinstance(every_n_steps, bool) or int(every_n_steps) < 1):
+            raise ValueError(f"train.checkpoint_every_n_steps must be null or an integer >= 1, got {every_n_steps!r}")
+        self.every_n_steps = int(every_n_steps) if every_n_steps else None
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self.every_n_steps or trainer.global_step % self.every_n_steps != 0:
+            return
+        if trainer.fit_loop.epoch_loop.batch_progress.current.processed >= trainer.num_training_batches:
+            return  # the epoch's last batch: the epoch-end checkpoint comes next
+        if self._should_skip_saving_checkpoint(trainer):
+            return
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)  # the state after this step's optimiser update
+        self._save_last_checkpoint(trainer, candidates)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         return None

@@ -30,6 +30,9 @@ class AggregateOnMultirunEnd(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from mdr.reporting.aggregate import aggregate
 
+        if config.get("run", {}).get("stages_only", False):
+            log.info("run.stages_only: the cached stages are trained; rerun the command without it for the cells")
+            return
         try:
             summary = aggregate(config.hydra.sweep.dir, self.trials)
         except Exception:

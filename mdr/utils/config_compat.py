@@ -12,6 +12,8 @@ from typing import Any
 
 NEUTRAL_DEFAULTS: dict[str, Any] = {
     "train.fast_dropout": False,  # added with train.fast_dropout: torch's own dropout, as before
+    "train.checkpoint_every_n_steps": None,  # checkpoints at epoch ends only, as before
+    "run.stages_only": False,  # a policy key (run.* is no part of a run's identity): the whole run, as before
 }
 
 
