@@ -28,7 +28,7 @@ from mdr.losses import InfoNCELoss
 from mdr.mining.miner import PoolSettings, hard_negative_pools
 from mdr.models.bi_encoder import SETTINGS_FILE, BiEncoder, EncoderSettings, ModelLoadError, load_tokenizer
 from mdr.models.dropout import sdpa_supported
-from mdr.models.module import BiEncoderModule, EpochEndCheckpoint
+from mdr.models.module import BiEncoderModule, EpochEndCheckpoint, checkpoint_every
 from mdr.models.precision import resolve_precision
 from mdr.stages import (
     StageFunctions,
@@ -468,6 +468,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     remove the resume checkpoints (:func:`mdr.run_folder.remove_checkpoints`)."""
     out = output_dir(cfg)
     validate(cfg)  # config alone, before anything is read, built or trained
+    checkpoint_every(cfg.train.get("checkpoint_every_n_steps"))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if cfg.get("run", {}).get("stages_only", False):  # a sweep's shared stages first, one job per stage
         return stages_only(cfg)
