@@ -111,3 +111,60 @@ def test_auto_faiss_on_a_cpu_build_says_so(monkeypatch: pytest.MonkeyPatch, capl
         search.search_device(True)
     monkeypatch.setattr(search, "faiss_gpus", lambda: 2)
     assert search.search_device("auto") == "gpu" and search.search_device(False) == "cpu"
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+echo "$*" >> "$FAKE_LOG"
+case "$*" in
+  "-m pip show -q faiss-cpu") [ "${FAKE_FAISS:-}" = cpu ]; exit $? ;;
+  "-m pip show -q faiss-gpu") [ "${FAKE_FAISS:-}" = gpu ]; exit $? ;;
+  "-m mdr.utils.environment torch --want gpu") exit "${FAKE_TORCH_BAD:-0}" ;;
+  "-c from mdr.utils.environment import TORCH_CUDA_INDEX as i; print(i)") echo https://torch.example/cu128 ;;
+esac
+exit 0
+"""
+
+
+def _setup(tmp_path: Path, *args: str, **env: str) -> list[str]:
+    """Run scripts/setup.sh against a fake .venv python that records its calls; the calls."""
+    import os
+    import shutil
+    import subprocess
+
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts/setup.sh", tmp_path / "scripts/setup.sh")
+    fake = tmp_path / ".venv/bin/python"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    log = tmp_path / "calls.log"
+    full_env = {**os.environ, "FAKE_LOG": str(log), **env}
+    if "MDR_EXTRAS" not in env:
+        full_env.pop("MDR_EXTRAS", None)
+    subprocess.run(["bash", str(tmp_path / "scripts/setup.sh"), *args], check=True, env=full_env, capture_output=True)
+    return log.read_text().splitlines()
+
+
+def test_cpu_setup_installs_as_before_plus_the_cpu_extra(tmp_path: Path) -> None:
+    calls = _setup(tmp_path)
+    assert "-m pip install -q torch==2.13.0" in calls
+    assert "-m pip install -q -e .[dev,pyserini,me5,cpu]" in calls
+    assert "-m mdr.utils.environment check --want cpu" in calls
+    assert not any("uninstall" in call for call in calls)
+
+
+def test_gpu_setup_replaces_a_reused_cpu_venv(tmp_path: Path) -> None:
+    calls = _setup(tmp_path, "--gpu", FAKE_TORCH_BAD="1", FAKE_FAISS="cpu")  # torch 2.13.0+cpu, faiss-cpu installed
+    assert "-m pip uninstall -y -q torch" in calls
+    assert any(c.startswith("-m pip install -q torch==2.13.0 --index-url https://torch.example/cu128") for c in calls)
+    assert "-m pip uninstall -y -q faiss-cpu faiss-gpu" in calls
+    assert calls.index("-m pip uninstall -y -q faiss-cpu faiss-gpu") < calls.index(
+        "-m pip install -q -e .[dev,pyserini,me5,gpu]"
+    )
+    assert calls[-2] == "-m mdr.utils.environment check --want gpu"
+
+
+def test_gpu_setup_keeps_a_good_cuda_torch_and_gpu_via_extras(tmp_path: Path) -> None:
+    calls = _setup(tmp_path, MDR_EXTRAS="dev,gpu", FAKE_FAISS="gpu")
+    assert not any("torch==2.13.0" in call for call in calls), "a CUDA 12 torch is kept"
+    assert "-m pip install -q -e .[dev,gpu]" in calls and not any("uninstall" in call for call in calls)
