@@ -182,11 +182,20 @@ def test_no_import_cycle_between_stages_and_pipeline() -> None:
 def test_stages_only_trains_the_shared_stage_once_and_nothing_else(  # noqa: ANN001
     make_cfg, tmp_path: Path, count_fits: list[str]
 ) -> None:
-    """run.stages_only: a pass over the sweep trains each distinct cached stage in one job; the cells reuse it."""
+    """run.stages_only: a pass over the sweep trains each distinct cached stage in one job; the cells reuse it.
+
+    Seeds no other test uses: the session's cache must not hold these stages already.
+    """
     import fcntl
 
     cells = [
-        make_cfg("stage=english_then_target", f"language={code}", "run.stages_only=true", f"paths.output_dir={out}")
+        make_cfg(
+            "stage=english_then_target",
+            "seed=11",
+            f"language={code}",
+            "run.stages_only=true",
+            f"paths.output_dir={out}",
+        )
         for code, out in (("th", tmp_path / "th"), ("hi", tmp_path / "hi"))
     ]
     first = run_task(cells[0], train)
@@ -198,7 +207,7 @@ def test_stages_only_trains_the_shared_stage_once_and_nothing_else(  # noqa: ANN
         assert not (out / "metrics.json").exists() and not (out / "checkpoints").exists()
 
     # a stage another job is training is left to it at once (no job waits on the lock holding a device)
-    other = make_cfg("stage=english_then_target", "seed=5", "run.stages_only=true", f"paths.output_dir={tmp_path}/x")
+    other = make_cfg("stage=english_then_target", "seed=12", "run.stages_only=true", f"paths.output_dir={tmp_path}/x")
     (_, digest), _ = stage_keys(other, schedule(other))
     root = stage_dir(other, digest)
     root.mkdir(parents=True)
