@@ -249,7 +249,8 @@ def fit(
     )
     if cfg.train.gradient_checkpointing:
         encoder.gradient_checkpointing_enable()
-    if cfg.train.fast_dropout:
+    fast_dropout = fast_dropout_on(cfg, encoder)
+    if fast_dropout:
         log.info(
             "train.fast_dropout: %d dropout modules and the attention dropout draw 16-bit masks",
             encoder.fast_dropout_enable(),
@@ -313,6 +314,7 @@ def fit(
             "mask_false_negatives": bool(cfg.loss.mask_false_negatives),
             "in_batch_false_negatives_masked": masked,
             "grad_cache_chunk_size": int(grad_cache.chunk_size) if grad_cache.enabled else None,
+            "fast_dropout": fast_dropout,
         },
     }
 
@@ -422,13 +424,29 @@ def evaluate_and_report(
     return payload
 
 
+def trains_on_cpu(cfg: DictConfig) -> bool:
+    """Whether ``trainer.accelerator`` puts training on the CPU (``auto`` does where there is no CUDA)."""
+    accelerator = str(cfg.trainer.accelerator)
+    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+
+
+def fast_dropout_on(cfg: DictConfig, encoder: BiEncoder) -> bool:
+    """``train.fast_dropout`` resolved for ``encoder``: true, false, or ``auto`` = CPU training of an SDPA model."""
+    setting = cfg.train.fast_dropout
+    if setting == "auto":
+        return trains_on_cpu(cfg) and encoder.fast_dropout_supported()
+    return bool(setting)
+
+
 def check_fast_dropout(cfg: DictConfig) -> None:
-    """With ``train.fast_dropout``, the configured model must run SDPA attention (read from its config alone).
+    """With ``train.fast_dropout=true``, the configured model must run SDPA attention (read from its config alone).
+
+    ``auto`` needs no check: it is off for a model without SDPA (:func:`fast_dropout_on`).
 
     Raises:
         DataError: it does not; ModelLoadError: its config cannot be loaded.
     """
-    if not cfg.train.fast_dropout:
+    if cfg.train.fast_dropout is not True:
         return
     ensure_model_files(cfg.model)
     name = str(cfg.model.name_or_path)
@@ -461,6 +479,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     if payload:  # rank 0, metrics.json written: nothing resumes from the checkpoints any more
         run_folder.remove_checkpoints(cfg, out, out / "encoder")
+        run_folder.remove_encoder(cfg, out / "encoder")
     return payload
 
 

@@ -171,6 +171,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
         if check.has(key):
             check.choice(key, allowed)
     check.boolean("run.keep_checkpoints")
+    check.boolean("run.keep_encoder")
     check.integer("model.query_max_length", 1)
     check.integer("model.passage_max_length", 1)
     check.choice("model.pooling", ("cls", "mean"))
@@ -195,6 +196,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
         check.number("train.learning_rate", 0.0, None, low_open=True)
         check.number("train.weight_decay", 0.0)
         check.number("train.warmup_ratio", 0.0, 1.0)
+        check.choice("train.fast_dropout", ("auto", True, False))
         check.integer("trainer.max_epochs", 1, allowed=(-1,))
         check.number("model.temperature", 0.0, None, low_open=True)
         _negatives(check, "negatives")  # the stage schedule's own keys are checked by mdr.stages.schedule
