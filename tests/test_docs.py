@@ -4,7 +4,7 @@
 - every ``python ...`` command in a code block of README.md and docs/*.md names something that exists, and each
   ``train.py`` / ``evaluate.py`` command composes against conf/ with its overrides (composed, never run): every
   value of a sweep list and every value of an experiment's own sweep parameters is tried once;
-- README's config-group table lists exactly the options in conf/<group>/.
+- README's config-group table lists exactly the options in conf/<group>/, and README stays short.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ CONF = ROOT / "conf"
 PENDING_PAGES = {"docs/statistics.md", "docs/cluster.md", "docs/gpu.md", "docs/caches.md"}  # lead: remove after merge
 PENDING_EXPERIMENTS = {"me5_dose", "me5_parallel", "me5_miner"}  # lead: remove after merge
 
+README_MAX_LINES = 200
 SCRIPTS = {"train.py": "train", "evaluate.py": "evaluate"}  # entry point -> config_name
 SHELL_SEPARATORS = {"&&", "||", ";", "|"}
 SHELL_LANGUAGES = {"", "bash", "sh", "shell", "console"}
@@ -232,6 +233,12 @@ def hydra_conf() -> Iterator[None]:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         yield
     compose_problem.cache_clear()
+
+
+def test_readme_is_short() -> None:
+    """README keeps to what mdr is, how to run it and what it found; the rest belongs in docs/."""
+    lines = len((ROOT / "README.md").read_text(encoding="utf-8").splitlines())
+    assert lines <= README_MAX_LINES, f"README.md has {lines} lines (at most {README_MAX_LINES}): move detail to docs/"
 
 
 def test_every_relative_link_resolves() -> None:
