@@ -18,11 +18,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from transformers import get_linear_schedule_with_warmup
 
 from mdr.data.collator import BiEncoderBatch, PackedTexts
 from mdr.losses import InfoNCELoss, LossOutput
 from mdr.models.bi_encoder import BiEncoder
+from mdr.utils.io import atomic_write_with
 
 EncodeFn = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
 QUERIES, PASSAGES = 0, 1
@@ -183,6 +185,21 @@ class BiEncoderModule(pl.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = get_linear_schedule_with_warmup(optimizer, int(self.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``torch.save`` checkpoints, written atomically in the checkpoint's own folder.
+
+    Lightning's own save goes through an fsspec transaction that writes to the system temp folder and moves the
+    file into place: across file systems (``/tmp`` on another disk) the move is a copy, so a full disk leaves a
+    partial ``epoch<N>.ckpt`` that a resume would read. Here the checkpoint is written to a temporary file beside
+    its target and renamed (:func:`mdr.utils.io.atomic_write_with`): a failed save leaves no checkpoint file.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        atomic_write_with(Path(path), lambda handle: torch.save(checkpoint, handle))
 
 
 class EpochEndCheckpoint(pl.callbacks.ModelCheckpoint):
