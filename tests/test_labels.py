@@ -235,6 +235,9 @@ def test_a_full_disk_while_saving_leaves_no_partial_checkpoint(make_cfg: Any, mo
 
     monkeypatch.setattr(os, "rename", across_devices)
     monkeypatch.setattr(shutil, "copyfile", disk_fills)
+    (out / "checkpoints").mkdir()
+    stale = out / "checkpoints" / ".epoch0.ckpt.k1lled.tmp"  # a save killed midway by an earlier attempt
+    stale.write_bytes(b"part of a checkpoint")
     train_split, _ = load_splits(cfg)
     encoder, tokenizer = load_encoder(cfg)
     try:
@@ -245,4 +248,4 @@ def test_a_full_disk_while_saving_leaves_no_partial_checkpoint(make_cfg: Any, mo
     assert saved, "the epoch-end checkpoint is written"
     for path in saved:  # every checkpoint a resume could read is whole
         assert torch.load(path, map_location="cpu", weights_only=False)["epoch"] == 0, path
-    assert not [p for p in (out / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in (out / "checkpoints").iterdir() if p.name.endswith(".tmp")], "temporaries removed"

@@ -25,6 +25,9 @@ from mdr.data.collator import BiEncoderBatch, PackedTexts
 from mdr.losses import InfoNCELoss, LossOutput
 from mdr.models.bi_encoder import BiEncoder
 from mdr.utils.io import atomic_write_with
+from mdr.utils.logging import get_logger
+
+log = get_logger(__name__)
 
 EncodeFn = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
 QUERIES, PASSAGES = 0, 1
@@ -220,6 +223,18 @@ class EpochEndCheckpoint(pl.callbacks.ModelCheckpoint):
             every_n_epochs=1,
             save_on_train_epoch_end=True,
         )
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        folder = Path(self.dirpath) if self.dirpath else None
+        if not trainer.is_global_zero or folder is None or not folder.is_dir():
+            return
+        # a save killed midway (AtomicCheckpointIO) leaves its temporary file; no save runs before training does
+        stale = sorted(folder.glob(".*.ckpt.*.tmp"))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            log.info("removed %d temporary file(s) of an interrupted checkpoint save from %s", len(stale), folder)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         return None
