@@ -22,12 +22,12 @@ from mdr.data.collator import BiEncoderCollator
 from mdr.data.datamodule import RetrievalDataModule
 from mdr.data.negatives import NegativeSampler
 from mdr.data.schema import DataError, RetrievalSplit
-from mdr.evaluation.evaluator import evaluate_language
+from mdr.evaluation.evaluator import evaluate_language, remove_if_empty
 from mdr.losses import InfoNCELoss
 from mdr.mining.miner import PoolSettings, hard_negative_pools
 from mdr.models.bi_encoder import SETTINGS_FILE, BiEncoder, EncoderSettings, ModelLoadError, load_tokenizer
 from mdr.models.dropout import sdpa_supported
-from mdr.models.module import BiEncoderModule, EpochEndCheckpoint
+from mdr.models.module import AtomicCheckpointIO, BiEncoderModule, EpochEndCheckpoint
 from mdr.models.precision import resolve_precision
 from mdr.stages import StageFunctions, evaluation_splits, low_resource, run_schedule, trains_on_target
 from mdr.utils.instantiate import build_reader, encoder_settings, ensure_model_files
@@ -60,6 +60,10 @@ def run_task(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]]) -> d
         if state.complete is not None:
             log.info("%s already holds this config's finished run; nothing recomputed (run.on_complete=fresh)", out)
             print(f"[mdr] {out}: already complete (same config), metrics.json kept", flush=True)
+            # a kill between metrics.json and the tidying left them: nothing resumes from them any more
+            run_folder.remove_checkpoints(cfg, out, out / "encoder")
+            if not OmegaConf.select(cfg, "evaluation.keep_embeddings", default=False):
+                remove_if_empty(out / "embeddings")
             return state.complete
         atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         try:
@@ -90,7 +94,7 @@ def in_multirun() -> bool:
 
 
 def entry_point(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]]) -> float | None:
-    """Run ``task`` for a Hydra main; return MRR@100 for sweepers.
+    """Run ``task`` for a Hydra main; return MRR for sweepers (MRR@100; MRR@d below ``evaluation.depth=100``).
 
     In a multirun a failing job is recorded (``failed.json``) and logged, and the sweep goes on with the
     next job; the aggregation lists it. A single run re-raises, so the command exits non-zero. A job refused
@@ -105,7 +109,8 @@ def entry_point(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]]) -
             raise
         log.exception("job failed; recorded in %s/failed.json, continuing the sweep", cfg.paths.output_dir)
         return None
-    return result.get("metrics", {}).get("mrr@100")
+    metrics = result.get("metrics", {})
+    return next((value for name, value in metrics.items() if name.startswith("mrr@")), None)
 
 
 def load_splits(cfg: DictConfig) -> tuple[RetrievalSplit | None, RetrievalSplit]:
@@ -278,7 +283,7 @@ def fit(
     # negatives, batch order and dropout seeds are all functions of (seed, epoch), so it ends where an
     # uninterrupted run ends
     checkpoints = EpochEndCheckpoint(dirpath=out / "checkpoints")
-    plugins = []
+    plugins: list[Any] = [AtomicCheckpointIO()]  # checkpoints written in their own folder, then renamed
     if SLURMEnvironment.detect():
         plugins.append(SLURMEnvironment(auto_requeue=False))  # submitit requeues and the rerun resumes
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -329,6 +334,9 @@ def evaluate_and_report(
     distributed: bool = False,
 ) -> dict[str, Any]:
     """Evaluate on the test split, write metrics.json atomically, and print MRR@100.
+
+    The measures carry the depth they were computed over (``evaluation.depth=10``: ``mrr@10``, ``recall@10``),
+    and metrics.json records that depth in ``depth``.
 
     ``test`` may map several language codes to test splits (``evaluation.languages``,
     :func:`mdr.stages.evaluation_splits`): each gets its own run file, per-query file and metrics under
@@ -389,6 +397,7 @@ def evaluate_and_report(
         "num_negatives": int(cfg.negatives.num_negatives) if cfg.get("negatives") else None,
         "seed": int(cfg.seed),
         "split": cfg.evaluation.split,
+        "depth": int(evaluation.depth),  # what the measures were computed over: mrr@10 at depth 10
         "num_queries": result.num_queries,
         "metrics": result.metrics,
         "run_file": f"runs/{primary}.trec",
@@ -414,11 +423,14 @@ def evaluate_and_report(
         }
     atomic_write_json(out / "metrics.json", payload)
     publish_to_wandb(cfg, out, payload)
+    shown = {"mrr": "MRR", "recall": "Recall", "ndcg": "nDCG"}
     for code, found in results.items():
+        values = " ".join(
+            f"{shown[name.split('@')[0]]}@{name.split('@')[1]}={value:.4f}" for name, value in found.metrics.items()
+        )
         print(
             f"[mdr] {code} {payload['model']} {payload['stage']} p={payload['hard_proportion']} "
-            f"seed={payload['seed']}: MRR@100={found.metrics['mrr@100']:.4f} "
-            f"Recall@100={found.metrics['recall@100']:.4f} nDCG@10={found.metrics['ndcg@10']:.4f}",
+            f"seed={payload['seed']}: {values}",
             flush=True,
         )
     return payload

@@ -11,6 +11,10 @@ cannot change a result, see :data:`IGNORED_KEYS`) and its hash. Later runs into 
   folder holds no results yet (only bookkeeping files, e.g. after a run that failed validation) or
   ``run.on_config_change=fresh``. ``fresh`` never deletes: the old contents move to
   ``<folder>/previous-<time>/``.
+* a damaged bookkeeping file (``run_folder.json`` or ``metrics.json`` cut off or garbled, e.g. by a full disk or
+  a hand edit): :class:`RunFolderDamaged` names the file and the way out, before anything runs; a ``fresh``
+  policy moves the folder's contents aside instead (any ``fresh`` for ``run_folder.json``, whose config is
+  unknown; ``run.on_complete=fresh`` for ``metrics.json``).
 
 A folder is used by one process at a time (an exclusive ``flock`` on ``<folder>/.lock``); DDP ranks other
 than 0 neither lock nor record.
@@ -77,6 +81,41 @@ class RunFolderRefused(DataError):
 
 class RunFolderConflict(RunFolderRefused):
     """The run folder was made for another config (or is in use by another process)."""
+
+
+class RunFolderDamaged(RunFolderRefused):
+    """A bookkeeping file of the run folder (``run_folder.json``, ``config.yaml``, ``metrics.json``) cannot be read.
+
+    Attributes:
+        path: the damaged file.
+        reason: what is wrong with it.
+    """
+
+    def __init__(self, path: Path, reason: str, remedy: str) -> None:
+        super().__init__(f"{path} cannot be read ({reason}); it was cut off or garbled. {remedy}")
+        self.path = path
+        self.reason = reason
+
+
+def _remedy(out: Path, policies: str) -> str:
+    return (
+        f"Rerun with {policies} to move the contents of {out} to {out}/previous-<time>/ and start again, "
+        "or use another output folder."
+    )
+
+
+_ANY_FRESH = "run.on_config_change=fresh or run.on_complete=fresh"
+
+
+def _read_json(path: Path, remedy: str) -> dict[str, Any]:
+    """``path`` as a JSON object, or :class:`RunFolderDamaged` naming it."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunFolderDamaged(path, f"{type(error).__name__}: {error}", remedy) from error
+    if not isinstance(value, dict):
+        raise RunFolderDamaged(path, f"a JSON object was expected, found {type(value).__name__}", remedy)
+    return value
 
 
 @dataclass
@@ -157,11 +196,19 @@ def _read_record(out: Path) -> dict[str, Any] | None:
     """The folder's record; for folders made before records existed, one built from their config.yaml."""
     record = out / RECORD_FILE
     if record.is_file():
-        return json.loads(record.read_text(encoding="utf-8"))
+        found = _read_json(record, _remedy(out, _ANY_FRESH))
+        if not isinstance(found.get("config"), dict):
+            raise RunFolderDamaged(record, "it holds no `config` object", _remedy(out, _ANY_FRESH))
+        return found
     legacy = out / "config.yaml"
     if legacy.is_file():
-        config = OmegaConf.to_container(OmegaConf.load(legacy), resolve=False)
-        return {"config": canonical_config(config)}  # type: ignore[arg-type]
+        try:
+            config = OmegaConf.to_container(OmegaConf.load(legacy), resolve=False)
+        except Exception as error:  # noqa: BLE001 - yaml and omegaconf errors alike: the file is unreadable
+            raise RunFolderDamaged(legacy, f"{type(error).__name__}: {error}", _remedy(out, _ANY_FRESH)) from error
+        if not isinstance(config, dict):
+            raise RunFolderDamaged(legacy, "it holds no config mapping", _remedy(out, _ANY_FRESH))
+        return {"config": canonical_config(config)}
     return None
 
 
@@ -210,7 +257,7 @@ def _completed_payload(out: Path) -> dict[str, Any] | None:
         return None
     if failed.is_file() and failed.stat().st_mtime_ns >= metrics.stat().st_mtime_ns:
         return None
-    return json.loads(metrics.read_text(encoding="utf-8"))
+    return _read_json(metrics, _remedy(out, "run.on_complete=fresh"))
 
 
 def _hydra_snapshot(out: Path) -> dict[str, str]:
@@ -254,14 +301,36 @@ def claim(cfg: DictConfig, out: Path) -> RunFolderState:
 
     Raises:
         RunFolderConflict: the folder holds results of another config and ``run.on_config_change=refuse``.
+        RunFolderDamaged: its ``run_folder.json`` (or ``metrics.json``) cannot be read and no ``fresh`` policy
+            (``run.on_complete=fresh``) says to move it aside.
     """
     on_change = _policy(cfg, "on_config_change", "refuse", ("refuse", "fresh"))
     on_complete = _policy(cfg, "on_complete", "skip", ("skip", "fresh"))
     canonical = canonical_config(cfg)
-    record = _read_record(out)
     state = RunFolderState()
     hydra_running = ".hydra" in _hydra_owned(out)
     created = run_id = None
+    try:
+        record = _read_record(out)
+    except RunFolderDamaged as error:
+        if not _results(out):  # bookkeeping only (e.g. a run that failed validation): nothing to lose
+            log.warning(
+                "%s cannot be read (%s); %s holds no results: recording this config", error.path, error.reason, out
+            )
+            _write_record(out, canonical, None, None)
+            return state
+        if "fresh" not in (on_change, on_complete):
+            raise
+        state.moved_to = _move_aside(out)  # its config is unknown: either fresh policy applies
+        log.warning(
+            "%s cannot be read (%s); fresh: the contents of %s moved to %s",
+            error.path,
+            error.reason,
+            out,
+            state.moved_to,
+        )
+        _write_record(out, canonical, None, None)
+        return state
     if record is not None and config_hash(record["config"]) != config_hash(canonical):
         differences = config_differences(record["config"], canonical)
         results = _results(out)
@@ -285,7 +354,15 @@ def claim(cfg: DictConfig, out: Path) -> RunFolderState:
                 f"{out}/previous-<time>/ and start again."
             )
     elif record is not None:
-        complete = _completed_payload(out)
+        try:
+            complete = _completed_payload(out)
+        except RunFolderDamaged as error:
+            if on_complete != "fresh":
+                if hydra_running:
+                    _restore_hydra(out, record)
+                raise
+            log.warning("%s cannot be read (%s); run.on_complete=fresh moves it aside", error.path, error.reason)
+            complete = {}  # moved aside below like a finished run
         if complete is not None and on_complete == "fresh":
             state.moved_to = _move_aside(out)
             if hydra_running:

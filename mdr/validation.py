@@ -11,17 +11,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from mdr.data.negatives import num_hard
 from mdr.data.schema import DataError, RetrievalSplit
+from mdr.evaluation.metrics import MIN_DEPTH
 from mdr.utils.instantiate import build_target_problem
 from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
 
 _ABSENT = object()
+
+MAX_SEED = 2**32 - 1
+"""The largest seed numpy (and so ``lightning.seed_everything``) takes."""
+
+ZERO_SHOT = "zero_shot"
+"""The one stage name an empty ``stage.stages`` may carry (``conf/stage/zero_shot.yaml``)."""
 
 
 class _Checker:
@@ -163,10 +170,30 @@ def _negatives(check: _Checker, prefix: str) -> None:
             check.problems.append(problem)
 
 
+def _labels(check: _Checker) -> None:
+    """Configs whose metrics.json would name something that did not run (a stage, a share of hard negatives)."""
+    if check.has("stage"):
+        name, stages = check.value("stage.name"), check.value("stage.stages")
+        if stages in (None, _ABSENT) or (isinstance(stages, ListConfig) and len(stages) == 0):
+            if name != ZERO_SHOT:
+                check.problems.append(
+                    f"stage.stages is empty, so nothing would be trained, but stage.name is {name!r}: the run would be "
+                    f"recorded as {name!r}; use stage={ZERO_SHOT} to evaluate the starting model as it is"
+                )
+    k, proportion = check.value("negatives.num_negatives"), check.value("negatives.hard_proportion")
+    if k == 0 and isinstance(proportion, (int, float)) and not isinstance(proportion, bool) and proportion > 0:
+        check.problems.append(
+            f"negatives.num_negatives=0 trains on in-batch negatives only, so negatives.hard_proportion={proportion} "
+            "would label a run that used no hard negative; set negatives.hard_proportion=0 (or num_negatives >= 1)"
+        )
+
+
 def config_problems(cfg: DictConfig) -> list[str]:
     """Every problem with the config's values, each naming its key (empty when there is none)."""
     check = _Checker(cfg)
-    check.integer("seed", -(2**63))
+    seed = check.integer("seed", 0)  # numpy's seeds are 0 .. 2**32 - 1
+    if seed is not None and seed > MAX_SEED:
+        check.problems.append(f"seed must be an integer in [0, {MAX_SEED}], got {seed}")
     for key, allowed in (("run.on_config_change", ("refuse", "fresh")), ("run.on_complete", ("skip", "fresh"))):
         if check.has(key):
             check.choice(key, allowed)
@@ -178,7 +205,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
     check.boolean("model.normalize")
     check.boolean("model.shared")
     if check.has("evaluation"):
-        check.integer("evaluation.depth", 1)
+        check.integer("evaluation.depth", MIN_DEPTH)  # nDCG@10 needs the top 10; below 100 names mrr@<depth>
         check.integer("evaluation.batch_size", 1)
         check.choice("evaluation.faiss_gpu", ("auto", True, False))
     checkpoint = check.value("checkpoint") if check.has("checkpoint") else None
@@ -200,6 +227,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
         check.integer("trainer.max_epochs", 1, allowed=(-1,))
         check.number("model.temperature", 0.0, None, low_open=True)
         _negatives(check, "negatives")  # the stage schedule's own keys are checked by mdr.stages.schedule
+        _labels(check)
     return check.problems
 
 

@@ -18,11 +18,16 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from transformers import get_linear_schedule_with_warmup
 
 from mdr.data.collator import BiEncoderBatch, PackedTexts
 from mdr.losses import InfoNCELoss, LossOutput
 from mdr.models.bi_encoder import BiEncoder
+from mdr.utils.io import atomic_write_with
+from mdr.utils.logging import get_logger
+
+log = get_logger(__name__)
 
 EncodeFn = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
 QUERIES, PASSAGES = 0, 1
@@ -185,6 +190,21 @@ class BiEncoderModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``torch.save`` checkpoints, written atomically in the checkpoint's own folder.
+
+    Lightning's own save goes through an fsspec transaction that writes to the system temp folder and moves the
+    file into place: across file systems (``/tmp`` on another disk) the move is a copy, so a full disk leaves a
+    partial ``epoch<N>.ckpt`` that a resume would read. Here the checkpoint is written to a temporary file beside
+    its target and renamed (:func:`mdr.utils.io.atomic_write_with`): a failed save leaves no checkpoint file.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        atomic_write_with(Path(path), lambda handle: torch.save(checkpoint, handle))
+
+
 class EpochEndCheckpoint(pl.callbacks.ModelCheckpoint):
     """Keeps the latest epoch-end checkpoint, with ``last.ckpt`` linking to it.
 
@@ -203,6 +223,18 @@ class EpochEndCheckpoint(pl.callbacks.ModelCheckpoint):
             every_n_epochs=1,
             save_on_train_epoch_end=True,
         )
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        folder = Path(self.dirpath) if self.dirpath else None
+        if not trainer.is_global_zero or folder is None or not folder.is_dir():
+            return
+        # a save killed midway (AtomicCheckpointIO) leaves its temporary file; no save runs before training does
+        stale = sorted(folder.glob(".*.ckpt.*.tmp"))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            log.info("removed %d temporary file(s) of an interrupted checkpoint save from %s", len(stale), folder)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         return None
