@@ -61,7 +61,7 @@ def run_task(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]]) -> d
             log.info("%s already holds this config's finished run; nothing recomputed (run.on_complete=fresh)", out)
             print(f"[mdr] {out}: already complete (same config), metrics.json kept", flush=True)
             # a kill between metrics.json and the tidying left them: nothing resumes from them any more
-            run_folder.remove_checkpoints(cfg, out, out / "encoder")
+            run_folder.remove_weights(cfg, out)
             if not OmegaConf.select(cfg, "evaluation.keep_embeddings", default=False):
                 remove_if_empty(out / "embeddings")
             return state.complete
@@ -475,7 +475,8 @@ def check_fast_dropout(cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run the stage schedule (``stage.stages``), save the final encoder, evaluate, write metrics.json, then
-    remove the resume checkpoints (:func:`mdr.run_folder.remove_checkpoints`)."""
+    remove the resume checkpoints and, with ``run.keep_encoder=false``, the encoder
+    (:func:`mdr.run_folder.remove_weights`)."""
     out = output_dir(cfg)
     validate(cfg)  # config alone, before anything is read, built or trained
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -490,8 +491,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg, trained.encoder, trained.tokenizer, tests, out, trained.extra, distributed=trained.distributed
     )
     if payload:  # rank 0, metrics.json written: nothing resumes from the checkpoints any more
-        run_folder.remove_checkpoints(cfg, out, out / "encoder")
-        run_folder.remove_encoder(cfg, out / "encoder")
+        run_folder.remove_weights(cfg, out)
     return payload
 
 

@@ -468,6 +468,15 @@ def remove_encoder(cfg: DictConfig, encoder: Path) -> int:
     return freed
 
 
+def remove_weights(cfg: DictConfig, folder: Path) -> int:
+    """A finished run's tidying: its resume checkpoints, then its encoder where ``run.keep_encoder=false``.
+
+    Called once ``metrics.json`` is written, and again by a rerun of the finished folder (a kill in between left
+    them). Returns the bytes freed.
+    """
+    return remove_checkpoints(cfg, folder, folder / "encoder") + remove_encoder(cfg, folder / "encoder")
+
+
 def checkpoint_epochs(path: Path) -> int | None:
     """How many epochs a Lightning epoch-end checkpoint holds (its ``epoch`` + 1), or None if unreadable.
 

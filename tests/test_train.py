@@ -138,6 +138,9 @@ def test_fast_dropout_auto_is_on_for_cpu_training_and_keep_encoder_false_keeps_o
     assert not (out / "encoder").exists() and not (out / "checkpoints").exists()
     again = run_task(cfg, train)  # a finished run without weights is still complete: nothing retrained
     assert again == result
+    (out / "encoder").mkdir()  # as a kill between metrics.json and the tidying leaves it
+    (out / "encoder" / "model.safetensors").write_bytes(b"0" * 100)
+    assert run_task(cfg, train) == result and not (out / "encoder").exists(), "the rerun tidies it"
     off = make_cfg("train.fast_dropout=false", f"paths.output_dir={tmp_path / 'torch'}")
     assert run_task(off, train)["train"]["fast_dropout"] is False
     assert (tmp_path / "torch" / "encoder" / "config.json").is_file()  # run.keep_encoder=true by default
