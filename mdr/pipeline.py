@@ -29,7 +29,7 @@ from mdr.models.bi_encoder import SETTINGS_FILE, BiEncoder, EncoderSettings, Mod
 from mdr.models.dropout import sdpa_supported
 from mdr.models.module import AtomicCheckpointIO, BiEncoderModule, EpochEndCheckpoint
 from mdr.models.precision import resolve_precision
-from mdr.stages import StageFunctions, evaluation_splits, low_resource, run_schedule, trains_on_target
+from mdr.stages import StageFunctions, evaluation_splits, low_resource, run_schedule, schedule, trains_on_target
 from mdr.utils.instantiate import build_reader, encoder_settings, ensure_model_files
 from mdr.utils.io import atomic_write_json, atomic_write_text
 from mdr.utils.logging import get_logger
@@ -393,8 +393,9 @@ def evaluate_and_report(
         "data": cfg.data.name,
         "model": cfg.model.name,
         "stage": cfg.stage.name if cfg.get("stage") else "zero_shot",
-        "hard_proportion": float(cfg.negatives.hard_proportion) if cfg.get("negatives") else None,
-        "num_negatives": int(cfg.negatives.num_negatives) if cfg.get("negatives") else None,
+        # null where nothing was trained (stage zero_shot, evaluate.py): no negatives were drawn
+        "hard_proportion": float(cfg.negatives.hard_proportion) if trained_any(cfg) else None,
+        "num_negatives": int(cfg.negatives.num_negatives) if trained_any(cfg) else None,
         "seed": int(cfg.seed),
         "split": cfg.evaluation.split,
         "depth": int(evaluation.depth),  # what the measures were computed over: mrr@10 at depth 10
@@ -448,6 +449,11 @@ def fast_dropout_on(cfg: DictConfig, encoder: BiEncoder) -> bool:
     if setting == "auto":
         return trains_on_cpu(cfg) and encoder.fast_dropout_supported()
     return bool(setting)
+
+
+def trained_any(cfg: DictConfig) -> bool:
+    """Whether the run's schedule trains at all (not ``stage=zero_shot``, not evaluate.py)."""
+    return cfg.get("negatives") is not None and cfg.get("stage") is not None and bool(schedule(cfg).stages)
 
 
 def check_fast_dropout(cfg: DictConfig) -> None:

@@ -73,6 +73,7 @@ def test_zero_shot_stage_trains_nothing(make_cfg) -> None:  # noqa: ANN001
     out = Path(cfg.paths.output_dir)
     assert result["train"] is None and not (out / "checkpoints").exists()
     assert 0.0 <= result["metrics"]["mrr@100"] <= 1.0
+    assert result["hard_proportion"] is None and result["num_negatives"] is None, "no negatives were drawn"
 
 
 def test_failure_leaves_failed_json_and_no_metrics(make_cfg) -> None:  # noqa: ANN001
