@@ -218,7 +218,9 @@ def test_jobs_the_sweep_never_started_are_missing(tmp_path: Path) -> None:
     assert jobs is not None and len(jobs) == 4
     assert ["seed=0", "language=th", "negatives.hard_proportion=1"] in jobs
     for job in jobs[:3]:  # the fourth never made a folder
-        _job(tmp_path, job, np.full(4, 0.3))
+        values = dict(item.split("=") for item in job)
+        seed, proportion = int(values["seed"]), float(values["negatives.hard_proportion"])
+        _job(tmp_path, job, np.full(4, 0.3), proportion=proportion, seed=seed)
     _, problems = collect(tmp_path)
     assert len(problems) == 1 and problems.error.iloc[0] == "no job folder (never started)"
     assert problems.overrides.iloc[0] == " ".join(jobs[3])

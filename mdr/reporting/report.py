@@ -154,3 +154,15 @@ def schedules_markdown(comparison: pd.DataFrame) -> str:
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def headline(report: str) -> str:
+    """The table(s) of cell means that open :func:`markdown_report`'s text, with their note: what a finished
+    multirun prints."""
+    lines = report.splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith("Mean ± std"):
+            return "\n".join(lines[: index + 1])
+        if line.startswith("### ") and index and not line.startswith("### MRR@100, model="):
+            return "\n".join(lines[:index]).rstrip()
+    return report.rstrip()
