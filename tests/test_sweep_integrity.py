@@ -329,3 +329,24 @@ def test_multirun_end_prints_the_table_and_where_the_plot_is(tmp_path: Path, cap
     assert "W&B summary run: " in printed and list((tmp_path / "wandb").glob("offline-run-*"))
     collected, _ = collect(tmp_path)
     assert len(collected) == 4
+
+
+def test_jobs_of_a_sweep_folder_anywhere_share_its_wandb_group(tmp_path: Path) -> None:
+    """With hydra.sweep.dir outside multiruns/ each job was its own W&B group (its folder's name), so the
+    summary run had no group to join."""
+    from hydra.conf import HydraConf
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from mdr.pipeline import sweep_name
+
+    sweep = tmp_path / "grid_a"
+    assert sweep_name(sweep / "seed=0") == "seed=0"  # a single run: its own folder
+    hydra = OmegaConf.structured(HydraConf)
+    hydra.mode, hydra.sweep.dir = RunMode.MULTIRUN, str(sweep)
+    HydraConfig.instance().set_config(OmegaConf.create({"hydra": hydra}))
+    try:
+        assert sweep_name(sweep / "seed=0") == "grid_a"
+        assert summary_settings({}, sweep, sweep)["group"] == "grid_a"
+    finally:
+        HydraConfig.instance().cfg = None

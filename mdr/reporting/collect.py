@@ -342,12 +342,9 @@ def _config_hash(job: Path) -> str | None:
     return str(value) if value else None
 
 
-_OVERRIDE_FIELDS = {  # override key -> metrics.json field it sets
+_OVERRIDE_FIELDS = {  # override key -> metrics.json field it sets (config groups: compared through config.yaml)
     "negatives.hard_proportion": "hard_proportion",
     "seed": "seed",
-    "model": "model",
-    "stage": "stage",
-    "data": "data",
     "evaluation.depth": "depth",
 }
 _CONFIG_FIELDS = {  # resolved config key (config.yaml) -> metrics.json field
@@ -371,20 +368,26 @@ def metrics_mismatches(metrics: dict[str, Any], overrides: list[str], config: di
     """Where metrics.json contradicts the job's own overrides (``.hydra/overrides.yaml``) or resolved
     ``config.yaml``, e.g. a metrics.json copied from another cell's folder; empty when they agree.
 
-    Only the fields that define a cell are compared (p, seed, model, stage, data, depth, and the language of a
-    single-language evaluation); a field metrics.json does not record is not compared.
+    Only the fields that define a cell are compared: p, seed and depth with the overrides; these and model,
+    stage, data and (for a single-language evaluation) language with config.yaml. A field that metrics.json or
+    config.yaml does not record is not compared, except the depth: none recorded means 100.
     """
-    recorded = {field: metrics.get(field) for field in set(_OVERRIDE_FIELDS.values())}
+    recorded = {field: metrics.get(field) for field in set(_CONFIG_FIELDS.values())}
     recorded["depth"] = evaluation_depth(metrics)  # not recorded: 100, so a run at another depth is caught
     if not metrics.get("per_language"):
         recorded["language"] = metrics.get("language")
+    if metrics.get("num_negatives") == 0 or not isinstance(metrics.get("train"), dict):
+        recorded["hard_proportion"] = None  # no negatives drawn or nothing trained: p may be recorded as what ran
     found: list[str] = []
     for item in overrides:
         key, separator, text = item.lstrip("+~").partition("=")
-        field = "language" if key == "language" else _OVERRIDE_FIELDS.get(key)
+        field = _OVERRIDE_FIELDS.get(key)
         if not separator or field is None or recorded.get(field) is None:
             continue
-        value = yaml.safe_load(text) if text else text
+        try:
+            value = yaml.safe_load(text) if text else text
+        except yaml.YAMLError:
+            value = text
         if not _same(value, recorded[field]):
             found.append(f"override {key}={text} but metrics.json {field}={recorded[field]!r}")
     for key, field in [*_CONFIG_FIELDS.items(), ("language.code", "language")]:
