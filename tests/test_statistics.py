@@ -178,7 +178,7 @@ def test_verdict_says_only_what_the_tests_show() -> None:
     hurts = decide(slope, flat_curve, deltas, steps)
     assert hurts.kind == "hurts"
     assert hurts.text == (
-        "hard negatives hurts (slope < 0: -0.0400 per unit p, p=0.002, monotone: every step down) at 3 seeds"
+        "hard negatives hurt (slope < 0: -0.0400 per unit p, p=0.002, monotone: every step down) at 3 seeds"
     )
     not_every_step = decide(slope, flat_curve, deltas, [_estimate(-0.035, 0.001), _estimate(-0.005, 0.4)])
     assert "monotone" not in not_every_step.text and not_every_step.kind == "hurts"

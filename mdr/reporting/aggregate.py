@@ -18,9 +18,9 @@ from typing import Any
 
 import pandas as pd
 
-from mdr.reporting.analysis import analyse, compare_schedules, sort_results
+from mdr.reporting.analysis import EQUIVALENCE_MARGIN, analyse, compare_schedules, sort_results
 from mdr.reporting.collect import collect, expected_jobs, job_outcome, resolve_sweep_dir, run_variant
-from mdr.reporting.plots import plot
+from mdr.reporting.plots import plot, plot_deltas
 from mdr.reporting.report import headline, markdown_report, schedules_markdown
 from mdr.utils.io import atomic_write_text
 
@@ -67,7 +67,7 @@ def _problem_sections(problems: pd.DataFrame) -> list[str]:
 
 def aggregate(
     sweep_dirs: str | Path | list[str] | list[Path],
-    trials: int = 10_000,
+    equivalence_margin: float = EQUIVALENCE_MARGIN,
     out: str | Path | None = None,
     wandb: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -111,7 +111,7 @@ def aggregate(
         parts: dict[str, list[pd.DataFrame]] = {}
         partitions = _partitions(results)
         for index, (heading, rows) in enumerate(partitions):
-            analysis = analyse(rows, trials)
+            analysis = analyse(rows, equivalence_margin=equivalence_margin)
             for field in fields(analysis):  # every table of the analysis, with the partition's data and depth
                 parts.setdefault(field.name, []).append(_with_partition(getattr(analysis, field.name), rows))
             report = markdown_report(analysis)
@@ -119,11 +119,13 @@ def aggregate(
             sections += [heading, ""] if heading else []
             sections += [report, ""]
             if rows.stage.nunique() > 1:  # several stage schedules: compare them per language
-                comparison = _with_partition(compare_schedules(rows, trials), rows)
+                comparison = _with_partition(compare_schedules(rows, equivalence_margin=equivalence_margin), rows)
                 parts.setdefault("schedules", []).append(comparison)
                 sections += [schedules_markdown(comparison), ""]
             name = "mrr_vs_proportion.png" if len(partitions) == 1 else f"mrr_vs_proportion_{index + 1}.png"
             plots.append(plot(analysis.cells, target / name))
+            deltas = plot_deltas(analysis.tests, target / name.replace("mrr_vs", "delta_vs"), equivalence_margin)
+            plots += [deltas] if deltas else []
         tables = {field: pd.concat(frames, ignore_index=True) for field, frames in parts.items()}
         for field, frame in tables.items():  # cells, significance, trends always; the others when not empty
             if field in TABLE_FILES or not frame.empty:
@@ -155,7 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", nargs="+", help="sweep folder(s); several are analysed as one")
     parser.add_argument("--out", help="where the report goes (default: the sweep folder; required for several)")
-    parser.add_argument("--trials", type=int, default=10_000, help="bootstrap replicates")
+    parser.add_argument(
+        "--equivalence-margin",
+        type=float,
+        default=EQUIVALENCE_MARGIN,
+        help="TOST margin in MRR@100 units: verdicts say 'no effect larger than' it where TOST holds "
+        "(report.equivalence_margin; default %(default)s)",
+    )
     parser.add_argument(
         "--wandb",
         action="store_true",
@@ -170,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         from mdr.reporting.wandb_summary import settings_from_sweep
 
         wandb = settings_from_sweep(_sweep_dirs(args.sweep_dir)[0], args.out)
-    summary = aggregate(args.sweep_dir if len(args.sweep_dir) > 1 else args.sweep_dir[0], args.trials, args.out, wandb)
+    summary = aggregate(
+        args.sweep_dir if len(args.sweep_dir) > 1 else args.sweep_dir[0], args.equivalence_margin, args.out, wandb
+    )
     print(Path(summary["table"]).read_text(encoding="utf-8"))
     return exit_status(summary)
 

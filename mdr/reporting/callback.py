@@ -30,8 +30,8 @@ class AggregateOnMultirunEnd(Callback):
     failed.
     """
 
-    def __init__(self, trials: int = 10_000) -> None:
-        self.trials = trials
+    def __init__(self, equivalence_margin: float = 0.01) -> None:
+        self.equivalence_margin = equivalence_margin
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from mdr.reporting.aggregate import aggregate, exit_status
@@ -43,7 +43,7 @@ class AggregateOnMultirunEnd(Callback):
         if wandb_cfg is not None and wandb_cfg.get("enabled", False):
             wandb = summary_settings(OmegaConf.to_container(wandb_cfg, resolve=True), sweep_dir, sweep_dir)
         try:
-            summary = aggregate(sweep_dir, self.trials, wandb=wandb)
+            summary = aggregate(sweep_dir, self.equivalence_margin, wandb=wandb)
         except Exception:
             log.exception("aggregating the multirun in %s failed", sweep_dir)
             raise SystemExit(EXIT_INCOMPLETE) from None

@@ -326,7 +326,8 @@ def win_tie_loss(treated: Cell, baseline: Cell, tolerance: float = 1e-9) -> tupl
 
 
 def _p(value: float) -> str:
-    return "<0.001" if value < 0.001 else f"{value:.3f}"
+    """``p<0.001`` or ``p=0.012``."""
+    return "p<0.001" if value < 0.001 else f"p={value:.3f}"
 
 
 def _seeds_text(seeds: int) -> str:
@@ -362,7 +363,7 @@ def decide(
     The verdict's family is {slope, curvature} (curvature only with three or more levels), Holm-adjusted, so a
     wrong claim of an effect has probability at most alpha (about 4.9% with two tests). Then:
 
-    - slope significant: ``hurts (slope < 0 ..., p=...)`` or ``helps (slope > 0 ..., p=...)``; ``monotone``
+    - slope significant: ``hard negatives hurt (slope < 0 ..., p=...)`` or ``help (slope > 0 ..., p=...)``; ``monotone``
       only when every adjacent step moves that way (Holm over the steps); a delta against p = 0 significant the
       other way (Holm over the proportions) is named;
     - curvature significant: ``curved (quadratic term ..., p=...)`` (kind ``curved`` when the slope is not);
@@ -386,13 +387,13 @@ def decide(
     if adjusted[0] < alpha:
         kind = "hurts" if slope.value < 0 else "helps"
         sign = "<" if slope.value < 0 else ">"
-        text = f"{kind} (slope {sign} 0: {slope.value:+.4f} per unit p, p={_p(adjusted[0])}"
+        text = f"{kind[:-1]} (slope {sign} 0: {slope.value:+.4f} per unit p, {_p(adjusted[0])}"
         if monotone(steps, alpha) == int(np.sign(slope.value)):
             text += ", monotone: every step " + ("down" if slope.value < 0 else "up")
         claims.append(text + ")")
         delta_adjusted = holm([d.p_value for _, d in deltas]) if deltas else []
         against = [
-            f"{'better' if d.value > 0 else 'worse'} at p={p:g} ({d.value:+.4f}, p={_p(q)})"
+            f"{'better' if d.value > 0 else 'worse'} at p={p:g} ({d.value:+.4f}, {_p(q)})"
             for (p, d), q in zip(deltas, delta_adjusted)
             if q < alpha and np.sign(d.value) != np.sign(slope.value)
         ]
@@ -400,17 +401,17 @@ def decide(
             claims.append("but " + ", ".join(against))
     if curvature is not None and adjusted[1] < alpha:
         kind = kind or "curved"
-        claims.append(f"curved (quadratic term {curvature.value:+.4f}, p={_p(adjusted[1])})")
+        claims.append(f"curved (quadratic term {curvature.value:+.4f}, {_p(adjusted[1])})")
     if claims:
         return Decision(kind, "hard negatives " + "; ".join(claims) + f" {_seeds_text(seeds)}")
     tests = [tost(d, margin) for _, d in deltas] or [tost(slope, margin)]
     if max(tests) < alpha:
-        text = f"no effect larger than {margin:g} (TOST, p={_p(max(tests))}) {_seeds_text(seeds)}"
+        text = f"no effect larger than {margin:g} (TOST, {_p(max(tests))}) {_seeds_text(seeds)}"
         return Decision("equivalent", text)
     bounds = [d.interval(1 - 2 * alpha) for _, d in deltas] or [slope.interval(1 - 2 * alpha)]
     largest = max(max(abs(low), abs(high)) for low, high in bounds)
     text = (
-        f"inconclusive {_seeds_text(seeds)}: no trend (slope p={_p(adjusted[0])}), "
+        f"inconclusive {_seeds_text(seeds)}: no trend (slope {_p(adjusted[0])}), "
         f"effects up to {largest:.3f} not excluded"
     )
     return Decision("inconclusive", text)
