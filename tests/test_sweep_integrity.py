@@ -111,7 +111,7 @@ def test_one_config_in_two_folders_is_counted_once(tmp_path: Path) -> None:
     again = make_job(tmp_path, "negatives.hard_proportion=0.0,seed=0", p=0.0, seed=0, scores=_scores(rng, 0.1))
     first = json.loads((tmp_path / "negatives.hard_proportion=0,seed=0" / "run_folder.json").read_text())
     assert json.loads((again / "run_folder.json").read_text())["config_hash"] == first["config_hash"]
-    summary = aggregate(tmp_path, trials=200)
+    summary = aggregate(tmp_path)
     assert (summary["completed"], summary["duplicates"]) == (4, 1)
     cells = pd.read_csv(tmp_path / "cells.csv")
     assert _cell(cells, 0).n == 2
@@ -124,7 +124,7 @@ def test_one_config_in_two_folders_is_counted_once(tmp_path: Path) -> None:
     )
     report = (tmp_path / "results.md").read_text()
     assert "### Duplicates (counted once)" in report and "1 duplicate(s) (counted once)" in report
-    assert main([str(tmp_path), "--trials", "100"]) == 0  # a duplicate is reported, not an error
+    assert main([str(tmp_path)]) == 0  # a duplicate is reported, not an error
 
 
 def test_same_cell_and_seed_from_another_config_is_a_duplicate(tmp_path: Path) -> None:
@@ -132,7 +132,7 @@ def test_same_cell_and_seed_from_another_config_is_a_duplicate(tmp_path: Path) -
     rng = np.random.default_rng(1)
     _grid(tmp_path, rng)
     make_job(tmp_path, "z_copy", p=1, seed=1, scores=_scores(rng), config={"train": {"lr": 1}})
-    summary = aggregate(tmp_path, trials=200)
+    summary = aggregate(tmp_path)
     assert summary["duplicates"] == 1
     assert _cell(pd.read_csv(tmp_path / "cells.csv"), 1).n == 2
     assert "same cell and seed from another config" in pd.read_csv(tmp_path / "duplicates.csv").error.iloc[0]
@@ -143,14 +143,14 @@ def test_metrics_of_another_cell_is_reported_not_counted(tmp_path: Path) -> None
     _grid(tmp_path, rng)
     stray = make_job(tmp_path, "negatives.hard_proportion=1,seed=2", p=1, seed=2, scores=_scores(rng))
     shutil.copy(tmp_path / "negatives.hard_proportion=0,seed=0" / "metrics.json", stray / "metrics.json")
-    summary = aggregate(tmp_path, trials=200)
+    summary = aggregate(tmp_path)
     assert (summary["completed"], summary["invalid"], summary["duplicates"]) == (4, 1, 0)
     report = (tmp_path / "results.md").read_text()
     assert "### Invalid runs (not counted)" in report
     assert "override negatives.hard_proportion=1 but metrics.json hard_proportion=0" in report
     assert "override seed=2 but metrics.json seed=0" in report
     assert _cell(pd.read_csv(tmp_path / "cells.csv"), 0).n == 2
-    assert main([str(tmp_path), "--trials", "100"]) == 1
+    assert main([str(tmp_path)]) == 1
 
 
 @pytest.mark.parametrize("damage", ["cut", "repeated", "other queries"])
@@ -167,7 +167,7 @@ def test_bad_per_query_file_is_an_error_naming_it_and_the_rest_is_reported(tmp_p
     else:
         lines = [lines[0]] + [line.replace("q0", "x0", 1) for line in lines[1:]]
     bad.write_text("\n".join(lines) + "\n")
-    summary = aggregate(tmp_path, trials=200)
+    summary = aggregate(tmp_path)
     assert (summary["completed"], summary["invalid"]) == (5, 1)
     report = (tmp_path / "results.md").read_text()
     assert f"{bad}: " in report and "not counted" in report
@@ -184,7 +184,7 @@ def test_evaluation_depth_is_kept_apart(tmp_path: Path) -> None:
             overrides = [f"negatives.hard_proportion={p}", f"seed={seed}", "evaluation.depth=10"]
             name = f"evaluation.depth=10,negatives.hard_proportion={p},seed={seed}"
             make_job(tmp_path, name, p=p, seed=seed, scores=_scores(rng, -0.2), overrides=overrides, depth=10)
-    summary = aggregate(tmp_path, trials=200)
+    summary = aggregate(tmp_path)
     assert (summary["completed"], summary["duplicates"], summary["invalid"]) == (8, 0, 0)
     cells = pd.read_csv(tmp_path / "cells.csv")
     assert sorted(zip(cells.depth, cells.hard_proportion, cells.n)) == [
@@ -196,7 +196,7 @@ def test_evaluation_depth_is_kept_apart(tmp_path: Path) -> None:
     assert sorted(pd.read_csv(tmp_path / "significance.csv").depth) == [10, 100]
     report = (tmp_path / "results.md").read_text()
     assert "## data=xquad, evaluation depth=10" in report and "## data=xquad, evaluation depth=100" in report
-    assert len(summary["plots"]) == 2
+    assert len(summary["plots"]) == 4  # cell means and deltas against p=0, per partition
 
 
 def test_several_sweep_folders_form_one_report(tmp_path: Path) -> None:
@@ -209,7 +209,7 @@ def test_several_sweep_folders_form_one_report(tmp_path: Path) -> None:
         name = f"negatives.hard_proportion=1,negatives.pool.range_min=10,seed={seed}"
         make_job(second, name, p=1, seed=seed, scores=_scores(rng, 0.1), config=miner)
     make_job(second, "negatives.hard_proportion=0,seed=0", p=0, seed=0, scores=_scores(rng))  # also in `first`
-    assert main([str(first), str(second), "--out", str(out), "--trials", "200"]) == 0
+    assert main([str(first), str(second), "--out", str(out)]) == 0
     results = pd.read_csv(out / "results.csv")
     assert len(results) == 6 and set(results.job.str.split("/").str[0]) == {"dose", "miner"}
     duplicates = pd.read_csv(out / "duplicates.csv")
@@ -267,8 +267,8 @@ def test_export_aggregates_and_resumes_like_the_sweep(tmp_path: Path) -> None:
     export(sweep, tmp_path / "again")  # the same files pack the same bytes (no time in the gzip header)
     assert (tmp_path / "again" / heavy.name / "per_query" / "th.tsv.gz").read_bytes() == packed.read_bytes()
     # (a) the same report from the copy
-    aggregate(sweep, trials=300)
-    aggregate(dest, trials=300)
+    aggregate(sweep)
+    aggregate(dest)
     for name in ("cells.csv", "significance.csv", "trends.csv"):
         assert (dest / name).read_text() == (sweep / name).read_text(), name
     assert "1 failed" in (dest / "results.md").read_text()
@@ -289,7 +289,7 @@ def test_wandb_summary_run_holds_the_tables_and_plot(tmp_path: Path) -> None:
     rng = np.random.default_rng(7)
     _grid(tmp_path, rng)
     settings = summary_settings({"mode": "offline", "project": "mdr"}, tmp_path, tmp_path)
-    summary = aggregate(tmp_path, trials=200, wandb=settings)
+    summary = aggregate(tmp_path, wandb=settings)
     folder = Path(summary["wandb"])
     assert folder.parent == tmp_path / "wandb" and folder.name.startswith("offline-run-")
     media = folder / "files" / "media"
@@ -303,7 +303,7 @@ def test_wandb_summary_run_holds_the_tables_and_plot(tmp_path: Path) -> None:
     assert list(folder.glob("run-*.wandb"))  # the run's own record, for `wandb sync`
     # W&B failing never fails the aggregation
     broken = {**settings, "mode": "not-a-mode"}
-    assert aggregate(tmp_path, trials=100, wandb=broken)["wandb"] is None
+    assert aggregate(tmp_path, wandb=broken)["wandb"] is None
     assert (tmp_path / "results.md").is_file()
 
 
@@ -315,7 +315,10 @@ def test_multirun_end_prints_the_table_and_where_the_plot_is(tmp_path: Path, cap
     target = "mdr.reporting.callback.AggregateOnMultirunEnd"
     config = OmegaConf.create(
         {
-            "hydra": {"callbacks": {"aggregate": {"_target_": target, "trials": 200}}, "sweep": {"dir": str(tmp_path)}},
+            "hydra": {
+                "callbacks": {"aggregate": {"_target_": target, "equivalence_margin": 0.01}},
+                "sweep": {"dir": str(tmp_path)},
+            },
             "logger": {"wandb": {"enabled": True, "mode": "offline", "project": "mdr", "group": None}},
         }
     )
