@@ -4,8 +4,10 @@ interaction, wins / ties / losses, verdicts) and a quick calibration on simulate
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -220,3 +222,68 @@ def test_calibration_quick() -> None:
     effect = run(Scenario(seeds=3, seed_sd=0.005, seed_correlation=0.5, effect=0.02), 300, seed=12)["rates"]
     assert effect["delta.reject"] >= 0.8 and effect["verdict.right_direction"] >= 0.75, effect
     assert effect["delta.reject"] > effect["delta.naive_reject"]  # t(S - 1) on the seed means loses power
+
+
+# --- the analysis of a results frame: language x p on parallel queries, resource contrast, nDCG@10 ------------
+
+
+def _results(tmp_path: Path, drops: dict[str, float], low: dict[str, bool], prefixed: bool = True) -> pd.DataFrame:
+    """Runs of languages on the same 300 questions (ids ``<lang>_q...``) at p = 0, .5, 1 and 3 seeds; each
+    language loses ``drops[language] * p`` on every query."""
+    rng = np.random.default_rng(21)
+    base = rng.uniform(0.3, 1.0, 300)
+    rows = []
+    for language, drop in drops.items():
+        difficulty = np.clip(base + rng.normal(0, 0.05, 300), 0, 1)
+        for proportion in (0.0, 0.5, 1.0):
+            for seed in SEEDS:
+                values = difficulty - drop * proportion + rng.normal(0, 0.002) + rng.normal(0, 0.03, 300)
+                ids = [f"{language}_q{i:03d}" if prefixed else f"{language}{i:03d}" for i in range(300)]
+                path = tmp_path / f"{language}_{proportion}_{seed}.tsv"
+                pd.DataFrame({"query_id": ids, "mrr@100": values, "ndcg@10": values + 0.05}).to_csv(
+                    path, sep="\t", index=False
+                )
+                rows.append(
+                    {
+                        "model": "m",
+                        "stage": "target_only",
+                        "language": language,
+                        "variant": "mask=on,denoise=off",
+                        "hard_proportion": proportion,
+                        "seed": seed,
+                        "mrr@100": float(values.mean()),
+                        "ndcg@10": float(values.mean() + 0.05),
+                        "low_resource": low[language],
+                        "per_query_file": str(path),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_analysis_tests_language_x_p_on_parallel_queries(tmp_path: Path) -> None:
+    from mdr.reporting.analysis import analyse
+
+    results = _results(tmp_path, {"th": 0.04, "de": 0.0, "hi": 0.0}, {"th": True, "hi": True, "de": False})
+    analysis = analyse(results, equivalence_margin=0.01)
+    frame = analysis.interactions
+    pair = frame.apply(lambda row: frozenset((row.language, row.other_language)), axis=1)
+    th_de = frame[(pair == frozenset(("th", "de"))) & (frame.contrast == "delta at p=1")].iloc[0]
+    sign = -1.0 if th_de.language == "th" else 1.0  # language minus other language: th loses 0.04
+    assert th_de["difference_mrr@100"] == pytest.approx(sign * 0.04, abs=0.01)
+    assert th_de.p_holm < 0.05 and th_de.query_pairing == "paired by query" and th_de.queries == 300
+    de_hi = frame[(pair == frozenset(("de", "hi"))) & (frame.contrast == "delta at p=1")].iloc[0]
+    assert de_hi.p_value > 0.05
+    assert {"slope over p=0 0.5 1"} <= set(frame.contrast)
+    [contrast_row] = analysis.resource_contrasts.to_dict("records")
+    assert set(contrast_row["low_resource"].split()) == {"th", "hi"} and contrast_row["high_resource"] == "de"
+    assert contrast_row["slope_difference_mrr@100"] == pytest.approx(-0.02, abs=0.01)  # mean(-0.04, 0) - 0
+    tests = analysis.tests.set_index(["language", "hard_proportion"])
+    assert tests.loc[("th", 1.0), "delta_ndcg@10"] == pytest.approx(tests.loc[("th", 1.0), "delta_mrr@100"])
+    assert tests.loc[("de", 1.0), "p_tost"] < 0.05 and tests.loc[("th", 1.0), "p_tost"] > 0.5
+    wins, ties, losses = tests.loc[("th", 1.0), ["wins", "ties", "losses"]]
+    assert wins + ties + losses == 300 and losses > wins
+    verdicts = analysis.trends.set_index("language").verdict
+    assert verdicts["th"].startswith("hard negatives hurt (slope < 0") and verdicts["th"].endswith("at 3 seeds")
+    assert verdicts["de"].startswith("no effect larger than 0.01 (TOST")
+    unmatched = analyse(_results(tmp_path, {"th": 0.04, "de": 0.0}, {"th": True, "de": False}, prefixed=False))
+    assert set(unmatched.interactions.query_pairing) == {"independent queries"}
