@@ -83,7 +83,8 @@ def plot_deltas(tests: pd.DataFrame, path: Path, margin: float | None = None) ->
         axis.legend(fontsize="small")
     seeds = sorted({int(s) for s in tests.seeds})
     figure.suptitle(
-        f"paired deltas against p=0 (same seeds and queries), 95% intervals; seeds per delta: {', '.join(map(str, seeds))}",
+        "paired deltas against p=0 (same seeds and queries), 95% intervals; "
+        f"seeds per delta: {', '.join(map(str, seeds))}",
         fontsize="small",
     )
     figure.tight_layout()
