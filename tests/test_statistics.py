@@ -187,7 +187,10 @@ def test_verdict_says_only_what_the_tests_show() -> None:
     mixed = decide(slope, flat_curve, [(0.5, _estimate(0.02, 0.001)), (1.0, _estimate(-0.04, 0.001))])
     assert "but better at p=0.5 (+0.0200, p=0.002)" in mixed.text
     curved = decide(_estimate(0.0, 0.9), _estimate(-0.08, 0.001), deltas)
-    assert curved.kind == "curved" and "curved (quadratic term -0.0800, p=0.002)" in curved.text
+    assert curved.kind == "curved"
+    assert curved.text == (
+        "curved (quadratic term -0.0800, p=0.002) response to hard negatives, no linear trend at 3 seeds"
+    )
     # the family is {slope, curvature}: a slope at p = 0.04 with a null curvature is not enough (Holm: 0.08)
     weak = decide(_estimate(-0.01, 0.04), _estimate(0.0, 0.9), [(1.0, _estimate(-0.01, 0.04))])
     assert weak.kind == "inconclusive"

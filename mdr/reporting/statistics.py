@@ -366,7 +366,8 @@ def decide(
     - slope significant: ``hard negatives hurt (slope < 0 ..., p=...)`` or ``help (slope > 0 ..., p=...)``; ``monotone``
       only when every adjacent step moves that way (Holm over the steps); a delta against p = 0 significant the
       other way (Holm over the proportions) is named;
-    - curvature significant: ``curved (quadratic term ..., p=...)`` (kind ``curved`` when the slope is not);
+    - curvature significant: ``curved (quadratic term ..., p=...)`` after the slope's claim, or alone (kind
+      ``curved``) ``curved (...) response to hard negatives, no linear trend``;
     - neither, and every delta against p = 0 within +-``margin`` by TOST (intersection-union: each at alpha):
       ``no effect larger than <margin> (TOST, p=...)``;
     - else ``inconclusive``, with the largest effect the 1 - 2 alpha intervals do not exclude.
@@ -400,10 +401,12 @@ def decide(
         if against:
             claims.append("but " + ", ".join(against))
     if curvature is not None and adjusted[1] < alpha:
+        curved = f"curved (quadratic term {curvature.value:+.4f}, {_p(adjusted[1])})"
+        claims.append(curved if kind else f"{curved} response to hard negatives, no linear trend")
         kind = kind or "curved"
-        claims.append(f"curved (quadratic term {curvature.value:+.4f}, {_p(adjusted[1])})")
     if claims:
-        return Decision(kind, "hard negatives " + "; ".join(claims) + f" {_seeds_text(seeds)}")
+        subject = "hard negatives " if kind != "curved" else ""
+        return Decision(kind, subject + "; ".join(claims) + f" {_seeds_text(seeds)}")
     tests = [tost(d, margin) for _, d in deltas] or [tost(slope, margin)]
     if max(tests) < alpha:
         text = f"no effect larger than {margin:g} (TOST, {_p(max(tests))}) {_seeds_text(seeds)}"
