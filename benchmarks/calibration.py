@@ -2,6 +2,7 @@
 
     nice python benchmarks/calibration.py                  # full settings (several minutes on 2 cores)
     python benchmarks/calibration.py --null 400 --effect 200 --seeds 3   # a quick look
+    python benchmarks/calibration.py --table calibration.json  # docs/statistics.md's table from a saved run
 
 For each scenario (seeds S, seed SD, true effect; Q = 635 queries, p in {0, .25, .5, .75, 1}, two parallel
 languages; the variance components of mdr.reporting.calibration.Scenario) it reports how often each test
@@ -24,6 +25,42 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mdr.reporting.calibration import Scenario, run  # noqa: E402
 
 
+def markdown_table(document: dict) -> str:
+    """One row per (correlation, seeds, seed SD): type-I error and coverage at effect 0, TOST's type-I error at
+    0.01, power at each effect."""
+    rows: dict[tuple[float, int, float], dict[float, dict]] = {}
+    for result in document["scenarios"]:
+        scenario = result["scenario"]
+        key = (scenario["seed_correlation"], scenario["seeds"], scenario["seed_sd"])
+        rows.setdefault(key, {})[scenario["effect"]] = result
+    tests = ["delta", "slope", "curvature", "interaction", "slope_interaction"]
+    lines = [
+        "| seed corr. | S | seed SD | type-I: delta / slope / curvature / language x p / low-high slope / verdict "
+        "| coverage: delta / slope / curvature / language x p | TOST type-I | power delta (verdict) .01 / .02 / .04 |",
+        "|---:|---:|---:|---|---|---:|---|",
+    ]
+    for (correlation, seeds, seed_sd), by_effect in sorted(rows.items()):
+        null = by_effect.get(0.0)
+        at_margin = by_effect.get(0.01)
+        type_one = coverage = tost = "–"
+        if null:
+            rates = null["rates"]
+            type_one = " / ".join(f"{rates[f'{t}.reject']:.3f}" for t in tests) + f" / {rates['verdict.effect']:.3f}"
+            coverage = " / ".join(f"{rates[f'{t}.cover']:.3f}" for t in tests[:4])
+            type_one += f" (n={null['simulations']})"
+        if at_margin:
+            tost = f"{at_margin['rates']['tost.equivalent']:.3f}"
+        power = []
+        for effect in (0.01, 0.02, 0.04):
+            found = by_effect.get(effect)
+            rates = found["rates"] if found else None
+            power.append(f"{rates['delta.reject']:.2f} ({rates['verdict.right_direction']:.2f})" if rates else "–")
+        lines.append(
+            f"| {correlation:g} | {seeds} | {seed_sd:g} | {type_one} | {coverage} | {tost} | {' / '.join(power)} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the grid of scenarios and print one JSON document."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,7 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--effects", type=float, nargs="+", default=[0.0, 0.01, 0.02, 0.04])
     parser.add_argument("--correlation", type=float, nargs="+", default=[0.5])
     parser.add_argument("--random-seed", type=int, default=2026)
+    parser.add_argument("--table", nargs="+", help="print the Markdown table of saved JSON output(s) and exit")
     args = parser.parse_args(argv)
+    if args.table:
+        merged = {"scenarios": [s for path in args.table for s in json.loads(Path(path).read_text())["scenarios"]]}
+        print(markdown_table(merged))
+        return 0
     results = []
     index = 0
     for correlation in args.correlation:
