@@ -66,7 +66,9 @@ def make_job(
     run_folder.claim(OmegaConf.create(resolved), job)
     (job / "config.yaml").write_text(yaml.safe_dump(resolved))
     ids = query_ids or [f"q{i:03d}" for i in range(len(scores))]
-    lines = ["query_id\tmrr@100\tndcg@10\trecall@100"] + [f"{q}\t{v:.6f}\t0\t0" for q, v in zip(ids, scores)]
+    cut = min(depth or 100, 100)  # a run at depth 10 names its measures mrr@10, recall@10
+    header = f"query_id\tmrr@{cut}\tndcg@10\trecall@{cut}"
+    lines = [header] + [f"{q}\t{v:.6f}\t0\t0" for q, v in zip(ids, scores)]
     (job / "per_query").mkdir()
     (job / "per_query" / "th.tsv").write_text("\n".join(lines) + "\n")
     metrics = {
@@ -78,7 +80,7 @@ def make_job(
         "hard_proportion": p,
         "seed": seed,
         "num_queries": len(scores),
-        "metrics": {"mrr@100": float(np.mean(scores)), "recall@100": 0.0, "ndcg@10": 0.0},
+        "metrics": {f"mrr@{cut}": float(np.mean(scores)), f"recall@{cut}": 0.0, "ndcg@10": 0.0},
         "per_query_file": "per_query/th.tsv",
         "run_file": "runs/th.trec",
         "train": {"num_hard": round(p * 4), "mask_false_negatives": True},
@@ -177,6 +179,7 @@ def test_bad_per_query_file_is_an_error_naming_it_and_the_rest_is_reported(tmp_p
 
 
 def test_evaluation_depth_is_kept_apart(tmp_path: Path) -> None:
+    """Runs at depth 10 (MRR@10) are reported apart, never pooled with or analysed as MRR@100."""
     rng = np.random.default_rng(4)
     _grid(tmp_path, rng)
     for p in (0, 1):
@@ -187,16 +190,22 @@ def test_evaluation_depth_is_kept_apart(tmp_path: Path) -> None:
     summary = aggregate(tmp_path)
     assert (summary["completed"], summary["duplicates"], summary["invalid"]) == (8, 0, 0)
     cells = pd.read_csv(tmp_path / "cells.csv")
-    assert sorted(zip(cells.depth, cells.hard_proportion, cells.n)) == [
-        (10, 0, 2),
-        (10, 1, 2),
-        (100, 0, 2),
-        (100, 1, 2),
-    ]
-    assert sorted(pd.read_csv(tmp_path / "significance.csv").depth) == [10, 100]
+    assert sorted(zip(cells.depth, cells.hard_proportion, cells.n)) == [(100, 0, 2), (100, 1, 2)]
+    assert pd.read_csv(tmp_path / "significance.csv").depth.tolist() == [100]
+    shallow = pd.read_csv(tmp_path / "cells_depth10.csv")
+    results = pd.read_csv(tmp_path / "results.csv")
+    at_10 = results[(results.depth == 10) & (results.hard_proportion == 1)]
+    assert shallow[shallow.hard_proportion == 1]["mean_mrr@10"].iloc[0] == pytest.approx(at_10["mrr@10"].mean())
+    assert shallow.n.tolist() == [2, 2] and at_10["mrr@100"].isna().all()
     report = (tmp_path / "results.md").read_text()
     assert "## data=xquad, evaluation depth=10" in report and "## data=xquad, evaluation depth=100" in report
-    assert len(summary["plots"]) == 4  # cell means and deltas against p=0, per partition
+    assert "Evaluated at depth 10: MRR@10, Recall@10, nDCG@10" in report
+    # a run at depth 10 whose metrics.json does not say so (written before depth was recorded) is not counted
+    overrides = ["seed=7", "evaluation.depth=10"]
+    make_job(tmp_path, "evaluation.depth=10,seed=7", p=0, seed=7, scores=_scores(rng), overrides=overrides)
+    summary = aggregate(tmp_path)
+    assert summary["invalid"] == 1
+    assert "override evaluation.depth=10 but metrics.json depth=100" in (tmp_path / "results.md").read_text()
 
 
 def test_several_sweep_folders_form_one_report(tmp_path: Path) -> None:

@@ -19,9 +19,18 @@ from typing import Any
 import pandas as pd
 
 from mdr.reporting.analysis import EQUIVALENCE_MARGIN, analyse, compare_schedules, sort_results
-from mdr.reporting.collect import collect, expected_jobs, job_outcome, resolve_sweep_dir, run_variant
+from mdr.reporting.collect import (
+    METRIC,
+    cell_means,
+    collect,
+    expected_jobs,
+    job_outcome,
+    metric_at,
+    resolve_sweep_dir,
+    run_variant,
+)
 from mdr.reporting.plots import plot, plot_deltas
-from mdr.reporting.report import headline, markdown_report, schedules_markdown
+from mdr.reporting.report import headline, markdown_report, means_markdown, schedules_markdown
 from mdr.utils.io import atomic_write_text
 
 __all__ = ["aggregate", "collect", "compare_schedules", "expected_jobs", "job_outcome", "main", "run_variant"]
@@ -40,9 +49,9 @@ def _sweep_dirs(sweep_dirs: str | Path | list[str] | list[Path]) -> list[Path]:
 
 
 def _partitions(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """(heading, runs) per (data, evaluation depth); one partition has no heading."""
+    """(heading, runs) per (data, evaluation depth); a single partition at depth 100 has no heading."""
     groups = list(results.groupby(PARTITION, sort=True, dropna=False))
-    if len(groups) == 1:
+    if len(groups) == 1 and metric_at(groups[0][0][1]) == METRIC:
         return [("", groups[0][1])]
     return [(f"## data={data}, evaluation depth={depth}", rows) for (data, depth), rows in groups]
 
@@ -111,6 +120,12 @@ def aggregate(
         parts: dict[str, list[pd.DataFrame]] = {}
         partitions = _partitions(results)
         for index, (heading, rows) in enumerate(partitions):
+            depth = int(rows.depth.iloc[0])
+            if metric_at(depth) != METRIC:  # measured at another depth: the analysis is of MRR@100, so means only
+                means = cell_means(rows, depth)
+                atomic_write_text(target / f"cells_depth{depth}.csv", means.to_csv(index=False))
+                sections += [heading, "", means_markdown(means, depth), ""]
+                continue
             analysis = analyse(rows, equivalence_margin=equivalence_margin)
             for field in fields(analysis):  # every table of the analysis, with the partition's data and depth
                 parts.setdefault(field.name, []).append(_with_partition(getattr(analysis, field.name), rows))
@@ -130,9 +145,11 @@ def aggregate(
         for field, frame in tables.items():  # cells, significance, trends always; the others when not empty
             if field in TABLE_FILES or not frame.empty:
                 atomic_write_text(target / TABLE_FILES.get(field, f"{field}.csv"), frame.to_csv(index=False))
-        summary["plot"] = str(plots[0])
-        summary["plots"] = [str(path) for path in plots]
-        summary["verdicts"] = tables["trends"].verdict.tolist()
+        if plots:
+            summary["plot"] = str(plots[0])
+            summary["plots"] = [str(path) for path in plots]
+        if "trends" in tables:
+            summary["verdicts"] = tables["trends"].verdict.tolist()
     duplicates = problems[problems.status == "duplicate"]
     if not duplicates.empty:
         atomic_write_text(target / "duplicates.csv", duplicates.to_csv(index=False))

@@ -271,7 +271,7 @@ def _collect_one(sweep_dir: Path, prefix: str) -> tuple[list[dict[str, Any]], li
                         **{key: metrics.get(key) for key in ("model", "stage", "hard_proportion", "seed")},
                         "language": evaluated["language"],
                         "variant": variant_name(mask, denoised, stages, miner),
-                        **{name: scores[name] for name in METRIC_COLUMNS if name in scores},
+                        **{name: scores[name] for name in scores if "@" in name},  # mrr@10 at depth 10
                         "low_resource": evaluated.get("low_resource"),
                         "num_queries": evaluated["num_queries"],
                         "mask_false_negatives": mask,
@@ -317,6 +317,23 @@ def per_query_path(job: Path, named: str) -> Path:
 
 DEFAULT_DEPTH = 100
 """The evaluation depth of a run whose metrics.json records none (every run before depth was recorded)."""
+
+
+def metric_at(depth: int) -> str:
+    """The MRR a run evaluated at ``depth`` reports: ``mrr@100`` at 100 or more, ``mrr@<depth>`` below."""
+    return f"mrr@{min(int(depth), 100)}"
+
+
+def cell_means(rows: pd.DataFrame, depth: int) -> pd.DataFrame:
+    """Mean, std and n over seeds of every measure of ``rows`` (one evaluation depth), per cell."""
+    cut = min(int(depth), 100)
+    measures = [name for name in (f"mrr@{cut}", f"recall@{cut}", "ndcg@10") if name in rows]
+    cells = [*GROUP, "hard_proportion"]
+    grouped = rows.groupby(cells, sort=False, dropna=False)[measures]
+    table = grouped.agg(["mean", "std"])
+    table.columns = [f"{stat}_{name}" for name, stat in table.columns]
+    table["n"] = grouped.size()
+    return table.reset_index().assign(depth=int(depth))
 
 
 def evaluation_depth(metrics: dict[str, Any], evaluated: dict[str, Any] | None = None) -> int:
@@ -428,7 +445,7 @@ def check_per_query(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], l
         except (OSError, ValueError) as error:
             refuse(index, f"unreadable ({type(error).__name__}: {error})")
             continue
-        missing = [column for column in ("query_id", METRIC) if column not in table.columns]
+        missing = [column for column in ("query_id", metric_at(row["depth"])) if column not in table.columns]
         if missing:
             refuse(index, f"lacks column(s) {missing} (has {list(table.columns)})")
             continue
@@ -436,9 +453,9 @@ def check_per_query(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], l
         if len(repeated):
             refuse(index, f"{len(repeated)} query id(s) appear more than once, e.g. {list(repeated[:3])}")
             continue
-        empty = table[METRIC].isna() | table.query_id.isna()
+        empty = table[metric_at(row["depth"])].isna() | table.query_id.isna()
         if empty.any():
-            refuse(index, f"{int(empty.sum())} row(s) without a query id or {METRIC} score")
+            refuse(index, f"{int(empty.sum())} row(s) without a query id or {metric_at(row['depth'])} score")
             continue
         if row.get("num_queries") is not None and len(table) != int(row["num_queries"]):
             refuse(index, f"{len(table)} queries, but metrics.json reports num_queries={row['num_queries']}")

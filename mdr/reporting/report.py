@@ -234,3 +234,32 @@ def headline(report: str) -> str:
         if line.startswith("### ") and index and not line.startswith("### MRR@100, model="):
             return "\n".join(lines[:index]).rstrip()
     return report.rstrip()
+
+
+_LABELS = {"mrr": "MRR", "recall": "Recall", "ndcg": "nDCG"}
+
+
+def means_markdown(means: pd.DataFrame, depth: int) -> str:
+    """Cell means of runs evaluated at a depth below 100 (:func:`mdr.reporting.collect.cell_means`): their
+    measures are MRR@depth and Recall@depth, kept apart from the MRR@100 analysis."""
+    cut = min(int(depth), 100)
+    measures = [name for name in (f"mrr@{cut}", f"recall@{cut}", "ndcg@10") if f"mean_{name}" in means]
+    shown = ", ".join(_LABELS[name.split("@")[0]] + "@" + name.split("@")[1] for name in measures)
+    lines = [
+        f"Evaluated at depth {depth}: {shown} (mean ± std over seeds), not compared with the MRR@100 runs.",
+        "",
+        "| model | stage | language | variant | p | " + " | ".join(measures) + " | n |",
+        "|---|---|---|---|---:|" + "---:|" * len(measures) + "---:|",
+    ]
+    for _, row in means.iterrows():
+        values = []
+        for name in measures:
+            spread = f" ± {row[f'std_{name}']:.4f}" if row.n > 1 else ""
+            values.append(f"{row[f'mean_{name}']:.4f}{spread}")
+        proportion = "n/a" if pd.isna(row.hard_proportion) else f"{row.hard_proportion:g}"
+        lines.append(
+            f"| {row.model} | {row.stage} | {row.language} | {row.variant} | {proportion} | "
+            + " | ".join(values)
+            + f" | {row.n} |"
+        )
+    return "\n".join(lines)

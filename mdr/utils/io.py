@@ -50,16 +50,6 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return target
 
 
-def atomic_write_json(path: str | os.PathLike[str], payload: Any) -> Path:
-    """Write ``payload`` as indented JSON, atomically."""
-    return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-
-
-def atomic_write_lines(path: str | os.PathLike[str], lines: Iterable[str]) -> Path:
-    """Write ``lines`` (without newlines) one per line, atomically."""
-    return atomic_write_text(path, "".join(f"{line}\n" for line in lines))
-
-
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
     target = Path(path)
@@ -76,3 +66,13 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def atomic_write_json(path: str | os.PathLike[str], payload: Any) -> Path:
+    """Write ``payload`` as indented JSON, atomically."""
+    return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def atomic_write_lines(path: str | os.PathLike[str], lines: Iterable[str]) -> Path:
+    """Write ``lines`` (without newlines) one per line, atomically."""
+    return atomic_write_text(path, "".join(f"{line}\n" for line in lines))
