@@ -358,7 +358,8 @@ def _language_contrasts(
     tables: _CellTables, results: pd.DataFrame, trends: list[dict[str, Any]]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Language x p interactions (delta of deltas per pair of languages, at each p both ran, and the difference
-    of their slopes over the levels both ran) and the low- vs high-resource contrast of the slope."""
+    of their slopes over the levels both ran where that is not the last delta again, as with p = 0, .5, 1) and
+    the low- vs high-resource contrast of the slope."""
     interactions: list[dict[str, Any]] = []
     contrasts: list[dict[str, Any]] = []
     trend_frame = pd.DataFrame(trends)
@@ -410,8 +411,10 @@ def _language_contrasts(
                         "query_pairing": pairing,
                     }
                 )
-            if len(common) > 2:
-                weights = slope_weights(common)
+            weights = slope_weights(common)
+            end_to_end = np.zeros(len(common))
+            end_to_end[[0, -1]] = np.array([-1.0, 1.0]) / (common[-1] - common[0])
+            if not np.allclose(weights, end_to_end):  # three equally spaced levels: the slope is the last delta
                 entries = [(cells_of(first, common), weights), (cells_of(second, common), weights)]
                 parts, pairing = _language_parts(tables, entries, [1.0, -1.0])
                 family.append(
