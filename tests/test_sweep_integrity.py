@@ -310,6 +310,8 @@ def test_wandb_summary_run_holds_the_tables_and_plot(tmp_path: Path) -> None:
     assert means == pytest.approx(cells["mean"].tolist())
     assert len(list((media / "images" / "plots").glob("mrr_vs_proportion*.png"))) == 1
     assert list(folder.glob("run-*.wandb"))  # the run's own record, for `wandb sync`
+    again = Path(aggregate(tmp_path, wandb=settings)["wandb"])  # aggregated again: the same summary run
+    assert folder.name.endswith(settings["id"]) and again.name.endswith(settings["id"])
     # W&B failing never fails the aggregation
     broken = {**settings, "mode": "not-a-mode"}
     assert aggregate(tmp_path, wandb=broken)["wandb"] is None

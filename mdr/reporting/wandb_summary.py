@@ -8,6 +8,7 @@ warning (the files are written before W&B is called).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Mapping
@@ -35,13 +36,18 @@ TIMEOUT_S = 30
 def summary_settings(wandb_cfg: Mapping[str, Any], sweep_dir: Path, out: Path) -> dict[str, Any]:
     """``wandb.init`` arguments of the summary run, from the sweep's ``logger.wandb`` settings.
 
-    The group is ``logger.wandb.group`` or the sweep folder's name, which is the group of the sweep's jobs
-    (:func:`mdr.pipeline.wandb_settings`) when the sweep runs under ``multiruns/``.
+    The group is ``logger.wandb.group`` or the sweep folder's name, the group of the sweep's jobs
+    (:func:`mdr.pipeline.sweep_name`). The run id is derived from the project and group with ``resume="allow"``,
+    so aggregating a sweep again updates its one summary run instead of adding another.
     """
+    project = wandb_cfg.get("project") or "mdr"
+    group = wandb_cfg.get("group") or Path(sweep_dir).name
     return {
-        "project": wandb_cfg.get("project") or "mdr",
+        "id": "summary-" + hashlib.sha1(f"{project}/{group}".encode()).hexdigest()[:12],
+        "resume": "allow",
+        "project": project,
         "entity": wandb_cfg.get("entity"),
-        "group": wandb_cfg.get("group") or Path(sweep_dir).name,
+        "group": group,
         "mode": wandb_cfg.get("mode") or "offline",
         "name": "summary",
         "job_type": "aggregate",
