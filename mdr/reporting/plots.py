@@ -70,10 +70,18 @@ def plot_deltas(tests: pd.DataFrame, path: Path, margin: float | None = None) ->
         for index, ((language, variant), rows) in enumerate(lines):
             rows = rows.sort_values("hard_proportion")
             dodge = 0.008 * (index - (len(lines) - 1) / 2)  # keep overlapping intervals apart
-            delta = rows["delta_mrr@100"]
-            errors = np.vstack([delta - rows.ci_low, rows.ci_high - delta]).clip(min=0)
+            delta = rows["delta_mrr@100"].to_numpy()
+            errors = np.vstack([delta - rows.ci_low, rows.ci_high - delta]).clip(min=0)  # (2, levels)
             label = f"{language} {variant}" if several_variants else language
-            axis.errorbar(rows.hard_proportion + dodge, delta, yerr=errors, marker="o", capsize=3, label=label)
+            x = np.concatenate([[0.0], rows.hard_proportion.to_numpy() + dodge])  # p = 0 is 0 by definition
+            axis.errorbar(
+                x,
+                np.concatenate([[0.0], delta]),
+                yerr=np.hstack([np.zeros((2, 1)), errors]),
+                marker="o",
+                capsize=3,
+                label=label,
+            )
         axis.set(
             title=f"{model} / {stage}",
             xlabel="proportion of mined hard negatives",
