@@ -263,8 +263,8 @@ def test_multirun_with_a_failed_cell_exits_non_zero(tmp_path: Path, cache_dir: P
         json.loads(p.read_text())["hard_proportion"]: json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")
     }
     assert (
-        f"{runs[1.0]['metrics']['mrr@100']:.4f}* (n=1)" in table
-        or f"{runs[1.0]['metrics']['mrr@100']:.4f} (n=1)" in table
+        f"| {runs[1.0]['metrics']['mrr@100']:.4f}* / {runs[1.0]['metrics']['ndcg@10']:.4f} (n=1)" in table
+        or f"| {runs[1.0]['metrics']['mrr@100']:.4f} / {runs[1.0]['metrics']['ndcg@10']:.4f} (n=1)" in table
     )
     # W&B (offline): one run per job, none reused by the next job of the same process
     run_dirs = [sorted((p.parent / "wandb").glob("offline-run-*")) for p in sweep.glob("*/metrics.json")]
