@@ -403,3 +403,27 @@ def test_an_exported_sweep_copied_back_is_not_recomputed(tmp_path: Path, cache_d
     assert again.stdout.count("already complete (same config)") == 2
     assert not list(restored.rglob("encoder")) and not list(restored.rglob("checkpoints"))
     assert pd.read_csv(restored / "cells.csv")["mean"].tolist() == pd.read_csv(sweep / "cells.csv")["mean"].tolist()
+
+
+def test_zero_shot_runs_of_evaluate_join_the_report(tmp_path: Path) -> None:
+    """The grid's zero-shot row (evaluate.py: no training, no p) from its own folder, beside a trained sweep."""
+    rng = np.random.default_rng(9)
+    _grid(tmp_path / "dose", rng)
+    job = make_job(tmp_path / "zero", "language=th", p=0, seed=0, scores=_scores(rng), overrides=["language=th"])
+    metrics = json.loads((job / "metrics.json").read_text())
+    metrics.update(stage="zero_shot", hard_proportion=None, num_negatives=None)
+    del metrics["train"]
+    (job / "metrics.json").write_text(json.dumps(metrics))
+    config = yaml.safe_load((job / "config.yaml").read_text())
+    for key in ("negatives", "stage", "loss"):  # evaluate.yaml has none of these
+        del config[key]
+    (job / "config.yaml").write_text(yaml.safe_dump(config))
+    (job / "run_folder.json").unlink()
+    run_folder.claim(OmegaConf.create(config), job)
+    summary = aggregate([tmp_path / "dose", tmp_path / "zero"], out=tmp_path / "out")
+    assert (summary["completed"], summary["invalid"], summary["duplicates"]) == (5, 0, 0)
+    cells = pd.read_csv(tmp_path / "out" / "cells.csv")
+    zero = cells[cells.stage == "zero_shot"]
+    assert zero.variant.tolist() == ["mask=n/a,denoise=off"] and zero.hard_proportion.isna().all()
+    assert zero["mean"].iloc[0] == pytest.approx(metrics["metrics"]["mrr@100"])
+    assert "### MRR@100, model=tiny, stage=zero_shot" in (tmp_path / "out" / "results.md").read_text()
