@@ -222,7 +222,12 @@ def publish_to_wandb(cfg: DictConfig, out: Path, payload: dict[str, Any]) -> Non
 
 
 def sweep_name(out: Path) -> str:
-    """The multirun folder's name for a sweep job, the run folder's otherwise."""
+    """The sweep folder's name (``hydra.sweep.dir``, wherever it is) for a multirun job, the run folder's
+    otherwise: a sweep's jobs and its summary run (:mod:`mdr.reporting.wandb_summary`) share one W&B group."""
+    if in_multirun():
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().sweep.dir).name
     return out.parent.name if out.parent.parent.name == "multiruns" else out.name
 
 

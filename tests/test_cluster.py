@@ -84,7 +84,7 @@ def test_multirun_through_slurm(tmp_path: Path, cache_dir: Path, tiny_model: Pat
             "hydra.launcher.mem_gb=4",
             "hydra.launcher.cpus_per_task=1",
             "hydra.launcher.timeout_min=20",
-            "hydra.callbacks.aggregate.trials=1000",
+            "hydra.callbacks.aggregate.equivalence_margin=0.01",
             f"hydra.sweep.dir={sweep}",
         ],
         tmp_path,

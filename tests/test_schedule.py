@@ -208,12 +208,12 @@ def test_aggregation_has_a_row_per_evaluation_language_and_compares_schedules(tm
         stages_all.proportion_applies_to
     ) == {"all"}
     assert set(results[results.stage == "target_only"].variant) == {"mask=on,denoise=off"}
-    comparison = compare_schedules(results, trials=500)
+    comparison = compare_schedules(results)
     better = comparison[comparison.schedule == "english_then_target"]
     assert len(better) == 2 and set(better.reference) == {"target_only"}
     assert better["delta_mrr@100"].round(4).tolist() == [0.3, 0.3]
     assert (better.p_holm < 0.05).all()
-    summary = aggregate(tmp_path, trials=500)
+    summary = aggregate(tmp_path)
     report = Path(summary["table"]).read_text()
     assert "### MRR@100 by stage schedule, model=tiny" in report and "| target_only | english_then_target |" in report
     assert (tmp_path / "schedules.csv").is_file()
