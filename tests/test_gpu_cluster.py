@@ -130,3 +130,65 @@ def test_dense_mining_writes_embeddings_under_the_cache_not_tmpdir(
     assert len(folders) == 1 and folders[0].is_relative_to(cache / "tmp")
     assert not folders[0].exists(), "removed once the pool is built"
     assert not any(tmpdir.iterdir()), "nothing written to the system's temporary folder"
+
+
+def _slurm_task(monkeypatch: pytest.MonkeyPatch, rank: int, restart: int = 0) -> None:
+    """The environment srun gives task ``rank`` of a 2-task job (one node), as submitit starts it."""
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_STEP_ID": "0",
+        "SLURM_NTASKS": "2",
+        "SLURM_NTASKS_PER_NODE": "2",
+        "SLURM_NNODES": "1",
+        "SLURM_PROCID": str(rank),
+        "SLURM_LOCALID": str(rank),
+        "SLURM_NODEID": "0",
+        "SLURM_RESTART_COUNT": str(restart),
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_slurm_ranks_take_rank_zeros_run_folder_decision(make_cfg, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """Defect 3: rank 0 of a 2-task SLURM job returned ("already complete" / refused) while rank 1 skipped the
+    folder check, read the data and waited for rank 0 in Lightning's init until killed."""
+    from mdr import run_folder
+    from mdr.pipeline import run_task
+    from mdr.utils.io import atomic_write_json
+
+    ran: list[int] = []
+
+    def task(cfg) -> dict:  # noqa: ANN001
+        ran.append(int(os.environ["SLURM_PROCID"]))
+        payload = {"metrics": {"mrr@100": 0.5}} if ran[-1] == 0 else {}
+        if payload:
+            atomic_write_json(Path(cfg.paths.output_dir) / "metrics.json", payload)
+        return payload
+
+    cfg = make_cfg("seed=7")
+    _slurm_task(monkeypatch, 0)
+    assert run_task(cfg, task)["metrics"]["mrr@100"] == 0.5
+    _slurm_task(monkeypatch, 1)
+    assert run_task(cfg, task) == {} and ran == [0, 1], "the first launch: both ranks run"
+
+    _slurm_task(monkeypatch, 0, restart=1)  # the finished sweep again (a requeue or a rerun)
+    assert run_task(cfg, task)["metrics"]["mrr@100"] == 0.5
+    _slurm_task(monkeypatch, 1, restart=1)
+    assert run_task(cfg, task) == {}
+    assert ran == [0, 1], "rank 1 returns too: rank 0 found the run complete"
+
+    changed = make_cfg("seed=8")  # another config into the finished folder: refused on both ranks
+    _slurm_task(monkeypatch, 0, restart=2)
+    with pytest.raises(run_folder.RunFolderConflict):
+        run_task(changed, task)
+    _slurm_task(monkeypatch, 1, restart=2)
+    with pytest.raises(run_folder.RunFolderRefused, match="rank 0 refused"):
+        run_task(changed, task)
+    assert ran == [0, 1]
+
+    _slurm_task(monkeypatch, 1, restart=3)  # rank 0 never got to the folder: a clear error, not a hang
+    monkeypatch.setattr(run_folder, "RANK_WAIT_S", 0.2)
+    with pytest.raises(TimeoutError, match="recorded no decision"):
+        run_task(cfg, task)
+    assert ran == [0, 1]
