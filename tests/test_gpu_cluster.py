@@ -192,3 +192,146 @@ def test_slurm_ranks_take_rank_zeros_run_folder_decision(make_cfg, monkeypatch: 
     with pytest.raises(TimeoutError, match="recorded no decision"):
         run_task(cfg, task)
     assert ran == [0, 1]
+
+
+def _sweep_config(*overrides: str):  # noqa: ANN202
+    """The multirun's config with its ``hydra`` node, as a Hydra callback gets it at ``on_multirun_start``."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import ROOT
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_one_override_sizes_the_slurm_jobs() -> None:
+    """Defect 5: tasks_per_node stayed 1 with trainer=ddp (Lightning refused it at fit, after mining), num_nodes was
+    no trainer key, and 16 GB per node was the memory of 8 ranks."""
+    from mdr.cluster import MEM_GB_PER_TASK, sweep_problems
+
+    config = _sweep_config("launcher=slurm", "trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2")
+    assert sweep_problems(config, environ={}) == []
+    launcher = config.hydra.launcher
+    assert (launcher.tasks_per_node, launcher.nodes, launcher.gpus_per_node) == (8, 2, 8)
+    assert launcher.mem_gb == 8 * MEM_GB_PER_TASK
+    cpu = _sweep_config("launcher=slurm", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
+    assert sweep_problems(cpu, environ={}) == [] and cpu.hydra.launcher.gpus_per_node is None
+    assert cpu.hydra.launcher.tasks_per_node == 2
+    one = _sweep_config("launcher=slurm", "trainer=gpu", "hydra.launcher.mem_gb=40")
+    assert sweep_problems(one, environ={}) == []
+    assert (one.hydra.launcher.tasks_per_node, one.hydra.launcher.gpus_per_node, one.hydra.launcher.mem_gb) == (
+        1,
+        1,
+        40,
+    )
+
+
+def test_slurm_settings_that_contradict_the_trainer_are_refused_naming_the_keys() -> None:
+    from mdr.cluster import sweep_problems
+
+    config = _sweep_config(
+        "launcher=slurm",
+        "trainer=ddp",
+        "trainer.devices=8",
+        "hydra.launcher.tasks_per_node=1",
+        "hydra.launcher.nodes=2",
+    )
+    problems = sweep_problems(config, environ={})
+    assert len(problems) == 2
+    assert "hydra.launcher.tasks_per_node=1 but trainer.devices=8" in problems[0]
+    assert "hydra.launcher.nodes=2 but trainer.num_nodes=1" in problems[1]
+    few = _sweep_config("launcher=slurm", "trainer=ddp", "trainer.devices=4", "hydra.launcher.gpus_per_node=1")
+    assert "hydra.launcher.gpus_per_node=1 is fewer than trainer.devices=4" in sweep_problems(few, environ={})[0]
+
+
+def test_each_job_checks_its_slurm_allocation_and_cuda_before_reading_data(make_cfg) -> None:  # noqa: ANN001
+    """Defect 5: inside the job, a mismatch with the allocation or a GPU trainer without CUDA is a config error
+    naming the keys (validation), not Lightning's error at fit after mining, or a late CUDA failure."""
+    from mdr.validation import launch_problems
+
+    ddp = make_cfg("trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2")
+    env = {"SLURM_NTASKS": "8", "SLURM_NTASKS_PER_NODE": "8", "SLURM_NNODES": "2", "SLURM_JOB_NAME": "train"}
+    assert launch_problems(ddp, environ=env, cuda_devices=8, launcher=None) == []
+    one_task = {**env, "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1"}
+    problems = launch_problems(ddp, environ=one_task, cuda_devices=8, launcher=None)
+    assert len(problems) == 1 and "trainer.devices=8" in problems[0] and "hydra.launcher.tasks_per_node" in problems[0]
+    one_node = {**env, "SLURM_NNODES": "1"}
+    assert "trainer.num_nodes=2 but this SLURM job has 1 node(s)" in launch_problems(ddp, one_node, 8, None)[0]
+    no_cuda = launch_problems(make_cfg("trainer=gpu"), environ={}, cuda_devices=0, launcher=None)
+    assert len(no_cuda) == 1 and "trainer.accelerator=gpu but torch" in no_cuda[0] and "sees no CUDA" in no_cuda[0]
+    assert "this node has 2 visible CUDA" in launch_problems(ddp, environ={}, cuda_devices=2, launcher=None)[0]
+    assert (
+        "trainer.num_nodes must be an integer >= 1" in launch_problems(make_cfg("trainer.num_nodes=0"), {}, 0, None)[0]
+    )
+
+
+def test_local_ddp_multirun_is_refused_before_any_job(make_cfg) -> None:  # noqa: ANN001
+    """Defect 2: Lightning starts the extra ranks by re-running sys.argv (subprocess_script.py), which under -m is
+    the whole sweep: rank 1 ran another cell than rank 0 and the table reported wrong cells. Refused up front."""
+    from lightning.fabric.strategies.launchers import subprocess_script
+
+    from mdr.cluster import sweep_problems
+    from mdr.validation import launch_problems
+
+    # what Lightning would run for rank 1 from a multirun job: the sweep again
+    argv = ["train.py", "-m", "trainer=ddp", "trainer.devices=2", "negatives.hard_proportion=0,1"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.argv", argv)
+        assert "-m" in subprocess_script._basic_subprocess_cmd()
+    config = _sweep_config("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
+    problems = sweep_problems(config, environ={})
+    assert len(problems) == 1 and "launcher=slurm" in problems[0] and "without -m" in problems[0]
+    joblib = _sweep_config("launcher=joblib", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
+    assert "JoblibLauncher" in sweep_problems(joblib, environ={})[0]
+    # the job checks it too (a sweep whose hydra callbacks were replaced)
+    ddp = make_cfg("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
+    basic = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+    assert "BasicLauncher launcher" in launch_problems(ddp, environ={}, cuda_devices=0, launcher=basic)[0]
+    assert launch_problems(ddp, environ={}, cuda_devices=0, launcher=None) == [], "one cell per command: fine"
+    slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "1", "SLURM_JOB_NAME": "train"}
+    assert launch_problems(ddp, environ=slurm, cuda_devices=0, launcher=basic) == [], "srun starts the ranks"
+
+
+def test_local_ddp_sweep_command_exits_before_any_job(tmp_path: Path) -> None:
+    """Defect 2, the command as a user types it: status 2, the advice, and no sweep folder, no job, no data read."""
+    import subprocess
+    import sys
+
+    from conftest import DATA_DIR, ROOT
+
+    sweep = tmp_path / "sweep"
+    argv = ["-m", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data=demo"]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *argv, "negatives.hard_proportion=0,1", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path,
+        env={**os.environ, "MDR_DATA_DIR": str(DATA_DIR), "MDR_CACHE_DIR": str(tmp_path / "cache")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "launcher=slurm" in done.stdout + done.stderr and "without -m" in done.stdout + done.stderr
+    assert not sweep.exists() and not (tmp_path / "cache").exists()
+
+
+def test_job_folder_names_hold_no_path_and_one_spelling_per_number() -> None:
+    """Defect 6 (and issue 19 item 2): ``data.queries_repo=/data/...`` split a job folder into 5 levels (the
+    aggregation, globbing ``*/.hydra``, counted every cell missing) or overflowed the name; 0 and 0.0 made two."""
+    from mdr.utils.job_dirs import MAX_NAME
+
+    repo = "data.queries_repo=/data/mrtydi/queries"
+    names = {
+        _sweep_config("data=mrtydi", repo, f"negatives.hard_proportion={p}", "seed=1").hydra.sweep.subdir
+        for p in ("0", "0.0", "0.")
+    }
+    assert len(names) == 1, names
+    name = names.pop()
+    assert "/" not in name and "negatives.hard_proportion=0," in name and "data.queries_repo=queries-" in name
+    other = _sweep_config("data=mrtydi", "data.queries_repo=/scratch/queries", "negatives.hard_proportion=0", "seed=1")
+    assert other.hydra.sweep.subdir != name, "another path, another folder"
+    half = {_sweep_config(f"negatives.hard_proportion={p}").hydra.sweep.subdir for p in ("0.5", "0.50", "5e-1")}
+    assert half == {"negatives.hard_proportion=0.5"}
+    long = _sweep_config("data=mrtydi", "data.queries_repo=" + "/very-long-folder-name" * 20, "seed=1").hydra.sweep
+    assert "/" not in long.subdir and len(long.subdir) <= MAX_NAME
+    excluded = _sweep_config("trainer=ddp", "launcher=local", "seed=1").hydra.sweep.subdir
+    assert excluded == "seed=1", "hydra.job.config.override_dirname.exclude_keys still apply"
