@@ -98,7 +98,7 @@ def follow_rank_zero(out: Path, task: Callable[[DictConfig], dict[str, Any]], cf
     """
     decision = run_folder.rank_zero_decision(out)
     if decision["decision"] == "complete":
-        log.info("%s: rank 0 found this config's finished run; this rank returns", out)
+        print(f"[mdr] {out}: rank 0 found this config's finished run; this rank returns", flush=True)  # off rank 0
         return {}
     if decision["decision"] == "refused":
         raise run_folder.RunFolderRefused(f"rank 0 refused {out}: {decision['message']}")
