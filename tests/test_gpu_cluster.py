@@ -332,6 +332,6 @@ def test_job_folder_names_hold_no_path_and_one_spelling_per_number() -> None:
     half = {_sweep_config(f"negatives.hard_proportion={p}").hydra.sweep.subdir for p in ("0.5", "0.50", "5e-1")}
     assert half == {"negatives.hard_proportion=0.5"}
     long = _sweep_config("data=mrtydi", "data.queries_repo=" + "/very-long-folder-name" * 20, "seed=1").hydra.sweep
-    assert "/" not in long.subdir and len(long.subdir) <= MAX_NAME
+    assert "/" not in long.subdir and len(long.subdir.encode()) <= MAX_NAME
     excluded = _sweep_config("trainer=ddp", "launcher=local", "seed=1").hydra.sweep.subdir
     assert excluded == "seed=1", "hydra.job.config.override_dirname.exclude_keys still apply"

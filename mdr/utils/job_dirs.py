@@ -5,7 +5,7 @@ mrtydi``) splits the folder into several levels (the aggregation finds jobs at `
 longer than the file system allows, and ``negatives.hard_proportion=0`` and ``=0.0`` name two folders for one config.
 :func:`job_dirname` (the ``${mdr_job_dir:...}`` resolver of ``conf/hydra/default.yaml``) writes numbers in one
 spelling (``0.0`` -> ``0``, ``0.50`` -> ``0.5``), a value holding ``/`` as its last path part plus a hash of the
-whole, and cuts a name over :data:`MAX_NAME` characters to a prefix plus a hash of the whole name.
+whole, and cuts a name over :data:`MAX_NAME` bytes to a prefix plus a hash of the whole name.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-MAX_NAME = 200
+MAX_NAME = 240
 """Longest job folder name kept as it is (file systems allow 255 bytes per name)."""
 
 
@@ -48,5 +48,6 @@ def job_dirname(overrides: Sequence[str], exclude_keys: Sequence[str] = ()) -> s
     lines.sort()
     name = ",".join(lines)
     if len(name.encode("utf-8")) > MAX_NAME:
-        name = f"{name[: MAX_NAME - 50]}...{_digest(name, 16)}"
+        prefix = name.encode("utf-8")[: MAX_NAME - 50].decode("utf-8", errors="ignore")  # whole characters only
+        name = f"{prefix}...{_digest(name, 16)}"
     return name
