@@ -54,35 +54,59 @@ def run_task(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]]) -> d
     """
     out = output_dir(cfg)
     if not run_folder.is_primary_process():  # a DDP / SLURM rank > 0: rank 0 owns the folder
-        return task(cfg)
-    with run_folder.exclusive(out):
-        state = run_folder.claim(cfg, out)
-        if state.complete is not None:
-            log.info("%s already holds this config's finished run; nothing recomputed (run.on_complete=fresh)", out)
-            print(f"[mdr] {out}: already complete (same config), metrics.json kept", flush=True)
-            # a kill between metrics.json and the tidying left them: nothing resumes from them any more
-            run_folder.remove_weights(cfg, out)
-            if not OmegaConf.select(cfg, "evaluation.keep_embeddings", default=False):
-                remove_if_empty(out / "embeddings")
-            return state.complete
-        atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        try:
-            result = task(cfg)
-        except BaseException as error:
-            if not isinstance(error, KeyboardInterrupt):
-                atomic_write_json(
-                    out / "failed.json",
-                    {
-                        "error": f"{type(error).__name__}: {error}",
-                        "traceback": traceback.format_exc(),
-                        "time": time.time(),
-                    },
-                )
-            if isinstance(error, SIGTERMException):  # a SystemExit with code 0: say 128 + SIGTERM instead
-                raise SystemExit(128 + signal.SIGTERM) from error
-            raise
-        (out / "failed.json").unlink(missing_ok=True)
-        return result
+        return follow_rank_zero(out, task, cfg)
+    told = False  # whether the launch's other ranks know what this rank does (SLURM tasks, torchrun)
+    try:
+        with run_folder.exclusive(out):
+            state = run_folder.claim(cfg, out)
+            run_folder.tell_other_ranks(out, "run" if state.complete is None else "complete")
+            told = True
+            if state.complete is not None:
+                log.info("%s already holds this config's finished run; nothing recomputed (run.on_complete=fresh)", out)
+                print(f"[mdr] {out}: already complete (same config), metrics.json kept", flush=True)
+                # a kill between metrics.json and the tidying left them: nothing resumes from them any more
+                run_folder.remove_weights(cfg, out)
+                if not OmegaConf.select(cfg, "evaluation.keep_embeddings", default=False):
+                    remove_if_empty(out / "embeddings")
+                return state.complete
+            atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            try:
+                result = task(cfg)
+            except BaseException as error:
+                if not isinstance(error, KeyboardInterrupt):
+                    atomic_write_json(
+                        out / "failed.json",
+                        {
+                            "error": f"{type(error).__name__}: {error}",
+                            "traceback": traceback.format_exc(),
+                            "time": time.time(),
+                        },
+                    )
+                if isinstance(error, SIGTERMException):  # a SystemExit with code 0: say 128 + SIGTERM instead
+                    raise SystemExit(128 + signal.SIGTERM) from error
+                raise
+            (out / "failed.json").unlink(missing_ok=True)
+            return result
+    except run_folder.RunFolderRefused as error:
+        if not told:  # refused before anything ran (another config's results, folder in use)
+            run_folder.tell_other_ranks(out, "refused", str(error))
+        raise
+
+
+def follow_rank_zero(out: Path, task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> dict[str, Any]:
+    """A rank > 0 takes rank 0's decision on the run folder: run ``task``, return ``{}`` (already complete), or
+    raise what rank 0 raised; it neither locks nor records (:func:`mdr.run_folder.rank_zero_decision`).
+
+    Raises:
+        RunFolderRefused: rank 0 refused the folder.
+    """
+    decision = run_folder.rank_zero_decision(out)
+    if decision["decision"] == "complete":
+        print(f"[mdr] {out}: rank 0 found this config's finished run; this rank returns", flush=True)  # off rank 0
+        return {}
+    if decision["decision"] == "refused":
+        raise run_folder.RunFolderRefused(f"rank 0 refused {out}: {decision['message']}")
+    return task(cfg)
 
 
 def in_multirun() -> bool:

@@ -491,15 +491,18 @@ def cached_stage(
         if not one_process(cfg):  # its ranks would wait on this lock for each other
             raise DataError(
                 f"stage {stage.name} ({root}) is not cached yet, and cached stages are trained by one process on one "
-                "device: run the same command once with trainer.devices=1 trainer.strategy=auto (and num_nodes=1), "
-                "then this run reuses it"
+                "device: run the same command once with trainer=gpu (trainer=cpu on CPU) in place of trainer=ddp and "
+                "without trainer.devices / trainer.num_nodes (with launcher=slurm its jobs then ask for one task and "
+                "one GPU; not inside a multi-task allocation, whose tasks per node must equal trainer.devices), then "
+                "this run reuses it"
             )
         atomic_write_json(root / "stage.json", {"name": stage.name, "key": key})
         log.info("stage %s: training on %s -> %s", stage.name, ", ".join(s.label for s in stage.sources), root)
         trained = run_stage(cfg, stage, start, root / "run", functions)
         if not trained.is_global_zero:
             raise RuntimeError(
-                f"stage {stage.name} is cached and must be trained before DDP spawns: run it with trainer.devices=1"
+                f"stage {stage.name} is cached and must be trained before DDP spawns: train it first with trainer=gpu "
+                "(one process, one device), then rerun"
             )
         staging = root / ".encoder.tmp"
         shutil.rmtree(staging, ignore_errors=True)

@@ -240,5 +240,5 @@ def test_a_ddp_run_reuses_cached_stages_but_never_trains_one(make_cfg) -> None: 
     single = make_cfg("stage=english_then_target", "seed=9731")
     ddp = make_cfg("stage=english_then_target", "seed=9731", "trainer=ddp", "trainer.accelerator=cpu")
     assert digests(ddp)[0] == digests(single)[0], "a stage trained on one device serves DDP runs"
-    with pytest.raises(DataError, match=r"stage english .* is not cached yet.*trainer.devices=1"):
+    with pytest.raises(DataError, match=r"stage english .* is not cached yet.*trainer=gpu \(trainer=cpu on CPU\)"):
         run_task(ddp, train)

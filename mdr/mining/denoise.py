@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from mdr.mining.pools import RawPools, file_lock, fingerprint, load_pools, save_
 from mdr.models.bi_encoder import BiEncoder
 from mdr.models.precision import autocast_dtype
 from mdr.utils.logging import get_logger
+from mdr.utils.ranks import cuda_device
 
 log = get_logger(__name__)
 
@@ -186,10 +186,9 @@ def scores_cache_path(
 
 
 def default_device() -> str:
-    """This process's CUDA device (``LOCAL_RANK`` under DDP) when there is one, else the CPU."""
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0) % torch.cuda.device_count()}"
-    return "cpu"
+    """This process's CUDA device (``LOCAL_RANK`` under DDP, ``SLURM_LOCALID`` in a SLURM task) when there is one,
+    else the CPU."""
+    return cuda_device()
 
 
 def _passage_texts(corpus: Mapping[str, Any], docids: Sequence[str], prefix: str) -> list[str]:

@@ -100,7 +100,9 @@ def mine(
             from mdr.mining.dense import dense_pools
 
             encoder, tokenizer = load_encoder(settings.encoder)  # type: ignore[arg-type]
-            return dense_pools(encoder, tokenizer, split, settings.depth, device=device)
+            return dense_pools(
+                encoder, tokenizer, split, settings.depth, device=device, work_dir=Path(cache_dir) / "tmp"
+            )
 
         return cached(cache_path(cache_dir, split, language, key), run_dense)
     raise ValueError(f"negatives.pool.source={settings.source!r}: expected bm25, dense or shipped")

@@ -68,6 +68,7 @@ class BiEncoderModule(pl.LightningModule):
         self.grad_cache = grad_cache
         self.gradient_clip_val = gradient_clip_val
         self.register_buffer("false_negatives_masked", torch.zeros((), dtype=torch.long), persistent=False)
+        self._masked_total: int | None = None  # summed over ranks at the end of training (on_train_end)
 
     def on_train_start(self) -> None:
         self.start_epoch = self.current_epoch  # > 0 when resumed from a checkpoint
@@ -161,15 +162,34 @@ class BiEncoderModule(pl.LightningModule):
             return batch.to(device)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
+    def _summed_over_ranks(self) -> int:
+        """The ``false_negatives_masked`` buffer summed over every process (a collective under DDP: every rank
+        calls it, while the module is on its training device)."""
+        return int(self.trainer.strategy.reduce(self.false_negatives_masked.clone(), reduce_op="sum"))
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["mdr_false_negatives_masked"] = int(self.false_negatives_masked)
+        # every rank dumps the checkpoint (rank 0 writes it), so the sum over ranks is stored, not rank 0's count
+        checkpoint["mdr_false_negatives_masked"] = self._summed_over_ranks()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.false_negatives_masked.fill_(int(checkpoint.get("mdr_false_negatives_masked", 0)))
+        stored = int(checkpoint.get("mdr_false_negatives_masked", 0))  # the sum over the ranks that saved it
+        self.false_negatives_masked.fill_(stored if self.global_rank == 0 else 0)
+
+    def on_train_end(self) -> None:
+        # sum now, not after fit: Lightning's teardown then moves the module to the CPU, and the NCCL group it
+        # created on CUDA has no CPU backend ("No backend type associated with device type cpu")
+        self._masked_total = self._summed_over_ranks()
 
     def masked_total(self) -> int:
-        """In-batch false negatives masked over training, summed over every process."""
-        return int(self.trainer.strategy.reduce(self.false_negatives_masked.clone(), reduce_op="sum"))
+        """In-batch false negatives masked over training, summed over every process; no collective, so it may be
+        called after ``trainer.fit`` returned.
+
+        When fit ran no epoch (resumed from a checkpoint of a finished run) it is the checkpoint's stored sum (on
+        rank 0; other ranks hold 0).
+        """
+        if self._masked_total is not None:
+            return self._masked_total
+        return int(self.false_negatives_masked)
 
     def _grad_scaler(self) -> Any:
         """The precision plugin's GradScaler (fp16 mixed precision), or None."""

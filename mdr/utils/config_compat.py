@@ -12,6 +12,7 @@ from typing import Any
 
 NEUTRAL_DEFAULTS: dict[str, Any] = {
     "train.fast_dropout": False,  # added with train.fast_dropout: torch's own dropout, as before
+    "trainer.num_nodes": 1,  # added to conf/trainer: one node, Lightning's default, as before
 }
 
 

@@ -10,15 +10,21 @@ from omegaconf import DictConfig, OmegaConf
 from mdr.data.readers import RetrievalReader
 from mdr.data.schema import DataError
 from mdr.models.bi_encoder import EncoderSettings
+from mdr.utils.job_dirs import job_dirname
 from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
 
 
 def register_resolvers() -> None:
-    """``${abspath:...}`` makes a path absolute against the current directory."""
+    """``${abspath:...}`` makes a path absolute against the current directory; ``${mdr_job_dir:overrides,exclude}``
+    names a multirun's job folder (:func:`mdr.utils.job_dirs.job_dirname`)."""
     if not OmegaConf.has_resolver("abspath"):
         OmegaConf.register_new_resolver("abspath", lambda path: str(Path(path).expanduser().resolve()))
+    if not OmegaConf.has_resolver("mdr_job_dir"):
+        OmegaConf.register_new_resolver(
+            "mdr_job_dir", lambda overrides, exclude: job_dirname(list(overrides), list(exclude or []))
+        )
 
 
 def build_reader(data_cfg: DictConfig) -> RetrievalReader:
