@@ -121,7 +121,6 @@ def test_ddp_sweep_through_slurm_two_tasks_per_job(tmp_path: Path, cache_dir: Pa
         "hydra.launcher.mem_gb=4",
         "hydra.launcher.cpus_per_task=1",
         "hydra.launcher.timeout_min=20",
-        "hydra.callbacks.aggregate.trials=200",
         f"hydra.sweep.dir={sweep}",
     ]
     done = _run(command, tmp_path, cache_dir)
