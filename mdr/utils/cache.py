@@ -1,7 +1,7 @@
 """One way for every cache to name, verify and lock its entries (docs/caches.md).
 
 * **Content digests** (:func:`content_digest`): the SHA-256 of a file's bytes, remembered under
-  ``<cache_dir>/digests/`` by (path, size, mtime, inode), so a file is read in full once and then only stat'ed
+  ``<cache_dir>/digests/`` by (path, size, mtime, ctime, inode), so a file is read in full once and then only stat'ed
   while it is unchanged. Files in the Hugging Face cache are content-addressed blobs: their name is the digest.
 * **Manifests** (:func:`manifest` / :func:`check_manifest`): sizes, a sampled digest and the full SHA-256 of
   the files an entry holds, written when the entry is built and checked when it is opened, at the level the
@@ -76,7 +76,8 @@ def sample_digest(path: str | os.PathLike[str]) -> str:
 
 
 def content_digest(path: str | os.PathLike[str], memo_dir: str | os.PathLike[str] | None = None) -> str:
-    """The SHA-256 of ``path``'s bytes; with ``memo_dir``, remembered there while size, mtime and inode hold.
+    """The SHA-256 of ``path``'s bytes; with ``memo_dir``, remembered there while size, mtime, ctime and inode hold
+    (any write changes ctime, which ``touch -d`` / ``os.utime`` cannot set back).
 
     A Hugging Face cache blob (``.../blobs/<sha256>``, what its snapshot links resolve to) is its own digest.
     """
@@ -84,7 +85,7 @@ def content_digest(path: str | os.PathLike[str], memo_dir: str | os.PathLike[str
     if resolved.parent.name == "blobs" and _HF_BLOB.match(resolved.name):
         return resolved.name
     stat = resolved.stat()
-    stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+    stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]  # ctime: no utime can set it back
     memo = None
     if memo_dir is not None:
         memo = Path(memo_dir) / f"{hashlib.sha256(str(resolved).encode()).hexdigest()[:32]}.json"
