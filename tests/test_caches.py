@@ -427,3 +427,14 @@ def test_a_bad_lock_setting_is_refused_naming_it(tmp_path: Path, monkeypatch: py
     with pytest.raises(CacheError, match="MDR_CACHE_LOCK=flock but this file system has no flock"):
         with cache_lock(tmp_path / "x.lock"):
             pass
+
+
+def test_a_model_folder_of_the_users_is_never_checked_against_a_build_manifest(
+    make_cfg: Any, tiny_model: Path, tmp_path: Path
+) -> None:
+    from mdr.utils.instantiate import ensure_model_files
+
+    mine_ = tmp_path / "my-model"
+    shutil.copytree(tiny_model, mine_, ignore=shutil.ignore_patterns(".manifest.json"))
+    ensure_model_files(make_cfg(f"model.name_or_path={mine_}").model)  # model=tiny builds elsewhere
+    assert sorted(p.name for p in mine_.iterdir()) == sorted(p.name for p in tiny_model.iterdir() if p.name[0] != ".")

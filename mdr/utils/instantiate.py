@@ -60,9 +60,13 @@ def ensure_model_files(model_cfg: DictConfig) -> None:
     problem = build_target_problem(model_cfg)
     if problem:
         raise DataError(problem)
-    if model_cfg.get("build") is None:
+    build = model_cfg.get("build")
+    if build is None:
         return
     target = Path(str(model_cfg.name_or_path))
+    out_dir = build.get("out_dir")
+    if target.is_dir() and (out_dir is None or Path(str(out_dir)).expanduser().resolve() != target.resolve()):
+        return  # a model folder of the user's, not the build's: never checked against a build manifest
     if target.is_dir() and check_folder(target) is None:
         return
     with cache_lock(target.with_name(f".{target.name}.lock"), f"another process is building {target}; waiting"):
