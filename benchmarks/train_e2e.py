@@ -15,7 +15,8 @@ sentence-transformers truncates queries and passages at mdr's two lengths throug
 
 (me5_small at batch 16 peaked at 12.7 GB (bf16) / 14.6 GB (fp32) in sentence-transformers' process and 8.7 / 9.5 GB
 in mdr's: run it on an otherwise idle 24 GB machine.) ``--chunk-tokens N`` overrides mdr's ``train.chunk_tokens``;
-``--fast-dropout`` trains mdr with ``train.fast_dropout=true`` (sentence-transformers keeps torch's dropout).
+mdr trains with its default ``train.fast_dropout=auto`` (fast masks on CPU); ``--torch-dropout`` sets it to false
+(sentence-transformers always keeps torch's dropout).
 On a busy machine, ``--repeats 3`` alternates the two sides three times and keeps each side's fastest run, and
 ``--threads N`` fixes both sides' OpenMP threads (oversubscribed cores stall every OpenMP barrier).
 
@@ -145,8 +146,8 @@ def compose_cfg(args: argparse.Namespace, out: Path, mask: bool, epochs: int, ma
         overrides += ["train.grad_cache.enabled=true", f"train.grad_cache.chunk_size={args.grad_cache}"]
     if args.gradient_checkpointing:
         overrides.append("train.gradient_checkpointing=true")
-    if args.fast_dropout:
-        overrides.append("train.fast_dropout=true")
+    if args.torch_dropout:
+        overrides.append("train.fast_dropout=false")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
 
@@ -531,7 +532,7 @@ def child(args: argparse.Namespace, side: str, **changes: Any) -> dict[str, Any]
             command += [f"--{key.replace('_', '-')}", str(settings[key])]
     if settings.get("max_steps") is not None:
         command += ["--max-steps", str(settings["max_steps"])]
-    for flag in ("gradient_checkpointing", "evaluate", "mask_microbench", "fast_dropout"):
+    for flag in ("gradient_checkpointing", "evaluate", "mask_microbench", "torch_dropout"):
         if settings.get(flag):
             command.append(f"--{flag.replace('_', '-')}")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_SILENT": "true"}
@@ -618,7 +619,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
         "batch": args.batch,
         "negatives": args.negatives,
         "hard_proportion": args.hard_proportion,
-        "mdr_fast_dropout": bool(args.fast_dropout),
+        "mdr_fast_dropout": not args.torch_dropout and args.device == "cpu",
         "lengths": _lengths(args),
         "steps": args.max_steps,
         "steps_timed": min(mdr["steps_timed"], st["steps_timed"]),
@@ -758,7 +759,7 @@ def main() -> None:
     parser.add_argument("--query-length", type=int, default=None, help="override model.query_max_length")
     parser.add_argument("--passage-length", type=int, default=None, help="override model.passage_max_length")
     parser.add_argument("--chunk-tokens", type=int, default=None, help="override train.chunk_tokens (mdr side)")
-    parser.add_argument("--fast-dropout", action="store_true", help="train.fast_dropout=true (mdr side)")
+    parser.add_argument("--torch-dropout", action="store_true", help="train.fast_dropout=false (mdr side)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="OMP/torch threads of both sides (default: torch's)")
     parser.add_argument("--st-optim", default=None, help="TrainingArguments.optim (default: transformers' default)")

@@ -22,19 +22,20 @@ from mdr.data.collator import BiEncoderCollator
 from mdr.data.datamodule import RetrievalDataModule
 from mdr.data.negatives import NegativeSampler
 from mdr.data.schema import DataError, RetrievalSplit
-from mdr.evaluation.evaluator import evaluate_language
+from mdr.evaluation.evaluator import evaluate_language, remove_if_empty
 from mdr.evaluation.search import search_device
 from mdr.losses import InfoNCELoss
 from mdr.mining.miner import PoolSettings, hard_negative_pools
 from mdr.models.bi_encoder import SETTINGS_FILE, BiEncoder, EncoderSettings, ModelLoadError, load_tokenizer
 from mdr.models.dropout import sdpa_supported
-from mdr.models.module import BiEncoderModule, EpochEndCheckpoint, checkpoint_every
+from mdr.models.module import AtomicCheckpointIO, BiEncoderModule, EpochEndCheckpoint, checkpoint_every
 from mdr.models.precision import resolve_precision
 from mdr.stages import (
     StageFunctions,
     evaluation_splits,
     low_resource,
     run_schedule,
+    schedule,
     train_cached_stages,
     trains_on_target,
 )
@@ -63,31 +64,59 @@ def run_task(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]]) -> d
     """
     out = output_dir(cfg)
     if not run_folder.is_primary_process():  # a DDP / SLURM rank > 0: rank 0 owns the folder
-        return task(cfg)
-    with run_folder.exclusive(out):
-        state = run_folder.claim(cfg, out)
-        if state.complete is not None:
-            log.info("%s already holds this config's finished run; nothing recomputed (run.on_complete=fresh)", out)
-            print(f"[mdr] {out}: already complete (same config), metrics.json kept", flush=True)
-            return state.complete
-        atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        try:
-            result = task(cfg)
-        except BaseException as error:
-            if not isinstance(error, KeyboardInterrupt):
-                atomic_write_json(
-                    out / "failed.json",
-                    {
-                        "error": f"{type(error).__name__}: {error}",
-                        "traceback": traceback.format_exc(),
-                        "time": time.time(),
-                    },
-                )
-            if isinstance(error, SIGTERMException):  # a SystemExit with code 0: say 128 + SIGTERM instead
-                raise SystemExit(128 + signal.SIGTERM) from error
-            raise
-        (out / "failed.json").unlink(missing_ok=True)
-        return result
+        return follow_rank_zero(out, task, cfg)
+    told = False  # whether the launch's other ranks know what this rank does (SLURM tasks, torchrun)
+    try:
+        with run_folder.exclusive(out):
+            state = run_folder.claim(cfg, out)
+            run_folder.tell_other_ranks(out, "run" if state.complete is None else "complete")
+            told = True
+            if state.complete is not None:
+                log.info("%s already holds this config's finished run; nothing recomputed (run.on_complete=fresh)", out)
+                print(f"[mdr] {out}: already complete (same config), metrics.json kept", flush=True)
+                # a kill between metrics.json and the tidying left them: nothing resumes from them any more
+                run_folder.remove_weights(cfg, out)
+                if not OmegaConf.select(cfg, "evaluation.keep_embeddings", default=False):
+                    remove_if_empty(out / "embeddings")
+                return state.complete
+            atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            try:
+                result = task(cfg)
+            except BaseException as error:
+                if not isinstance(error, KeyboardInterrupt):
+                    atomic_write_json(
+                        out / "failed.json",
+                        {
+                            "error": f"{type(error).__name__}: {error}",
+                            "traceback": traceback.format_exc(),
+                            "time": time.time(),
+                        },
+                    )
+                if isinstance(error, SIGTERMException):  # a SystemExit with code 0: say 128 + SIGTERM instead
+                    raise SystemExit(128 + signal.SIGTERM) from error
+                raise
+            (out / "failed.json").unlink(missing_ok=True)
+            return result
+    except run_folder.RunFolderRefused as error:
+        if not told:  # refused before anything ran (another config's results, folder in use)
+            run_folder.tell_other_ranks(out, "refused", str(error))
+        raise
+
+
+def follow_rank_zero(out: Path, task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> dict[str, Any]:
+    """A rank > 0 takes rank 0's decision on the run folder: run ``task``, return ``{}`` (already complete), or
+    raise what rank 0 raised; it neither locks nor records (:func:`mdr.run_folder.rank_zero_decision`).
+
+    Raises:
+        RunFolderRefused: rank 0 refused the folder.
+    """
+    decision = run_folder.rank_zero_decision(out)
+    if decision["decision"] == "complete":
+        print(f"[mdr] {out}: rank 0 found this config's finished run; this rank returns", flush=True)  # off rank 0
+        return {}
+    if decision["decision"] == "refused":
+        raise run_folder.RunFolderRefused(f"rank 0 refused {out}: {decision['message']}")
+    return task(cfg)
 
 
 def in_multirun() -> bool:
@@ -99,7 +128,7 @@ def in_multirun() -> bool:
 
 
 def entry_point(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]]) -> float | None:
-    """Run ``task`` for a Hydra main; return MRR@100 for sweepers.
+    """Run ``task`` for a Hydra main; return MRR for sweepers (MRR@100; MRR@d below ``evaluation.depth=100``).
 
     In a multirun a failing job is recorded (``failed.json``) and logged, and the sweep goes on with the
     next job; the aggregation lists it. A single run re-raises, so the command exits non-zero. A job refused
@@ -114,7 +143,8 @@ def entry_point(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]]) -
             raise
         log.exception("job failed; recorded in %s/failed.json, continuing the sweep", cfg.paths.output_dir)
         return None
-    return result.get("metrics", {}).get("mrr@100")
+    metrics = result.get("metrics", {})
+    return next((value for name, value in metrics.items() if name.startswith("mrr@")), None)
 
 
 def load_splits(cfg: DictConfig) -> tuple[RetrievalSplit | None, RetrievalSplit]:
@@ -226,7 +256,12 @@ def publish_to_wandb(cfg: DictConfig, out: Path, payload: dict[str, Any]) -> Non
 
 
 def sweep_name(out: Path) -> str:
-    """The multirun folder's name for a sweep job, the run folder's otherwise."""
+    """The sweep folder's name (``hydra.sweep.dir``, wherever it is) for a multirun job, the run folder's
+    otherwise: a sweep's jobs and its summary run (:mod:`mdr.reporting.wandb_summary`) share one W&B group."""
+    if in_multirun():
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().sweep.dir).name
     return out.parent.name if out.parent.parent.name == "multiruns" else out.name
 
 
@@ -258,7 +293,8 @@ def fit(
     )
     if cfg.train.gradient_checkpointing:
         encoder.gradient_checkpointing_enable()
-    if cfg.train.fast_dropout:
+    fast_dropout = fast_dropout_on(cfg, encoder)
+    if fast_dropout:
         log.info(
             "train.fast_dropout: %d dropout modules and the attention dropout draw 16-bit masks",
             encoder.fast_dropout_enable(),
@@ -286,7 +322,7 @@ def fit(
     # resumes from the last one; negatives, batch order and dropout seeds are functions of (seed, epoch, step) and
     # the checkpoint says how many of the epoch's batches are done, so it ends where an uninterrupted run ends
     checkpoints = EpochEndCheckpoint(out / "checkpoints", cfg.train.get("checkpoint_every_n_steps"))
-    plugins = []
+    plugins: list[Any] = [AtomicCheckpointIO()]  # checkpoints written in their own folder, then renamed
     if SLURMEnvironment.detect():
         plugins.append(SLURMEnvironment(auto_requeue=False))  # submitit requeues and the rerun resumes
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -328,6 +364,7 @@ def fit(
             "mask_false_negatives": bool(cfg.loss.mask_false_negatives),
             "in_batch_false_negatives_masked": masked,
             "grad_cache_chunk_size": int(grad_cache.chunk_size) if grad_cache.enabled else None,
+            "fast_dropout": fast_dropout,
         },
     }
 
@@ -342,6 +379,9 @@ def evaluate_and_report(
     distributed: bool = False,
 ) -> dict[str, Any]:
     """Evaluate on the test split, write metrics.json atomically, and print MRR@100.
+
+    The measures carry the depth they were computed over (``evaluation.depth=10``: ``mrr@10``, ``recall@10``),
+    and metrics.json records that depth in ``depth``.
 
     ``test`` may map several language codes to test splits (``evaluation.languages``,
     :func:`mdr.stages.evaluation_splits`): each gets its own run file, per-query file and metrics under
@@ -400,10 +440,12 @@ def evaluate_and_report(
         "data": cfg.data.name,
         "model": cfg.model.name,
         "stage": cfg.stage.name if cfg.get("stage") else "zero_shot",
-        "hard_proportion": float(cfg.negatives.hard_proportion) if cfg.get("negatives") else None,
-        "num_negatives": int(cfg.negatives.num_negatives) if cfg.get("negatives") else None,
+        # null where nothing was trained (stage zero_shot, evaluate.py): no negatives were drawn
+        "hard_proportion": float(cfg.negatives.hard_proportion) if trained_any(cfg) else None,
+        "num_negatives": int(cfg.negatives.num_negatives) if trained_any(cfg) else None,
         "seed": int(cfg.seed),
         "split": cfg.evaluation.split,
+        "depth": int(evaluation.depth),  # what the measures were computed over: mrr@10 at depth 10
         "num_queries": result.num_queries,
         "metrics": result.metrics,
         "run_file": f"runs/{primary}.trec",
@@ -432,23 +474,47 @@ def evaluate_and_report(
         }
     atomic_write_json(out / "metrics.json", payload)
     publish_to_wandb(cfg, out, payload)
+    shown = {"mrr": "MRR", "recall": "Recall", "ndcg": "nDCG"}
     for code, found in results.items():
+        values = " ".join(
+            f"{shown[name.split('@')[0]]}@{name.split('@')[1]}={value:.4f}" for name, value in found.metrics.items()
+        )
         print(
             f"[mdr] {code} {payload['model']} {payload['stage']} p={payload['hard_proportion']} "
-            f"seed={payload['seed']}: MRR@100={found.metrics['mrr@100']:.4f} "
-            f"Recall@100={found.metrics['recall@100']:.4f} nDCG@10={found.metrics['ndcg@10']:.4f}",
+            f"seed={payload['seed']}: {values}",
             flush=True,
         )
     return payload
 
 
+def trains_on_cpu(cfg: DictConfig) -> bool:
+    """Whether ``trainer.accelerator`` puts training on the CPU (``auto`` does where there is no CUDA)."""
+    accelerator = str(cfg.trainer.accelerator)
+    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+
+
+def fast_dropout_on(cfg: DictConfig, encoder: BiEncoder) -> bool:
+    """``train.fast_dropout`` resolved for ``encoder``: true, false, or ``auto`` = CPU training of an SDPA model."""
+    setting = cfg.train.fast_dropout
+    if setting == "auto":
+        return trains_on_cpu(cfg) and encoder.fast_dropout_supported()
+    return bool(setting)
+
+
+def trained_any(cfg: DictConfig) -> bool:
+    """Whether the run's schedule trains at all (not ``stage=zero_shot``, not evaluate.py)."""
+    return cfg.get("negatives") is not None and cfg.get("stage") is not None and bool(schedule(cfg).stages)
+
+
 def check_fast_dropout(cfg: DictConfig) -> None:
-    """With ``train.fast_dropout``, the configured model must run SDPA attention (read from its config alone).
+    """With ``train.fast_dropout=true``, the configured model must run SDPA attention (read from its config alone).
+
+    ``auto`` needs no check: it is off for a model without SDPA (:func:`fast_dropout_on`).
 
     Raises:
         DataError: it does not; ModelLoadError: its config cannot be loaded.
     """
-    if not cfg.train.fast_dropout:
+    if cfg.train.fast_dropout is not True:
         return
     ensure_model_files(cfg.model)
     name = str(cfg.model.name_or_path)
@@ -465,7 +531,8 @@ def check_fast_dropout(cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run the stage schedule (``stage.stages``), save the final encoder, evaluate, write metrics.json, then
-    remove the resume checkpoints (:func:`mdr.run_folder.remove_checkpoints`)."""
+    remove the resume checkpoints and, with ``run.keep_encoder=false``, the encoder
+    (:func:`mdr.run_folder.remove_weights`)."""
     out = output_dir(cfg)
     validate(cfg)  # config alone, before anything is read, built or trained
     checkpoint_every(cfg.train.get("checkpoint_every_n_steps"))
@@ -483,7 +550,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg, trained.encoder, trained.tokenizer, tests, out, trained.extra, distributed=trained.distributed
     )
     if payload:  # rank 0, metrics.json written: nothing resumes from the checkpoints any more
-        run_folder.remove_checkpoints(cfg, out, out / "encoder")
+        run_folder.remove_weights(cfg, out)
     return payload
 
 

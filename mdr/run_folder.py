@@ -11,9 +11,15 @@ cannot change a result, see :data:`IGNORED_KEYS`) and its hash. Later runs into 
   folder holds no results yet (only bookkeeping files, e.g. after a run that failed validation) or
   ``run.on_config_change=fresh``. ``fresh`` never deletes: the old contents move to
   ``<folder>/previous-<time>/``.
+* a damaged bookkeeping file (``run_folder.json`` or ``metrics.json`` cut off or garbled, e.g. by a full disk or
+  a hand edit): :class:`RunFolderDamaged` names the file and the way out, before anything runs; a ``fresh``
+  policy moves the folder's contents aside instead (any ``fresh`` for ``run_folder.json``, whose config is
+  unknown; ``run.on_complete=fresh`` for ``metrics.json``).
 
 A folder is used by one process at a time (an exclusive ``flock`` on ``<folder>/.lock``); DDP ranks other
-than 0 neither lock nor record.
+than 0 neither lock nor record. Where the launcher starts every rank itself (SLURM tasks, torchrun), rank 0 writes
+its decision (run, already complete, refused) to ``<folder>/.ranks/<launch>.json`` and the other ranks follow it
+(:func:`tell_other_ranks`, :func:`rank_zero_decision`), so none waits for a peer that has returned.
 
 The CSV log survives resume: :class:`ResumableCSVLogger` keeps the rows of the epochs the checkpoint holds
 and drops those of the interrupted epoch (which the resumed run logs again), where Lightning's own logger
@@ -68,7 +74,10 @@ IGNORED_KEYS: tuple[str, ...] = (
 )
 """Dotted keys left out of a run folder's identity; every other resolved key is part of it."""
 
-BOOKKEEPING = ("config.yaml", RECORD_FILE, LOCK_FILE, "failed.json", ".hydra")
+RANKS_DIR = ".ranks"
+RANK_WAIT_S = 900.0
+"""How long a rank > 0 waits for rank 0's decision on the folder before it gives up."""
+BOOKKEEPING = ("config.yaml", RECORD_FILE, LOCK_FILE, "failed.json", ".hydra", RANKS_DIR)
 """What a folder may hold without holding results (``*.log`` and ``previous-*`` too)."""
 
 
@@ -78,6 +87,41 @@ class RunFolderRefused(DataError):
 
 class RunFolderConflict(RunFolderRefused):
     """The run folder was made for another config (or is in use by another process)."""
+
+
+class RunFolderDamaged(RunFolderRefused):
+    """A bookkeeping file of the run folder (``run_folder.json``, ``config.yaml``, ``metrics.json``) cannot be read.
+
+    Attributes:
+        path: the damaged file.
+        reason: what is wrong with it.
+    """
+
+    def __init__(self, path: Path, reason: str, remedy: str) -> None:
+        super().__init__(f"{path} cannot be read ({reason}); it was cut off or garbled. {remedy}")
+        self.path = path
+        self.reason = reason
+
+
+def _remedy(out: Path, policies: str) -> str:
+    return (
+        f"Rerun with {policies} to move the contents of {out} to {out}/previous-<time>/ and start again, "
+        "or use another output folder."
+    )
+
+
+_ANY_FRESH = "run.on_config_change=fresh or run.on_complete=fresh"
+
+
+def _read_json(path: Path, remedy: str) -> dict[str, Any]:
+    """``path`` as a JSON object, or :class:`RunFolderDamaged` naming it."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunFolderDamaged(path, f"{type(error).__name__}: {error}", remedy) from error
+    if not isinstance(value, dict):
+        raise RunFolderDamaged(path, f"a JSON object was expected, found {type(value).__name__}", remedy)
+    return value
 
 
 @dataclass
@@ -98,6 +142,48 @@ class RunFolderState:
 def is_primary_process() -> bool:
     """True unless this is a non-zero rank of a distributed job (DDP child, SLURM task, node)."""
     return all(int(os.environ.get(name, "0") or 0) == 0 for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def launch_key(environ: dict[str, str] | None = None) -> str | None:
+    """What the ranks of one launch share, where the launcher starts them all at once: the SLURM job, step and
+    requeue count, or torchrun's run id. None for ranks Lightning starts itself: it starts them from rank 0's
+    ``fit``, after rank 0 decided to run."""
+    env = os.environ if environ is None else environ
+    if env.get("SLURM_JOB_ID") and env.get("SLURM_PROCID", "").strip():
+        step = env.get("SLURM_STEP_ID") or "batch"
+        return f"slurm-{env['SLURM_JOB_ID']}-{step}-{env.get('SLURM_RESTART_COUNT') or 0}"
+    if env.get("TORCHELASTIC_RUN_ID"):
+        return f"torchrun-{env['TORCHELASTIC_RUN_ID']}"
+    return None
+
+
+def tell_other_ranks(out: Path, decision: str, message: str = "") -> None:
+    """Rank 0: record what it does with ``out`` (``run``, ``complete`` or ``refused``) for the launch's other ranks."""
+    key = launch_key()
+    if key is not None:
+        atomic_write_json(out / RANKS_DIR / f"{key}.json", {"decision": decision, "message": message})
+
+
+def rank_zero_decision(out: Path, timeout_s: float | None = None) -> dict[str, str]:
+    """A rank > 0: rank 0's decision on ``out`` for this launch (``{"decision": "run"}`` without a launch key).
+
+    Raises:
+        TimeoutError: rank 0 said nothing within ``timeout_s`` (default :data:`RANK_WAIT_S`).
+    """
+    key = launch_key()
+    if key is None:
+        return {"decision": "run", "message": ""}
+    path = out / RANKS_DIR / f"{key}.json"
+    limit = RANK_WAIT_S if timeout_s is None else timeout_s
+    deadline = time.monotonic() + limit
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"rank 0 of launch {key} recorded no decision on {out} within {limit:.0f} s ({path} is missing): "
+                "it failed before claiming the folder; see its log"
+            )
+        time.sleep(0.5)
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _normalise(value: Any, cache_dir: str | None) -> Any:
@@ -158,11 +244,19 @@ def _read_record(out: Path) -> dict[str, Any] | None:
     """The folder's record; for folders made before records existed, one built from their config.yaml."""
     record = out / RECORD_FILE
     if record.is_file():
-        return json.loads(record.read_text(encoding="utf-8"))
+        found = _read_json(record, _remedy(out, _ANY_FRESH))
+        if not isinstance(found.get("config"), dict):
+            raise RunFolderDamaged(record, "it holds no `config` object", _remedy(out, _ANY_FRESH))
+        return found
     legacy = out / "config.yaml"
     if legacy.is_file():
-        config = OmegaConf.to_container(OmegaConf.load(legacy), resolve=False)
-        return {"config": canonical_config(config)}  # type: ignore[arg-type]
+        try:
+            config = OmegaConf.to_container(OmegaConf.load(legacy), resolve=False)
+        except Exception as error:  # noqa: BLE001 - yaml and omegaconf errors alike: the file is unreadable
+            raise RunFolderDamaged(legacy, f"{type(error).__name__}: {error}", _remedy(out, _ANY_FRESH)) from error
+        if not isinstance(config, dict):
+            raise RunFolderDamaged(legacy, "it holds no config mapping", _remedy(out, _ANY_FRESH))
+        return {"config": canonical_config(config)}
     return None
 
 
@@ -211,7 +305,7 @@ def _completed_payload(out: Path) -> dict[str, Any] | None:
         return None
     if failed.is_file() and failed.stat().st_mtime_ns >= metrics.stat().st_mtime_ns:
         return None
-    return json.loads(metrics.read_text(encoding="utf-8"))
+    return _read_json(metrics, _remedy(out, "run.on_complete=fresh"))
 
 
 def _hydra_snapshot(out: Path) -> dict[str, str]:
@@ -255,14 +349,36 @@ def claim(cfg: DictConfig, out: Path) -> RunFolderState:
 
     Raises:
         RunFolderConflict: the folder holds results of another config and ``run.on_config_change=refuse``.
+        RunFolderDamaged: its ``run_folder.json`` (or ``metrics.json``) cannot be read and no ``fresh`` policy
+            (``run.on_complete=fresh``) says to move it aside.
     """
     on_change = _policy(cfg, "on_config_change", "refuse", ("refuse", "fresh"))
     on_complete = _policy(cfg, "on_complete", "skip", ("skip", "fresh"))
     canonical = canonical_config(cfg)
-    record = _read_record(out)
     state = RunFolderState()
     hydra_running = ".hydra" in _hydra_owned(out)
     created = run_id = None
+    try:
+        record = _read_record(out)
+    except RunFolderDamaged as error:
+        if not _results(out):  # bookkeeping only (e.g. a run that failed validation): nothing to lose
+            log.warning(
+                "%s cannot be read (%s); %s holds no results: recording this config", error.path, error.reason, out
+            )
+            _write_record(out, canonical, None, None)
+            return state
+        if "fresh" not in (on_change, on_complete):
+            raise
+        state.moved_to = _move_aside(out)  # its config is unknown: either fresh policy applies
+        log.warning(
+            "%s cannot be read (%s); fresh: the contents of %s moved to %s",
+            error.path,
+            error.reason,
+            out,
+            state.moved_to,
+        )
+        _write_record(out, canonical, None, None)
+        return state
     if record is not None and config_hash(record["config"]) != config_hash(canonical):
         differences = config_differences(record["config"], canonical)
         results = _results(out)
@@ -286,7 +402,15 @@ def claim(cfg: DictConfig, out: Path) -> RunFolderState:
                 f"{out}/previous-<time>/ and start again."
             )
     elif record is not None:
-        complete = _completed_payload(out)
+        try:
+            complete = _completed_payload(out)
+        except RunFolderDamaged as error:
+            if on_complete != "fresh":
+                if hydra_running:
+                    _restore_hydra(out, record)
+                raise
+            log.warning("%s cannot be read (%s); run.on_complete=fresh moves it aside", error.path, error.reason)
+            complete = {}  # moved aside below like a finished run
         if complete is not None and on_complete == "fresh":
             state.moved_to = _move_aside(out)
             if hydra_running:
@@ -371,6 +495,34 @@ def remove_checkpoints(cfg: DictConfig, folder: Path, encoder: Path) -> int:
         encoder,
     )
     return freed
+
+
+def remove_encoder(cfg: DictConfig, encoder: Path) -> int:
+    """Delete the finished run's saved encoder unless ``run.keep_encoder`` (default true); returns the bytes freed.
+
+    For grids whose product is the metrics and per-query files, not the weights (465 MB per me5_small job). Called
+    after :func:`remove_checkpoints` and only once ``metrics.json`` is written: while the run trains, its checkpoints
+    keep it resumable. A failure to delete is a warning, as for checkpoints.
+    """
+    if bool(OmegaConf.select(cfg, "run.keep_encoder", default=True)) or not encoder.is_dir():
+        return 0
+    try:
+        freed = _tree_bytes(encoder)
+        shutil.rmtree(encoder)
+    except OSError as error:
+        log.warning("could not remove %s (%s); the run's results are complete", encoder, error)
+        return 0
+    log.info("removed %s (%.2f GB): run.keep_encoder=false keeps only the results", encoder, freed / 1e9)
+    return freed
+
+
+def remove_weights(cfg: DictConfig, folder: Path) -> int:
+    """A finished run's tidying: its resume checkpoints, then its encoder where ``run.keep_encoder=false``.
+
+    Called once ``metrics.json`` is written, and again by a rerun of the finished folder (a kill in between left
+    them). Returns the bytes freed.
+    """
+    return remove_checkpoints(cfg, folder, folder / "encoder") + remove_encoder(cfg, folder / "encoder")
 
 
 @dataclass(frozen=True)

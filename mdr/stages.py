@@ -20,9 +20,14 @@ languages a recipe is evaluated on when ``evaluation.languages`` is not set.
 The last stage is the run's own when it trains on the run's language: it trains in the run folder (resumable
 there, its encoder saved to ``<run>/encoder``). Every other stage is cached under
 ``<paths.cache_dir>/stages/<key hash>/`` (``encoder/``, ``stage.json`` with its key, ``summary.json``), keyed by
-everything that shapes it: the model, its training data, negatives, epochs, train / loss / trainer settings,
-the resolved precision, the seed and the key of the stage before it. Jobs of a sweep that need the same stage
-wait on a file lock and reuse it, so a stage is trained once per sweep however many cells start from it.
+everything that shapes it: the model (its settings and the content of its weight files, not its path), its
+training data (the data configs with ``paths.*`` written as placeholders, and a fingerprint of the split's
+queries, qrels and corpus content), negatives, epochs, train / loss / trainer settings, the resolved precision,
+the seed and the key of the stage before it. A moved or copied cache is reused; edited training data or another
+starting model trains again. Jobs of a sweep that need the same stage wait on a lock (:func:`mdr.utils.cache.
+cache_lock`, which holds across nodes) and reuse it, so a stage is trained once per sweep however many cells
+start from it. A reused encoder is checked against its manifest (sizes and sampled checksums) and trained again,
+with a warning, when it is not what was saved.
 
 A union's query ids and docids are namespaced by part (:mod:`mdr.data.union`): each query draws its negatives
 from its own language's corpus and pools.
@@ -34,11 +39,12 @@ This module does not import :mod:`mdr.pipeline`: the pipeline passes in what it 
 from __future__ import annotations
 
 import copy
-import fcntl
 import hashlib
 import json
 import shutil
+import uuid
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -47,11 +53,22 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from mdr.data.schema import DataError, RetrievalSplit
 from mdr.data.union import UnionSplit
+from mdr.mining.pools import fingerprint as split_fingerprint
 from mdr.models.bi_encoder import SETTINGS_FILE
 from mdr.models.precision import resolve_precision
 from mdr.run_folder import remove_checkpoints
+from mdr.utils.cache import (
+    LockBusy,
+    cache_lock,
+    check_folder,
+    digests_dir,
+    folder_digest,
+    remove_stale_builds,
+    staging_name,
+    write_folder_manifest,
+)
 from mdr.utils.config_compat import drop_neutral_defaults
-from mdr.utils.instantiate import build_reader
+from mdr.utils.instantiate import build_reader, ensure_model_files
 from mdr.utils.io import atomic_write_json
 from mdr.utils.logging import get_logger
 from mdr.validation import validate_splits
@@ -126,6 +143,27 @@ def _without_cache_dir(tree: Any) -> Any:
     return tree
 
 
+def _placeholders(tree: Any, roots: Mapping[str, str]) -> Any:
+    """``tree`` with every string starting with a ``roots`` value written as ``${<name>}...``, so that a key
+    does not change when the data or cache folder moves (its content is keyed apart)."""
+    if isinstance(tree, dict):
+        return {key: _placeholders(value, roots) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [_placeholders(value, roots) for value in tree]
+    if isinstance(tree, str):
+        for name, root in roots.items():
+            if root and (tree == root or tree.startswith(root.rstrip("/") + "/")):
+                return "${" + name + "}" + tree[len(root.rstrip("/")) :]
+    return tree
+
+
+def _roots(cfg: DictConfig) -> dict[str, str]:
+    """``paths.data_dir`` and ``paths.cache_dir``, resolved (longest first, so a nested one wins)."""
+    paths = _plain(cfg.get("paths")) or {}
+    roots = {f"paths.{name}": str(paths[name]) for name in ("cache_dir", "data_dir") if paths.get(name)}
+    return dict(sorted(roots.items(), key=lambda item: -len(item[1])))
+
+
 @dataclass(frozen=True)
 class Source:
     """One training set of a stage.
@@ -156,9 +194,14 @@ class Source:
         """``<data name>/<code>``, for logs and metrics.json."""
         return f"{self.data.get('name', 'data')}/{self.code}"
 
-    def key(self) -> dict[str, Any]:
-        """What of this source shapes a stage trained on it."""
-        return {"language": self.code, "data": _without_cache_dir(self.data), "split": self.split}
+    def key(self, roots: Mapping[str, str] | None = None, content: str | None = None) -> dict[str, Any]:
+        """What of this source shapes a stage trained on it: language, data config (paths under ``roots`` as
+        placeholders), split and, where given, the split's ``content`` fingerprint."""
+        key = {"language": self.code, "data": _placeholders(_without_cache_dir(self.data), roots or {})}
+        key["split"] = self.split
+        if content is not None:
+            key["content"] = content
+        return key
 
     def load(self) -> RetrievalSplit:
         """Read the split."""
@@ -338,17 +381,61 @@ def trains_on_target(cfg: DictConfig) -> bool:
 # ---- cache keys -----------------------------------------------------------------------------------------------
 
 
-def stage_key(cfg: DictConfig, stage: Stage, previous: str | None) -> dict[str, Any]:
-    """Everything that shapes a stage's encoder (not its name, nor the target language unless trained on)."""
-    model = _plain(cfg.model)
-    model.pop("build", None)
+SplitMemo = dict[tuple[str, str], RetrievalSplit]
+"""Training splits read for keys, by (source label, split), so training does not read them again."""
+
+
+def model_identity(cfg: DictConfig) -> str:
+    """The starting model's identity: ``folder:<digest of its files>`` for a local folder (built first where the
+    model group builds it), else the hub id. Digests are remembered under ``<paths.cache_dir>/digests``."""
+    name = str(cfg.model.name_or_path)
+    if cfg.model.get("build") is not None:
+        ensure_model_files(cfg.model)
+    path = Path(name)
+    if path.is_dir():
+        return f"folder:{folder_digest(path, digests_dir(cfg.paths.cache_dir))}"
+    return name
+
+
+def source_content(source: Source, splits: SplitMemo | None = None, target_train: RetrievalSplit | None = None) -> str:
+    """The content fingerprint (queries, qrels, corpus) of ``source``'s training split, read once into ``splits``."""
+    memo = splits if splits is not None else {}
+    slot = (source.label, source.split)
+    if slot not in memo:
+        memo[slot] = target_train if source.is_target and target_train is not None else source.load()
+    return split_fingerprint(memo[slot])
+
+
+def stage_key(
+    cfg: DictConfig,
+    stage: Stage,
+    previous: str | None,
+    splits: SplitMemo | None = None,
+    target_train: RetrievalSplit | None = None,
+    model: str | None = None,
+    content: bool = True,
+) -> dict[str, Any]:
+    """Everything that shapes a stage's encoder (not its name, nor the target language unless trained on).
+
+    Content, not places: the starting model is keyed by its weights (:func:`model_identity`, ``model``), each
+    source by its split's content fingerprint (:func:`source_content`), and paths under ``paths.data_dir`` /
+    ``paths.cache_dir`` are written as placeholders. ``content=False`` leaves the data's content out (reads
+    nothing: for comparing configs only, never for finding a cached stage).
+    """
+    roots = _roots(cfg)
+    settings = _placeholders(_plain(cfg.model), roots)
+    settings.pop("build", None)
+    settings["name_or_path"] = model if model is not None else model_identity(cfg)
     trainer = {k: v for k, v in _plain(cfg.trainer).items() if k not in TRAINER_KEYS_IGNORED}
+    train_on = [
+        source.key(roots, source_content(source, splits, target_train) if content else None) for source in stage.sources
+    ]
     return {
-        "model": model,
+        "model": settings,
         "previous": previous,
-        "train_on": [source.key() for source in stage.sources],
+        "train_on": train_on,
         "epochs": stage.epochs,
-        "negatives": stage.negatives,
+        "negatives": _placeholders(stage.negatives, roots),
         "train": drop_neutral_defaults(
             {"train": {k: v for k, v in _plain(cfg.train).items() if k not in TRAIN_KEYS_IGNORED}}
         )["train"],
@@ -364,12 +451,24 @@ def key_digest(key: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def stage_keys(cfg: DictConfig, plan: Schedule) -> list[tuple[dict[str, Any], str]]:
-    """(key, digest) of every stage, each chained to the one before."""
+def stage_keys(
+    cfg: DictConfig,
+    plan: Schedule,
+    splits: SplitMemo | None = None,
+    target_train: RetrievalSplit | None = None,
+    content: bool = True,
+) -> list[tuple[dict[str, Any], str]]:
+    """(key, digest) of every stage, each chained to the one before.
+
+    Reads each stage's training splits for their content fingerprints (into ``splits`` when given, so that
+    training reuses them; ``target_train`` stands for the run's own). ``content=False``: config only
+    (:func:`stage_key`).
+    """
     keys: list[tuple[dict[str, Any], str]] = []
     previous = None
+    model = model_identity(cfg) if plan.stages else None
     for stage in plan.stages:
-        key = stage_key(cfg, stage, previous)
+        key = stage_key(cfg, stage, previous, splits, target_train, model, content)
         previous = key_digest(key)
         keys.append((key, previous))
     return keys
@@ -423,12 +522,22 @@ def stage_config(cfg: DictConfig, stage: Stage, out: Path, own: bool) -> DictCon
 
 
 def training_data(
-    stage_cfg: DictConfig, stage: Stage, functions: StageFunctions, target_train: RetrievalSplit | None
+    stage_cfg: DictConfig,
+    stage: Stage,
+    functions: StageFunctions,
+    target_train: RetrievalSplit | None,
+    splits: SplitMemo | None = None,
 ) -> tuple[RetrievalSplit | UnionSplit, Mapping[str, list[str]], Any]:
-    """The stage's training split (a :class:`UnionSplit` for several sources), its pools and denoise record."""
+    """The stage's training split (a :class:`UnionSplit` for several sources), its pools and denoise record.
+
+    Splits already read for the stage's key are taken from ``splits``.
+    """
     loaded = []
     for source in stage.sources:
-        split = target_train if source.is_target and target_train is not None else source.load()
+        if splits is not None and (source.label, source.split) in splits:
+            split = splits[(source.label, source.split)]
+        else:
+            split = target_train if source.is_target and target_train is not None else source.load()
         log.info("stage %s: %s %s, %d queries", stage.name, source.label, source.split, len(split.queries))
         pools = functions.negative_pools(stage_cfg, split, OmegaConf.create(source.language))
         loaded.append((source, split, pools))
@@ -455,13 +564,14 @@ def run_stage(
     out: Path,
     functions: StageFunctions,
     target_train: RetrievalSplit | None = None,
+    splits: SplitMemo | None = None,
 ) -> StageRun:
     """Train one stage from ``start`` (an encoder folder; None: the configured model) in ``out``.
 
     ``fit`` resumes from ``out/checkpoints/last.ckpt`` when a killed attempt left one.
     """
     stage_cfg = stage_config(cfg, stage, out, stage.own)
-    data, pools, denoise = training_data(stage_cfg, stage, functions, target_train)
+    data, pools, denoise = training_data(stage_cfg, stage, functions, target_train, splits)
     encoder, tokenizer = functions.load_encoder(stage_cfg, start)
     fitted = functions.fit(stage_cfg, encoder, tokenizer, data, pools, out)
     trainer = fitted["trainer"]
@@ -477,47 +587,79 @@ def cached_stage(
     digest: str,
     start: str | None,
     functions: StageFunctions,
+    splits: SplitMemo | None = None,
     wait: bool = True,
 ) -> tuple[Path, str, dict[str, Any] | None]:
     """(encoder folder, ``trained``, ``reused`` or ``busy``, summary) of a cached stage, trained now unless found.
 
-    Jobs needing the same stage wait on ``<dir>/.lock``; the encoder is saved to a temporary folder and renamed,
-    so a folder with ``encoder/`` is always complete. With ``wait=False`` (``run.stages_only``) a stage another
-    job holds is left to it: ``busy``, nothing trained.
+    Jobs needing the same stage wait on ``<dir>/.lock`` (:func:`mdr.utils.cache.cache_lock`: it holds across
+    nodes, so two jobs never train into one ``run/``); the encoder is saved with a manifest to
+    ``.encoder.tmp-<host>-<pid>`` and renamed, so a folder with ``encoder/`` is complete. A found encoder is
+    reused only when ``stage.json`` holds this key and the encoder matches its manifest (sizes and sampled
+    checksums); otherwise the reason is logged and the stage is trained again. With ``wait=False``
+    (``run.stages_only``) a stage another job holds is left to it: ``busy``, nothing trained.
     """
     root = stage_dir(cfg, digest)
     encoder_dir = root / "encoder"
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as lock:
+    waiting = f"stage {stage.name}: another job is training {root}; waiting for it"
+    with ExitStack() as held:
         try:  # a second job of the sweep waits here, then reuses the result
-            fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            held.enter_context(cache_lock(root / ".lock", waiting, wait=wait))
+        except LockBusy:
             log.info("stage %s: another job is training %s; left to it (run.stages_only)", stage.name, root)
             return encoder_dir, "busy", None
         if (encoder_dir / SETTINGS_FILE).is_file():
-            log.info("stage %s: reusing %s", stage.name, encoder_dir)
-            return encoder_dir, "reused", _summary(root)
+            problem = _reuse_problem(root, key)
+            if problem is None:
+                log.info("stage %s: reusing %s", stage.name, encoder_dir)
+                return encoder_dir, "reused", _summary(root)
+            log.warning("stage %s: %s cannot be reused (%s): training the stage again", stage.name, root, problem)
+            aside = root / f".encoder.broken-{uuid.uuid4().hex[:8]}"
+            encoder_dir.rename(aside)  # a job loading it keeps its open files
+            shutil.rmtree(aside, ignore_errors=True)
         if not one_process(cfg):  # its ranks would wait on this lock for each other
             raise DataError(
                 f"stage {stage.name} ({root}) is not cached yet, and cached stages are trained by one process on one "
-                "device: run the same command once with trainer.devices=1 trainer.strategy=auto (and num_nodes=1), "
-                "then this run reuses it"
+                "device: run the same command once with trainer=gpu (trainer=cpu on CPU) in place of trainer=ddp and "
+                "without trainer.devices / trainer.num_nodes (with launcher=slurm its jobs then ask for one task and "
+                "one GPU; not inside a multi-task allocation, whose tasks per node must equal trainer.devices), then "
+                "this run reuses it"
             )
         atomic_write_json(root / "stage.json", {"name": stage.name, "key": key})
         log.info("stage %s: training on %s -> %s", stage.name, ", ".join(s.label for s in stage.sources), root)
-        trained = run_stage(cfg, stage, start, root / "run", functions)
+        trained = run_stage(cfg, stage, start, root / "run", functions, splits=splits)
         if not trained.is_global_zero:
             raise RuntimeError(
-                f"stage {stage.name} is cached and must be trained before DDP spawns: run it with trainer.devices=1"
+                f"stage {stage.name} is cached and must be trained before DDP spawns: train it first with trainer=gpu "
+                "(one process, one device), then rerun"
             )
-        staging = root / ".encoder.tmp"
+        remove_stale_builds(root, ".encoder.tmp*")  # saves of killed jobs (legacy '.encoder.tmp' included)
+        staging = root / staging_name(".encoder")
         shutil.rmtree(staging, ignore_errors=True)
-        trained.encoder.save_pretrained(staging, trained.tokenizer)
-        summary = {**trained.summary, "denoise": trained.denoise}
-        atomic_write_json(root / "summary.json", summary)
-        staging.rename(encoder_dir)
+        try:
+            trained.encoder.save_pretrained(staging, trained.tokenizer)
+            write_folder_manifest(staging)
+            summary = {**trained.summary, "denoise": trained.denoise}
+            atomic_write_json(root / "summary.json", summary)
+            staging.rename(encoder_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         remove_checkpoints(cfg, root / "run", encoder_dir)  # later jobs reuse the encoder, never resume
         return encoder_dir, "trained", summary
+
+
+def _reuse_problem(root: Path, key: Mapping[str, Any]) -> str | None:
+    """Why the stage at ``root`` cannot be reused for ``key``, or None."""
+    try:
+        recorded = json.loads((root / "stage.json").read_text(encoding="utf-8")).get("key")
+    except (OSError, ValueError, AttributeError) as error:
+        return f"{root / 'stage.json'} cannot be read ({error})"
+    if json.loads(json.dumps(recorded, sort_keys=True, default=str)) != json.loads(
+        json.dumps(key, sort_keys=True, default=str)
+    ):
+        return f"{root / 'stage.json'} holds another key than this run's"
+    return check_folder(root / "encoder", "sample")
 
 
 def one_process(cfg: DictConfig) -> bool:
@@ -532,7 +674,13 @@ def one_process(cfg: DictConfig) -> bool:
 
 def _summary(root: Path) -> dict[str, Any] | None:
     path = root / "summary.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        log.warning("%s cannot be read (%s): the stage's training summary is left out", path, error)
+        return None
 
 
 @dataclass
@@ -583,7 +731,8 @@ def run_schedule(
         target_train: the run's own training split, already read (``mdr.pipeline.load_splits``), or None.
     """
     plan = schedule(cfg)
-    keys = stage_keys(cfg, plan)
+    splits: SplitMemo = {}
+    keys = stage_keys(cfg, plan, splits, target_train)
     records = [_record(stage, digest) for stage, (_, digest) in zip(plan.stages, keys)]
     extra: dict[str, Any] = {
         "train": None,
@@ -598,7 +747,7 @@ def run_schedule(
     summary: dict[str, Any] | None = None
     for stage in (stage for stage in plan.stages if not stage.own):
         key, digest = keys[stage.index]
-        encoder_dir, status, summary = cached_stage(cfg, stage, key, digest, start, functions)
+        encoder_dir, status, summary = cached_stage(cfg, stage, key, digest, start, functions, splits)
         records[stage.index].update(dir=str(stage_dir(cfg, digest)), status=status, train=summary)
         extra["initialised_from"] = start
         start = str(encoder_dir)
@@ -611,7 +760,7 @@ def run_schedule(
         denoise = (summary or {}).get("denoise")
         extra.update(train=summary, encoder=start, denoised=denoise is not None, denoise=denoise)
         return ScheduleResult(encoder, tokenizer, extra)
-    trained = run_stage(cfg, last, start, out, functions, target_train)
+    trained = run_stage(cfg, last, start, out, functions, target_train, splits)
     distributed = trained.world_size > 1
     if not trained.is_global_zero:
         return ScheduleResult(trained.encoder, trained.tokenizer, extra, distributed)
@@ -633,12 +782,13 @@ def train_cached_stages(cfg: DictConfig, functions: StageFunctions) -> dict[str,
     to the normal run of the same command, which then reuses the cache.
     """
     plan = schedule(cfg)
-    keys = stage_keys(cfg, plan)
+    splits: SplitMemo = {}
+    keys = stage_keys(cfg, plan, splits)
     records = [_record(stage, digest) for stage, (_, digest) in zip(plan.stages, keys)]
     start: str | None = None
     for stage in (stage for stage in plan.stages if not stage.own):
         key, digest = keys[stage.index]
-        encoder_dir, status, summary = cached_stage(cfg, stage, key, digest, start, functions, wait=False)
+        encoder_dir, status, summary = cached_stage(cfg, stage, key, digest, start, functions, splits, wait=False)
         records[stage.index].update(dir=str(stage_dir(cfg, digest)), status=status, train=summary)
         if status == "busy":
             break

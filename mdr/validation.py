@@ -8,20 +8,29 @@ naming its config key, as a :class:`mdr.data.schema.DataError`.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from mdr.data.negatives import num_hard
 from mdr.data.schema import DataError, RetrievalSplit
+from mdr.evaluation.metrics import MIN_DEPTH
 from mdr.utils.instantiate import build_target_problem
 from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
 
 _ABSENT = object()
+
+MAX_SEED = 2**32 - 1
+"""The largest seed numpy (and so ``lightning.seed_everything``) takes."""
+
+ZERO_SHOT = "zero_shot"
+"""The one stage name an empty ``stage.stages`` may carry (``conf/stage/zero_shot.yaml``)."""
 
 
 class _Checker:
@@ -163,21 +172,160 @@ def _negatives(check: _Checker, prefix: str) -> None:
             check.problems.append(problem)
 
 
+def _labels(check: _Checker) -> None:
+    """Configs whose metrics.json would name something that did not run (a stage, a share of hard negatives)."""
+    if check.has("stage"):
+        name, stages = check.value("stage.name"), check.value("stage.stages")
+        if stages in (None, _ABSENT) or (isinstance(stages, ListConfig) and len(stages) == 0):
+            if name != ZERO_SHOT:
+                check.problems.append(
+                    f"stage.stages is empty, so nothing would be trained, but stage.name is {name!r}: the run would be "
+                    f"recorded as {name!r}; use stage={ZERO_SHOT} to evaluate the starting model as it is"
+                )
+    k, proportion = check.value("negatives.num_negatives"), check.value("negatives.hard_proportion")
+    if k == 0 and isinstance(proportion, (int, float)) and not isinstance(proportion, bool) and proportion > 0:
+        check.problems.append(
+            f"negatives.num_negatives=0 trains on in-batch negatives only, so negatives.hard_proportion={proportion} "
+            "would label a run that used no hard negative; set negatives.hard_proportion=0 (or num_negatives >= 1)"
+        )
+
+
+GPU_ACCELERATORS = ("gpu", "cuda")
+LOCAL_DDP_MULTIRUN = (
+    "a multirun (-m) with {devices} processes per node on the {launcher} launcher: Lightning starts the extra ranks "
+    "by re-running this command line, sweep and all, so they would train other cells than rank 0. Use "
+    "launcher=slurm (its tasks_per_node follows trainer.devices: each task of a job is one rank of one cell), or run "
+    "one cell per command without -m (python train.py trainer=ddp trainer.devices={devices} <the cell's overrides>)"
+)
+
+
+def cuda_device_count() -> int:
+    """CUDA devices this process sees (0 without a CUDA build of torch or without a driver)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def processes_per_node(trainer: Mapping[str, Any], cuda_devices: int) -> int | None:
+    """How many processes (ranks) per node ``trainer`` runs: ``devices`` as a count or a list, ``auto`` as Lightning
+    reads it (1 on CPU, every visible GPU); None when ``devices`` is none of these."""
+    devices = trainer.get("devices", 1)
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        return len(devices)
+    if str(devices) in ("auto", "-1"):
+        on_gpu = str(trainer.get("accelerator")) in GPU_ACCELERATORS or (
+            str(trainer.get("accelerator")) == "auto" and cuda_devices > 0
+        )
+        return max(cuda_devices, 1) if on_gpu else 1
+    if isinstance(devices, bool) or not isinstance(devices, int):
+        return None
+    return devices
+
+
+def slurm_tasks(environ: Mapping[str, str]) -> tuple[int, int] | None:
+    """(tasks per node, nodes) of the SLURM job step this process is a task of, as Lightning's SLURM environment
+    sees it (``SLURM_NTASKS`` set, not an interactive shell); None outside SLURM."""
+    if not environ.get("SLURM_NTASKS") or environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return None
+    nodes = int(environ.get("SLURM_NNODES") or 1)
+    per_node = environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]  # "8(x2)" on some versions
+    tasks = int(per_node) if per_node.isdigit() else max(int(environ["SLURM_NTASKS"]) // nodes, 1)
+    return tasks, nodes
+
+
+def launch_problems(
+    cfg: DictConfig,
+    environ: Mapping[str, str] | None = None,
+    cuda_devices: int | None = None,
+    launcher: str | None = None,
+) -> list[str]:
+    """Problems of the trainer with this machine and launcher, found before any data is read.
+
+    A GPU trainer needs CUDA (and as many GPUs as ``trainer.devices``); inside a SLURM job the tasks per node and
+    nodes must be ``trainer.devices`` and ``trainer.num_nodes`` (Lightning would refuse them at ``fit``, after
+    mining); and a multirun on a local launcher cannot run more than one process per node (:data:`LOCAL_DDP_MULTIRUN`).
+
+    Args:
+        environ: the process environment (default ``os.environ``).
+        cuda_devices: visible CUDA devices (default: asked of torch).
+        launcher: the multirun's Hydra launcher ``_target_`` (None: not a multirun; default: read from Hydra).
+    """
+    trainer = OmegaConf.select(cfg, "trainer")
+    if not isinstance(trainer, DictConfig):
+        return []
+    env = os.environ if environ is None else environ
+    cuda = cuda_device_count() if cuda_devices is None else cuda_devices
+    problems: list[str] = []
+    accelerator = str(trainer.get("accelerator"))
+    devices = trainer.get("devices", 1)
+    per_node = processes_per_node(trainer, cuda)
+    if per_node is None or per_node < 1:
+        problems.append(
+            f"trainer.devices must be a positive number of devices, a list of device ids or auto, got {devices!r}"
+        )
+    nodes = trainer.get("num_nodes", 1)
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        problems.append(f"trainer.num_nodes must be an integer >= 1, got {nodes!r}")
+        nodes = None
+    if accelerator in GPU_ACCELERATORS:
+        import torch
+
+        if cuda == 0:
+            problems.append(
+                f"trainer.accelerator={accelerator} but torch {torch.__version__} sees no CUDA device (CUDA build: "
+                f"{torch.version.cuda}): run on a GPU node with a CUDA build of torch, or use trainer=cpu"
+            )
+        elif per_node is not None and per_node > cuda:
+            problems.append(f"trainer.devices={devices} but this node has {cuda} visible CUDA device(s)")
+    tasks = slurm_tasks(env)
+    if tasks is not None and per_node is not None and nodes is not None:
+        if tasks[0] != per_node:
+            problems.append(
+                f"trainer.devices={devices} runs {per_node} process(es) per node but this SLURM job has {tasks[0]} "
+                "task(s) per node (hydra.launcher.tasks_per_node, or sbatch/srun --ntasks-per-node): they must match; "
+                "launcher=slurm sets tasks_per_node from trainer.devices unless it is overridden"
+            )
+        if tasks[1] != nodes:
+            problems.append(
+                f"trainer.num_nodes={nodes} but this SLURM job has {tasks[1]} node(s) (hydra.launcher.nodes, or "
+                "sbatch --nodes): they must match; launcher=slurm sets nodes from trainer.num_nodes unless overridden"
+            )
+    if launcher is None:
+        launcher = _multirun_launcher()
+    external = tasks is not None or "TORCHELASTIC_RUN_ID" in env or "LOCAL_RANK" in env
+    if launcher is not None and not external and (per_node or 1) > 1 and not launcher.endswith("SlurmLauncher"):
+        problems.append(LOCAL_DDP_MULTIRUN.format(devices=per_node, launcher=launcher.rsplit(".", 1)[-1]))
+    return problems
+
+
+def _multirun_launcher() -> str | None:
+    """The Hydra launcher's ``_target_`` inside a multirun job, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return str(HydraConfig.get().launcher.get("_target_", ""))
+
+
 def config_problems(cfg: DictConfig) -> list[str]:
     """Every problem with the config's values, each naming its key (empty when there is none)."""
     check = _Checker(cfg)
-    check.integer("seed", -(2**63))
+    seed = check.integer("seed", 0)  # numpy's seeds are 0 .. 2**32 - 1
+    if seed is not None and seed > MAX_SEED:
+        check.problems.append(f"seed must be an integer in [0, {MAX_SEED}], got {seed}")
     for key, allowed in (("run.on_config_change", ("refuse", "fresh")), ("run.on_complete", ("skip", "fresh"))):
         if check.has(key):
             check.choice(key, allowed)
     check.boolean("run.keep_checkpoints")
+    check.boolean("run.keep_encoder")
     check.integer("model.query_max_length", 1)
     check.integer("model.passage_max_length", 1)
     check.choice("model.pooling", ("cls", "mean"))
     check.boolean("model.normalize")
     check.boolean("model.shared")
     if check.has("evaluation"):
-        check.integer("evaluation.depth", 1)
+        check.integer("evaluation.depth", MIN_DEPTH)  # nDCG@10 needs the top 10; below 100 names mrr@<depth>
         check.integer("evaluation.batch_size", 1)
         check.choice("evaluation.faiss_gpu", ("auto", True, False))
     checkpoint = check.value("checkpoint") if check.has("checkpoint") else None
@@ -195,9 +343,12 @@ def config_problems(cfg: DictConfig) -> list[str]:
         check.number("train.learning_rate", 0.0, None, low_open=True)
         check.number("train.weight_decay", 0.0)
         check.number("train.warmup_ratio", 0.0, 1.0)
+        check.choice("train.fast_dropout", ("auto", True, False))
         check.integer("trainer.max_epochs", 1, allowed=(-1,))
         check.number("model.temperature", 0.0, None, low_open=True)
         _negatives(check, "negatives")  # the stage schedule's own keys are checked by mdr.stages.schedule
+        _labels(check)
+    check.problems.extend(launch_problems(cfg))
     return check.problems
 
 

@@ -140,14 +140,13 @@ def test_a_key_added_later_at_its_neutral_value_keeps_older_runs_and_stages_the_
     out = Path(older.paths.output_dir)
     run_task(older, _fake_task(calls))
     assert "fast_dropout" not in json.loads((out / run_folder.RECORD_FILE).read_text())["config"]["train"]
-    current = make_cfg()
-    assert current.train.fast_dropout is False
+    current = make_cfg("train.fast_dropout=false")  # torch's dropout: what ran before the key existed
     assert run_folder.canonical_config(current) == run_folder.canonical_config(older)
     assert run_task(current, _fake_task(calls))["metrics"] == {"mrr@100": 0.5} and calls == ["0.5"]  # skipped
     assert [d for _, d in stage_keys(current, schedule(current))] == [d for _, d in stage_keys(older, schedule(older))]
-    changed = make_cfg("train.fast_dropout=true")  # a different computation: another config
-    with pytest.raises(RunFolderConflict, match=r"train\.fast_dropout: '<absent>' -> True"):
-        run_task(changed, _fake_task(calls))
+    for changed in (make_cfg("train.fast_dropout=true"), make_cfg()):  # fast masks (the default, auto, on CPU)
+        with pytest.raises(RunFolderConflict, match=r"train\.fast_dropout: '<absent>' -> (True|'auto')"):
+            run_task(changed, _fake_task(calls))
     assert stage_keys(changed, schedule(changed))[0][1] != stage_keys(current, schedule(current))[0][1]
 
 

@@ -73,6 +73,7 @@ def test_zero_shot_stage_trains_nothing(make_cfg) -> None:  # noqa: ANN001
     out = Path(cfg.paths.output_dir)
     assert result["train"] is None and not (out / "checkpoints").exists()
     assert 0.0 <= result["metrics"]["mrr@100"] <= 1.0
+    assert result["hard_proportion"] is None and result["num_negatives"] is None, "no negatives were drawn"
 
 
 def test_failure_leaves_failed_json_and_no_metrics(make_cfg) -> None:  # noqa: ANN001
@@ -123,3 +124,42 @@ def test_fast_dropout_run_saves_an_encoder_that_loads_and_scores_without_mdr(mak
     )
     again = run_task(eval_cfg, evaluate)  # a fresh load: plain SDPA attention, torch's dropout modules
     assert again["metrics"] == pytest.approx(result["metrics"], abs=1e-4)
+
+
+def test_fast_dropout_auto_is_on_for_cpu_training_and_keep_encoder_false_keeps_only_results(
+    make_cfg,
+    tmp_path: Path,  # noqa: ANN001
+) -> None:
+    cfg = make_cfg("run.keep_encoder=false")  # train.fast_dropout=auto by default
+    result = run_task(cfg, train)
+    out = Path(cfg.paths.output_dir)
+    assert result["train"]["fast_dropout"] is True, "auto: CPU training of an SDPA model draws fast masks"
+    for name in ("metrics.json", "config.yaml", "runs/th.trec", "per_query/th.tsv"):
+        assert (out / name).is_file(), name
+    assert not (out / "encoder").exists() and not (out / "checkpoints").exists()
+    again = run_task(cfg, train)  # a finished run without weights is still complete: nothing retrained
+    assert again == result
+    (out / "encoder").mkdir()  # as a kill between metrics.json and the tidying leaves it
+    (out / "encoder" / "model.safetensors").write_bytes(b"0" * 100)
+    assert run_task(cfg, train) == result and not (out / "encoder").exists(), "the rerun tidies it"
+    off = make_cfg("train.fast_dropout=false", f"paths.output_dir={tmp_path / 'torch'}")
+    assert run_task(off, train)["train"]["fast_dropout"] is False
+    assert (tmp_path / "torch" / "encoder" / "config.json").is_file()  # run.keep_encoder=true by default
+
+
+def test_fast_dropout_auto_falls_back_to_torch_dropout_without_sdpa() -> None:
+    from types import SimpleNamespace
+
+    from mdr.pipeline import fast_dropout_on
+
+    def cfg(setting: object, accelerator: str) -> object:
+        return SimpleNamespace(
+            train=SimpleNamespace(fast_dropout=setting), trainer=SimpleNamespace(accelerator=accelerator)
+        )
+
+    sdpa = SimpleNamespace(fast_dropout_supported=lambda: True)
+    eager = SimpleNamespace(fast_dropout_supported=lambda: False)
+    assert fast_dropout_on(cfg("auto", "cpu"), sdpa) is True
+    assert fast_dropout_on(cfg("auto", "cpu"), eager) is False  # no refusal: auto only applies where it can
+    assert fast_dropout_on(cfg("auto", "gpu"), sdpa) is False  # torch's CUDA dropout is fast
+    assert fast_dropout_on(cfg(True, "gpu"), sdpa) is True and fast_dropout_on(cfg(False, "cpu"), sdpa) is False

@@ -7,17 +7,19 @@ Layout of a stored corpus (one folder, written to a temporary sibling and rename
 * ``docid_hashes.npy`` / ``docid_rows.npy``: the docids' 64-bit hashes in ascending order and the row each one
   belongs to; ``row(docid)`` is a ``searchsorted`` over the memory-mapped hashes plus a check of the docid string
   at the found row (so a hash collision costs one more comparison, never a wrong answer);
-* ``meta.json`` (written last): row count, content fingerprint, the source files.
+* ``meta.json`` (written last): row count, content fingerprint, the source files, and a manifest of the three
+  files (sizes, sampled and full checksums) checked when the corpus is opened (docs/caches.md).
 
 Nothing per passage lives in Python objects: opening costs a few kB whatever the size, and the pages of the
 files are the kernel's page cache, shared by every process that maps them (DDP ranks, DataLoader workers).
 Building streams the rows (bounded memory: one record batch of text plus 24 bytes per passage for the
-docid index) and is atomic: concurrent builders of the same corpus wait on a file lock and reuse the result.
+docid index) and is atomic: concurrent builders of the same corpus wait on a lock and reuse the result.
+The folder is named by the *content* of the source files (:func:`source_key`), so an edited file gets a new
+corpus and a moved data folder or cache keeps its own.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -33,6 +35,17 @@ import numpy as np
 import pyarrow as pa
 
 from mdr.data.schema import DataError, Passage
+from mdr.utils.cache import (
+    CacheError,
+    cache_lock,
+    check_manifest,
+    content_digest,
+    digests_dir,
+    manifest,
+    remove_stale_builds,
+    staging_name,
+    verify_level,
+)
 from mdr.utils.io import atomic_write_json
 from mdr.utils.logging import get_logger
 
@@ -67,17 +80,16 @@ def encoded_text(title: str, text: str, prefix: str = "") -> str:
     return prefix + (f"{title} {text}" if title else text)
 
 
-def source_key(paths: Sequence[Path], parser: str) -> str:
-    """A short hash naming a corpus built from ``paths`` by ``parser``: paths, sizes and modification times.
+def source_key(paths: Sequence[Path], parser: str, cache_dir: str | Path | None = None) -> str:
+    """A short hash naming a corpus built from ``paths`` by ``parser``: the files' contents, in order.
 
-    Cheap (no file is read), and any rewrite of a source file changes it. Files from the Hugging Face cache are
-    content-addressed blobs, so the same revision always maps to the same key.
+    Each file is hashed in full once; the digest is remembered under ``<cache_dir>/digests`` and reused while
+    the file's size, modification time and inode are unchanged (one ``stat`` per file). Files from the Hugging
+    Face cache are content-addressed blobs: their name is the digest. Paths do not count, so a moved data
+    folder maps to the same corpus.
     """
-    files = []
-    for path in paths:
-        resolved = Path(path).resolve()
-        stat = resolved.stat()
-        files.append([str(resolved), stat.st_size, stat.st_mtime_ns])
+    memo = digests_dir(cache_dir) if cache_dir is not None else None
+    files = [content_digest(path, memo) for path in paths]
     payload = json.dumps({"format": FORMAT_VERSION, "parser": parser, "files": files}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -135,6 +147,7 @@ def _write(rows: Iterable[Row], folder: Path, sources: Sequence[str]) -> None:
         "fingerprint": digest.hexdigest()[:32],
         "sources": list(sources),
     }
+    meta.update(manifest(folder, [ARROW_FILE, HASHES_FILE, ROWS_FILE]))
     atomic_write_json(folder / META_FILE, meta)
 
 
@@ -180,18 +193,30 @@ class Corpus(Mapping[str, Passage]):
         folder: a folder written by :meth:`build_cached` / :meth:`from_records`.
     """
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, level: str = "size") -> None:
         self.folder = Path(folder)
+        clear = f"delete {self.folder} (a corpus read from files is stored again on the next run)"
         meta_path = self.folder / META_FILE
         if not meta_path.is_file():
             raise DataError(f"{self.folder}: not a stored corpus ({META_FILE} missing)")
-        self._meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        try:
+            self._meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise CacheError(f"{meta_path}: cannot be read ({error}); {clear}") from error
         if self._meta.get("format") != FORMAT_VERSION:
-            raise DataError(f"{self.folder}: corpus format {self._meta.get('format')}, expected {FORMAT_VERSION}")
+            raise CacheError(f"{self.folder}: corpus format {self._meta.get('format')}, expected {FORMAT_VERSION}")
+        problem = check_manifest(self.folder, self._meta, verify_level(level))
+        if problem is not None:
+            raise CacheError(f"stored corpus {self.folder}: {problem}; {clear}")
         self._len = int(self._meta["rows"])
-        self._store = _Store(self.folder, int(self._meta["batch_rows"]), self._len)
-        self._hashes = np.load(self.folder / HASHES_FILE, mmap_mode="r")
-        self._rows = np.load(self.folder / ROWS_FILE, mmap_mode="r")
+        try:
+            self._store = _Store(self.folder, int(self._meta["batch_rows"]), self._len)
+            self._hashes = np.load(self.folder / HASHES_FILE, mmap_mode="r")
+            self._rows = np.load(self.folder / ROWS_FILE, mmap_mode="r")
+        except (OSError, ValueError, pa.ArrowException) as error:  # pa.ArrowInvalid: 'Not an Arrow file', ...
+            raise CacheError(f"stored corpus {self.folder}: {error}; {clear}") from error
+        if self._hashes.shape != (self._len,) or self._rows.shape != (self._len,):
+            raise CacheError(f"stored corpus {self.folder}: docid index does not hold {self._len} rows; {clear}")
         self._table: pa.Table | None = None
         self._cleanup: weakref.finalize | None = None
 
@@ -210,29 +235,39 @@ class Corpus(Mapping[str, Passage]):
             cache_dir: ``paths.cache_dir`` (``None``: :func:`default_cache_dir`).
         """
         root = Path(cache_dir).expanduser().resolve() if cache_dir is not None else default_cache_dir()
-        folder = root / "corpora" / source_key(sources, parser)
-        if (folder / META_FILE).is_file():
-            return cls(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with open(folder.with_name(folder.name + ".lock"), "w") as lock:
+        folder = root / "corpora" / source_key(sources, parser, root)
+        corpus = cls._reuse(folder)
+        if corpus is not None:
+            return corpus
+        waiting = f"another process is storing the corpus at {folder}; waiting for it"
+        with cache_lock(folder.with_name(folder.name + ".lock"), waiting):
+            corpus = cls._reuse(folder)
+            if corpus is not None:
+                return corpus
+            remove_stale_builds(folder.parent, f"{folder.name}.tmp-*")  # left by killed builders
+            staging = folder.with_name(staging_name(folder.name))
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
             try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("another process is storing the corpus at %s; waiting for it", folder)
-                fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (folder / META_FILE).is_file():
-                for stale in folder.parent.glob(f"{folder.name}.tmp-*"):  # left by a killed builder
-                    shutil.rmtree(stale, ignore_errors=True)
-                staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-                staging.mkdir()
-                try:
-                    log.info("storing corpus %s -> %s", ", ".join(str(p) for p in sources), folder)
-                    _write(rows(), staging, [str(p) for p in sources])
-                    shutil.rmtree(folder, ignore_errors=True)  # a folder without meta.json is incomplete
-                    os.rename(staging, folder)
-                finally:
-                    shutil.rmtree(staging, ignore_errors=True)
+                log.info("storing corpus %s -> %s", ", ".join(str(p) for p in sources), folder)
+                _write(rows(), staging, [str(p) for p in sources])
+                shutil.rmtree(folder, ignore_errors=True)  # an incomplete or broken one
+                os.rename(staging, folder)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         return cls(folder)
+
+    @classmethod
+    def _reuse(cls, folder: Path) -> Corpus | None:
+        """The stored corpus at ``folder`` if it is complete and intact (sizes + sampled checksums), else None
+        (a broken one is logged: the caller stores it again)."""
+        if not (folder / META_FILE).is_file():
+            return None
+        try:
+            return cls(folder, level="sample")
+        except (CacheError, DataError) as error:
+            log.warning("%s: storing the corpus again", error)
+            return None
 
     @classmethod
     def from_records(

@@ -80,6 +80,15 @@ class DenseRetrieval:
         }
 
 
+def remove_if_empty(folder: Path) -> bool:
+    """Remove ``folder`` if it exists and holds nothing; True when removed."""
+    try:
+        folder.rmdir()
+    except OSError:  # absent, not empty, or not removable: nothing to tidy
+        return False
+    return True
+
+
 def _gpu_index(device: torch.device | str) -> int:
     device = torch.device(device)
     if device.type != "cuda":
@@ -272,9 +281,10 @@ def evaluate_language(
 ) -> EvaluationResult:
     """Retrieve, score and write ``runs/<language>.trec`` and ``per_query/<language>.tsv`` under ``output_dir``.
 
-    The corpus embeddings go to ``<output_dir>/embeddings/<language>/``; they are removed once the results are
-    written unless ``keep_embeddings`` (a job killed before that reuses the finished shards when rerun). With
-    ``distributed``, every rank must call this; all return the same result and rank 0 writes the files.
+    The corpus embeddings go to ``<output_dir>/embeddings/<language>/``; they (and ``embeddings/`` once empty)
+    are removed once the results are written unless ``keep_embeddings`` (a job killed before that reuses the
+    finished shards when rerun). With ``distributed``, every rank must call this; all return the same result and
+    rank 0 writes the files. The measures are named by ``depth`` (:func:`mdr.evaluation.metrics.metric_names`).
     """
     out = Path(output_dir)
     folder = out / "embeddings" / language
@@ -295,7 +305,7 @@ def evaluate_language(
         distributed,
     )
     run = found.run(split.corpus)
-    per_query = evaluate_run(run, split.qrels)
+    per_query = evaluate_run(run, split.qrels, depth)  # measures named by the depth retrieved (mrr@10 at 10)
     metrics = mean_metrics(per_query)
     if rank == 0:
         write_run(out / "runs" / f"{language}.trec", run, tag=f"mdr-{language}")
@@ -307,6 +317,7 @@ def evaluate_language(
         )
         if not keep_embeddings:  # every rank has searched its shards: the gather above waited for them
             shutil.rmtree(folder, ignore_errors=True)
+            remove_if_empty(folder.parent)
         if log.isEnabledFor(logging.INFO):
             log.info("%s: %s over %d queries", language, {k: round(v, 4) for k, v in metrics.items()}, len(per_query))
     return EvaluationResult(language, metrics, per_query, run, len(per_query))

@@ -7,6 +7,10 @@ Matches ``trec_eval -c -M 100 -m recip_rank -m recall.100 -m ndcg_cut.10``:
 * ``-c`` averages over every query in the qrels that has a relevant document, a query missing from the
   run scoring 0;
 * nDCG gains are the qrels grades with a log2(rank + 1) discount, the ideal ranking from the qrels.
+
+A run retrieved to a depth ``d`` below 100 (``evaluation.depth``) is scored as what it is: its measures are
+named ``mrr@d`` and ``recall@d`` (:func:`metric_names`), never ``mrr@100``; depths of 100 and more give the @100
+measures (the ranking is cut at 100, as ``recall.100`` does). nDCG@10 needs a depth of at least 10.
 """
 
 from __future__ import annotations
@@ -20,6 +24,22 @@ Run = Mapping[str, Mapping[str, float]]
 """query_id -> {docid: score}."""
 
 METRICS = ("mrr@100", "recall@100", "ndcg@10")
+"""The measures of a run retrieved to depth 100 or more."""
+
+MIN_DEPTH = 10
+"""nDCG@10 needs the top 10."""
+
+
+def metric_names(depth: int = 100) -> tuple[str, str, str]:
+    """The names of the measures a run retrieved to ``depth`` gives: the MRR / recall cut-off is ``min(depth, 100)``.
+
+    Raises:
+        ValueError: ``depth`` below :data:`MIN_DEPTH`.
+    """
+    if depth < MIN_DEPTH:
+        raise ValueError(f"evaluation depth {depth} is below {MIN_DEPTH}: nDCG@10 needs the top {MIN_DEPTH}")
+    cut = min(int(depth), 100)
+    return (f"mrr@{cut}", f"recall@{cut}", "ndcg@10")
 
 
 def ranked(scores: Mapping[str, float], depth: int = 100) -> list[str]:
@@ -27,29 +47,38 @@ def ranked(scores: Mapping[str, float], depth: int = 100) -> list[str]:
     return [docid for docid, _ in sorted(scores.items(), key=lambda item: (item[1], item[0]), reverse=True)][:depth]
 
 
-def query_metrics(ranking: list[str], judged: Mapping[str, int]) -> dict[str, float]:
-    """The three measures for one query given its trec_eval-ordered ranking."""
+def query_metrics(ranking: list[str], judged: Mapping[str, int], depth: int = 100) -> dict[str, float]:
+    """The three measures (:func:`metric_names`) for one query given its trec_eval-ordered ranking."""
+    mrr_name, recall_name, ndcg_name = metric_names(depth)
+    cut = min(int(depth), 100)
+    ranking = ranking[:cut]
     relevant = {docid for docid, grade in judged.items() if grade > 0}
     reciprocal_rank = next((1.0 / rank for rank, docid in enumerate(ranking, 1) if docid in relevant), 0.0)
-    recall = sum(docid in relevant for docid in ranking[:100]) / len(relevant)
+    recall = sum(docid in relevant for docid in ranking) / len(relevant)
     dcg = sum(max(judged.get(docid, 0), 0) / math.log2(rank + 1) for rank, docid in enumerate(ranking[:10], 1))
     ideal_grades = sorted((grade for grade in judged.values() if grade > 0), reverse=True)[:10]
     ideal = sum(grade / math.log2(rank + 1) for rank, grade in enumerate(ideal_grades, 1))
-    return {"mrr@100": reciprocal_rank, "recall@100": recall, "ndcg@10": dcg / ideal}
+    return {mrr_name: reciprocal_rank, recall_name: recall, ndcg_name: dcg / ideal}
 
 
 def evaluate_run(run: Run, qrels: Qrels, depth: int = 100) -> dict[str, dict[str, float]]:
-    """Per-query measures for every query in ``qrels`` with a relevant document (absent from run: 0)."""
+    """Per-query measures for every query in ``qrels`` with a relevant document (absent from run: 0).
+
+    ``depth`` is the depth the run was retrieved to; it names the measures (:func:`metric_names`).
+    """
+    metric_names(depth)  # a depth below 10 fails here, before any query
     per_query: dict[str, dict[str, float]] = {}
     for query_id, judged in qrels.items():
         if not any(grade > 0 for grade in judged.values()):
             continue
-        per_query[query_id] = query_metrics(ranked(run.get(query_id, {}), depth), judged)
+        per_query[query_id] = query_metrics(ranked(run.get(query_id, {}), depth), judged, depth)
     return per_query
 
 
 def mean_metrics(per_query: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """Averages over queries (the ``-c`` mean when ``per_query`` came from :func:`evaluate_run`)."""
+    """Averages over queries (the ``-c`` mean when ``per_query`` came from :func:`evaluate_run`), under the names
+    the per-query measures carry."""
     if not per_query:
         raise ValueError("no judged query to average over")
-    return {name: sum(values[name] for values in per_query.values()) / len(per_query) for name in METRICS}
+    names = list(next(iter(per_query.values())))
+    return {name: sum(values[name] for values in per_query.values()) / len(per_query) for name in names}

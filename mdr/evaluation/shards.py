@@ -2,11 +2,13 @@
 
 Shard ``i`` of ``n`` holds corpus rows ``[i * shard_rows, min((i + 1) * shard_rows, num_rows))`` in
 ``shard-<i>-of-<n>.npy`` (float32, or float16 with ``evaluation.fp16_index``), with ``shard-<i>-of-<n>.json``
-written after it: format, rows, dim, dtype and the identity of what was encoded (encoder weights, tokenizer,
-settings, autocast dtype, corpus fingerprint). A shard whose JSON matches is reused; anything else is encoded
-again. Rank ``r`` of ``w`` owns the shards ``i`` with ``i % w == r``. The shard boundaries do not depend on the
-number of ranks, so every passage is encoded in the same batch, and so to the same bits, whether one process or
-eight did the work: that is what makes the metrics of a DDP evaluation identical to a single-process one.
+written after it: format, rows, dim, dtype, the identity of what was encoded (encoder weights, tokenizer,
+settings, autocast dtype, corpus fingerprint) and the array file's size and checksums. A shard whose JSON
+matches and whose file holds every byte that was written (SHA-256, checked when a resumed job finds it:
+cheaper than encoding it again) is reused; anything else is logged and encoded again.
+Rank ``r`` of ``w`` owns the shards ``i`` with ``i % w == r``. The shard boundaries do not depend on the number
+of ranks, so every passage is encoded in the same batch, and so to the same bits, whether one process or eight
+did the work: that is what makes the metrics of a DDP evaluation identical to a single-process one.
 """
 
 from __future__ import annotations
@@ -21,9 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from mdr.utils.cache import check_manifest, manifest, verify_level
 from mdr.utils.io import atomic_write_json
+from mdr.utils.logging import get_logger
 
-SHARD_FORMAT = 1
+log = get_logger(__name__)
+
+SHARD_FORMAT = 2
+"""2: the JSON carries the array file's manifest (size, sampled and full SHA-256)."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,9 @@ class EmbeddingShards:
         }
 
     def is_done(self, shard: int) -> bool:
-        """True when ``shard`` was written completely for this identity, rows and dtype."""
+        """True when ``shard`` was written completely for this identity, rows and dtype, and its array file holds
+        exactly the bytes written (every byte is hashed: a resumed job pays one read of the shard, not its
+        encoding). A shard that fails the check is logged and encoded again."""
         try:
             meta = json.loads(self.meta_path(shard).read_text())
         except (OSError, ValueError):
@@ -117,29 +126,39 @@ class EmbeddingShards:
         expected = self._meta(shard)
         if any(meta.get(key) != value for key, value in expected.items()):
             return False
-        try:
-            array = np.load(self.array_path(shard), mmap_mode="r")
-        except (OSError, ValueError):
+        problem = check_manifest(self.folder, meta, verify_level("full"))
+        if problem is None:
+            try:
+                array = np.load(self.array_path(shard), mmap_mode="r")
+            except (OSError, ValueError) as error:
+                problem = f"{self.array_path(shard)}: {error}"
+            else:
+                rows = expected["rows"][1] - expected["rows"][0]
+                if array.shape[0] != rows or array.dtype != self.dtype:
+                    problem = f"{self.array_path(shard)}: {array.shape} {array.dtype}, expected {rows} rows"
+        if problem is not None:
+            log.warning("embedding shard %d is not what was written (%s): encoding it again", shard, problem)
             return False
-        return array.shape[0] == expected["rows"][1] - expected["rows"][0] and array.dtype == self.dtype
+        return True
 
     def create(self, shard: int, dim: int) -> tuple[np.ndarray, Path]:
         """A memory-mapped ``(rows, dim)`` array in a temporary file, to fill and then :meth:`commit`."""
         self.folder.mkdir(parents=True, exist_ok=True)
         self.meta_path(shard).unlink(missing_ok=True)
-        for stale in self.folder.glob(f".{self._stem(shard)}.npy.tmp-*"):  # left by a killed encoding of this shard
-            stale.unlink(missing_ok=True)
+        for stale in self.folder.glob(f".{self._stem(shard)}.npy.tmp-*"):  # a killed encoding of this shard: only
+            stale.unlink(missing_ok=True)  # one rank of the job holding the run folder ever writes shard ``shard``
         start, end = self.plan.bounds(shard)
         tmp = self.folder / f".{self._stem(shard)}.npy.tmp-{os.getpid()}"
         return np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=(end - start, dim)), tmp
 
     def commit(self, shard: int, array: np.memmap, tmp: Path) -> None:
-        """Flush ``array``, move it into place, then write the shard's JSON."""
+        """Flush ``array``, move it into place, then write the shard's JSON (with the file's checksums)."""
         array.flush()
         dim = int(array.shape[1])
         del array
         os.replace(tmp, self.array_path(shard))
-        atomic_write_json(self.meta_path(shard), {**self._meta(shard), "dim": dim})
+        files = manifest(self.folder, [self.array_path(shard).name])
+        atomic_write_json(self.meta_path(shard), {**self._meta(shard), "dim": dim, **files})
 
     def load(self, shard: int) -> np.ndarray:
         """``shard``'s embeddings, memory-mapped (read-only)."""

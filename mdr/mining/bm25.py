@@ -39,6 +39,7 @@ from mdr.data.schema import Passage, RetrievalSplit
 from mdr.evaluation.corpus_rows import DOCS_PER_BATCH, corpus_batches, corpus_fingerprint, docid_lookup
 from mdr.mining.pools import RawPools, file_lock, from_rankings, retrieval_depth, settings_hash
 from mdr.mining.tokenize import TOKENIZER_VERSION, bm25_tokens
+from mdr.utils.cache import CacheError, check_manifest, manifest, remove_stale_builds, staging_name, verify_level
 from mdr.utils.io import atomic_write_json
 from mdr.utils.logging import get_logger
 
@@ -81,17 +82,35 @@ class BM25Index:
     indptr: np.ndarray
 
     @classmethod
-    def load(cls, folder: str | Path) -> BM25Index:
-        """Memory-map an index written by :func:`build_index`."""
+    def load(cls, folder: str | Path, level: str = "size") -> BM25Index:
+        """Memory-map an index written by :func:`build_index`, checked against its manifest at ``level``.
+
+        Raises:
+            CacheError: naming the file that is not what was written, and how to clear the index.
+        """
         root = Path(folder)
-        meta = json.loads((root / "meta.json").read_text())
-        return cls(
-            root,
-            meta,
-            np.load(root / "data.npy", mmap_mode="r"),
-            np.load(root / "indices.npy", mmap_mode="r"),
-            np.load(root / "indptr.npy"),
-        )
+        clear = f"delete {root} (it is rebuilt on the next run)"
+        try:
+            meta = json.loads((root / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise CacheError(f"{root / 'meta.json'}: cannot be read ({error}); {clear}") from error
+        problem = check_manifest(root, meta, verify_level(level))
+        if problem is not None:
+            raise CacheError(f"BM25 index {root}: {problem}; {clear}")
+        try:
+            index = cls(
+                root,
+                meta,
+                np.load(root / "data.npy", mmap_mode="r"),
+                np.load(root / "indices.npy", mmap_mode="r"),
+                np.load(root / "indptr.npy"),
+            )
+        except (OSError, ValueError) as error:
+            raise CacheError(f"BM25 index {root}: {error}; {clear}") from error
+        nnz, terms = int(meta["nnz"]), int(meta["num_terms"])
+        if index.data.shape != (nnz,) or index.indices.shape != (nnz,) or index.indptr.shape != (terms + 1,):
+            raise CacheError(f"BM25 index {root}: array shapes disagree with meta.json ({nnz} postings); {clear}")
+        return index
 
     @property
     def num_docs(self) -> int:
@@ -261,7 +280,7 @@ def build_index(
     """
     target = Path(folder)
     target.parent.mkdir(parents=True, exist_ok=True)
-    work = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    work = target.parent / f".{staging_name(target.name)}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     started = time.perf_counter()
@@ -344,6 +363,7 @@ def build_index(
             "tokenize_seconds": round(tokenized - started, 2),
             **(extra_meta or {}),
         }
+        meta.update(manifest(work, ["data.npy", "indices.npy", "indptr.npy", "vocab.txt"]))
         atomic_write_json(work / "meta.json", meta)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(work, target)
@@ -377,8 +397,10 @@ def corpus_index(
 
     ``threads`` > 1 tokenises in that many forked processes (a ``Corpus`` only; a plain dict stays in-process).
 
-    The key is the corpus fingerprint, tokenizer and index versions and k1/b; a cached index whose row count
-    or sampled docids disagree with ``corpus`` is rebuilt. A file lock makes concurrent ranks build it once.
+    The key is the corpus fingerprint, tokenizer and index versions and k1/b; a cached index whose files differ
+    from its manifest (every byte is checked: an index is opened only to mine, which reads more than that), or
+    whose row count or sampled docids disagree with ``corpus``, is logged and rebuilt. A lock makes concurrent
+    ranks and jobs build it once.
     """
     docid_of = docid_of or docid_lookup(corpus)
     key = {"corpus": corpus_fingerprint(corpus), "tokenizer": TOKENIZER_VERSION, "index": INDEX_VERSION}
@@ -387,13 +409,16 @@ def corpus_index(
     samples = _docid_samples(docid_of, len(corpus))
     with file_lock(folder.with_name(folder.name + ".lock")):
         if (folder / "meta.json").is_file():
-            index = BM25Index.load(folder)
-            if index.num_docs == len(corpus) and index.meta.get("docid_samples") == samples:
-                log.info("reusing BM25 index %s", folder)
-                return index
-            log.warning("BM25 index %s does not match the corpus's rows: rebuilding it", folder)
-        for stale in folder.parent.glob(f".{folder.name}.tmp-*"):  # left by a killed build (we hold the lock)
-            shutil.rmtree(stale, ignore_errors=True)
+            try:
+                index = BM25Index.load(folder, "full")
+            except CacheError as error:
+                log.warning("%s: rebuilding it", error)
+            else:
+                if index.num_docs == len(corpus) and index.meta.get("docid_samples") == samples:
+                    log.info("reusing BM25 index %s", folder)
+                    return index
+                log.warning("BM25 index %s does not match the corpus's rows: rebuilding it", folder)
+        remove_stale_builds(folder.parent, f".{folder.name}.tmp-*")  # left by killed builds of this host
         batches = tokenized_batches(corpus, DOCS_PER_BATCH, threads)
         return build_index(batches, folder, k1, b, {"key": key, "docid_samples": samples})
 

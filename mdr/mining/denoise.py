@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,10 +34,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from mdr.data.collator import passage_text
 from mdr.data.schema import DataError, RetrievalSplit
 from mdr.evaluation.encode import encode_texts
-from mdr.mining.pools import RawPools, file_lock, fingerprint, load_pools, save_pools, settings_hash
+from mdr.mining.pools import RawPools, file_lock, fingerprint, load_verified, save_pools, settings_hash
 from mdr.models.bi_encoder import BiEncoder
 from mdr.models.precision import autocast_dtype
+from mdr.utils.cache import digests_dir, folder_digest
 from mdr.utils.logging import get_logger
+from mdr.utils.ranks import cuda_device
 
 log = get_logger(__name__)
 
@@ -159,13 +160,14 @@ def teacher_model(cfg: DictConfig, teacher: str) -> tuple[DictConfig, str | None
     )
 
 
-def teacher_identity(encoder: BiEncoder, name_or_path: str) -> str:
-    """The teacher's folder, a stamp of its weight files (sizes, times) and its encoding settings."""
+def teacher_identity(encoder: BiEncoder, name_or_path: str, cache_dir: str | Path | None = None) -> str:
+    """What the teacher is, for the scores' cache key: a folder's content digest (not its path, so a moved cache
+    is reused; remembered under ``<cache_dir>/digests``) or a hub id, plus its encoding settings."""
     root = Path(name_or_path)
-    files = sorted(root.rglob("*.safetensors")) + sorted(root.rglob("*.bin")) if root.is_dir() else []
-    stamp = "|".join(f"{f.relative_to(root)}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    memo = digests_dir(cache_dir) if cache_dir else None
+    what = f"folder:{folder_digest(root, memo)}" if root.is_dir() else name_or_path
     settings = json.dumps(asdict(encoder.settings), sort_keys=True)
-    return f"{name_or_path}#{hashlib.sha256(stamp.encode()).hexdigest()[:12]}#{settings}"
+    return f"{what}#{settings}"
 
 
 def _pool_digest(pools: Mapping[str, Sequence[str]]) -> str:
@@ -186,10 +188,9 @@ def scores_cache_path(
 
 
 def default_device() -> str:
-    """This process's CUDA device (``LOCAL_RANK`` under DDP) when there is one, else the CPU."""
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0) % torch.cuda.device_count()}"
-    return "cpu"
+    """This process's CUDA device (``LOCAL_RANK`` under DDP, ``SLURM_LOCALID`` in a SLURM task) when there is one,
+    else the CPU."""
+    return cuda_device()
 
 
 def _passage_texts(corpus: Mapping[str, Any], docids: Sequence[str], prefix: str) -> list[str]:
@@ -275,6 +276,21 @@ def apply_relative_margin(
     return kept_pools, stats
 
 
+def _missing_scores(pools: Mapping[str, Sequence[str]], split: RetrievalSplit, scores: RawPools) -> str | None:
+    """Why ``scores`` do not cover ``pools`` (a query or candidate without a teacher score), or None."""
+    for query_id in sorted(pools):
+        docids = pools[query_id]
+        if not docids:
+            continue
+        scored = dict(scores.candidates.get(query_id, ()))
+        missing = [docid for docid in docids if docid not in scored]
+        if missing:
+            return f"query {query_id!r}: {len(missing)} of {len(docids)} candidates have no teacher score"
+        if split.positives(query_id) and query_id not in scores.positive_scores:
+            return f"query {query_id!r} has judged positives but no positive score"
+    return None
+
+
 def denoise_pools(
     pools: Mapping[str, list[str]],
     split: RetrievalSplit,
@@ -296,16 +312,22 @@ def denoise_pools(
         device: where the teacher encodes (None: :func:`default_device`).
     """
     encoder, tokenizer, name_or_path = load_teacher()
-    identity = teacher_identity(encoder, name_or_path)
+    identity = teacher_identity(encoder, name_or_path, cache_dir)
     path = scores_cache_path(cache_dir, language, split, pools, identity)
     with file_lock(path.with_name(path.name + ".lock")):
-        from_cache = path.is_file()
-        if from_cache:
-            scores = load_pools(path)
-        else:
+        scores, from_cache = None, False
+        if path.is_file():
+            scores, problem = load_verified(path)
+            problem = problem or _missing_scores(pools, split, scores)  # type: ignore[arg-type]
+            if problem is None:
+                from_cache = True
+            else:
+                scores = None
+                log.warning("teacher scores %s cannot be reused (%s): scoring again", path, problem)
+        if scores is None:
             scores = teacher_scores(pools, split, encoder, tokenizer, settings.batch_size, device or default_device())
             save_pools(path, scores)
-    kept, stats = apply_relative_margin(pools, scores, settings.relative_margin, identity.split("#", 1)[0])
+    kept, stats = apply_relative_margin(pools, scores, settings.relative_margin, str(name_or_path))
     stats.from_cache, stats.cache_file = from_cache, str(path)
     share = stats.dropped / stats.candidates if stats.candidates else 0.0
     log.info(

@@ -2,13 +2,14 @@
 
 Runs on the trainer's device (this process's CUDA device when there is one) with bf16 autocast where
 :func:`mdr.models.precision.autocast_dtype` says the hardware has it, through the sharded encode + search of
-:mod:`mdr.evaluation.evaluator` (the corpus embeddings live in a temporary folder, one shard in memory at a time).
+:mod:`mdr.evaluation.evaluator` (the corpus embeddings live in a temporary folder under the cache, one shard in
+memory at a time).
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,13 +20,13 @@ from mdr.evaluation.evaluator import DEFAULT_SHARD_ROWS, dense_retrieve
 from mdr.mining.pools import RawPools, from_rankings, rank_run, retrieval_depth
 from mdr.models.bi_encoder import BiEncoder
 from mdr.models.precision import autocast_dtype
+from mdr.utils.ranks import cuda_device
 
 
 def mining_device() -> str:
-    """``cuda:<LOCAL_RANK>`` when CUDA is available (the device a DDP rank trains on), else ``cpu``."""
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
-    return "cpu"
+    """This process's CUDA device (the one its DDP rank or SLURM task trains on: :func:`mdr.utils.ranks.cuda_device`),
+    else ``cpu``."""
+    return cuda_device()
 
 
 def dense_pools(
@@ -36,15 +37,21 @@ def dense_pools(
     batch_size: int = 128,
     device: torch.device | str | None = None,
     shard_rows: int = DEFAULT_SHARD_ROWS,
+    work_dir: str | Path | None = None,
 ) -> RawPools:
     """Top-``depth`` non-positive passages per query, with the exact best-positive score for the margin filter.
 
     Args:
         device: where to encode (``None``: :func:`mining_device`); bf16 autocast where supported there.
+        work_dir: the folder under which the corpus embeddings are written, one shard file at a time, and removed
+            afterwards (the miner passes ``<cache_dir>/tmp``: the whole corpus's embeddings, ~100 GB for Mr. TyDi
+            en, do not fit a tmpfs /tmp); None: the system's temporary folder.
     """
     device = device or mining_device()
     encoder.to(device)
-    with tempfile.TemporaryDirectory(prefix="mdr-dense-mining-") as tmp:
+    if work_dir is not None:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mdr-dense-mining-", dir=work_dir) as tmp:
         found = dense_retrieve(
             encoder,
             tokenizer,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any, Literal
 
 from mdr.data.schema import RetrievalSplit
 from mdr.mining.pools import RawPools, cache_path, cached, filter_pools, from_rankings
+from mdr.utils.cache import digests_dir, folder_digest
 from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -44,12 +44,10 @@ class PoolSettings:
     threads: int | None = None
 
 
-def _encoder_identity(path: str) -> str:
-    """The encoder path plus a hash of its weight files' sizes and times, so a retrained model is re-mined."""
+def _encoder_identity(path: str, cache_dir: str | Path) -> str:
+    """A folder's content digest (a retrained model is re-mined, a moved one is not), else the hub id."""
     root = Path(path)
-    files = sorted(root.rglob("*.safetensors")) + sorted(root.rglob("*.bin")) if root.is_dir() else []
-    stamp = "|".join(f"{f.relative_to(root)}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
-    return f"{path}#{hashlib.sha256(stamp.encode()).hexdigest()[:12]}"
+    return f"folder:{folder_digest(root, digests_dir(cache_dir))}" if root.is_dir() else path
 
 
 def mine(
@@ -94,13 +92,15 @@ def mine(
     if settings.source == "dense":
         if not settings.encoder:
             raise ValueError("negatives.pool.source=dense needs negatives.pool.encoder (an encoder folder or model)")
-        key["encoder"] = _encoder_identity(settings.encoder)
+        key["encoder"] = _encoder_identity(settings.encoder, cache_dir)
 
         def run_dense() -> RawPools:
             from mdr.mining.dense import dense_pools
 
             encoder, tokenizer = load_encoder(settings.encoder)  # type: ignore[arg-type]
-            return dense_pools(encoder, tokenizer, split, settings.depth, device=device)
+            return dense_pools(
+                encoder, tokenizer, split, settings.depth, device=device, work_dir=Path(cache_dir) / "tmp"
+            )
 
         return cached(cache_path(cache_dir, split, language, key), run_dense)
     raise ValueError(f"negatives.pool.source={settings.source!r}: expected bm25, dense or shipped")

@@ -7,16 +7,15 @@ positive) are applied when a pool is used, so one cached pool serves every setti
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mdr.data.schema import DataError, RetrievalSplit
 from mdr.evaluation.corpus_rows import corpus_fingerprint
+from mdr.utils.cache import cache_lock, check_file_manifest, write_file_manifest
 from mdr.utils.io import atomic_write_lines
 from mdr.utils.logging import get_logger
 
@@ -65,24 +64,16 @@ def cache_path(cache_dir: str | Path, split: RetrievalSplit, language: str, sett
     return Path(cache_dir) / "pools" / f"{language}-{settings.get('source', 'pool')}-{key}.jsonl"
 
 
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (created if missing) for the duration of the block.
-
-    Concurrent processes (DDP ranks, sweep jobs on one node or a shared file system with flock) mining the same
-    pool or index wait for the first one and then reuse its result instead of computing it again.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+file_lock = cache_lock
+"""The lock every pool, score and index cache takes (:func:`mdr.utils.cache.cache_lock`: flock plus an owner
+file, so it holds across nodes and where flock is missing)."""
 
 
 def save_pools(path: Path, pools: RawPools) -> None:
-    """One JSON line per query: ``{"query_id", "candidates": [[docid, score], ...], "positive_score"}``."""
+    """One JSON line per query: ``{"query_id", "candidates": [[docid, score], ...], "positive_score"}``.
+
+    Then ``<path>.manifest.json`` (size, checksums, the number of queries), which :func:`load_verified` checks.
+    """
     atomic_write_lines(
         path,
         (
@@ -97,6 +88,7 @@ def save_pools(path: Path, pools: RawPools) -> None:
             for qid in sorted(pools.candidates)
         ),
     )
+    write_file_manifest(path, records=len(pools.candidates))
 
 
 def load_pools(path: Path) -> RawPools:
@@ -114,12 +106,36 @@ def load_pools(path: Path) -> RawPools:
     return pools
 
 
+def load_verified(path: Path) -> tuple[RawPools | None, str | None]:
+    """(pools, None) when ``path`` holds exactly what :func:`save_pools` wrote, else (None, why not).
+
+    Checks the whole file against its manifest (SHA-256: the file is read in full to parse it anyway) and the
+    number of queries read.
+    """
+    problem, recorded = check_file_manifest(path, "full")
+    if problem is not None:
+        return None, problem
+    try:
+        pools = load_pools(path)
+    except (DataError, OSError, UnicodeDecodeError) as error:
+        return None, str(error)
+    if len(pools.candidates) != recorded.get("records"):
+        return None, f"{path}: {len(pools.candidates)} queries read, {recorded.get('records')} were written"
+    return pools, None
+
+
 def cached(path: Path, mine: Callable[[], RawPools]) -> RawPools:
-    """Load the pool at ``path`` or mine it and save it there (under a lock: one process mines, others wait)."""
+    """Load the pool at ``path`` or mine it and save it there (under a lock: one process mines, others wait).
+
+    A pool file that is not what was written (cut, garbled, no manifest) is logged and mined again.
+    """
     with file_lock(path.with_name(path.name + ".lock")):
         if path.is_file():
-            log.info("reusing hard-negative pool %s", path)
-            return load_pools(path)
+            pools, problem = load_verified(path)
+            if pools is not None:
+                log.info("reusing hard-negative pool %s", path)
+                return pools
+            log.warning("hard-negative pool %s cannot be reused (%s): mining it again", path, problem)
         pools = mine()
         save_pools(path, pools)
     log.info("mined hard-negative pool for %d queries -> %s", len(pools.candidates), path)

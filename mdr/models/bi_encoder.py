@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from mdr.models.dropout import ATTENTION as DROPOUT_ATTENTION
 from mdr.models.dropout import install_fast_dropout
 from mdr.utils.io import share_like_new_files
 
@@ -114,6 +115,14 @@ class BiEncoder(nn.Module):
         for backbone in (self.query_backbone, self.passage_backbone):
             if backbone is not None:
                 backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def fast_dropout_supported(self) -> bool:
+        """Whether every backbone runs SDPA attention, the one :mod:`mdr.models.dropout` mirrors."""
+        return all(
+            backbone.config._attn_implementation in ("sdpa", DROPOUT_ATTENTION)
+            for backbone in (self.query_backbone, self.passage_backbone)
+            if backbone is not None
+        )
 
     def fast_dropout_enable(self) -> int:
         """CPU training draws dropout masks with :mod:`mdr.models.dropout`; returns the modules that now do."""

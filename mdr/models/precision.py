@@ -28,8 +28,8 @@ def _cpu_flags() -> frozenset[str]:
 def bf16_supported(device: str | torch.device) -> bool:
     """True where bf16 matmuls run natively on ``device`` (and so faster than fp32)."""
     kind = torch.device(device).type
-    if kind == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if kind == "cuda":  # native only: V100 / T4 emulate bf16 (slower than fp32), which is_bf16_supported() counts
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if kind == "cpu":
         return any(flag in _cpu_flags() for flag in CPU_BF16_FLAGS)
     return False

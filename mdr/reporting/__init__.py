@@ -1,1 +1,1 @@
-"""Sweep reporting: collect run folders, tables, plots and paired significance tests."""
+"""Sweep reporting: collect run folders, tables, plots and seed-aware tests (Satterthwaite t, TOST, trends)."""

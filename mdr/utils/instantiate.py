@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import uuid
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -10,15 +12,22 @@ from omegaconf import DictConfig, OmegaConf
 from mdr.data.readers import RetrievalReader
 from mdr.data.schema import DataError
 from mdr.models.bi_encoder import EncoderSettings
+from mdr.utils.cache import cache_lock, check_folder
+from mdr.utils.job_dirs import job_dirname
 from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
 
 
 def register_resolvers() -> None:
-    """``${abspath:...}`` makes a path absolute against the current directory."""
+    """``${abspath:...}`` makes a path absolute against the current directory; ``${mdr_job_dir:overrides,exclude}``
+    names a multirun's job folder (:func:`mdr.utils.job_dirs.job_dirname`)."""
     if not OmegaConf.has_resolver("abspath"):
         OmegaConf.register_new_resolver("abspath", lambda path: str(Path(path).expanduser().resolve()))
+    if not OmegaConf.has_resolver("mdr_job_dir"):
+        OmegaConf.register_new_resolver(
+            "mdr_job_dir", lambda overrides, exclude: job_dirname(list(overrides), list(exclude or []))
+        )
 
 
 def build_reader(data_cfg: DictConfig) -> RetrievalReader:
@@ -48,14 +57,34 @@ def build_target_problem(model_cfg: DictConfig) -> str | None:
 def ensure_model_files(model_cfg: DictConfig) -> None:
     """Build a locally made model (tiny, me5_small) on first use; hub models are left to transformers.
 
+    A built folder is checked against its manifest (sizes and sampled checksums of every file: ~64 kB read per
+    file); one that is cut, garbled or has no manifest is logged and built again (the build is deterministic).
+
     Raises:
         DataError: ``model.name_or_path`` is missing and is not the model's build target.
     """
     problem = build_target_problem(model_cfg)
     if problem:
         raise DataError(problem)
-    if model_cfg.get("build") is not None and not Path(model_cfg.name_or_path).is_dir():
-        log.info("building model %s at %s", model_cfg.name, model_cfg.name_or_path)
+    build = model_cfg.get("build")
+    if build is None:
+        return
+    target = Path(str(model_cfg.name_or_path))
+    out_dir = build.get("out_dir")
+    if target.is_dir() and (out_dir is None or Path(str(out_dir)).expanduser().resolve() != target.resolve()):
+        return  # a model folder of the user's, not the build's: never checked against a build manifest
+    if target.is_dir() and check_folder(target) is None:
+        return
+    with cache_lock(target.with_name(f".{target.name}.lock"), f"another process is building {target}; waiting"):
+        if target.is_dir():
+            problem = check_folder(target)
+            if problem is None:
+                return
+            log.warning("model %s at %s is not what was built (%s): building it again", model_cfg.name, target, problem)
+            aside = target.with_name(f".{target.name}.broken-{uuid.uuid4().hex[:8]}")
+            target.rename(aside)  # readers holding its files keep them; the name is free for the new build
+            shutil.rmtree(aside, ignore_errors=True)
+        log.info("building model %s at %s", model_cfg.name, target)
         instantiate(model_cfg.build)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 def _default_mode() -> int:
@@ -50,6 +50,24 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return target
 
 
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, _default_mode())
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
 def atomic_write_json(path: str | os.PathLike[str], payload: Any) -> Path:
     """Write ``payload`` as indented JSON, atomically."""
     return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
@@ -58,3 +76,25 @@ def atomic_write_json(path: str | os.PathLike[str], payload: Any) -> Path:
 def atomic_write_lines(path: str | os.PathLike[str], lines: Iterable[str]) -> Path:
     """Write ``lines`` (without newlines) one per line, atomically."""
     return atomic_write_text(path, "".join(f"{line}\n" for line in lines))
+
+
+def atomic_write_with(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
+    """Write ``path`` by calling ``write`` on a binary temporary file in the same folder, then ``os.replace``.
+
+    The temporary file is in ``path``'s own folder, so the rename never crosses a file system: a full disk or a
+    failing ``write`` leaves the old file (or none), never a partial one, and removes the temporary file.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, _default_mode())
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target

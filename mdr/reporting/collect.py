@@ -1,0 +1,539 @@
+"""Read a sweep folder's run folders into a results frame: one row per (completed job, evaluation language).
+
+A job's outcome is its newest record: ``metrics.json`` (completed) or ``failed.json`` (failed), by file
+modification time, so a stale metrics.json older than a later failure counts as failed; a job folder with
+neither (killed, still running) and a job the sweep asked for that never made a folder (from the sweep's
+``multirun.yaml``) are missing. Failed and missing jobs are listed; the other jobs' results are kept.
+
+A job evaluated on several languages (``evaluation.languages``: metrics.json ``per_language``) gives one row per
+evaluation language; ``language`` is the language evaluated. The variant says how the run was trained beyond p
+(``mask=on|off`` for ``loss.mask_false_negatives``, ``denoise=on|off`` for denoised hard negatives, and
+``p_stages=all`` when a multi-stage schedule applied p to every stage, ``stage.proportion_applies_to``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+log = logging.getLogger(__name__)
+
+METRIC = "mrr@100"
+METRIC_COLUMNS = ["mrr@100", "recall@100", "ndcg@10"]
+GROUP = ["model", "stage", "language", "variant"]
+KEYS = [*GROUP, "hard_proportion", "seed"]
+DEFAULT_VARIANT = "mask=on,denoise=off"
+PROBLEM_COLUMNS = ["job", "status", "error", "overrides"]
+
+
+def resolve_sweep_dir(path: str | Path) -> Path:
+    """``path`` itself if it holds job folders (or a sweep's ``multirun.yaml``), else its latest multirun."""
+    root = Path(path)
+    if any(root.glob("*/.hydra")) or (root / "multirun.yaml").is_file():
+        return root
+    candidates = sorted((root / "multiruns").glob("*")) if (root / "multiruns").is_dir() else []
+    if not candidates:
+        raise FileNotFoundError(f"{root}: no job folders (*/.hydra) and no multiruns/ inside")
+    return candidates[-1]
+
+
+def variant_name(
+    mask: bool | None, denoised: bool, proportion_stages: str | None = None, miner: str | None = None
+) -> str:
+    """``mask=on|off|n/a,denoise=on|off`` (``n/a``: the run trained nothing), plus ``,p_stages=all`` when p
+    applied to every stage of a multi-stage schedule and ``,miner=<miner>`` when its hard negatives came from
+    another miner than the default (:func:`run_miner`)."""
+    masking = "n/a" if mask is None else ("on" if mask else "off")
+    suffix = ",p_stages=all" if proportion_stages == "all" else ""
+    suffix += f",miner={miner}" if miner else ""
+    return f"mask={masking},denoise={'on' if denoised else 'off'}{suffix}"
+
+
+DEFAULT_MINER = {"source": "bm25", "backend": "bm25s", "range_min": 0, "range_max": 50, "margin": None}
+"""``negatives.pool`` of the default miner (conf/negatives/bm25.yaml): BM25 (bm25s), ranks 1-50, no margin."""
+
+
+def run_miner(metrics: dict[str, Any], config: dict[str, Any]) -> str | None:
+    """How a run's hard negatives were mined, as a short label, when that is not the default miner; None for
+    the default miner, for a run that used no hard negatives (p = 0, zero-shot) and for a run whose
+    ``config.yaml`` does not say.
+
+    The label is ``<source>[/<backend>][(<encoder>)]:<first>-<last rank>[,margin=<m>]`` from the resolved
+    ``negatives.pool`` (e.g. ``bm25:11-60`` for ``range_min=10 range_max=60``, ``dense(me5_small):4-50`` for
+    ``negatives=dense``).
+    """
+    pool = _lookup(config, "negatives.pool")
+    train = metrics.get("train")
+    hard = metrics.get("hard_proportion")
+    used = (int(train.get("num_hard") or 0) > 0) if isinstance(train, dict) and "num_hard" in train else bool(hard)
+    if not isinstance(pool, dict) or not used:
+        return None
+    settings = {key: pool.get(key, default) for key, default in DEFAULT_MINER.items()}
+    if settings == DEFAULT_MINER:
+        return None
+    label = str(settings["source"])
+    if settings["source"] in ("bm25", "shipped") and settings["backend"] != DEFAULT_MINER["backend"]:
+        label += f"/{settings['backend']}"
+    if pool.get("encoder"):
+        label += f"({Path(str(pool['encoder'])).name})"
+    label += f":{int(settings['range_min']) + 1}-{settings['range_max']}"
+    if settings["margin"] is not None:
+        label += f",margin={settings['margin']}"
+    return label
+
+
+def proportion_stages(metrics: dict[str, Any]) -> str | None:
+    """``stage.proportion_applies_to`` of a run whose schedule trained more than one stage, else None."""
+    schedule = metrics.get("schedule")
+    if not isinstance(schedule, dict) or len(schedule.get("stages") or []) < 2:
+        return None
+    return str(metrics.get("proportion_applies_to") or schedule.get("proportion_applies_to") or "last")
+
+
+def evaluations(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """One entry (language, low_resource, num_queries, metrics, per_query_file) per language a job evaluated.
+
+    metrics.json's ``per_language`` sections (``evaluation.languages``), else its top-level fields.
+    """
+    sections = metrics.get("per_language")
+    if isinstance(sections, dict) and sections:
+        return [{"language": code, **section} for code, section in sections.items()]
+    names = ("low_resource", "num_queries", "metrics", "per_query_file")
+    return [{"language": metrics.get("language"), **{name: metrics.get(name) for name in names}}]
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _lookup(tree: dict[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def run_variant(metrics: dict[str, Any], config: dict[str, Any]) -> tuple[bool | None, bool]:
+    """(masked in-batch false negatives?, denoised hard negatives?) of one run.
+
+    From metrics.json (``loss.mask_false_negatives`` or the training summary's, ``denoised`` or
+    ``denoise``), else from the run's resolved ``config.yaml``. A trained run that records no masking
+    predates the option, whose absence meant no masking; a run that trained nothing has mask None.
+    """
+    train = metrics.get("train")
+    if not isinstance(train, dict):
+        mask = None
+    else:
+        candidates = [_lookup(metrics, "loss.mask_false_negatives"), train.get("mask_false_negatives")]
+        candidates.append(_lookup(config, "loss.mask_false_negatives"))
+        mask = next((bool(value) for value in candidates if value is not None), False)
+    if "denoised" in metrics:
+        denoised = bool(metrics["denoised"])
+    elif "denoise" in metrics:
+        denoised = bool(metrics["denoise"])
+    elif isinstance(train, dict) and "denoise" in train:
+        denoised = bool(train["denoise"])
+    else:
+        hard = isinstance(train, dict) and int(train.get("num_hard") or 0) > 0
+        denoised = hard and bool(_lookup(config, "negatives.denoise.enabled"))
+    return mask, denoised
+
+
+def _job_overrides(job: Path) -> list[str] | None:
+    path = job / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return None
+    loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return [str(item) for item in loaded] if isinstance(loaded, list) else []
+
+
+def expected_jobs(sweep_dir: Path) -> list[list[str]] | None:
+    """Each job's overrides as the basic sweeper expands ``multirun.yaml``; None when that cannot be known."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return None
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from omegaconf import OmegaConf
+
+        config = OmegaConf.load(path)
+        sweeper = config.hydra.sweeper
+        if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+            log.warning("%s: sweeper %s: cannot tell which jobs it launched", path, sweeper.get("_target_"))
+            return None
+        params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
+        arguments = params + [str(item) for item in config.hydra.overrides.task]
+        overrides = OverridesParser.create().parse_overrides(arguments)
+        return [list(job) for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    except Exception as error:  # an exotic sweep (e.g. a glob over config groups): say so, judge by folders
+        log.warning(
+            "%s: cannot expand the sweep (%s: %s); jobs without a folder go unnoticed",
+            path,
+            type(error).__name__,
+            error,
+        )
+        return None
+
+
+def job_outcome(job: Path) -> str:
+    """``completed``, ``failed`` or ``missing``: the newest of metrics.json / failed.json decides (ties: failed)."""
+    records = {name: job / f"{name}.json" for name in ("metrics", "failed")}
+    times = {name: path.stat().st_mtime_ns for name, path in records.items() if path.is_file()}
+    if not times:
+        return "missing"
+    if "failed" in times and times["failed"] >= times.get("metrics", -1):
+        return "failed"
+    return "completed"
+
+
+def collect(sweep_dirs: Path | str | list[Path] | list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(completed runs, problems) of one sweep folder or several analysed as one.
+
+    ``problems`` lists, one row each, jobs that failed, are missing, are invalid (metrics.json disagrees with the
+    job's own overrides or config, or a per-query file is bad: the error names the file) and duplicates (the
+    same config, or the same cell and seed, as a run kept earlier; see :func:`drop_duplicates`). Only completed,
+    valid, first-seen runs are in the results.
+    """
+    dirs = [Path(d) for d in sweep_dirs] if isinstance(sweep_dirs, list) else [Path(sweep_dirs)]
+    qualify = len(dirs) > 1  # several sweep folders: a job is named <sweep folder>/<job folder>
+    rows: list[dict[str, Any]] = []
+    problems: list[dict[str, Any]] = []
+    for sweep_dir in dirs:
+        found, trouble = _collect_one(sweep_dir, f"{sweep_dir.name}/" if qualify else "")
+        rows += found
+        problems += trouble
+    rows, invalid = check_per_query(rows)
+    rows, duplicates = drop_duplicates(rows)
+    problems += invalid + duplicates
+    return pd.DataFrame(rows), pd.DataFrame(problems, columns=PROBLEM_COLUMNS)
+
+
+def _collect_one(sweep_dir: Path, prefix: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(rows of completed jobs, failed / missing / invalid jobs) of one sweep folder."""
+    rows: list[dict[str, Any]] = []
+    problems: list[dict[str, Any]] = []
+    seen: set[tuple[str, ...]] = set()
+    for job in sorted(p.parent for p in sweep_dir.glob("*/.hydra")):
+        name = prefix + job.name
+        overrides = _job_overrides(job)
+        if overrides is not None:
+            seen.add(tuple(sorted(overrides)))
+        cell = " ".join(overrides or [])
+        outcome = job_outcome(job)
+        if outcome == "missing":
+            problems.append({"job": name, "status": "missing", "error": "", "overrides": cell})
+            continue
+        if outcome == "failed":
+            error = _failure_message(job / "failed.json")
+            if (job / "metrics.json").is_file():
+                error += " (an older metrics.json in this folder was ignored)"
+            problems.append({"job": name, "status": "failed", "error": error, "overrides": cell})
+            continue
+        if (job / "failed.json").is_file():
+            log.info("%s: failed.json is older than metrics.json; the job counts as completed", job)
+        try:
+            metrics = json.loads((job / "metrics.json").read_text(encoding="utf-8"))
+            config = _read_yaml(job / "config.yaml")
+            mismatches = metrics_mismatches(metrics, overrides or [], config)
+            if mismatches:
+                problems.append(
+                    {
+                        "job": name,
+                        "status": "invalid",
+                        "error": f"{job / 'metrics.json'} does not match the job's own settings ("
+                        + "; ".join(mismatches)
+                        + "): not counted",
+                        "overrides": cell,
+                    }
+                )
+                continue
+            mask, denoised = run_variant(metrics, config)
+            stages = proportion_stages(metrics)
+            miner = run_miner(metrics, config)
+            found = []
+            for evaluated in evaluations(metrics):  # a row per (job, evaluation language)
+                per_query = per_query_path(job, evaluated["per_query_file"])
+                scores = evaluated["metrics"]
+                found.append(
+                    {
+                        **{key: metrics.get(key) for key in ("model", "stage", "hard_proportion", "seed")},
+                        "language": evaluated["language"],
+                        "variant": variant_name(mask, denoised, stages, miner),
+                        **{name: scores[name] for name in scores if "@" in name},  # mrr@10 at depth 10
+                        "low_resource": evaluated.get("low_resource"),
+                        "num_queries": evaluated["num_queries"],
+                        "mask_false_negatives": mask,
+                        "denoised": denoised,
+                        "proportion_applies_to": stages,
+                        "miner": miner,
+                        "data": metrics.get("data") or "n/a",
+                        "split": metrics.get("split"),
+                        "depth": evaluation_depth(metrics, evaluated),
+                        "config_hash": _config_hash(job),
+                        "job": name,
+                        "per_query_file": str(per_query),
+                    }
+                )
+            rows += found
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            problems.append(
+                {"job": name, "status": "failed", "error": f"unreadable result: {error}", "overrides": cell}
+            )
+    for overrides in expected_jobs(sweep_dir) or []:
+        if tuple(sorted(overrides)) not in seen:
+            problems.append(
+                {
+                    "job": prefix,
+                    "status": "missing",
+                    "error": "no job folder (never started)",
+                    "overrides": " ".join(overrides),
+                }
+            )
+    return rows, problems
+
+
+def per_query_path(job: Path, named: str) -> Path:
+    """The per-query file metrics.json names, or its gzipped copy (``<name>.gz``, as exported)."""
+    path = job / named
+    if path.is_file():
+        return path
+    packed = path.with_name(path.name + ".gz")
+    if packed.is_file():
+        return packed
+    raise FileNotFoundError(f"{path} (named by metrics.json) does not exist")
+
+
+DEFAULT_DEPTH = 100
+"""The evaluation depth of a run whose metrics.json records none (every run before depth was recorded)."""
+
+
+def metric_at(depth: int) -> str:
+    """The MRR a run evaluated at ``depth`` reports: ``mrr@100`` at 100 or more, ``mrr@<depth>`` below."""
+    return f"mrr@{min(int(depth), 100)}"
+
+
+def cell_means(rows: pd.DataFrame, depth: int) -> pd.DataFrame:
+    """Mean, std and n over seeds of every measure of ``rows`` (one evaluation depth), per cell."""
+    cut = min(int(depth), 100)
+    measures = [name for name in (f"mrr@{cut}", f"recall@{cut}", "ndcg@10") if name in rows]
+    cells = [*GROUP, "hard_proportion"]
+    grouped = rows.groupby(cells, sort=False, dropna=False)[measures]
+    table = grouped.agg(["mean", "std"])
+    table.columns = [f"{stat}_{name}" for name, stat in table.columns]
+    table["n"] = grouped.size()
+    return table.reset_index().assign(depth=int(depth))
+
+
+def evaluation_depth(metrics: dict[str, Any], evaluated: dict[str, Any] | None = None) -> int:
+    """The ranking depth a run was evaluated at: ``depth`` of its language section, of metrics.json or of its
+    ``evaluation`` section; :data:`DEFAULT_DEPTH` when none is recorded."""
+    evaluation = metrics.get("evaluation") if isinstance(metrics.get("evaluation"), dict) else {}
+    for value in ((evaluated or {}).get("depth"), metrics.get("depth"), evaluation.get("depth")):
+        if value is not None:
+            return int(value)
+    return DEFAULT_DEPTH
+
+
+def _config_hash(job: Path) -> str | None:
+    """The run folder's config hash (``run_folder.json``, :mod:`mdr.run_folder`), None without a readable one."""
+    path = job / "run_folder.json"
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("config_hash")
+    except (OSError, ValueError) as error:
+        log.warning("%s: unreadable (%s); duplicates of this job are found by cell and seed only", path, error)
+        return None
+    return str(value) if value else None
+
+
+_OVERRIDE_FIELDS = {  # override key -> metrics.json field it sets (config groups: compared through config.yaml)
+    "negatives.hard_proportion": "hard_proportion",
+    "seed": "seed",
+    "evaluation.depth": "depth",
+}
+_CONFIG_FIELDS = {  # resolved config key (config.yaml) -> metrics.json field
+    "negatives.hard_proportion": "hard_proportion",
+    "seed": "seed",
+    "model.name": "model",
+    "stage.name": "stage",
+    "data.name": "data",
+    "evaluation.depth": "depth",
+}
+
+
+def _same(expected: Any, recorded: Any) -> bool:
+    try:
+        return bool(np.isclose(float(expected), float(recorded)))
+    except (TypeError, ValueError):
+        return str(expected) == str(recorded)
+
+
+def metrics_mismatches(metrics: dict[str, Any], overrides: list[str], config: dict[str, Any]) -> list[str]:
+    """Where metrics.json contradicts the job's own overrides (``.hydra/overrides.yaml``) or resolved
+    ``config.yaml``, e.g. a metrics.json copied from another cell's folder; empty when they agree.
+
+    Only the fields that define a cell are compared: p, seed and depth with the overrides; these and model,
+    stage, data and (for a single-language evaluation) language with config.yaml. A field that metrics.json or
+    config.yaml does not record is not compared, except the depth: none recorded means 100.
+    """
+    recorded = {field: metrics.get(field) for field in set(_CONFIG_FIELDS.values())}
+    recorded["depth"] = evaluation_depth(metrics)  # not recorded: 100, so a run at another depth is caught
+    if not metrics.get("per_language"):
+        recorded["language"] = metrics.get("language")
+    if metrics.get("num_negatives") == 0 or not isinstance(metrics.get("train"), dict):
+        recorded["hard_proportion"] = None  # no negatives drawn or nothing trained: p may be recorded as what ran
+    found: list[str] = []
+    for item in overrides:
+        key, separator, text = item.lstrip("+~").partition("=")
+        field = _OVERRIDE_FIELDS.get(key)
+        if not separator or field is None or recorded.get(field) is None:
+            continue
+        try:
+            value = yaml.safe_load(text) if text else text
+        except yaml.YAMLError:
+            value = text
+        if not _same(value, recorded[field]):
+            found.append(f"override {key}={text} but metrics.json {field}={recorded[field]!r}")
+    for key, field in [*_CONFIG_FIELDS.items(), ("language.code", "language")]:
+        value = _lookup(config, key)
+        if value is None or recorded.get(field) is None:
+            continue
+        if not _same(value, recorded[field]):
+            found.append(f"config.yaml {key}={value!r} but metrics.json {field}={recorded[field]!r}")
+    return found
+
+
+def _read_per_query(path: str) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", dtype={"query_id": str})
+
+
+def check_per_query(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(rows whose per-query file is sound, an ``invalid`` problem per other row, naming its file).
+
+    A file is sound when it reads as a table with ``query_id`` and every metric column, holds each query once
+    and no missing score, has the ``num_queries`` rows its metrics.json reports, and scores the same queries as
+    the other runs evaluated on that (data, language, split): the query set most of them share. A run with a bad file
+    would otherwise enter the analysis with NaN scores or a different query set.
+    """
+    invalid: list[dict[str, Any]] = []
+    query_sets: dict[int, frozenset[str]] = {}
+    refused: set[int] = set()
+
+    def refuse(index: int, reason: str) -> None:
+        row = rows[index]
+        refused.add(index)
+        error = f"{row['per_query_file']}: {reason}: not counted"
+        invalid.append({"job": row["job"], "status": "invalid", "error": error, "overrides": ""})
+
+    for index, row in enumerate(rows):
+        path = row["per_query_file"]
+        try:
+            table = _read_per_query(path)
+        except (OSError, ValueError) as error:
+            refuse(index, f"unreadable ({type(error).__name__}: {error})")
+            continue
+        missing = [column for column in ("query_id", metric_at(row["depth"])) if column not in table.columns]
+        if missing:
+            refuse(index, f"lacks column(s) {missing} (has {list(table.columns)})")
+            continue
+        repeated = table.query_id[table.query_id.duplicated()].unique()
+        if len(repeated):
+            refuse(index, f"{len(repeated)} query id(s) appear more than once, e.g. {list(repeated[:3])}")
+            continue
+        empty = table[metric_at(row["depth"])].isna() | table.query_id.isna()
+        if empty.any():
+            refuse(index, f"{int(empty.sum())} row(s) without a query id or {metric_at(row['depth'])} score")
+            continue
+        if row.get("num_queries") is not None and len(table) != int(row["num_queries"]):
+            refuse(index, f"{len(table)} queries, but metrics.json reports num_queries={row['num_queries']}")
+            continue
+        query_sets[index] = frozenset(table.query_id)
+    groups: dict[tuple[Any, Any], list[int]] = {}
+    for index in query_sets:
+        row = rows[index]
+        groups.setdefault((row["data"], row["language"], row.get("split")), []).append(index)
+    for members in groups.values():
+        counts: dict[frozenset[str], int] = {}
+        for index in members:
+            counts[query_sets[index]] = counts.get(query_sets[index], 0) + 1
+        reference = max(counts, key=lambda s: counts[s])  # ties: the first seen
+        for index in members:
+            queries = query_sets[index]
+            if queries != reference:
+                refuse(
+                    index,
+                    f"its query set differs from the other runs of {rows[index]['language']} "
+                    f"({len(reference - queries)} of their {len(reference)} queries missing, "
+                    f"{len(queries - reference)} not theirs)",
+                )
+    sound = [row for index, row in enumerate(rows) if index in query_sets and index not in refused]
+    return sound, invalid
+
+
+def _cell_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    proportion = row.get("hard_proportion")
+    p = None if proportion is None or pd.isna(proportion) else round(float(proportion), 9)
+    return (*(row.get(key) for key in ("model", "stage", "language", "variant")), p, row.get("depth"), row.get("data"))
+
+
+def drop_duplicates(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(rows counted once, a ``duplicate`` problem per row left out).
+
+    A row is a duplicate of a row kept before it (sweep folders in the order given, job folders by name) when
+    both jobs have the same config hash (``run_folder.json``: one config run twice, e.g. ``p=0`` and ``p=0.0``,
+    or a folder copied under another name) or the same cell and seed (model, stage, language, variant, p,
+    depth, data, seed) from configs that differ in a key the cell does not show. The first is kept; the problem
+    row names it and both MRR@100 values.
+    """
+    kept: list[dict[str, Any]] = []
+    duplicates: list[dict[str, Any]] = []
+    by_hash: dict[tuple[str, Any], dict[str, Any]] = {}
+    by_cell: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        cell = (*_cell_key(row), row.get("seed"))
+        same_config = by_hash.get((row["config_hash"], row["language"])) if row.get("config_hash") else None
+        earlier = same_config or by_cell.get(cell)
+        if earlier is None:
+            kept.append(row)
+            by_cell[cell] = row
+            if row.get("config_hash"):
+                by_hash[(row["config_hash"], row["language"])] = row
+            continue
+        reason = (
+            "the same config (run_folder.json config hash)"
+            if same_config is not None
+            else "the same cell and seed from another config"
+        )
+        duplicates.append(
+            {
+                "job": row["job"],
+                "status": "duplicate",
+                "error": f"{row['language']}: {reason} as {earlier['job']}: counted once, from {earlier['job']} "
+                f"({METRIC} {earlier.get(METRIC, float('nan')):.4f} kept, {row.get(METRIC, float('nan')):.4f} "
+                "left out)",
+                "overrides": "",
+            }
+        )
+    if duplicates:
+        log.warning("%d duplicate run(s) counted once: see the duplicates list", len(duplicates))
+    return kept, duplicates
+
+
+def _failure_message(path: Path) -> str:
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8")).get("error", ""))
+    except (OSError, ValueError) as error:
+        return f"unreadable failed.json ({error})"

@@ -1,0 +1,53 @@
+"""Job folder names of a multirun: Hydra's ``override_dirname``, made one folder level and one spelling per value.
+
+Hydra names a job's folder ``key=value,...`` from its overrides as typed: a path value (``data.queries_repo=/data/
+mrtydi``) splits the folder into several levels (the aggregation finds jobs at ``<sweep>/*/.hydra``) or makes a name
+longer than the file system allows, and ``negatives.hard_proportion=0`` and ``=0.0`` name two folders for one config.
+:func:`job_dirname` (the ``${mdr_job_dir:...}`` resolver of ``conf/hydra/default.yaml``) writes numbers in one
+spelling (``0.0`` -> ``0``, ``0.50`` -> ``0.5``), a value holding ``/`` as its last path part plus a hash of the
+whole, and cuts a name over :data:`MAX_NAME` bytes to a prefix plus a hash of the whole name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+MAX_NAME = 240
+"""Longest job folder name kept as it is (file systems allow 255 bytes per name)."""
+
+
+def _digest(text: str, length: int) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def _value_text(value: Any, typed: str) -> str:
+    """The value as the folder name writes it: integral floats as ints, other floats in Python's shortest form."""
+    if isinstance(value, float) and not isinstance(value, bool):
+        return str(int(value)) if value.is_integer() else repr(value)
+    text = typed
+    if "/" in text:
+        tail = text.rstrip("/").rsplit("/", 1)[-1] or "root"
+        text = f"{tail}-{_digest(typed, 8)}"
+    return text
+
+
+def job_dirname(overrides: Sequence[str], exclude_keys: Sequence[str] = ()) -> str:
+    """A job's folder name from its overrides (``hydra.overrides.task``), leaving out ``exclude_keys`` as Hydra does."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    lines = []
+    for override in OverridesParser.create().parse_overrides([str(item) for item in overrides]):
+        if override.key_or_group in exclude_keys:
+            continue
+        line = str(override.input_line)
+        key, _, typed = line.partition("=")
+        value = override.value() if not override.is_sweep_override() else typed
+        lines.append(f"{key}={_value_text(value, typed)}")
+    lines.sort()
+    name = ",".join(lines)
+    if len(name.encode("utf-8")) > MAX_NAME:
+        prefix = name.encode("utf-8")[: MAX_NAME - 50].decode("utf-8", errors="ignore")  # whole characters only
+        name = f"{prefix}...{_digest(name, 16)}"
+    return name

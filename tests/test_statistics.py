@@ -1,0 +1,292 @@
+"""Known-answer tests of mdr.reporting.statistics (Satterthwaite contrasts, slope, curvature, TOST,
+interaction, wins / ties / losses, verdicts) and a quick calibration on simulated sweeps."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from mdr.reporting.calibration import Scenario, run
+from mdr.reporting.statistics import (
+    Cell,
+    combine,
+    contrast,
+    contrast_parts,
+    curvature_weights,
+    decide,
+    estimate,
+    holm,
+    monotone,
+    slope_weights,
+    step_weights,
+    tost,
+    win_tie_loss,
+)
+
+SEEDS = (0, 1, 2)
+PROPORTIONS = [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def _sweep(
+    means: list[float],
+    seed_sd: float = 0.004,
+    noise: float = 0.05,
+    seeds: tuple[int, ...] = SEEDS,
+    queries: int = 635,
+    seed: int = 0,
+    base: np.ndarray | None = None,
+) -> list[Cell]:
+    """One cell per mean: shared query difficulty, a seed shift per run, seed x query noise."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0.3, 1.0, queries) if base is None else base
+    base = base - base.mean()
+    return [
+        Cell(seeds, mean + base + rng.normal(0, seed_sd, (len(seeds), 1)) + rng.normal(0, noise, (len(seeds), queries)))
+        for mean in means
+    ]
+
+
+def test_seed_dominated_contrast_is_the_paired_t_test_of_the_seed_deltas() -> None:
+    """Without seed x query noise the Satterthwaite df is S - 1 and the test is the paired t over seeds."""
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0, 1, 400)
+    shifts = np.array([0.03, 0.01, 0.02])[:, None]
+    treated, baseline = Cell(SEEDS, base + shifts), Cell(SEEDS, np.tile(base, (3, 1)))
+    result = contrast([treated, baseline], [1.0, -1.0])
+    assert result.value == pytest.approx(0.02) and result.df == pytest.approx(2.0)
+    assert result.p_value == pytest.approx(stats.ttest_1samp(shifts.ravel(), 0.0).pvalue)
+    assert result.seed_level == "paired" and (result.seeds, result.queries) == (3, 400)
+
+
+def test_seed_x_query_noise_does_not_get_t_of_s_minus_1_tails() -> None:
+    """No seed effect, per-query effects of the treatment and seed x query noise: the spread of the per-seed
+    deltas is seed x query noise (estimated from 2 x 634 df), most of the variance is the query level, so the
+    df are far above S - 1 = 2 and the interval is narrower than a t(2) interval on the per-seed deltas."""
+    rng = np.random.default_rng(3)
+    treated, baseline = _sweep([0.0, 0.0], seed_sd=0.0, noise=0.1, seed=3)
+    per_query_effect = rng.normal(0, 0.2, 635)
+    treated = Cell(SEEDS, treated.scores + per_query_effect)
+    result = contrast([treated, baseline], [1.0, -1.0])
+    assert result.df > 30
+    expected = math.sqrt((0.2**2 + 2 * 0.1**2 / 3) / 635)  # query effects + residual, no seed term
+    assert result.se == pytest.approx(expected, rel=0.15)
+    per_seed = treated.scores.mean(axis=1) - baseline.scores.mean(axis=1)
+    t2_half = stats.t.ppf(0.975, 2) * per_seed.std(ddof=1) / math.sqrt(3)
+    query_half = 1.96 * (treated.scores - baseline.scores).mean(axis=0).std(ddof=1) / math.sqrt(635)
+    assert result.ci_high - result.value < math.hypot(t2_half, query_half)  # the previous procedure's width
+
+
+def test_seeds_that_reverse_the_effect_are_not_significant() -> None:
+    """+0.06, +0.06 and -0.09 on every query: a test over queries alone would call it p < .001."""
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 1, 635)
+    baseline = np.clip(base + rng.normal(0, 0.05, (3, 635)), 0, 1)
+    treated = baseline + np.array([0.06, 0.06, -0.09])[:, None]
+    result = contrast([Cell(SEEDS, treated), Cell(SEEDS, baseline)], [1.0, -1.0])
+    assert result.value == pytest.approx(0.01) and result.p_value > 0.3
+    unpaired = contrast([Cell(SEEDS, treated), Cell((7, 8, 9), baseline)], [1.0, -1.0])
+    assert unpaired.seed_level == "unpaired" and unpaired.p_value > 0.3
+
+
+def test_one_seed_uses_queries_only_and_says_so() -> None:
+    treated, baseline = _sweep([0.02, 0.0], seeds=(0,))
+    result = contrast([treated, baseline], [1.0, -1.0])
+    assert (result.seeds, result.seed_level) == (1, "none") and 400 < result.df <= 634  # df for kurtosis
+    per_query = treated.scores[0] - baseline.scores[0]
+    assert result.value / result.se == pytest.approx(stats.ttest_1samp(per_query, 0.0).statistic)
+    partial = contrast([_sweep([0.0])[0], baseline], [1.0, -1.0])
+    assert partial.seed_level == "partial"
+    slope = contrast([baseline, treated], slope_weights([0, 1]))
+    assert "training-seed variance not estimated" in decide(slope, None, [(1.0, result)]).text
+
+
+def test_planted_slope_is_recovered_from_every_level() -> None:
+    cells = _sweep([0.7 - 0.03 * p for p in PROPORTIONS], seed=2)
+    weights = slope_weights(PROPORTIONS)
+    assert np.count_nonzero(weights) == 4  # 0.5 is the centre; 0.25 and 0.75 count, unlike a p = 1 delta
+    slope = contrast(cells, weights)
+    assert slope.value == pytest.approx(np.polyfit(PROPORTIONS, [c.scores.mean() for c in cells], 1)[0])
+    assert slope.ci_low < -0.03 < slope.ci_high < 0 and slope.p_value < 0.05
+    curvature = contrast(cells, curvature_weights(PROPORTIONS))
+    assert curvature.p_value > 0.05
+
+
+def test_planted_curvature_is_detected() -> None:
+    cells = _sweep([0.7 + 0.08 * (p * p - p) for p in PROPORTIONS], seed=3)
+    curvature = contrast(cells, curvature_weights(PROPORTIONS))
+    assert curvature.p_value < 0.01 and curvature.ci_low < 0.08 < curvature.ci_high
+    slope = contrast(cells, slope_weights(PROPORTIONS))
+    assert slope.p_value > 0.05  # p^2 - p is symmetric about 0.5: no linear trend
+    with pytest.raises(ValueError, match="3 distinct"):
+        curvature_weights([0.0, 1.0, 1.0])
+
+
+def test_tost_passes_for_no_effect_and_fails_for_a_larger_one() -> None:
+    null = _sweep([0.0, 0.0], seed_sd=0.001, noise=0.02, seed=4)
+    effect = _sweep([0.02, 0.0], seed_sd=0.001, noise=0.02, seed=4)
+    none = contrast(null, [1.0, -1.0])
+    some = contrast(effect, [1.0, -1.0])
+    assert tost(none, 0.01) < 0.05
+    assert tost(some, 0.01) > 0.5
+    lower, upper = none.interval(0.90)  # TOST at 5% = the 90% interval inside the margin
+    assert -0.01 < lower < upper < 0.01
+    slope = contrast(null, slope_weights([1.0, 0.0]))
+    decision = decide(slope, None, [(1.0, none)], margin=0.01)
+    assert decision.kind == "equivalent" and decision.text.startswith("no effect larger than 0.01 (TOST, p=")
+    assert decision.text.endswith("at 3 seeds")
+    with pytest.raises(ValueError, match="margin"):
+        tost(none, 0.0)
+
+
+def test_interaction_detects_a_planted_language_difference() -> None:
+    """Delta of deltas: language A loses 0.04 at p = 1, language B nothing; parallel queries or not."""
+    rng = np.random.default_rng(5)
+    base = rng.uniform(0.3, 1.0, 635)
+    first = _sweep([0.70, 0.66], seed=6, base=base)
+    second = _sweep([0.80, 0.80], seed=7, base=base)
+    paired = contrast([*first, *second], [-1.0, 1.0, 1.0, -1.0])
+    assert paired.ci_low < -0.04 < paired.ci_high and paired.p_value < 0.01
+    independent = estimate(
+        combine([contrast_parts(first, [-1.0, 1.0]), contrast_parts(second, [-1.0, 1.0])], [1.0, -1.0])
+    )
+    assert independent.value == pytest.approx(paired.value) and independent.p_value < 0.01
+    same = contrast([*first, *_sweep([0.80, 0.76], seed=9, base=base)], [-1.0, 1.0, 1.0, -1.0])
+    assert same.p_value > 0.05
+
+
+def test_win_tie_loss_counts_seed_averaged_queries() -> None:
+    treated = Cell((0, 1), np.array([[1.0, 0.5, 0.2, 0.2], [1.0, 0.5, 0.4, 0.0]]))
+    baseline = Cell((0, 1), np.array([[1.0, 1.0, 0.1, 0.5], [1.0, 0.0, 0.1, 0.5]]))
+    assert win_tie_loss(treated, baseline) == (1, 2, 1)  # win q2 (.3 > .1); ties q0, q1 (.5 = .5); loss q3
+
+
+def _estimate(value: float, p_value: float, seeds: int = 3) -> object:
+    from mdr.reporting.statistics import Estimate
+
+    se = abs(value) / max(stats.norm.isf(p_value / 2), 1e-9) if value else 0.01
+    return Estimate(value, value - 1.96 * se, value + 1.96 * se, p_value, seeds, 635, "paired", se, math.inf)
+
+
+def test_verdict_says_only_what_the_tests_show() -> None:
+    slope = _estimate(-0.04, 0.001)
+    flat_curve = _estimate(0.001, 0.8)
+    deltas = [(0.5, _estimate(-0.02, 0.01)), (1.0, _estimate(-0.04, 0.001))]
+    steps = [_estimate(-0.02, 0.02), _estimate(-0.02, 0.03)]
+    hurts = decide(slope, flat_curve, deltas, steps)
+    assert hurts.kind == "hurts"
+    assert hurts.text == (
+        "hard negatives hurt (slope < 0: -0.0400 per unit p, p=0.002, monotone: every step down) at 3 seeds"
+    )
+    not_every_step = decide(slope, flat_curve, deltas, [_estimate(-0.035, 0.001), _estimate(-0.005, 0.4)])
+    assert "monotone" not in not_every_step.text and not_every_step.kind == "hurts"
+    mixed = decide(slope, flat_curve, [(0.5, _estimate(0.02, 0.001)), (1.0, _estimate(-0.04, 0.001))])
+    assert "but better at p=0.5 (+0.0200, p=0.002)" in mixed.text
+    curved = decide(_estimate(0.0, 0.9), _estimate(-0.08, 0.001), deltas)
+    assert curved.kind == "curved"
+    assert curved.text == (
+        "curved (quadratic term -0.0800, p=0.002) response to hard negatives, no linear trend at 3 seeds"
+    )
+    # the family is {slope, curvature}: a slope at p = 0.04 with a null curvature is not enough (Holm: 0.08)
+    weak = decide(_estimate(-0.01, 0.04), _estimate(0.0, 0.9), [(1.0, _estimate(-0.01, 0.04))])
+    assert weak.kind == "inconclusive"
+    assert weak.text.startswith("inconclusive at 3 seeds: no trend (slope p=0.080), effects up to 0.0")
+    assert decide(_estimate(-0.01, 0.04), None, [(1.0, _estimate(-0.01, 0.04))]).kind == "hurts"
+
+
+def test_holm_and_monotone() -> None:
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.2, 0.01]) == pytest.approx([0.2, 0.02])
+    assert monotone([_estimate(0.01, 0.001), _estimate(0.01, 0.01)]) == 1
+    assert monotone([_estimate(0.01, 0.001), _estimate(-0.01, 0.001)]) == 0
+    assert [list(w) for w in step_weights(3)] == [[-1, 1, 0], [0, -1, 1]]
+
+
+# --- calibration on simulated sweeps (quick settings; benchmarks/calibration.py runs the full grid) --------
+
+
+def _band(rate: float, simulations: int, nominal: float = 0.05) -> bool:
+    """``rate`` within 3.3 binomial SEs of ``nominal`` (a false alarm about once in a thousand runs)."""
+    return abs(rate - nominal) <= 3.3 * math.sqrt(nominal * (1 - nominal) / simulations)
+
+
+def test_calibration_quick() -> None:
+    """Type-I error and coverage near nominal on realistic nulls; power for a true 0.02 at 3 seeds."""
+    simulations = 700
+    null = run(Scenario(seeds=3, seed_sd=0.005, seed_correlation=0.5), simulations, seed=11)["rates"]
+    for test in ("delta", "slope", "curvature", "interaction"):
+        assert _band(null[f"{test}.reject"], simulations), (test, null)
+        assert _band(1 - null[f"{test}.cover"], simulations), (test, null)
+    assert _band(null["verdict.effect"], simulations), null
+    effect = run(Scenario(seeds=3, seed_sd=0.005, seed_correlation=0.5, effect=0.02), 300, seed=12)["rates"]
+    assert effect["delta.reject"] >= 0.8 and effect["verdict.right_direction"] >= 0.75, effect
+    assert effect["delta.reject"] > effect["delta.naive_reject"]  # t(S - 1) on the seed means loses power
+
+
+# --- the analysis of a results frame: language x p on parallel queries, resource contrast, nDCG@10 ------------
+
+
+def _results(tmp_path: Path, drops: dict[str, float], low: dict[str, bool], prefixed: bool = True) -> pd.DataFrame:
+    """Runs of languages on the same 300 questions (ids ``<lang>_q...``) at p = 0, .5, 1 and 3 seeds; each
+    language loses ``drops[language] * p`` on every query."""
+    rng = np.random.default_rng(21)
+    base = rng.uniform(0.3, 1.0, 300)
+    rows = []
+    for language, drop in drops.items():
+        difficulty = np.clip(base + rng.normal(0, 0.05, 300), 0, 1)
+        for proportion in (0.0, 0.5, 1.0):
+            for seed in SEEDS:
+                values = difficulty - drop * proportion + rng.normal(0, 0.002) + rng.normal(0, 0.03, 300)
+                ids = [f"{language}_q{i:03d}" if prefixed else f"{language}{i:03d}" for i in range(300)]
+                path = tmp_path / f"{language}_{proportion}_{seed}.tsv"
+                pd.DataFrame({"query_id": ids, "mrr@100": values, "ndcg@10": values + 0.05}).to_csv(
+                    path, sep="\t", index=False
+                )
+                rows.append(
+                    {
+                        "model": "m",
+                        "stage": "target_only",
+                        "language": language,
+                        "variant": "mask=on,denoise=off",
+                        "hard_proportion": proportion,
+                        "seed": seed,
+                        "mrr@100": float(values.mean()),
+                        "ndcg@10": float(values.mean() + 0.05),
+                        "low_resource": low[language],
+                        "per_query_file": str(path),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_analysis_tests_language_x_p_on_parallel_queries(tmp_path: Path) -> None:
+    from mdr.reporting.analysis import analyse
+
+    results = _results(tmp_path, {"th": 0.04, "de": 0.0, "hi": 0.0}, {"th": True, "hi": True, "de": False})
+    analysis = analyse(results, equivalence_margin=0.01)
+    frame = analysis.interactions
+    pair = frame.apply(lambda row: frozenset((row.language, row.other_language)), axis=1)
+    th_de = frame[(pair == frozenset(("th", "de"))) & (frame.contrast == "delta at p=1")].iloc[0]
+    sign = -1.0 if th_de.language == "th" else 1.0  # language minus other language: th loses 0.04
+    assert th_de["difference_mrr@100"] == pytest.approx(sign * 0.04, abs=0.01)
+    assert th_de.p_holm < 0.05 and th_de.query_pairing == "paired by query" and th_de.queries == 300
+    de_hi = frame[(pair == frozenset(("de", "hi"))) & (frame.contrast == "delta at p=1")].iloc[0]
+    assert de_hi.p_value > 0.05
+    assert not any(frame.contrast.str.startswith("slope"))  # at p = 0, .5, 1 the slope is the p = 1 delta again
+    [contrast_row] = analysis.resource_contrasts.to_dict("records")
+    assert set(contrast_row["low_resource"].split()) == {"th", "hi"} and contrast_row["high_resource"] == "de"
+    assert contrast_row["slope_difference_mrr@100"] == pytest.approx(-0.02, abs=0.01)  # mean(-0.04, 0) - 0
+    tests = analysis.tests.set_index(["language", "hard_proportion"])
+    assert tests.loc[("th", 1.0), "delta_ndcg@10"] == pytest.approx(tests.loc[("th", 1.0), "delta_mrr@100"])
+    assert tests.loc[("de", 1.0), "p_tost"] < 0.05 and tests.loc[("th", 1.0), "p_tost"] > 0.5
+    wins, ties, losses = tests.loc[("th", 1.0), ["wins", "ties", "losses"]]
+    assert wins + ties + losses == 300 and losses > wins
+    verdicts = analysis.trends.set_index("language").verdict
+    assert verdicts["th"].startswith("hard negatives hurt (slope < 0") and verdicts["th"].endswith("at 3 seeds")
+    assert verdicts["de"].startswith("no effect larger than 0.01 (TOST")
+    unmatched = analyse(_results(tmp_path, {"th": 0.04, "de": 0.0}, {"th": True, "de": False}, prefixed=False))
+    assert set(unmatched.interactions.query_pairing) == {"independent queries"}
