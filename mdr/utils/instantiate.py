@@ -8,8 +8,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mdr.data.readers import RetrievalReader
-from mdr.data.schema import DataError
 from mdr.models.bi_encoder import EncoderSettings
+from mdr.utils.errors import DataError
 from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
