@@ -136,17 +136,14 @@ def model_source_problem(key: str, value: Any, saved_encoder: bool = False) -> s
     return None
 
 
-def _negatives(check: _Checker, prefix: str) -> None:
-    check.integer(f"{prefix}.num_negatives", 0)
-    check.number(f"{prefix}.hard_proportion", 0.0, 1.0)
-    if check.has(f"{prefix}.strict"):
-        check.boolean(f"{prefix}.strict")
-    pool = f"{prefix}.pool"
-    if not check.has(pool):
-        return
+def _negatives(check: _Checker) -> None:
+    """The run's ``negatives`` group (a key the config lacks is skipped, as by every check)."""
+    check.integer("negatives.num_negatives", 0)
+    check.number("negatives.hard_proportion", 0.0, 1.0)
+    check.boolean("negatives.strict")
+    pool = "negatives.pool"
     source = check.choice(f"{pool}.source", ("bm25", "dense", "shipped"))
-    if check.has(f"{pool}.backend"):
-        check.choice(f"{pool}.backend", ("bm25s", "pyserini"))
+    check.choice(f"{pool}.backend", ("bm25s", "pyserini"))
     depth = check.integer(f"{pool}.depth", 1)
     low = check.integer(f"{pool}.range_min", 0)
     if check.value(f"{pool}.range_max") is not None:
@@ -155,7 +152,7 @@ def _negatives(check: _Checker, prefix: str) -> None:
             check.problems.append(f"{pool}.range_max ({high}) must be above {pool}.range_min ({low})")
         if depth is not None and low is not None and low >= depth:
             check.problems.append(f"{pool}.range_min ({low}) must be below {pool}.depth ({depth})")
-    if check.has(f"{pool}.margin") and check.value(f"{pool}.margin") is not None:
+    if check.value(f"{pool}.margin") is not None:
         check.number(f"{pool}.margin")
     if source == "dense":  # checked whatever p is, so every cell of a sweep fails alike
         problem = model_source_problem(f"{pool}.encoder", check.value(f"{pool}.encoder"))
@@ -197,7 +194,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
         check.number("train.warmup_ratio", 0.0, 1.0)
         check.integer("trainer.max_epochs", 1, allowed=(-1,))
         check.number("model.temperature", 0.0, None, low_open=True)
-        _negatives(check, "negatives")  # the stage schedule's own keys are checked by mdr.stages.schedule
+        _negatives(check)  # the stage schedule's own keys are checked by mdr.stages.schedule
     return check.problems
 
 
