@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from torch.utils.data import DataLoader
 
-from mdr.data.collator import BiEncoderCollator
+from mdr.data.collator import BiEncoderBatch, BiEncoderCollator, PackedTexts
 from mdr.data.negatives import HardNegativePools, NegativeSampler, SamplingStats
 from mdr.data.schema import RetrievalSplit, TrainingExample
 from mdr.utils.logging import get_logger
@@ -78,3 +80,9 @@ class RetrievalDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         return self.dataloader_for_epoch(epoch)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Moves the collator's batches (here, beside the loader that makes them, not in the LightningModule)."""
+        if isinstance(batch, (BiEncoderBatch, PackedTexts)):
+            return batch.to(device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)

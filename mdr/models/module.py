@@ -20,7 +20,7 @@ import lightning.pytorch as pl
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from mdr.data.collator import BiEncoderBatch, PackedTexts
+from mdr.data.collator import BiEncoderBatch
 from mdr.losses import InfoNCELoss, LossOutput
 from mdr.models.bi_encoder import BiEncoder
 
@@ -148,13 +148,6 @@ class BiEncoderModule(pl.LightningModule):
         self.log("train/accuracy", output.accuracy, prog_bar=True, batch_size=size)
         self.log("train/loss_epoch", output.loss, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
         return output.loss
-
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        if isinstance(batch, BiEncoderBatch):
-            return batch.to(device)
-        if isinstance(batch, PackedTexts):
-            return batch.to(device)
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["mdr_false_negatives_masked"] = int(self.false_negatives_masked)
