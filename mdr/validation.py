@@ -195,6 +195,10 @@ def config_problems(cfg: DictConfig) -> list[str]:
         check.integer("trainer.max_epochs", 1, allowed=(-1,))
         check.number("model.temperature", 0.0, None, low_open=True)
         _negatives(check)  # the stage schedule's own keys are checked by mdr.stages.schedule
+    if check.value("logger.progress.every_n_steps") is not None:  # null: no step trigger
+        check.integer("logger.progress.every_n_steps", 1)
+    if check.value("logger.progress.every_seconds") is not None:  # null: no time trigger
+        check.number("logger.progress.every_seconds", 0.0, None, low_open=True)
     return check.problems
 
 
