@@ -54,7 +54,6 @@ class BiEncoderModule(pl.LightningModule):
         super().__init__()
         self.automatic_optimization = False  # one step may run several backward passes (GradCache)
         self.seed = seed
-        self.start_epoch = 0
         self.encoder = encoder
         self.loss = loss
         self.learning_rate = learning_rate
@@ -63,9 +62,6 @@ class BiEncoderModule(pl.LightningModule):
         self.grad_cache = grad_cache
         self.gradient_clip_val = gradient_clip_val
         self.register_buffer("false_negatives_masked", torch.zeros((), dtype=torch.long), persistent=False)
-
-    def on_train_start(self) -> None:
-        self.start_epoch = self.current_epoch  # > 0 when resumed from a checkpoint
 
     def _seed_chunk(self, side: int, chunk: int) -> None:
         """Dropout masks that depend only on (seed, step, rank, side, chunk)."""
