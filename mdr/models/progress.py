@@ -54,7 +54,7 @@ class ProgressLog(pl.Callback):
     def __init__(
         self,
         label: str,
-        every_n_steps: int | None = 50,
+        every_n_steps: int | None = 500,
         every_seconds: float | None = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -76,7 +76,7 @@ class ProgressLog(pl.Callback):
     def from_config(cls, label: str, settings: Any) -> ProgressLog:
         """From ``logger.progress`` (a mapping with ``every_n_steps`` / ``every_seconds``; None: the defaults)."""
         settings = settings or {}
-        steps, seconds = settings.get("every_n_steps", 50), settings.get("every_seconds", 60.0)
+        steps, seconds = settings.get("every_n_steps", 500), settings.get("every_seconds", 60.0)
         return cls(label, None if steps is None else int(steps), None if seconds is None else float(seconds))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
