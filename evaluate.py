@@ -10,6 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 from mdr.pipeline import entry_point, evaluate
+from mdr.utils import quiet
 from mdr.utils.instantiate import register_resolvers
 
 register_resolvers()
@@ -18,6 +19,7 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns MRR@100."""
+    quiet.install()  # library messages a user cannot act on (mdr/utils/quiet.py)
     return entry_point(cfg, evaluate)
 
 

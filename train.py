@@ -11,6 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from mdr.pipeline import entry_point, train
+from mdr.utils import quiet
 from mdr.utils.instantiate import register_resolvers
 
 register_resolvers()
@@ -19,6 +20,7 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns MRR@100 for Hydra sweepers."""
+    quiet.install()  # library messages a user cannot act on (mdr/utils/quiet.py)
     return entry_point(cfg, train)
 
 

@@ -30,6 +30,7 @@ from mdr.models.bi_encoder import SETTINGS_FILE, BiEncoder, EncoderSettings, Mod
 from mdr.models.dropout import sdpa_supported
 from mdr.models.module import AtomicCheckpointIO, BiEncoderModule, EpochEndCheckpoint, checkpoint_every
 from mdr.models.precision import resolve_precision
+from mdr.models.progress import ProgressLog, duration
 from mdr.stages import (
     StageFunctions,
     evaluation_splits,
@@ -43,6 +44,7 @@ from mdr.utils.environment import device_name, faiss_version
 from mdr.utils.instantiate import build_reader, encoder_settings, ensure_model_files
 from mdr.utils.io import atomic_write_json, atomic_write_text
 from mdr.utils.logging import get_logger
+from mdr.utils.quiet import drop_unset_wandb_anonymous
 from mdr.validation import validate, validate_splits
 
 log = get_logger(__name__)
@@ -134,6 +136,7 @@ def entry_point(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]]) -
     next job; the aggregation lists it. A single run re-raises, so the command exits non-zero. A job refused
     by its run folder (another config's results are there) stops the sweep in either case.
     """
+    started = time.monotonic()
     try:
         result = run_task(cfg, task)
     except run_folder.RunFolderRefused:
@@ -144,7 +147,14 @@ def entry_point(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]]) -
         log.exception("job failed; recorded in %s/failed.json, continuing the sweep", cfg.paths.output_dir)
         return None
     metrics = result.get("metrics", {})
-    return next((value for name, value in metrics.items() if name.startswith("mrr@")), None)
+    name, mrr = next(((name, value) for name, value in metrics.items() if name.startswith("mrr@")), (None, None))
+    if mrr is not None:  # rank 0 of a finished job
+        print(
+            f"[mdr] done {run_name(cfg)} in {duration(time.monotonic() - started)}: {name.upper()}"
+            f"={mrr:.4f} -> {cfg.paths.output_dir}",
+            flush=True,
+        )
+    return mrr
 
 
 def load_splits(cfg: DictConfig) -> tuple[RetrievalSplit | None, RetrievalSplit]:
@@ -232,7 +242,7 @@ def build_loggers(cfg: DictConfig, out: Path) -> list[Any]:
 
         settings = wandb_settings(cfg, out)
         settings["save_dir"] = settings.pop("dir")
-        loggers.append(WandbLogger(**settings))
+        loggers.append(drop_unset_wandb_anonymous(WandbLogger(**settings)))
     return loggers
 
 
@@ -331,7 +341,7 @@ def fit(
         **trainer_args,
         default_root_dir=str(out),
         logger=build_loggers(cfg, out),
-        callbacks=[checkpoints],
+        callbacks=[checkpoints, ProgressLog.from_config(run_name(cfg), cfg.logger.get("progress"))],
         reload_dataloaders_every_n_epochs=1,
         enable_model_summary=False,
         plugins=plugins,

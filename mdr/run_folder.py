@@ -46,8 +46,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mdr.data.schema import DataError
 from mdr.utils.config_compat import drop_neutral_defaults, parent_of
+from mdr.utils.errors import DataError
 from mdr.utils.io import atomic_write_json, atomic_write_text
 from mdr.utils.logging import get_logger
 

@@ -145,17 +145,14 @@ def model_source_problem(key: str, value: Any, saved_encoder: bool = False) -> s
     return None
 
 
-def _negatives(check: _Checker, prefix: str) -> None:
-    check.integer(f"{prefix}.num_negatives", 0)
-    check.number(f"{prefix}.hard_proportion", 0.0, 1.0)
-    if check.has(f"{prefix}.strict"):
-        check.boolean(f"{prefix}.strict")
-    pool = f"{prefix}.pool"
-    if not check.has(pool):
-        return
+def _negatives(check: _Checker) -> None:
+    """The run's ``negatives`` group (a key the config lacks is skipped, as by every check)."""
+    check.integer("negatives.num_negatives", 0)
+    check.number("negatives.hard_proportion", 0.0, 1.0)
+    check.boolean("negatives.strict")
+    pool = "negatives.pool"
     source = check.choice(f"{pool}.source", ("bm25", "dense", "shipped"))
-    if check.has(f"{pool}.backend"):
-        check.choice(f"{pool}.backend", ("bm25s", "pyserini"))
+    check.choice(f"{pool}.backend", ("bm25s", "pyserini"))
     depth = check.integer(f"{pool}.depth", 1)
     low = check.integer(f"{pool}.range_min", 0)
     if check.value(f"{pool}.range_max") is not None:
@@ -164,7 +161,7 @@ def _negatives(check: _Checker, prefix: str) -> None:
             check.problems.append(f"{pool}.range_max ({high}) must be above {pool}.range_min ({low})")
         if depth is not None and low is not None and low >= depth:
             check.problems.append(f"{pool}.range_min ({low}) must be below {pool}.depth ({depth})")
-    if check.has(f"{pool}.margin") and check.value(f"{pool}.margin") is not None:
+    if check.value(f"{pool}.margin") is not None:
         check.number(f"{pool}.margin")
     if source == "dense":  # checked whatever p is, so every cell of a sweep fails alike
         problem = model_source_problem(f"{pool}.encoder", check.value(f"{pool}.encoder"))
@@ -346,8 +343,12 @@ def config_problems(cfg: DictConfig) -> list[str]:
         check.choice("train.fast_dropout", ("auto", True, False))
         check.integer("trainer.max_epochs", 1, allowed=(-1,))
         check.number("model.temperature", 0.0, None, low_open=True)
-        _negatives(check, "negatives")  # the stage schedule's own keys are checked by mdr.stages.schedule
+        _negatives(check)  # the stage schedule's own keys are checked by mdr.stages.schedule
         _labels(check)
+    if check.value("logger.progress.every_n_steps") is not None:  # null: no step trigger
+        check.integer("logger.progress.every_n_steps", 1)
+    if check.value("logger.progress.every_seconds") is not None:  # null: no time trigger
+        check.number("logger.progress.every_seconds", 0.0, None, low_open=True)
     check.problems.extend(launch_problems(cfg))
     return check.problems
 

@@ -28,13 +28,13 @@ import tempfile
 import weakref
 from array import array
 from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from mdr.data.schema import DataError, Passage
 from mdr.utils.cache import (
     CacheError,
     cache_lock,
@@ -46,6 +46,7 @@ from mdr.utils.cache import (
     staging_name,
     verify_level,
 )
+from mdr.utils.errors import DataError
 from mdr.utils.io import atomic_write_json
 from mdr.utils.logging import get_logger
 
@@ -60,6 +61,15 @@ SCHEMA = pa.schema([("docid", pa.string()), ("title", pa.string()), ("text", pa.
 
 Row = tuple[str, str, str, int, int]
 """``(docid, title, text, source_index, line)``: a passage and where it was read (for error messages)."""
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One corpus entry (re-exported by :mod:`mdr.data.schema`)."""
+
+    docid: str
+    text: str
+    title: str = ""
 
 
 def default_cache_dir() -> Path:

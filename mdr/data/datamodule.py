@@ -8,9 +8,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from torch.utils.data import DataLoader
 
-from mdr.data.collator import BiEncoderCollator
+from mdr.data.collator import BiEncoderBatch, BiEncoderCollator, PackedTexts
 from mdr.data.negatives import HardNegativePools, NegativeSampler, SamplingStats
 from mdr.data.schema import RetrievalSplit, TrainingExample
 from mdr.utils.logging import get_logger
@@ -155,3 +156,9 @@ class RetrievalDataModule(pl.LightningDataModule):
         """Resume mid-epoch from a checkpoint's :meth:`state_dict` (an epoch-end one changes nothing)."""
         if state_dict.get("mid_epoch"):
             self._resume = {"epoch": int(state_dict["epoch"]), "batches_done": int(state_dict["batches_done"])}
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Moves the collator's batches (here, beside the loader that makes them, not in the LightningModule)."""
+        if isinstance(batch, (BiEncoderBatch, PackedTexts)):
+            return batch.to(device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)

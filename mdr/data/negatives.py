@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Protocol, runtime_checkable
 
 from mdr.data.corpus import Corpus
 from mdr.data.schema import DataError, RetrievalSplit, TrainingExample
-from mdr.data.union import UnionSplit
 from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -38,6 +38,17 @@ class SamplingStats:
     hard_shortfall: int = 0
     queries_short_of_hard: int = 0
     queries_without_positive: int = 0
+
+
+@runtime_checkable
+class PartedSplit(Protocol):
+    """A training split made of parts, each sampled on its own corpus and pools (:class:`mdr.data.union.UnionSplit`).
+
+    Each part offers the :class:`~mdr.data.schema.RetrievalSplit` API (``queries``, ``qrels``, ``corpus``,
+    ``positives``) with ids namespaced by the part.
+    """
+
+    parts: Sequence[RetrievalSplit]
 
 
 class NegativeSampler:
@@ -96,14 +107,15 @@ class NegativeSampler:
         return hard + randoms, shortfall
 
     def examples(
-        self, split: RetrievalSplit | UnionSplit, pools: HardNegativePools, epoch: int
+        self, split: RetrievalSplit | PartedSplit, pools: HardNegativePools, epoch: int
     ) -> tuple[list[TrainingExample], SamplingStats]:
         """One epoch's training examples (queries without a positive are skipped and counted).
 
-        A :class:`~mdr.data.union.UnionSplit` samples each part on its own corpus and pools.
+        A :class:`PartedSplit` (:class:`~mdr.data.union.UnionSplit`) samples each part on its own corpus and pools
+        (``pools`` keyed by namespaced query ids) and concatenates them in part order, with their stats summed.
         """
-        if isinstance(split, UnionSplit):
-            return split.examples(self, pools, epoch)
+        if isinstance(split, PartedSplit):
+            return self._examples_of_parts(split.parts, pools, epoch)
         stats = SamplingStats()
         examples: list[TrainingExample] = []
         for query_id in sorted(split.queries):
@@ -136,3 +148,15 @@ class NegativeSampler:
                 stats.hard_shortfall,
             )
         return examples, stats
+
+    def _examples_of_parts(
+        self, parts: Sequence[RetrievalSplit], pools: HardNegativePools, epoch: int
+    ) -> tuple[list[TrainingExample], SamplingStats]:
+        examples: list[TrainingExample] = []
+        total = SamplingStats()
+        for part in parts:
+            found, stats = self.examples(part, pools, epoch)
+            examples += found
+            for item in fields(stats):
+                setattr(total, item.name, getattr(total, item.name) + getattr(stats, item.name))
+        return examples, total

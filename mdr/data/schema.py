@@ -1,26 +1,18 @@
-"""Typed records shared by readers, samplers, collators and the evaluator."""
+"""Typed records shared by readers, samplers, collators and the evaluator.
+
+:class:`~mdr.data.corpus.Passage` lives in :mod:`mdr.data.corpus` (which this module builds on) and
+:class:`~mdr.utils.errors.DataError` in :mod:`mdr.utils.errors`; both are re-exported here.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from mdr.data.corpus import Corpus
+from mdr.data.corpus import Corpus, Passage
+from mdr.utils.errors import DataError
 
-
-class DataError(ValueError):
-    """Bad input data; the message names the file and line, or the key, at fault."""
-
-
-@dataclass(frozen=True)
-class Passage:
-    """One corpus entry."""
-
-    docid: str
-    text: str
-    title: str = ""
+__all__ = ["Corpus", "DataError", "Passage", "Qrels", "Query", "RetrievalSplit", "TrainingExample"]
 
 
 @dataclass(frozen=True)
@@ -54,8 +46,6 @@ class RetrievalSplit:
     shipped_negatives: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from mdr.data.corpus import Corpus  # corpus.py imports this module
-
         if not isinstance(self.corpus, Corpus):
             if not isinstance(self.corpus, Mapping):
                 raise TypeError(

@@ -2,10 +2,11 @@
 
 Every query id and docid of a part is namespaced ``<part>/<id>``, so ids of different parts never clash (XQuAD's
 are parallel: the same ids in every language) and the loss's in-batch false-negative mask compares like with
-like. Each part keeps its own corpus: :meth:`UnionSplit.examples` lets the sampler draw every query's negatives
-(random rows and mined pools alike) from that query's own part, so no query is trained against another
-language's passage as a negative. The collator looks passages up in :attr:`UnionSplit.corpus`, which routes a
-namespaced docid to its part's corpus. Nothing is copied: the parts' memory-mapped corpora are shared.
+like. Each part keeps its own corpus: the sampler samples each of :attr:`UnionSplit.parts` on its own
+(:class:`mdr.data.negatives.PartedSplit`), so a query's negatives (random rows and mined pools alike) come from
+its own part and no query is trained against another language's passage as a negative. The collator looks
+passages up in :attr:`UnionSplit.corpus`, which routes a namespaced docid to its part's corpus. Nothing is
+copied: the parts' memory-mapped corpora are shared.
 """
 
 from __future__ import annotations
@@ -13,14 +14,9 @@ from __future__ import annotations
 import bisect
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
-from mdr.data.schema import DataError, Passage, Qrels, Query, RetrievalSplit, TrainingExample
-
-if TYPE_CHECKING:
-    from mdr.data.corpus import Corpus
-    from mdr.data.negatives import NegativeSampler, SamplingStats
+from mdr.data.schema import Corpus, DataError, Passage, Qrels, Query, RetrievalSplit
 
 SEPARATOR = "/"
 
@@ -200,24 +196,3 @@ class UnionSplit:
     def namespace_pools(part: str, pools: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
         """One part's hard-negative pools (raw ids, mined on its own corpus) with namespaced ids."""
         return {namespaced(part, qid): [namespaced(part, docid) for docid in docids] for qid, docids in pools.items()}
-
-    def examples(
-        self, sampler: NegativeSampler, pools: Mapping[str, Sequence[str]], epoch: int
-    ) -> tuple[list[TrainingExample], SamplingStats]:
-        """One epoch's examples: each part sampled on its own corpus and pools, concatenated in part order.
-
-        Args:
-            pools: namespaced query id -> namespaced candidates (:meth:`namespace_pools` of each part, merged).
-        """
-        examples: list[TrainingExample] = []
-        total = None
-        for part in self.parts:
-            found, stats = sampler.examples(part, pools, epoch)  # type: ignore[arg-type]
-            examples += found
-            if total is None:
-                total = stats
-            else:
-                for item in fields(stats):
-                    setattr(total, item.name, getattr(total, item.name) + getattr(stats, item.name))
-        assert total is not None
-        return examples, total

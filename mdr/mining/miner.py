@@ -118,5 +118,5 @@ def hard_negative_pools(
     """Docid pools after the false-negative controls (their skip counts are logged)."""
     raw = mine(settings, split, language, analyzer, cache_dir, load_encoder, device)
     pools, stats = filter_pools(raw, settings.range_min, settings.range_max, settings.margin)
-    log.info("pool settings %s: %s", asdict(settings), asdict(stats))
+    log.debug("pool settings %s: %s", asdict(settings), asdict(stats))  # the counts: mdr.mining.pools at INFO
     return pools

@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from transformers import get_linear_schedule_with_warmup
 
-from mdr.data.collator import BiEncoderBatch, PackedTexts
+from mdr.data.collator import BiEncoderBatch
 from mdr.losses import InfoNCELoss, LossOutput
 from mdr.models.bi_encoder import BiEncoder
 from mdr.utils.io import atomic_write_with
@@ -59,7 +59,6 @@ class BiEncoderModule(pl.LightningModule):
         super().__init__()
         self.automatic_optimization = False  # one step may run several backward passes (GradCache)
         self.seed = seed
-        self.start_epoch = 0
         self.encoder = encoder
         self.loss = loss
         self.learning_rate = learning_rate
@@ -69,9 +68,6 @@ class BiEncoderModule(pl.LightningModule):
         self.gradient_clip_val = gradient_clip_val
         self.register_buffer("false_negatives_masked", torch.zeros((), dtype=torch.long), persistent=False)
         self._masked_total: int | None = None  # summed over ranks at the end of training (on_train_end)
-
-    def on_train_start(self) -> None:
-        self.start_epoch = self.current_epoch  # > 0 when resumed from a checkpoint
 
     def _seed_chunk(self, side: int, chunk: int) -> None:
         """Dropout masks that depend only on (seed, step, rank, side, chunk)."""
@@ -154,13 +150,6 @@ class BiEncoderModule(pl.LightningModule):
         self.log("train/accuracy", output.accuracy, prog_bar=True, batch_size=size)
         self.log("train/loss_epoch", output.loss, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
         return output.loss
-
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        if isinstance(batch, BiEncoderBatch):
-            return batch.to(device)
-        if isinstance(batch, PackedTexts):
-            return batch.to(device)
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def _summed_over_ranks(self) -> int:
         """The ``false_negatives_masked`` buffer summed over every process (a collective under DDP: every rank

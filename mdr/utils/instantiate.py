@@ -10,9 +10,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mdr.data.readers import RetrievalReader
-from mdr.data.schema import DataError
 from mdr.models.bi_encoder import EncoderSettings
 from mdr.utils.cache import cache_lock, check_folder
+from mdr.utils.errors import DataError
 from mdr.utils.job_dirs import job_dirname
 from mdr.utils.logging import get_logger
 

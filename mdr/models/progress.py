@@ -1,0 +1,144 @@
+"""One log line per training job every N steps or M seconds, progress bar or not (a multirun job has none).
+
+A job logs when training starts (steps, device, precision), then ``<run>: epoch e/E step s/S (p%) loss L
+r steps/s ETA t`` whenever ``logger.progress.every_n_steps`` steps or ``logger.progress.every_seconds`` seconds
+have passed since the last line (whichever comes first; null switches that trigger off), and one line when
+training ends. The loss is the mean over the steps since the previous line; steps/s and the ETA are measured from
+this attempt's start (a resumed run counts from where it resumed).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from mdr.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``1h02m`` (``?`` for an unknown or infinite time)."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _loss_of(outputs: Any) -> torch.Tensor | None:
+    """The step's loss from ``training_step``'s output (a tensor, or a dict holding ``loss``)."""
+    if isinstance(outputs, dict):
+        outputs = outputs.get("loss")
+    return outputs.detach().float() if isinstance(outputs, torch.Tensor) else None
+
+
+class ProgressLog(pl.Callback):
+    """Logs a training job's progress as plain log lines (rank 0 only).
+
+    Args:
+        label: names the job in every line (e.g. ``th-tiny-target_only-p0.5-s0``).
+        every_n_steps: a line at least every this many optimizer steps (None: no step trigger).
+        every_seconds: a line at least every this many seconds (None: no time trigger).
+        clock: seconds as a float (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        label: str,
+        every_n_steps: int | None = 500,
+        every_seconds: float | None = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError(f"logger.progress.every_n_steps must be >= 1 or null, got {every_n_steps}")
+        if every_seconds is not None and every_seconds <= 0:
+            raise ValueError(f"logger.progress.every_seconds must be > 0 or null, got {every_seconds}")
+        self.label = label
+        self.every_n_steps = every_n_steps
+        self.every_seconds = every_seconds
+        self.clock = clock
+        self.started = self.last_time = 0.0
+        self.start_step = self.last_step = 0
+        self.total: float = 0
+        self._loss_sum: torch.Tensor | None = None
+        self._loss_count = 0
+
+    @classmethod
+    def from_config(cls, label: str, settings: Any) -> ProgressLog:
+        """From ``logger.progress`` (a mapping with ``every_n_steps`` / ``every_seconds``; None: the defaults)."""
+        settings = settings or {}
+        steps, seconds = settings.get("every_n_steps", 500), settings.get("every_seconds", 60.0)
+        return cls(label, None if steps is None else int(steps), None if seconds is None else float(seconds))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started = self.last_time = self.clock()
+        self.start_step = self.last_step = int(trainer.global_step)
+        self.total = trainer.estimated_stepping_batches
+        epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else "?"
+        resumed = f", resuming at epoch {trainer.current_epoch + 1} step {self.start_step}" if self.start_step else ""
+        world = f" x {trainer.world_size} processes" if trainer.world_size > 1 else ""
+        log.info(
+            "%s: training %s epochs x %s steps = %s steps on %s%s (%s)%s",
+            self.label,
+            epochs,
+            trainer.num_training_batches,
+            self.total,
+            trainer.strategy.root_device,
+            world,
+            trainer.precision,
+            resumed,
+        )
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = _loss_of(outputs)
+        if loss is not None:  # summed on the device: no synchronisation until a line is written
+            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+            self._loss_count += 1
+        step, now = int(trainer.global_step), self.clock()
+        due_steps = self.every_n_steps is not None and step - self.last_step >= self.every_n_steps
+        due_time = self.every_seconds is not None and now - self.last_time >= self.every_seconds
+        if step > self.last_step and (due_steps or due_time):
+            self._line(trainer, step, now)
+
+    def _line(self, trainer: pl.Trainer, step: int, now: float) -> None:
+        rate = (step - self.start_step) / max(now - self.started, 1e-9)
+        loss = f"{float(self._loss_sum) / self._loss_count:.4f}" if self._loss_sum is not None else "?"
+        epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else "?"
+        share = f" ({100 * step / self.total:.0f}%)" if math.isfinite(self.total) and self.total else ""
+        log.info(
+            "%s: epoch %d/%s step %d/%s%s loss %s %.2f steps/s ETA %s",
+            self.label,
+            trainer.current_epoch + 1,
+            epochs,
+            step,
+            self.total,
+            share,
+            loss,
+            rate,
+            duration((self.total - step) / rate if rate > 0 else math.inf),
+        )
+        self.last_step, self.last_time = step, now
+        self._loss_sum, self._loss_count = None, 0
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        elapsed = self.clock() - self.started
+        steps = int(trainer.global_step) - self.start_step
+        log.info(
+            "%s: training done: %d epochs, %d steps in %s (%.2f steps/s)",
+            self.label,
+            trainer.current_epoch,
+            int(trainer.global_step),
+            duration(elapsed),
+            steps / max(elapsed, 1e-9),
+        )
