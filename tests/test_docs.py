@@ -27,7 +27,6 @@ CONF = ROOT / "conf"
 
 # Pages and experiments other branches add; a link to / command with one of these is allowed while it is missing
 # (once it exists it is checked like any other).
-PENDING_PAGES = {"docs/gpu.md"}  # lead: remove after merge
 
 README_MAX_LINES = 200
 SCRIPTS = {"train.py": "train", "evaluate.py": "evaluate"}  # entry point -> config_name
@@ -99,7 +98,7 @@ def link_problem(source: Path, target: str) -> str | None:
     path = (source.parent / file_part).resolve() if file_part else source
     relative = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
     if not path.exists():
-        return None if relative in PENDING_PAGES else f"{relative} does not exist"
+        return f"{relative} does not exist"
     if anchor and path.suffix == ".md" and anchor not in anchors(path):
         return f"{relative} has no heading or id for #{anchor}"
     return None
@@ -199,27 +198,25 @@ def compose_problems(config_name: str, overrides: list[str]) -> list[str]:
     return problems
 
 
-def command_problems(argv: list[str]) -> tuple[list[str], bool]:
-    """(problems, pending) for one ``python ...`` command: pending when it selects an experiment not merged yet."""
+def command_problems(argv: list[str]) -> list[str]:
+    """Problems of one ``python ...`` command: a missing module or script, or overrides that do not compose."""
     args = argv[1:]
     if args[:1] == ["-m"]:
         module = args[1] if len(args) > 1 else ""
         found = importlib.util.find_spec(module) is not None if module else False
-        return ([] if found else [f"no module {module!r}"]), False
+        return [] if found else [f"no module {module!r}"]
     if not args:
-        return ["no script"], False
+        return ["no script"]
     script, overrides = args[0], args[1:]
     if not (ROOT / script).is_file():
-        return [f"{script} does not exist"], False
+        return [f"{script} does not exist"]
     if script not in SCRIPTS:
-        return [], False
+        return []
     flags = [o for o in overrides if o.startswith("-") and o not in ("-m", "--multirun")]
     if flags:
-        return [f"flags this test does not understand: {flags}"], False
+        return [f"flags this test does not understand: {flags}"]
     overrides = [o for o in overrides if o not in ("-m", "--multirun")]
-    for override in overrides:
-        key, _, value = override.partition("=")
-    return compose_problems(SCRIPTS[script], overrides), False
+    return compose_problems(SCRIPTS[script], overrides)
 
 
 @pytest.fixture
@@ -248,8 +245,8 @@ def test_readme_commands_compose(hydra_conf: None) -> None:
     problems = []
     for page in doc_files():
         for line, argv in commands(page):
-            found, pending = command_problems(argv)
-            checked += page == readme and not pending
+            found = command_problems(argv)
+            checked += page == readme
             problems += [f"{page.relative_to(ROOT)}:{line}: {' '.join(argv)}\n    {p}" for p in found]
     assert not problems, "commands that do not resolve against the repository:\n" + "\n".join(problems)
     assert checked >= 8, f"only {checked} python commands found in README's code blocks"
@@ -283,15 +280,13 @@ def test_checks_catch_a_broken_link_and_a_missing_key(tmp_path: Path, hydra_conf
     page = ROOT / "docs" / "x.md"  # not written: link_problem only needs its folder
     assert link_problem(page, "no-such-page.md") == "docs/no-such-page.md does not exist"
     assert "has no heading" in (link_problem(ROOT / "README.md", "#no-such-heading") or "")
-    if not (ROOT / "docs" / "cluster.md").exists():
-        assert link_problem(page, "cluster.md") is None  # pending: allowed while missing
     assert compose_problems("train", ["train.batch_sz=3"])
     assert compose_problems("train", ["model=no_such_model"])
     assert compose_problems("train", ["language=th,xx"])  # the second value of a sweep is checked too
     assert compose_problems("train", ["hydra.launcher.partition=gpu"])  # only the slurm launcher has it
     assert not compose_problems("train", ["launcher=slurm", "hydra.launcher.partition=gpu", "seed=0,1"])
-    assert command_problems(["python", "-m", "mdr.reporting.no_such_module"])[0]
-    assert command_problems(["python", "benchmarks/no_such_benchmark.py"])[0]
+    assert command_problems(["python", "-m", "mdr.reporting.no_such_module"])
+    assert command_problems(["python", "benchmarks/no_such_benchmark.py"])
 
 
 def test_an_experiments_own_sweep_list_is_checked(tmp_path: Path) -> None:
