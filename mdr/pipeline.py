@@ -74,7 +74,7 @@ def run_task(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]]) -> d
             run_folder.tell_other_ranks(out, "run" if state.complete is None else "complete")
             told = True
             if state.complete is not None:
-                log.info("%s already holds this config's finished run; nothing recomputed (run.on_complete=fresh)", out)
+                log.info("%s holds this config's finished run; nothing recomputed (run.on_complete=fresh reruns)", out)
                 print(f"[mdr] {out}: already complete (same config), metrics.json kept", flush=True)
                 # a kill between metrics.json and the tidying left them: nothing resumes from them any more
                 run_folder.remove_weights(cfg, out)
@@ -276,9 +276,9 @@ def sweep_name(out: Path) -> str:
 
 
 def run_name(cfg: DictConfig) -> str:
-    """A readable run name: language, model, stage, proportion, seed."""
+    """A readable run name: language, model, stage, proportion (one spelling; ``-`` where nothing trains), seed."""
     stage = cfg.stage.name if cfg.get("stage") else "eval"
-    proportion = cfg.negatives.hard_proportion if cfg.get("negatives") else "-"
+    proportion = f"{float(cfg.negatives.hard_proportion):g}" if trained_any(cfg) else "-"
     return f"{cfg.language.code}-{cfg.model.name}-{stage}-p{proportion}-s{cfg.seed}"
 
 

@@ -397,6 +397,17 @@ def model_identity(cfg: DictConfig) -> str:
     return name
 
 
+def _negatives_identity(cfg: DictConfig, negatives: dict[str, Any]) -> dict[str, Any]:
+    """``negatives`` with a dense miner's encoder folder and a denoising teacher folder written as the digest of
+    their files: a retrained encoder re-keys the stage, a moved one does not (model groups and hub ids stay names)."""
+    result = copy.deepcopy(negatives)
+    for section, key in (("pool", "encoder"), ("denoise", "teacher")):
+        value = (result.get(section) or {}).get(key)
+        if value and Path(str(value)).is_dir():
+            result[section][key] = f"folder:{folder_digest(Path(str(value)), digests_dir(cfg.paths.cache_dir))}"
+    return result
+
+
 def source_content(source: Source, splits: SplitMemo | None = None, target_train: RetrievalSplit | None = None) -> str:
     """The content fingerprint (queries, qrels, corpus) of ``source``'s training split, read once into ``splits``."""
     memo = splits if splits is not None else {}
@@ -435,7 +446,7 @@ def stage_key(
         "previous": previous,
         "train_on": train_on,
         "epochs": stage.epochs,
-        "negatives": _placeholders(stage.negatives, roots),
+        "negatives": _placeholders(_negatives_identity(cfg, stage.negatives), roots),
         "train": drop_neutral_defaults(
             {"train": {k: v for k, v in _plain(cfg.train).items() if k not in TRAIN_KEYS_IGNORED}}
         )["train"],

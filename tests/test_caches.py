@@ -438,3 +438,21 @@ def test_a_model_folder_of_the_users_is_never_checked_against_a_build_manifest(
     shutil.copytree(tiny_model, mine_, ignore=shutil.ignore_patterns(".manifest.json"))
     ensure_model_files(make_cfg(f"model.name_or_path={mine_}").model)  # model=tiny builds elsewhere
     assert sorted(p.name for p in mine_.iterdir()) == sorted(p.name for p in tiny_model.iterdir() if p.name[0] != ".")
+
+
+def test_the_stage_key_holds_a_dense_miners_encoder_by_its_weights_not_its_path(
+    make_cfg: Any, tiny_model: Path, tmp_path: Path
+) -> None:
+    encoder = tmp_path / "miner"
+    shutil.copytree(tiny_model, encoder)
+
+    def digests(folder: Path) -> list[str]:  # the English stage inherits the run's negatives, miner included
+        cfg = make_cfg("stage=english_then_target", "negatives=dense", f"negatives.pool.encoder={folder}")
+        return [d for _, d in stage_keys(cfg, schedule(cfg), content=False)]
+
+    before = digests(encoder)
+    moved = tmp_path / "moved-miner"
+    shutil.copytree(encoder, moved)
+    assert digests(moved) == before, "a moved or copied encoder is the same miner"
+    (encoder / "model.safetensors").write_bytes((encoder / "model.safetensors").read_bytes()[:-8] + b"retrain!")
+    assert digests(encoder)[0] != before[0], "a retrained miner must not reuse stages mined with the old one"

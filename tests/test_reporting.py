@@ -276,3 +276,36 @@ def test_multirun_with_a_failed_cell_exits_non_zero(tmp_path: Path, cache_dir: P
     summary = aggregate(sweep)
     assert (summary["completed"], summary["failed"], summary["missing"]) == (2, 2, 1)
     assert main([str(sweep)]) == 1
+
+
+def test_a_rerun_spelling_values_otherwise_finds_its_finished_jobs(tmp_path: Path) -> None:
+    from mdr.utils.job_dirs import job_dirname
+
+    exclude = ["experiment", "run.on_complete"]
+    multirun = {  # the rerun: p spelled 0.0 and 1.0, a policy key added; the folders are the first command's
+        "hydra": {
+            "sweeper": {
+                "_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                "max_batch_size": None,
+                "params": {"negatives.hard_proportion": "0.0,1.0"},
+            },
+            "overrides": {"task": ["seed=0", "run.on_complete=skip"]},
+            "job": {"config": {"override_dirname": {"exclude_keys": exclude}}},
+        }
+    }
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(multirun))
+    for proportion in (0, 1):
+        first = [f"negatives.hard_proportion={proportion}", "seed=0"]  # as the first command typed them
+        job = _job(tmp_path, first, np.full(4, 0.3), proportion=float(proportion))
+        job.rename(tmp_path / job_dirname(first, exclude))
+    _, problems = collect(tmp_path)
+    assert problems.empty, problems.to_string()  # before: both jobs 'missing', the sweep exit status 1
+
+
+@pytest.mark.parametrize("margin", [0, -0.01, "0.01", True])
+def test_a_bad_equivalence_margin_is_refused_before_any_job(margin: object) -> None:
+    from mdr.reporting.callback import AggregateOnMultirunEnd
+
+    with pytest.raises(ValueError, match=r"^hydra\.callbacks\.aggregate\.equivalence_margin must be"):
+        AggregateOnMultirunEnd(equivalence_margin=margin)  # type: ignore[arg-type]
+    assert AggregateOnMultirunEnd(equivalence_margin=0.02).equivalence_margin == 0.02

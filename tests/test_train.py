@@ -163,3 +163,11 @@ def test_fast_dropout_auto_falls_back_to_torch_dropout_without_sdpa() -> None:
     assert fast_dropout_on(cfg("auto", "cpu"), eager) is False  # no refusal: auto only applies where it can
     assert fast_dropout_on(cfg("auto", "gpu"), sdpa) is False  # torch's CUDA dropout is fast
     assert fast_dropout_on(cfg(True, "gpu"), sdpa) is True and fast_dropout_on(cfg(False, "cpu"), sdpa) is False
+
+
+def test_run_names_spell_p_once_and_show_none_where_nothing_trains(make_cfg) -> None:  # noqa: ANN001
+    from mdr.pipeline import run_name
+
+    assert run_name(make_cfg("negatives.hard_proportion=0.0")) == run_name(make_cfg("negatives.hard_proportion=0"))
+    assert run_name(make_cfg("negatives.hard_proportion=0.50")) == "th-tiny-target_only-p0.5-s0"
+    assert run_name(make_cfg("stage=zero_shot")) == "th-tiny-zero_shot-p--s0"  # no negatives were drawn

@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=EQUIVALENCE_MARGIN,
         help="TOST margin in MRR@100 units: verdicts say 'no effect larger than' it where TOST holds "
-        "(report.equivalence_margin; default %(default)s)",
+        "(hydra.callbacks.aggregate.equivalence_margin in a multirun; default %(default)s)",
     )
     parser.add_argument(
         "--wandb",

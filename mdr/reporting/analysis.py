@@ -250,10 +250,11 @@ def analyse(results: pd.DataFrame, *, equivalence_margin: float = EQUIVALENCE_MA
 
     Args:
         results: one row per (run, evaluation language) with its per-query file.
-        equivalence_margin: TOST margin in MRR@100 units (``report.equivalence_margin``).
+        equivalence_margin: TOST margin in MRR@100 units (``hydra.callbacks.aggregate.equivalence_margin``,
+            ``--equivalence-margin``).
     """
     if not equivalence_margin > 0:
-        raise ValueError(f"report.equivalence_margin must be > 0, got {equivalence_margin}")
+        raise ValueError(f"the equivalence margin must be a number > 0, got {equivalence_margin!r}")
     results = sort_results(results)
     tables = _CellTables(results)
     tests: list[dict[str, Any]] = []

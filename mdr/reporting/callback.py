@@ -31,7 +31,14 @@ class AggregateOnMultirunEnd(Callback):
     """
 
     def __init__(self, equivalence_margin: float = 0.01) -> None:
-        self.equivalence_margin = equivalence_margin
+        # Hydra builds its callbacks before the first job: a bad margin stops the sweep before any work
+        if isinstance(equivalence_margin, bool) or not isinstance(equivalence_margin, (int, float)):
+            raise ValueError(
+                f"hydra.callbacks.aggregate.equivalence_margin must be a number > 0, got {equivalence_margin!r}"
+            )
+        if not equivalence_margin > 0:
+            raise ValueError(f"hydra.callbacks.aggregate.equivalence_margin must be > 0, got {equivalence_margin}")
+        self.equivalence_margin = float(equivalence_margin)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from mdr.reporting.aggregate import aggregate, exit_status

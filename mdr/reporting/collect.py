@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from mdr.utils.job_dirs import job_dirname
+
 log = logging.getLogger(__name__)
 
 METRIC = "mrr@100"
@@ -187,6 +189,17 @@ def expected_jobs(sweep_dir: Path) -> list[list[str]] | None:
         return None
 
 
+def job_dirname_exclusions(sweep_dir: Path) -> list[str]:
+    """The override keys left out of the sweep's job folder names (``hydra.job.config.override_dirname``)."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return []
+    from omegaconf import OmegaConf
+
+    keys = OmegaConf.select(OmegaConf.load(path), "hydra.job.config.override_dirname.exclude_keys", default=None)
+    return [str(key) for key in keys] if keys is not None else []
+
+
 def job_outcome(job: Path) -> str:
     """``completed``, ``failed`` or ``missing``: the newest of metrics.json / failed.json decides (ties: failed)."""
     records = {name: job / f"{name}.json" for name in ("metrics", "failed")}
@@ -225,8 +238,10 @@ def _collect_one(sweep_dir: Path, prefix: str) -> tuple[list[dict[str, Any]], li
     rows: list[dict[str, Any]] = []
     problems: list[dict[str, Any]] = []
     seen: set[tuple[str, ...]] = set()
+    folders: set[str] = set()
     for job in sorted(p.parent for p in sweep_dir.glob("*/.hydra")):
         name = prefix + job.name
+        folders.add(job.name)
         overrides = _job_overrides(job)
         if overrides is not None:
             seen.add(tuple(sorted(overrides)))
@@ -291,8 +306,12 @@ def _collect_one(sweep_dir: Path, prefix: str) -> tuple[list[dict[str, Any]], li
             problems.append(
                 {"job": name, "status": "failed", "error": f"unreadable result: {error}", "overrides": cell}
             )
+    exclude = job_dirname_exclusions(sweep_dir)
     for overrides in expected_jobs(sweep_dir) or []:
-        if tuple(sorted(overrides)) not in seen:
+        # a job is there when a folder has its overrides, or its folder name: a rerun may spell a value otherwise
+        # (0 / 0.0) or add a key left out of folder names (run.*, trainer), and a finished folder keeps the first
+        # command's .hydra files
+        if tuple(sorted(overrides)) not in seen and job_dirname(overrides, exclude) not in folders:
             problems.append(
                 {
                     "job": prefix,
