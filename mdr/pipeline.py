@@ -36,7 +36,6 @@ from mdr.stages import (
     evaluation_splits,
     low_resource,
     run_schedule,
-    schedule,
     train_cached_stages,
     trains_on_target,
 )
@@ -513,7 +512,8 @@ def fast_dropout_on(cfg: DictConfig, encoder: BiEncoder) -> bool:
 
 def trained_any(cfg: DictConfig) -> bool:
     """Whether the run's schedule trains at all (not ``stage=zero_shot``, not evaluate.py)."""
-    return cfg.get("negatives") is not None and cfg.get("stage") is not None and bool(schedule(cfg).stages)
+    stage = cfg.get("stage")  # the listed stages, not resolved: a stage's own derived config must pass too
+    return cfg.get("negatives") is not None and stage is not None and bool(stage.get("stages"))
 
 
 def check_fast_dropout(cfg: DictConfig) -> None:
