@@ -309,3 +309,17 @@ def test_a_bad_equivalence_margin_is_refused_before_any_job(margin: object) -> N
     with pytest.raises(ValueError, match=r"^hydra\.callbacks\.aggregate\.equivalence_margin must be"):
         AggregateOnMultirunEnd(equivalence_margin=margin)  # type: ignore[arg-type]
     assert AggregateOnMultirunEnd(equivalence_margin=0.02).equivalence_margin == 0.02
+
+
+def test_one_seed_cells_get_no_significance_mark(tmp_path: Path) -> None:
+    """With one seed everywhere the interval is from queries only: the table must not mark it significant."""
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.2, 0.8, 300)
+    _job(tmp_path, ["p=0"], base, proportion=0.0)
+    _job(tmp_path, ["p=1"], np.clip(base - 0.1, 0, 1), proportion=1.0)  # far below: p < .001 from queries alone
+    aggregate(tmp_path, 0.01)
+    table = (tmp_path / "results.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| th"))
+    assert "*" not in row, row
+    tests = pd.read_csv(tmp_path / "significance.csv")
+    assert tests.p_holm.iloc[0] < 0.05 and tests.seed_level.iloc[0] == "none"  # the test itself is still reported
