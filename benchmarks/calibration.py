@@ -9,7 +9,10 @@ languages; the variance components of mdr.reporting.calibration.Scenario) it rep
 rejects (type-I error where the truth is 0, power where it is not), how often each 95% interval covers the
 truth, how often the verdict claims an effect / the right direction / equivalence, and how often TOST claims
 |delta| < 0.01 when the true delta is exactly 0.01 (TOST's type-I error). ``--correlation`` sets the correlation
-of a seed's runs across cells (default .5, as in the committed me5_small tables; 0 is the stress case).
+of a seed's runs across cells (default .5, as in the committed me5_small tables; 0 is a stress case);
+``--seed-sd-ratio 3`` makes the seed level unequal across a language's levels (the stress case for pooling it),
+``--residual-sd 0.1`` replaces the sparse redraws by Gaussian seed x query noise, ``--no-pool`` gives every
+contrast its own seed level (the procedure before pooling).
 """
 
 from __future__ import annotations
@@ -28,18 +31,18 @@ from mdr.reporting.calibration import Scenario, run  # noqa: E402
 def markdown_table(document: dict) -> str:
     """One row per (correlation, seeds, seed SD): type-I error and coverage at effect 0, TOST's type-I error at
     0.01, power at each effect."""
-    rows: dict[tuple[float, int, float], dict[float, dict]] = {}
+    rows: dict[tuple[str, int, float], dict[float, dict]] = {}
     for result in document["scenarios"]:
         scenario = result["scenario"]
-        key = (scenario["seed_correlation"], scenario["seeds"], scenario["seed_sd"])
+        key = (_shape(scenario), scenario["seeds"], scenario["seed_sd"])
         rows.setdefault(key, {})[scenario["effect"]] = result
     tests = ["delta", "slope", "curvature", "interaction", "slope_interaction"]
     lines = [
-        "| seed corr. | S | seed SD | type-I: delta / slope / curvature / language x p / low-high slope / verdict "
+        "| noise shape | S | seed SD | type-I: delta / slope / curvature / language x p / low-high slope / verdict "
         "| coverage: delta / slope / curvature / language x p | TOST type-I | power delta (verdict) .01 / .02 / .04 |",
         "|---:|---:|---:|---|---|---:|---|",
     ]
-    for (correlation, seeds, seed_sd), by_effect in sorted(rows.items()):
+    for (shape, seeds, seed_sd), by_effect in rows.items():
         null = by_effect.get(0.0)
         at_margin = by_effect.get(0.01)
         type_one = coverage = tost = "–"
@@ -55,10 +58,20 @@ def markdown_table(document: dict) -> str:
             found = by_effect.get(effect)
             rates = found["rates"] if found else None
             power.append(f"{rates['delta.reject']:.2f} ({rates['verdict.right_direction']:.2f})" if rates else "–")
-        lines.append(
-            f"| {correlation:g} | {seeds} | {seed_sd:g} | {type_one} | {coverage} | {tost} | {' / '.join(power)} |"
-        )
+        lines.append(f"| {shape} | {seeds} | {seed_sd:g} | {type_one} | {coverage} | {tost} | {' / '.join(power)} |")
     return "\n".join(lines)
+
+
+def _shape(scenario: dict) -> str:
+    """The noise shape of a scenario in words (the table's first column)."""
+    parts = [f"seed corr. {scenario['seed_correlation']:g}"]
+    if scenario.get("seed_sd_ratio", 1.0) != 1.0:
+        parts.append(f"seed SD at p=1 {scenario['seed_sd_ratio']:g}x p=0's")
+    if scenario.get("residual_sd", 0.0) > 0:
+        parts.append(f"Gaussian seed x query noise SD {scenario['residual_sd']:g}")
+    if not scenario.get("pool", True):
+        parts.append("per-contrast seed level (unpooled)")
+    return ", ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-sd", type=float, nargs="+", default=[0.005, 0.010])
     parser.add_argument("--effects", type=float, nargs="+", default=[0.0, 0.01, 0.02, 0.04])
     parser.add_argument("--correlation", type=float, nargs="+", default=[0.5])
+    parser.add_argument("--seed-sd-ratio", type=float, default=1.0, help="seed SD at p = 1 over p = 0 (stress)")
+    parser.add_argument(
+        "--residual-sd", type=float, default=0.0, help="Gaussian seed x query noise instead of sparse redraws"
+    )
+    parser.add_argument("--no-pool", action="store_true", help="each contrast's own seed level (no pooling)")
     parser.add_argument("--random-seed", type=int, default=2026)
     parser.add_argument("--table", nargs="+", help="print the Markdown table of saved JSON output(s) and exit")
     args = parser.parse_args(argv)
@@ -84,7 +102,13 @@ def main(argv: list[str] | None = None) -> int:
             for seed_sd in args.seed_sd:
                 for effect in args.effects:
                     scenario = replace(Scenario(), seeds=seeds, seed_sd=seed_sd, effect=effect)
-                    scenario = replace(scenario, seed_correlation=correlation)
+                    scenario = replace(
+                        scenario,
+                        seed_correlation=correlation,
+                        seed_sd_ratio=args.seed_sd_ratio,
+                        pool=not args.no_pool,
+                        **({"residual_sd": args.residual_sd, "seed_query_noise": 0.0} if args.residual_sd else {}),
+                    )
                     simulations = args.null if effect in (0.0, scenario.margin) else args.effect
                     results.append(run(scenario, simulations, seed=args.random_seed + index))
                     index += 1

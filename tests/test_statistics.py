@@ -22,6 +22,7 @@ from mdr.reporting.statistics import (
     estimate,
     holm,
     monotone,
+    residual_mean_square,
     slope_weights,
     step_weights,
     tost,
@@ -91,6 +92,49 @@ def test_seeds_that_reverse_the_effect_are_not_significant() -> None:
     assert result.value == pytest.approx(0.01) and result.p_value > 0.3
     unpaired = contrast([Cell(SEEDS, treated), Cell((7, 8, 9), baseline)], [1.0, -1.0])
     assert unpaired.seed_level == "unpaired" and unpaired.p_value > 0.3
+
+
+def test_a_negative_seed_component_keeps_the_seed_level_in_the_df() -> None:
+    """Seed means that agree more than their seed x query noise implies (seed mean square below the
+    residual's): the variance floors at the query term, but its df still carry the 2-df seed term. Dropping
+    the seed term there gave df near Q and 9-11% type-I error within that branch (reviewer's simulation)."""
+    rng = np.random.default_rng(4)
+    base = rng.normal(0.7, 0.3, 635)
+    treated = Cell(SEEDS, base + rng.normal(0, 0.1, (3, 635)))
+    baseline = Cell(SEEDS, base + rng.normal(0, 0.1, (3, 635)))
+    difference = treated.scores - baseline.scores
+    centred = difference - difference.mean(axis=1, keepdims=True)
+    residual = residual_mean_square(centred) / (3 * 635)  # the residual term, per seed-mean variance
+    shifts = np.array([-1.0, 0.0, 1.0]) * math.sqrt(0.5 * residual * 3)  # seed term = half the residual term
+    treated = Cell(SEEDS, baseline.scores + centred + shifts[:, None])
+    parts = contrast_parts([treated, baseline], [1.0, -1.0])
+    assert sum(v for v, _ in parts.terms) < parts.floor  # a negative variance component
+    result = estimate(parts)
+    assert result.se == pytest.approx(math.sqrt(parts.floor))
+    assert result.df < 20, result.df  # not ~Q - 1
+
+
+def test_pooled_seed_level_over_a_languages_levels() -> None:
+    """With five levels of one language, a delta's seed level is the cell x seed interaction over all five,
+    (5 - 1)(3 - 1) = 8 df, not the 2 of its own per-seed deltas; with two cells the two are the same; two
+    languages give one term each; weights that do not cancel within a language keep the per-contrast term."""
+    cells = _sweep([0.7, 0.69, 0.68, 0.67, 0.66], seed_sd=0.01, seed=5)
+    delta = [1.0, 0.0, 0.0, 0.0, -1.0]
+    own = contrast_parts(cells, delta)
+    pooled = contrast_parts(cells, delta, pool=True)
+    assert own.value == pooled.value
+    assert [df for _, df in own.terms[1:2]] == [2.0] and [df for _, df in pooled.terms[1:2]] == [8.0]
+    means = np.stack([cell.scores.mean(axis=1) for cell in cells])  # (levels, seeds)
+    interaction = means - means.mean(axis=0) - means.mean(axis=1, keepdims=True) + means.mean()
+    assert pooled.terms[1][0] == pytest.approx(2 * (interaction**2).sum() / 8 / 3)
+    two = [cells[0], cells[4]]
+    flat = [x for term in contrast_parts(two, [1.0, -1.0], pool=True).terms for x in term]
+    assert flat == pytest.approx([x for term in contrast_parts(two, [1.0, -1.0]).terms for x in term])
+    other = [Cell(cell.seeds, cell.scores + 0.01, group="hi") for cell in _sweep([0.7, 0.7], seed=6)]
+    mixed = contrast_parts([cells[0], cells[4], *other], [1.0, -1.0, -1.0, 1.0], pool=True)
+    assert [df for v, df in mixed.terms if v > 0][1:] == [2.0, 2.0]  # one seed term per language
+    single = contrast_parts(cells, [1.0, 0.0, 0.0, 0.0, 0.0], pool=True)  # a cell mean: nothing cancels
+    assert [df for _, df in single.terms[1:2]] == [2.0]
 
 
 def test_one_seed_uses_queries_only_and_says_so() -> None:

@@ -18,6 +18,7 @@ the first schedule), Holm within (model, language). nDCG@10 is tested beside MRR
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,7 +102,8 @@ class _CellTables:
         return ids
 
     def cells(self, selections: list[pd.DataFrame], metric: str = METRIC, parallel: bool = False) -> list[Cell]:
-        """The selected runs as cells on the queries every one of them scored.
+        """The selected runs as cells on the queries every one of them scored, grouped by language (the cells
+        whose seed level a pooled contrast estimates together).
 
         Args:
             selections: runs per cell.
@@ -125,7 +127,11 @@ class _CellTables:
             log.warning("%d quer%s not scored by every compared run: left out", dropped, "y" if dropped == 1 else "ies")
         common = common.sort_values()
         return [
-            Cell(tuple(int(s) for s in rows.seed), table.loc[common].to_numpy(dtype=np.float64).T)
+            Cell(
+                tuple(int(s) for s in rows.seed),
+                table.loc[common].to_numpy(dtype=np.float64).T,
+                group="|".join(str(language) for language in dict.fromkeys(rows.language)),
+            )
             for rows, table in zip(selections, tables)
         ]
 
@@ -163,14 +169,26 @@ def _second_metric_columns(estimate: Estimate | None, value_name: str) -> dict[s
     }
 
 
-def _comparison(tables: _CellTables, treated: pd.DataFrame, reference: pd.DataFrame, margin: float) -> dict[str, Any]:
-    """treated - reference: MRR@100 and nDCG@10 tests, TOST against ``margin``, wins / ties / losses."""
-    cells = tables.cells([treated, reference])
-    result = contrast(cells, [1.0, -1.0])
-    wins, ties, losses = win_tie_loss(*cells)
+def _comparison(
+    tables: _CellTables,
+    treated: pd.DataFrame,
+    reference: pd.DataFrame,
+    margin: float,
+    family: Sequence[pd.DataFrame] = (),
+) -> dict[str, Any]:
+    """treated - reference: MRR@100 and nDCG@10 tests, TOST against ``margin``, wins / ties / losses.
+
+    ``family``: the other cells of the group (one language's other proportions), over which the seed level is
+    pooled (:func:`mdr.reporting.statistics.contrast_parts`).
+    """
+    selections = [treated, reference, *family]
+    weights = [1.0, -1.0] + [0.0] * len(family)
+    cells = tables.cells(selections)
+    result = contrast(cells, weights, pool=True)
+    wins, ties, losses = win_tie_loss(*cells[:2])
     second = None
-    if tables.has([treated, reference], SECOND_METRIC):
-        second = contrast(tables.cells([treated, reference], SECOND_METRIC), [1.0, -1.0])
+    if tables.has(selections, SECOND_METRIC):
+        second = contrast(tables.cells(selections, SECOND_METRIC), weights, pool=True)
     return {
         **_estimate_columns(result, f"delta_{METRIC}"),
         "p_tost": tost(result, margin),
@@ -240,9 +258,9 @@ def _trend(
 ) -> tuple[Estimate, Estimate | None, list[Estimate]]:
     """(slope over every level, quadratic term or None below 3 levels, adjacent steps) of one cell group."""
     cells = tables.cells(levels, metric)
-    slope = contrast(cells, slope_weights(proportions))
-    curvature = contrast(cells, curvature_weights(proportions)) if len(proportions) >= 3 else None
-    return slope, curvature, [contrast(cells, w) for w in step_weights(len(proportions))]
+    slope = contrast(cells, slope_weights(proportions), pool=True)
+    curvature = contrast(cells, curvature_weights(proportions), pool=True) if len(proportions) >= 3 else None
+    return slope, curvature, [contrast(cells, w, pool=True) for w in step_weights(len(proportions))]
 
 
 def analyse(results: pd.DataFrame, *, equivalence_margin: float = EQUIVALENCE_MARGIN) -> Analysis:
@@ -269,7 +287,8 @@ def analyse(results: pd.DataFrame, *, equivalence_margin: float = EQUIVALENCE_MA
             continue
         family: list[dict[str, Any]] = []
         for proportion in proportions:
-            compared = _comparison(tables, tables.rows(group, proportion), baseline, equivalence_margin)
+            others = [tables.rows(group, p) for p in proportions if p != proportion]
+            compared = _comparison(tables, tables.rows(group, proportion), baseline, equivalence_margin, others)
             family.append(
                 {
                     **dict(zip(GROUP, group)),
@@ -350,8 +369,8 @@ def _language_parts(
         for (levels, w), a in zip(entries, coefficients):
             cells += tables.cells(levels, parallel=True)
             weights += list(a * np.asarray(w))
-        return contrast_parts(cells, weights), "paired by query"
-    parts = [contrast_parts(tables.cells(levels), w) for levels, w in entries]
+        return contrast_parts(cells, weights, pool=True), "paired by query"
+    parts = [contrast_parts(tables.cells(levels), w, pool=True) for levels, w in entries]
     return combine(parts, coefficients), "independent queries"
 
 
@@ -388,16 +407,18 @@ def _language_contrasts(
             assert found is not None  # a trend exists for the language, so does its p = 0
             return [found[1] if p == 0.0 else tables.rows(group, p) for p in proportions]
 
+        def entry(language: str, weights: dict[float, float]) -> tuple[list[pd.DataFrame], np.ndarray]:
+            """Every level of ``language`` (zero weight where not named: they pool the seed level)."""
+            levels = sorted(levels_of[language])
+            return cells_of(language, levels), np.array([weights.get(p, 0.0) for p in levels])
+
         for first, second in itertools.combinations(languages, 2):
             common = sorted(levels_of[first] & levels_of[second])
             if len(common) < 2:
                 continue
             family = []
             for proportion in common[1:]:
-                entries = [
-                    (cells_of(first, [proportion, 0.0]), np.array([1.0, -1.0])),
-                    (cells_of(second, [proportion, 0.0]), np.array([1.0, -1.0])),
-                ]
+                entries = [entry(language, {proportion: 1.0, 0.0: -1.0}) for language in (first, second)]
                 parts, pairing = _language_parts(tables, entries, [1.0, -1.0])
                 result = estimate(parts)
                 family.append(
@@ -416,7 +437,7 @@ def _language_contrasts(
             end_to_end = np.zeros(len(common))
             end_to_end[[0, -1]] = np.array([-1.0, 1.0]) / (common[-1] - common[0])
             if not np.allclose(weights, end_to_end):  # three equally spaced levels: the slope is the last delta
-                entries = [(cells_of(first, common), weights), (cells_of(second, common), weights)]
+                entries = [entry(language, dict(zip(common, weights))) for language in (first, second)]
                 parts, pairing = _language_parts(tables, entries, [1.0, -1.0])
                 family.append(
                     {
@@ -441,7 +462,7 @@ def _language_contrasts(
         if len(common) < 2:
             continue
         weights = slope_weights(common)
-        entries = [(cells_of(language, common), weights) for language in [*low, *high]]
+        entries = [entry(language, dict(zip(common, weights))) for language in [*low, *high]]
         coefficients = [1.0 / len(low)] * len(low) + [-1.0 / len(high)] * len(high)
         parts, pairing = _language_parts(tables, entries, coefficients)
         contrasts.append(

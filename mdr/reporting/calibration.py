@@ -12,7 +12,10 @@ proportions p, S seeds and Q queries. A run's per-query score is a reciprocal ra
   probability ``seed_correlation`` the redraw (whether and what) is the seed's own, shared by every cell of that
   seed (runs of one seed share initialisation and data order);
 - a seed effect, normal with SD ``seed_sd``, shifts every query of a run; its correlation across cells of one
-  seed is ``seed_correlation``;
+  seed is ``seed_correlation``; ``seed_sd_ratio`` != 1 makes the seed level unequal across cells (the stress case
+  for pooling it): the per-cell part's SD grows by that factor from p = 0 to p = 1, its mean square kept;
+- ``residual_sd`` > 0 adds Gaussian seed x query noise with that SD to every score of every run (the other
+  noise shape: dense, light-tailed, where the redraws are sparse and heavy-tailed);
 - the true effect ``effect * p + curvature * (p^2 - p)`` is added to every query of a cell (both languages;
   the second language gets ``language_effect * p`` more). Redraws keep the expected score, so the truth of every
   contrast is known exactly: delta at p = 1 = ``effect``, slope = ``effect`` (p^2 - p has no least-squares
@@ -64,6 +67,9 @@ class Scenario:
     language_overlap: float = 0.5
     margin: float = 0.01
     alpha: float = 0.05
+    seed_sd_ratio: float = 1.0
+    residual_sd: float = 0.0
+    pool: bool = True
 
 
 _CUMULATIVE = np.cumsum(RANK_PROBABILITIES)[:-1]
@@ -93,13 +99,16 @@ def simulate(scenario: Scenario, rng: np.random.Generator) -> np.ndarray:
     fresh = np.where(shared, _draw_scores(rng, (2, 1, seeds, queries)), _draw_scores(rng, run.shape))
     scores = np.where(hit, fresh, run)
     rho = scenario.seed_correlation
-    seed_effect = math.sqrt(rho) * rng.normal(size=(2, 1, seeds, 1)) + math.sqrt(1 - rho) * rng.normal(
-        size=(2, levels, seeds, 1)
-    )
     p = np.asarray(scenario.proportions)
+    scale = scenario.seed_sd_ratio**p  # (K,) per-cell SD of the cell's own seed part
+    scale = scale / math.sqrt(float((scale**2).mean()))
+    seed_effect = math.sqrt(rho) * rng.normal(size=(2, 1, seeds, 1)) + math.sqrt(1 - rho) * scale[
+        None, :, None, None
+    ] * rng.normal(size=(2, levels, seeds, 1))
     truth = scenario.effect * p + scenario.curvature * (p * p - p)  # (K,)
     shift = np.stack([truth, truth + scenario.language_effect * p])[:, :, None, None]  # (2, K, 1, 1)
-    return scores + scenario.seed_sd * seed_effect + shift
+    noise = scenario.residual_sd * rng.normal(size=scores.shape) if scenario.residual_sd > 0 else 0.0
+    return scores + scenario.seed_sd * seed_effect + shift + noise
 
 
 @dataclass
@@ -120,36 +129,47 @@ def _naive_reject(treated: np.ndarray, baseline: np.ndarray, alpha: float) -> bo
 
 
 def evaluate(sample: np.ndarray, scenario: Scenario, tally: _Tally) -> None:
-    """Run every reported test on one simulated sweep and count rejections and coverage."""
-    alpha, seeds = scenario.alpha, tuple(range(scenario.seeds))
-    cells = [[Cell(seeds, sample[lang, k]) for k in range(sample.shape[1])] for lang in range(2)]
+    """Run every reported test on one simulated sweep and count rejections and coverage.
+
+    As the report does: a language's deltas, slope, quadratic term and steps pool their seed level over the
+    language's levels; a language x p contrast over its four cells; the low- vs high-resource slope over all.
+    """
+    alpha, seeds, pool = scenario.alpha, tuple(range(scenario.seeds)), scenario.pool
+    cells = [[Cell(seeds, sample[lang, k], group=str(lang)) for k in range(sample.shape[1])] for lang in range(2)]
     proportions = list(scenario.proportions)
-    last = len(proportions) - 1
-    delta = contrast([cells[0][last], cells[0][0]], [1.0, -1.0])
+    levels, last = len(proportions), len(proportions) - 1
+
+    def against_zero(k: int) -> np.ndarray:
+        weights = np.zeros(levels)
+        weights[k], weights[0] = 1.0, -1.0
+        return weights
+
+    delta = contrast(cells[0], against_zero(last), pool=pool)
     tally.add("delta.reject", delta.p_value < alpha)
     tally.add("delta.cover", delta.ci_low <= scenario.effect <= delta.ci_high)
     tally.add("delta.naive_reject", _naive_reject(sample[0, last], sample[0, 0], alpha))
     tally.add("tost.equivalent", tost(delta, scenario.margin) < alpha)
-    slope = contrast(cells[0], slope_weights(proportions))
+    slope = contrast(cells[0], slope_weights(proportions), pool=pool)
     tally.add("slope.reject", slope.p_value < alpha)
     tally.add("slope.cover", slope.ci_low <= scenario.effect <= slope.ci_high)
     curvature = None
-    if len(proportions) >= 3:
-        curvature = contrast(cells[0], curvature_weights(proportions))
+    if levels >= 3:
+        curvature = contrast(cells[0], curvature_weights(proportions), pool=pool)
         tally.add("curvature.reject", curvature.p_value < alpha)
         tally.add("curvature.cover", curvature.ci_low <= scenario.curvature <= curvature.ci_high)
-    deltas = [(p, contrast([cells[0][k], cells[0][0]], [1.0, -1.0])) for k, p in enumerate(proportions) if k > 0]
-    steps = [contrast(cells[0], w) for w in step_weights(len(proportions))]
+    deltas = [(p, contrast(cells[0], against_zero(k), pool=pool)) for k, p in enumerate(proportions) if k > 0]
+    steps = [contrast(cells[0], w, pool=pool) for w in step_weights(levels)]
     decision = decide(slope, curvature, deltas, steps, scenario.margin, alpha)
     tally.add("verdict.effect", decision.kind in {"hurts", "helps", "curved"})
     right = "helps" if scenario.effect > 0 else "hurts"
     tally.add("verdict.right_direction", decision.kind == right)
     tally.add("verdict.equivalent", decision.kind == "equivalent")
-    interaction = contrast([cells[0][last], cells[0][0], cells[1][last], cells[1][0]], [1.0, -1.0, -1.0, 1.0])
+    corners = [cells[0][last], cells[0][0], cells[1][last], cells[1][0]]
+    interaction = contrast(corners, [1.0, -1.0, -1.0, 1.0], pool=pool)
     tally.add("interaction.reject", interaction.p_value < alpha)
     tally.add("interaction.cover", interaction.ci_low <= -scenario.language_effect <= interaction.ci_high)
     slope_weight = slope_weights(proportions)
-    slope_difference = contrast([*cells[0], *cells[1]], [*slope_weight, *(-slope_weight)])
+    slope_difference = contrast([*cells[0], *cells[1]], [*slope_weight, *(-slope_weight)], pool=pool)
     tally.add("slope_interaction.reject", slope_difference.p_value < alpha)
     tally.trials += 1
 

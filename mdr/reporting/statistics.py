@@ -41,10 +41,13 @@ class Cell:
     Attributes:
         seeds: the training seed of each row of ``scores`` (distinct).
         scores: (seeds, queries) per-query metric.
+        group: cells of one group (one language's proportions) share a seed-level spread when a contrast pools
+            it (:func:`contrast_parts`).
     """
 
     seeds: tuple[int, ...]
     scores: np.ndarray
+    group: str = ""
 
     def __post_init__(self) -> None:
         if self.scores.ndim != 2 or self.scores.shape[0] != len(self.seeds) or self.scores.shape[1] == 0:
@@ -65,6 +68,8 @@ class Parts:
         queries: queries behind the query level (independent query sets: the fewest).
         seed_level: ``paired`` (one seed block), ``unpaired`` (several), ``partial`` (a block of one seed:
             its seed variance is not estimated) or ``none`` (one seed everywhere: queries only).
+        floor: a lower bound of the variance where the terms' sum comes out below it (a negative variance
+            component); the degrees of freedom still come from every term.
     """
 
     value: float
@@ -72,6 +77,7 @@ class Parts:
     seeds: int
     queries: int
     seed_level: str
+    floor: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -143,12 +149,51 @@ def effective_df(centred: np.ndarray, df: int) -> float:
     return 2.0 / (2.0 / df + excess / values.size)
 
 
-def contrast_parts(cells: Sequence[Cell], weights: Sequence[float]) -> Parts:
+def seed_interaction_mean_square(cells: Sequence[Cell]) -> float:
+    """The cell x seed interaction mean square of the cells' seed means (cells with the same seeds).
+
+    For a contrast ``w`` over these cells with ``sum w = 0``, ``sum w^2 * MS / S`` estimates the seed level of
+    ``Var(theta_hat)`` (the seed variance plus the seed x query noise in the seed means) where the seed-level
+    covariance of the cells is compound symmetric (equal variances, equal correlations), with ``(C - 1)(S - 1)``
+    degrees of freedom instead of the ``S - 1`` of the contrast's own seed means; for a contrast with equal
+    ``|w|`` on every cell it is unbiased under unequal variances too (independent cells).
+    """
+    means = np.stack([cell.scores[np.argsort(cell.seeds)].mean(axis=1) for cell in cells])  # (C, S)
+    levels, seeds = means.shape
+    interaction = means - means.mean(axis=0, keepdims=True) - means.mean(axis=1, keepdims=True) + means.mean()
+    return float((interaction**2).sum()) / ((levels - 1) * (seeds - 1))
+
+
+def _pooled_seed_terms(
+    cells: Sequence[Cell], active: Sequence[tuple[Cell, float]], key: tuple[int, ...]
+) -> list[tuple[float, float]] | None:
+    """One seed-level term per group of the seed block ``key`` (see ``pool`` in :func:`contrast_parts`), or None
+    where a group's weights do not sum to zero (its seed effect does not cancel)."""
+    terms = []
+    seeds = len(key)
+    groups = dict.fromkeys(cell.group for cell, _ in active if tuple(sorted(cell.seeds)) == key)
+    for group in groups:
+        weights = [w for cell, w in active if cell.group == group and tuple(sorted(cell.seeds)) == key]
+        if abs(sum(weights)) > 1e-9 * sum(abs(w) for w in weights):
+            return None
+        family = [cell for cell in cells if cell.group == group and tuple(sorted(cell.seeds)) == key]
+        squares = sum(w * w for w in weights)
+        terms.append((squares * seed_interaction_mean_square(family) / seeds, float((len(family) - 1) * (seeds - 1))))
+    return terms
+
+
+def contrast_parts(cells: Sequence[Cell], weights: Sequence[float], pool: bool = False) -> Parts:
     """``sum_j weights[j] * mean(cells[j])`` and its variance terms (module docstring).
 
     Args:
         cells: cells on a common query order (same number of columns).
         weights: the contrast, one weight per cell.
+        pool: estimate each group's part of the seed level from every cell of the group given (zero weights
+            included) with the contrast's seeds, by :func:`seed_interaction_mean_square`, where the contrast's
+            weights within each group sum to zero; one term per group, ``(C_g - 1)(S - 1)`` degrees of freedom
+            instead of ``S - 1`` for the whole contrast. Groups are taken as independent at the seed level, which
+            is conservative for contrasts whose group coefficients sum to zero (a delta of deltas) when a seed's
+            runs in two groups correlate positively. Else each seed block's own per-seed contrast.
 
     Raises:
         ValueError: on mismatched cells and weights or query counts.
@@ -173,21 +218,24 @@ def contrast_parts(cells: Sequence[Cell], weights: Sequence[float]) -> Parts:
     query_term = (float(per_query.var(ddof=1)) / queries if queries > 1 else 0.0, query_df)
     seed_terms: list[tuple[float, float]] = []
     residual_terms: list[tuple[float, float]] = []
-    for table in blocks.values():
+    for key, table in blocks.items():
         seeds = table.shape[0]
         if seeds < 2:
             continue  # nothing estimates this block's seed variance: its residual stays in the query term
-        seed_terms.append((float(table.mean(axis=1).var(ddof=1)) / seeds, float(seeds - 1)))
+        pooled = _pooled_seed_terms(cells, active, key) if pool else None
+        if pooled is not None:
+            seed_terms += pooled
+        else:
+            seed_terms.append((float(table.mean(axis=1).var(ddof=1)) / seeds, float(seeds - 1)))
         residuals = table - table.mean(axis=1, keepdims=True) - table.mean(axis=0, keepdims=True) + table.mean()
         residual_df = effective_df(residuals, (seeds - 1) * (queries - 1))
         residual_terms.append((-residual_mean_square(table) / (seeds * queries), residual_df))
     terms = [query_term, *seed_terms, *residual_terms]
-    variance = sum(v for v, _ in terms)
-    seed_sum = sum(v for v, _ in seed_terms)
     # Each of the query term and the summed seed terms estimates a part of Var(theta_hat): the larger is a floor
-    # for an unbiased total that sampling noise pushed below it (a negative variance component).
-    if variance < max(query_term[0], seed_sum):
-        terms = [query_term] if query_term[0] >= seed_sum else seed_terms
+    # for an unbiased total that sampling noise pushed below it (a negative variance component). The terms stay:
+    # the seed mean square's few degrees of freedom still bound how well the variance is known (dropping the
+    # seed terms there, as before, gave df near Q and 9-11% type-I error within that branch).
+    floor = max(query_term[0], sum(v for v, _ in seed_terms))
     sizes = [table.shape[0] for table in blocks.values()]
     if len(blocks) == 1 and sizes[0] >= 2:
         level, seeds_behind = "paired", sizes[0]
@@ -196,7 +244,7 @@ def contrast_parts(cells: Sequence[Cell], weights: Sequence[float]) -> Parts:
     else:
         level = "partial" if any(size >= 2 for size in sizes) else "none"
         seeds_behind = min(sizes)
-    return Parts(value, tuple(terms), seeds_behind, queries, level)
+    return Parts(value, tuple(terms), seeds_behind, queries, level, floor)
 
 
 def combine(parts: Sequence[Parts], coefficients: Sequence[float]) -> Parts:
@@ -211,12 +259,19 @@ def combine(parts: Sequence[Parts], coefficients: Sequence[float]) -> Parts:
         seeds=min(part.seeds for part in parts),
         queries=min(part.queries for part in parts),
         seed_level=level,
+        floor=float(sum(a * a * _variance(part) for part, a in zip(parts, coefficients))),
     )
 
 
+def _variance(parts: Parts) -> float:
+    """The variance of a contrast: its terms' sum, at least its floor."""
+    return max(0.0, parts.floor, sum(v for v, _ in parts.terms))
+
+
 def estimate(parts: Parts, confidence: float = 0.95) -> Estimate:
-    """The t interval and two-sided p-value of a contrast, Satterthwaite degrees of freedom."""
-    variance = max(0.0, sum(v for v, _ in parts.terms))
+    """The t interval and two-sided p-value of a contrast, Satterthwaite degrees of freedom (of the terms,
+    for the variance at its floor too)."""
+    variance = _variance(parts)
     if variance <= 0.0:  # no spread at all: the value is known exactly
         exact = 1.0 if parts.value == 0 else 0.0
         return Estimate(
@@ -239,9 +294,10 @@ def estimate(parts: Parts, confidence: float = 0.95) -> Estimate:
     )
 
 
-def contrast(cells: Sequence[Cell], weights: Sequence[float], confidence: float = 0.95) -> Estimate:
-    """``sum_j weights[j] * mean(cells[j])`` with its Satterthwaite t interval and p-value."""
-    return estimate(contrast_parts(cells, weights), confidence)
+def contrast(cells: Sequence[Cell], weights: Sequence[float], confidence: float = 0.95, pool: bool = False) -> Estimate:
+    """``sum_j weights[j] * mean(cells[j])`` with its Satterthwaite t interval and p-value (``pool``: as in
+    :func:`contrast_parts`)."""
+    return estimate(contrast_parts(cells, weights, pool), confidence)
 
 
 def tost(value: Estimate, margin: float) -> float:
