@@ -16,7 +16,11 @@ two-way ANOVA of D estimates it without bias from three mean squares,
 that combination (``V^2 / sum_i (c_i MS_i)^2 / df_i``). The seed-mean spread ``MS_seed / Q`` holds both the
 seed variance (S - 1 degrees of freedom) and the seed x query noise, which 635 queries estimate to within a few
 per cent; a t(S - 1) on the whole spread (the previous procedure) is conservative, Satterthwaite's df is not.
-Several seed blocks (cells run with different seeds) add one seed term and one residual term each; the query
+A language's contrasts (deltas against p = 0, slope, quadratic term, steps) pool the seed level over all of its
+levels (``pool``): the cell x seed interaction of the seed means, ``(C - 1)(S - 1)`` degrees of freedom instead
+of ``S - 1``, which keeps the Satterthwaite df honest at 3 seeds (a plug-in df from 2 df is liberal). Where the
+unbiased total comes out below one of its parts (a negative variance component) it is floored there, with the df
+of every term. Several seed blocks (cells run with different seeds) add one seed term and one residual term each; the query
 term is shared (the same queries in every cell). Contrasts over different query sets (two languages whose
 queries cannot be matched) add their variance terms as independent parts.
 
