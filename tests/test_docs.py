@@ -307,3 +307,33 @@ def test_an_experiments_own_sweep_list_is_checked(tmp_path: Path) -> None:
     finally:
         compose_problem.cache_clear()
     assert problems and all("train.batch_sz" in problem for problem in problems), problems
+
+
+ANSWER = re.compile(r"<!-- ANSWER -->(.*?)<!-- /ANSWER -->", re.S)
+FOUR_DECIMALS = re.compile(r"(?<![\d.])[-+]?(\d\.\d{4})(?!\d)")
+
+
+def answer_number_problems(readme: str, reports: list[str]) -> list[str]:
+    """Numbers with four decimals in README's answer that no committed report prints (stale or hand-typed)."""
+    found = ANSWER.search(readme)
+    if found is None:
+        return ["README.md has no <!-- ANSWER --> ... <!-- /ANSWER --> block"]
+    printed = {number for report in reports for number in FOUR_DECIMALS.findall(report)}
+    return [number for number in FOUR_DECIMALS.findall(found.group(1)) if number not in printed]
+
+
+def test_readme_answer_numbers_come_from_the_committed_report() -> None:
+    """Every four-decimal number of README's answer is printed by the committed me5_small grid report
+    (docs/results/me5_grid/results.md), which `python -m mdr.reporting.aggregate` recomputes from the committed
+    per-query files: a number the report does not print is stale or typed by hand."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    report = (ROOT / "docs" / "results" / "me5_grid" / "results.md").read_text(encoding="utf-8")
+    problems = answer_number_problems(readme, [report])
+    assert not problems, f"README's answer has numbers its report does not print: {problems}"
+    assert len(FOUR_DECIMALS.findall(ANSWER.search(readme).group(1))) >= 10  # the table is there
+
+
+def test_a_stale_answer_number_is_caught() -> None:
+    readme = "<!-- ANSWER -->\n| th | 0.7644 | -0.0315 [-0.0425, -0.0213] |\n<!-- /ANSWER -->"
+    assert answer_number_problems(readme, ["0.7644 -0.0315 [-0.0425, -0.0213]"]) == []
+    assert answer_number_problems(readme, ["0.7645 -0.0315 [-0.0425, -0.0213]"]) == ["0.7644"]

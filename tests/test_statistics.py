@@ -240,6 +240,9 @@ def test_verdict_says_only_what_the_tests_show() -> None:
     assert weak.kind == "inconclusive"
     assert weak.text.startswith("inconclusive at 3 seeds: no trend (slope p=0.080), effects up to 0.0")
     assert decide(_estimate(-0.01, 0.04), None, [(1.0, _estimate(-0.01, 0.04))]).kind == "hurts"
+    # two levels: the one step is the slope, "monotone" would add nothing
+    two_levels = decide(slope, None, [(1.0, slope)], [slope])
+    assert two_levels.kind == "hurts" and "monotone" not in two_levels.text
 
 
 def test_holm_and_monotone() -> None:

@@ -424,7 +424,8 @@ def decide(
     wrong claim of an effect has probability at most alpha (about 4.9% with two tests). Then:
 
     - slope significant: ``hard negatives hurt (slope < 0 ..., p=...)`` or ``help (slope > 0 ..., p=...)``; ``monotone``
-      only when every adjacent step moves that way (Holm over the steps); a delta against p = 0 significant the
+      only when every adjacent step moves that way (Holm over the steps; three or more levels, as with two the
+      one step is the slope); a delta against p = 0 significant the
       other way (Holm over the proportions) is named;
     - curvature significant: ``curved (quadratic term ..., p=...)`` after the slope's claim, or alone (kind
       ``curved``) ``curved (...) response to hard negatives, no linear trend``;
@@ -449,7 +450,7 @@ def decide(
         kind = "hurts" if slope.value < 0 else "helps"
         sign = "<" if slope.value < 0 else ">"
         text = f"{kind[:-1]} (slope {sign} 0: {slope.value:+.4f} per unit p, {_p(adjusted[0])}"
-        if monotone(steps, alpha) == int(np.sign(slope.value)):
+        if len(steps) >= 2 and monotone(steps, alpha) == int(np.sign(slope.value)):  # one step: nothing to add
             text += ", monotone: every step " + ("down" if slope.value < 0 else "up")
         claims.append(text + ")")
         delta_adjusted = holm([d.p_value for _, d in deltas]) if deltas else []
