@@ -20,9 +20,9 @@ A language's contrasts (deltas against p = 0, slope, quadratic term, steps) pool
 levels (``pool``): the cell x seed interaction of the seed means, ``(C - 1)(S - 1)`` degrees of freedom instead
 of ``S - 1``, which keeps the Satterthwaite df honest at 3 seeds (a plug-in df from 2 df is liberal). Where the
 unbiased total comes out below one of its parts (a negative variance component) it is floored there, with the df
-of every term. Several seed blocks (cells run with different seeds) add one seed term and one residual term each; the query
-term is shared (the same queries in every cell). Contrasts over different query sets (two languages whose
-queries cannot be matched) add their variance terms as independent parts.
+of every term. Several seed blocks (cells run with different seeds) add one seed term and one residual term
+each; the query term is shared (the same queries in every cell). Contrasts over different query sets (two
+languages whose queries cannot be matched) add their variance terms as independent parts.
 
 Calibration on simulated nulls with realistic variance components: ``benchmarks/calibration.py`` and
 docs/statistics.md.
