@@ -233,6 +233,29 @@ def test_runs_evaluated_on_another_split_are_kept_apart(tmp_path: Path) -> None:
     assert "## data=xquad, split=test, evaluation depth=100" in report
 
 
+def test_a_language_without_low_resource_in_metrics_is_not_counted_as_high_resource(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """metrics.json before low_resource was recorded: the language's config says (the job's config.yaml, else
+    conf/language/<code>.yaml); a language none describes is left out of the contrast, by name. Before, each such
+    language counted as high-resource (here: no low-resource language, no contrast)."""
+    rng = np.random.default_rng(14)
+    _grid(tmp_path / "th", rng, language="th", low_resource=None)  # conf/language/th.yaml: low
+    _grid(tmp_path / "de", rng, language="de", low_resource=None)  # conf/language/de.yaml: high
+    own = {"language": {"low_resource": True}}
+    _grid(tmp_path / "xx", rng, language="xx", low_resource=None, config=own)  # its config.yaml: low
+    _grid(tmp_path / "yy", rng, language="yy", low_resource=None)  # described nowhere
+    with caplog.at_level("WARNING", logger="mdr.reporting.analysis"):
+        summary = aggregate([tmp_path / code for code in ("th", "de", "xx", "yy")], out=tmp_path / "out")
+    assert (summary["completed"], summary["invalid"]) == (16, 0)
+    contrasts = pd.read_csv(tmp_path / "out" / "resource_contrasts.csv")
+    assert (contrasts.low_resource.tolist(), contrasts.high_resource.tolist()) == (["th xx"], ["de"])
+    assert "no low_resource recorded for yy" in caplog.text
+    cells = pd.read_csv(tmp_path / "out" / "cells.csv")
+    resource = cells.drop_duplicates("language").set_index("language").low_resource
+    assert (resource.th, resource.xx, resource.de) == (True, True, False) and pd.isna(resource.yy)
+
+
 def test_metrics_of_another_cell_is_reported_not_counted(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     _grid(tmp_path, rng)

@@ -116,6 +116,24 @@ def evaluations(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"language": metrics.get("language"), **{name: metrics.get(name) for name in names}}]
 
 
+LANGUAGES_DIR = Path(__file__).resolve().parents[2] / "conf" / "language"
+"""The language configs (``conf/language/<code>.yaml``), each with ``low_resource``."""
+
+
+def low_resource(evaluated: dict[str, Any], config: dict[str, Any]) -> bool | None:
+    """Whether an evaluated language is low-resource: metrics.json's ``low_resource``, else (runs before it was
+    recorded) the job's ``config.yaml`` language when that is the language evaluated, else
+    ``conf/language/<code>.yaml``; None when none says (the low- vs high-resource contrast leaves it out)."""
+    if evaluated.get("low_resource") is not None:
+        return bool(evaluated["low_resource"])
+    code = str(evaluated.get("language"))
+    language = config.get("language")
+    if isinstance(language, dict) and str(language.get("code")) == code and language.get("low_resource") is not None:
+        return bool(language["low_resource"])
+    recorded = _read_yaml(LANGUAGES_DIR / f"{code}.yaml").get("low_resource")
+    return None if recorded is None else bool(recorded)
+
+
 REPORT_IGNORED: tuple[str, ...] = ("paths", "task_name", "evaluation.languages")
 """Keys of a run's identity (:func:`mdr.utils.config_identity.canonical_config`) that cannot change one row's
 numbers: where files live (values under a ``paths.*`` folder are written ``${paths.<key>}/...`` first), the
@@ -353,7 +371,7 @@ def _collect_one(sweep_dir: Path, prefix: str) -> tuple[list[dict[str, Any]], li
                         "language": evaluated["language"],
                         "variant": variant_name(mask, denoised, stages, miner),
                         **{name: scores[name] for name in scores if "@" in name},  # mrr@10 at depth 10
-                        "low_resource": evaluated.get("low_resource"),
+                        "low_resource": low_resource(evaluated, config),
                         "num_queries": evaluated["num_queries"],
                         "mask_false_negatives": mask,
                         "denoised": denoised,
