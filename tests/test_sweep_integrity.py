@@ -167,7 +167,8 @@ def test_same_cell_and_seed_from_another_setting_is_invalid_not_a_duplicate(
 
 def test_same_cell_and_seed_spelled_otherwise_or_elsewhere_is_still_a_duplicate(tmp_path: Path) -> None:
     """Only keys that change results count: another data folder (and the paths under it), task name, policy keys
-    (run.*, logger.*), 4 vs 4.0, a key at its neutral default, or a folder without run_folder.json."""
+    (run.*, logger.*, kept embeddings, BM25 threads), 4 vs 4.0, a key at its neutral default, or a folder without
+    run_folder.json."""
     rng = np.random.default_rng(11)
     here = {
         "paths": {"data_dir": "/data"},
@@ -183,6 +184,8 @@ def test_same_cell_and_seed_spelled_otherwise_or_elsewhere_is_still_a_duplicate(
         "train": {"fast_dropout": False},
         "run": {"on_complete": "fresh"},
         "logger": {"wandb": {"enabled": False}},
+        "evaluation": {"keep_embeddings": True},
+        "negatives": {"pool": {"threads": 2}},
     }
     _grid(tmp_path / "b", rng, config=there)
     (tmp_path / "b" / "negatives.hard_proportion=1,seed=1" / "run_folder.json").unlink()  # older folder: config.yaml

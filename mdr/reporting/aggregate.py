@@ -89,8 +89,9 @@ def aggregate(
     """Write the tables and plot of one sweep folder (into it) or of several analysed as one (into ``out``).
 
     Args:
-        sweep_dirs: a sweep folder, or a list of them: their runs form one results frame, in which a cell found
-            in two folders is a duplicate (counted once).
+        sweep_dirs: a sweep folder, or a list of them: their runs form one results frame, in which a cell and
+            seed found in two folders is a duplicate (counted once), or an invalid run where the two configs
+            differ in a key that changes results (:func:`mdr.reporting.collect.drop_duplicates`).
         out: where the files go; default the sweep folder (required for several).
         wandb: ``wandb.init`` settings (:func:`mdr.reporting.wandb_summary.summary_settings`): log the tables and
             plots to a summary run of the sweep's W&B group as well; None: no W&B.

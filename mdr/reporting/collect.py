@@ -134,10 +134,17 @@ def low_resource(evaluated: dict[str, Any], config: dict[str, Any]) -> bool | No
     return None if recorded is None else bool(recorded)
 
 
-REPORT_IGNORED: tuple[str, ...] = ("paths", "task_name", "evaluation.languages")
+REPORT_IGNORED: tuple[str, ...] = (
+    "paths",
+    "task_name",
+    "evaluation.languages",
+    "evaluation.keep_embeddings",
+    "negatives.pool.threads",
+)
 """Keys of a run's identity (:func:`mdr.utils.config_identity.canonical_config`) that cannot change one row's
 numbers: where files live (values under a ``paths.*`` folder are written ``${paths.<key>}/...`` first), the
-task's name and which other languages the job evaluated."""
+task's name, which other languages the job evaluated, whether it kept its embeddings and the BM25 threads (no
+part of a pool's cache key either)."""
 UNTRAINED_IGNORED: tuple[str, ...] = ("train", "negatives", "loss", "trainer", "stage", "language")
 """Keys that cannot change the numbers of a run that trained nothing (zero-shot: the cell's stage and language
 say what was evaluated)."""
