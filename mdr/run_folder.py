@@ -1,7 +1,8 @@
 """A run folder belongs to one config: it records the config it was made for and refuses another.
 
 On first use a folder gets ``run_folder.json``: the canonical config (the resolved config less the keys that
-cannot change a result, see :data:`IGNORED_KEYS`) and its hash. Later runs into the same folder:
+cannot change a result, see :data:`mdr.utils.config_identity.IGNORED_KEYS`) and its hash. Later runs into the
+same folder:
 
 * same config, not finished: resume (Lightning restores ``checkpoints/last.ckpt``);
 * same config, finished (``metrics.json`` newer than any ``failed.json``): nothing is recomputed, the stored
@@ -31,7 +32,6 @@ from __future__ import annotations
 import csv
 import errno
 import fcntl
-import hashlib
 import io
 import json
 import os
@@ -46,7 +46,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mdr.utils.config_compat import drop_neutral_defaults, parent_of
+from mdr.utils.config_identity import CACHE_PLACEHOLDER as CACHE_PLACEHOLDER
+from mdr.utils.config_identity import IGNORED_KEYS as IGNORED_KEYS
+from mdr.utils.config_identity import canonical_config, config_differences, config_hash
 from mdr.utils.errors import DataError
 from mdr.utils.io import atomic_write_json, atomic_write_text
 from mdr.utils.logging import get_logger
@@ -55,25 +57,6 @@ log = get_logger(__name__)
 
 RECORD_FILE = "run_folder.json"
 LOCK_FILE = ".lock"
-CACHE_PLACEHOLDER = "${paths.cache_dir}"
-
-IGNORED_KEYS: tuple[str, ...] = (
-    "hydra",  # launcher and output folder settings
-    "run",  # this module's own policy keys
-    "logger",  # CSV / W&B settings: where logs go, not what is computed
-    "paths.output_dir",  # the folder itself
-    "paths.cache_dir",  # built models, pools, stage-one encoders: deterministic functions of the config
-    "trainer.enable_progress_bar",
-    "trainer.enable_model_summary",
-    "trainer.log_every_n_steps",
-    "train.num_workers",  # batches are functions of (seed, epoch), whatever process builds them
-    "train.checkpoint_every_n_steps",  # a resume from a mid-epoch checkpoint is exact
-    "train.save_encoder",
-    "evaluation.batch_size",
-    "evaluation.faiss_gpu",  # exact inner-product search either way
-)
-"""Dotted keys left out of a run folder's identity; every other resolved key is part of it."""
-
 RANKS_DIR = ".ranks"
 RANK_WAIT_S = 900.0
 """How long a rank > 0 waits for rank 0's decision on the folder before it gives up."""
@@ -184,60 +167,6 @@ def rank_zero_decision(out: Path, timeout_s: float | None = None) -> dict[str, s
             )
         time.sleep(0.5)
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _normalise(value: Any, cache_dir: str | None) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _normalise(v, cache_dir) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_normalise(v, cache_dir) for v in value]
-    if isinstance(value, float) and value.is_integer():
-        return int(value)  # 1 and 1.0 are one config
-    if isinstance(value, str) and cache_dir and (value == cache_dir or value.startswith(cache_dir.rstrip("/") + "/")):
-        return CACHE_PLACEHOLDER + value[len(cache_dir.rstrip("/")) :]
-    return value
-
-
-def canonical_config(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
-    """The resolved config without :data:`IGNORED_KEYS` and keys at their neutral default
-    (:mod:`mdr.utils.config_compat`), with the cache folder written as a placeholder."""
-    if isinstance(cfg, DictConfig):
-        data: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    else:
-        data = json.loads(json.dumps(cfg, default=str))
-    cache_dir = (data.get("paths") or {}).get("cache_dir")
-    for dotted in IGNORED_KEYS:
-        node, leaf = parent_of(data, dotted)
-        if node is not None:
-            node.pop(leaf, None)
-    if isinstance(data.get("paths"), dict) and not data["paths"]:
-        data.pop("paths")
-    return _normalise(drop_neutral_defaults(data), str(cache_dir) if cache_dir else None)
-
-
-def config_hash(canonical: dict[str, Any]) -> str:
-    """sha256 of the canonical config as sorted JSON."""
-    return hashlib.sha256(json.dumps(canonical, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict) and value:
-        flat: dict[str, Any] = {}
-        for key, child in value.items():
-            flat.update(_flatten(child, f"{prefix}.{key}" if prefix else str(key)))
-        return flat
-    return {prefix: value}
-
-
-def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``key: old -> new`` for every dotted key whose value differs (absent keys shown as <absent>)."""
-    before, after = _flatten(old), _flatten(new)
-    missing = "<absent>"
-    return [
-        f"{key}: {before.get(key, missing)!r} -> {after.get(key, missing)!r}"
-        for key in sorted(set(before) | set(after))
-        if before.get(key, missing) != after.get(key, missing)
-    ]
 
 
 def _read_record(out: Path) -> dict[str, Any] | None:

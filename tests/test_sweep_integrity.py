@@ -45,8 +45,12 @@ def make_job(
     depth: int | None = None,
     config: dict[str, Any] | None = None,
     query_ids: list[str] | None = None,
+    language: str = "th",
+    low_resource: bool | None = True,
+    split: str | None = None,
 ) -> Path:
-    """A completed job folder as train.py leaves it (record by :func:`mdr.run_folder.claim`)."""
+    """A completed job folder as train.py leaves it (record by :func:`mdr.run_folder.claim`); ``low_resource``
+    None: metrics.json does not record it (runs before it did), ``split``: the evaluated split it records."""
     job = sweep / name
     (job / ".hydra").mkdir(parents=True)
     overrides = overrides if overrides is not None else [f"negatives.hard_proportion={p}", f"seed={seed}"]
@@ -56,10 +60,10 @@ def make_job(
         "model": {"name": "tiny"},
         "stage": {"name": "target_only"},
         "data": {"name": "xquad"},
-        "language": {"code": "th"},
+        "language": {"code": language},
         "negatives": {"num_negatives": 4, "hard_proportion": p, "pool": dict(POOL)},
         "loss": {"mask_false_negatives": True},
-        "evaluation": {"depth": depth or 100},
+        "evaluation": {"depth": depth or 100, **({"split": split} if split else {})},
     }
     resolved = _merge(resolved, config or {})
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(resolved))
@@ -70,10 +74,10 @@ def make_job(
     header = f"query_id\tmrr@{cut}\tndcg@10\trecall@{cut}"
     lines = [header] + [f"{q}\t{v:.6f}\t0\t0" for q, v in zip(ids, scores)]
     (job / "per_query").mkdir()
-    (job / "per_query" / "th.tsv").write_text("\n".join(lines) + "\n")
+    (job / "per_query" / f"{language}.tsv").write_text("\n".join(lines) + "\n")
     metrics = {
-        "language": "th",
-        "low_resource": True,
+        "language": language,
+        "low_resource": low_resource,
         "data": "xquad",
         "model": "tiny",
         "stage": "target_only",
@@ -81,13 +85,17 @@ def make_job(
         "seed": seed,
         "num_queries": len(scores),
         "metrics": {f"mrr@{cut}": float(np.mean(scores)), f"recall@{cut}": 0.0, "ndcg@10": 0.0},
-        "per_query_file": "per_query/th.tsv",
-        "run_file": "runs/th.trec",
+        "per_query_file": f"per_query/{language}.tsv",
+        "run_file": f"runs/{language}.trec",
         "train": {"num_hard": round(p * 4), "mask_false_negatives": True},
         "denoised": False,
     }
     if depth is not None:
         metrics["depth"] = depth
+    if low_resource is None:
+        del metrics["low_resource"]
+    if split is not None:
+        metrics["split"] = split
     (job / "metrics.json").write_text(json.dumps(metrics))
     return job
 
@@ -129,15 +137,126 @@ def test_one_config_in_two_folders_is_counted_once(tmp_path: Path) -> None:
     assert main([str(tmp_path)]) == 0  # a duplicate is reported, not an error
 
 
-def test_same_cell_and_seed_from_another_config_is_a_duplicate(tmp_path: Path) -> None:
-    """A copy with a key the cell does not show changed (another hash): still one (cell, seed)."""
+@pytest.mark.parametrize(
+    ("key", "first", "second"),
+    [
+        ("negatives.num_negatives", 4, 8),
+        ("train.learning_rate", 0.001, 0.0001),
+        ("trainer.max_epochs", 3, 4),
+        ("train.batch_size", 16, 32),
+    ],
+)
+def test_same_cell_and_seed_from_another_setting_is_invalid_not_a_duplicate(
+    tmp_path: Path, key: str, first: float, second: float
+) -> None:
+    """Two sweeps of one cell and seed that differ in a key the cell does not show (a sweep over k, the learning
+    rate, epochs or batch size) are two experiments: the table kept the first one's and exited 0."""
     rng = np.random.default_rng(1)
-    _grid(tmp_path, rng)
-    make_job(tmp_path, "z_copy", p=1, seed=1, scores=_scores(rng), config={"train": {"lr": 1}})
-    summary = aggregate(tmp_path)
-    assert summary["duplicates"] == 1
-    assert _cell(pd.read_csv(tmp_path / "cells.csv"), 1).n == 2
-    assert "same cell and seed from another config" in pd.read_csv(tmp_path / "duplicates.csv").error.iloc[0]
+    section, leaf = key.split(".")
+    _grid(tmp_path / "a", rng, config={section: {leaf: first}})
+    _grid(tmp_path / "b", rng, config={section: {leaf: second}})
+    summary = aggregate([tmp_path / "a", tmp_path / "b"], out=tmp_path / "out")
+    assert (summary["completed"], summary["invalid"], summary["duplicates"]) == (4, 4, 0)
+    problems = (tmp_path / "out" / "results.md").read_text().split("### Invalid runs (not counted)")[1]
+    assert f"{key}={first!r} (a/negatives.hard_proportion=1,seed=1) vs {second!r}" in problems
+    assert "aggregate each setting's sweep folders on their own" in problems
+    assert not (tmp_path / "out" / "duplicates.csv").exists()
+    assert set(pd.read_csv(tmp_path / "out" / "results.csv").job.str.split("/").str[0]) == {"a"}
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "out")]) == 1
+
+
+def test_same_cell_and_seed_spelled_otherwise_or_elsewhere_is_still_a_duplicate(tmp_path: Path) -> None:
+    """Only keys that change results count: another data folder (and the paths under it), task name, policy keys
+    (run.*, logger.*, kept embeddings, BM25 threads), 4 vs 4.0, a key at its neutral default, or a folder without
+    run_folder.json."""
+    rng = np.random.default_rng(11)
+    here = {
+        "paths": {"data_dir": "/data"},
+        "data": {"reader": {"root": "/data/xquad/th"}},
+        "trainer": {"max_epochs": 4},
+    }
+    _grid(tmp_path / "a", rng, config={**here, "task_name": "train"})
+    there = {
+        "paths": {"data_dir": "/mnt/copy/data/"},
+        "data": {"reader": {"root": "/mnt/copy/data/xquad/th"}},
+        "trainer": {"max_epochs": 4.0, "num_nodes": 1},
+        "task_name": "hardneg_sweep",
+        "train": {"fast_dropout": False},
+        "run": {"on_complete": "fresh"},
+        "logger": {"wandb": {"enabled": False}},
+        "evaluation": {"keep_embeddings": True},
+        "negatives": {"pool": {"threads": 2}},
+    }
+    _grid(tmp_path / "b", rng, config=there)
+    (tmp_path / "b" / "negatives.hard_proportion=1,seed=1" / "run_folder.json").unlink()  # older folder: config.yaml
+    summary = aggregate([tmp_path / "a", tmp_path / "b"], out=tmp_path / "out")
+    assert (summary["completed"], summary["invalid"], summary["duplicates"]) == (4, 0, 4)
+    errors = pd.read_csv(tmp_path / "out" / "duplicates.csv").error
+    assert errors.str.contains("differs in no key that changes results").all()
+
+
+def test_zero_shot_and_unmined_runs_ignore_the_keys_they_never_used(tmp_path: Path) -> None:
+    """A run that trained nothing ignores p and the training keys; p = 0 mines nothing, so the miner does not
+    matter: same cell and seed, counted once."""
+    rng = np.random.default_rng(12)
+    _grid(tmp_path / "a", rng)
+    miner = {"negatives": {"pool": {"range_min": 10, "range_max": 60}}}
+    make_job(tmp_path / "b", "negatives.hard_proportion=0,seed=0", p=0, seed=0, scores=_scores(rng), config=miner)
+    for sweep, p in (("a", 0.5), ("b", 1.0)):
+        job = make_job(tmp_path / sweep, f"stage=zero_shot,p={p}", p=p, seed=0, scores=_scores(rng))
+        metrics = json.loads((job / "metrics.json").read_text())
+        metrics.update(stage="zero_shot", hard_proportion=None, num_negatives=None)
+        del metrics["train"]
+        (job / "metrics.json").write_text(json.dumps(metrics))
+        config = _merge(yaml.safe_load((job / "config.yaml").read_text()), {"stage": {"name": "zero_shot"}})
+        (job / "config.yaml").write_text(yaml.safe_dump(config))
+        (job / "run_folder.json").unlink()
+    summary = aggregate([tmp_path / "a", tmp_path / "b"], out=tmp_path / "out")
+    assert (summary["completed"], summary["invalid"], summary["duplicates"]) == (5, 0, 2)
+
+
+def test_runs_evaluated_on_another_split_are_kept_apart(tmp_path: Path) -> None:
+    """A dev-split sweep beside the test-split one: its runs were counted as duplicates of the test runs (the cell
+    had no split), so the dev results were left out (or, seed by seed, pooled with the test ones)."""
+    rng = np.random.default_rng(13)
+    _grid(tmp_path / "test", rng, split="test")
+    dev_ids = [f"d{i:03d}" for i in range(QUERIES)]
+    _grid(tmp_path / "dev", rng, split="dev", query_ids=dev_ids)
+    summary = aggregate([tmp_path / "test", tmp_path / "dev"], out=tmp_path / "out")
+    assert (summary["completed"], summary["invalid"], summary["duplicates"]) == (8, 0, 0)
+    cells = pd.read_csv(tmp_path / "out" / "cells.csv")
+    assert sorted(zip(cells.split, cells.hard_proportion, cells.n)) == [
+        ("dev", 0, 2),
+        ("dev", 1, 2),
+        ("test", 0, 2),
+        ("test", 1, 2),
+    ]
+    report = (tmp_path / "out" / "results.md").read_text()
+    assert "## data=xquad, split=dev, evaluation depth=100" in report
+    assert "## data=xquad, split=test, evaluation depth=100" in report
+
+
+def test_a_language_without_low_resource_in_metrics_is_not_counted_as_high_resource(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """metrics.json before low_resource was recorded: the language's config says (the job's config.yaml, else
+    conf/language/<code>.yaml); a language none describes is left out of the contrast, by name. Before, each such
+    language counted as high-resource (here: no low-resource language, no contrast)."""
+    rng = np.random.default_rng(14)
+    _grid(tmp_path / "th", rng, language="th", low_resource=None)  # conf/language/th.yaml: low
+    _grid(tmp_path / "de", rng, language="de", low_resource=None)  # conf/language/de.yaml: high
+    own = {"language": {"low_resource": True}}
+    _grid(tmp_path / "xx", rng, language="xx", low_resource=None, config=own)  # its config.yaml: low
+    _grid(tmp_path / "yy", rng, language="yy", low_resource=None)  # described nowhere
+    with caplog.at_level("WARNING", logger="mdr.reporting.analysis"):
+        summary = aggregate([tmp_path / code for code in ("th", "de", "xx", "yy")], out=tmp_path / "out")
+    assert (summary["completed"], summary["invalid"]) == (16, 0)
+    contrasts = pd.read_csv(tmp_path / "out" / "resource_contrasts.csv")
+    assert (contrasts.low_resource.tolist(), contrasts.high_resource.tolist()) == (["th xx"], ["de"])
+    assert "no low_resource recorded for yy" in caplog.text
+    cells = pd.read_csv(tmp_path / "out" / "cells.csv")
+    resource = cells.drop_duplicates("language").set_index("language").low_resource
+    assert (resource.th, resource.xx, resource.de) == (True, True, False) and pd.isna(resource.yy)
 
 
 def test_metrics_of_another_cell_is_reported_not_counted(tmp_path: Path) -> None:

@@ -36,8 +36,9 @@ from mdr.utils.io import atomic_write_text
 __all__ = ["aggregate", "collect", "compare_schedules", "expected_jobs", "job_outcome", "main", "run_variant"]
 
 
-PARTITION = ["data", "depth"]
-"""Runs on different data or evaluated at different depths are analysed apart (each its own set of tables)."""
+PARTITION = ["data", "split", "depth"]
+"""Runs on different data, evaluated on different splits or at different depths are analysed apart (each its own
+set of tables)."""
 
 TABLE_FILES = {"cells": "cells.csv", "tests": "significance.csv", "trends": "trends.csv"}
 """Analysis tables always written, by :class:`mdr.reporting.analysis.Analysis` field."""
@@ -49,11 +50,16 @@ def _sweep_dirs(sweep_dirs: str | Path | list[str] | list[Path]) -> list[Path]:
 
 
 def _partitions(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """(heading, runs) per (data, evaluation depth); a single partition at depth 100 has no heading."""
+    """(heading, runs) per (data, split, evaluation depth); a single partition at depth 100 has no heading, and
+    the heading names the split only when the runs were evaluated on more than one."""
     groups = list(results.groupby(PARTITION, sort=True, dropna=False))
-    if len(groups) == 1 and metric_at(groups[0][0][1]) == METRIC:
+    if len(groups) == 1 and metric_at(groups[0][0][2]) == METRIC:
         return [("", groups[0][1])]
-    return [(f"## data={data}, evaluation depth={depth}", rows) for (data, depth), rows in groups]
+    splits = results.split.nunique(dropna=False) > 1
+    return [
+        (f"## data={data}, {f'split={split}, ' if splits else ''}evaluation depth={depth}", rows)
+        for (data, split, depth), rows in groups
+    ]
 
 
 def _with_partition(frame: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
@@ -83,8 +89,9 @@ def aggregate(
     """Write the tables and plot of one sweep folder (into it) or of several analysed as one (into ``out``).
 
     Args:
-        sweep_dirs: a sweep folder, or a list of them: their runs form one results frame, in which a cell found
-            in two folders is a duplicate (counted once).
+        sweep_dirs: a sweep folder, or a list of them: their runs form one results frame, in which a cell and
+            seed found in two folders is a duplicate (counted once), or an invalid run where the two configs
+            differ in a key that changes results (:func:`mdr.reporting.collect.drop_duplicates`).
         out: where the files go; default the sweep folder (required for several).
         wandb: ``wandb.init`` settings (:func:`mdr.reporting.wandb_summary.summary_settings`): log the tables and
             plots to a summary run of the sweep's W&B group as well; None: no W&B.

@@ -136,6 +136,13 @@ class _CellTables:
         ]
 
 
+def resource_class(values: pd.Series) -> bool | None:
+    """Whether runs are of a low-resource language: their first recorded ``low_resource``; None when none
+    records it (:func:`mdr.reporting.collect.low_resource` found no language config saying)."""
+    known = values.dropna()
+    return bool(known.iloc[0]) if len(known) else None
+
+
 def same_proportion(values: pd.Series, proportion: float) -> np.ndarray:
     """Where ``values`` equals ``proportion`` (floats compared with tolerance; NaN, for runs without p, equals NaN)."""
     numbers = values.to_numpy(dtype=np.float64)
@@ -247,7 +254,7 @@ def _cell_rows(tables: _CellTables, results: pd.DataFrame) -> list[dict[str, Any
                 "ci_low": interval.ci_low,
                 "ci_high": interval.ci_high,
                 f"mean_{SECOND_METRIC}": float(second.mean()) if second.notna().any() else float("nan"),
-                "low_resource": bool(rows.low_resource.iloc[0]),
+                "low_resource": resource_class(rows.low_resource),
             }
         )
     return rows_out
@@ -321,7 +328,7 @@ def analyse(results: pd.DataFrame, *, equivalence_margin: float = EQUIVALENCE_MA
                 "equivalence_margin": equivalence_margin,
                 "verdict_kind": decision.kind,
                 "verdict": decision.text,
-                "low_resource": bool(rows.low_resource.iloc[0]),
+                "low_resource": resource_class(rows.low_resource),
             }
         )
     effects: list[dict[str, Any]] = []
@@ -454,8 +461,20 @@ def _language_contrasts(
             for row, adjusted in zip(family, holm([r["p_value"] for r in family])):
                 row["p_holm"] = adjusted
             interactions += family
-        low = [language for language in languages if block[block.language == language].low_resource.iloc[0]]
-        high = [language for language in languages if language not in low]
+        classes = {language: resource_class(block[block.language == language].low_resource) for language in languages}
+        unknown = [language for language, low_resource in classes.items() if low_resource is None]
+        if unknown:
+            log.warning(
+                "%s %s %s: no low_resource recorded for %s (metrics.json, config.yaml, conf/language): left out of the "
+                "low- vs high-resource contrast",
+                model,
+                stage,
+                variant,
+                ", ".join(unknown),
+            )
+        low = [language for language, low_resource in classes.items() if low_resource is True]
+        high = [language for language, low_resource in classes.items() if low_resource is False]
+        languages = low + high
         if not low or not high:
             continue
         common = sorted(set.intersection(*(levels_of[language] for language in languages)))
@@ -596,7 +615,7 @@ def compare_schedules(results: pd.DataFrame, *, equivalence_margin: float = EQUI
                 "mean": float(values.mean()),
                 "std": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
                 "n": len(values),
-                "low_resource": bool(runs.low_resource.iloc[0]),
+                "low_resource": resource_class(runs.low_resource),
                 "reference": reference[0],
             }
             if label != reference[0]:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from mdr.utils.config_identity import canonical_config, flatten_config
 from mdr.utils.job_dirs import job_dirname
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,14 @@ DEFAULT_MINER = {"source": "bm25", "backend": "bm25s", "range_min": 0, "range_ma
 """``negatives.pool`` of the default miner (conf/negatives/bm25.yaml): BM25 (bm25s), ranks 1-50, no margin."""
 
 
+def used_hard_negatives(metrics: dict[str, Any]) -> bool:
+    """Whether a run drew hard negatives: its training summary's ``num_hard``, else a p above 0."""
+    train = metrics.get("train")
+    if isinstance(train, dict) and "num_hard" in train:
+        return int(train.get("num_hard") or 0) > 0
+    return bool(metrics.get("hard_proportion"))
+
+
 def run_miner(metrics: dict[str, Any], config: dict[str, Any]) -> str | None:
     """How a run's hard negatives were mined, as a short label, when that is not the default miner; None for
     the default miner, for a run that used no hard negatives (p = 0, zero-shot) and for a run whose
@@ -71,10 +80,7 @@ def run_miner(metrics: dict[str, Any], config: dict[str, Any]) -> str | None:
     ``negatives=dense``).
     """
     pool = _lookup(config, "negatives.pool")
-    train = metrics.get("train")
-    hard = metrics.get("hard_proportion")
-    used = (int(train.get("num_hard") or 0) > 0) if isinstance(train, dict) and "num_hard" in train else bool(hard)
-    if not isinstance(pool, dict) or not used:
+    if not isinstance(pool, dict) or not used_hard_negatives(metrics):
         return None
     settings = {key: pool.get(key, default) for key, default in DEFAULT_MINER.items()}
     if settings == DEFAULT_MINER:
@@ -108,6 +114,88 @@ def evaluations(metrics: dict[str, Any]) -> list[dict[str, Any]]:
         return [{"language": code, **section} for code, section in sections.items()]
     names = ("low_resource", "num_queries", "metrics", "per_query_file")
     return [{"language": metrics.get("language"), **{name: metrics.get(name) for name in names}}]
+
+
+LANGUAGES_DIR = Path(__file__).resolve().parents[2] / "conf" / "language"
+"""The language configs (``conf/language/<code>.yaml``), each with ``low_resource``."""
+
+
+def low_resource(evaluated: dict[str, Any], config: dict[str, Any]) -> bool | None:
+    """Whether an evaluated language is low-resource: metrics.json's ``low_resource``, else (runs before it was
+    recorded) the job's ``config.yaml`` language when that is the language evaluated, else
+    ``conf/language/<code>.yaml``; None when none says (the low- vs high-resource contrast leaves it out)."""
+    if evaluated.get("low_resource") is not None:
+        return bool(evaluated["low_resource"])
+    code = str(evaluated.get("language"))
+    language = config.get("language")
+    if isinstance(language, dict) and str(language.get("code")) == code and language.get("low_resource") is not None:
+        return bool(language["low_resource"])
+    recorded = _read_yaml(LANGUAGES_DIR / f"{code}.yaml").get("low_resource")
+    return None if recorded is None else bool(recorded)
+
+
+REPORT_IGNORED: tuple[str, ...] = (
+    "paths",
+    "task_name",
+    "evaluation.languages",
+    "evaluation.keep_embeddings",
+    "negatives.pool.threads",
+)
+"""Keys of a run's identity (:func:`mdr.utils.config_identity.canonical_config`) that cannot change one row's
+numbers: where files live (values under a ``paths.*`` folder are written ``${paths.<key>}/...`` first), the
+task's name, which other languages the job evaluated, whether it kept its embeddings and the BM25 threads (no
+part of a pool's cache key either)."""
+UNTRAINED_IGNORED: tuple[str, ...] = ("train", "negatives", "loss", "trainer", "stage", "language")
+"""Keys that cannot change the numbers of a run that trained nothing (zero-shot: the cell's stage and language
+say what was evaluated)."""
+UNMINED_IGNORED: tuple[str, ...] = ("negatives.pool", "negatives.denoise", "negatives.strict")
+"""Keys that cannot change the numbers of a one-stage run that drew no hard negative (nothing is mined)."""
+
+
+def comparable_config(job: Path, metrics: dict[str, Any], config: dict[str, Any]) -> dict[str, Any] | None:
+    """Dotted key -> value of the job's config as two runs of one cell and seed are compared.
+
+    The run folder's identity (``run_folder.json``'s config, else ``config.yaml``, canonicalised again:
+    ``1`` and ``1.0`` are one value, keys at their neutral default and policy keys such as ``run.*``,
+    ``logger.*`` and ``hydra`` left out) less :data:`REPORT_IGNORED`, :data:`UNTRAINED_IGNORED` for a run that
+    trained nothing and :data:`UNMINED_IGNORED` for a one-stage run without hard negatives; a key set to null
+    (or an empty section) counts as absent. None when the job has neither file.
+    """
+    source: Any = None
+    record = job / "run_folder.json"
+    if record.is_file():
+        try:
+            source = json.loads(record.read_text(encoding="utf-8")).get("config")
+        except (OSError, ValueError, AttributeError):
+            source = None
+    if not isinstance(source, dict) or not source:
+        source = config
+    if not source:
+        return None
+    flat = flatten_config(canonical_config(source))
+    roots = sorted(
+        (
+            (key, value.rstrip("/"))
+            for key, value in flat.items()
+            if key.startswith("paths.") and isinstance(value, str)
+        ),
+        key=lambda item: -len(item[1]),
+    )
+    ignored = list(REPORT_IGNORED)
+    if not isinstance(metrics.get("train"), dict):
+        ignored += UNTRAINED_IGNORED
+    elif not used_hard_negatives(metrics) and proportion_stages(metrics) is None:
+        ignored += UNMINED_IGNORED
+    compared: dict[str, Any] = {}
+    for key, value in flat.items():
+        if value is None or value == {} or any(key == prefix or key.startswith(prefix + ".") for prefix in ignored):
+            continue
+        for name, root in roots:
+            if root and isinstance(value, str) and (value == root or value.startswith(root + "/")):
+                value = "${" + name + "}" + value[len(root) :]
+                break
+        compared[key] = value
+    return compared
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -215,9 +303,10 @@ def collect(sweep_dirs: Path | str | list[Path] | list[str]) -> tuple[pd.DataFra
     """(completed runs, problems) of one sweep folder or several analysed as one.
 
     ``problems`` lists, one row each, jobs that failed, are missing, are invalid (metrics.json disagrees with the
-    job's own overrides or config, or a per-query file is bad: the error names the file) and duplicates (the
-    same config, or the same cell and seed, as a run kept earlier; see :func:`drop_duplicates`). Only completed,
-    valid, first-seen runs are in the results.
+    job's own overrides or config, a per-query file is bad: the error names the file, or the job ran the cell and
+    seed of a run kept earlier with another setting of a key the cell does not show) and duplicates (the same
+    config as a run kept earlier; see :func:`drop_duplicates`). Only completed, valid, first-seen runs are in the
+    results.
     """
     dirs = [Path(d) for d in sweep_dirs] if isinstance(sweep_dirs, list) else [Path(sweep_dirs)]
     qualify = len(dirs) > 1  # several sweep folders: a job is named <sweep folder>/<job folder>
@@ -230,6 +319,7 @@ def collect(sweep_dirs: Path | str | list[Path] | list[str]) -> tuple[pd.DataFra
     rows, invalid = check_per_query(rows)
     rows, duplicates = drop_duplicates(rows)
     problems += invalid + duplicates
+    rows = [{key: value for key, value in row.items() if not key.startswith("_")} for row in rows]
     return pd.DataFrame(rows), pd.DataFrame(problems, columns=PROBLEM_COLUMNS)
 
 
@@ -277,6 +367,7 @@ def _collect_one(sweep_dir: Path, prefix: str) -> tuple[list[dict[str, Any]], li
             mask, denoised = run_variant(metrics, config)
             stages = proportion_stages(metrics)
             miner = run_miner(metrics, config)
+            compared = comparable_config(job, metrics, config)
             found = []
             for evaluated in evaluations(metrics):  # a row per (job, evaluation language)
                 per_query = per_query_path(job, evaluated["per_query_file"])
@@ -287,7 +378,7 @@ def _collect_one(sweep_dir: Path, prefix: str) -> tuple[list[dict[str, Any]], li
                         "language": evaluated["language"],
                         "variant": variant_name(mask, denoised, stages, miner),
                         **{name: scores[name] for name in scores if "@" in name},  # mrr@10 at depth 10
-                        "low_resource": evaluated.get("low_resource"),
+                        "low_resource": low_resource(evaluated, config),
                         "num_queries": evaluated["num_queries"],
                         "mask_false_negatives": mask,
                         "denoised": denoised,
@@ -299,6 +390,7 @@ def _collect_one(sweep_dir: Path, prefix: str) -> tuple[list[dict[str, Any]], li
                         "config_hash": _config_hash(job),
                         "job": name,
                         "per_query_file": str(per_query),
+                        "_config": compared,  # what drop_duplicates compares; not a results column
                     }
                 )
             rows += found
@@ -505,20 +597,39 @@ def check_per_query(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], l
 def _cell_key(row: dict[str, Any]) -> tuple[Any, ...]:
     proportion = row.get("hard_proportion")
     p = None if proportion is None or pd.isna(proportion) else round(float(proportion), 9)
-    return (*(row.get(key) for key in ("model", "stage", "language", "variant")), p, row.get("depth"), row.get("data"))
+    named = (row.get(key) for key in ("model", "stage", "language", "variant"))
+    return (*named, p, row.get("depth"), row.get("data"), row.get("split"))
+
+
+def _differences(earlier: dict[str, Any], later: dict[str, Any]) -> list[str]:
+    """``key=<earlier> (<earlier job>) vs <later>`` for every compared key whose value differs between two rows'
+    configs (:func:`comparable_config`); empty when they agree or either config is unknown."""
+    first, second = earlier.get("_config"), later.get("_config")
+    if first is None or second is None:
+        return []
+    absent = "<absent>"
+    return [
+        f"{key}={first.get(key, absent)!r} ({earlier['job']}) vs {second.get(key, absent)!r}"
+        for key in sorted(set(first) | set(second))
+        if first.get(key, absent) != second.get(key, absent)
+    ]
 
 
 def drop_duplicates(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(rows counted once, a ``duplicate`` problem per row left out).
+    """(rows counted once, a problem per row left out: ``duplicate`` or ``invalid``).
 
     A row is a duplicate of a row kept before it (sweep folders in the order given, job folders by name) when
     both jobs have the same config hash (``run_folder.json``: one config run twice, e.g. ``p=0`` and ``p=0.0``,
     or a folder copied under another name) or the same cell and seed (model, stage, language, variant, p,
-    depth, data, seed) from configs that differ in a key the cell does not show. The first is kept; the problem
-    row names it and both MRR@100 values.
+    depth, data, split, seed) from configs that agree on every key that can change the row's numbers
+    (:func:`comparable_config`: e.g. another ``paths.data_dir``, or no ``run_folder.json``). The first is kept;
+    the problem row names it and both MRR@100 values. The same cell and seed from a config that differs in such
+    a key (``negatives.num_negatives``, ``train.learning_rate``, ``trainer.max_epochs``, ...) is another
+    experiment the cell cannot show: the later row is ``invalid`` (not counted), its error names the keys and
+    both values.
     """
     kept: list[dict[str, Any]] = []
-    duplicates: list[dict[str, Any]] = []
+    problems: list[dict[str, Any]] = []
     by_hash: dict[tuple[str, Any], dict[str, Any]] = {}
     by_cell: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in rows:
@@ -531,12 +642,31 @@ def drop_duplicates(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], l
             if row.get("config_hash"):
                 by_hash[(row["config_hash"], row["language"])] = row
             continue
-        reason = (
-            "the same config (run_folder.json config hash)"
-            if same_config is not None
-            else "the same cell and seed from another config"
-        )
-        duplicates.append(
+        differences = [] if same_config is not None else _differences(earlier, row)
+        if differences:
+            shown = "; ".join(differences[:6]) + (
+                f"; ... and {len(differences) - 6} more" if len(differences) > 6 else ""
+            )
+            problems.append(
+                {
+                    "job": row["job"],
+                    "status": "invalid",
+                    "error": f"{row['language']}: the same cell and seed as {earlier['job']} from a config that "
+                    f"differs in {len(differences)} key(s) the cell does not show ({shown}): not counted. A cell is "
+                    "(model, stage, language, variant, p, depth, data, split) and the variant shows only masking, "
+                    "denoising, p_stages and the miner, so these runs cannot share a table: aggregate each "
+                    "setting's sweep folders on their own (python -m mdr.reporting.aggregate DIR --out OUT)",
+                    "overrides": "",
+                }
+            )
+            continue
+        if same_config is not None:
+            reason = "the same config (run_folder.json config hash)"
+        elif earlier.get("_config") is None or row.get("_config") is None:
+            reason = "the same cell and seed (a config.yaml to compare is missing)"
+        else:
+            reason = "the same cell and seed from a config that differs in no key that changes results"
+        problems.append(
             {
                 "job": row["job"],
                 "status": "duplicate",
@@ -546,9 +676,15 @@ def drop_duplicates(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], l
                 "overrides": "",
             }
         )
+    duplicates = sum(problem["status"] == "duplicate" for problem in problems)
     if duplicates:
-        log.warning("%d duplicate run(s) counted once: see the duplicates list", len(duplicates))
-    return kept, duplicates
+        log.warning("%d duplicate run(s) counted once: see the duplicates list", duplicates)
+    if len(problems) > duplicates:
+        log.warning(
+            "%d run(s) of a cell and seed kept from another config not counted: see the invalid runs",
+            len(problems) - duplicates,
+        )
+    return kept, problems
 
 
 def _failure_message(path: Path) -> str:

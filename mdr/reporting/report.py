@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from mdr.reporting.analysis import ALPHA, EQUIVALENCE_MARGIN, SECOND_METRIC, Analysis, same_proportion
+from mdr.reporting.analysis import ALPHA, EQUIVALENCE_MARGIN, SECOND_METRIC, Analysis, resource_class, same_proportion
 from mdr.reporting.collect import DEFAULT_VARIANT, METRIC
 
 
@@ -52,7 +52,7 @@ def markdown_report(analysis: Analysis) -> str:
                 second = row.get(f"mean_{SECOND_METRIC}")
                 second_text = "" if second is None or pd.isna(second) else f" / {second:.4f}"
                 texts.append(f"{row['mean']:.4f}{spread}{mark}{second_text} (n={row.n})")
-            low = " (low-resource)" if rows.low_resource.iloc[0] else ""
+            low = " (low-resource)" if resource_class(rows.low_resource) else ""
             lines.append(f"| {language}{low} | {variant} | " + " | ".join(texts) + " |")
         lines.append("")
     lines += [
@@ -200,7 +200,7 @@ def schedules_markdown(comparison: pd.DataFrame) -> str:
                 spread = f" ± {row['std']:.4f}" if row.n > 1 else ""
                 mark = "*" if "p_holm" in row and not pd.isna(row.p_holm) and row.p_holm < ALPHA else ""
                 texts.append(f"{row['mean']:.4f}{spread}{mark} (n={row.n})")
-            low = " (low-resource)" if rows.low_resource.iloc[0] else ""
+            low = " (low-resource)" if resource_class(rows.low_resource) else ""
             lines.append(f"| {language}{low} | " + " | ".join(texts) + " |")
         lines.append("")
     tested = comparison[comparison.schedule != comparison.reference] if "p_value" in comparison else comparison[:0]
