@@ -453,7 +453,7 @@ def evaluate_and_report(
         "hard_proportion": float(cfg.negatives.hard_proportion) if trained_any(cfg) else None,
         "num_negatives": int(cfg.negatives.num_negatives) if trained_any(cfg) else None,
         "seed": int(cfg.seed),
-        "split": cfg.evaluation.split,
+        "split": cfg.data.test_split,  # the split read (evaluation.split, which validation checks, follows it)
         "depth": int(evaluation.depth),  # what the measures were computed over: mrr@10 at depth 10
         "num_queries": result.num_queries,
         "metrics": result.metrics,

@@ -179,6 +179,13 @@ def _labels(check: _Checker) -> None:
                     f"stage.stages is empty, so nothing would be trained, but stage.name is {name!r}: the run would be "
                     f"recorded as {name!r}; use stage={ZERO_SHOT} to evaluate the starting model as it is"
                 )
+    if check.has("evaluation") and check.has("data"):
+        label, evaluated = check.value("evaluation.split"), check.value("data.test_split")
+        if label not in (_ABSENT, None) and evaluated not in (_ABSENT, None) and str(label) != str(evaluated):
+            check.problems.append(
+                f"evaluation.split={label} but data.test_split={evaluated} is the split evaluated: metrics.json would "
+                f"label {evaluated} results as {label}; set data.test_split={label} (evaluation.split follows it)"
+            )
     k, proportion = check.value("negatives.num_negatives"), check.value("negatives.hard_proportion")
     if k == 0 and isinstance(proportion, (int, float)) and not isinstance(proportion, bool) and proportion > 0:
         check.problems.append(

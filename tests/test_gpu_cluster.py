@@ -335,3 +335,5 @@ def test_job_folder_names_hold_no_path_and_one_spelling_per_number() -> None:
     assert "/" not in long.subdir and len(long.subdir.encode()) <= MAX_NAME
     excluded = _sweep_config("trainer=ddp", "launcher=local", "seed=1").hydra.sweep.subdir
     assert excluded == "seed=1", "hydra.job.config.override_dirname.exclude_keys still apply"
+    logged = _sweep_config("logger.wandb.enabled=false", "logger.progress.every_n_steps=10", "seed=1").hydra.sweep
+    assert logged.subdir == "seed=1", "logger.* settings change no result: not another job folder"

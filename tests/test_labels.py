@@ -106,6 +106,7 @@ def _refuses_before_work(cfg: Any, monkeypatch: pytest.MonkeyPatch, message: str
         (["seed=-1"], r"seed must be an integer >= 0, got -1"),
         ([f"seed={2**32}"], r"seed must be an integer in \[0, 4294967295\], got 4294967296"),
         (["evaluation.depth=5"], r"evaluation.depth must be an integer >= 10, got 5"),
+        (["evaluation.split=dev"], r"evaluation.split=dev but data.test_split=test is the split evaluated"),
     ],
 )
 def test_configs_recorded_as_something_else_are_refused_naming_their_key(

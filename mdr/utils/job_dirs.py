@@ -33,13 +33,20 @@ def _value_text(value: Any, typed: str) -> str:
     return text
 
 
+def excluded(key: str, exclude_keys: Sequence[str]) -> bool:
+    """Whether ``key`` is left out of a job folder name: named in ``exclude_keys``, or under an entry ``prefix.*``
+    (``logger.*``: W&B and CSV settings change no result, so they do not make another job folder)."""
+    return any(key == entry or (entry.endswith(".*") and key.startswith(entry[:-1])) for entry in exclude_keys)
+
+
 def job_dirname(overrides: Sequence[str], exclude_keys: Sequence[str] = ()) -> str:
-    """A job's folder name from its overrides (``hydra.overrides.task``), leaving out ``exclude_keys`` as Hydra does."""
+    """A job's folder name from its overrides (``hydra.overrides.task``), leaving out ``exclude_keys`` as Hydra does
+    (and every key under an entry ``prefix.*``)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     lines = []
     for override in OverridesParser.create().parse_overrides([str(item) for item in overrides]):
-        if override.key_or_group in exclude_keys:
+        if excluded(override.key_or_group, exclude_keys):
             continue
         line = str(override.input_line)
         key, _, typed = line.partition("=")
