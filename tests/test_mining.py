@@ -228,7 +228,11 @@ def test_killed_pyserini_mining_leaves_no_child_and_no_temp_folder(
     script = (
         "from mdr.data.readers import LocalReader\n"
         "from mdr.mining.lucene import pyserini_pools\n"
+        "import dataclasses\n"
         f"split = LocalReader({str(XQUAD_SENT / 'hi')!r}, 'hi').load('train')\n"
+        "copies = lambda table: {f'{key}~{i}': value for i in range(40) for key, value in table.items()}\n"
+        # 40 x 555 queries: the child still searches when the signal comes, however idle the machine
+        "split = dataclasses.replace(split, queries=copies(split.queries), qrels=copies(split.qrels))\n"
         "pyserini_pools(split, 'hi', 20, threads=1)\n"
         "print('finished', flush=True)\n"
     )
@@ -243,6 +247,7 @@ def test_killed_pyserini_mining_leaves_no_child_and_no_temp_folder(
         assert children, f"pyserini child never started: {parent.communicate()[1][-2000:]!r}"
         assert list(tmp.glob("mdr-lucene-*")), "the temp folder should exist while the child runs"
         time.sleep(1.0)  # the JVM is up and working
+        assert parent.poll() is None, "mining finished before the signal: the test needs more work for the child"
         parent.send_signal(sig)
         _, stderr = parent.communicate(timeout=60)
     finally:
