@@ -230,8 +230,8 @@ def test_killed_pyserini_mining_leaves_no_child_and_no_temp_folder(
         "from mdr.mining.lucene import pyserini_pools\n"
         "import dataclasses\n"
         f"split = LocalReader({str(XQUAD_SENT / 'hi')!r}, 'hi').load('train')\n"
-        "copies = lambda table: {f'{key}~{i}': value for i in range(40) for key, value in table.items()}\n"
-        # 40 x 555 queries: the child still searches when the signal comes, however idle the machine
+        "copies = lambda table: {f'{key}~{i}': value for i in range(200) for key, value in table.items()}\n"
+        # 200 x 555 queries: the child still searches when signalled, even with the index cached by an earlier test
         "split = dataclasses.replace(split, queries=copies(split.queries), qrels=copies(split.qrels))\n"
         "pyserini_pools(split, 'hi', 20, threads=1)\n"
         "print('finished', flush=True)\n"
