@@ -237,23 +237,25 @@ def test_killed_pyserini_mining_leaves_no_child_and_no_temp_folder(
         "print('finished', flush=True)\n"
     )
     env = {**os.environ, "TMPDIR": str(tmp), "MDR_CACHE_DIR": str(cache_dir)}
-    parent = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = tmp_path / "parent.log"  # a file, not a pipe: waiting on the parent never waits on whoever holds a pipe
+    with log.open("wb") as output:
+        parent = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=output, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 120
         children: list[int] = []
         while time.time() < deadline and not children and parent.poll() is None:
             children = _children(parent.pid)
             time.sleep(0.2)
-        assert children, f"pyserini child never started: {parent.communicate()[1][-2000:]!r}"
+        assert children, f"pyserini child never started: {log.read_text(errors='replace')[-2000:]!r}"
         assert list(tmp.glob("mdr-lucene-*")), "the temp folder should exist while the child runs"
         time.sleep(1.0)  # the JVM is up and working
         assert parent.poll() is None, "mining finished before the signal: the test needs more work for the child"
         parent.send_signal(sig)
-        _, stderr = parent.communicate(timeout=60)
+        parent.wait(timeout=60)
     finally:
         if parent.poll() is None:
             parent.kill()
-    assert parent.returncode != 0 and b"finished" not in stderr
+    assert parent.returncode != 0 and "finished" not in log.read_text(errors="replace")
     if sig == signal.SIGTERM:
         assert parent.returncode == 128 + signal.SIGTERM
     deadline = time.time() + 10  # SIGKILL: the kernel kills the child (PR_SET_PDEATHSIG); init reaps it
