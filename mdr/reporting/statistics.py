@@ -175,12 +175,13 @@ def _pooled_seed_terms(
     where a group's weights do not sum to zero (its seed effect does not cancel)."""
     terms = []
     seeds = len(key)
-    groups = dict.fromkeys(cell.group for cell, _ in active if tuple(sorted(cell.seeds)) == key)
-    for group in groups:
-        weights = [w for cell, w in active if cell.group == group and tuple(sorted(cell.seeds)) == key]
+    block = [(cell, w) for cell, w in active if tuple(sorted(cell.seeds)) == key]
+    members = [cell for cell in cells if tuple(sorted(cell.seeds)) == key]
+    for group in dict.fromkeys(cell.group for cell, _ in block):
+        weights = [w for cell, w in block if cell.group == group]
         if abs(sum(weights)) > 1e-9 * sum(abs(w) for w in weights):
             return None
-        family = [cell for cell in cells if cell.group == group and tuple(sorted(cell.seeds)) == key]
+        family = [cell for cell in members if cell.group == group]
         squares = sum(w * w for w in weights)
         terms.append((squares * seed_interaction_mean_square(family) / seeds, float((len(family) - 1) * (seeds - 1))))
     return terms
