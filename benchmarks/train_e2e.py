@@ -4,7 +4,8 @@ own trainer (SentenceTransformerTrainer + MultipleNegativesRankingLoss) on the s
 Both sides train on mdr's epoch examples (same queries, positives and k negatives per query, in the order of mdr's
 seeded shuffle), with the same batch size, truncation lengths, prefixes, precision, AdamW settings, linear warm-up
 schedule and gradient clipping. Each side runs in its own process (so peak memory is its own) and timestamps every
-optimiser step; seconds per step are the mean interval after the first two steps. Prints one JSON line.
+optimiser step; seconds per step are the mean interval after the first two steps, and `*_median_*` the median
+interval (the steady state where a shared machine stalls a few steps; fastest run of each side). Prints one JSON line.
 sentence-transformers truncates queries and passages at mdr's two lengths through its per-task ``query_length`` /
 ``document_length`` (``router_mapping`` names the anchor column "query"); its trainer needs ``accelerate``.
 
@@ -32,6 +33,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -148,6 +150,7 @@ def compose_cfg(args: argparse.Namespace, out: Path, mask: bool, epochs: int, ma
         overrides.append("train.gradient_checkpointing=true")
     if args.torch_dropout:
         overrides.append("train.fast_dropout=false")
+    overrides += args.mdr_override or []
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
 
@@ -197,13 +200,17 @@ def real_tokens(batches: list[list[Any]], corpus: Any, settings: Any, tokenizer:
 
 
 def steady_state(stamps: list[float], tokens: list[int]) -> dict[str, Any]:
-    """Mean seconds per step after the first two, and real tokens/s over the same steps."""
+    """Mean and median seconds per step after the first two, and real tokens/s over the same steps.
+
+    The median is the steady state where a shared machine stalls a few steps of a run (both sides alike).
+    """
     if len(stamps) < 3:
         return {"seconds": None, "tokens_per_s": None, "steps_timed": 0, "step_seconds": _intervals(stamps)}
     window = stamps[-1] - stamps[1]
     timed = len(stamps) - 2
     return {
         "seconds": window / timed,
+        "median_seconds": statistics.median(b - a for a, b in zip(stamps[1:], stamps[2:])),
         "tokens_per_s": sum(tokens[2 : len(stamps)]) / window,
         "tokens_per_step": sum(tokens[2 : len(stamps)]) / timed,
         "steps_timed": timed,
@@ -532,6 +539,8 @@ def child(args: argparse.Namespace, side: str, **changes: Any) -> dict[str, Any]
             command += [f"--{key.replace('_', '-')}", str(settings[key])]
     if settings.get("max_steps") is not None:
         command += ["--max-steps", str(settings["max_steps"])]
+    for override in settings.get("mdr_override") or []:
+        command += ["--mdr-override", override]
     for flag in ("gradient_checkpointing", "evaluate", "mask_microbench", "torch_dropout"):
         if settings.get(flag):
             command.append(f"--{flag.replace('_', '-')}")
@@ -626,6 +635,11 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
         "mdr_seconds": _round(mdr["seconds"]),
         "st_seconds": _round(st["seconds"]),
         "mdr_over_st": _round(st["seconds"] / mdr["seconds"], 3),
+        "mdr_median_seconds": _round(min(run["median_seconds"] for run in mdr_runs)),
+        "st_median_seconds": _round(min(run["median_seconds"] for run in st_runs)),
+        "mdr_over_st_median": _round(
+            min(run["median_seconds"] for run in st_runs) / min(run["median_seconds"] for run in mdr_runs), 3
+        ),
         "mdr_cpu_seconds": _round(mdr["cpu_seconds"]),
         "st_cpu_seconds": _round(st["cpu_seconds"]),
         "mdr_steps_per_s": _round(1 / mdr["seconds"], 3),
@@ -760,6 +774,7 @@ def main() -> None:
     parser.add_argument("--passage-length", type=int, default=None, help="override model.passage_max_length")
     parser.add_argument("--chunk-tokens", type=int, default=None, help="override train.chunk_tokens (mdr side)")
     parser.add_argument("--torch-dropout", action="store_true", help="train.fast_dropout=false (mdr side)")
+    parser.add_argument("--mdr-override", action="append", help="a Hydra override of mdr's side (repeatable)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="OMP/torch threads of both sides (default: torch's)")
     parser.add_argument("--st-optim", default=None, help="TrainingArguments.optim (default: transformers' default)")

@@ -39,6 +39,7 @@ from mdr.stages import (
     train_cached_stages,
     trains_on_target,
 )
+from mdr.utils.allocator import retain_freed_memory
 from mdr.utils.environment import device_name, faiss_version
 from mdr.utils.instantiate import build_reader, encoder_settings, ensure_model_files
 from mdr.utils.io import atomic_write_json, atomic_write_text
@@ -299,6 +300,7 @@ def fit(
         settings.passage_prefix,
         chunk_size=int(grad_cache.chunk_size) if grad_cache.enabled else None,
         chunk_tokens=int(cfg.train.chunk_tokens),
+        token_cache=int(cfg.train.token_cache),
     )
     if cfg.train.gradient_checkpointing:
         encoder.gradient_checkpointing_enable()
@@ -336,6 +338,11 @@ def fit(
         plugins.append(SLURMEnvironment(auto_requeue=False))  # submitit requeues and the rerun resumes
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_args["precision"] = resolve_precision(trainer_args["precision"], str(trainer_args["accelerator"]))
+    if str(trainer_args["accelerator"]) == "cpu" and retain_freed_memory(int(cfg.train.cpu_malloc_retain_mb)):
+        log.info(
+            "train.cpu_malloc_retain_mb: glibc keeps up to %s MiB of freed memory for reuse",
+            cfg.train.cpu_malloc_retain_mb,
+        )
     trainer = pl.Trainer(
         **trainer_args,
         default_root_dir=str(out),

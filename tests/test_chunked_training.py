@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from mdr.data.collator import BiEncoderCollator, pack_texts
+from mdr.data.collator import BiEncoderBatch, BiEncoderCollator, pack_texts
 from mdr.data.schema import Passage, TrainingExample
 from mdr.losses import InfoNCELoss
 from mdr.models.bi_encoder import BiEncoder, EncoderSettings, load_tokenizer
@@ -44,6 +46,81 @@ def test_chunks_pad_less_and_unpack_to_the_original_order(tiny_model: Path) -> N
     assert rows.shape == (len(texts), 1)
     lengths = packed.unpack([chunk["attention_mask"].sum(1, keepdim=True).float() for chunk in packed.chunks])
     assert lengths[:, 0].tolist() == padded_once["attention_mask"].sum(1).float().tolist()
+
+
+def _roberta_like(padding_side: str) -> PreTrainedTokenizerFast:
+    """An XLM-R-shaped tokenizer: <s> ... </s>, pad id 1, no token type ids."""
+    words = sorted({word for text in TEXTS for word in text.replace(",", " ").replace("?", " ").split()})
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, **{word: i + 4 for i, word in enumerate(words)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_input_names=["input_ids", "attention_mask"],
+        padding_side=padding_side,
+    )
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta_left_padded"])
+def test_each_chunk_is_what_the_tokenizer_pads_itself(tiny_model: Path, kind: str) -> None:
+    """Chunks are rebuilt from token ids alone: every model input must equal the tokenizer's own padded batch."""
+    tokenizer: PreTrainedTokenizerBase = load_tokenizer(tiny_model) if kind == "bert" else _roberta_like("left")
+    texts = [t * (1 + i % 4) for i, t in enumerate(TEXTS * 2)]
+    packed = pack_texts(tokenizer, texts, max_length=24, chunk_size=3)
+    start = 0
+    for chunk in packed.chunks:
+        rows = packed.order[start : start + len(chunk["input_ids"])].tolist()
+        start += len(rows)
+        expected = tokenizer(
+            [texts[i] for i in rows], padding=True, truncation=True, max_length=24, return_tensors="pt"
+        )
+        assert sorted(chunk) == sorted(expected.keys())
+        for key in chunk:
+            assert torch.equal(chunk[key], expected[key]), (kind, key)
+
+
+class _CountingCorpus(dict):
+    def __init__(self, corpus: dict[str, Passage]) -> None:
+        super().__init__(corpus)
+        self.reads: list[str] = []
+
+    def __getitem__(self, docid: str) -> Passage:
+        self.reads.append(docid)
+        return super().__getitem__(docid)
+
+
+def _same_batch(a: BiEncoderBatch, b: BiEncoderBatch) -> bool:
+    tensors = [(a.passage_ids, b.passage_ids), (a.positive_ids, b.positive_ids)]
+    for one, other in ((a.queries, b.queries), (a.passages, b.passages)):
+        tensors.append((one.order, other.order))
+        if len(one.chunks) != len(other.chunks):
+            return False
+        tensors += [(x[key], y[key]) for x, y in zip(one.chunks, other.chunks) for key in x]
+    return all(torch.equal(x, y) for x, y in tensors)
+
+
+def test_token_cache_tokenises_a_passage_once_and_changes_no_batch(tiny_model: Path) -> None:
+    corpus, examples = _examples(12)
+    tokenizer = load_tokenizer(tiny_model)
+    plain = BiEncoderCollator(tokenizer, corpus, 32, 64, chunk_tokens=64)
+    large, small = _CountingCorpus(corpus), _CountingCorpus(corpus)
+    cached = BiEncoderCollator(tokenizer, large, 32, 64, chunk_tokens=64, token_cache=1000)
+    bounded = BiEncoderCollator(tokenizer, small, 32, 64, chunk_tokens=64, token_cache=4)
+    for batch in (examples[:6], examples[6:], examples[:6], examples[3:9]):
+        expected = plain(batch)
+        assert _same_batch(cached(batch), expected) and _same_batch(bounded(batch), expected)
+        assert len(bounded.token_cache) <= 4
+    assert sorted(large.reads) == sorted(set(large.reads))  # each passage read and tokenised once
+    drawn = {d for e in examples for d in (e.positive, *e.negatives)}
+    assert set(large.reads) == drawn and len(cached.token_cache) == len(drawn)
+    assert len(small.reads) > len(drawn)  # evicted passages are read again, with the same result
 
 
 def _encoder(tiny_model: Path) -> BiEncoder:

@@ -12,6 +12,7 @@ import pytest
 import pytrec_eval
 from omegaconf import OmegaConf
 
+from mdr import pipeline
 from mdr.pipeline import evaluate, run_task, train
 
 from conftest import DATA_DIR, ROOT
@@ -127,11 +128,15 @@ def test_fast_dropout_run_saves_an_encoder_that_loads_and_scores_without_mdr(mak
 
 
 def test_fast_dropout_auto_is_on_for_cpu_training_and_keep_encoder_false_keeps_only_results(
-    make_cfg,
-    tmp_path: Path,  # noqa: ANN001
+    make_cfg,  # noqa: ANN001
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    retained: list[int] = []
+    monkeypatch.setattr(pipeline, "retain_freed_memory", lambda limit_mb: retained.append(limit_mb) or True)
     cfg = make_cfg("run.keep_encoder=false")  # train.fast_dropout=auto by default
     result = run_task(cfg, train)
+    assert retained == [1024], "CPU training keeps freed memory for reuse (train.cpu_malloc_retain_mb)"
     out = Path(cfg.paths.output_dir)
     assert result["train"]["fast_dropout"] is True, "auto: CPU training of an SDPA model draws fast masks"
     for name in ("metrics.json", "config.yaml", "runs/th.trec", "per_query/th.tsv"):

@@ -27,6 +27,8 @@ IGNORED_KEYS: tuple[str, ...] = (
     "trainer.log_every_n_steps",
     "train.num_workers",  # batches are functions of (seed, epoch), whatever process builds them
     "train.checkpoint_every_n_steps",  # a resume from a mid-epoch checkpoint is exact
+    "train.token_cache",  # the same token ids, cached or not
+    "train.cpu_malloc_retain_mb",  # where freed memory goes, not what is computed
     "train.save_encoder",
     "evaluation.batch_size",
     "evaluation.faiss_gpu",  # exact inner-product search either way
