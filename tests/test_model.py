@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,20 @@ def test_separate_towers_are_independent_and_saved_apart(tiny_model: Path, tmp_p
 def test_unknown_model_path_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"model.name_or_path='.*no-such-model' cannot be loaded"):
         BiEncoder.from_pretrained(tmp_path / "no-such-model", EncoderSettings())
+
+
+def test_a_broken_model_folder_names_the_file_at_fault(tiny_model: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # as an interrupted copy leaves it
+    with pytest.raises(
+        ModelLoadError, match=r"is a folder but not a loadable model: its weights \(.*broken/model\.safetensors\)"
+    ):
+        BiEncoder.from_pretrained(broken, EncoderSettings())
+    (broken / "config.json").unlink()
+    with pytest.raises(ModelLoadError, match=r"broken/config\.json is missing"):
+        BiEncoder.from_pretrained(broken, EncoderSettings())
 
 
 def test_bad_pooling_is_rejected() -> None:

@@ -10,6 +10,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -55,11 +56,27 @@ def _load_backbone(name_or_path: str | Path) -> PreTrainedModel:
             return AutoModel.from_pretrained(str(name_or_path), add_pooling_layer=False)
         except TypeError:
             return AutoModel.from_pretrained(str(name_or_path))
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(
+    except (OSError, ValueError, SafetensorError) as error:
+        raise _load_error(name_or_path, error) from error
+
+
+def _load_error(name_or_path: str | Path, error: Exception) -> ModelLoadError:
+    """What is wrong, in the user's terms: a folder here that is not a loadable model names the file at fault."""
+    folder = Path(str(name_or_path))
+    if not folder.is_dir():
+        return ModelLoadError(
             f"model.name_or_path={str(name_or_path)!r} cannot be loaded: not a model folder here "
             f"and not reachable on the Hugging Face hub ({error.__class__.__name__})"
-        ) from error
+        )
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    if not (folder / "config.json").is_file():
+        detail = f"{folder / 'config.json'} is missing"
+    elif isinstance(error, SafetensorError):
+        weights = ", ".join(str(path) for path in sorted(folder.glob("*.safetensors")))
+        detail = f"its weights ({weights}) cannot be read, truncated or not safetensors: {first_line}"
+    else:
+        detail = first_line
+    return ModelLoadError(f"model.name_or_path={str(folder)!r} is a folder but not a loadable model: {detail}")
 
 
 def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
