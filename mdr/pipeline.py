@@ -460,7 +460,7 @@ def evaluate_and_report(
         "hard_proportion": float(cfg.negatives.hard_proportion) if trained_any(cfg) else None,
         "num_negatives": int(cfg.negatives.num_negatives) if trained_any(cfg) else None,
         "seed": int(cfg.seed),
-        "split": cfg.data.test_split,  # the split read (evaluation.split, which validation checks, follows it)
+        "split": published_split(cfg),  # the split read, by its published name (MIRACL's mdr `test` is its dev)
         "depth": int(evaluation.depth),  # what the measures were computed over: mrr@10 at depth 10
         "num_queries": result.num_queries,
         "metrics": result.metrics,
@@ -507,6 +507,12 @@ def trains_on_cpu(cfg: DictConfig) -> bool:
     """Whether ``trainer.accelerator`` puts training on the CPU (``auto`` does where there is no CUDA)."""
     accelerator = str(cfg.trainer.accelerator)
     return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+
+
+def published_split(cfg: DictConfig) -> str:
+    """The split ``data.test_split`` reads, by the name its publisher gives it (``data.reader.split_names``)."""
+    names = OmegaConf.select(cfg, "data.reader.split_names", default=None) or {}
+    return str(names.get(cfg.data.test_split, cfg.data.test_split))
 
 
 def fast_dropout_on(cfg: DictConfig, encoder: BiEncoder) -> bool:

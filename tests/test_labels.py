@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from published_layouts import write_miracl
 
 import mdr.pipeline
 from mdr import run_folder
@@ -82,6 +83,22 @@ def test_evaluation_depth_is_in_the_metric_names_and_in_metrics_json_and_no_embe
     assert full["metrics"]["mrr@100"] >= payload["metrics"]["mrr@10"]
     assert full["metrics"]["recall@100"] >= payload["metrics"]["recall@10"]
     assert full["metrics"]["ndcg@10"] == pytest.approx(payload["metrics"]["ndcg@10"])
+
+
+def test_metrics_json_names_the_split_as_published(make_cfg: Any, tmp_path: Path) -> None:
+    """MIRACL publishes no test labels: mdr's `test` reads its dev split, and metrics.json must say dev."""
+    queries, corpus_repo = write_miracl(tmp_path / "hub")
+    cfg = make_cfg(
+        "data=miracl",
+        "language=sw",
+        f"data.queries_repo={queries}",
+        f"data.corpus_repo={corpus_repo}",
+        config_name="evaluate",
+    )
+    assert run_task(cfg, evaluate)["split"] == "dev"
+    assert json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())["split"] == "dev"
+    xquad = make_cfg(f"paths.output_dir={tmp_path / 'xquad'}", config_name="evaluate")
+    assert mdr.pipeline.published_split(xquad) == "test"
 
 
 # --- labels: configs that would be recorded as what did not run are refused --------------------------------------
