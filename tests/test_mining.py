@@ -226,6 +226,8 @@ def test_killed_pyserini_mining_leaves_no_child_and_no_temp_folder(
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     script = (
+        # Ctrl-C as in a terminal: a test run started in the background (`pytest &`) passes SIGINT on ignored
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from mdr.data.readers import LocalReader\n"
         "from mdr.mining.lucene import pyserini_pools\n"
         "import dataclasses\n"
