@@ -40,7 +40,7 @@ from mdr.stages import (
     trains_on_target,
 )
 from mdr.utils.allocator import retain_freed_memory
-from mdr.utils.environment import device_name, faiss_version
+from mdr.utils.environment import code_version, device_name, faiss_version
 from mdr.utils.instantiate import build_reader, encoder_settings, ensure_model_files
 from mdr.utils.io import atomic_write_json, atomic_write_text
 from mdr.utils.logging import get_logger
@@ -466,6 +466,7 @@ def evaluate_and_report(
         "metrics": result.metrics,
         "run_file": f"runs/{primary}.trec",
         "per_query_file": f"per_query/{primary}.tsv",
+        "code": code_version(),  # mdr's git commit (dirty: uncommitted changes) and package versions
         "evaluation": {
             "autocast": str(autocast).removeprefix("torch.") if autocast else None,
             "fp16_index": bool(evaluation.get("fp16_index", False)),

@@ -6,9 +6,11 @@ removed, and checkpoints written atomically in their own folder."""
 from __future__ import annotations
 
 import errno
+import importlib.metadata
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,11 @@ def test_evaluation_depth_is_in_the_metric_names_and_in_metrics_json_and_no_embe
     assert (out / "per_query" / "th.tsv").read_text().splitlines()[0] == "query_id\tmrr@10\tndcg@10\trecall@10"
     assert payload["metrics"]["mrr@10"] == stored["metrics"]["mrr@10"]
     assert not (out / "embeddings").exists(), "a finished run keeps no (empty) embeddings/ folder"
+    root = Path(mdr.pipeline.__file__).resolve().parents[1]
+    if (root / ".git").exists():  # the code that produced it: mdr's commit, and the packages that compute
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+        assert stored["code"]["commit"] == head.strip() and isinstance(stored["code"]["dirty"], bool)
+    assert stored["code"]["packages"]["torch"] == importlib.metadata.version("torch")
 
     deep = make_cfg("evaluation.depth=100", f"paths.output_dir={out.parent / 'deep'}", config_name="evaluate")
     full = run_task(deep, evaluate)

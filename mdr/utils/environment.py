@@ -19,8 +19,10 @@ import json
 import os
 import platform
 import re
+import subprocess
 import sys
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 FAISS_DISTRIBUTIONS = ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu11", "faiss-gpu-cu12", "faiss-gpu-cu13", "faiss")
@@ -170,6 +172,36 @@ def device_name(device: Any) -> str:
     if device.type == "cuda":
         return str(torch.cuda.get_device_name(device))
     return cpu_name()
+
+
+def code_version() -> dict[str, Any]:
+    """The code a run ran: mdr's git commit (and whether the checkout had uncommitted changes to tracked files)
+    where mdr runs from a git checkout, else None; and the versions of the packages that compute a result."""
+    root = Path(__file__).resolve().parents[2]
+    commit: str | None = None
+    dirty: bool | None = None
+    if (root / ".git").exists():
+        try:
+            commit = subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
+            status = subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout
+            dirty = bool(status.strip())
+        except (OSError, subprocess.SubprocessError):
+            commit, dirty = None, None
+    packages = {}
+    for name in ("torch", "transformers", "lightning"):
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            packages[name] = None
+    return {"commit": commit, "dirty": dirty, "packages": packages}
 
 
 def faiss_version() -> str | None:
