@@ -338,7 +338,7 @@ def fit(
         plugins.append(SLURMEnvironment(auto_requeue=False))  # submitit requeues and the rerun resumes
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_args["precision"] = resolve_precision(trainer_args["precision"], str(trainer_args["accelerator"]))
-    if str(trainer_args["accelerator"]) == "cpu" and retain_freed_memory(int(cfg.train.cpu_malloc_retain_mb)):
+    if trains_on_cpu(cfg) and retain_freed_memory(int(cfg.train.cpu_malloc_retain_mb)):
         log.info(
             "train.cpu_malloc_retain_mb: glibc keeps up to %s MiB of freed memory for reuse",
             cfg.train.cpu_malloc_retain_mb,
