@@ -68,6 +68,7 @@ from mdr.utils.cache import (
     write_folder_manifest,
 )
 from mdr.utils.config_compat import drop_neutral_defaults
+from mdr.utils.config_identity import IGNORED_KEYS
 from mdr.utils.instantiate import build_reader, ensure_model_files
 from mdr.utils.io import atomic_write_json
 from mdr.utils.logging import get_logger
@@ -93,8 +94,9 @@ TRAINER_KEYS_IGNORED = (
 """Trainer settings left out of a stage key: epochs and the resolved precision are keyed apart, and a cached
 stage is always trained by one process on one device (:func:`cached_stage`), so a DDP run reuses it."""
 
-TRAIN_KEYS_IGNORED = ("num_workers", "save_encoder", "checkpoint_every_n_steps")
-"""``train`` settings left out of a stage key: none changes the encoder (a mid-epoch resume is exact)."""
+TRAIN_KEYS_IGNORED = tuple(key.removeprefix("train.") for key in IGNORED_KEYS if key.startswith("train."))
+"""``train`` settings left out of a stage key: those left out of a run folder's identity
+(:data:`mdr.utils.config_identity.IGNORED_KEYS`), none of which changes the encoder."""
 
 
 # ---- configs --------------------------------------------------------------------------------------------------

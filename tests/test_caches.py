@@ -320,6 +320,20 @@ def test_the_stage_key_holds_the_starting_model_weights_not_its_path(
     assert digests(copy)[0] != digests(tiny_model)[0]
 
 
+def test_the_stage_key_leaves_out_the_settings_a_run_folder_leaves_out(make_cfg: Any) -> None:
+    """Settings that change no weight (the token cache, freed-memory reuse, workers) must not re-train a cached stage,
+    nor make a stage cached before they existed a different one."""
+
+    def digests(*overrides: str) -> list[str]:
+        cfg = make_cfg("stage=english_then_target", *overrides)
+        return [d for _, d in stage_keys(cfg, schedule(cfg), content=False)]
+
+    plain = digests()
+    assert digests("train.token_cache=0", "train.cpu_malloc_retain_mb=0", "train.num_workers=2") == plain
+    assert digests("~train.token_cache", "~train.cpu_malloc_retain_mb") == plain  # as a config made before them
+    assert digests("train.weight_decay=0.02")[0] != plain[0]
+
+
 # ---- locks and staging folders (issue 16 defect 7) ------------------------------------------------------------
 
 
