@@ -348,6 +348,8 @@ def config_problems(cfg: DictConfig) -> list[str]:
         check.number("train.weight_decay", 0.0)
         check.number("train.warmup_ratio", 0.0, 1.0)
         check.choice("train.fast_dropout", ("auto", True, False))
+        check.integer("train.token_cache", 0)
+        check.integer("train.cpu_malloc_retain_mb", 0)
         check.integer("trainer.max_epochs", 1, allowed=(-1,))
         check.number("model.temperature", 0.0, None, low_open=True)
         _negatives(check)  # the stage schedule's own keys are checked by mdr.stages.schedule

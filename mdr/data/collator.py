@@ -144,10 +144,10 @@ class TokenCache:
     """
 
     def __init__(self, size: int) -> None:
+        if size < 0:
+            raise ValueError(f"train.token_cache must be >= 0 (0: no cache), got {size}")
         self.size = size
         self._ids: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -160,8 +160,6 @@ class TokenCache:
                 self._ids.move_to_end(docid)
                 found[docid] = self._ids[docid]
         missing = list(dict.fromkeys(docid for docid in docids if docid not in found))
-        self.hits += len(docids) - len(missing)
-        self.misses += len(missing)
         if missing:
             for docid, ids in zip(missing, tokenize(missing), strict=True):
                 found[docid] = ids
