@@ -511,9 +511,8 @@ def trains_on_cpu(cfg: DictConfig) -> bool:
 
 
 def published_split(cfg: DictConfig) -> str:
-    """The split ``data.test_split`` reads, by the name its publisher gives it (``data.reader.split_names``)."""
-    names = OmegaConf.select(cfg, "data.reader.split_names", default=None) or {}
-    return str(names.get(cfg.data.test_split, cfg.data.test_split))
+    """The split ``data.test_split`` reads, by the name its publisher gives it (the data group's reader says)."""
+    return build_reader(cfg.data).published_split(str(cfg.data.test_split))
 
 
 def fast_dropout_on(cfg: DictConfig, encoder: BiEncoder) -> bool:

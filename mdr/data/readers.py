@@ -61,6 +61,10 @@ class RetrievalReader(Protocol):
         """Return corpus, queries, qrels (and shipped negatives) for ``split``."""
         ...
 
+    def published_split(self, split: str) -> str:
+        """The name under which ``split`` is published (what metrics.json and the report call it)."""
+        ...
+
 
 class Skips:
     """Counts of rows skipped or normalised, with the first place each happened, logged as warnings."""
@@ -268,6 +272,10 @@ class LocalReader:
             self._corpus = Corpus.build_cached(lambda: corpus_rows([path]), [path], PARSER, self.cache_dir)
         return self._corpus
 
+    def published_split(self, split: str) -> str:
+        """The local layout names its splits as mdr does."""
+        return split
+
     def load(self, split: str) -> RetrievalSplit:
         """Load ``split`` (e.g. ``train`` or ``test``)."""
         corpus = self.corpus()
@@ -363,8 +371,8 @@ class _PublishedReader:
             self._corpus = Corpus.build_cached(lambda: corpus_rows(files), files, PARSER, self.cache_dir)
         return self._corpus
 
-    def hub_split(self, split: str) -> str:
-        """The published name of mdr split ``split``."""
+    def published_split(self, split: str) -> str:
+        """The published name of mdr split ``split`` (``split_names``; MIRACL's ``test`` is its ``dev``)."""
         return self.split_names.get(split, split)
 
 
@@ -427,7 +435,7 @@ class MrTydiReader(_PublishedReader):
 
     def load(self, split: str) -> RetrievalSplit:
         """Load ``split``: queries, qrels (every positive at grade 1) and shipped negatives from the rows."""
-        path = self._file("queries", self.queries_file.format(config=self.config, split=self.hub_split(split)))
+        path = self._file("queries", self.queries_file.format(config=self.config, split=self.published_split(split)))
         corpus = self.corpus()
         queries: dict[str, Query] = {}
         first: dict[str, int] = {}
@@ -513,7 +521,7 @@ class MiraclReader(_PublishedReader):
 
     def load(self, split: str) -> RetrievalSplit:
         """Load ``split``: topics, qrels (grades as published) and grade-0 judgements as shipped negatives."""
-        name = self.hub_split(split)
+        name = self.published_split(split)
         base = f"miracl-v1.0-{self.config}"
         topics = self._file("queries", f"{base}/topics/topics.miracl-v1.0-{self.config}-{name}.tsv")
         qrels_path = self._file("queries", f"{base}/qrels/qrels.miracl-v1.0-{self.config}-{name}.tsv")
