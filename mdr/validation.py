@@ -19,6 +19,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from mdr.data.negatives import num_hard
 from mdr.data.schema import DataError, RetrievalSplit
 from mdr.evaluation.metrics import MIN_DEPTH
+from mdr.mining.tokenize import TOKENIZERS, tokenizer_version
 from mdr.utils.instantiate import build_target_problem
 from mdr.utils.logging import get_logger
 
@@ -152,7 +153,15 @@ def _negatives(check: _Checker) -> None:
     check.boolean("negatives.strict")
     pool = "negatives.pool"
     source = check.choice(f"{pool}.source", ("bm25", "dense", "shipped"))
-    check.choice(f"{pool}.backend", ("bm25s", "pyserini"))
+    backend = check.choice(f"{pool}.backend", ("bm25s", "pyserini"))
+    tokenizer = check.choice(f"{pool}.tokenizer", TOKENIZERS)
+    if tokenizer not in (None, "default") and backend == "pyserini":
+        check.problems.append(f"{pool}.tokenizer={tokenizer} is for backend=bm25s (pyserini uses its analyzer)")
+    if tokenizer == "thai_words":
+        try:
+            tokenizer_version(tokenizer)
+        except RuntimeError as error:
+            check.problems.append(str(error))
     depth = check.integer(f"{pool}.depth", 1)
     low = check.integer(f"{pool}.range_min", 0)
     if check.value(f"{pool}.range_max") is not None:

@@ -2,7 +2,7 @@
 # Create .venv and install mdr with everything the demo, the tests and pyserini need. Idempotent.
 #   bash scripts/setup.sh            # CPU machine: torch 2.13.0 (CPU wheel) + faiss-cpu
 #   bash scripts/setup.sh --gpu      # CUDA machine (run it on a GPU node): torch 2.13.0 for CUDA 12 + faiss-gpu
-#   MDR_EXTRAS=dev,pyserini,me5,gpu bash scripts/setup.sh   # the same as --gpu
+#   MDR_EXTRAS=dev,pyserini,me5,thai,gpu bash scripts/setup.sh   # the same as --gpu
 # Exactly one faiss build ends up installed (faiss-cpu and faiss-gpu ship the same files). A GPU install
 # replaces a CPU torch left in a reused venv, and ends by checking that faiss sees as many GPUs as torch
 # (python -m mdr.utils.environment check --want gpu). docs/gpu.md: the supported torch / faiss / CUDA pairing.
@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-EXTRAS=${MDR_EXTRAS:-dev,pyserini,me5}
+EXTRAS=${MDR_EXTRAS:-dev,pyserini,me5,thai}
 WANT=cpu
 for arg in "$@"; do
   case "$arg" in

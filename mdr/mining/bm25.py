@@ -38,7 +38,7 @@ import scipy.sparse as sp
 from mdr.data.schema import Passage, RetrievalSplit
 from mdr.evaluation.corpus_rows import DOCS_PER_BATCH, corpus_batches, corpus_fingerprint, docid_lookup
 from mdr.mining.pools import RawPools, file_lock, from_rankings, retrieval_depth, settings_hash
-from mdr.mining.tokenize import TOKENIZER_VERSION, bm25_tokens
+from mdr.mining.tokenize import TOKENIZER_VERSION, bm25_tokens, tokenizer_version
 from mdr.utils.cache import CacheError, check_manifest, manifest, remove_stale_builds, staging_name, verify_level
 from mdr.utils.io import atomic_write_json
 from mdr.utils.logging import get_logger
@@ -211,11 +211,11 @@ class TokenizedBatch:
     tokens: list[str]
 
 
-def tokenize_batch(texts: Sequence[str]) -> TokenizedBatch:
+def tokenize_batch(texts: Sequence[str], tokenizer: str = "default") -> TokenizedBatch:
     """:func:`bm25_tokens` of every text, counted per document (the Python token lists live only here)."""
     import pandas as pd
 
-    tokens = [bm25_tokens(text) for text in texts]
+    tokens = [bm25_tokens(text, tokenizer) for text in texts]
     lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
     flat = np.fromiter(chain.from_iterable(tokens), dtype=object, count=int(lengths.sum()))
     del tokens
@@ -235,11 +235,13 @@ def tokenize_batch(texts: Sequence[str]) -> TokenizedBatch:
 _POOL_CORPUS: Mapping[str, Passage] | None = None  # the corpus the forked tokenizer processes read from
 
 
-def _tokenize_rows(bounds: tuple[int, int]) -> TokenizedBatch:
-    return tokenize_batch(_POOL_CORPUS.texts(range(*bounds)))  # type: ignore[union-attr]
+def _tokenize_rows(bounds: tuple[int, int], tokenizer: str) -> TokenizedBatch:
+    return tokenize_batch(_POOL_CORPUS.texts(range(*bounds)), tokenizer)  # type: ignore[union-attr]
 
 
-def tokenized_batches(corpus: Mapping[str, Passage], batch_size: int, processes: int = 1) -> Iterator[TokenizedBatch]:
+def tokenized_batches(
+    corpus: Mapping[str, Passage], batch_size: int, processes: int = 1, tokenizer: str = "default"
+) -> Iterator[TokenizedBatch]:
     """The corpus tokenised batch by batch, in row order; in ``processes`` forked workers when > 1.
 
     Workers read their rows from the corpus themselves (``Corpus.texts``: the memory-mapped Arrow file, no text
@@ -248,7 +250,7 @@ def tokenized_batches(corpus: Mapping[str, Passage], batch_size: int, processes:
     global _POOL_CORPUS
     if processes <= 1 or not callable(getattr(corpus, "texts", None)) or len(corpus) <= batch_size:
         for texts in corpus_text_batches(corpus, batch_size):
-            yield tokenize_batch(texts)
+            yield tokenize_batch(texts, tokenizer)
         return
     bounds = [(start, min(start + batch_size, len(corpus))) for start in range(0, len(corpus), batch_size)]
     _POOL_CORPUS = corpus
@@ -256,7 +258,7 @@ def tokenized_batches(corpus: Mapping[str, Passage], batch_size: int, processes:
         with multiprocessing.get_context("fork").Pool(processes) as pool:
             pending: deque = deque()
             for bound in bounds:
-                pending.append(pool.apply_async(_tokenize_rows, (bound,)))
+                pending.append(pool.apply_async(_tokenize_rows, (bound, tokenizer)))
                 if len(pending) >= 2 * processes:
                     yield pending.popleft().get()
             while pending:
@@ -392,6 +394,7 @@ def corpus_index(
     b: float = 0.4,
     docid_of: Callable[[int], str] | None = None,
     threads: int = 1,
+    tokenizer: str = "default",
 ) -> BM25Index:
     """The BM25 index of ``corpus`` under ``<cache_dir>/bm25/``, built there unless built before.
 
@@ -403,7 +406,7 @@ def corpus_index(
     ranks and jobs build it once.
     """
     docid_of = docid_of or docid_lookup(corpus)
-    key = {"corpus": corpus_fingerprint(corpus), "tokenizer": TOKENIZER_VERSION, "index": INDEX_VERSION}
+    key = {"corpus": corpus_fingerprint(corpus), "tokenizer": tokenizer_version(tokenizer), "index": INDEX_VERSION}
     key.update(k1=k1, b=b)
     folder = Path(cache_dir) / "bm25" / settings_hash(key)
     samples = _docid_samples(docid_of, len(corpus))
@@ -419,8 +422,9 @@ def corpus_index(
                     return index
                 log.warning("BM25 index %s does not match the corpus's rows: rebuilding it", folder)
         remove_stale_builds(folder.parent, f".{folder.name}.tmp-*")  # left by killed builds of this host
-        batches = tokenized_batches(corpus, DOCS_PER_BATCH, threads)
-        return build_index(batches, folder, k1, b, {"key": key, "docid_samples": samples})
+        batches = tokenized_batches(corpus, DOCS_PER_BATCH, threads, tokenizer)
+        extra = {"key": key, "docid_samples": samples, "tokenizer": key["tokenizer"]}
+        return build_index(batches, folder, k1, b, extra)
 
 
 def bm25s_search(
@@ -430,6 +434,7 @@ def bm25s_search(
     b: float = 0.4,
     cache_dir: str | Path | None = None,
     threads: int | None = None,
+    tokenizer: str = "default",
 ) -> dict[str, list[tuple[str, float]]]:
     """Top-``depth`` BM25 documents (score > 0) for every query of ``split``, ties broken by docid.
 
@@ -439,12 +444,12 @@ def bm25s_search(
     """
     if cache_dir is None:
         with tempfile.TemporaryDirectory(prefix="mdr-bm25-") as tmp:
-            return bm25s_search(split, depth, k1, b, tmp, threads)
+            return bm25s_search(split, depth, k1, b, tmp, threads, tokenizer)
     threads = threads or default_threads()
     docid_of = docid_lookup(split.corpus)
-    index = corpus_index(split.corpus, cache_dir, k1, b, docid_of, threads)
+    index = corpus_index(split.corpus, cache_dir, k1, b, docid_of, threads, tokenizer)
     query_ids = sorted(split.queries)
-    term_ids = index.token_ids([bm25_tokens(split.queries[q].text) for q in query_ids])
+    term_ids = index.token_ids([bm25_tokens(split.queries[q].text, tokenizer) for q in query_ids])
     started = time.perf_counter()
     found = index.search(term_ids, min(depth, index.num_docs), threads)
     results: dict[str, list[tuple[str, float]]] = {}
@@ -456,8 +461,14 @@ def bm25s_search(
 
 
 def bm25s_pools(
-    split: RetrievalSplit, depth: int, cache_dir: str | Path | None = None, threads: int | None = None
+    split: RetrievalSplit,
+    depth: int,
+    cache_dir: str | Path | None = None,
+    threads: int | None = None,
+    tokenizer: str = "default",
 ) -> RawPools:
     """BM25 candidates per training query with its positives removed (retrieves ``depth`` + positives)."""
-    rankings = bm25s_search(split, retrieval_depth(split, depth), cache_dir=cache_dir, threads=threads)
+    rankings = bm25s_search(
+        split, retrieval_depth(split, depth), cache_dir=cache_dir, threads=threads, tokenizer=tokenizer
+    )
     return from_rankings(split, rankings, depth)

@@ -30,6 +30,8 @@ class PoolSettings:
         range_min / range_max: sample only ranks in [range_min, range_max) of the positive-free ranking.
         margin: drop candidates scoring above (positive score - margin); null: no margin filter.
         encoder: for dense, the encoder folder (a train.py ``encoder/`` or a model folder / hub id).
+        tokenizer: for bm25s, ``default`` (words, character bigrams for unspaced scripts) or ``thai_words``
+            (Thai segmented into dictionary words by PyThaiNLP; :mod:`mdr.mining.tokenize`).
         threads: bm25 indexing / search threads (``None``: the CPUs this process may use, at most 8); not part
             of the cache key (the pool does not depend on it).
     """
@@ -42,6 +44,7 @@ class PoolSettings:
     margin: float | None = None
     encoder: str | None = None
     threads: int | None = None
+    tokenizer: str = "default"
 
 
 def _encoder_identity(path: str, cache_dir: str | Path) -> str:
@@ -74,12 +77,18 @@ def mine(
         key.update(backend=settings.backend, analyzer=analyzer)
         if settings.backend == "bm25s":
             from mdr.mining.bm25 import INDEX_VERSION, bm25s_pools
-            from mdr.mining.tokenize import TOKENIZER_VERSION
+            from mdr.mining.tokenize import tokenizer_version
 
-            key.update(tokenizer=TOKENIZER_VERSION, index=INDEX_VERSION)
+            key.update(tokenizer=tokenizer_version(settings.tokenizer), index=INDEX_VERSION)
             return cached(
                 cache_path(cache_dir, split, language, key),
-                lambda: bm25s_pools(split, settings.depth, cache_dir=cache_dir, threads=settings.threads),
+                lambda: bm25s_pools(
+                    split, settings.depth, cache_dir=cache_dir, threads=settings.threads, tokenizer=settings.tokenizer
+                ),
+            )
+        if settings.tokenizer != "default":
+            raise ValueError(
+                f"negatives.pool.tokenizer={settings.tokenizer!r} is for backend=bm25s (pyserini uses its analyzer)"
             )
         if settings.backend == "pyserini":
             from mdr.mining.lucene import pyserini_pools

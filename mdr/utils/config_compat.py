@@ -14,6 +14,7 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "train.fast_dropout": False,  # added with train.fast_dropout: torch's own dropout, as before
     "train.checkpoint_every_n_steps": None,  # checkpoints at epoch ends only, as before
     "run.stages_only": False,  # a policy key (run.* is no part of a run's identity): the whole run, as before
+    "negatives.pool.tokenizer": "default",  # added for the Thai word arm: mdr's words + bigrams, as before
     "trainer.num_nodes": 1,  # added to conf/trainer: one node, Lightning's default, as before
 }
 
