@@ -421,9 +421,7 @@ def evaluate_and_report(
     use_cuda = torch.cuda.is_available() and cfg.get("trainer", {}).get("accelerator") != "cpu"
     device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
     encoder.to(device)
-    bf16 = evaluation.get("bf16", "auto")
-    if bf16 not in ("auto", True, False):
-        raise ValueError(f"evaluation.bf16 must be auto, true or false, got {bf16!r}")
+    bf16 = evaluation.bf16  # auto | true | false (mdr.validation)
     autocast = autocast_dtype(device) if bf16 == "auto" else (torch.bfloat16 if bf16 else None)
     search = search_device(evaluation.faiss_gpu, torch.cuda.device_count() if use_cuda else 0)
     log.info("evaluation: encoding on %s (%s), faiss searching on %s", device, device_name(device), search)

@@ -51,6 +51,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from mdr.data.checks import test_split_problems
 from mdr.data.schema import DataError, RetrievalSplit
 from mdr.data.union import UnionSplit
 from mdr.mining.pools import fingerprint as split_fingerprint
@@ -72,7 +73,6 @@ from mdr.utils.config_identity import IGNORED_KEYS
 from mdr.utils.instantiate import build_reader, ensure_model_files
 from mdr.utils.io import atomic_write_json
 from mdr.utils.logging import get_logger
-from mdr.validation import validate_splits
 
 log = get_logger(__name__)
 
@@ -846,7 +846,7 @@ def evaluation_splits(cfg: DictConfig, test: RetrievalSplit) -> RetrievalSplit |
     """``test`` when the run is evaluated on its own language only, else language code -> test split.
 
     Each other language's test split is read with the run's data group in that language and checked like the
-    run's own (:func:`mdr.validation.validate_splits`).
+    run's own (:func:`mdr.data.checks.test_split_problems`).
     """
     languages = evaluation_languages(cfg)
     if [str(language.code) for language in languages] == [str(cfg.language.code)]:
@@ -859,7 +859,9 @@ def evaluation_splits(cfg: DictConfig, test: RetrievalSplit) -> RetrievalSplit |
             continue
         other = with_language(cfg, language)
         split = build_reader(other.data).load(other.data.test_split)
-        validate_splits(other, None, split)
+        problems = test_split_problems(split, str(other.data.test_split))
+        if problems:
+            raise DataError(f"evaluation language {code}: {problems[0]}")
         splits[code] = split
     return splits
 

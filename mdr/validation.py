@@ -16,14 +16,11 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from mdr.data.negatives import num_hard
+from mdr.data.checks import test_split_problems, train_split_problems
 from mdr.data.schema import DataError, RetrievalSplit
 from mdr.evaluation.metrics import MIN_DEPTH
 from mdr.mining.tokenize import TOKENIZERS, tokenizer_version
 from mdr.utils.instantiate import build_target_problem
-from mdr.utils.logging import get_logger
-
-log = get_logger(__name__)
 
 _ABSENT = object()
 
@@ -101,6 +98,10 @@ class _Checker:
             return None
         return value
 
+    def optional_integer(self, key: str, minimum: int) -> int | None:
+        """null, or an int >= ``minimum``."""
+        return None if self.value(key) is None else self.integer(key, minimum)
+
     def boolean(self, key: str) -> None:
         """true or false."""
         value = self.value(key)
@@ -172,10 +173,36 @@ def _negatives(check: _Checker) -> None:
             check.problems.append(f"{pool}.range_min ({low}) must be below {pool}.depth ({depth})")
     if check.value(f"{pool}.margin") is not None:
         check.number(f"{pool}.margin")
+    check.optional_integer(f"{pool}.threads", 1)  # null: the CPUs this process may use
+    _denoise(check)
     if source == "dense":  # checked whatever p is, so every cell of a sweep fails alike
         problem = model_source_problem(f"{pool}.encoder", check.value(f"{pool}.encoder"))
         if problem:
             check.problems.append(problem)
+
+
+DENOISE_KEYS = ("enabled", "teacher", "relative_margin", "batch_size")
+
+
+def _denoise(check: _Checker) -> None:
+    """``negatives.denoise`` (absent: off)."""
+    node = check.value("negatives.denoise")
+    if node is _ABSENT or node is None:
+        return
+    if not isinstance(node, DictConfig):
+        check.problems.append(f"negatives.denoise must be a mapping of {list(DENOISE_KEYS)}, got {node!r}")
+        return
+    unknown = sorted(set(node.keys()) - set(DENOISE_KEYS))
+    if unknown:
+        check.problems.append(f"negatives.denoise: unknown keys {unknown} (known: {list(DENOISE_KEYS)})")
+    check.boolean("negatives.denoise.enabled")
+    check.number("negatives.denoise.relative_margin", 0.0, 0.5)
+    check.integer("negatives.denoise.batch_size", 1)
+    teacher = check.value("negatives.denoise.teacher")
+    if teacher is not _ABSENT and (not isinstance(teacher, str) or not teacher.strip()):
+        check.problems.append(
+            f"negatives.denoise.teacher must name a model group (me5_small) or an encoder folder, got {teacher!r}"
+        )
 
 
 def _labels(check: _Checker) -> None:
@@ -204,6 +231,7 @@ def _labels(check: _Checker) -> None:
 
 
 GPU_ACCELERATORS = ("gpu", "cuda")
+WANDB_MODES = ("offline", "online", "shared", "disabled", "dryrun", "run")
 LOCAL_DDP_MULTIRUN = (
     "a multirun (-m) with {devices} processes per node on the {launcher} launcher: Lightning starts the extra ranks "
     "by re-running this command line, sweep and all, so they would train other cells than rank 0. Use "
@@ -337,10 +365,10 @@ def config_problems(cfg: DictConfig) -> list[str]:
     check.choice("model.pooling", ("cls", "mean"))
     check.boolean("model.normalize")
     check.boolean("model.shared")
+    if check.has("run.stages_only"):
+        check.boolean("run.stages_only")
     if check.has("evaluation"):
-        check.integer("evaluation.depth", MIN_DEPTH)  # nDCG@10 needs the top 10; below 100 names mrr@<depth>
-        check.integer("evaluation.batch_size", 1)
-        check.choice("evaluation.faiss_gpu", ("auto", True, False))
+        _evaluation(check)
     checkpoint = check.value("checkpoint") if check.has("checkpoint") else None
     if checkpoint not in (None, _ABSENT):
         problem = model_source_problem("checkpoint", checkpoint, saved_encoder=True)
@@ -352,23 +380,72 @@ def config_problems(cfg: DictConfig) -> list[str]:
     if problem:
         check.problems.append(problem)
     if check.has("train"):  # train.py
-        check.integer("train.batch_size", 1)
-        check.number("train.learning_rate", 0.0, None, low_open=True)
-        check.number("train.weight_decay", 0.0)
-        check.number("train.warmup_ratio", 0.0, 1.0)
-        check.choice("train.fast_dropout", ("auto", True, False))
-        check.integer("train.token_cache", 0)
-        check.integer("train.cpu_malloc_retain_mb", 0)
+        _train(check)
         check.integer("trainer.max_epochs", 1, allowed=(-1,))
+        check.choice("trainer.deterministic", (True, False, "warn"))
         check.number("model.temperature", 0.0, None, low_open=True)
-        _negatives(check)  # the stage schedule's own keys are checked by mdr.stages.schedule
+        _negatives(check)
         _labels(check)
-    if check.value("logger.progress.every_n_steps") is not None:  # null: no step trigger
-        check.integer("logger.progress.every_n_steps", 1)
+    _logger(check)
+    check.problems.extend(launch_problems(cfg))
+    if not check.problems:  # the schedule and the evaluation languages resolve a config whose values are sound
+        check.problems.extend(_resolution_problems(cfg))
+    return check.problems
+
+
+def _train(check: _Checker) -> None:
+    """The ``train`` and ``loss`` groups."""
+    check.integer("train.batch_size", 1)
+    check.number("train.learning_rate", 0.0, None, low_open=True)
+    check.number("train.weight_decay", 0.0)
+    check.number("train.warmup_ratio", 0.0, 1.0)
+    check.choice("train.fast_dropout", ("auto", True, False))
+    check.integer("train.token_cache", 0)
+    check.integer("train.cpu_malloc_retain_mb", 0)
+    check.integer("train.num_workers", 0)
+    check.integer("train.chunk_tokens", 1)
+    check.optional_integer("train.checkpoint_every_n_steps", 1)
+    if check.value("train.gradient_clip_val") is not None:  # null: no clipping
+        check.number("train.gradient_clip_val", 0.0, None, low_open=True)
+    for key in ("train.save_encoder", "train.gradient_checkpointing", "train.grad_cache.enabled"):
+        check.boolean(key)
+    check.integer("train.grad_cache.chunk_size", 1)
+    check.boolean("loss.mask_false_negatives")
+
+
+def _evaluation(check: _Checker) -> None:
+    """The ``evaluation`` group."""
+    check.integer("evaluation.depth", MIN_DEPTH)  # nDCG@10 needs the top 10; below 100 names mrr@<depth>
+    check.integer("evaluation.batch_size", 1)
+    check.choice("evaluation.faiss_gpu", ("auto", True, False))
+    check.choice("evaluation.bf16", ("auto", True, False))
+    check.integer("evaluation.shard_size", 1)
+    check.boolean("evaluation.fp16_index")
+    check.boolean("evaluation.keep_embeddings")
+
+
+def _logger(check: _Checker) -> None:
+    """The ``logger`` group."""
+    check.boolean("logger.csv")
+    check.boolean("logger.wandb.enabled")
+    check.choice("logger.wandb.mode", WANDB_MODES)
+    check.optional_integer("logger.progress.every_n_steps", 1)  # null: no step trigger
     if check.value("logger.progress.every_seconds") is not None:  # null: no time trigger
         check.number("logger.progress.every_seconds", 0.0, None, low_open=True)
-    check.problems.extend(launch_problems(cfg))
-    return check.problems
+
+
+def _resolution_problems(cfg: DictConfig) -> list[str]:
+    """Problems of the stage schedule (:func:`mdr.stages.schedule`) and of the evaluation languages."""
+    from mdr.stages import evaluation_languages, schedule
+
+    problems = []
+    checks = [schedule] + ([evaluation_languages] if OmegaConf.select(cfg, "language.code") is not None else [])
+    for resolve in checks:
+        try:
+            resolve(cfg)
+        except DataError as error:
+            problems.append(str(error))
+    return problems
 
 
 def _fail(problems: list[str]) -> None:
@@ -387,56 +464,20 @@ def validate(cfg: DictConfig) -> None:
     _fail(config_problems(cfg))
 
 
-def _relevant(split: RetrievalSplit) -> dict[str, list[str]]:
-    """query_id -> positives, for the split's queries that have at least one."""
-    return {qid: pos for qid in split.queries if (pos := split.positives(qid))}
-
-
 def split_problems(cfg: DictConfig, train: RetrievalSplit | None, test: RetrievalSplit) -> list[str]:
     """Problems of the loaded data with this config, each naming the config key it concerns."""
-    problems: list[str] = []
-    test_name = OmegaConf.select(cfg, "data.test_split", default="test")
-    judged = _relevant(test)
-    if not judged:
-        problems.append(
-            f"data.test_split={test_name!r}: none of its {len(test.queries)} queries has a relevant passage in "
-            f"the qrels ({len(test.qrels)} judged query ids): there is nothing to evaluate"
-        )
-    elif len(judged) < len(test.queries):
-        missing = len(test.queries) - len(judged)
-        log.info("test split %s: %d of %d queries have no relevant passage", test_name, missing, len(test.queries))
+    problems = test_split_problems(test, str(OmegaConf.select(cfg, "data.test_split", default="test")))
     if train is None:
         return problems
-    train_name = OmegaConf.select(cfg, "data.train_split", default="train")
-    usable = _relevant(train)
-    if not usable:
-        problems.append(
-            f"data.train_split={train_name!r}: none of its {len(train.queries)} queries has a relevant passage: "
-            "nothing to train on"
-        )
-        return problems
-    if len(usable) < len(train.queries):
-        log.warning(
-            "training split %s: %d of %d queries have no relevant passage and are skipped",
-            train_name,
-            len(train.queries) - len(usable),
-            len(train.queries),
-        )
-    k = int(cfg.negatives.num_negatives)
-    worst = max(usable, key=lambda qid: (len(usable[qid]), qid))
-    room = len(train.corpus) - len(usable[worst])
-    if k > room:
-        problems.append(
-            f"negatives.num_negatives={k} is more than the training corpus can supply: it has {len(train.corpus)} "
-            f"passages and query {worst!r} has {len(usable[worst])} positive(s), leaving {room}"
-        )
-    hard = num_hard(float(cfg.negatives.hard_proportion), k)
-    if hard and cfg.negatives.pool.source == "shipped" and not train.shipped_negatives:
-        problems.append(
-            f"negatives.pool.source=shipped but data={cfg.data.name} ships no negative passages for "
-            f"{train_name!r} (use negatives=bm25, or hard_proportion=0)"
-        )
-    return problems
+    negatives = cfg.negatives
+    return problems + train_split_problems(
+        train,
+        str(OmegaConf.select(cfg, "data.train_split", default="train")),
+        int(negatives.num_negatives),
+        float(negatives.hard_proportion),
+        str(negatives.pool.source),
+        str(cfg.data.name),
+    )
 
 
 def validate_splits(cfg: DictConfig, train: RetrievalSplit | None, test: RetrievalSplit) -> None:
