@@ -69,7 +69,7 @@ from mdr.utils.cache import (
     write_folder_manifest,
 )
 from mdr.utils.config_compat import drop_neutral_defaults
-from mdr.utils.config_identity import IGNORED_KEYS
+from mdr.utils.config_identity import left_out
 from mdr.utils.instantiate import build_reader, ensure_model_files
 from mdr.utils.io import atomic_write_json
 from mdr.utils.logging import get_logger
@@ -81,22 +81,14 @@ LANGUAGES_DIR = Path(__file__).resolve().parents[1] / "conf" / "language"
 TARGET = "target"
 """In ``train_on``: the run's own language (``language``) in the run's data group (``data``)."""
 APPLIES_TO = ("last", "all")
-TRAINER_KEYS_IGNORED = (
-    "max_epochs",
-    "precision",
-    "log_every_n_steps",
-    "enable_progress_bar",
-    "enable_model_summary",
-    "devices",
-    "num_nodes",
-    "strategy",
-)
-"""Trainer settings left out of a stage key: epochs and the resolved precision are keyed apart, and a cached
-stage is always trained by one process on one device (:func:`cached_stage`), so a DDP run reuses it."""
-
-TRAIN_KEYS_IGNORED = tuple(key.removeprefix("train.") for key in IGNORED_KEYS if key.startswith("train."))
-"""``train`` settings left out of a stage key: those left out of a run folder's identity
-(:data:`mdr.utils.config_identity.IGNORED_KEYS`), none of which changes the encoder."""
+TRAINER_KEYS_IGNORED = left_out("stage", "trainer")
+"""Trainer settings left out of a stage key (:data:`mdr.utils.config_identity.IDENTITY`): epochs and the resolved
+precision are keyed apart, and a cached stage is always trained by one process on one device (:func:`cached_stage`),
+so a DDP run reuses it."""
+TRAIN_KEYS_IGNORED = left_out("stage", "train")
+"""``train`` settings left out of a stage key: none of them changes the encoder."""
+MODEL_KEYS_IGNORED = left_out("stage", "model")
+"""``model`` settings left out of a stage key: how a local model is built (its weights are keyed by content)."""
 
 
 # ---- configs --------------------------------------------------------------------------------------------------
@@ -437,7 +429,8 @@ def stage_key(
     """
     roots = _roots(cfg)
     settings = _placeholders(_plain(cfg.model), roots)
-    settings.pop("build", None)
+    for key in MODEL_KEYS_IGNORED:
+        settings.pop(key, None)
     settings["name_or_path"] = model if model is not None else model_identity(cfg)
     trainer = {k: v for k, v in _plain(cfg.trainer).items() if k not in TRAINER_KEYS_IGNORED}
     train_on = [

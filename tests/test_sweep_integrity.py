@@ -138,31 +138,60 @@ def test_one_config_in_two_folders_is_counted_once(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("key", "first", "second"),
+    ("key", "first", "second", "label"),
     [
-        ("negatives.num_negatives", 4, 8),
-        ("train.learning_rate", 0.001, 0.0001),
-        ("trainer.max_epochs", 3, 4),
-        ("train.batch_size", 16, 32),
+        ("negatives.num_negatives", 4, 8, "k"),
+        ("train.learning_rate", 0.001, 0.0001, "lr"),
+        ("trainer.max_epochs", 3, 4, "epochs"),
+        ("train.batch_size", 16, 32, "batch_size"),
     ],
 )
-def test_same_cell_and_seed_from_another_setting_is_invalid_not_a_duplicate(
-    tmp_path: Path, key: str, first: float, second: float
+def test_a_sweep_over_a_key_the_cell_does_not_show_gets_one_cell_per_value(
+    tmp_path: Path, key: str, first: float, second: float, label: str
 ) -> None:
-    """Two sweeps of one cell and seed that differ in a key the cell does not show (a sweep over k, the learning
-    rate, epochs or batch size) are two experiments: the table kept the first one's and exited 0."""
+    """Two sweeps of one cell that differ in k, the learning rate, epochs or batch size are one table with a cell
+    per value (the variant names the key). Before, the second value's runs were set aside as invalid."""
     rng = np.random.default_rng(1)
     section, leaf = key.split(".")
     _grid(tmp_path / "a", rng, config={section: {leaf: first}})
     _grid(tmp_path / "b", rng, config={section: {leaf: second}})
     summary = aggregate([tmp_path / "a", tmp_path / "b"], out=tmp_path / "out")
-    assert (summary["completed"], summary["invalid"], summary["duplicates"]) == (4, 4, 0)
-    problems = (tmp_path / "out" / "results.md").read_text().split("### Invalid runs (not counted)")[1]
-    assert f"{key}={first!r} (a/negatives.hard_proportion=1,seed=1) vs {second!r}" in problems
-    assert "aggregate each setting's sweep folders on their own" in problems
-    assert not (tmp_path / "out" / "duplicates.csv").exists()
-    assert set(pd.read_csv(tmp_path / "out" / "results.csv").job.str.split("/").str[0]) == {"a"}
-    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "out")]) == 1
+    assert (summary["completed"], summary["invalid"], summary["duplicates"]) == (8, 0, 0)
+    cells = pd.read_csv(tmp_path / "out" / "cells.csv")
+    variants = {f"mask=on,denoise=off,{label}={value:g}" for value in (first, second)}
+    assert set(cells.variant) == variants and len(cells) == 4 and set(cells.n) == {2}
+    results = pd.read_csv(tmp_path / "out" / "results.csv")
+    by_folder = results.groupby(results.job.str.split("/").str[0]).variant.unique()
+    assert list(by_folder["a"]) == [f"mask=on,denoise=off,{label}={first:g}"]
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "out")]) == 0
+
+
+def test_one_sweep_over_k_gets_one_cell_per_value(tmp_path: Path) -> None:
+    """k swept inside one sweep folder (negatives.num_negatives=2,4 with p=0,1 and two seeds)."""
+    rng = np.random.default_rng(2)
+    for k in (2, 4):
+        for p in (0, 1):
+            for seed in (0, 1):
+                overrides = [f"negatives.hard_proportion={p}", f"negatives.num_negatives={k}", f"seed={seed}"]
+                config = {"negatives": {"num_negatives": k}}
+                make_job(
+                    tmp_path,
+                    ",".join(overrides),
+                    p=p,
+                    seed=seed,
+                    scores=_scores(rng),
+                    overrides=overrides,
+                    config=config,
+                )
+    summary = aggregate(tmp_path)
+    assert (summary["completed"], summary["invalid"], summary["duplicates"]) == (8, 0, 0)
+    cells = pd.read_csv(tmp_path / "cells.csv")
+    assert sorted(zip(cells.variant, cells.hard_proportion, cells.n)) == [
+        ("mask=on,denoise=off,k=2", 0.0, 2),
+        ("mask=on,denoise=off,k=2", 1.0, 2),
+        ("mask=on,denoise=off,k=4", 0.0, 2),
+        ("mask=on,denoise=off,k=4", 1.0, 2),
+    ]
 
 
 def test_same_cell_and_seed_spelled_otherwise_or_elsewhere_is_still_a_duplicate(tmp_path: Path) -> None:

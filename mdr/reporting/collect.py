@@ -22,7 +22,15 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from mdr.utils.config_identity import canonical_config, flatten_config
+from mdr.utils.config_identity import (
+    REPORT_IGNORED,
+    UNMINED_IGNORED,
+    UNTRAINED_IGNORED,
+    canonical_config,
+    flatten_config,
+    label_of,
+    shown_by,
+)
 from mdr.utils.job_dirs import job_dirname
 
 log = logging.getLogger(__name__)
@@ -132,24 +140,6 @@ def low_resource(evaluated: dict[str, Any], config: dict[str, Any]) -> bool | No
         return bool(language["low_resource"])
     recorded = _read_yaml(LANGUAGES_DIR / f"{code}.yaml").get("low_resource")
     return None if recorded is None else bool(recorded)
-
-
-REPORT_IGNORED: tuple[str, ...] = (
-    "paths",
-    "task_name",
-    "evaluation.languages",
-    "evaluation.keep_embeddings",
-    "negatives.pool.threads",
-)
-"""Keys of a run's identity (:func:`mdr.utils.config_identity.canonical_config`) that cannot change one row's
-numbers: where files live (values under a ``paths.*`` folder are written ``${paths.<key>}/...`` first), the
-task's name, which other languages the job evaluated, whether it kept its embeddings and the BM25 threads (no
-part of a pool's cache key either)."""
-UNTRAINED_IGNORED: tuple[str, ...] = ("train", "negatives", "loss", "trainer", "stage", "language")
-"""Keys that cannot change the numbers of a run that trained nothing (zero-shot: the cell's stage and language
-say what was evaluated)."""
-UNMINED_IGNORED: tuple[str, ...] = ("negatives.pool", "negatives.denoise", "negatives.strict")
-"""Keys that cannot change the numbers of a one-stage run that drew no hard negative (nothing is mined)."""
 
 
 def comparable_config(job: Path, metrics: dict[str, Any], config: dict[str, Any]) -> dict[str, Any] | None:
@@ -304,7 +294,7 @@ def collect(sweep_dirs: Path | str | list[Path] | list[str]) -> tuple[pd.DataFra
 
     ``problems`` lists, one row each, jobs that failed, are missing, are invalid (metrics.json disagrees with the
     job's own overrides or config, a per-query file is bad: the error names the file, or the job ran the cell and
-    seed of a run kept earlier with another setting of a key the cell does not show) and duplicates (the same
+    seed of a run kept earlier from another config) and duplicates (the same
     config as a run kept earlier; see :func:`drop_duplicates`). Only completed, valid, first-seen runs are in the
     results.
     """
@@ -317,6 +307,7 @@ def collect(sweep_dirs: Path | str | list[Path] | list[str]) -> tuple[pd.DataFra
         rows += found
         problems += trouble
     rows, invalid = check_per_query(rows)
+    rows = split_cells(rows)
     rows, duplicates = drop_duplicates(rows)
     problems += invalid + duplicates
     rows = [{key: value for key, value in row.items() if not key.startswith("_")} for row in rows]
@@ -601,6 +592,40 @@ def _cell_key(row: dict[str, Any]) -> tuple[Any, ...]:
     return (*named, p, row.get("depth"), row.get("data"), row.get("split"))
 
 
+def splitting_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """The result-relevant config keys no cell column shows whose value varies among the runs of one cell
+    (:func:`comparable_config`; seeds apart), e.g. ``negatives.num_negatives`` in a sweep over k."""
+    configs: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("_config") is not None:
+            configs.setdefault(_cell_key(row), []).append(row["_config"])
+    varying: set[str] = set()
+    for members in configs.values():
+        for key in set().union(*members) - varying:
+            values = {json.dumps(config.get(key), sort_keys=True, default=str) for config in members}
+            if len(values) > 1 and shown_by(key) is None:
+                varying.add(key)
+    return sorted(varying)
+
+
+def _shown_value(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def split_cells(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with every :func:`splitting_keys` key its config holds added to its variant (``,k=8``,
+    ``,lr=2e-05``): a sweep over such a key gets one report cell per value."""
+    keys = splitting_keys(rows)
+    if keys:
+        log.info("report cells split by %s (varying within a cell)", ", ".join(keys))
+    result = []
+    for row in rows:
+        config = row.get("_config") or {}
+        parts = [f"{label_of(key)}={_shown_value(config[key])}" for key in keys if config.get(key) is not None]
+        result.append({**row, "variant": ",".join([row["variant"], *parts])} if parts else row)
+    return result
+
+
 def _differences(earlier: dict[str, Any], later: dict[str, Any]) -> list[str]:
     """``key=<earlier> (<earlier job>) vs <later>`` for every compared key whose value differs between two rows'
     configs (:func:`comparable_config`); empty when they agree or either config is unknown."""
@@ -623,10 +648,10 @@ def drop_duplicates(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], l
     or a folder copied under another name) or the same cell and seed (model, stage, language, variant, p,
     depth, data, split, seed) from configs that agree on every key that can change the row's numbers
     (:func:`comparable_config`: e.g. another ``paths.data_dir``, or no ``run_folder.json``). The first is kept;
-    the problem row names it and both MRR@100 values. The same cell and seed from a config that differs in such
-    a key (``negatives.num_negatives``, ``train.learning_rate``, ``trainer.max_epochs``, ...) is another
-    experiment the cell cannot show: the later row is ``invalid`` (not counted), its error names the keys and
-    both values.
+    the problem row names it and both MRR@100 values. Keys that vary within a cell have split it beforehand
+    (:func:`split_cells`); the same cell and seed from a config that still differs (in a key a cell column shows,
+    e.g. the job's own language where another job evaluated it too) is ``invalid`` (not counted), its error naming
+    the keys and both values.
     """
     kept: list[dict[str, Any]] = []
     problems: list[dict[str, Any]] = []
@@ -652,10 +677,10 @@ def drop_duplicates(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], l
                     "job": row["job"],
                     "status": "invalid",
                     "error": f"{row['language']}: the same cell and seed as {earlier['job']} from a config that "
-                    f"differs in {len(differences)} key(s) the cell does not show ({shown}): not counted. A cell is "
-                    "(model, stage, language, variant, p, depth, data, split) and the variant shows only masking, "
-                    "denoising, p_stages and the miner, so these runs cannot share a table: aggregate each "
-                    "setting's sweep folders on their own (python -m mdr.reporting.aggregate DIR --out OUT)",
+                    f"differs in {len(differences)} key(s) ({shown}): not counted. A key that varies within a cell "
+                    "splits it (its value joins the variant) unless a cell column shows it, as here, so these runs "
+                    "cannot share a table: aggregate each setting's sweep folders on their own "
+                    "(python -m mdr.reporting.aggregate DIR --out OUT)",
                     "overrides": "",
                 }
             )

@@ -1,13 +1,16 @@
-"""What makes two resolved configs one config: the canonical form a run folder's identity is the hash of.
+"""What makes two runs "the same": one table of which config keys count for a run folder, a cached stage, a
+hard-negative pool and a report cell, and the canonical form a run folder's identity is the hash of.
 
-:mod:`mdr.run_folder` records it in ``run_folder.json`` and refuses a folder to another config;
-:mod:`mdr.reporting.collect` compares two jobs of one sweep cell on the same basis.
+:mod:`mdr.run_folder` records the canonical config in ``run_folder.json`` and refuses a folder to another config;
+:mod:`mdr.stages` keys cached stages, :mod:`mdr.mining.miner` keys pools and :mod:`mdr.reporting.collect` compares
+runs and forms report cells, all from :data:`IDENTITY`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -16,24 +19,148 @@ from mdr.utils.config_compat import drop_neutral_defaults, parent_of
 
 CACHE_PLACEHOLDER = "${paths.cache_dir}"
 
-IGNORED_KEYS: tuple[str, ...] = (
-    "hydra",  # launcher and output folder settings
-    "run",  # the run folder's own policy keys
-    "logger",  # CSV / W&B settings: where logs go, not what is computed
-    "paths.output_dir",  # the folder itself
-    "paths.cache_dir",  # built models, pools, stage-one encoders: deterministic functions of the config
-    "trainer.enable_progress_bar",
-    "trainer.enable_model_summary",
-    "trainer.log_every_n_steps",
-    "train.num_workers",  # batches are functions of (seed, epoch), whatever process builds them
-    "train.checkpoint_every_n_steps",  # a resume from a mid-epoch checkpoint is exact
-    "train.token_cache",  # the same token ids, cached or not
-    "train.cpu_malloc_retain_mb",  # where freed memory goes, not what is computed
-    "train.save_encoder",
-    "evaluation.batch_size",
-    "evaluation.faiss_gpu",  # exact inner-product search either way
-)
+
+@dataclass(frozen=True)
+class Counts:
+    """Where a config key (and every key under it without a row of its own) counts.
+
+    Attributes:
+        run: part of a run folder's identity (its canonical config and hash).
+        stage: part of a cached stage's key, when its section is (``model``, ``train``, ``loss``, ``trainer``,
+            ``negatives``, ``seed``; the language and data enter a stage key through its sources).
+        pool: part of a hard-negative pool's cache key (``negatives.pool.*``; with the data's content and the
+            language).
+        report: can change a result: runs of one report cell must agree on it, and a sweep varying it within a
+            cell gets one cell per value.
+        shown: the results column (or variant part) that shows this very key in a report cell, if any.
+        label: the key's short name in a variant that splits cells by it (default: the dotted key).
+    """
+
+    run: bool = True
+    stage: bool = True
+    pool: bool = False
+    report: bool = True
+    shown: str | None = None
+    label: str | None = None
+
+
+_POLICY = Counts(run=False, stage=False, report=False)  # where things go and how they are logged
+_SPEED = Counts(run=False, stage=False, report=False)  # how fast, never what, is computed
+
+IDENTITY: dict[str, Counts] = {
+    "hydra": _POLICY,  # launcher and output folder settings
+    "run": _POLICY,  # the run folder's own policy keys
+    "logger": _POLICY,  # CSV / W&B settings: where logs go, not what is computed
+    "task_name": Counts(stage=False, report=False),
+    "checkpoint": Counts(stage=False),  # evaluate.py: the encoder evaluated
+    "paths": Counts(stage=False, report=False),  # where data live; its content is keyed apart
+    "paths.output_dir": _POLICY,  # the folder itself
+    "paths.cache_dir": _POLICY,  # built models, pools, stage encoders: deterministic functions of the config
+    "seed": Counts(shown="seed"),
+    "language": Counts(stage=False),  # a stage key holds its sources' languages
+    "language.code": Counts(stage=False, shown="language"),
+    "data": Counts(stage=False),  # ... and their data configs and content
+    "data.name": Counts(stage=False, shown="data"),
+    "data.test_split": Counts(stage=False, shown="split"),
+    "model": Counts(),
+    "model.name": Counts(shown="model"),
+    "model.build": Counts(stage=False),  # a stage key holds the weights' digest instead
+    "stage": Counts(stage=False),  # a stage key holds its stage's resolved fields
+    "stage.name": Counts(stage=False, shown="stage"),
+    "stage.proportion_applies_to": Counts(stage=False, shown="variant"),
+    "evaluation": Counts(stage=False),
+    "evaluation.split": Counts(stage=False, shown="split"),
+    "evaluation.depth": Counts(stage=False, shown="depth"),
+    "evaluation.languages": Counts(stage=False, report=False),  # which other languages the job evaluated
+    "evaluation.keep_embeddings": Counts(stage=False, report=False),
+    "evaluation.batch_size": _SPEED,
+    "evaluation.faiss_gpu": _SPEED,  # exact inner-product search either way
+    "negatives": Counts(),
+    "negatives.num_negatives": Counts(label="k"),
+    "negatives.hard_proportion": Counts(shown="hard_proportion"),
+    "negatives.denoise.enabled": Counts(shown="variant"),
+    "negatives.pool.source": Counts(pool=True, shown="variant"),
+    "negatives.pool.backend": Counts(pool=True, shown="variant"),
+    "negatives.pool.depth": Counts(pool=True),
+    "negatives.pool.tokenizer": Counts(pool=True),
+    "negatives.pool.encoder": Counts(pool=True, shown="variant"),
+    "negatives.pool.range_min": Counts(shown="variant"),  # a filter applied to the cached pool
+    "negatives.pool.range_max": Counts(shown="variant"),
+    "negatives.pool.margin": Counts(shown="variant"),
+    "negatives.pool.threads": Counts(report=False),  # the same pool on any number of threads
+    "loss": Counts(),
+    "loss.mask_false_negatives": Counts(shown="variant"),
+    "train": Counts(),
+    "train.learning_rate": Counts(label="lr"),
+    "train.batch_size": Counts(label="batch_size"),
+    "train.num_workers": _SPEED,  # batches are functions of (seed, epoch), whatever process builds them
+    "train.checkpoint_every_n_steps": _SPEED,  # a resume from a mid-epoch checkpoint is exact
+    "train.token_cache": _SPEED,  # the same token ids, cached or not
+    "train.cpu_malloc_retain_mb": _SPEED,  # where freed memory goes, not what is computed
+    "train.save_encoder": _POLICY,
+    "trainer": Counts(),
+    "trainer.enable_progress_bar": _POLICY,
+    "trainer.enable_model_summary": _POLICY,
+    "trainer.log_every_n_steps": _POLICY,
+    "trainer.max_epochs": Counts(stage=False, label="epochs"),  # a stage key holds the stage's own epochs
+    "trainer.precision": Counts(stage=False),  # ... and the resolved precision
+    "trainer.devices": Counts(stage=False),  # a cached stage is trained by one process on one device
+    "trainer.num_nodes": Counts(stage=False),
+    "trainer.strategy": Counts(stage=False),
+}
+"""Dotted config key -> where it counts; a key without a row counts where its nearest listed parent does."""
+
+
+def counts(dotted: str) -> Counts:
+    """Where ``dotted`` counts: its own row in :data:`IDENTITY`, else its nearest listed parent's."""
+    parts = dotted.split(".")
+    for end in range(len(parts), 0, -1):
+        found = IDENTITY.get(".".join(parts[:end]))
+        if found is not None:
+            return found
+    return Counts()
+
+
+def left_out(scope: str, under: str = "") -> tuple[str, ...]:
+    """The keys of :data:`IDENTITY` (under ``under``, relative to it) that do not count for ``scope`` (``run``,
+    ``stage``, ``pool`` or ``report``) while their parent does: what that scope drops."""
+    found = []
+    for key, role in IDENTITY.items():
+        if under and not key.startswith(under + "."):
+            continue
+        parent = key.rpartition(".")[0]
+        if not getattr(role, scope) and (not parent or getattr(counts(parent), scope)):
+            found.append(key.removeprefix(under + ".") if under else key)
+    return tuple(found)
+
+
+def pool_keys() -> tuple[str, ...]:
+    """The ``negatives.pool`` settings that are part of a pool's cache key."""
+    return tuple(key.rpartition(".")[2] for key, role in IDENTITY.items() if role.pool)
+
+
+def shown_by(dotted: str) -> str | None:
+    """The report column that shows ``dotted`` itself (None: a cell does not show it)."""
+    found = IDENTITY.get(dotted)
+    return found.shown if found is not None else None
+
+
+def label_of(dotted: str) -> str:
+    """How a variant names ``dotted`` when it splits report cells by it."""
+    found = IDENTITY.get(dotted)
+    return found.label if found is not None and found.label else dotted
+
+
+IGNORED_KEYS: tuple[str, ...] = left_out("run")
 """Dotted keys left out of a run folder's identity; every other resolved key is part of it."""
+REPORT_IGNORED: tuple[str, ...] = left_out("report")
+"""Keys that cannot change one row's numbers (where files live: values under a ``paths.*`` folder are compared as
+``${paths.<key>}/...``; the task's name, the other languages a job evaluated, kept embeddings, BM25 threads)."""
+UNTRAINED_IGNORED: tuple[str, ...] = ("train", "negatives", "loss", "trainer", "stage", "language")
+"""Keys that cannot change the numbers of a run that trained nothing (zero-shot: the cell's stage and language
+say what was evaluated)."""
+UNMINED_IGNORED: tuple[str, ...] = ("negatives.pool", "negatives.denoise", "negatives.strict")
+"""Keys that cannot change the numbers of a one-stage run that drew no hard negative (nothing is mined)."""
 
 
 def _normalise(value: Any, cache_dir: str | None) -> Any:
