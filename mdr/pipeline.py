@@ -8,6 +8,7 @@ import signal
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from mdr.utils.instantiate import build_reader, encoder_settings, ensure_model_f
 from mdr.utils.io import atomic_write_json, atomic_write_text
 from mdr.utils.logging import get_logger
 from mdr.utils.quiet import drop_unset_wandb_anonymous
+from mdr.utils.run_record import RunRecord
 from mdr.validation import validate, validate_splits
 
 log = get_logger(__name__)
@@ -439,54 +441,58 @@ def evaluate_and_report(
             device=device,
             use_gpu_index=evaluation.faiss_gpu,
             autocast_dtype=autocast,
-            fp16_index=bool(evaluation.get("fp16_index", False)),
-            shard_rows=int(evaluation.get("shard_size", 50_000)),
-            keep_embeddings=bool(evaluation.get("keep_embeddings", False)),
+            fp16_index=bool(evaluation.fp16_index),
+            shard_rows=int(evaluation.shard_size),
+            keep_embeddings=bool(evaluation.keep_embeddings),
             distributed=distributed,
         )
     if rank != 0:
         return {}
     primary = str(cfg.language.code) if str(cfg.language.code) in results else next(iter(results))
     result = results[primary]
-    payload = {
-        "language": primary,
-        "low_resource": low_resource(cfg, primary),
-        "data": cfg.data.name,
-        "model": cfg.model.name,
-        "stage": cfg.stage.name if cfg.get("stage") else "zero_shot",
+    record = RunRecord(
+        language=primary,
+        low_resource=low_resource(cfg, primary),
+        data=cfg.data.name,
+        model=cfg.model.name,
+        stage=cfg.stage.name if cfg.get("stage") else "zero_shot",
         # null where nothing was trained (stage zero_shot, evaluate.py): no negatives were drawn
-        "hard_proportion": float(cfg.negatives.hard_proportion) if trained_any(cfg) else None,
-        "num_negatives": int(cfg.negatives.num_negatives) if trained_any(cfg) else None,
-        "seed": int(cfg.seed),
-        "split": published_split(cfg),  # the split read, by its published name (MIRACL's mdr `test` is its dev)
-        "depth": int(evaluation.depth),  # what the measures were computed over: mrr@10 at depth 10
-        "num_queries": result.num_queries,
-        "metrics": result.metrics,
-        "run_file": f"runs/{primary}.trec",
-        "per_query_file": f"per_query/{primary}.tsv",
-        "code": code_version(),  # mdr's git commit (dirty: uncommitted changes) and package versions
-        "evaluation": {
+        hard_proportion=float(cfg.negatives.hard_proportion) if trained_any(cfg) else None,
+        num_negatives=int(cfg.negatives.num_negatives) if trained_any(cfg) else None,
+        seed=int(cfg.seed),
+        split=published_split(cfg),  # the split read, by its published name (MIRACL's mdr `test` is its dev)
+        depth=int(evaluation.depth),  # what the measures were computed over: mrr@10 at depth 10
+        num_queries=result.num_queries,
+        metrics=result.metrics,
+        run_file=f"runs/{primary}.trec",
+        per_query_file=f"per_query/{primary}.tsv",
+        code=code_version(),  # mdr's git commit (dirty: uncommitted changes) and package versions
+        evaluation={
             "autocast": str(autocast).removeprefix("torch.") if autocast else None,
-            "fp16_index": bool(evaluation.get("fp16_index", False)),
+            "fp16_index": bool(evaluation.fp16_index),
             "ranks": world,
             "device": device_name(device),  # where the corpus was encoded
             "faiss": search,  # where faiss searched: gpu | cpu (evaluation.faiss_gpu, the faiss build)
             "faiss_version": faiss_version(),
         },
         **extra,
-    }
+    )
     if isinstance(test, dict):  # evaluation.languages: one section per language, the primary's also on top
-        payload["evaluation_languages"] = list(results)
-        payload["per_language"] = {
-            code: {
-                "low_resource": low_resource(cfg, code),
-                "num_queries": found.num_queries,
-                "metrics": found.metrics,
-                "run_file": f"runs/{code}.trec",
-                "per_query_file": f"per_query/{code}.tsv",
-            }
-            for code, found in results.items()
-        }
+        record = replace(
+            record,
+            evaluation_languages=list(results),
+            per_language={
+                code: {
+                    "low_resource": low_resource(cfg, code),
+                    "num_queries": found.num_queries,
+                    "metrics": found.metrics,
+                    "run_file": f"runs/{code}.trec",
+                    "per_query_file": f"per_query/{code}.tsv",
+                }
+                for code, found in results.items()
+            },
+        )
+    payload = record.to_json()
     atomic_write_json(out / "metrics.json", payload)
     publish_to_wandb(cfg, out, payload)
     shown = {"mrr": "MRR", "recall": "Recall", "ndcg": "nDCG"}

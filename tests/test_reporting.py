@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from mdr.reporting.aggregate import aggregate, collect, expected_jobs, job_outcome, main, run_variant
+from mdr.reporting.aggregate import aggregate, collect, expected_jobs, job_outcome, main
 from mdr.reporting.statistics import holm
 
 from conftest import DATA_DIR, ROOT
@@ -104,16 +104,6 @@ def test_jobs_the_sweep_never_started_are_missing(tmp_path: Path) -> None:
     _, problems = collect(tmp_path)
     assert len(problems) == 1 and problems.error.iloc[0] == "no job folder (never started)"
     assert problems.overrides.iloc[0] == " ".join(jobs[3])
-
-
-def test_variant_is_read_from_metrics_then_config() -> None:
-    assert run_variant({"train": {"mask_false_negatives": False}, "denoised": True}, {}) == (False, True)
-    assert run_variant({"train": {"num_hard": 2}, "loss": {"mask_false_negatives": True}}, {}) == (True, False)
-    config = {"loss": {"mask_false_negatives": True}, "negatives": {"denoise": {"enabled": True}}}
-    assert run_variant({"train": {"num_hard": 2}}, config) == (True, True)
-    assert run_variant({"train": {"num_hard": 0}}, config) == (True, False)  # p = 0: nothing to denoise
-    assert run_variant({"train": {}}, {}) == (False, False)  # predates masking
-    assert run_variant({"train": None}, config) == (None, False)  # zero-shot: trained nothing
 
 
 def test_sweep_report_compares_like_with_like(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from mdr.reporting.aggregate import aggregate, main
 from mdr.reporting.collect import collect, run_miner
 from mdr.reporting.export import export
 from mdr.reporting.wandb_summary import summary_settings
+from mdr.utils.run_record import RunRecord
 
 QUERIES = 60
 POOL = {"source": "bm25", "backend": "bm25s", "depth": 100, "range_min": 0, "range_max": 50, "margin": None}
@@ -383,7 +384,7 @@ def test_several_sweep_folders_form_one_report(tmp_path: Path) -> None:
 
 
 def test_miner_label() -> None:
-    used = {"train": {"num_hard": 4}, "hard_proportion": 1.0}
+    used = RunRecord.from_json({"train": {"num_hard": 4}, "hard_proportion": 1.0})
     config = {"negatives": {"pool": dict(POOL)}}
     assert run_miner(used, config) is None
     assert run_miner(used, _merge(config, {"negatives": {"pool": {"range_min": 10, "range_max": 60}}})) == "bm25:11-60"
@@ -391,7 +392,7 @@ def test_miner_label() -> None:
     assert run_miner(used, _merge(config, dense)) == "dense(me5_small):4-50"
     pyserini = {"negatives": {"pool": {"backend": "pyserini", "margin": 0.1}}}
     assert run_miner(used, _merge(config, pyserini)) == "bm25/pyserini:1-50,margin=0.1"
-    unused = {"train": {"num_hard": 0}, "hard_proportion": 0.0}
+    unused = RunRecord.from_json({"train": {"num_hard": 0}, "hard_proportion": 0.0})
     assert run_miner(unused, _merge(config, dense)) is None  # p = 0 mines nothing: the default cell
     assert run_miner(used, {}) is None  # no config.yaml: cannot tell, default
 

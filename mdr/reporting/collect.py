@@ -32,6 +32,7 @@ from mdr.utils.config_identity import (
     shown_by,
 )
 from mdr.utils.job_dirs import job_dirname
+from mdr.utils.run_record import LanguageResult, RunRecord, read_record
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +71,7 @@ DEFAULT_MINER = {"source": "bm25", "backend": "bm25s", "range_min": 0, "range_ma
 """``negatives.pool`` of the default miner (conf/negatives/bm25.yaml): BM25 (bm25s), ranks 1-50, no margin."""
 
 
-def used_hard_negatives(metrics: dict[str, Any]) -> bool:
-    """Whether a run drew hard negatives: its training summary's ``num_hard``, else a p above 0."""
-    train = metrics.get("train")
-    if isinstance(train, dict) and "num_hard" in train:
-        return int(train.get("num_hard") or 0) > 0
-    return bool(metrics.get("hard_proportion"))
-
-
-def run_miner(metrics: dict[str, Any], config: dict[str, Any]) -> str | None:
+def run_miner(record: RunRecord, config: dict[str, Any]) -> str | None:
     """How a run's hard negatives were mined, as a short label, when that is not the default miner; None for
     the default miner, for a run that used no hard negatives (p = 0, zero-shot) and for a run whose
     ``config.yaml`` does not say.
@@ -88,7 +81,7 @@ def run_miner(metrics: dict[str, Any], config: dict[str, Any]) -> str | None:
     ``negatives=dense``).
     """
     pool = _lookup(config, "negatives.pool")
-    if not isinstance(pool, dict) or not used_hard_negatives(metrics):
+    if not isinstance(pool, dict) or not record.used_hard_negatives():
         return None
     settings = {key: pool.get(key, default) for key, default in DEFAULT_MINER.items()}
     if settings == DEFAULT_MINER:
@@ -104,37 +97,17 @@ def run_miner(metrics: dict[str, Any], config: dict[str, Any]) -> str | None:
     return label
 
 
-def proportion_stages(metrics: dict[str, Any]) -> str | None:
-    """``stage.proportion_applies_to`` of a run whose schedule trained more than one stage, else None."""
-    schedule = metrics.get("schedule")
-    if not isinstance(schedule, dict) or len(schedule.get("stages") or []) < 2:
-        return None
-    return str(metrics.get("proportion_applies_to") or schedule.get("proportion_applies_to") or "last")
-
-
-def evaluations(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """One entry (language, low_resource, num_queries, metrics, per_query_file) per language a job evaluated.
-
-    metrics.json's ``per_language`` sections (``evaluation.languages``), else its top-level fields.
-    """
-    sections = metrics.get("per_language")
-    if isinstance(sections, dict) and sections:
-        return [{"language": code, **section} for code, section in sections.items()]
-    names = ("low_resource", "num_queries", "metrics", "per_query_file")
-    return [{"language": metrics.get("language"), **{name: metrics.get(name) for name in names}}]
-
-
 LANGUAGES_DIR = Path(__file__).resolve().parents[2] / "conf" / "language"
 """The language configs (``conf/language/<code>.yaml``), each with ``low_resource``."""
 
 
-def low_resource(evaluated: dict[str, Any], config: dict[str, Any]) -> bool | None:
+def low_resource(evaluated: LanguageResult, config: dict[str, Any]) -> bool | None:
     """Whether an evaluated language is low-resource: metrics.json's ``low_resource``, else (runs before it was
     recorded) the job's ``config.yaml`` language when that is the language evaluated, else
     ``conf/language/<code>.yaml``; None when none says (the low- vs high-resource contrast leaves it out)."""
-    if evaluated.get("low_resource") is not None:
-        return bool(evaluated["low_resource"])
-    code = str(evaluated.get("language"))
+    if evaluated.low_resource is not None:
+        return bool(evaluated.low_resource)
+    code = str(evaluated.language)
     language = config.get("language")
     if isinstance(language, dict) and str(language.get("code")) == code and language.get("low_resource") is not None:
         return bool(language["low_resource"])
@@ -142,7 +115,7 @@ def low_resource(evaluated: dict[str, Any], config: dict[str, Any]) -> bool | No
     return None if recorded is None else bool(recorded)
 
 
-def comparable_config(job: Path, metrics: dict[str, Any], config: dict[str, Any]) -> dict[str, Any] | None:
+def comparable_config(job: Path, record: RunRecord, config: dict[str, Any]) -> dict[str, Any] | None:
     """Dotted key -> value of the job's config as two runs of one cell and seed are compared.
 
     The run folder's identity (``run_folder.json``'s config, else ``config.yaml``, canonicalised again:
@@ -152,10 +125,10 @@ def comparable_config(job: Path, metrics: dict[str, Any], config: dict[str, Any]
     (or an empty section) counts as absent. None when the job has neither file.
     """
     source: Any = None
-    record = job / "run_folder.json"
-    if record.is_file():
+    identity = job / "run_folder.json"
+    if identity.is_file():
         try:
-            source = json.loads(record.read_text(encoding="utf-8")).get("config")
+            source = json.loads(identity.read_text(encoding="utf-8")).get("config")
         except (OSError, ValueError, AttributeError):
             source = None
     if not isinstance(source, dict) or not source:
@@ -172,9 +145,9 @@ def comparable_config(job: Path, metrics: dict[str, Any], config: dict[str, Any]
         key=lambda item: -len(item[1]),
     )
     ignored = list(REPORT_IGNORED)
-    if not isinstance(metrics.get("train"), dict):
+    if not record.trained:
         ignored += UNTRAINED_IGNORED
-    elif not used_hard_negatives(metrics) and proportion_stages(metrics) is None:
+    elif not record.used_hard_negatives() and record.proportion_stages() is None:
         ignored += UNMINED_IGNORED
     compared: dict[str, Any] = {}
     for key, value in flat.items():
@@ -204,28 +177,20 @@ def _lookup(tree: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def run_variant(metrics: dict[str, Any], config: dict[str, Any]) -> tuple[bool | None, bool]:
+def run_variant(record: RunRecord, config: dict[str, Any]) -> tuple[bool | None, bool]:
     """(masked in-batch false negatives?, denoised hard negatives?) of one run.
 
-    From metrics.json (``loss.mask_false_negatives`` or the training summary's, ``denoised`` or
-    ``denoise``), else from the run's resolved ``config.yaml``. A trained run that records no masking
+    As the record says, else as the run's resolved ``config.yaml`` says. A trained run that records no masking
     predates the option, whose absence meant no masking; a run that trained nothing has mask None.
     """
-    train = metrics.get("train")
-    if not isinstance(train, dict):
-        mask = None
-    else:
-        candidates = [_lookup(metrics, "loss.mask_false_negatives"), train.get("mask_false_negatives")]
-        candidates.append(_lookup(config, "loss.mask_false_negatives"))
-        mask = next((bool(value) for value in candidates if value is not None), False)
-    if "denoised" in metrics:
-        denoised = bool(metrics["denoised"])
-    elif "denoise" in metrics:
-        denoised = bool(metrics["denoise"])
-    elif isinstance(train, dict) and "denoise" in train:
-        denoised = bool(train["denoise"])
-    else:
-        hard = isinstance(train, dict) and int(train.get("num_hard") or 0) > 0
+    mask = None
+    if record.trained:
+        recorded = record.recorded_mask()
+        configured = _lookup(config, "loss.mask_false_negatives")
+        mask = recorded if recorded is not None else (bool(configured) if configured is not None else False)
+    denoised = record.recorded_denoised()
+    if denoised is None:
+        hard = record.trained and int(record.train.get("num_hard") or 0) > 0  # type: ignore[union-attr]
         denoised = hard and bool(_lookup(config, "negatives.denoise.enabled"))
     return mask, denoised
 
@@ -340,9 +305,9 @@ def _collect_one(sweep_dir: Path, prefix: str) -> tuple[list[dict[str, Any]], li
         if (job / "failed.json").is_file():
             log.info("%s: failed.json is older than metrics.json; the job counts as completed", job)
         try:
-            metrics = json.loads((job / "metrics.json").read_text(encoding="utf-8"))
+            record = read_record(job / "metrics.json")
             config = _read_yaml(job / "config.yaml")
-            mismatches = metrics_mismatches(metrics, overrides or [], config)
+            mismatches = metrics_mismatches(record, overrides or [], config)
             if mismatches:
                 problems.append(
                     {
@@ -355,29 +320,29 @@ def _collect_one(sweep_dir: Path, prefix: str) -> tuple[list[dict[str, Any]], li
                     }
                 )
                 continue
-            mask, denoised = run_variant(metrics, config)
-            stages = proportion_stages(metrics)
-            miner = run_miner(metrics, config)
-            compared = comparable_config(job, metrics, config)
+            mask, denoised = run_variant(record, config)
+            stages = record.proportion_stages()
+            miner = run_miner(record, config)
+            compared = comparable_config(job, record, config)
             found = []
-            for evaluated in evaluations(metrics):  # a row per (job, evaluation language)
-                per_query = per_query_path(job, evaluated["per_query_file"])
-                scores = evaluated["metrics"]
+            for evaluated in record.evaluated():  # a row per (job, evaluation language)
+                per_query = per_query_path(job, evaluated.per_query_file)
+                scores = evaluated.metrics
                 found.append(
                     {
-                        **{key: metrics.get(key) for key in ("model", "stage", "hard_proportion", "seed")},
-                        "language": evaluated["language"],
+                        **{key: getattr(record, key) for key in ("model", "stage", "hard_proportion", "seed")},
+                        "language": evaluated.language,
                         "variant": variant_name(mask, denoised, stages, miner),
                         **{name: scores[name] for name in scores if "@" in name},  # mrr@10 at depth 10
                         "low_resource": low_resource(evaluated, config),
-                        "num_queries": evaluated["num_queries"],
+                        "num_queries": evaluated.num_queries,
                         "mask_false_negatives": mask,
                         "denoised": denoised,
                         "proportion_applies_to": stages,
                         "miner": miner,
-                        "data": metrics.get("data") or "n/a",
-                        "split": metrics.get("split"),
-                        "depth": evaluation_depth(metrics, evaluated),
+                        "data": record.data or "n/a",
+                        "split": record.split,
+                        "depth": record.evaluation_depth(evaluated),
                         "config_hash": _config_hash(job),
                         "job": name,
                         "per_query_file": str(per_query),
@@ -417,10 +382,6 @@ def per_query_path(job: Path, named: str) -> Path:
     raise FileNotFoundError(f"{path} (named by metrics.json) does not exist")
 
 
-DEFAULT_DEPTH = 100
-"""The evaluation depth of a run whose metrics.json records none (every run before depth was recorded)."""
-
-
 def metric_at(depth: int) -> str:
     """The MRR a run evaluated at ``depth`` reports: ``mrr@100`` at 100 or more, ``mrr@<depth>`` below."""
     return f"mrr@{min(int(depth), 100)}"
@@ -436,16 +397,6 @@ def cell_means(rows: pd.DataFrame, depth: int) -> pd.DataFrame:
     table.columns = [f"{stat}_{name}" for name, stat in table.columns]
     table["n"] = grouped.size()
     return table.reset_index().assign(depth=int(depth))
-
-
-def evaluation_depth(metrics: dict[str, Any], evaluated: dict[str, Any] | None = None) -> int:
-    """The ranking depth a run was evaluated at: ``depth`` of its language section, of metrics.json or of its
-    ``evaluation`` section; :data:`DEFAULT_DEPTH` when none is recorded."""
-    evaluation = metrics.get("evaluation") if isinstance(metrics.get("evaluation"), dict) else {}
-    for value in ((evaluated or {}).get("depth"), metrics.get("depth"), evaluation.get("depth")):
-        if value is not None:
-            return int(value)
-    return DEFAULT_DEPTH
 
 
 def _config_hash(job: Path) -> str | None:
@@ -483,7 +434,7 @@ def _same(expected: Any, recorded: Any) -> bool:
         return str(expected) == str(recorded)
 
 
-def metrics_mismatches(metrics: dict[str, Any], overrides: list[str], config: dict[str, Any]) -> list[str]:
+def metrics_mismatches(record: RunRecord, overrides: list[str], config: dict[str, Any]) -> list[str]:
     """Where metrics.json contradicts the job's own overrides (``.hydra/overrides.yaml``) or resolved
     ``config.yaml``, e.g. a metrics.json copied from another cell's folder; empty when they agree.
 
@@ -491,11 +442,11 @@ def metrics_mismatches(metrics: dict[str, Any], overrides: list[str], config: di
     stage, data and (for a single-language evaluation) language with config.yaml. A field that metrics.json or
     config.yaml does not record is not compared, except the depth: none recorded means 100.
     """
-    recorded = {field: metrics.get(field) for field in set(_CONFIG_FIELDS.values())}
-    recorded["depth"] = evaluation_depth(metrics)  # not recorded: 100, so a run at another depth is caught
-    if not metrics.get("per_language"):
-        recorded["language"] = metrics.get("language")
-    if metrics.get("num_negatives") == 0 or not isinstance(metrics.get("train"), dict):
+    recorded = {field: getattr(record, field) for field in set(_CONFIG_FIELDS.values())}
+    recorded["depth"] = record.evaluation_depth()  # not recorded: 100, so a run at another depth is caught
+    if not record.per_language:
+        recorded["language"] = record.language
+    if record.num_negatives == 0 or not record.trained:
         recorded["hard_proportion"] = None  # no negatives drawn or nothing trained: p may be recorded as what ran
     found: list[str] = []
     for item in overrides:
