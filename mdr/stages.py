@@ -32,8 +32,7 @@ with a warning, when it is not what was saved.
 A union's query ids and docids are namespaced by part (:mod:`mdr.data.union`): each query draws its negatives
 from its own language's corpus and pools.
 
-This module does not import :mod:`mdr.pipeline`: the pipeline passes in what it needs to train
-(:class:`StageFunctions`), so ``mdr.pipeline`` imports this module and nothing imports back.
+A stage is trained by :mod:`mdr.training` (encoder, pools, fit); :mod:`mdr.pipeline` runs the schedule.
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ import hashlib
 import json
 import shutil
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,6 +50,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from mdr import training
 from mdr.data.checks import test_split_problems
 from mdr.data.schema import DataError, RetrievalSplit
 from mdr.data.union import UnionSplit
@@ -488,21 +488,6 @@ def stage_dir(cfg: DictConfig, digest: str) -> Path:
 # ---- running --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class StageFunctions:
-    """What training a stage takes from :mod:`mdr.pipeline` (passed in, so this module never imports it).
-
-    Attributes:
-        fit: ``fit(cfg, encoder, tokenizer, split, pools, out) -> {"trainer", "summary"}``.
-        load_encoder: ``load_encoder(cfg, folder or None) -> (encoder, tokenizer)``.
-        negative_pools: ``negative_pools(cfg, split, language) -> pools`` (with ``.denoise``).
-    """
-
-    fit: Callable[..., dict[str, Any]]
-    load_encoder: Callable[..., tuple[Any, Any]]
-    negative_pools: Callable[..., Mapping[str, list[str]]]
-
-
 @dataclass
 class StageRun:
     """A stage just trained: its encoder, tokenizer, fit summary and negatives record."""
@@ -530,7 +515,6 @@ def stage_config(cfg: DictConfig, stage: Stage, out: Path, own: bool) -> DictCon
 def training_data(
     stage_cfg: DictConfig,
     stage: Stage,
-    functions: StageFunctions,
     target_train: RetrievalSplit | None,
     splits: SplitMemo | None = None,
 ) -> tuple[RetrievalSplit | UnionSplit, Mapping[str, list[str]], Any]:
@@ -545,7 +529,7 @@ def training_data(
         else:
             split = target_train if source.is_target and target_train is not None else source.load()
         log.info("stage %s: %s %s, %d queries", stage.name, source.label, source.split, len(split.queries))
-        pools = functions.negative_pools(stage_cfg, split, OmegaConf.create(source.language))
+        pools = training.negative_pools(stage_cfg, split, OmegaConf.create(source.language))
         loaded.append((source, split, pools))
     if len(loaded) == 1:
         _, split, pools = loaded[0]
@@ -568,7 +552,6 @@ def run_stage(
     stage: Stage,
     start: str | None,
     out: Path,
-    functions: StageFunctions,
     target_train: RetrievalSplit | None = None,
     splits: SplitMemo | None = None,
 ) -> StageRun:
@@ -577,9 +560,9 @@ def run_stage(
     ``fit`` resumes from ``out/checkpoints/last.ckpt`` when a killed attempt left one.
     """
     stage_cfg = stage_config(cfg, stage, out, stage.own)
-    data, pools, denoise = training_data(stage_cfg, stage, functions, target_train, splits)
-    encoder, tokenizer = functions.load_encoder(stage_cfg, start)
-    fitted = functions.fit(stage_cfg, encoder, tokenizer, data, pools, out)
+    data, pools, denoise = training_data(stage_cfg, stage, target_train, splits)
+    encoder, tokenizer = training.load_encoder(stage_cfg, start)
+    fitted = training.fit(stage_cfg, encoder, tokenizer, data, pools, out)
     trainer = fitted["trainer"]
     return StageRun(
         encoder, tokenizer, fitted["summary"], denoise, bool(trainer.is_global_zero), int(trainer.world_size)
@@ -592,7 +575,6 @@ def cached_stage(
     key: dict[str, Any],
     digest: str,
     start: str | None,
-    functions: StageFunctions,
     splits: SplitMemo | None = None,
     wait: bool = True,
 ) -> tuple[Path, str, dict[str, Any] | None]:
@@ -634,7 +616,7 @@ def cached_stage(
             )
         atomic_write_json(root / "stage.json", {"name": stage.name, "key": key})
         log.info("stage %s: training on %s -> %s", stage.name, ", ".join(s.label for s in stage.sources), root)
-        trained = run_stage(cfg, stage, start, root / "run", functions, splits=splits)
+        trained = run_stage(cfg, stage, start, root / "run", splits=splits)
         if not trained.is_global_zero:
             raise RuntimeError(
                 f"stage {stage.name} is cached and must be trained before DDP spawns: train it first with trainer=gpu "
@@ -722,12 +704,12 @@ def _record(stage: Stage, digest: str) -> dict[str, Any]:
 
 
 def run_schedule(
-    cfg: DictConfig, out: Path, functions: StageFunctions, target_train: RetrievalSplit | None = None
+    cfg: DictConfig, out: Path, target_train: RetrievalSplit | None = None
 ) -> ScheduleResult:
     """Run the schedule's stages in order; return the final encoder (on every DDP rank).
 
     After a DDP fit every rank gets a result with ``distributed=True``: each evaluates its shards of the corpus
-    (:func:`mdr.pipeline.evaluate_and_report`); only rank 0 saves the encoder and writes files.
+    (:func:`mdr.run_evaluation.evaluate_and_report`); only rank 0 saves the encoder and writes files.
 
     Cached stages come first (trained or reused); the run's own stage trains in ``out`` and, with
     ``train.save_encoder``, is saved to ``out/encoder``. Each record's ``status`` is ``trained`` or ``reused``
@@ -753,20 +735,20 @@ def run_schedule(
     summary: dict[str, Any] | None = None
     for stage in (stage for stage in plan.stages if not stage.own):
         key, digest = keys[stage.index]
-        encoder_dir, status, summary = cached_stage(cfg, stage, key, digest, start, functions, splits)
+        encoder_dir, status, summary = cached_stage(cfg, stage, key, digest, start, splits)
         records[stage.index].update(dir=str(stage_dir(cfg, digest)), status=status, train=summary)
         extra["initialised_from"] = start
         start = str(encoder_dir)
     if not plan.stages:  # zero-shot
-        encoder, tokenizer = functions.load_encoder(cfg, None)
+        encoder, tokenizer = training.load_encoder(cfg, None)
         return ScheduleResult(encoder, tokenizer, extra)
     last = plan.stages[-1]
     if not last.own:  # the final stage is cached: evaluate its encoder
-        encoder, tokenizer = functions.load_encoder(cfg, start)
+        encoder, tokenizer = training.load_encoder(cfg, start)
         denoise = (summary or {}).get("denoise")
         extra.update(train=summary, encoder=start, denoised=denoise is not None, denoise=denoise)
         return ScheduleResult(encoder, tokenizer, extra)
-    trained = run_stage(cfg, last, start, out, functions, target_train, splits)
+    trained = run_stage(cfg, last, start, out, target_train, splits)
     distributed = trained.world_size > 1
     if not trained.is_global_zero:
         return ScheduleResult(trained.encoder, trained.tokenizer, extra, distributed)
@@ -779,7 +761,7 @@ def run_schedule(
     return ScheduleResult(trained.encoder, trained.tokenizer, extra, distributed)
 
 
-def train_cached_stages(cfg: DictConfig, functions: StageFunctions) -> dict[str, Any]:
+def train_cached_stages(cfg: DictConfig) -> dict[str, Any]:
     """``run.stages_only``: train (or find) the run's cached stages in order, nothing else; return their records.
 
     A pass of this over a sweep's command trains each distinct cached stage in one job: a stage another job
@@ -794,7 +776,7 @@ def train_cached_stages(cfg: DictConfig, functions: StageFunctions) -> dict[str,
     start: str | None = None
     for stage in (stage for stage in plan.stages if not stage.own):
         key, digest = keys[stage.index]
-        encoder_dir, status, summary = cached_stage(cfg, stage, key, digest, start, functions, splits, wait=False)
+        encoder_dir, status, summary = cached_stage(cfg, stage, key, digest, start, splits, wait=False)
         records[stage.index].update(dir=str(stage_dir(cfg, digest)), status=status, train=summary)
         if status == "busy":
             break

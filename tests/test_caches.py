@@ -20,6 +20,7 @@ from test_denoise import POOLS, TINY_SETTINGS, _split
 
 import mdr.mining.bm25
 import mdr.utils.cache as cache
+from mdr import training
 from mdr.data.corpus import ARROW_FILE, Corpus
 from mdr.data.readers import LocalReader
 from mdr.data.schema import RetrievalSplit
@@ -28,7 +29,7 @@ from mdr.mining.bm25 import bm25s_search
 from mdr.mining.denoise import DenoiseSettings, denoise_pools
 from mdr.mining.miner import PoolSettings, mine
 from mdr.models.bi_encoder import SETTINGS_FILE, BiEncoder, load_tokenizer
-from mdr.stages import StageFunctions, run_schedule, schedule, stage_keys
+from mdr.stages import run_schedule, schedule, stage_keys
 from mdr.utils.cache import CacheError, cache_lock, remove_stale_builds, staging_name
 
 from conftest import DATA_DIR, XQUAD_SENT
@@ -233,14 +234,18 @@ class _Encoder:
         (out / SETTINGS_FILE).write_text("{}")
 
 
-def _functions(fits: list[str]) -> StageFunctions:
+def _fake_training(monkeypatch: pytest.MonkeyPatch, fits: list[str]) -> None:
+    """Stage training without a model: ``fit`` records ``<folder>:<qrels>`` in ``fits`` and labels the encoder."""
+
     def fit(cfg: Any, encoder: Any, tokenizer: Any, split: Any, pools: Any, out: Path) -> dict[str, Any]:
         fits.append(f"{out.name}:{len(split.qrels)}")
         encoder.label = f"{out}:{len(fits)}"
         trainer = SimpleNamespace(is_global_zero=True, world_size=1)
         return {"trainer": trainer, "summary": {"train_queries": len(split.queries)}}
 
-    return StageFunctions(fit, lambda cfg, start=None: (_Encoder("start"), None), lambda cfg, split, lang: {})
+    monkeypatch.setattr(training, "fit", fit)
+    monkeypatch.setattr(training, "load_encoder", lambda cfg, start=None: (_Encoder("start"), None))
+    monkeypatch.setattr(training, "negative_pools", lambda cfg, split, lang: {})
 
 
 def _statuses(result: Any) -> list[str]:
@@ -248,7 +253,7 @@ def _statuses(result: Any) -> list[str]:
 
 
 def test_a_cached_stage_retrains_when_its_training_data_changes_and_is_reused_when_moved(
-    make_cfg: Any, tiny_model: Path, tmp_path: Path, caplog: Any
+    make_cfg: Any, tiny_model: Path, tmp_path: Path, caplog: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = tmp_path / "data" / "xquad" / "xquad-para"
     for code in ("en", "th"):
@@ -265,9 +270,10 @@ def test_a_cached_stage_retrains_when_its_training_data_changes_and_is_reused_wh
         )
 
     fits: list[str] = []
+    _fake_training(monkeypatch, fits)
     first = cfg(tmp_path / "data", tmp_path / "cache")
-    assert _statuses(run_schedule(first, tmp_path / "out1", _functions(fits))) == ["trained", "run"]
-    assert _statuses(run_schedule(first, tmp_path / "out2", _functions(fits))) == ["reused", "run"]
+    assert _statuses(run_schedule(first, tmp_path / "out1")) == ["trained", "run"]
+    assert _statuses(run_schedule(first, tmp_path / "out2")) == ["reused", "run"]
     digest = stage_keys(first, schedule(first))[0][1]
 
     # a moved data folder and a copied cache: same content, same key, reused
@@ -275,7 +281,7 @@ def test_a_cached_stage_retrains_when_its_training_data_changes_and_is_reused_wh
     shutil.copytree(tmp_path / "cache", tmp_path / "cache2")
     moved = cfg(tmp_path / "moved", tmp_path / "cache2")
     assert stage_keys(moved, schedule(moved))[0][1] == digest
-    assert _statuses(run_schedule(moved, tmp_path / "out3", _functions(fits))) == ["reused", "run"]
+    assert _statuses(run_schedule(moved, tmp_path / "out3")) == ["reused", "run"]
 
     # the English qrels edited (docids shifted by 7 lines): old code reused the stage (MRR .2972 vs .1769)
     qrels = data / "en" / "qrels" / "train.txt"
@@ -286,7 +292,7 @@ def test_a_cached_stage_retrains_when_its_training_data_changes_and_is_reused_wh
     edited = cfg(tmp_path / "data", tmp_path / "cache")
     assert stage_keys(edited, schedule(edited))[0][1] != digest
     fits.clear()
-    assert _statuses(run_schedule(edited, tmp_path / "out4", _functions(fits))) == ["trained", "run"]
+    assert _statuses(run_schedule(edited, tmp_path / "out4")) == ["trained", "run"]
     assert len(fits) == 2
 
     # a truncated stage encoder: trained again, with the file named in the log
@@ -295,7 +301,7 @@ def test_a_cached_stage_retrains_when_its_training_data_changes_and_is_reused_wh
     _cut(weights)
     fits.clear()
     caplog.clear()
-    assert _statuses(run_schedule(edited, tmp_path / "out5", _functions(fits))) == ["trained", "run"]
+    assert _statuses(run_schedule(edited, tmp_path / "out5")) == ["trained", "run"]
     assert f"{weights} has" in caplog.text, "the log names the broken file"
     assert not list(stage.glob(".encoder*")), "no staging or broken folder is left"
 

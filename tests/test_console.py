@@ -14,8 +14,8 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from mdr.data.datamodule import RetrievalDataModule
+from mdr.lifecycle import entry_point
 from mdr.models.module import BiEncoderModule
-from mdr.pipeline import entry_point
 
 from conftest import DATA_DIR, ROOT
 

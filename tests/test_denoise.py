@@ -178,7 +178,8 @@ def test_teacher_is_a_model_group_or_a_folder(make_cfg: Callable[..., DictConfig
 
 
 def test_pipeline_denoises_pools_and_reports_counts(make_cfg: Callable[..., DictConfig], tiny_model: Path) -> None:
-    from mdr.pipeline import load_splits, negative_pools
+    from mdr.pipeline import load_splits
+    from mdr.training import negative_pools
 
     cfg = make_cfg("negatives.hard_proportion=1")
     train, _ = load_splits(cfg)

@@ -87,7 +87,8 @@ def test_this_venv_passes_the_cpu_check() -> None:
 def test_metrics_json_says_where_training_and_search_ran(make_cfg) -> None:  # noqa: ANN001
     import json
 
-    from mdr.pipeline import run_task, train
+    from mdr.lifecycle import run_task
+    from mdr.pipeline import train
 
     cfg = make_cfg()
     run_task(cfg, train)

@@ -33,7 +33,7 @@ def test_masked_total_needs_no_collective_after_fit(make_cfg, tmp_path: Path, mo
     raises what NCCL raises. The count must be summed before teardown (on_train_end)."""
     from lightning.pytorch.strategies import DDPStrategy
 
-    from mdr.pipeline import fit, load_encoder
+    from mdr.training import fit, load_encoder
 
     torn_down: list[bool] = []
     teardown = DDPStrategy.teardown
@@ -154,7 +154,7 @@ def test_slurm_ranks_take_rank_zeros_run_folder_decision(make_cfg, monkeypatch: 
     """Defect 3: rank 0 of a 2-task SLURM job returned ("already complete" / refused) while rank 1 skipped the
     folder check, read the data and waited for rank 0 in Lightning's init until killed."""
     from mdr import run_folder
-    from mdr.pipeline import run_task
+    from mdr.lifecycle import run_task
     from mdr.utils.io import atomic_write_json
 
     ran: list[int] = []

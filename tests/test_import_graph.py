@@ -24,6 +24,10 @@ LAYERS: dict[str, int] = {
     "mdr.run_folder": 3,
     "mdr.validation": 3,
     "mdr.stages": 3,
+    "mdr.tracking": 3,  # run names, loggers, the W&B summary
+    "mdr.training": 3,  # encoder, pools and fit of one stage (mdr.stages trains with it)
+    "mdr.run_evaluation": 3,  # evaluation of a run and its metrics.json
+    "mdr.lifecycle": 3,  # a run in its folder: claim, task, failure record
     "mdr.pipeline": 4,
     "mdr.cluster": 4,  # the Hydra callback checking a multirun's launch before any job (uses validation)
 }

@@ -16,10 +16,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
-import mdr.pipeline
+import mdr.tracking
+import mdr.training
 from mdr import run_folder
 from mdr.data.schema import DataError
-from mdr.pipeline import evaluate, run_task, train
+from mdr.lifecycle import run_task
+from mdr.pipeline import evaluate, train
 from mdr.run_folder import RunFolderConflict
 from mdr.stages import schedule, stage_keys
 from mdr.validation import validate
@@ -49,7 +51,7 @@ def _no_expensive_step(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("an expensive step ran before validation stopped the run")
 
     for name in ("load_encoder", "negative_pools", "fit"):
-        monkeypatch.setattr(mdr.pipeline, name, reached)
+        monkeypatch.setattr(mdr.training, name, reached)
 
 
 def _dataset(root: Path, test_grade: int = 1, passages: int = 6) -> Path:
@@ -180,7 +182,7 @@ def test_a_resumed_run_keeps_its_wandb_run_and_a_fresh_one_gets_a_new_one(make_c
     assert run_folder.run_id(out) is None  # nothing claimed yet
     run_folder.claim(cfg, out)
     first = run_folder.run_id(out)
-    settings = mdr.pipeline.wandb_settings(cfg, out)
+    settings = mdr.tracking.wandb_settings(cfg, out)
     assert first and settings["id"] == first and settings["resume"] == "allow"
     (out / "checkpoints").mkdir()
     (out / "checkpoints" / "last.ckpt").write_text("state")  # interrupted: no metrics.json

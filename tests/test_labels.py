@@ -20,13 +20,17 @@ import torch
 from published_layouts import write_miracl
 
 import mdr.pipeline
+import mdr.run_evaluation
+import mdr.training
 from mdr import run_folder
 from mdr.data.schema import DataError
 from mdr.evaluation.metrics import evaluate_run, mean_metrics, ranked
+from mdr.lifecycle import run_task
 from mdr.models.bi_encoder import SETTINGS_FILE
 from mdr.models.module import AtomicCheckpointIO
-from mdr.pipeline import evaluate, fit, load_encoder, load_splits, run_task, train
+from mdr.pipeline import evaluate, load_splits, train
 from mdr.run_folder import RunFolderDamaged
+from mdr.training import fit, load_encoder
 from mdr.utils.io import atomic_write_with
 from mdr.validation import validate
 
@@ -105,7 +109,7 @@ def test_metrics_json_names_the_split_as_published(make_cfg: Any, tmp_path: Path
     assert run_task(cfg, evaluate)["split"] == "dev"
     assert json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())["split"] == "dev"
     xquad = make_cfg(f"paths.output_dir={tmp_path / 'xquad'}", config_name="evaluate")
-    assert mdr.pipeline.published_split(xquad) == "test"
+    assert mdr.run_evaluation.published_split(xquad) == "test"
 
 
 # --- labels: configs that would be recorded as what did not run are refused --------------------------------------
@@ -115,8 +119,9 @@ def _refuses_before_work(cfg: Any, monkeypatch: pytest.MonkeyPatch, message: str
     def reached(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("an expensive step ran before validation stopped the run")
 
-    for name in ("load_splits", "load_encoder", "negative_pools", "fit"):
-        monkeypatch.setattr(mdr.pipeline, name, reached)
+    monkeypatch.setattr(mdr.pipeline, "load_splits", reached)
+    for name in ("load_encoder", "negative_pools", "fit"):
+        monkeypatch.setattr(mdr.training, name, reached)
     with pytest.raises(DataError, match=message):
         run_task(cfg, train)
     assert not (Path(cfg.paths.output_dir) / "metrics.json").exists()

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mdr.pipeline import run_task, train
+from mdr.lifecycle import run_task
+from mdr.pipeline import train
 from mdr.utils.io import atomic_write_json
 
 from conftest import DATA_DIR, ROOT

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from mdr.data.schema import DataError
-from mdr.pipeline import evaluate, run_task, train
+from mdr.lifecycle import run_task
+from mdr.pipeline import evaluate, train
 from mdr.reporting.aggregate import aggregate, collect, compare_schedules
 from mdr.stages import schedule, stage_keys
 

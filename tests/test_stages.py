@@ -12,13 +12,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from mdr import pipeline
+from mdr import training
 from mdr.data.collator import BiEncoderCollator
 from mdr.data.negatives import NegativeSampler
 from mdr.data.schema import Passage, Query, RetrievalSplit
 from mdr.data.union import UnionSplit
+from mdr.lifecycle import run_task
 from mdr.models.bi_encoder import BiEncoder, EncoderSettings, load_tokenizer
-from mdr.pipeline import run_task, train
+from mdr.pipeline import train
 from mdr.stages import schedule, stage_dir, stage_keys
 
 from conftest import ROOT
@@ -43,13 +44,13 @@ def with_stages(cfg: Any, stages: list[dict[str, Any]], **schedule_keys: Any) ->
 def count_fits(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Records the output folder of every ``fit`` the pipeline makes."""
     calls: list[str] = []
-    real_fit = pipeline.fit
+    real_fit = training.fit
 
     def counting_fit(cfg: Any, encoder: Any, tokenizer: Any, split: Any, pools: Any, out: Path) -> dict[str, Any]:
         calls.append(str(out))
         return real_fit(cfg, encoder, tokenizer, split, pools, out)
 
-    monkeypatch.setattr(pipeline, "fit", counting_fit)
+    monkeypatch.setattr(training, "fit", counting_fit)
     return calls
 
 

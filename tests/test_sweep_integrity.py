@@ -501,7 +501,7 @@ def test_jobs_of_a_sweep_folder_anywhere_share_its_wandb_group(tmp_path: Path) -
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from mdr.pipeline import sweep_name
+    from mdr.tracking import sweep_name
 
     sweep = tmp_path / "grid_a"
     assert sweep_name(sweep / "seed=0") == "seed=0"  # a single run: its own folder

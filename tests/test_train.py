@@ -12,8 +12,9 @@ import pytest
 import pytrec_eval
 from omegaconf import OmegaConf
 
-from mdr import pipeline
-from mdr.pipeline import evaluate, run_task, train
+from mdr import training
+from mdr.lifecycle import run_task
+from mdr.pipeline import evaluate, train
 
 from conftest import DATA_DIR, ROOT
 
@@ -133,7 +134,7 @@ def test_fast_dropout_auto_is_on_for_cpu_training_and_keep_encoder_false_keeps_o
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     retained: list[int] = []
-    monkeypatch.setattr(pipeline, "retain_freed_memory", lambda limit_mb: retained.append(limit_mb) or True)
+    monkeypatch.setattr(training, "retain_freed_memory", lambda limit_mb: retained.append(limit_mb) or True)
     cfg = make_cfg("run.keep_encoder=false")  # train.fast_dropout=auto by default
     result = run_task(cfg, train)
     assert retained == [1024], "CPU training keeps freed memory for reuse (train.cpu_malloc_retain_mb)"
@@ -155,7 +156,7 @@ def test_fast_dropout_auto_is_on_for_cpu_training_and_keep_encoder_false_keeps_o
 def test_fast_dropout_auto_falls_back_to_torch_dropout_without_sdpa() -> None:
     from types import SimpleNamespace
 
-    from mdr.pipeline import fast_dropout_on
+    from mdr.training import fast_dropout_on
 
     def cfg(setting: object, accelerator: str) -> object:
         return SimpleNamespace(
@@ -171,7 +172,7 @@ def test_fast_dropout_auto_falls_back_to_torch_dropout_without_sdpa() -> None:
 
 
 def test_run_names_spell_p_once_and_show_none_where_nothing_trains(make_cfg) -> None:  # noqa: ANN001
-    from mdr.pipeline import run_name
+    from mdr.tracking import run_name
 
     assert run_name(make_cfg("negatives.hard_proportion=0.0")) == run_name(make_cfg("negatives.hard_proportion=0"))
     assert run_name(make_cfg("negatives.hard_proportion=0.50")) == "th-tiny-target_only-p0.5-s0"

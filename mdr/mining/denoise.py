@@ -140,7 +140,7 @@ class NegativePools(dict[str, list[str]]):
 
 
 def teacher_model(cfg: DictConfig, teacher: str) -> tuple[DictConfig, str | None]:
-    """(config, folder) to give ``mdr.pipeline.load_encoder`` for ``negatives.denoise.teacher``.
+    """(config, folder) to give ``mdr.training.load_encoder`` for ``negatives.denoise.teacher``.
 
     A model group name gives the run's config with that group as ``model`` and no folder: the group's own
     pooling, prefixes and lengths, and a locally made model (``me5_small``) is built on first use. An existing

@@ -37,7 +37,7 @@ def summary_settings(wandb_cfg: Mapping[str, Any], sweep_dir: Path, out: Path) -
     """``wandb.init`` arguments of the summary run, from the sweep's ``logger.wandb`` settings.
 
     The group is ``logger.wandb.group`` or the sweep folder's name, the group of the sweep's jobs
-    (:func:`mdr.pipeline.sweep_name`). The run id is derived from the project and group with ``resume="allow"``,
+    (:func:`mdr.tracking.sweep_name`). The run id is derived from the project and group with ``resume="allow"``,
     so aggregating a sweep again updates its one summary run instead of adding another.
     """
     project = wandb_cfg.get("project") or "mdr"
