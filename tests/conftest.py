@@ -9,8 +9,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+import inspect  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
@@ -25,9 +27,43 @@ XQUAD_SENT = DATA_DIR / "xquad" / "xquad-sent"
 register_resolvers()
 
 
+DATA_MARKERS = ("DATA_DIR", "XQUAD", "tiny_model")
+"""Names in a test's (or its fixtures') source that say it reads the shared data; ``make_cfg`` needs ``tiny_model``."""
+REQUIRE_DATA = os.environ.get("MDR_REQUIRE_DATA") == "1"
+"""Set by CI (.ci/run): missing shared data fails the run instead of skipping the tests that need it."""
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    if not XQUAD_SENT.is_dir():
-        raise pytest.UsageError(f"shared data not found at {DATA_DIR}: put shared/ beside the repo or set MDR_DATA_DIR")
+    config.addinivalue_line("markers", "needs_data: reads the shared data (skipped, with the reason, without it)")
+    if REQUIRE_DATA and not XQUAD_SENT.is_dir():
+        raise pytest.UsageError(f"shared data not found at {DATA_DIR} (MDR_REQUIRE_DATA=1): set MDR_DATA_DIR")
+
+
+def _source(function: Any) -> str:
+    try:
+        return inspect.getsource(function)
+    except (OSError, TypeError):
+        return ""
+
+
+def needs_data(item: pytest.Item) -> bool:
+    """Whether ``item`` reads the shared data: it or a fixture it uses names it (``DATA_DIR``, ``tiny_model``)."""
+    if item.get_closest_marker("needs_data") or "tiny_model" in getattr(item, "fixturenames", ()):
+        return True
+    functions = [getattr(item, "function", None)]
+    info = getattr(item, "_fixtureinfo", None)
+    for definitions in (info.name2fixturedefs.values() if info else ()):
+        functions += [definition.func for definition in definitions]
+    return any(marker in _source(function) for function in functions for marker in DATA_MARKERS)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if XQUAD_SENT.is_dir():
+        return
+    skip = pytest.mark.skip(reason=f"needs the shared data, not found at {XQUAD_SENT} (set MDR_DATA_DIR)")
+    for item in items:
+        if needs_data(item):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
