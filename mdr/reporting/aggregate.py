@@ -30,7 +30,7 @@ from mdr.reporting.collect import (
     resolve_sweep_dir,
     run_variant,
 )
-from mdr.reporting.plots import plot, plot_deltas
+from mdr.reporting.plots import plot, plot_answer
 from mdr.reporting.report import headline, markdown_report, means_markdown, schedules_markdown
 from mdr.reporting.report_set import LAST, MANIFEST, staged_report
 from mdr.utils.io import atomic_write_text
@@ -54,7 +54,8 @@ REPORT_FILES = (
     "cells_depth*.csv",
     *(TABLE_FILES.get(field.name, f"{field.name}.csv") for field in fields(Analysis)),
     "mrr_vs_proportion*.png",
-    "delta_vs_proportion*.png",
+    "answer*.png",
+    "delta_vs_proportion*.png",  # the figure answer.png replaced: removed from a folder written before
 )
 """Every file a report set can hold (globs): what a new set replaces in the report folder."""
 COUNTED = ("failed", "missing", "invalid")
@@ -203,9 +204,15 @@ def _write_report(
                 parts.setdefault("schedules", []).append(comparison)
                 sections += [schedules_markdown(comparison), ""]
             name = "mrr_vs_proportion.png" if len(partitions) == 1 else f"mrr_vs_proportion_{index + 1}.png"
-            plots.append(plot(analysis.cells, folder / name))
-            deltas = plot_deltas(analysis.tests, folder / name.replace("mrr_vs", "delta_vs"), equivalence_margin)
-            plots += [deltas] if deltas else []
+            means = plot(analysis.cells, folder / name)
+            plots += [means] if means else []
+            answer = plot_answer(
+                analysis.tests,
+                analysis.trends,
+                folder / name.replace("mrr_vs_proportion", "answer"),
+                equivalence_margin,
+            )
+            plots = ([answer] if answer else []) + plots  # the answer first: README's figure, W&B's first image
         tables = {field: pd.concat(frames, ignore_index=True) for field, frames in parts.items()}
         for field, frame in tables.items():  # cells, significance, trends always; the others when not empty
             if field in TABLE_FILES or not frame.empty:

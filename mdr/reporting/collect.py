@@ -58,8 +58,16 @@ def variant_name(
     return f"mask={masking},denoise={'on' if denoised else 'off'}{suffix}"
 
 
-DEFAULT_MINER = {"source": "bm25", "backend": "bm25s", "range_min": 0, "range_max": 50, "margin": None}
-"""``negatives.pool`` of the default miner (conf/negatives/bm25.yaml): BM25 (bm25s), ranks 1-50, no margin."""
+DEFAULT_MINER = {
+    "source": "bm25",
+    "backend": "bm25s",
+    "range_min": 0,
+    "range_max": 50,
+    "margin": None,
+    "tokenizer": "default",
+}
+"""``negatives.pool`` of the default miner (conf/negatives/bm25.yaml): BM25 (bm25s, mdr's words and bigrams), ranks
+1-50, no margin."""
 
 
 def used_hard_negatives(metrics: dict[str, Any]) -> bool:
@@ -75,9 +83,9 @@ def run_miner(metrics: dict[str, Any], config: dict[str, Any]) -> str | None:
     the default miner, for a run that used no hard negatives (p = 0, zero-shot) and for a run whose
     ``config.yaml`` does not say.
 
-    The label is ``<source>[/<backend>][(<encoder>)]:<first>-<last rank>[,margin=<m>]`` from the resolved
-    ``negatives.pool`` (e.g. ``bm25:11-60`` for ``range_min=10 range_max=60``, ``dense(me5_small):4-50`` for
-    ``negatives=dense``).
+    The label is ``<source>[/<backend>][[<tokenizer>]][(<encoder>)]:<first>-<last rank>[,margin=<m>]`` from the
+    resolved ``negatives.pool`` (e.g. ``bm25:11-60`` for ``range_min=10 range_max=60``, ``dense(me5_small):4-50`` for
+    ``negatives=dense``, ``bm25[thai_words]:1-50`` for ``negatives=bm25_thai_words``).
     """
     pool = _lookup(config, "negatives.pool")
     if not isinstance(pool, dict) or not used_hard_negatives(metrics):
@@ -88,6 +96,8 @@ def run_miner(metrics: dict[str, Any], config: dict[str, Any]) -> str | None:
     label = str(settings["source"])
     if settings["source"] in ("bm25", "shipped") and settings["backend"] != DEFAULT_MINER["backend"]:
         label += f"/{settings['backend']}"
+    if settings["tokenizer"] != DEFAULT_MINER["tokenizer"]:
+        label += f"[{settings['tokenizer']}]"
     if pool.get("encoder"):
         label += f"({Path(str(pool['encoder'])).name})"
     label += f":{int(settings['range_min']) + 1}-{settings['range_max']}"
