@@ -29,12 +29,82 @@ def output_dir(cfg: DictConfig) -> Path:
     return path
 
 
-def run_task(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]]) -> dict[str, Any]:
+REUSED_FROM = "reused_from"
+"""Key :func:`run_task` adds to the metrics it returns from an earlier run's folder (written to no file)."""
+
+
+def runs_folder(cfg: DictConfig) -> Path | None:
+    """Where a single run looks for earlier runs of its config (:func:`reuse_earlier_run`): the folder of Hydra's
+    ``<time>`` run folders (``outputs/<task>/runs``) when the command gave no ``hydra.run.dir``, so every command
+    gets a new folder. None for a multirun, a folder the command chose, or a config composed outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.RUN:
+        return None
+    hydra_cfg = HydraConfig.get()
+    if any(item.split("=", 1)[0].lstrip("+~") == "hydra.run.dir" for item in hydra_cfg.overrides.hydra):
+        return None
+    out = Path(str(cfg.paths.output_dir)).resolve()
+    return out.parent if out == Path(hydra_cfg.runtime.output_dir).resolve() else None
+
+
+def headline(payload: dict[str, Any]) -> str:
+    """``MRR@100=0.7698`` from a metrics.json payload (the first ``mrr@*`` measure; ``?`` without one)."""
+    metrics = payload.get("metrics") or {}
+    name = next((key for key in metrics if key.startswith("mrr@")), None)
+    return f"{name.upper()}={float(metrics[name]):.4f}" if name else "MRR=?"
+
+
+def reuse_earlier_run(cfg: DictConfig, out: Path, runs_dir: Path) -> dict[str, Any] | None:
+    """A single run in a new folder: the stored metrics of the newest finished run of the same config under
+    ``runs_dir`` (``run.on_complete=skip``, the default), or None to run in ``out``. Logs what it found: a
+    finished run (reused, or run again with ``run.on_complete=fresh`` or when its weights changed since), or an
+    unfinished one that ``hydra.run.dir=<its folder>`` would resume."""
+    runs = run_folder.earlier_runs(cfg, runs_dir, out)
+    if not runs:
+        return None
+    newest = runs[0]
+    if newest.metrics is None:
+        log.info(
+            "an unfinished run of this config is at %s (it holds a resume checkpoint); this command starts anew in "
+            "%s, hydra.run.dir=%s resumes that one instead",
+            newest.folder,
+            out,
+            newest.folder,
+        )
+        return None
+    commit = str((newest.metrics.get("code") or {}).get("commit") or "")[:7]
+    found = (
+        f"a finished run of this config is at {newest.folder} ({headline(newest.metrics)}, "
+        f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(newest.when))}{', commit ' + commit if commit else ''}"
+        f"{f'; newest of {sum(run.metrics is not None for run in runs)}' if len(runs) > 1 else ''})"
+    )
+    changed = run_folder.weights_changed_since(cfg, newest.when)
+    if changed:
+        log.info("%s, but %s changed after it: running again in %s", found, changed, out)
+        return None
+    if run_folder.on_complete_policy(cfg) == "fresh":
+        log.info("%s; run.on_complete=fresh: running again in %s", found, out)
+        return None
+    log.info(
+        "%s: its metrics are returned and nothing is run (run.on_complete=fresh runs again; hydra.run.dir=<folder> "
+        "runs in a folder of your choice)",
+        found,
+    )
+    return {**newest.metrics, REUSED_FROM: str(newest.folder)}
+
+
+def run_task(
+    cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]], runs_dir: Path | None = None
+) -> dict[str, Any]:
     """Claim the run folder for ``cfg``, write the resolved config, run ``task``; on failure leave ``failed.json``.
 
     ``metrics.json`` is written by the task itself, atomically, only once everything succeeded. The folder
     belongs to one config (:mod:`mdr.run_folder`): another config is refused before anything runs (and
-    leaves no ``failed.json``), the same config resumes, and a finished run returns its stored metrics.
+    leaves no ``failed.json``), the same config resumes, and a finished run returns its stored metrics. With
+    ``runs_dir`` (a single run in a new folder, :func:`runs_folder`), a finished run of the same config in a folder
+    under it is returned instead of running again (:func:`reuse_earlier_run`).
     """
     out = output_dir(cfg)
     if not run_folder.is_primary_process():  # a DDP / SLURM rank > 0: rank 0 owns the folder
@@ -42,6 +112,10 @@ def run_task(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]]) -> d
     told = False  # whether the launch's other ranks know what this rank does (SLURM tasks, torchrun)
     try:
         with run_folder.exclusive(out):
+            earlier = reuse_earlier_run(cfg, out, runs_dir) if runs_dir and run_folder.is_new(out) else None
+            if earlier is not None:  # this folder keeps only Hydra's files and this command's log
+                run_folder.tell_other_ranks(out, "complete")
+                return earlier
             state = run_folder.claim(cfg, out)
             run_folder.tell_other_ranks(out, "run" if state.complete is None else "complete")
             told = True
@@ -102,7 +176,7 @@ def entry_point(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]]) -
     """
     started = time.monotonic()
     try:
-        result = run_task(cfg, task)
+        result = run_task(cfg, task, runs_folder(cfg))
     except run_folder.RunFolderRefused:
         raise  # even in a multirun: the folder's old results would otherwise pass for this cell's
     except Exception:
@@ -113,9 +187,10 @@ def entry_point(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]]) -
     metrics = result.get("metrics", {})
     name, mrr = next(((name, value) for name, value in metrics.items() if name.startswith("mrr@")), (None, None))
     if mrr is not None:  # rank 0 of a finished job
+        reused = result.get(REUSED_FROM)
         print(
             f"[mdr] done {run_name(cfg)} in {duration(time.monotonic() - started)}: {name.upper()}"
-            f"={mrr:.4f} -> {cfg.paths.output_dir}",
+            f"={mrr:.4f} -> {reused or cfg.paths.output_dir}{' (an earlier run, reused)' if reused else ''}",
             flush=True,
         )
     return mrr

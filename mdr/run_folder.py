@@ -17,6 +17,9 @@ same folder:
   policy moves the folder's contents aside instead (any ``fresh`` for ``run_folder.json``, whose config is
   unknown; ``run.on_complete=fresh`` for ``metrics.json``).
 
+A single run in a new folder may instead return a finished run of the same config from another folder
+(:func:`earlier_runs`, used by :func:`mdr.pipeline.reuse_earlier_run`).
+
 A folder is used by one process at a time (an exclusive ``flock`` on ``<folder>/.lock``); DDP ranks other
 than 0 neither lock nor record. Where the launcher starts every rank itself (SLURM tasks, torchrun), rank 0 writes
 its decision (run, already complete, refused) to ``<folder>/.ranks/<launch>.json`` and the other ranks follow it
@@ -273,6 +276,11 @@ def _policy(cfg: DictConfig, key: str, default: str, allowed: tuple[str, ...]) -
     return value
 
 
+def on_complete_policy(cfg: DictConfig) -> str:
+    """``run.on_complete``: ``skip`` (the default) or ``fresh``; anything else is refused naming the key."""
+    return _policy(cfg, "on_complete", "skip", ("skip", "fresh"))
+
+
 def claim(cfg: DictConfig, out: Path) -> RunFolderState:
     """Check ``out`` against ``cfg`` and record ``cfg`` there; see the module docstring for the rules.
 
@@ -282,7 +290,7 @@ def claim(cfg: DictConfig, out: Path) -> RunFolderState:
             (``run.on_complete=fresh``) says to move it aside.
     """
     on_change = _policy(cfg, "on_config_change", "refuse", ("refuse", "fresh"))
-    on_complete = _policy(cfg, "on_complete", "skip", ("skip", "fresh"))
+    on_complete = on_complete_policy(cfg)
     canonical = canonical_config(cfg)
     state = RunFolderState()
     hydra_running = ".hydra" in _hydra_owned(out)
@@ -363,6 +371,75 @@ def run_id(out: Path) -> str | None:
     record = _read_record(out)
     value = record.get("run_id") if record else None
     return str(value) if value else None
+
+
+def is_new(out: Path) -> bool:
+    """True when ``out`` holds no run yet: no record of a config (or an unreadable one, left to :func:`claim`) and
+    nothing but bookkeeping (Hydra's files of this command, its log)."""
+    try:
+        return _read_record(out) is None and not _results(out)
+    except RunFolderDamaged:
+        return False
+
+
+@dataclass(frozen=True)
+class EarlierRun:
+    """A run of the same config in another folder (:func:`earlier_runs`).
+
+    Attributes:
+        folder: its run folder.
+        metrics: its ``metrics.json`` when it finished, None when it stopped before (it holds a resume checkpoint).
+        when: the modification time (seconds since the epoch) of ``metrics.json``, else of its checkpoint.
+    """
+
+    folder: Path
+    metrics: dict[str, Any] | None
+    when: float
+
+
+def earlier_runs(cfg: DictConfig, runs_dir: Path, exclude: Path) -> list[EarlierRun]:
+    """Runs of ``cfg``'s config (the same :func:`~mdr.utils.config_identity.config_hash`) in the folders directly
+    under ``runs_dir`` other than ``exclude``: the finished ones, newest first, then the unfinished ones that
+    hold ``checkpoints/last.ckpt``, newest first. A folder that cannot be read is skipped with a log line."""
+    wanted = config_hash(canonical_config(cfg))
+    finished: list[EarlierRun] = []
+    unfinished: list[EarlierRun] = []
+    skip = exclude.resolve()
+    for folder in sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []:
+        if not folder.is_dir() or folder.resolve() == skip:
+            continue
+        try:
+            record = _read_record(folder)
+            if record is None or config_hash(record["config"]) != wanted:
+                continue
+            payload = _completed_payload(folder)
+        except RunFolderDamaged as error:
+            log.info("not a candidate for reuse: %s", error)
+            continue
+        last = folder / "checkpoints" / "last.ckpt"
+        if payload is not None:
+            when = (folder / "metrics.json").stat().st_mtime
+            finished.append(EarlierRun(folder, payload, when))
+        elif last.exists():
+            unfinished.append(EarlierRun(folder, None, last.stat().st_mtime))
+    return sorted(finished, key=lambda run: -run.when) + sorted(unfinished, key=lambda run: -run.when)
+
+
+WEIGHT_KEYS = ("checkpoint", "model.name_or_path")
+"""Config keys naming the weights a run starts from; a local folder there can change while its path stays."""
+
+
+def weights_changed_since(cfg: DictConfig, when: float) -> str | None:
+    """``key=path`` of a local weights folder the config names (:data:`WEIGHT_KEYS`) holding a file modified after
+    ``when`` (a run trained again into the same folder), or None: a run of the same config before it is stale."""
+    for key in WEIGHT_KEYS:
+        value = OmegaConf.select(cfg, key, default=None)
+        folder = Path(str(value)) if value else None
+        if folder is None or not folder.is_dir():
+            continue
+        if any(path.is_file() and path.stat().st_mtime > when for path in folder.iterdir()):
+            return f"{key}={folder}"
+    return None
 
 
 @contextmanager

@@ -52,6 +52,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from mdr import training
 from mdr.data.checks import test_split_problems
+from mdr.data.negatives import proportion_problem
 from mdr.data.schema import DataError, RetrievalSplit
 from mdr.data.union import UnionSplit
 from mdr.mining.pools import fingerprint as split_fingerprint
@@ -356,6 +357,11 @@ def schedule(cfg: DictConfig) -> Schedule:
         k = negatives.get("num_negatives")
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             problems.append(f"{key}.negatives.num_negatives must be an integer >= 0, got {k!r}")
+        elif isinstance(proportion, (int, float)) and not isinstance(proportion, bool) and 0 <= proportion <= 1:
+            problem = proportion_problem(float(proportion), k, f"{key}.negatives")
+            same_as_run = (proportion, k) == (run_negatives["hard_proportion"], run_negatives["num_negatives"])
+            if problem and not same_as_run:  # the run's own p and k: validation names them
+                problems.append(problem)
         own = last and any(source.is_target for source in sources)
         stages.append(
             Stage(index, str(entry.get("name") or f"stage{index}"), tuple(_parts(sources)), epochs, negatives, own)

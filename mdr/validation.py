@@ -17,6 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from mdr.data.checks import test_split_problems, train_split_problems
+from mdr.data.negatives import proportion_problem
 from mdr.data.schema import DataError, RetrievalSplit
 from mdr.evaluation.metrics import MIN_DEPTH
 from mdr.mining.tokenize import TOKENIZERS, tokenizer_version
@@ -223,11 +224,16 @@ def _labels(check: _Checker) -> None:
                 f"label {evaluated} results as {label}; set data.test_split={label} (evaluation.split follows it)"
             )
     k, proportion = check.value("negatives.num_negatives"), check.value("negatives.hard_proportion")
-    if k == 0 and isinstance(proportion, (int, float)) and not isinstance(proportion, bool) and proportion > 0:
+    numeric = isinstance(proportion, (int, float)) and not isinstance(proportion, bool)
+    if k == 0 and numeric and proportion > 0:
         check.problems.append(
             f"negatives.num_negatives=0 trains on in-batch negatives only, so negatives.hard_proportion={proportion} "
             "would label a run that used no hard negative; set negatives.hard_proportion=0 (or num_negatives >= 1)"
         )
+    elif numeric and isinstance(k, int) and not isinstance(k, bool) and 0 <= proportion <= 1:
+        problem = proportion_problem(float(proportion), k)
+        if problem:
+            check.problems.append(problem)
 
 
 GPU_ACCELERATORS = ("gpu", "cuda")

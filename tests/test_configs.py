@@ -38,3 +38,18 @@ def test_sweep_experiment_defines_the_grid(make_cfg) -> None:  # noqa: ANN001
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN" and cfg.task_name == "hardneg_sweep"
     assert params["negatives.hard_proportion"] == "0,0.5,1" and len(params["seed"].split(",")) >= 2
     assert len(params["language"].split(",")) >= 3
+
+
+@pytest.mark.parametrize("trainer", sorted(p.stem for p in (ROOT / "conf" / "trainer").glob("*.yaml")))
+def test_lightning_progress_bar_is_off_by_default_and_outside_run_identity(trainer: str) -> None:
+    """Single runs, sweeps and the demo show mdr's progress lines only, not Lightning's bar (0-based epochs)."""
+    from hydra import compose, initialize_config_dir
+
+    from mdr.utils.config_identity import canonical_config, config_hash
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        base = [f"trainer={trainer}", "paths.output_dir=run"]
+        cfg = compose("train", overrides=base)
+        bar = compose("train", overrides=[*base, "trainer.enable_progress_bar=true"])
+    assert cfg.trainer.enable_progress_bar is False
+    assert config_hash(canonical_config(cfg)) == config_hash(canonical_config(bar))

@@ -54,7 +54,6 @@ def test_a_training_run_prints_progress_and_a_summary_and_no_library_noise(
         "trainer.max_epochs=1",
         "+trainer.limit_train_batches=2",
         "train.batch_size=4",
-        "trainer.enable_progress_bar=false",
         "logger.progress.every_n_steps=1",
         f"hydra.run.dir={tmp_path / 'cli'}",
     ]
@@ -68,6 +67,7 @@ def test_a_training_run_prints_progress_and_a_summary_and_no_library_noise(
     assert re.search(rf"{name}: training done: 1 epochs, 2 steps in \S+", console)
     assert re.search(rf"\[mdr\] done {name} in \S+: MRR@100=0\.\d{{4}} -> {re.escape(str(tmp_path / 'cli'))}", console)
     assert list((tmp_path / "cli" / "wandb").glob("offline-run-*")), "W&B was on: its logger ran"
+    assert "v_num" not in console and not re.search(r"Epoch \d+:", console), "Lightning's bar is off by default"
     noise = [line for line in console.splitlines() if any(text in line for text in UNACTIONABLE)]
     assert not noise, "\n".join(noise)
 

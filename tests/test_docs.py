@@ -14,6 +14,8 @@ import importlib.util
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -337,3 +339,51 @@ def test_a_stale_answer_number_is_caught() -> None:
     readme = "<!-- ANSWER -->\n| th | 0.7644 | -0.0315 [-0.0425, -0.0213] |\n<!-- /ANSWER -->"
     assert answer_number_problems(readme, ["0.7644 -0.0315 [-0.0425, -0.0213]"]) == []
     assert answer_number_problems(readme, ["0.7645 -0.0315 [-0.0425, -0.0213]"]) == ["0.7644"]
+
+
+HELP_EXAMPLE = re.compile(r"^\s+(python (?:train|evaluate)\.py .*)$")
+HELP_GROUP = re.compile(r"^  ([a-z_]+)\s{2,}(.*)$")
+
+
+def help_text(script: str) -> str:
+    """What ``python <script> --help`` prints (the app help of ``conf/<config>.yaml``'s ``hydra.help``)."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / script), "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def help_groups(text: str) -> dict[str, set[str]]:
+    """group -> the options its ``--help`` line (and continuation lines) lists, ``*`` (the default) dropped."""
+    groups: dict[str, set[str]] = {}
+    section = text.split("Config groups", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    group = ""
+    for line in section:
+        match = HELP_GROUP.match(line)
+        group, names = (match.group(1), match.group(2)) if match else (group, line)
+        names = re.sub(r"\(none by default\)", "", names)
+        groups.setdefault(group, set()).update(n.strip().rstrip("*") for n in names.split(",") if n.strip())
+    return groups
+
+
+HELP_OPENS = [("train.py", "train a multilingual bi-encoder"), ("evaluate.py", "evaluate an encoder")]
+
+
+@pytest.mark.parametrize(("script", "does"), HELP_OPENS)
+def test_help_says_what_the_command_does_and_lists_the_groups_it_uses(script: str, does: str, hydra_conf: None) -> None:
+    """``--help`` opens with what the command does, its examples compose, and its groups are the entry config's
+    with every option in conf/, shared bases (``_me5_grid``) left out."""
+    text = help_text(script)
+    assert text.startswith(f"{script}: {does}"), text[:300]
+    assert "_me5_grid" not in text and "Powered by Hydra" not in text
+    found = [HELP_EXAMPLE.match(line) for line in text.splitlines()]
+    examples = [shlex.split(PLACEHOLDER.sub("X", m.group(1)), comments=True) for m in found if m]
+    assert len(examples) >= 3, text
+    problems = [f"{' '.join(argv)}: {p}" for argv in examples for p in command_problems(argv)]
+    assert not problems, "\n".join(problems)
+    groups = help_groups(text)
+    used = {"train.py": {"stage", "negatives", "trainer", "experiment"}, "evaluate.py": set()}[script]
+    assert set(groups) == {"data", "language", "launcher", "logger", "model", "paths"} | used
+    for group, listed in groups.items():
+        assert listed == {p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_")}, group

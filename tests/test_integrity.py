@@ -4,6 +4,7 @@ step, the tiny model builds identically everywhere, and a saved encoder reproduc
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
+import mdr.lifecycle
 import mdr.tracking
 import mdr.training
 from mdr import run_folder
@@ -273,6 +275,119 @@ def test_through_hydra_a_refused_or_finished_rerun_leaves_the_folder_as_it_was(
     assert {p.name: p.read_text() for p in (previous / ".hydra").iterdir()} == hydra_files
     assert (previous / "metrics.json").read_text() == metrics
     assert "evaluation.depth=10" in (out / ".hydra" / "overrides.yaml").read_text()
+
+
+def _failing_task(calls: list[str]) -> Any:
+    """A task that leaves a resume checkpoint, then fails (a killed run)."""
+
+    def task(cfg: Any) -> dict[str, Any]:
+        out = Path(cfg.paths.output_dir)
+        calls.append(str(float(cfg.negatives.hard_proportion)))
+        (out / "checkpoints").mkdir(exist_ok=True)
+        (out / "checkpoints" / "last.ckpt").write_text("state")
+        raise RuntimeError("killed")
+
+    return task
+
+
+def test_a_single_run_in_a_new_folder_reuses_the_newest_finished_run_of_its_config(
+    make_cfg: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mdr.lifecycle")
+    calls: list[str] = []
+    runs = tmp_path / "runs"
+
+    def single(folder: str, *overrides: str) -> dict[str, Any]:
+        cfg = make_cfg("negatives.hard_proportion=0.5", *overrides, f"paths.output_dir={runs / folder}")
+        return run_task(cfg, _fake_task(calls), runs)
+
+    first = single("t1")
+    assert calls == ["0.5"] and mdr.lifecycle.REUSED_FROM not in first
+    caplog.clear()
+    again = single("t2", "evaluation.batch_size=7")  # a key outside the identity: the same config
+    assert calls == ["0.5"], "the finished run of this config is reused, not trained again"
+    assert again[mdr.lifecycle.REUSED_FROM] == str(runs / "t1") and again["metrics"] == first["metrics"]
+    assert f"a finished run of this config is at {runs / 't1'} (MRR@100=0.5000" in caplog.text
+    assert sorted(p.name for p in (runs / "t2").iterdir()) == [run_folder.LOCK_FILE], "t2 records no run of its own"
+
+    single("t3", "seed=1")  # another config runs
+    assert calls == ["0.5", "0.5"]
+    caplog.clear()
+    single("t4", "run.on_complete=fresh")  # asked to run again: in its own folder, t1 left as it is
+    assert calls == ["0.5", "0.5", "0.5"] and "run.on_complete=fresh: running again in" in caplog.text
+    assert (runs / "t4" / "metrics.json").is_file() and (runs / "t1" / "metrics.json").is_file()
+    os.utime(runs / "t1" / "metrics.json", (1, 1))  # t4 is now the newest finished run of the config
+    assert single("t5")[mdr.lifecycle.REUSED_FROM] == str(runs / "t4") and len(calls) == 3
+    # a folder the command chose (no runs_dir: hydra.run.dir given, a multirun, or composed outside Hydra) runs
+    run_task(make_cfg("negatives.hard_proportion=0.5", f"paths.output_dir={runs / 'chosen'}"), _fake_task(calls))
+    assert len(calls) == 4
+
+
+def test_a_new_single_run_names_an_unfinished_run_of_its_config_and_trains_anew(
+    make_cfg: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mdr.lifecycle")
+    calls: list[str] = []
+    runs = tmp_path / "runs"
+    killed = make_cfg(f"paths.output_dir={runs / 'killed'}")
+    with pytest.raises(RuntimeError, match="killed"):
+        run_task(killed, _failing_task(calls), runs)
+    caplog.clear()
+    run_task(make_cfg(f"paths.output_dir={runs / 'new'}"), _fake_task(calls), runs)
+    assert calls == ["0.5", "0.5"] and (runs / "new" / "metrics.json").is_file()
+    assert f"an unfinished run of this config is at {runs / 'killed'}" in caplog.text
+    assert f"hydra.run.dir={runs / 'killed'} resumes that one instead" in caplog.text
+
+
+def test_a_finished_run_is_not_reused_once_the_weights_it_started_from_changed(
+    make_cfg: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """evaluate.py checkpoint=<run>/encoder after that run was trained again (run.on_complete=fresh) in place."""
+    caplog.set_level(logging.INFO, logger="mdr.lifecycle")
+    calls: list[str] = []
+    runs, encoder = tmp_path / "runs", tmp_path / "encoder"
+    encoder.mkdir()
+    (encoder / "config.json").write_text("{}")
+    os.utime(encoder / "config.json", (1, 1))
+    cfg = make_cfg(f"model.name_or_path={encoder}", f"paths.output_dir={runs / 'before'}")
+    run_task(cfg, _fake_task(calls), runs)
+    (encoder / "config.json").write_text('{"retrained": true}')  # newer than the finished run's metrics.json
+    caplog.clear()
+    run_task(make_cfg(f"model.name_or_path={encoder}", f"paths.output_dir={runs / 'after'}"), _fake_task(calls), runs)
+    assert len(calls) == 2 and f"model.name_or_path={encoder} changed after it" in caplog.text
+
+
+def test_through_hydra_the_same_single_run_command_twice_trains_once(
+    tmp_path: Path, cache_dir: Path, tiny_model: Path
+) -> None:
+    env = {**os.environ, "MDR_DATA_DIR": str(DATA_DIR), "MDR_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1"}
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "data=demo",
+        "language=hi",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "train.batch_size=4",
+        "logger.wandb.enabled=false",
+    ]  # no hydra.run.dir: each command gets a new outputs/train/runs/<time> folder
+
+    def run() -> str:
+        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        return done.stdout + done.stderr
+
+    first = run()
+    (trained,) = (tmp_path / "outputs" / "train" / "runs").glob("*/metrics.json")
+    assert "hi-tiny-target_only-p0.5-s0: training 1 epochs" in first
+    second = run()
+    folders = sorted((tmp_path / "outputs" / "train" / "runs").iterdir())
+    assert len(folders) == 2 and trained.parent in folders
+    assert f"a finished run of this config is at {trained.parent} (MRR@100=" in second
+    assert f"-> {trained.parent} (an earlier run, reused)" in second
+    assert "training 1 epochs" not in second, "nothing is trained again"
+    (new,) = [folder for folder in folders if folder != trained.parent]
+    assert not (new / "metrics.json").exists() and not (new / run_folder.RECORD_FILE).exists()
 
 
 # --- 6. one validation pass before any expensive step -------------------------------------------------------

@@ -143,10 +143,13 @@ def test_one_seed_uses_queries_only_and_says_so() -> None:
     assert (result.seeds, result.seed_level) == (1, "none") and 400 < result.df <= 634  # df for kurtosis
     per_query = treated.scores[0] - baseline.scores[0]
     assert result.value / result.se == pytest.approx(stats.ttest_1samp(per_query, 0.0).statistic)
-    partial = contrast([_sweep([0.0])[0], baseline], [1.0, -1.0])
-    assert partial.seed_level == "partial"
+    on_one = contrast([_sweep([0.0])[0], baseline], [1.0, -1.0])  # seeds 0-2 against seed 0: paired on seed 0
+    assert (on_one.seed_level, on_one.seed_ids, on_one.dropped_seeds) == ("none", (0,), True)
+    partial = contrast([_sweep([0.0])[0], _sweep([0.0], seeds=(7,))[0]], [1.0, -1.0])  # no seed shared
+    assert (partial.seed_level, partial.seed_ids) == ("partial", ())
     slope = contrast([baseline, treated], slope_weights([0, 1]))
-    assert "training-seed variance not estimated" in decide(slope, None, [(1.0, result)]).text
+    decision = decide(slope, None, [(1.0, result)])
+    assert decision.kind == "no verdict" and "paired on seed 0," in decision.text
 
 
 def test_planted_slope_is_recovered_from_every_level() -> None:
@@ -337,3 +340,47 @@ def test_analysis_tests_language_x_p_on_parallel_queries(tmp_path: Path) -> None
     assert verdicts["de"].startswith("no effect larger than 0.01 (TOST")
     unmatched = analyse(_results(tmp_path, {"th": 0.04, "de": 0.0}, {"th": True, "de": False}, prefixed=False))
     assert set(unmatched.interactions.query_pairing) == {"independent queries"}
+
+
+def _seeded_cell(seeds: tuple[int, ...], mean: float, seed_effect: dict[int, float], queries: int = 200) -> Cell:
+    """A cell whose run at seed s scores ``mean + seed_effect[s]`` plus small per-query noise."""
+    rng = np.random.default_rng(sum(seeds) + int(mean * 1000))
+    rows = [mean + seed_effect[s] + rng.normal(0, 0.001, queries) for s in seeds]
+    return Cell(seeds, np.stack(rows))
+
+
+def test_cells_of_different_seed_sets_are_compared_on_the_seeds_both_ran_paired() -> None:
+    # a large seed effect (seed 0 +0.05, seed 1 -0.05, seeds 2-4 near 0): a 2-seed arm (seeds 0, 1) against a 5-seed
+    # reference differs by exactly +0.01 at every seed; unpaired, the means over different seeds differ by ~0.
+    effect = {0: 0.05, 1: -0.05, 2: 0.0, 3: 0.02, 4: -0.02}
+    arm = _seeded_cell((0, 1), 0.61, effect)
+    reference = _seeded_cell((0, 1, 2, 3, 4), 0.60, effect)
+    result = contrast([arm, reference], [1.0, -1.0])
+    assert result.value == pytest.approx(0.01, abs=5e-4)  # unpaired: 0.61 - 0.60 + (0 - 0) / ... = 0.0100 only by luck
+    assert result.seed_level == "paired" and result.seed_ids == (0, 1) and result.dropped_seeds
+    assert result.seeds == 2 and not result.gives_verdict  # below the 3 paired seeds of the calibration
+    # the same reference seeds, unpaired as the old code did, would mix seed effects: check the pairing mattered
+    shifted = {0: 0.05, 1: -0.05, 2: 0.09, 3: 0.09, 4: 0.09}
+    skewed = contrast([_seeded_cell((0, 1), 0.61, shifted), _seeded_cell((0, 1, 2, 3, 4), 0.60, shifted)], [1, -1])
+    assert skewed.value == pytest.approx(0.01, abs=5e-4)  # a 5-seed mean would give 0.01 - 0.054 = -0.044
+
+
+def test_three_shared_seeds_give_a_verdict_and_a_seed_free_cell_pairs_with_every_seed() -> None:
+    effect = {s: 0.01 * (s - 2) for s in range(5)}
+    arm = _seeded_cell((0, 1, 2), 0.62, effect)
+    reference = _seeded_cell((0, 1, 2, 3, 4), 0.60, effect)
+    result = contrast([arm, reference], [1.0, -1.0])
+    assert result.seed_ids == (0, 1, 2) and result.gives_verdict
+    assert result.value == pytest.approx(0.02, abs=5e-4) and result.p_value < 0.001
+    zero_shot = Cell((0,), np.full((1, 200), 0.55), seed_free=True)  # nothing trained: the seed changes nothing
+    against = contrast([reference, zero_shot], [1.0, -1.0])
+    assert against.seed_ids == (0, 1, 2, 3, 4) and not against.dropped_seeds and against.seeds == 5
+    assert against.value == pytest.approx(reference.scores.mean() - 0.55)
+
+
+def test_a_verdict_on_fewer_than_three_paired_seeds_is_withheld() -> None:
+    effect = {0: 0.0, 1: 0.0}
+    slope = contrast([_seeded_cell((0, 1), 0.70, effect), _seeded_cell((0, 1), 0.60, effect)], [1.0, -1.0])
+    decision = decide(slope, None, [(1.0, slope)])
+    assert decision.kind == "no verdict" and "paired on seeds 0,1" in decision.text
+    assert "+0.1000" in decision.text  # the estimate is still shown

@@ -111,6 +111,11 @@ def _grid(sweep: Path, rng: np.random.Generator, seeds: tuple[int, ...] = (0, 1)
             make_job(sweep, f"negatives.hard_proportion={p},seed={seed}", p=p, seed=seed, scores=_scores(rng), **kwargs)
 
 
+def _job_scores(job: Path, language: str = "th") -> np.ndarray:
+    """The per-query MRR@100 of a job folder made by :func:`make_job`."""
+    return pd.read_csv(job / "per_query" / f"{language}.tsv", sep="\t")["mrr@100"].to_numpy()
+
+
 def _cell(cells: pd.DataFrame, p: float) -> pd.Series:
     return cells[np.isclose(cells.hard_proportion, p)].iloc[0]
 
@@ -119,7 +124,8 @@ def test_one_config_in_two_folders_is_counted_once(tmp_path: Path) -> None:
     """The issue's probe: p=0 and p=0.0 made two folders of one config; results.md showed n=3 for 2 seeds."""
     rng = np.random.default_rng(0)
     _grid(tmp_path, rng)
-    again = make_job(tmp_path, "negatives.hard_proportion=0.0,seed=0", p=0.0, seed=0, scores=_scores(rng, 0.1))
+    same = _job_scores(tmp_path / "negatives.hard_proportion=0,seed=0")  # one config gives the same numbers
+    again = make_job(tmp_path, "negatives.hard_proportion=0.0,seed=0", p=0.0, seed=0, scores=same)
     first = json.loads((tmp_path / "negatives.hard_proportion=0,seed=0" / "run_folder.json").read_text())
     assert json.loads((again / "run_folder.json").read_text())["config_hash"] == first["config_hash"]
     summary = aggregate(tmp_path)
@@ -199,13 +205,12 @@ def test_same_cell_and_seed_spelled_otherwise_or_elsewhere_is_still_a_duplicate(
     """Only keys that change results count: another data folder (and the paths under it), task name, policy keys
     (run.*, logger.*, kept embeddings, BM25 threads), 4 vs 4.0, a key at its neutral default, or a folder without
     run_folder.json."""
-    rng = np.random.default_rng(11)
     here = {
         "paths": {"data_dir": "/data"},
         "data": {"reader": {"root": "/data/xquad/th"}},
         "trainer": {"max_epochs": 4},
     }
-    _grid(tmp_path / "a", rng, config={**here, "task_name": "train"})
+    _grid(tmp_path / "a", np.random.default_rng(11), config={**here, "task_name": "train"})
     there = {
         "paths": {"data_dir": "/mnt/copy/data/"},
         "data": {"reader": {"root": "/mnt/copy/data/xquad/th"}},
@@ -217,7 +222,7 @@ def test_same_cell_and_seed_spelled_otherwise_or_elsewhere_is_still_a_duplicate(
         "evaluation": {"keep_embeddings": True},
         "negatives": {"pool": {"threads": 2}},
     }
-    _grid(tmp_path / "b", rng, config=there)
+    _grid(tmp_path / "b", np.random.default_rng(11), config=there)  # the same numbers
     (tmp_path / "b" / "negatives.hard_proportion=1,seed=1" / "run_folder.json").unlink()  # older folder: config.yaml
     summary = aggregate([tmp_path / "a", tmp_path / "b"], out=tmp_path / "out")
     assert (summary["completed"], summary["invalid"], summary["duplicates"]) == (4, 0, 4)
@@ -231,9 +236,11 @@ def test_zero_shot_and_unmined_runs_ignore_the_keys_they_never_used(tmp_path: Pa
     rng = np.random.default_rng(12)
     _grid(tmp_path / "a", rng)
     miner = {"negatives": {"pool": {"range_min": 10, "range_max": 60}}}
-    make_job(tmp_path / "b", "negatives.hard_proportion=0,seed=0", p=0, seed=0, scores=_scores(rng), config=miner)
+    same = _job_scores(tmp_path / "a" / "negatives.hard_proportion=0,seed=0")
+    make_job(tmp_path / "b", "negatives.hard_proportion=0,seed=0", p=0, seed=0, scores=same, config=miner)
+    zero_shot = _scores(rng)
     for sweep, p in (("a", 0.5), ("b", 1.0)):
-        job = make_job(tmp_path / sweep, f"stage=zero_shot,p={p}", p=p, seed=0, scores=_scores(rng))
+        job = make_job(tmp_path / sweep, f"stage=zero_shot,p={p}", p=p, seed=0, scores=zero_shot)
         metrics = json.loads((job / "metrics.json").read_text())
         metrics.update(stage="zero_shot", hard_proportion=None, num_negatives=None)
         del metrics["train"]
@@ -327,6 +334,64 @@ def test_bad_per_query_file_is_an_error_naming_it_and_the_rest_is_reported(tmp_p
     assert _cell(pd.read_csv(tmp_path / "cells.csv"), 1).n == 2
 
 
+def test_per_query_file_edited_away_from_its_metrics_is_invalid(tmp_path: Path) -> None:
+    """The issue's probe: every MRR of one p = 1 file set to 1.0, row count kept, was counted (its deltas said hard
+    negatives help while cells.csv, from metrics.json, showed p = 1 below p = 0)."""
+    rng = np.random.default_rng(14)
+    _grid(tmp_path, rng, seeds=(0, 1, 2))
+    edited = tmp_path / "negatives.hard_proportion=1,seed=1" / "per_query" / "th.tsv"
+    table = pd.read_csv(edited, sep="\t", dtype={"query_id": str})
+    reported = json.loads((edited.parents[1] / "metrics.json").read_text())["metrics"]["mrr@100"]
+    table["mrr@100"] = 1.0
+    table.to_csv(edited, sep="\t", index=False)
+    summary = aggregate(tmp_path)
+    assert (summary["completed"], summary["invalid"]) == (5, 1)
+    report = (tmp_path / "results.md").read_text()
+    assert f"{edited}: its means disagree with {edited.parents[1] / 'metrics.json'}" in report
+    assert f"mrr@100: file mean 1.0000000, metrics.json {reported!r}" in report
+    assert pd.read_csv(tmp_path / "significance.csv").seeds.tolist() == [2]
+    assert _cell(pd.read_csv(tmp_path / "cells.csv"), 1).n == 2
+    assert main([str(tmp_path)]) == 1
+
+
+def test_copies_of_one_config_with_other_numbers_are_a_conflict_none_counted(tmp_path: Path) -> None:
+    """The issue's probe: a copy of a job folder (same config hash) with MRR .9 was counted once, the first by name
+    winning (it became the cell mean, outside its own interval). Now neither copy is counted and both are named;
+    an exact copy still counts once."""
+    rng = np.random.default_rng(15)
+    _grid(tmp_path / "a", rng)
+    name = "negatives.hard_proportion=1,seed=0"
+    make_job(tmp_path / "b", name, p=1, seed=0, scores=np.full(QUERIES, 0.9))  # consistent with its own metrics
+    shutil.copytree(tmp_path / "a" / "negatives.hard_proportion=0,seed=1", tmp_path / "b" / "exact copy")
+    summary = aggregate([tmp_path / "a", tmp_path / "b"], out=tmp_path / "out")
+    assert (summary["completed"], summary["conflicts"], summary["duplicates"], summary["invalid"]) == (3, 2, 1, 0)
+    report = (tmp_path / "out" / "results.md").read_text()
+    assert "2 run(s) in conflict (not counted)" in report
+    conflicts = report.split("### Conflicts: folders of one config with different numbers (none counted)")[1]
+    conflicts = conflicts.split("###")[0]
+    assert f"| a/{name} " in conflicts and f"| b/{name} " in conflicts
+    first = json.loads((tmp_path / "a" / name / "metrics.json").read_text())["metrics"]["mrr@100"]
+    assert f"a/{name} (mrr@100 {first:.7f})" in conflicts
+    assert f"b/{name} (mrr@100 0.9000000)" in conflicts and "none counted" in conflicts
+    results = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert name not in set(results.job.str.split("/").str[1])
+    assert _cell(pd.read_csv(tmp_path / "out" / "cells.csv"), 1).n == 1
+    assert list(pd.read_csv(tmp_path / "out" / "duplicates.csv").job) == ["b/exact copy"]
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "out")]) == 1
+
+
+def test_committed_sweeps_count_every_run() -> None:
+    """Every committed job's per-query file agrees with its metrics.json, and no run is a conflict or duplicate."""
+    results_dir = Path(__file__).resolve().parents[1] / "docs" / "results"
+    sweeps = [[results_dir / "me5_grid" / block for block in ("dose", "parallel", "zero_shot", "miner")]]
+    sweeps += [[results_dir / "tiny_hardneg"], [results_dir / "tiny_schedules"]]
+    for folders in sweeps:
+        results, problems = collect(folders)
+        assert not results.empty
+        left_out = problems[problems.status.isin(["invalid", "conflict", "duplicate"])]
+        assert left_out.empty, left_out.to_string()
+
+
 def test_evaluation_depth_is_kept_apart(tmp_path: Path) -> None:
     """Runs at depth 10 (MRR@10) are reported apart, never pooled with or analysed as MRR@100."""
     rng = np.random.default_rng(4)
@@ -366,7 +431,8 @@ def test_several_sweep_folders_form_one_report(tmp_path: Path) -> None:
     for seed in (0, 1):
         name = f"negatives.hard_proportion=1,negatives.pool.range_min=10,seed={seed}"
         make_job(second, name, p=1, seed=seed, scores=_scores(rng, 0.1), config=miner)
-    make_job(second, "negatives.hard_proportion=0,seed=0", p=0, seed=0, scores=_scores(rng))  # also in `first`
+    same = _job_scores(first / "negatives.hard_proportion=0,seed=0")
+    make_job(second, "negatives.hard_proportion=0,seed=0", p=0, seed=0, scores=same)  # also in `first`
     assert main([str(first), str(second), "--out", str(out)]) == 0
     results = pd.read_csv(out / "results.csv")
     assert len(results) == 6 and set(results.job.str.split("/").str[0]) == {"dose", "miner"}

@@ -42,3 +42,39 @@ def test_a_bad_negatives_value_is_named(changes: dict[str, Any], problem: str) -
 def test_a_negatives_group_without_pool_keys_is_not_a_config_problem() -> None:
     negatives = {"num_negatives": 0, "hard_proportion": 0.0}  # e.g. a hand-written group for in-batch negatives only
     assert config_problems(OmegaConf.create({"train": {}, "negatives": negatives})) == []
+
+
+@pytest.mark.parametrize(
+    ("proportion", "k", "nearest"),
+    [(0.3, 1, "hard_proportion=0 and 1"), (0.3, 4, "hard_proportion=0.25 and 0.5"), (0.1, 4, "=0 and 0.25")],
+)
+def test_a_proportion_that_no_whole_number_of_negatives_gives_is_refused(
+    proportion: float, k: int, nearest: str
+) -> None:
+    # round(p * k) drew none for p = .3, k = 1 (the run was p = 0 in fact) and one of four for p = .3, k = 4 (.25),
+    # both labelled 0.3
+    problems = _problems(hard_proportion=proportion, num_negatives=k)
+    assert len(problems) == 1 and f"negatives.hard_proportion={proportion:g}" in problems[0]
+    assert "whole number" in problems[0] and nearest in problems[0]
+
+
+@pytest.mark.parametrize(("proportion", "k"), [(0.25, 4), (0.75, 4), (0.5, 2), (1, 3), (0.2, 5), (0, 7)])
+def test_every_proportion_with_a_whole_number_of_hard_negatives_passes(proportion: float, k: int) -> None:
+    assert _problems(hard_proportion=proportion, num_negatives=k) == []
+
+
+def test_the_sampler_draws_exactly_p_times_k_or_refuses() -> None:
+    from mdr.data.negatives import NegativeSampler
+
+    assert NegativeSampler(4, 0.75).num_hard == 3
+    with pytest.raises(ValueError, match="p \\* k must be a whole number"):
+        NegativeSampler(1, 0.3)
+
+
+def test_an_unknown_bm25_tokenizer_is_named() -> None:
+    assert _problems(pool={"tokenizer": "icu"}) == [
+        "negatives.pool.tokenizer must be one of ['default', 'thai_words'], got 'icu'"
+    ]
+    assert _problems(pool={"tokenizer": "thai_words", "backend": "pyserini"}) == [
+        "negatives.pool.tokenizer=thai_words is for backend=bm25s (pyserini uses its analyzer)"
+    ]

@@ -28,6 +28,24 @@ def num_hard(hard_proportion: float, num_negatives: int) -> int:
     return int(math.floor(hard_proportion * num_negatives + 0.5))
 
 
+def proportion_problem(hard_proportion: float, num_negatives: int, prefix: str = "negatives") -> str | None:
+    """Why ``p`` cannot label a run with ``k`` negatives (``p * k`` not a whole number), else None.
+
+    A query draws exactly ``p * k`` hard negatives, so the p in metrics.json and the tables is the share that ran;
+    the message names the nearest valid proportions.
+    """
+    wanted = hard_proportion * num_negatives
+    if num_negatives <= 0 or abs(wanted - round(wanted)) < 1e-9:
+        return None
+    low, high = math.floor(wanted) / num_negatives, math.ceil(wanted) / num_negatives
+    return (
+        f"{prefix}.hard_proportion={hard_proportion:g} with {prefix}.num_negatives={num_negatives} asks for "
+        f"{wanted:g} hard negatives per query: p * k must be a whole number, so the p recorded is the share drawn; "
+        f"the nearest valid values are {prefix}.hard_proportion={low:g} and {high:g} (or choose num_negatives so "
+        "that p * k is whole)"
+    )
+
+
 @dataclass
 class SamplingStats:
     """What one epoch's sampling did, for logging."""
@@ -67,6 +85,9 @@ class NegativeSampler:
             raise ValueError(f"negatives.hard_proportion must be in [0, 1], got {hard_proportion}")
         if num_negatives < 0:
             raise ValueError(f"negatives.num_negatives must be >= 0, got {num_negatives}")
+        problem = proportion_problem(float(hard_proportion), int(num_negatives))
+        if problem:
+            raise ValueError(problem)
         self.num_negatives = int(num_negatives)
         self.hard_proportion = float(hard_proportion)
         self.seed = int(seed)

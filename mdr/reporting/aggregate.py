@@ -6,7 +6,8 @@
 The steps live in their own modules: :mod:`mdr.reporting.collect` reads the run folders into a results frame
 (which jobs completed, failed or are missing; variants), :mod:`mdr.reporting.analysis` computes cells, deltas
 against p = 0, trends, variant effects and schedule comparisons, :mod:`mdr.reporting.report` writes the
-Markdown and :mod:`mdr.reporting.plots` the plot. This module runs them in order and holds the CLI.
+Markdown and :mod:`mdr.reporting.plots` the plot. This module runs them in order and holds the CLI; the files
+are written as one set (:mod:`mdr.reporting.report_set`: staged, then moved into place with results.md last).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from mdr.reporting.analysis import EQUIVALENCE_MARGIN, analyse, compare_schedules, sort_results
+from mdr.reporting.analysis import EQUIVALENCE_MARGIN, Analysis, analyse, compare_schedules, sort_results
 from mdr.reporting.collect import (
     METRIC,
     cell_means,
@@ -29,8 +30,9 @@ from mdr.reporting.collect import (
     resolve_sweep_dir,
     run_variant,
 )
-from mdr.reporting.plots import plot, plot_deltas
+from mdr.reporting.plots import plot, plot_answer
 from mdr.reporting.report import headline, markdown_report, means_markdown, schedules_markdown
+from mdr.reporting.report_set import LAST, MANIFEST, staged_report
 from mdr.utils.io import atomic_write_text
 
 __all__ = ["aggregate", "collect", "compare_schedules", "expected_jobs", "job_outcome", "main", "run_variant"]
@@ -42,6 +44,22 @@ set of tables)."""
 
 TABLE_FILES = {"cells": "cells.csv", "tests": "significance.csv", "trends": "trends.csv"}
 """Analysis tables always written, by :class:`mdr.reporting.analysis.Analysis` field."""
+
+REPORT_FILES = (
+    LAST,
+    MANIFEST,
+    "results.csv",
+    "duplicates.csv",
+    "schedules.csv",
+    "cells_depth*.csv",
+    *(TABLE_FILES.get(field.name, f"{field.name}.csv") for field in fields(Analysis)),
+    "mrr_vs_proportion*.png",
+    "answer*.png",
+    "delta_vs_proportion*.png",  # the figure answer.png replaced: removed from a folder written before
+)
+"""Every file a report set can hold (globs): what a new set replaces in the report folder."""
+COUNTED = ("failed", "missing", "invalid")
+"""Problem statuses counted in the summary under their own name."""
 
 
 def _sweep_dirs(sweep_dirs: str | Path | list[str] | list[Path]) -> list[Path]:
@@ -71,6 +89,7 @@ def _problem_sections(problems: pd.DataFrame) -> list[str]:
     titles = {
         ("failed", "missing"): "Failed and missing jobs",
         ("invalid",): "Invalid runs (not counted)",
+        ("conflict",): "Conflicts: folders of one config with different numbers (none counted)",
         ("duplicate",): "Duplicates (counted once)",
     }
     for statuses, title in titles.items():
@@ -88,49 +107,89 @@ def aggregate(
 ) -> dict[str, Any]:
     """Write the tables and plot of one sweep folder (into it) or of several analysed as one (into ``out``).
 
+    The files form one set (:mod:`mdr.reporting.report_set`): an error or Ctrl-C leaves the previous set as it
+    was; a finished aggregate replaces all of it (files the new set lacks are removed), results.md last, beside
+    ``report_manifest.json`` naming the set.
+
     Args:
         sweep_dirs: a sweep folder, or a list of them: their runs form one results frame, in which a cell and
-            seed found in two folders is a duplicate (counted once), or an invalid run where the two configs
-            differ in a key that changes results (:func:`mdr.reporting.collect.drop_duplicates`).
+            seed found in two folders is a duplicate (counted once), a conflict (different numbers: neither
+            counted), or an invalid run where the two configs differ in a key that changes results
+            (:func:`mdr.reporting.collect.drop_duplicates`).
         out: where the files go; default the sweep folder (required for several).
         wandb: ``wandb.init`` settings (:func:`mdr.reporting.wandb_summary.summary_settings`): log the tables and
             plots to a summary run of the sweep's W&B group as well; None: no W&B.
 
     Returns:
-        Counts (completed, failed, missing, invalid, duplicates), ``table`` (results.md), ``plot``, ``headline``
-        (results.md's table of cell means), ``verdicts``.
+        Counts (completed, failed, missing, invalid, conflicts, duplicates), ``table`` (results.md), ``plot``,
+        ``headline`` (results.md's table of cell means), ``verdicts``.
     """
     roots = _sweep_dirs(sweep_dirs)
     if out is None and len(roots) > 1:
         raise ValueError(f"{len(roots)} sweep folders: say where the combined report goes (--out)")
     target = Path(out) if out is not None else roots[0]
-    target.mkdir(parents=True, exist_ok=True)
     results, problems = collect(roots if len(roots) > 1 else roots[0])
-    counts = {status: int((problems.status == status).sum()) for status in ("failed", "missing", "invalid")}
     summary: dict[str, Any] = {
         "sweep_dir": str(roots[0]) if len(roots) == 1 else [str(root) for root in roots],
         "completed": len(results),
-        **counts,
+        **{status: int((problems.status == status).sum()) for status in COUNTED},
+        "conflicts": int((problems.status == "conflict").sum()),
         "duplicates": int((problems.status == "duplicate").sum()),
     }
+    summary["status"] = _status_line(summary)
+    sources = [str(root) for root in roots]
+    with staged_report(target, sources, REPORT_FILES) as staging:
+        tables, plots, headlines = _write_report(
+            results, problems, sources, summary["status"], staging, equivalence_margin
+        )
+    plots = [target / path.name for path in plots]  # where the set now is
+    if plots:
+        summary["plot"] = str(plots[0])
+        summary["plots"] = [str(path) for path in plots]
+    if "trends" in tables:
+        summary["verdicts"] = tables["trends"].verdict.tolist()
+    summary["table"] = str(target / LAST)
+    summary["headline"] = "\n\n".join(headlines)
+    if wandb is not None:
+        from mdr.reporting.wandb_summary import publish_summary
+
+        summary["wandb"] = publish_summary(wandb, tables, plots, summary)
+    return summary
+
+
+def _status_line(summary: dict[str, Any]) -> str:
+    """results.md's count of the jobs: completed, failed, missing; invalid, duplicates and conflicts when any."""
     line = f"{summary['completed']} completed, {summary['failed']} failed, {summary['missing']} missing."
     if summary["invalid"] or summary["duplicates"]:
         line += f" {summary['invalid']} invalid (not counted), {summary['duplicates']} duplicate(s) (counted once)."
-    summary["status"] = line
-    sections = [f"# Results: {', '.join(str(root) for root in roots)}", "", line, ""]
+    if summary["conflicts"]:
+        line += f" {summary['conflicts']} run(s) in conflict (not counted)."
+    return line
+
+
+def _write_report(
+    results: pd.DataFrame,
+    problems: pd.DataFrame,
+    sources: list[str],
+    status: str,
+    folder: Path,
+    equivalence_margin: float,
+) -> tuple[dict[str, pd.DataFrame], list[Path], list[str]]:
+    """Write the report's files into ``folder``; returns (analysis tables by name, plots, headlines)."""
+    sections = [f"# Results: {', '.join(sources)}", "", status, ""]
     tables: dict[str, pd.DataFrame] = {}
     plots: list[Path] = []
     headlines: list[str] = []
     if not results.empty:
         results = sort_results(results)
-        atomic_write_text(target / "results.csv", results.drop(columns=["per_query_file"]).to_csv(index=False))
+        atomic_write_text(folder / "results.csv", results.drop(columns=["per_query_file"]).to_csv(index=False))
         parts: dict[str, list[pd.DataFrame]] = {}
         partitions = _partitions(results)
         for index, (heading, rows) in enumerate(partitions):
             depth = int(rows.depth.iloc[0])
             if metric_at(depth) != METRIC:  # measured at another depth: the analysis is of MRR@100, so means only
                 means = cell_means(rows, depth)
-                atomic_write_text(target / f"cells_depth{depth}.csv", means.to_csv(index=False))
+                atomic_write_text(folder / f"cells_depth{depth}.csv", means.to_csv(index=False))
                 sections += [heading, "", means_markdown(means, depth), ""]
                 continue
             analysis = analyse(rows, equivalence_margin=equivalence_margin)
@@ -145,39 +204,36 @@ def aggregate(
                 parts.setdefault("schedules", []).append(comparison)
                 sections += [schedules_markdown(comparison), ""]
             name = "mrr_vs_proportion.png" if len(partitions) == 1 else f"mrr_vs_proportion_{index + 1}.png"
-            plots.append(plot(analysis.cells, target / name))
-            deltas = plot_deltas(analysis.tests, target / name.replace("mrr_vs", "delta_vs"), equivalence_margin)
-            plots += [deltas] if deltas else []
+            means = plot(analysis.cells, folder / name)
+            plots += [means] if means else []
+            answer = plot_answer(
+                analysis.tests,
+                analysis.trends,
+                folder / name.replace("mrr_vs_proportion", "answer"),
+                equivalence_margin,
+            )
+            plots = ([answer] if answer else []) + plots  # the answer first: README's figure, W&B's first image
         tables = {field: pd.concat(frames, ignore_index=True) for field, frames in parts.items()}
         for field, frame in tables.items():  # cells, significance, trends always; the others when not empty
             if field in TABLE_FILES or not frame.empty:
-                atomic_write_text(target / TABLE_FILES.get(field, f"{field}.csv"), frame.to_csv(index=False))
-        if plots:
-            summary["plot"] = str(plots[0])
-            summary["plots"] = [str(path) for path in plots]
-        if "trends" in tables:
-            summary["verdicts"] = tables["trends"].verdict.tolist()
+                atomic_write_text(folder / TABLE_FILES.get(field, f"{field}.csv"), frame.to_csv(index=False))
     duplicates = problems[problems.status == "duplicate"]
     if not duplicates.empty:
-        atomic_write_text(target / "duplicates.csv", duplicates.to_csv(index=False))
+        atomic_write_text(folder / "duplicates.csv", duplicates.to_csv(index=False))
     sections += _problem_sections(problems)
-    atomic_write_text(target / "results.md", "\n".join(sections))
-    summary["table"] = str(target / "results.md")
-    summary["headline"] = "\n\n".join(headlines)
-    if wandb is not None:
-        from mdr.reporting.wandb_summary import publish_summary
-
-        summary["wandb"] = publish_summary(wandb, tables, plots, summary)
-    return summary
+    atomic_write_text(folder / LAST, "\n".join(sections))
+    return tables, plots, headlines
 
 
 def exit_status(summary: dict[str, Any]) -> int:
-    """1 when a job failed, is missing or is invalid, else 0 (duplicates are counted once, not an error)."""
-    return 1 if summary["failed"] or summary["missing"] or summary.get("invalid") else 0
+    """1 when a job failed, is missing, is invalid or in a conflict, else 0 (duplicates are counted once, not an
+    error)."""
+    return 1 if summary["failed"] or summary["missing"] or summary.get("invalid") or summary.get("conflicts") else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: aggregate, print the Markdown report; exit 1 if any job failed, is missing or is invalid."""
+    """CLI: aggregate, print the Markdown report; exit 1 if any job failed, is missing, is invalid or in a
+    conflict."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", nargs="+", help="sweep folder(s); several are analysed as one")
     parser.add_argument("--out", help="where the report goes (default: the sweep folder; required for several)")

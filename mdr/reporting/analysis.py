@@ -27,6 +27,7 @@ import pandas as pd
 
 from mdr.reporting.collect import DEFAULT_VARIANT, GROUP, KEYS, METRIC
 from mdr.reporting.statistics import (
+    CALIBRATED_SEEDS,
     Cell,
     Estimate,
     Parts,
@@ -37,6 +38,7 @@ from mdr.reporting.statistics import (
     decide,
     estimate,
     holm,
+    seed_label,
     slope_weights,
     step_weights,
     tost,
@@ -131,6 +133,7 @@ class _CellTables:
                 tuple(int(s) for s in rows.seed),
                 table.loc[common].to_numpy(dtype=np.float64).T,
                 group="|".join(str(language) for language in dict.fromkeys(rows.language)),
+                seed_free=bool(rows.variant.astype(str).str.startswith("mask=n/a").all()),
             )
             for rows, table in zip(selections, tables)
         ]
@@ -162,6 +165,8 @@ def _estimate_columns(estimate: Estimate, value_name: str) -> dict[str, Any]:
         "seeds": estimate.seeds,
         "queries": estimate.queries,
         "seed_level": estimate.seed_level,
+        "seed_ids": seed_label(estimate.seed_ids) if estimate.seed_ids else "none shared",
+        "gives_verdict": estimate.gives_verdict,
     }
 
 
@@ -209,11 +214,19 @@ def _comparison(
 
 
 def _note(estimate: Estimate) -> str:
+    """What the row's pairing and seed count allow: empty for a calibrated paired contrast."""
+    notes = []
     if estimate.seed_level == "none":
-        return "seeds=1: interval from queries only"
-    if estimate.seed_level == "partial":
-        return "a cell has 1 seed: its seed variance not estimated"
-    return ""
+        notes.append("seeds=1: interval from queries only")
+    elif estimate.seed_level == "partial":
+        notes.append("a cell has 1 seed: its seed variance not estimated")
+    elif not estimate.seed_ids:
+        notes.append("no seed shared: unpaired")
+    if estimate.dropped_seeds and estimate.seed_ids:
+        notes.append(f"paired on seeds {seed_label(estimate.seed_ids)}, the ones both cells ran")
+    if not estimate.gives_verdict:
+        notes.append(f"estimate only, no verdict (below {CALIBRATED_SEEDS} paired seeds)")
+    return "; ".join(notes)
 
 
 def _baseline(tables: _CellTables, group: tuple[Any, ...]) -> tuple[str, pd.DataFrame] | None:
@@ -499,7 +512,7 @@ def _language_contrasts(
     return interactions, contrasts
 
 
-_ESTIMATE = ["p_value", "ci_low", "ci_high", "seeds", "queries", "se", "df", "seed_level"]
+_ESTIMATE = ["p_value", "ci_low", "ci_high", "seeds", "queries", "se", "df", "seed_level", "seed_ids", "gives_verdict"]
 _SECOND = [f"{SECOND_METRIC}_ci_low", f"{SECOND_METRIC}_ci_high", f"{SECOND_METRIC}_p_value"]
 TEST_COLUMNS = [
     *GROUP[:3],

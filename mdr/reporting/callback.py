@@ -14,7 +14,7 @@ from mdr.utils.logging import get_logger
 log = get_logger(__name__)
 
 EXIT_INCOMPLETE = 1
-"""Exit status of a multirun with a failed, missing or invalid job, or whose aggregation failed."""
+"""Exit status of a multirun with a failed, missing, invalid or conflicting job, or whose aggregation failed."""
 
 
 class AggregateOnMultirunEnd(Callback):
@@ -26,8 +26,8 @@ class AggregateOnMultirunEnd(Callback):
 
     Hydra turns an ``Exception`` raised by a callback into a warning (``hydra._internal.callbacks``), so the
     sweep's exit status is set with ``SystemExit`` (not an ``Exception``: it passes through Hydra and ends
-    ``python train.py -m ...`` with status 1) when a job failed, is missing or invalid, or the aggregation itself
-    failed.
+    ``python train.py -m ...`` with status 1) when a job failed, is missing, invalid or in a conflict, or the
+    aggregation itself failed.
     """
 
     def __init__(self, equivalence_margin: float = 0.01) -> None:
@@ -60,10 +60,11 @@ class AggregateOnMultirunEnd(Callback):
         print(console_summary(summary), flush=True)
         if exit_status(summary):
             log.error(
-                "%d job(s) failed, %d missing and %d invalid: see %s",
+                "%d job(s) failed, %d missing, %d invalid and %d in conflict: see %s",
                 summary["failed"],
                 summary["missing"],
                 summary.get("invalid", 0),
+                summary.get("conflicts", 0),
                 summary["table"],
             )
             raise SystemExit(EXIT_INCOMPLETE)

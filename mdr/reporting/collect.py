@@ -67,8 +67,16 @@ def variant_name(
     return f"mask={masking},denoise={'on' if denoised else 'off'}{suffix}"
 
 
-DEFAULT_MINER = {"source": "bm25", "backend": "bm25s", "range_min": 0, "range_max": 50, "margin": None}
-"""``negatives.pool`` of the default miner (conf/negatives/bm25.yaml): BM25 (bm25s), ranks 1-50, no margin."""
+DEFAULT_MINER = {
+    "source": "bm25",
+    "backend": "bm25s",
+    "range_min": 0,
+    "range_max": 50,
+    "margin": None,
+    "tokenizer": "default",
+}
+"""``negatives.pool`` of the default miner (conf/negatives/bm25.yaml): BM25 (bm25s, mdr's words and bigrams), ranks
+1-50, no margin."""
 
 
 def run_miner(record: RunRecord, config: dict[str, Any]) -> str | None:
@@ -76,9 +84,9 @@ def run_miner(record: RunRecord, config: dict[str, Any]) -> str | None:
     the default miner, for a run that used no hard negatives (p = 0, zero-shot) and for a run whose
     ``config.yaml`` does not say.
 
-    The label is ``<source>[/<backend>][(<encoder>)]:<first>-<last rank>[,margin=<m>]`` from the resolved
-    ``negatives.pool`` (e.g. ``bm25:11-60`` for ``range_min=10 range_max=60``, ``dense(me5_small):4-50`` for
-    ``negatives=dense``).
+    The label is ``<source>[/<backend>][[<tokenizer>]][(<encoder>)]:<first>-<last rank>[,margin=<m>]`` from the
+    resolved ``negatives.pool`` (e.g. ``bm25:11-60`` for ``range_min=10 range_max=60``, ``dense(me5_small):4-50`` for
+    ``negatives=dense``, ``bm25[thai_words]:1-50`` for ``negatives=bm25_thai_words``).
     """
     pool = _lookup(config, "negatives.pool")
     if not isinstance(pool, dict) or not record.used_hard_negatives():
@@ -89,6 +97,8 @@ def run_miner(record: RunRecord, config: dict[str, Any]) -> str | None:
     label = str(settings["source"])
     if settings["source"] in ("bm25", "shipped") and settings["backend"] != DEFAULT_MINER["backend"]:
         label += f"/{settings['backend']}"
+    if settings["tokenizer"] != DEFAULT_MINER["tokenizer"]:
+        label += f"[{settings['tokenizer']}]"
     if pool.get("encoder"):
         label += f"({Path(str(pool['encoder'])).name})"
     label += f":{int(settings['range_min']) + 1}-{settings['range_max']}"
@@ -258,10 +268,11 @@ def collect(sweep_dirs: Path | str | list[Path] | list[str]) -> tuple[pd.DataFra
     """(completed runs, problems) of one sweep folder or several analysed as one.
 
     ``problems`` lists, one row each, jobs that failed, are missing, are invalid (metrics.json disagrees with the
-    job's own overrides or config, a per-query file is bad: the error names the file, or the job ran the cell and
-    seed of a run kept earlier from another config) and duplicates (the same
-    config as a run kept earlier; see :func:`drop_duplicates`). Only completed, valid, first-seen runs are in the
-    results.
+    job's own overrides or config, a per-query file is bad or disagrees with its metrics.json: the error names the
+    file, or the job ran the cell and seed of a run kept earlier from another config), duplicates (the same config
+    and numbers as a run kept earlier) and conflicts (folders of one config with
+    different numbers, none counted; see :func:`drop_duplicates`). Only completed, valid, first-seen runs without a
+    conflict are in the results.
     """
     dirs = [Path(d) for d in sweep_dirs] if isinstance(sweep_dirs, list) else [Path(sweep_dirs)]
     qualify = len(dirs) > 1  # several sweep folders: a job is named <sweep folder>/<job folder>
@@ -347,6 +358,7 @@ def _collect_one(sweep_dir: Path, prefix: str) -> tuple[list[dict[str, Any]], li
                         "job": name,
                         "per_query_file": str(per_query),
                         "_config": compared,  # what drop_duplicates compares; not a results column
+                        "_metrics_file": str(job / "metrics.json"),  # named when the per-query file disagrees
                     }
                 )
             rows += found
@@ -473,13 +485,45 @@ def _read_per_query(path: str) -> pd.DataFrame:
     return pd.read_csv(path, sep="\t", dtype={"query_id": str})
 
 
+MEAN_TOLERANCE = 1e-6
+"""How far a per-query file's mean of a measure may lie from its metrics.json value, and two copies of one run
+may differ, and still agree: per-query files hold 6 decimals, so an honest mean is off by at most 5e-7."""
+
+
+def _measures(row: dict[str, Any]) -> dict[str, Any]:
+    """The measures (``mrr@100``, ``ndcg@10``, ...) of a row, as metrics.json reports them."""
+    return {key: value for key, value in row.items() if "@" in key}
+
+
+def _agree(first: Any, second: Any) -> bool:
+    try:
+        return bool(abs(float(first) - float(second)) <= MEAN_TOLERANCE)  # NaN never agrees
+    except (TypeError, ValueError):
+        return False
+
+
+def mean_disagreements(table: pd.DataFrame, row: dict[str, Any]) -> list[str]:
+    """``<measure>: file mean <m>, metrics.json <v>`` for each measure both record whose per-query mean is more
+    than :data:`MEAN_TOLERANCE` from the value metrics.json reports; empty when they agree."""
+    found = []
+    for name, reported in _measures(row).items():
+        if name not in table.columns:
+            continue
+        mean = pd.to_numeric(table[name], errors="coerce").mean()
+        if not _agree(mean, reported):
+            found.append(f"{name}: file mean {mean:.7f}, metrics.json {reported!r}")
+    return found
+
+
 def check_per_query(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(rows whose per-query file is sound, an ``invalid`` problem per other row, naming its file).
 
     A file is sound when it reads as a table with ``query_id`` and every metric column, holds each query once
-    and no missing score, has the ``num_queries`` rows its metrics.json reports, and scores the same queries as
-    the other runs evaluated on that (data, language, split): the query set most of them share. A run with a bad file
-    would otherwise enter the analysis with NaN scores or a different query set.
+    and no missing score, has the ``num_queries`` rows its metrics.json reports, the mean of each measure within
+    :data:`MEAN_TOLERANCE` of the value metrics.json reports (:func:`mean_disagreements`), and scores the same
+    queries as the other runs evaluated on that (data, language, split): the query set most of them share. A run
+    with a bad file would otherwise enter the analysis with NaN scores, a different query set, or per-query scores
+    (the deltas) that contradict its metrics.json (the cell means).
     """
     invalid: list[dict[str, Any]] = []
     query_sets: dict[int, frozenset[str]] = {}
@@ -512,6 +556,11 @@ def check_per_query(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], l
             continue
         if row.get("num_queries") is not None and len(table) != int(row["num_queries"]):
             refuse(index, f"{len(table)} queries, but metrics.json reports num_queries={row['num_queries']}")
+            continue
+        disagreements = mean_disagreements(table, row)
+        if disagreements:
+            metrics_file = row.get("_metrics_file", "metrics.json")
+            refuse(index, f"its means disagree with {metrics_file} ({'; '.join(disagreements)})")
             continue
         query_sets[index] = frozenset(table.query_id)
     groups: dict[tuple[Any, Any], list[int]] = {}
@@ -591,21 +640,54 @@ def _differences(earlier: dict[str, Any], later: dict[str, Any]) -> list[str]:
     ]
 
 
-def drop_duplicates(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(rows counted once, a problem per row left out: ``duplicate`` or ``invalid``).
+def number_differences(first: dict[str, Any], second: dict[str, Any]) -> list[str]:
+    """The measures (and ``num_queries``) two rows both report that differ (by more than :data:`MEAN_TOLERANCE`);
+    empty when their numbers are the same."""
+    found = [
+        name
+        for name, value in _measures(first).items()
+        if name in second and not (pd.isna(value) and pd.isna(second[name])) and not _agree(value, second[name])
+    ]
+    if first.get("num_queries") != second.get("num_queries"):
+        found.append("num_queries")
+    return found
 
-    A row is a duplicate of a row kept before it (sweep folders in the order given, job folders by name) when
-    both jobs have the same config hash (``run_folder.json``: one config run twice, e.g. ``p=0`` and ``p=0.0``,
-    or a folder copied under another name) or the same cell and seed (model, stage, language, variant, p,
-    depth, data, split, seed) from configs that agree on every key that can change the row's numbers
-    (:func:`comparable_config`: e.g. another ``paths.data_dir``, or no ``run_folder.json``). The first is kept;
-    the problem row names it and both MRR@100 values. Keys that vary within a cell have split it beforehand
+
+def _conflict(members: list[dict[str, Any]], reasons: list[str]) -> str:
+    """The error of every row of a conflict: each folder with the numbers that differ between them."""
+    differing = list(dict.fromkeys(name for row in members[1:] for name in number_differences(members[0], row)))
+
+    def shown(row: dict[str, Any]) -> str:
+        values = ((name, row.get(name)) for name in differing)
+        return ", ".join(f"{name} {v:.7f}" if isinstance(v, float) else f"{name} {v!r}" for name, v in values)
+
+    listing = "; ".join(f"{row['job']} ({shown(row)})" for row in members)
+    return (
+        f"{members[0]['language']}: one config ({'; '.join(dict.fromkeys(reasons))}) in {len(members)} folders "
+        f"with different numbers: {listing}: none counted, since which is right cannot be told; remove the wrong "
+        "folder(s)"
+    )
+
+
+def drop_duplicates(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(rows counted once, a problem per row left out: ``duplicate``, ``conflict`` or ``invalid``).
+
+    A row is a copy of a row kept before it (sweep folders in the order given, job folders by name) when both jobs
+    have the same config hash (``run_folder.json``: one config run twice, e.g. ``p=0`` and ``p=0.0``, or a folder
+    copied under another name) or the same cell and seed (model, stage, language, variant, p, depth, data, split,
+    seed) from configs that agree on every key that can change the row's numbers (:func:`comparable_config`:
+    e.g. another ``paths.data_dir``, or no ``run_folder.json``). Copies with the same numbers (every measure both
+    report within :data:`MEAN_TOLERANCE`, the same ``num_queries``) are duplicates: the first is kept, the
+    problem row names it and both MRR@100 values. Copies whose numbers differ are a ``conflict``: which is right
+    cannot be told, so none of them is counted, and each one's problem row names every folder and the numbers
+    that differ. Keys that vary within a cell have split it beforehand
     (:func:`split_cells`); the same cell and seed from a config that still differs (in a key a cell column shows,
     e.g. the job's own language where another job evaluated it too) is ``invalid`` (not counted), its error naming
     the keys and both values.
     """
     kept: list[dict[str, Any]] = []
-    problems: list[dict[str, Any]] = []
+    invalid: dict[int, dict[str, Any]] = {}
+    copies: dict[int, list[tuple[dict[str, Any], str, str]]] = {}  # id(kept row) -> (later row, why, short why)
     by_hash: dict[tuple[str, Any], dict[str, Any]] = {}
     by_cell: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in rows:
@@ -623,44 +705,73 @@ def drop_duplicates(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], l
             shown = "; ".join(differences[:6]) + (
                 f"; ... and {len(differences) - 6} more" if len(differences) > 6 else ""
             )
+            invalid[id(row)] = {
+                "job": row["job"],
+                "status": "invalid",
+                "error": f"{row['language']}: the same cell and seed as {earlier['job']} from a config that "
+                f"differs in {len(differences)} key(s) ({shown}): not counted. A key that varies within a cell "
+                "splits it (its value joins the variant) unless a cell column shows it, as here, so these runs "
+                "cannot share a table: aggregate each setting's sweep folders on their own "
+                "(python -m mdr.reporting.aggregate DIR --out OUT)",
+                "overrides": "",
+            }
+            continue
+        if same_config is not None:
+            reason, short = "the same config (run_folder.json config hash)", "same run_folder.json config hash"
+        elif earlier.get("_config") is None or row.get("_config") is None:
+            reason = "the same cell and seed (a config.yaml to compare is missing)"
+            short = "same cell and seed, a config.yaml to compare missing"
+        else:
+            reason = "the same cell and seed from a config that differs in no key that changes results"
+            short = "same cell and seed, configs that differ in no key that changes results"
+        copies.setdefault(id(earlier), []).append((row, reason, short))
+    head_of: dict[int, dict[str, Any]] = {}  # id(copy) -> the kept row it copies
+    conflicts: dict[int, str] = {}  # id(kept row) -> the error of its conflict
+    for first in kept:
+        group = copies.get(id(first), [])
+        head_of.update({id(row): first for row, _, _ in group})
+        if any(number_differences(first, row) for row, _, _ in group):
+            conflicts[id(first)] = _conflict([first, *(row for row, _, _ in group)], [short for *_, short in group])
+    problems: list[dict[str, Any]] = []
+    for row in rows:  # in the order read
+        head = head_of.get(id(row), row)
+        if id(row) in invalid:
+            problems.append(invalid[id(row)])
+        elif id(head) in conflicts:
+            problems.append({"job": row["job"], "status": "conflict", "error": conflicts[id(head)], "overrides": ""})
+        elif head is not row:
+            reason = next(why for copy, why, _ in copies[id(head)] if copy is row)
             problems.append(
                 {
                     "job": row["job"],
-                    "status": "invalid",
-                    "error": f"{row['language']}: the same cell and seed as {earlier['job']} from a config that "
-                    f"differs in {len(differences)} key(s) ({shown}): not counted. A key that varies within a cell "
-                    "splits it (its value joins the variant) unless a cell column shows it, as here, so these runs "
-                    "cannot share a table: aggregate each setting's sweep folders on their own "
-                    "(python -m mdr.reporting.aggregate DIR --out OUT)",
+                    "status": "duplicate",
+                    "error": f"{row['language']}: {reason} as {head['job']}: counted once, from {head['job']} "
+                    f"({METRIC} {head.get(METRIC, float('nan')):.4f} kept, {row.get(METRIC, float('nan')):.4f} "
+                    "left out)",
                     "overrides": "",
                 }
             )
-            continue
-        if same_config is not None:
-            reason = "the same config (run_folder.json config hash)"
-        elif earlier.get("_config") is None or row.get("_config") is None:
-            reason = "the same cell and seed (a config.yaml to compare is missing)"
-        else:
-            reason = "the same cell and seed from a config that differs in no key that changes results"
-        problems.append(
-            {
-                "job": row["job"],
-                "status": "duplicate",
-                "error": f"{row['language']}: {reason} as {earlier['job']}: counted once, from {earlier['job']} "
-                f"({METRIC} {earlier.get(METRIC, float('nan')):.4f} kept, {row.get(METRIC, float('nan')):.4f} "
-                "left out)",
-                "overrides": "",
-            }
+    kept = [row for row in kept if id(row) not in conflicts]
+    counts = {status: sum(problem["status"] == status for problem in problems) for status in STATUSES_LEFT_OUT}
+    if counts["duplicate"]:
+        log.warning("%d duplicate run(s) counted once: see the duplicates list", counts["duplicate"])
+    if counts["conflict"]:
+        log.warning(
+            "%d run(s) in %d conflict(s) not counted: folders of one config with different numbers, see the "
+            "conflicts list",
+            counts["conflict"],
+            len(conflicts),
         )
-    duplicates = sum(problem["status"] == "duplicate" for problem in problems)
-    if duplicates:
-        log.warning("%d duplicate run(s) counted once: see the duplicates list", duplicates)
-    if len(problems) > duplicates:
+    if counts["invalid"]:
         log.warning(
             "%d run(s) of a cell and seed kept from another config not counted: see the invalid runs",
-            len(problems) - duplicates,
+            counts["invalid"],
         )
     return kept, problems
+
+
+STATUSES_LEFT_OUT = ("duplicate", "conflict", "invalid")
+"""The problems :func:`drop_duplicates` reports."""
 
 
 def _failure_message(path: Path) -> str:

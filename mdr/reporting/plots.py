@@ -1,22 +1,73 @@
-"""The sweep's plots: MRR@100 against the hard-negative proportion, and the paired deltas against p = 0."""
+"""The sweep's plots: MRR@100 against the hard-negative proportion, and the answer figure (the paired deltas
+against p = 0 as dose-response, map over languages and kinds of hard negatives)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from mdr.reporting.collect import DEFAULT_VARIANT
 
-def plot(cells: pd.DataFrame, path: Path) -> Path:
-    """MRR@100 vs hard-negative proportion, one line per (language, variant), 95% intervals of each mean."""
+LANGUAGE_NAMES = {
+    "ar": "Arabic", "bn": "Bengali", "de": "German", "el": "Greek", "en": "English", "es": "Spanish", "fa": "Persian",
+    "fi": "Finnish", "fr": "French", "hi": "Hindi", "id": "Indonesian", "ja": "Japanese", "ko": "Korean",
+    "ru": "Russian", "sw": "Swahili", "te": "Telugu", "th": "Thai", "tr": "Turkish", "vi": "Vietnamese",
+    "yo": "Yoruba", "zh": "Chinese",
+}  # fmt: skip
+"""Plain names of the language codes of conf/language, for figure labels (an unknown code is shown as it is)."""
+
+HIGHLIGHT = "#c0392b"
+"""The colour of a language whose trend the tests call hurt or helped, or of a significant delta."""
+
+
+def language_name(code: str) -> str:
+    """``Thai`` for ``th``; a code without a name stays as it is."""
+    return LANGUAGE_NAMES.get(str(code), str(code))
+
+
+def negatives_name(variant: str) -> str:
+    """A report variant in words: ``mask=on,denoise=off,miner=bm25:11-60`` -> ``BM25 ranks 11-60``."""
+    parts = dict(part.split("=", 1) for part in str(variant).split(",") if "=" in part)
+    miner = parts.get("miner", "bm25:1-50")
+    found = re.fullmatch(r"(\w+)(?:/(\w+))?(?:\[(\w+)\])?(?:\(([^)]*)\))?:(\d+)-(\w+)", miner)
+    if found:
+        source, backend, tokenizer, encoder, first, last = found.groups()
+        name = {"bm25": "BM25", "dense": encoder or "dense", "shipped": "shipped"}.get(source, source)
+        extras = [x for x in (backend, tokenizer and tokenizer.replace("_", " ")) if x]
+        name += f" ({', '.join(extras)})" if extras else ""
+        name += f" ranks {first}-{last}"
+    else:
+        name = miner
+    if "margin" in parts:
+        name += f", margin {parts['margin']}"
+    if parts.get("denoise") == "on":
+        name += ", denoised"
+    if parts.get("mask") == "off":
+        name += ", no false-negative mask"
+    if parts.get("p_stages") == "all":
+        name += ", p in every stage"
+    return name
+
+
+def plot(cells: pd.DataFrame, path: Path) -> Path | None:
+    """MRR@100 vs hard-negative proportion, one line per (language, variant), 95% intervals of each mean; one panel
+    per (model, stage) that trained (a zero-shot block has no p); None when none did."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    blocks = list(cells.groupby(["model", "stage"], sort=False))
-    figure, axes = plt.subplots(1, len(blocks), figsize=(5.5 * len(blocks), 4), squeeze=False)
+    blocks = [
+        (key, block)
+        for key, block in cells.groupby(["model", "stage"], sort=False)
+        if block.hard_proportion.notna().any()
+    ]
+    if not blocks:
+        return None
+    figure, axes = plt.subplots(1, len(blocks), figsize=(7 * len(blocks), 4.2), squeeze=False, constrained_layout=True)
     for axis, ((model, stage), block) in zip(axes[0], blocks):
         lines = list(block.groupby(["language", "variant"], sort=False))
         several_variants = block.variant.nunique() > 1
@@ -24,31 +75,100 @@ def plot(cells: pd.DataFrame, path: Path) -> Path:
             rows = rows.sort_values("hard_proportion")
             dodge = 0.008 * (index - (len(lines) - 1) / 2)  # keep overlapping intervals apart
             errors = np.vstack([rows["mean"] - rows.ci_low, rows.ci_high - rows["mean"]]).clip(min=0)
-            label = f"{language} {variant}" if several_variants else language
+            label = language_name(language)
+            label += f": {negatives_name(variant)}" if several_variants and not variant.startswith("mask=n/a") else ""
             axis.errorbar(rows.hard_proportion + dodge, rows["mean"], yerr=errors, marker="o", capsize=3, label=label)
-        axis.set(title=f"{model} / {stage}", xlabel="proportion of mined hard negatives", ylabel="MRR@100")
+        axis.set(title=f"{model} / {stage}", xlabel="proportion p of mined hard negatives", ylabel="MRR@100")
         axis.grid(alpha=0.3)
-        axis.legend(title="language", fontsize="small")
-    figure.suptitle(
-        "mean over seeds; bars: 95% interval of each mean (t over seeds and queries, Satterthwaite df);\n"
-        "differences against p=0 are paired by query and seed, hence tighter: see results.md",
+        axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    figure.supxlabel(
+        "mean over seeds; bars: 95% interval of each mean (t over seeds and queries, Satterthwaite df); "
+        "differences against p = 0 are paired by query and seed, hence tighter: answer.png, results.md",
         fontsize="small",
+        wrap=True,
     )
-    figure.tight_layout()
+    return _save(figure, path)
+
+
+def _save(figure: object, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(tmp, dpi=120)
-    plt.close(figure)
+    figure.savefig(tmp, dpi=120, bbox_inches="tight")  # type: ignore[attr-defined]
+    plt.close(figure)  # type: ignore[arg-type]
     tmp.replace(path)
     return path
 
 
-def plot_deltas(tests: pd.DataFrame, path: Path, margin: float | None = None) -> Path | None:
-    """Paired deltas of MRR@100 against p = 0 with their 95% intervals, per language (one panel per model and
-    stage, one line per language and variant); None when there is no delta to draw.
+def _dose_panel(axis: object, block: pd.DataFrame, hurt_or_helped: set[str], margin: float | None) -> str:
+    """Δ against p = 0 over p per language (default negatives), marked languages in colour; returns caption text."""
+    rows = block[block.variant == DEFAULT_VARIANT]
+    counts = rows.groupby("language").hard_proportion.nunique()
+    languages = [language for language in dict.fromkeys(rows.language) if counts[language] >= 2]
+    if margin:
+        axis.axhspan(-margin, margin, color="0.92", label=f"±{margin:g} (equivalence margin)")  # type: ignore[attr-defined]
+    axis.axhline(0.0, color="0.4", linewidth=0.8)  # type: ignore[attr-defined]
+    seeds: dict[str, str] = {}
+    grey = iter(["0.35", "0.55", "0.7", "0.45", "0.6", "0.8"])
+    for index, language in enumerate(languages):
+        points = rows[rows.language == language].sort_values("hard_proportion")
+        delta = points["delta_mrr@100"].to_numpy()
+        errors = np.vstack([delta - points.ci_low, points.ci_high - delta]).clip(min=0)  # (2, levels)
+        marked = language in hurt_or_helped
+        x = np.concatenate([[0.0], points.hard_proportion.to_numpy() + 0.01 * (index - (len(languages) - 1) / 2)])
+        axis.errorbar(  # type: ignore[attr-defined]
+            x,
+            np.concatenate([[0.0], delta]),
+            yerr=np.hstack([np.zeros((2, 1)), errors]),
+            marker="o",
+            capsize=3,
+            color=HIGHLIGHT if marked else next(grey, "0.5"),
+            linewidth=2.2 if marked else 1.2,
+            zorder=3 if marked else 2,
+            label=language_name(language),
+        )
+        seeds[language] = f"{language_name(language)} {int(points.seeds.min())}"
+    axis.set(  # type: ignore[attr-defined]
+        title="Dose-response: BM25 ranks 1-50",
+        xlabel="proportion p of mined hard negatives",
+        ylabel="Δ MRR@100 against p = 0",
+    )
+    axis.grid(alpha=0.3)  # type: ignore[attr-defined]
+    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)  # type: ignore[attr-defined]
+    return "dose-response seeds per point: " + ", ".join(seeds.values()) if seeds else ""
+
+
+def _bars(axis: object, labels: list[str], rows: pd.DataFrame, title: str, margin: float | None) -> None:
+    """Horizontal Δ with its 95% interval per row, significant ones (calibrated, interval off 0) in colour."""
+    y = np.arange(len(rows))[::-1]
+    delta = rows["delta_mrr@100"].to_numpy()
+    errors = np.vstack([delta - rows.ci_low, rows.ci_high - delta]).clip(min=0)
+    clear = rows.gives_verdict.astype(bool).to_numpy() & ((rows.ci_high < 0) | (rows.ci_low > 0)).to_numpy()
+    if margin:
+        axis.axvspan(-margin, margin, color="0.92")  # type: ignore[attr-defined]
+    axis.axvline(0.0, color="0.4", linewidth=0.8)  # type: ignore[attr-defined]
+    for position, value, error, strong in zip(y, delta, errors.T, clear):
+        axis.errorbar(  # type: ignore[attr-defined]
+            [value], [position], xerr=error.reshape(2, 1), fmt="o", capsize=3, color=HIGHLIGHT if strong else "0.4"
+        )
+    axis.set_yticks(y, labels, fontsize="small")  # type: ignore[attr-defined]
+    axis.set(title=title, xlabel="Δ MRR@100 against p = 0 (95% interval)")  # type: ignore[attr-defined]
+    axis.grid(alpha=0.3, axis="x")  # type: ignore[attr-defined]
+
+
+def _seed_text(row: pd.Series) -> str:
+    return f"n={int(row.seeds)}" + ("" if row.gives_verdict else ", no verdict")
+
+
+def plot_answer(tests: pd.DataFrame, trends: pd.DataFrame, path: Path, margin: float | None = None) -> Path | None:
+    """The figure a reader looks at first, one row of panels per (model, stage) with deltas: the dose-response
+    per language (languages whose trend is called hurt or helped in colour), the map (each language's delta at
+    its highest p, sorted) and the kinds of hard negatives (each at that p against p = 0); None without deltas.
 
     Args:
-        tests: the analysis's deltas (:attr:`mdr.reporting.analysis.Analysis.tests`).
+        tests: the analysis's deltas against p = 0 (:attr:`mdr.reporting.analysis.Analysis.tests`).
+        trends: the analysis's trends (their verdicts pick the languages drawn in colour).
         path: the PNG to write.
         margin: the equivalence margin, drawn as a band around 0 (None: no band).
     """
@@ -60,45 +180,58 @@ def plot_deltas(tests: pd.DataFrame, path: Path, margin: float | None = None) ->
     import matplotlib.pyplot as plt
 
     blocks = list(tests.groupby(["model", "stage"], sort=False))
-    figure, axes = plt.subplots(1, len(blocks), figsize=(5.5 * len(blocks), 4), squeeze=False)
-    for axis, ((model, stage), block) in zip(axes[0], blocks):
-        lines = list(block.groupby(["language", "variant"], sort=False))
-        several_variants = block.variant.nunique() > 1
-        if margin:
-            axis.axhspan(-margin, margin, color="0.9", label=f"±{margin:g} (TOST margin)")
-        axis.axhline(0.0, color="0.4", linewidth=0.8)
-        for index, ((language, variant), rows) in enumerate(lines):
-            rows = rows.sort_values("hard_proportion")
-            dodge = 0.008 * (index - (len(lines) - 1) / 2)  # keep overlapping intervals apart
-            delta = rows["delta_mrr@100"].to_numpy()
-            errors = np.vstack([delta - rows.ci_low, rows.ci_high - delta]).clip(min=0)  # (2, levels)
-            label = f"{language} {variant}" if several_variants else language
-            x = np.concatenate([[0.0], rows.hard_proportion.to_numpy() + dodge])  # p = 0 is 0 by definition
-            axis.errorbar(
-                x,
-                np.concatenate([[0.0], delta]),
-                yerr=np.hstack([np.zeros((2, 1)), errors]),
-                marker="o",
-                capsize=3,
-                label=label,
-            )
-        axis.set(
-            title=f"{model} / {stage}",
-            xlabel="proportion of mined hard negatives",
-            ylabel="Δ MRR@100 against p=0",
-        )
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize="small")
-    seeds = sorted({int(s) for s in tests.seeds})
-    figure.suptitle(
-        "paired deltas against p=0 (same seeds and queries), 95% intervals; "
-        f"seeds per delta: {', '.join(map(str, seeds))}",
-        fontsize="small",
+    rows_of_panels = []
+    for (model, stage), block in blocks:
+        default = block[block.variant == DEFAULT_VARIANT]
+        panels = []
+        if (default.groupby("language").hard_proportion.nunique() >= 2).any():
+            panels.append("dose")
+        if default.language.nunique() >= 2:
+            panels.append("map")
+        if (block.variant != DEFAULT_VARIANT).any() or not panels:
+            panels.append("kinds")
+        rows_of_panels.append(panels)
+    columns = max(len(panels) for panels in rows_of_panels)
+    figure, axes = plt.subplots(
+        len(blocks), columns, figsize=(6.2 * columns, 4.6 * len(blocks)), squeeze=False, constrained_layout=True
     )
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(tmp, dpi=120)
-    plt.close(figure)
-    tmp.replace(path)
-    return path
+    captions = []
+    for row_axes, ((model, stage), block), panels in zip(axes, blocks, rows_of_panels):
+        marked = trends[(trends.model == model) & (trends.stage == stage) & (trends.variant == DEFAULT_VARIANT)]
+        hurt_or_helped = set(marked[marked.verdict_kind.isin(["hurts", "helps"])].language)
+        for axis in row_axes[len(panels) :]:
+            axis.set_visible(False)
+        for axis, panel in zip(row_axes, panels):
+            if panel == "dose":
+                captions.append(_dose_panel(axis, block, hurt_or_helped, margin))
+                continue
+            top = block.groupby(["language", "variant"]).hard_proportion.transform("max")
+            at_top = block[np.isclose(block.hard_proportion, top)]
+            if panel == "map":
+                rows = at_top[at_top.variant == DEFAULT_VARIANT].sort_values("delta_mrr@100", ascending=False)
+                labels = [
+                    f"{language_name(r.language)} (p={r.hard_proportion:g}, {_seed_text(r)})"
+                    for _, r in rows.iterrows()
+                ]
+                _bars(axis, labels, rows, "Every language, BM25 ranks 1-50", margin)
+            else:
+                languages = list(dict.fromkeys(at_top[at_top.variant != DEFAULT_VARIANT].language)) or list(
+                    dict.fromkeys(at_top.language)
+                )
+                rows = at_top[at_top.language.isin(languages)].copy()
+                rows["_order"] = rows.language.map({language: i for i, language in enumerate(languages)})
+                rows = rows.sort_values(["_order", "delta_mrr@100"], ascending=[True, False])
+                labels = [
+                    f"{language_name(r.language)}: {negatives_name(r.variant)} ({_seed_text(r)})"
+                    for _, r in rows.iterrows()
+                ]
+                _bars(axis, labels, rows, "Kinds of hard negatives, p = 1 against p = 0", margin)
+        row_axes[0].annotate(
+            f"{model}, {stage}", (0, 1.08), xycoords="axes fraction", fontsize="small", fontweight="bold"
+        )
+    captions.append(
+        "Paired deltas against p = 0 (same seeds and queries); bars: 95% intervals; n: seeds both cells ran; "
+        "coloured: the tests call it (3+ paired seeds); grey band: equivalence margin"
+    )
+    figure.supxlabel("\n".join(filter(None, captions)), fontsize="small", wrap=True)
+    return _save(figure, path)

@@ -47,8 +47,8 @@ def markdown_report(analysis: Analysis) -> str:
                     & (tests.variant == variant)
                     & same_proportion(tests.hard_proportion, proportion)
                 ]
-                seeded = not test.empty and test.get("seed_level", pd.Series(["?"])).iloc[0] != "none"
-                mark = "*" if seeded and test.p_holm.iloc[0] < ALPHA else ""  # one seed: its variance is unknown
+                calibrated = not test.empty and bool(test.gives_verdict.iloc[0])
+                mark = "*" if calibrated and test.p_holm.iloc[0] < ALPHA else ""  # below 3 paired seeds: no claim
                 second = row.get(f"mean_{SECOND_METRIC}")
                 second_text = "" if second is None or pd.isna(second) else f" / {second:.4f}"
                 texts.append(f"{row['mean']:.4f}{spread}{mark}{second_text} (n={row.n})")
@@ -58,8 +58,9 @@ def markdown_report(analysis: Analysis) -> str:
     lines += [
         "MRR@100 mean ± std over seeds / nDCG@10 mean (n = seeds). `*`: different from p=0 at Holm-adjusted "
         "p < 0.05 (t test on the seeds x queries ANOVA with Satterthwaite degrees of freedom, paired by seed and "
-        "query; Holm within each model, stage, language and variant; docs/statistics.md); not marked where every "
-        "cell has one seed, whose variance is then unknown.",
+        "query; Holm within each model, stage, language and variant; docs/statistics.md); not marked where the "
+        "contrast rests on fewer than 3 paired seeds (the seeds both cells ran), below the range the tests are "
+        "calibrated for.",
         "",
     ]
     if not tests.empty:

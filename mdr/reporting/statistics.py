@@ -47,11 +47,14 @@ class Cell:
         scores: (seeds, queries) per-query metric.
         group: cells of one group (one language's proportions) share a seed-level spread when a contrast pools
             it (:func:`contrast_parts`).
+        seed_free: runs the seed does not change (nothing trained: zero-shot); paired with every seed of the
+            cells it is compared with.
     """
 
     seeds: tuple[int, ...]
     scores: np.ndarray
     group: str = ""
+    seed_free: bool = False
 
     def __post_init__(self) -> None:
         if self.scores.ndim != 2 or self.scores.shape[0] != len(self.seeds) or self.scores.shape[1] == 0:
@@ -72,6 +75,8 @@ class Parts:
         queries: queries behind the query level (independent query sets: the fewest).
         seed_level: ``paired`` (one seed block), ``unpaired`` (several), ``partial`` (a block of one seed:
             its seed variance is not estimated) or ``none`` (one seed everywhere: queries only).
+        seed_ids: the seeds the contrast was computed on (paired: those every weighted cell ran).
+        dropped_seeds: whether a weighted cell ran seeds the others did not (left out to pair by seed).
         floor: a lower bound of the variance where the terms' sum comes out below it (a negative variance
             component); the degrees of freedom still come from every term.
     """
@@ -82,6 +87,8 @@ class Parts:
     queries: int
     seed_level: str
     floor: float = 0.0
+    seed_ids: tuple[int, ...] = ()
+    dropped_seeds: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,7 @@ class Estimate:
         seeds / queries / seed_level: as in :class:`Parts`.
         se: standard error.
         df: Satterthwaite degrees of freedom (inf when the variance is zero).
+        seed_ids / dropped_seeds: as in :class:`Parts`.
     """
 
     value: float
@@ -106,6 +114,13 @@ class Estimate:
     seed_level: str
     se: float
     df: float
+    seed_ids: tuple[int, ...] = ()
+    dropped_seeds: bool = False
+
+    @property
+    def gives_verdict(self) -> bool:
+        """Whether the contrast rests on enough paired seeds for the calibrated tests (:data:`CALIBRATED_SEEDS`)."""
+        return self.seed_level == "paired" and self.seeds >= CALIBRATED_SEEDS
 
     def interval(self, confidence: float) -> tuple[float, float]:
         """The two-sided ``confidence`` interval of this estimate."""
@@ -151,6 +166,49 @@ def effective_df(centred: np.ndarray, df: int) -> float:
         return float(df)
     excess = max(0.0, float((values**4).mean()) / second**2 - 3.0)
     return 2.0 / (2.0 / df + excess / values.size)
+
+
+CALIBRATED_SEEDS = 3
+"""The fewest paired seeds the tests are calibrated for (docs/statistics.md#calibration: 3 and 5); a contrast on
+fewer shows its estimate and gives no verdict."""
+
+
+def seed_label(seeds: Sequence[int]) -> str:
+    """``0-4`` for a run of consecutive seeds, else ``0,2,3``."""
+    ordered = sorted(seeds)
+    if len(ordered) > 2 and ordered == list(range(ordered[0], ordered[-1] + 1)):
+        return f"{ordered[0]}-{ordered[-1]}"
+    return ",".join(str(seed) for seed in ordered)
+
+
+def paired_on_shared_seeds(cells: Sequence[Cell], weights: Sequence[float]) -> tuple[list[Cell], tuple[int, ...], bool]:
+    """The cells restricted to the seeds every weighted cell ran, the shared seeds, and whether any was dropped.
+
+    A contrast between cells of different seed sets (a 2-seed arm against a 5-seed reference) is then a paired
+    per-seed contrast on the shared seeds, not a difference of means over different seeds. Zero-weight cells (the
+    pooled family) keep the shared seeds too; a seed-free cell (zero-shot) is the same run at every shared seed.
+    Without a shared seed the cells are returned as they are.
+    """
+    active = [cell for cell, w in zip(cells, weights) if w != 0]
+    seeded = [set(cell.seeds) for cell in active if not cell.seed_free]
+    if not seeded:
+        return list(cells), tuple(sorted(set().union(*(cell.seeds for cell in active)))), False
+    shared = set.intersection(*seeded)
+    if not shared or all(set(cell.seeds) == shared for cell in active):
+        return list(cells), tuple(sorted(shared)), False
+    order = tuple(sorted(shared))
+    restricted = []
+    for cell in cells:
+        rows = [i for i, seed in enumerate(cell.seeds) if seed in shared]
+        if cell.seed_free:
+            scores = np.repeat(cell.scores.mean(axis=0, keepdims=True), len(order), axis=0)  # (S, Q)
+            restricted.append(Cell(order, scores, cell.group, seed_free=True))
+        elif rows:
+            restricted.append(Cell(tuple(cell.seeds[i] for i in rows), cell.scores[rows], cell.group))
+        else:  # a family cell without the shared seeds: kept as given, outside the seed block
+            restricted.append(cell)
+    dropped = any(set(cell.seeds) != shared for cell in active if not cell.seed_free)
+    return restricted, order, dropped
 
 
 def seed_interaction_mean_square(cells: Sequence[Cell]) -> float:
@@ -209,6 +267,7 @@ def contrast_parts(cells: Sequence[Cell], weights: Sequence[float], pool: bool =
     if len(query_counts) != 1:
         raise ValueError(f"cells are not on one query order: {sorted(query_counts)} queries")
     queries = query_counts.pop()
+    cells, seed_ids, dropped = paired_on_shared_seeds(cells, weights)
     active = [(cell, float(w)) for cell, w in zip(cells, weights) if w != 0]
     if not active:
         return Parts(0.0, (), min(len(c.seeds) for c in cells), queries, "none")
@@ -249,7 +308,7 @@ def contrast_parts(cells: Sequence[Cell], weights: Sequence[float], pool: bool =
     else:
         level = "partial" if any(size >= 2 for size in sizes) else "none"
         seeds_behind = min(sizes)
-    return Parts(value, tuple(terms), seeds_behind, queries, level, floor)
+    return Parts(value, tuple(terms), seeds_behind, queries, level, floor, seed_ids, dropped)
 
 
 def combine(parts: Sequence[Parts], coefficients: Sequence[float]) -> Parts:
@@ -265,6 +324,8 @@ def combine(parts: Sequence[Parts], coefficients: Sequence[float]) -> Parts:
         queries=min(part.queries for part in parts),
         seed_level=level,
         floor=float(sum(a * a * _variance(part) for part, a in zip(parts, coefficients))),
+        seed_ids=tuple(sorted(set.intersection(*(set(part.seed_ids) for part in parts)))),
+        dropped_seeds=any(part.dropped_seeds for part in parts),
     )
 
 
@@ -280,7 +341,17 @@ def estimate(parts: Parts, confidence: float = 0.95) -> Estimate:
     if variance <= 0.0:  # no spread at all: the value is known exactly
         exact = 1.0 if parts.value == 0 else 0.0
         return Estimate(
-            parts.value, parts.value, parts.value, exact, parts.seeds, parts.queries, parts.seed_level, 0.0, math.inf
+            parts.value,
+            parts.value,
+            parts.value,
+            exact,
+            parts.seeds,
+            parts.queries,
+            parts.seed_level,
+            0.0,
+            math.inf,
+            parts.seed_ids,
+            parts.dropped_seeds,
         )
     df = variance**2 / sum(v * v / df for v, df in parts.terms if v != 0)
     se = math.sqrt(variance)
@@ -296,6 +367,8 @@ def estimate(parts: Parts, confidence: float = 0.95) -> Estimate:
         seed_level=parts.seed_level,
         se=se,
         df=df,
+        seed_ids=parts.seed_ids,
+        dropped_seeds=parts.dropped_seeds,
     )
 
 
@@ -432,7 +505,9 @@ def decide(
       ``curved``) ``curved (...) response to hard negatives, no linear trend``;
     - neither, and every delta against p = 0 within +-``margin`` by TOST (intersection-union: each at alpha):
       ``no effect larger than <margin> (TOST, p=...)``;
-    - else ``inconclusive``, with the largest effect the 1 - 2 alpha intervals do not exclude.
+    - else ``inconclusive``, with the largest effect the 1 - 2 alpha intervals do not exclude;
+    - before all of these: ``no verdict`` where a contrast rests on fewer than :data:`CALIBRATED_SEEDS` paired seeds
+      (the estimate is shown, no test is claimed).
 
     Args:
         slope: least-squares slope of the metric in p, over every level.
@@ -443,6 +518,14 @@ def decide(
         alpha: level of every test.
     """
     seeds = min([slope.seeds, *(d.seeds for _, d in deltas)])
+    if not all(e.gives_verdict for e in [slope, *(d for _, d in deltas)]):
+        shared = sorted(set(slope.seed_ids).intersection(*(d.seed_ids for _, d in deltas)))
+        on = f"paired on seed{'s' if len(shared) != 1 else ''} {seed_label(shared)}" if shared else "no seed shared"
+        return Decision(
+            "no verdict",
+            f"no verdict: {on}, below the {CALIBRATED_SEEDS} paired seeds the tests are calibrated for "
+            f"(slope {slope.value:+.4f} per unit p, estimate only)",
+        )
     family = [slope.p_value] + ([curvature.p_value] if curvature is not None else [])
     adjusted = holm(family)
     claims: list[str] = []

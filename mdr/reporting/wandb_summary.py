@@ -103,7 +103,7 @@ def publish_summary(
         }
         payload.update({f"plots/{path.stem}": wandb.Image(str(path)) for path in plots})
         run.log(payload)
-        counts = ("completed", "failed", "missing", "invalid", "duplicates")
+        counts = ("completed", "failed", "missing", "invalid", "conflicts", "duplicates")
         run.summary.update({key: summary[key] for key in counts if key in summary})
         folder = str(Path(run.dir).parent)
         run.finish()

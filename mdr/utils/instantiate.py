@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mdr.data.readers import RetrievalReader
 from mdr.models.bi_encoder import EncoderSettings
+from mdr.utils.app_help import config_groups
 from mdr.utils.cache import cache_lock, check_folder
 from mdr.utils.errors import DataError
 from mdr.utils.job_dirs import job_dirname
@@ -21,13 +22,16 @@ log = get_logger(__name__)
 
 def register_resolvers() -> None:
     """``${abspath:...}`` makes a path absolute against the current directory; ``${mdr_job_dir:overrides,exclude}``
-    names a multirun's job folder (:func:`mdr.utils.job_dirs.job_dirname`)."""
+    names a multirun's job folder (:func:`mdr.utils.job_dirs.job_dirname`); ``${mdr_config_groups:}`` lists the
+    config groups in ``--help`` (:func:`mdr.utils.app_help.config_groups`)."""
     if not OmegaConf.has_resolver("abspath"):
         OmegaConf.register_new_resolver("abspath", lambda path: str(Path(path).expanduser().resolve()))
     if not OmegaConf.has_resolver("mdr_job_dir"):
         OmegaConf.register_new_resolver(
             "mdr_job_dir", lambda overrides, exclude: job_dirname(list(overrides), list(exclude or []))
         )
+    if not OmegaConf.has_resolver("mdr_config_groups"):
+        OmegaConf.register_new_resolver("mdr_config_groups", config_groups)
 
 
 def build_reader(data_cfg: DictConfig) -> RetrievalReader:
