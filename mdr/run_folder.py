@@ -32,10 +32,8 @@ deletes the whole file.
 
 from __future__ import annotations
 
-import csv
 import errno
 import fcntl
-import io
 import json
 import os
 import shutil
@@ -568,88 +566,3 @@ def checkpoint_epochs(path: Path) -> int | None:
     """How many epochs the checkpoint ``path`` holds finished (:func:`checkpoint_position`), or None if unreadable."""
     position = checkpoint_position(path)
     return position.epochs if position else None
-
-
-def _csv_logger_class() -> type:
-    from lightning.pytorch.loggers import CSVLogger
-    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-    from lightning.pytorch.loggers.logger import rank_zero_experiment
-    from lightning.pytorch.utilities import rank_zero_only
-
-    class _KeepingWriter(ExperimentWriter):
-        """Lightning's CSV writer, but an existing metrics.csv is trimmed to ``keep_epochs``, not deleted.
-
-        With ``keep_steps`` (a mid-epoch checkpoint) the rows of epoch ``keep_epochs`` logged at steps below it
-        are kept too.
-        """
-
-        def __init__(self, log_dir: str, keep_epochs: int, keep_steps: int | None = None) -> None:
-            self.keep_epochs = keep_epochs
-            self.keep_steps = keep_steps
-            super().__init__(log_dir)
-
-        def _kept(self, row: dict[str, str]) -> bool:
-            if not row.get("epoch"):
-                return True
-            epoch = int(float(row["epoch"]))
-            if epoch < self.keep_epochs:
-                return True
-            before = self.keep_steps is not None and row.get("step") and int(float(row["step"])) < self.keep_steps
-            return epoch == self.keep_epochs and bool(before)
-
-        def _check_log_dir_exists(self) -> None:
-            path = Path(self.metrics_file_path)
-            if not path.is_file():
-                return
-            with path.open(newline="", encoding="utf-8") as handle:
-                reader = csv.DictReader(handle)
-                header = list(reader.fieldnames or [])
-                rows = list(reader)
-            kept = [row for row in rows if self._kept(row)]
-            if len(kept) < len(rows):
-                log.info(
-                    "%s: dropped %d row(s) of the interrupted epoch (logged again on resume), kept %d",
-                    path,
-                    len(rows) - len(kept),
-                    len(kept),
-                )
-                buffer = io.StringIO()
-                writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\r\n")
-                writer.writeheader()
-                writer.writerows(kept)
-                atomic_write_text(path, buffer.getvalue())
-            self.metrics_keys = sorted(header)
-
-    class ResumableCSVLogger(CSVLogger):
-        """CSV log that survives resume (see :func:`csv_logger`) and is written through at every row."""
-
-        def __init__(self, save_dir: str, keep_epochs: int, keep_steps: int | None = None) -> None:
-            super().__init__(save_dir=save_dir, name="csv", version="")
-            self.keep_epochs = keep_epochs
-            self.keep_steps = keep_steps
-
-        @property
-        @rank_zero_experiment
-        def experiment(self) -> ExperimentWriter:
-            if self._experiment is None:
-                self._fs.makedirs(self.root_dir, exist_ok=True)
-                self._experiment = _KeepingWriter(self.log_dir, self.keep_epochs, self.keep_steps)
-            return self._experiment
-
-        @rank_zero_only
-        def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-            super().log_metrics(metrics, step)
-            self.save()  # every row on disk at once (rows come every log_every_n_steps): a kill loses none
-
-    return ResumableCSVLogger
-
-
-def csv_logger(out: Path) -> Any:
-    """``<out>/csv/metrics.csv``; on resume from ``checkpoints/last.ckpt`` the rows logged before it are kept."""
-    last = out / "checkpoints" / "last.ckpt"
-    keep, steps = 0, None
-    if last.is_file():
-        position = checkpoint_position(last)
-        keep = position.epochs if position is not None else 1 << 30  # unknown: keep every row rather than lose any
-        steps = position.steps if position is not None and position.mid_epoch else None
-    return _csv_logger_class()(save_dir=str(out), keep_epochs=keep, keep_steps=steps)
