@@ -20,16 +20,8 @@ from typing import Any
 import pandas as pd
 
 from mdr.reporting.analysis import EQUIVALENCE_MARGIN, Analysis, analyse, compare_schedules, sort_results
-from mdr.reporting.collect import (
-    METRIC,
-    cell_means,
-    collect,
-    expected_jobs,
-    job_outcome,
-    metric_at,
-    resolve_sweep_dir,
-    run_variant,
-)
+from mdr.reporting.collect import cell_means, collect, expected_jobs, job_outcome, resolve_sweep_dir, run_variant
+from mdr.reporting.integrity import METRIC, metric_at
 from mdr.reporting.plots import plot, plot_answer
 from mdr.reporting.report import headline, markdown_report, means_markdown, schedules_markdown
 from mdr.reporting.report_set import LAST, MANIFEST, staged_report
@@ -115,7 +107,7 @@ def aggregate(
         sweep_dirs: a sweep folder, or a list of them: their runs form one results frame, in which a cell and
             seed found in two folders is a duplicate (counted once), a conflict (different numbers: neither
             counted), or an invalid run where the two configs differ in a key that changes results
-            (:func:`mdr.reporting.collect.drop_duplicates`).
+            (:func:`mdr.reporting.integrity.drop_duplicates`).
         out: where the files go; default the sweep folder (required for several).
         wandb: ``wandb.init`` settings (:func:`mdr.reporting.wandb_summary.summary_settings`): log the tables and
             plots to a summary run of the sweep's W&B group as well; None: no W&B.

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mdr.reporting.collect import DEFAULT_VARIANT, GROUP, KEYS, METRIC
+from mdr.reporting.collect import DEFAULT_VARIANT, GROUP, KEYS
+from mdr.reporting.integrity import METRIC
 from mdr.reporting.statistics import (
     CALIBRATED_SEEDS,
     Cell,

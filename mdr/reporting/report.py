@@ -6,7 +6,8 @@ from __future__ import annotations
 import pandas as pd
 
 from mdr.reporting.analysis import ALPHA, EQUIVALENCE_MARGIN, SECOND_METRIC, Analysis, resource_class, same_proportion
-from mdr.reporting.collect import DEFAULT_VARIANT, METRIC
+from mdr.reporting.collect import DEFAULT_VARIANT
+from mdr.reporting.integrity import METRIC
 
 
 def _interval(row: pd.Series, name: str, low: str = "ci_low", high: str = "ci_high") -> str:
