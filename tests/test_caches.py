@@ -416,6 +416,20 @@ def test_a_dead_holders_lock_is_taken_over(tmp_path: Path, monkeypatch: pytest.M
     assert not owner.exists()
 
 
+def test_a_caller_that_does_not_wait_takes_over_a_lock_whose_heartbeat_stopped_long_ago(tmp_path: Path) -> None:
+    """``run.stages_only`` asks without waiting: a dead host's lock is judged by the same heartbeat rule."""
+    owner = tmp_path / "x.lock.owner"
+    owner.write_text(json.dumps({"host": "other-node", "pid": 1, "token": "alive"}))
+    with pytest.raises(cache.LockBusy):  # its heartbeat is fresh: a live holder
+        with cache_lock(tmp_path / "x.lock", wait=False):
+            pass
+    long_ago = time.time() - 2 * cache.stale_seconds()
+    os.utime(owner, (long_ago, long_ago))
+    with cache_lock(tmp_path / "x.lock", wait=False):  # old code: LockBusy on every call, forever
+        assert json.loads(owner.read_text())["pid"] == os.getpid()
+    assert not owner.exists()
+
+
 def test_stale_build_cleanup_never_removes_a_live_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     live_here = tmp_path / f"c.tmp-{cache.HOST}-{os.getppid()}"
     dead_here = tmp_path / f"c.tmp-{cache.HOST}-999999999"

@@ -10,7 +10,8 @@
   atomically (hard link) that names the holder's host and pid and is kept fresh by a heartbeat, so that locks
   also hold across nodes where ``flock`` is node-local (BeeGFS, NFS ``nolock``) or missing (Lustre without
   ``-o flock``: ``ENOSYS``). A holder that died is detected (same host: its pid is gone; another host: its
-  heartbeat stopped for ``MDR_LOCK_STALE_SECONDS``) and its lock taken over.
+  heartbeat stopped for ``MDR_LOCK_STALE_SECONDS``, :func:`heartbeat_age`) and its lock taken over, by a waiter
+  and by a caller that does not wait alike.
 * **Staging folders** (:func:`staging_name` / :func:`remove_stale_builds`): a build writes into
   ``<name>.tmp-<host>-<pid>`` and renames it into place; the next builder removes only the leftovers of
   processes that are gone, never another live build.
@@ -303,6 +304,14 @@ def stale_seconds() -> float:
     return seconds
 
 
+def heartbeat_age(mtime_ns: int, now_ns: int, unchanged_since: float) -> float:
+    """Seconds since a lock holder's last heartbeat: the longer of how long this process has seen its owner file
+    unchanged (since ``unchanged_since``, :func:`time.monotonic`) and the file's age by the file system's clock
+    (``now_ns``: the mtime of a file just written beside it), so a lock whose heartbeat stopped long ago is known
+    stale at first sight, without waiting (``run.stages_only``)."""
+    return max(time.monotonic() - unchanged_since, (now_ns - mtime_ns) / 1e9)
+
+
 class LockBusy(Exception):
     """A lock asked for without waiting (``cache_lock(..., wait=False)``) is held by a live process."""
 
@@ -346,14 +355,17 @@ class _OwnerFile:
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
-    def _create(self) -> bool:
+    def _create(self) -> tuple[bool, int]:
+        """(whether this process now holds the lock, the file system's time now in ns: the mtime of the file it
+        has just written there)."""
         tmp = self.path.with_name(f"{self.path.name}.{self.token}")
         tmp.write_text(json.dumps({"host": HOST, "pid": os.getpid(), "token": self.token, "since": time.time()}))
         try:
+            now_ns = tmp.stat().st_mtime_ns
             os.link(tmp, self.path)
-            return True
+            return True, now_ns
         except FileExistsError:
-            return False
+            return False, now_ns
         except OSError as error:
             raise CacheError(
                 f"cannot lock {self.path}: this file system supports neither flock nor hard links ({error}); put "
@@ -395,7 +407,10 @@ class _OwnerFile:
         observed: tuple[int, int] | None = None
         since = time.monotonic()
         delay, told = 0.05, False
-        while not self._create():
+        while True:
+            created, now_ns = self._create()
+            if created:
+                break
             owner, seen = self._holder()
             if seen is None:
                 continue  # released just now
@@ -406,12 +421,14 @@ class _OwnerFile:
                 log.warning("%s: its holder (pid %s on this host) is gone; taking it over", self.path, owner["pid"])
                 self._take_over(seen)
                 continue
-            if time.monotonic() - since > limit:
+            silent = heartbeat_age(seen[1], now_ns, since)
+            if silent > limit:
                 log.warning(
-                    "%s: held by %s pid %s with no heartbeat for %.0f s (MDR_LOCK_STALE_SECONDS); taking it over",
+                    "%s: held by %s pid %s with no heartbeat for %.0f s (MDR_LOCK_STALE_SECONDS=%g); taking it over",
                     self.path,
                     owner.get("host", "an unknown host"),
                     owner.get("pid", "?"),
+                    silent,
                     limit,
                 )
                 self._take_over(seen)
