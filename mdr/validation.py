@@ -21,6 +21,7 @@ from mdr.data.schema import DataError, RetrievalSplit
 from mdr.evaluation.metrics import MIN_DEPTH
 from mdr.mining.tokenize import TOKENIZERS, tokenizer_version
 from mdr.utils.allocator import MAX_RETAIN_MB
+from mdr.utils.cache import settings_problems as cache_settings_problems
 from mdr.utils.instantiate import build_target_problem
 from mdr.utils.logging import get_logger
 
@@ -54,9 +55,7 @@ class _Checker:
             return _ABSENT
         return found
 
-    def integer(
-        self, key: str, minimum: int, allowed: tuple[int, ...] = (), maximum: int | None = None
-    ) -> int | None:
+    def integer(self, key: str, minimum: int, allowed: tuple[int, ...] = (), maximum: int | None = None) -> int | None:
         """An int >= ``minimum`` (or one of ``allowed``) and <= ``maximum``; 2.5, "2" and true are errors, 2.0 is 2."""
         value = self.value(key)
         if value is _ABSENT:
@@ -374,6 +373,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
     if check.value("logger.progress.every_seconds") is not None:  # null: no time trigger
         check.number("logger.progress.every_seconds", 0.0, None, low_open=True)
     check.problems.extend(launch_problems(cfg))
+    check.problems.extend(cache_settings_problems())  # MDR_VERIFY_CACHES, MDR_CACHE_LOCK, MDR_LOCK_STALE_SECONDS
     return check.problems
 
 

@@ -57,8 +57,9 @@ def build_target_problem(model_cfg: DictConfig) -> str | None:
 def ensure_model_files(model_cfg: DictConfig) -> None:
     """Build a locally made model (tiny, me5_small) on first use; hub models are left to transformers.
 
-    A built folder is checked against its manifest (sizes and sampled checksums of every file: ~64 kB read per
-    file); one that is cut, garbled or has no manifest is logged and built again (the build is deterministic).
+    A built folder is checked against its manifest (sizes, and every byte up to
+    :data:`mdr.utils.cache.FULL_CHECK_BYTES`: :func:`mdr.utils.cache.check_folder`); one that is cut, garbled or
+    has no manifest is logged and built again (the build is deterministic).
 
     Raises:
         DataError: ``model.name_or_path`` is missing and is not the model's build target.
