@@ -13,7 +13,7 @@ from mdr.data.readers import RetrievalReader
 from mdr.models.bi_encoder import EncoderSettings
 from mdr.utils.cache import cache_lock, check_folder
 from mdr.utils.errors import DataError
-from mdr.utils.job_dirs import job_dirname
+from mdr.utils.job_dirs import hydra_subdir, job_dirname
 from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -21,9 +21,12 @@ log = get_logger(__name__)
 
 def register_resolvers() -> None:
     """``${abspath:...}`` makes a path absolute against the current directory; ``${mdr_job_dir:overrides,exclude}``
-    names a multirun's job folder (:func:`mdr.utils.job_dirs.job_dirname`)."""
+    names a multirun's job folder (:func:`mdr.utils.job_dirs.job_dirname`); ``${mdr_hydra_subdir:output_dir}`` is
+    ``.hydra`` unless that folder cannot be written (:func:`mdr.utils.job_dirs.hydra_subdir`)."""
     if not OmegaConf.has_resolver("abspath"):
         OmegaConf.register_new_resolver("abspath", lambda path: str(Path(path).expanduser().resolve()))
+    if not OmegaConf.has_resolver("mdr_hydra_subdir"):
+        OmegaConf.register_new_resolver("mdr_hydra_subdir", hydra_subdir)
     if not OmegaConf.has_resolver("mdr_job_dir"):
         OmegaConf.register_new_resolver(
             "mdr_job_dir", lambda overrides, exclude: job_dirname(list(overrides), list(exclude or []))

@@ -115,6 +115,12 @@ def share_like_new_files(root: str | os.PathLike[str]) -> None:
         os.chmod(path, folder_mode if path.is_dir() else file_mode)
 
 
+def writable(folder: str | os.PathLike[str]) -> bool:
+    """Whether this process may create, replace and remove files in ``folder`` (its mode, a read-only mount; root
+    passes any mode)."""
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_write_with`)."""
     return atomic_write_with(path, lambda handle: handle.write(text.encode("utf-8")))
