@@ -323,7 +323,7 @@ def test_a_file_over_the_full_check_budget_is_sampled_and_the_log_says_so(
 
 @pytest.mark.parametrize("value", ["1", "true", "yes", "sample"])
 def test_an_unknown_verify_setting_is_refused_before_any_work(
-    make_cfg: Any, monkeypatch: pytest.MonkeyPatch, value: str
+    make_cfg: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, value: str
 ) -> None:
     """``MDR_VERIFY_CACHES=1`` (or true) was silently ignored: only ``full`` changed anything."""
     from mdr.data.schema import DataError
@@ -336,8 +336,16 @@ def test_an_unknown_verify_setting_is_refused_before_any_work(
     monkeypatch.setenv("MDR_VERIFY_CACHES", value)
     with pytest.raises(DataError, match=rf"MDR_VERIFY_CACHES='{value}': expected auto .* or full"):
         validate(cfg)
-    with pytest.raises(CacheError, match="MDR_VERIFY_CACHES"):
+    with pytest.raises(cache.SettingError, match="MDR_VERIFY_CACHES"):
         cache.verify_level("auto")
+    monkeypatch.setenv("MDR_VERIFY_CACHES", "full")
+    corpus = LocalReader(str(XQUAD_SENT / "th"), "th", cache_dir=str(tmp_path / "cache")).load("train").corpus
+    arrow = corpus.folder / ARROW_FILE
+    stamp = arrow.stat().st_mtime_ns
+    monkeypatch.setenv("MDR_VERIFY_CACHES", value)  # outside a run (no validation): an error, never a rebuild
+    with pytest.raises(cache.SettingError, match="MDR_VERIFY_CACHES"):
+        LocalReader(str(XQUAD_SENT / "th"), "th", cache_dir=str(tmp_path / "cache")).load("train")
+    assert arrow.stat().st_mtime_ns == stamp
 
 
 # ---- cached stages --------------------------------------------------------------------------------------------

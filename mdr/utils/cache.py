@@ -58,6 +58,10 @@ class CacheError(ValueError):
     """A cache entry that is broken and cannot be rebuilt here; the message names the file and how to clear it."""
 
 
+class SettingError(ValueError):
+    """An environment variable of the caches holds a value it does not take (never read as a broken entry)."""
+
+
 # ---- digests --------------------------------------------------------------------------------------------------
 
 
@@ -136,11 +140,11 @@ def verify_setting() -> str:
     """``MDR_VERIFY_CACHES``: ``auto`` (unset or empty too) or ``full``.
 
     Raises:
-        CacheError: any other value, naming the variable and the values it takes.
+        SettingError: any other value, naming the variable and the values it takes.
     """
     value = os.environ.get(VERIFY_ENV, "").strip().lower() or "auto"
     if value not in VERIFY_SETTINGS:
-        raise CacheError(
+        raise SettingError(
             f"{VERIFY_ENV}={os.environ[VERIFY_ENV]!r}: expected auto (the default: every byte of an entry's files up "
             f"to {FULL_CHECK_BYTES >> 20} MiB, a sampled checksum of larger ones) or full (every byte of every file)"
         )
@@ -148,7 +152,7 @@ def verify_setting() -> str:
 
 
 def verify_level(default: str) -> str:
-    """``default``, or ``full`` when ``MDR_VERIFY_CACHES=full`` (an unknown value raises :class:`CacheError`)."""
+    """``default``, or ``full`` when ``MDR_VERIFY_CACHES=full`` (an unknown value raises :class:`SettingError`)."""
     return "full" if verify_setting() == "full" else default
 
 
@@ -159,7 +163,7 @@ def settings_problems() -> list[str]:
     for check in (verify_setting, lock_mode, stale_seconds):
         try:
             check()
-        except CacheError as error:
+        except (CacheError, SettingError) as error:
             problems.append(str(error))
     return problems
 
