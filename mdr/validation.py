@@ -20,6 +20,8 @@ from mdr.data.negatives import num_hard, proportion_problem
 from mdr.data.schema import DataError, RetrievalSplit
 from mdr.evaluation.metrics import MIN_DEPTH
 from mdr.mining.tokenize import TOKENIZERS, tokenizer_version
+from mdr.utils.allocator import MAX_RETAIN_MB
+from mdr.utils.cache import settings_problems as cache_settings_problems
 from mdr.utils.instantiate import build_target_problem
 from mdr.utils.logging import get_logger
 
@@ -53,8 +55,8 @@ class _Checker:
             return _ABSENT
         return found
 
-    def integer(self, key: str, minimum: int, allowed: tuple[int, ...] = ()) -> int | None:
-        """An int >= ``minimum`` (or one of ``allowed``); 2.5, "2" and true are errors, 2.0 is 2."""
+    def integer(self, key: str, minimum: int, allowed: tuple[int, ...] = (), maximum: int | None = None) -> int | None:
+        """An int >= ``minimum`` (or one of ``allowed``) and <= ``maximum``; 2.5, "2" and true are errors, 2.0 is 2."""
         value = self.value(key)
         if value is _ABSENT:
             return None
@@ -66,6 +68,9 @@ class _Checker:
         if value < minimum and value not in allowed:
             extra = f" (or {', '.join(map(str, allowed))})" if allowed else ""
             self.problems.append(f"{key} must be an integer >= {minimum}{extra}, got {value}")
+            return None
+        if maximum is not None and value > maximum:
+            self.problems.append(f"{key} must be an integer in [{minimum}, {maximum}], got {value}")
             return None
         return value
 
@@ -363,7 +368,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
         check.number("train.warmup_ratio", 0.0, 1.0)
         check.choice("train.fast_dropout", ("auto", True, False))
         check.integer("train.token_cache", 0)
-        check.integer("train.cpu_malloc_retain_mb", 0)
+        check.integer("train.cpu_malloc_retain_mb", 0, maximum=MAX_RETAIN_MB)  # mallopt takes a C int of bytes
         check.integer("trainer.max_epochs", 1, allowed=(-1,))
         check.number("model.temperature", 0.0, None, low_open=True)
         _negatives(check)  # the stage schedule's own keys are checked by mdr.stages.schedule
@@ -373,6 +378,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
     if check.value("logger.progress.every_seconds") is not None:  # null: no time trigger
         check.number("logger.progress.every_seconds", 0.0, None, low_open=True)
     check.problems.extend(launch_problems(cfg))
+    check.problems.extend(cache_settings_problems())  # MDR_VERIFY_CACHES, MDR_CACHE_LOCK, MDR_LOCK_STALE_SECONDS
     return check.problems
 
 
