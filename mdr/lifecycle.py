@@ -132,14 +132,7 @@ def run_task(
                 result = task(cfg)
             except BaseException as error:
                 if not isinstance(error, KeyboardInterrupt):
-                    atomic_write_json(
-                        out / "failed.json",
-                        {
-                            "error": f"{type(error).__name__}: {error}",
-                            "traceback": traceback.format_exc(),
-                            "time": time.time(),
-                        },
-                    )
+                    record_failure(out, error)
                 if isinstance(error, SIGTERMException):  # a SystemExit with code 0: say 128 + SIGTERM instead
                     raise SystemExit(128 + signal.SIGTERM) from error
                 raise
@@ -149,6 +142,19 @@ def run_task(
         if not told:  # refused before anything ran (another config's results, folder in use)
             run_folder.tell_other_ranks(out, "refused", str(error))
         raise
+
+
+def record_failure(out: Path, error: BaseException) -> None:
+    """Log ``error`` and write it (message and traceback) to ``out/failed.json``; where even that cannot be written
+    (a full disk), log why and leave the error to propagate as it is."""
+    message = f"{type(error).__name__}: {error}"
+    log.error("run failed: %s (recorded in %s)", message, out / "failed.json")
+    try:
+        atomic_write_json(
+            out / "failed.json", {"error": message, "traceback": traceback.format_exc(), "time": time.time()}
+        )
+    except OSError as unwritten:
+        log.error("cannot record the failure in %s: %s", out / "failed.json", unwritten)
 
 
 def follow_rank_zero(out: Path, task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> dict[str, Any]:

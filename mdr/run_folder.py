@@ -51,7 +51,7 @@ from mdr.utils.config_identity import CACHE_PLACEHOLDER as CACHE_PLACEHOLDER
 from mdr.utils.config_identity import IGNORED_KEYS as IGNORED_KEYS
 from mdr.utils.config_identity import canonical_config, config_differences, config_hash
 from mdr.utils.errors import DataError
-from mdr.utils.io import atomic_write_json, atomic_write_text
+from mdr.utils.io import atomic_write_json, atomic_write_text, writable
 from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -71,6 +71,22 @@ class RunFolderRefused(DataError):
 
 class RunFolderConflict(RunFolderRefused):
     """The run folder was made for another config (or is in use by another process)."""
+
+
+class RunFolderNotWritable(RunFolderRefused):
+    """The run must write to its folder (it is not finished, or ``fresh`` moves it aside) and cannot."""
+
+    def __init__(self, out: Path, needed: str) -> None:
+        super().__init__(
+            f"{out} is not writable (its permissions, or a read-only mount), and {needed}: make it writable, or give "
+            "another output folder (hydra.run.dir=...)"
+        )
+
+
+def require_writable(out: Path, needed: str) -> None:
+    """Raise :class:`RunFolderNotWritable` (saying that ``needed``) unless this process can write to ``out``."""
+    if not writable(out):
+        raise RunFolderNotWritable(out, needed)
 
 
 class RunFolderDamaged(RunFolderRefused):
@@ -213,6 +229,7 @@ def _results(out: Path) -> list[str]:
 
 def _move_aside(out: Path) -> Path:
     """Move everything but Hydra's files of this run and earlier ``previous-*`` folders to ``previous-<time>``."""
+    require_writable(out, "run.on_*=fresh moves its contents to previous-<time>/")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = out / f"previous-{stamp}"
     suffix = 1
@@ -247,12 +264,20 @@ def _hydra_snapshot(out: Path) -> dict[str, str]:
 
 
 def _restore_hydra(folder: Path, record: dict[str, Any] | None) -> None:
-    """Put back the recorded ``.hydra`` files, which Hydra overwrote before the task ran."""
+    """Put back the recorded ``.hydra`` files that Hydra overwrote before the task ran (only those that differ:
+    a read-only folder, whose files Hydra left alone, is not written)."""
     for name, text in ((record or {}).get("hydra_files") or {}).items():
-        atomic_write_text(folder / ".hydra" / name, text)
+        path = folder / ".hydra" / name
+        try:
+            if path.read_text(encoding="utf-8") == text:
+                continue
+        except (OSError, ValueError):
+            pass  # missing or unreadable: write it
+        atomic_write_text(path, text)
 
 
 def _write_record(out: Path, canonical: dict[str, Any], created: str | None, run_id: str | None) -> None:
+    require_writable(out, "this command's run is not finished there, so it must write there (its record, results)")
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
     atomic_write_json(
         out / RECORD_FILE,
@@ -444,9 +469,21 @@ def weights_changed_since(cfg: DictConfig, when: float) -> str | None:
 def exclusive(out: Path) -> Iterator[None]:
     """Hold ``<out>/.lock`` for the block; a second process on the same folder fails at once.
 
-    On file systems without ``flock`` (some network mounts) this warns and goes on unlocked.
+    On file systems without ``flock`` (some network mounts) this warns and goes on unlocked. In a folder this
+    process cannot write, the lock file is opened for reading (``flock`` needs no more), or, where there is none,
+    the block runs unlocked: it can only read the folder (:func:`claim` refuses to write there).
     """
-    with open(out / LOCK_FILE, "a+") as handle:
+    try:
+        handle = open(out / LOCK_FILE, "a+" if writable(out) else "r")
+    except OSError as error:
+        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT):
+            raise
+        try:
+            handle = open(out / LOCK_FILE)
+        except FileNotFoundError:
+            yield
+            return
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:

@@ -26,8 +26,8 @@ queries, qrels and corpus content), negatives, epochs, train / loss / trainer se
 the seed and the key of the stage before it. A moved or copied cache is reused; edited training data or another
 starting model trains again. Jobs of a sweep that need the same stage wait on a lock (:func:`mdr.utils.cache.
 cache_lock`, which holds across nodes) and reuse it, so a stage is trained once per sweep however many cells
-start from it. A reused encoder is checked against its manifest (sizes and sampled checksums) and trained again,
-with a warning, when it is not what was saved.
+start from it. A reused encoder is checked against its manifest (sizes and checksums, :func:`mdr.utils.cache.
+check_folder`) and trained again, with a warning, when it is not what was saved.
 
 A union's query ids and docids are namespaced by part (:mod:`mdr.data.union`): each query draws its negatives
 from its own language's corpus and pools.
@@ -589,9 +589,9 @@ def cached_stage(
     Jobs needing the same stage wait on ``<dir>/.lock`` (:func:`mdr.utils.cache.cache_lock`: it holds across
     nodes, so two jobs never train into one ``run/``); the encoder is saved with a manifest to
     ``.encoder.tmp-<host>-<pid>`` and renamed, so a folder with ``encoder/`` is complete. A found encoder is
-    reused only when ``stage.json`` holds this key and the encoder matches its manifest (sizes and sampled
-    checksums); otherwise the reason is logged and the stage is trained again. With ``wait=False``
-    (``run.stages_only``) a stage another job holds is left to it: ``busy``, nothing trained.
+    reused only when ``stage.json`` holds this key and the encoder matches its manifest (sizes, and every byte up
+    to :data:`mdr.utils.cache.FULL_CHECK_BYTES`); otherwise the reason is logged and the stage is trained again.
+    With ``wait=False`` (``run.stages_only``) a stage another job holds is left to it: ``busy``, nothing trained.
     """
     root = stage_dir(cfg, digest)
     encoder_dir = root / "encoder"
@@ -653,7 +653,7 @@ def _reuse_problem(root: Path, key: Mapping[str, Any]) -> str | None:
         json.dumps(key, sort_keys=True, default=str)
     ):
         return f"{root / 'stage.json'} holds another key than this run's"
-    return check_folder(root / "encoder", "sample")
+    return check_folder(root / "encoder", "auto")
 
 
 def one_process(cfg: DictConfig) -> bool:

@@ -21,6 +21,8 @@ from mdr.data.negatives import proportion_problem
 from mdr.data.schema import DataError, RetrievalSplit
 from mdr.evaluation.metrics import MIN_DEPTH
 from mdr.mining.tokenize import TOKENIZERS, tokenizer_version
+from mdr.utils.allocator import MAX_RETAIN_MB
+from mdr.utils.cache import settings_problems as cache_settings_problems
 from mdr.utils.instantiate import build_target_problem
 
 _ABSENT = object()
@@ -51,8 +53,8 @@ class _Checker:
             return _ABSENT
         return found
 
-    def integer(self, key: str, minimum: int, allowed: tuple[int, ...] = ()) -> int | None:
-        """An int >= ``minimum`` (or one of ``allowed``); 2.5, "2" and true are errors, 2.0 is 2."""
+    def integer(self, key: str, minimum: int, allowed: tuple[int, ...] = (), maximum: int | None = None) -> int | None:
+        """An int >= ``minimum`` (or one of ``allowed``) and <= ``maximum``; 2.5, "2" and true are errors, 2.0 is 2."""
         value = self.value(key)
         if value is _ABSENT:
             return None
@@ -64,6 +66,9 @@ class _Checker:
         if value < minimum and value not in allowed:
             extra = f" (or {', '.join(map(str, allowed))})" if allowed else ""
             self.problems.append(f"{key} must be an integer >= {minimum}{extra}, got {value}")
+            return None
+        if maximum is not None and value > maximum:
+            self.problems.append(f"{key} must be an integer in [{minimum}, {maximum}], got {value}")
             return None
         return value
 
@@ -394,6 +399,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
         _labels(check)
     _logger(check)
     check.problems.extend(launch_problems(cfg))
+    check.problems.extend(cache_settings_problems())  # MDR_VERIFY_CACHES, MDR_CACHE_LOCK, MDR_LOCK_STALE_SECONDS
     if not check.problems:  # the schedule and the evaluation languages resolve a config whose values are sound
         check.problems.extend(_resolution_problems(cfg))
     return check.problems
@@ -407,7 +413,7 @@ def _train(check: _Checker) -> None:
     check.number("train.warmup_ratio", 0.0, 1.0)
     check.choice("train.fast_dropout", ("auto", True, False))
     check.integer("train.token_cache", 0)
-    check.integer("train.cpu_malloc_retain_mb", 0)
+    check.integer("train.cpu_malloc_retain_mb", 0, maximum=MAX_RETAIN_MB)  # mallopt takes a C int of bytes
     check.integer("train.num_workers", 0)
     check.integer("train.chunk_tokens", 1)
     check.optional_integer("train.checkpoint_every_n_steps", 1)

@@ -55,6 +55,25 @@ def _garble(path: Path, at: float = 0.6) -> None:
     path.write_bytes(bytes(data))
 
 
+def _unsampled(path: Path, start: int, end: int) -> bool:
+    """Whether bytes ``start:end`` of ``path`` lie outside every block :func:`cache.sample_digest` reads."""
+    size = path.stat().st_size
+    step = max(0, size - cache.SAMPLE_BYTES) / (cache.SAMPLE_BLOCKS - 1)
+    blocks = [(int(i * step), int(i * step) + cache.SAMPLE_BYTES) for i in range(cache.SAMPLE_BLOCKS)]
+    return all(end <= low or start >= high for low, high in blocks)
+
+
+def _overwrite(path: Path, start: int, data: bytes) -> None:
+    """Put ``data`` at ``start`` of ``path`` in place, its size unchanged."""
+    with path.open("r+b") as handle:
+        handle.seek(start)
+        handle.write(data)
+
+
+def _recorded_sample(manifest_path: Path, name: str) -> str:
+    return str(json.loads(manifest_path.read_text())["files"][name]["sample"])
+
+
 # ---- corpus ---------------------------------------------------------------------------------------------------
 
 
@@ -70,6 +89,32 @@ def test_a_truncated_corpus_arrow_is_stored_again_and_a_direct_open_names_the_fi
     again = LocalReader(str(XQUAD_SENT / "th"), "th", cache_dir=str(tmp_path / "cache")).load("train")
     assert again.corpus.folder == folder
     assert [again.corpus.passage(r) for r in range(len(again.corpus))] == rows
+
+
+def test_one_passage_changed_between_the_sampled_blocks_is_stored_again(tmp_path: Path, caplog: Any) -> None:
+    """Same size, sampled checksum unchanged: the old check (sizes + 16 sampled blocks) used the edited text."""
+    reader = LocalReader(str(XQUAD_SENT / "th"), "th", cache_dir=str(tmp_path / "cache"))
+    corpus = reader.load("train").corpus
+    arrow = corpus.folder / ARROW_FILE
+    data = arrow.read_bytes()
+    rows = [corpus.passage(r) for r in range(len(corpus))]
+    for passage in rows:
+        text = passage.text.encode()
+        at = data.find(text)
+        digits = [at + i for i, byte in enumerate(text) if chr(byte).isdigit()]
+        if at >= 0 and digits and _unsampled(arrow, digits[0], digits[0] + 1):
+            break
+    else:
+        pytest.fail("no passage with a digit outside the sampled blocks")
+    _overwrite(arrow, digits[0], b"7" if data[digits[0]] != ord("7") else b"3")
+    assert _recorded_sample(corpus.folder / "meta.json", ARROW_FILE) == cache.sample_digest(arrow)
+    caplog.clear()
+    again = LocalReader(str(XQUAD_SENT / "th"), "th", cache_dir=str(tmp_path / "cache")).load("train").corpus
+    assert (
+        f"{arrow} does not hold the bytes that were written" in caplog.text
+        and "storing the corpus again" in caplog.text
+    )
+    assert [again.passage(r) for r in range(len(again))] == rows
 
 
 def test_a_corpus_is_keyed_by_content_not_by_path_or_time(tmp_path: Path) -> None:
@@ -219,6 +264,91 @@ def test_a_truncated_tiny_model_is_built_again(make_cfg: Any, tmp_path: Path) ->
     assert weights.read_bytes() == whole  # the build is deterministic
 
 
+def test_a_weight_matrix_zeroed_between_the_sampled_blocks_is_built_again(
+    make_cfg: Any, tmp_path: Path, caplog: Any
+) -> None:
+    """The old check read 16 blocks of 4 KiB: a zeroed 256 x 256 matrix between them was used as it was."""
+    from mdr.utils.instantiate import ensure_model_files
+
+    cfg = make_cfg(f"paths.cache_dir={tmp_path}", "model.build.corpus_glob=" + str(XQUAD_SENT / "th" / "corpus.jsonl"))
+    ensure_model_files(cfg.model)
+    folder = Path(cfg.model.name_or_path)
+    weights = folder / "model.safetensors"
+    whole = weights.read_bytes()
+    header = int.from_bytes(whole[:8], "little")
+    tensors = json.loads(whole[8 : 8 + header])
+    spans = [
+        (8 + header + info["data_offsets"][0], 8 + header + info["data_offsets"][1])
+        for name, info in tensors.items()
+        if name != "__metadata__" and len(info["shape"]) == 2 and info["shape"][0] == info["shape"][1]
+    ]
+    start, end = next(span for span in spans if _unsampled(weights, *span))
+    _overwrite(weights, start, bytes(end - start))
+    assert _recorded_sample(folder / ".manifest.json", "model.safetensors") == cache.sample_digest(weights)
+    caplog.clear()
+    ensure_model_files(cfg.model)
+    assert f"{weights} does not hold the bytes that were written (SHA-256 differs)" in caplog.text
+    assert weights.read_bytes() == whole  # built again (the build is deterministic)
+
+
+def test_a_file_over_the_full_check_budget_is_sampled_and_the_log_says_so(
+    make_cfg: Any, tmp_path: Path, caplog: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mdr.utils.instantiate import ensure_model_files
+
+    cfg = make_cfg(f"paths.cache_dir={tmp_path}", "model.build.corpus_glob=" + str(XQUAD_SENT / "th" / "corpus.jsonl"))
+    ensure_model_files(cfg.model)
+    folder = Path(cfg.model.name_or_path)
+    weights, tokenizer = folder / "model.safetensors", folder / "tokenizer.json"
+    monkeypatch.setattr(cache, "FULL_CHECK_BYTES", 1 << 20)  # the weights (MBs) over it, the rest under it
+    assert 0 < tokenizer.stat().st_size < 1 << 20 < weights.stat().st_size
+    caplog.set_level("INFO")
+    assert cache.check_folder(folder) is None
+    assert f"{weights} (" in caplog.text and "checked by its size and a sampled checksum only" in caplog.text
+    assert "MDR_VERIFY_CACHES=full reads every byte" in caplog.text and str(tokenizer) not in caplog.text
+
+    def flip(path: Path) -> None:  # one byte between the sampled blocks
+        middle = path.stat().st_size // 2 + cache.SAMPLE_BYTES // 2
+        assert _unsampled(path, middle, middle + 1)
+        _overwrite(path, middle, bytes([path.read_bytes()[middle] ^ 1]))
+
+    flip(weights)
+    assert cache.check_folder(folder) is None, "over the budget: sampled"
+    monkeypatch.setenv("MDR_VERIFY_CACHES", "full")
+    assert cache.check_folder(folder) == f"{weights} does not hold the bytes that were written (SHA-256 differs)"
+    monkeypatch.delenv("MDR_VERIFY_CACHES")
+    flip(weights)  # back as built
+    flip(tokenizer)  # under the budget: every byte is checked
+    assert cache.check_folder(folder) == f"{tokenizer} does not hold the bytes that were written (SHA-256 differs)"
+
+
+@pytest.mark.parametrize("value", ["1", "true", "yes", "sample"])
+def test_an_unknown_verify_setting_is_refused_before_any_work(
+    make_cfg: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, value: str
+) -> None:
+    """``MDR_VERIFY_CACHES=1`` (or true) was silently ignored: only ``full`` changed anything."""
+    from mdr.data.schema import DataError
+    from mdr.validation import validate
+
+    cfg = make_cfg()
+    for accepted in ("", "auto", "full", "FULL"):
+        monkeypatch.setenv("MDR_VERIFY_CACHES", accepted)
+        validate(cfg)
+    monkeypatch.setenv("MDR_VERIFY_CACHES", value)
+    with pytest.raises(DataError, match=rf"MDR_VERIFY_CACHES='{value}': expected auto .* or full"):
+        validate(cfg)
+    with pytest.raises(cache.SettingError, match="MDR_VERIFY_CACHES"):
+        cache.verify_level("auto")
+    monkeypatch.setenv("MDR_VERIFY_CACHES", "full")
+    corpus = LocalReader(str(XQUAD_SENT / "th"), "th", cache_dir=str(tmp_path / "cache")).load("train").corpus
+    arrow = corpus.folder / ARROW_FILE
+    stamp = arrow.stat().st_mtime_ns
+    monkeypatch.setenv("MDR_VERIFY_CACHES", value)  # outside a run (no validation): an error, never a rebuild
+    with pytest.raises(cache.SettingError, match="MDR_VERIFY_CACHES"):
+        LocalReader(str(XQUAD_SENT / "th"), "th", cache_dir=str(tmp_path / "cache")).load("train")
+    assert arrow.stat().st_mtime_ns == stamp
+
+
 # ---- cached stages --------------------------------------------------------------------------------------------
 
 
@@ -304,6 +434,16 @@ def test_a_cached_stage_retrains_when_its_training_data_changes_and_is_reused_wh
     assert _statuses(run_schedule(edited, tmp_path / "out5")) == ["trained", "run"]
     assert f"{weights} has" in caplog.text, "the log names the broken file"
     assert not list(stage.glob(".encoder*")), "no staging or broken folder is left"
+
+    # a byte flipped between the sampled blocks (same size, same sampled checksum): old code reused it
+    middle = weights.stat().st_size // 2 + cache.SAMPLE_BYTES
+    assert _unsampled(weights, middle, middle + 1)
+    _overwrite(weights, middle, bytes([weights.read_bytes()[middle] ^ 0x01]))
+    assert _recorded_sample(weights.parent / ".manifest.json", weights.name) == cache.sample_digest(weights)
+    fits.clear()
+    caplog.clear()
+    assert _statuses(run_schedule(edited, tmp_path / "out6")) == ["trained", "run"]
+    assert f"{weights} does not hold the bytes that were written" in caplog.text
 
 
 def test_the_stage_key_holds_the_starting_model_weights_not_its_path(
@@ -419,6 +559,20 @@ def test_a_dead_holders_lock_is_taken_over(tmp_path: Path, monkeypatch: pytest.M
         beating.join()
     assert entered.wait(5), "once its heartbeat stopped, the lock was taken over"
     waiter.join(timeout=5)
+    assert not owner.exists()
+
+
+def test_a_caller_that_does_not_wait_takes_over_a_lock_whose_heartbeat_stopped_long_ago(tmp_path: Path) -> None:
+    """``run.stages_only`` asks without waiting: a dead host's lock is judged by the same heartbeat rule."""
+    owner = tmp_path / "x.lock.owner"
+    owner.write_text(json.dumps({"host": "other-node", "pid": 1, "token": "alive"}))
+    with pytest.raises(cache.LockBusy):  # its heartbeat is fresh: a live holder
+        with cache_lock(tmp_path / "x.lock", wait=False):
+            pass
+    long_ago = time.time() - 2 * cache.stale_seconds()
+    os.utime(owner, (long_ago, long_ago))
+    with cache_lock(tmp_path / "x.lock", wait=False):  # old code: LockBusy on every call, forever
+        assert json.loads(owner.read_text())["pid"] == os.getpid()
     assert not owner.exists()
 
 

@@ -399,6 +399,8 @@ def test_through_hydra_the_same_single_run_command_twice_trains_once(
         ("train.batch_size=0", r"train.batch_size must be an integer >= 1, got 0"),
         ("train.token_cache=-1", r"train.token_cache must be an integer >= 0, got -1"),
         ("train.cpu_malloc_retain_mb=1.5", r"train.cpu_malloc_retain_mb must be an integer >= 0, got 1.5"),
+        ("train.cpu_malloc_retain_mb=4096", r"train.cpu_malloc_retain_mb must be an integer in \[0, 2047\], got 4096"),
+        ("train.cpu_malloc_retain_mb=2047", None),
         ("negatives.hard_proportion=abc", r"negatives.hard_proportion must be a number in \[0, 1\], got 'abc'"),
         ("negatives.hard_proportion=1.5", r"negatives.hard_proportion must be in \[0, 1\], got 1.5"),
         ("negatives.num_negatives=2.5", r"negatives.num_negatives must be an integer >= 0, got 2.5"),

@@ -22,16 +22,17 @@ from published_layouts import write_miracl
 import mdr.pipeline
 import mdr.run_evaluation
 import mdr.training
+import mdr.utils.io
 from mdr import run_folder
 from mdr.data.schema import DataError
 from mdr.evaluation.metrics import evaluate_run, mean_metrics, ranked
 from mdr.lifecycle import run_task
-from mdr.models.bi_encoder import SETTINGS_FILE
+from mdr.models.bi_encoder import SETTINGS_FILE, BiEncoder, EncoderSettings, load_tokenizer
 from mdr.models.module import AtomicCheckpointIO
 from mdr.pipeline import evaluate, load_splits, train
 from mdr.run_folder import RunFolderDamaged
 from mdr.training import fit, load_encoder
-from mdr.utils.io import atomic_write_with
+from mdr.utils.io import atomic_write_json, atomic_write_with
 from mdr.validation import validate
 
 
@@ -237,6 +238,91 @@ def test_atomic_write_with_leaves_neither_a_partial_file_nor_its_temporary(
     AtomicCheckpointIO().save_checkpoint({"epoch": 0, "weights": torch.ones(3)}, target)
     assert torch.load(target, weights_only=True)["epoch"] == 0
     assert [path.name for path in target.parent.iterdir()] == ["epoch0.ckpt"]
+
+
+class _FullDisk:
+    """A file on a disk with ``room`` bytes left: the write that would pass it raises ENOSPC, as ``os.write`` does."""
+
+    def __init__(self, handle: Any, room: int) -> None:
+        self.handle, self.room = handle, room
+
+    def write(self, data: Any) -> int:
+        size = memoryview(data).nbytes
+        if size > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= size
+        return self.handle.write(data)
+
+    def __enter__(self) -> _FullDisk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.handle, name)
+
+
+def _fill_the_disk(monkeypatch: pytest.MonkeyPatch, room: int = 1000) -> None:
+    """Every file :func:`mdr.utils.io.atomic_write_with` opens from now on has ``room`` bytes left."""
+    fdopen = os.fdopen
+    monkeypatch.setattr(mdr.utils.io.os, "fdopen", lambda fd, mode: _FullDisk(fdopen(fd, mode), room))
+
+
+def test_a_checkpoint_or_results_write_on_a_full_disk_names_the_file_and_the_free_space(
+    make_cfg: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """torch.save turned the ENOSPC of its file's write into 'RuntimeError: [enforce fail at inline_container.cc:672]
+    . unexpected pos 13376 vs 13270', which failed.json carried: no path, no 'no space left'."""
+    cfg = make_cfg()
+    out = Path(cfg.paths.output_dir)
+    checkpoint = out / "checkpoints" / "epoch0.ckpt"
+
+    def saves_a_checkpoint(cfg: Any) -> dict[str, Any]:
+        with monkeypatch.context() as patch:  # the space comes back as the partial file is removed
+            _fill_the_disk(patch)
+            AtomicCheckpointIO().save_checkpoint({"epoch": 0, "weights": torch.ones(4096)}, checkpoint)
+        return {}
+
+    with pytest.raises(OSError, match=rf"cannot write {checkpoint}: no space left on device \(\d+ bytes free"):
+        run_task(cfg, saves_a_checkpoint)
+    error = json.loads((out / "failed.json").read_text())["error"]
+    assert f"cannot write {checkpoint}: no space left on device" in error and "bytes free on its file system" in error
+    assert f"cannot write {checkpoint}: no space left on device" in caplog.text, "the log says it too"
+    assert not list(checkpoint.parent.iterdir()), "no partial checkpoint, no temporary"
+
+    metrics = out / "metrics.json"
+
+    def writes_results(cfg: Any) -> dict[str, Any]:
+        with monkeypatch.context() as patch:
+            _fill_the_disk(patch, room=10)
+            atomic_write_json(metrics, {"metrics": {"mrr@100": 0.5}})
+        return {}
+
+    with pytest.raises(OSError, match=rf"cannot write {metrics}: no space left on device"):
+        run_task(cfg, writes_results)
+    assert f"cannot write {metrics}: no space left" in json.loads((out / "failed.json").read_text())["error"]
+    assert not metrics.exists()
+
+
+def test_an_encoder_save_on_a_full_disk_names_the_folder(tiny_model: Path, tmp_path: Path) -> None:
+    encoder, tokenizer = BiEncoder.from_pretrained(tiny_model, EncoderSettings()), load_tokenizer(tiny_model)
+
+    def no_space(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")  # what Python's write raises: no file named
+
+    encoder.query_backbone.save_pretrained = no_space  # type: ignore[method-assign]
+    with pytest.raises(OSError, match=rf"cannot write {tmp_path / 'encoder'}: no space left on device \(\d+ bytes"):
+        encoder.save_pretrained(tmp_path / "encoder", tokenizer)
+
+    def rust_writer(*args: Any, **kwargs: Any) -> None:  # safetensors: the OS error only in the message
+        raise RuntimeError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
+
+    encoder.query_backbone.save_pretrained = rust_writer  # type: ignore[method-assign]
+    with pytest.raises(OSError, match=rf"cannot write {tmp_path / 'encoder'}: no space left on device"):
+        encoder.save_pretrained(tmp_path / "encoder", tokenizer)
 
 
 def test_a_full_disk_while_saving_leaves_no_partial_checkpoint(make_cfg: Any, monkeypatch: pytest.MonkeyPatch) -> None:

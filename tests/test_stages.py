@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +206,13 @@ def test_stages_only_trains_the_shared_stage_once_and_nothing_else(  # noqa: ANN
     assert len(count_fits) == 1 and "stages" in count_fits[0], "the English stage, not the cell's own"
     second = run_task(cells[1], train)  # another cell of the sweep: the same stage, found
     assert [r["status"] for r in second["schedule"]["stages"]] == ["reused"] and len(count_fits) == 1
+    # a lock left by a job on a host that died long ago is taken over as a normal run would (was "busy" forever)
+    (_, shared), _ = stage_keys(cells[1], schedule(cells[1]))
+    owner = stage_dir(cells[1], shared) / ".lock.owner"
+    owner.write_text(json.dumps({"host": "node-gone", "pid": 4242, "token": "dead"}))
+    os.utime(owner, (time.time() - 3600, time.time() - 3600))  # no heartbeat for an hour (limit: 300 s)
+    again = run_task(cells[1], train)
+    assert [r["status"] for r in again["schedule"]["stages"]] == ["reused"] and not owner.exists()
     for out in (tmp_path / "th", tmp_path / "hi"):
         assert not (out / "metrics.json").exists() and not (out / "checkpoints").exists()
 

@@ -269,12 +269,12 @@ class Corpus(Mapping[str, Passage]):
 
     @classmethod
     def _reuse(cls, folder: Path) -> Corpus | None:
-        """The stored corpus at ``folder`` if it is complete and intact (sizes + sampled checksums), else None
+        """The stored corpus at ``folder`` if it is complete and intact (level ``auto``), else None
         (a broken one is logged: the caller stores it again)."""
         if not (folder / META_FILE).is_file():
             return None
         try:
-            return cls(folder, level="sample")
+            return cls(folder, level="auto")
         except (CacheError, DataError) as error:
             log.warning("%s: storing the corpus again", error)
             return None

@@ -16,7 +16,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 
 from mdr.models.dropout import ATTENTION as DROPOUT_ATTENTION
 from mdr.models.dropout import install_fast_dropout
-from mdr.utils.io import share_like_new_files
+from mdr.utils.io import reporting_no_space, share_like_new_files
 
 SETTINGS_FILE = "mdr_encoder.json"
 
@@ -181,19 +181,24 @@ class BiEncoder(nn.Module):
 
         ``transformers.AutoModel`` and ``sentence_transformers.SentenceTransformer`` load a shared
         encoder from ``directory``; a two-tower one is in ``directory/{query,passage}_encoder``.
+
+        Raises:
+            NoSpaceError: the disk filled up (:class:`mdr.utils.io.NoSpaceError`, naming ``directory``).
         """
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        if self.passage_backbone is None:
-            self.query_backbone.save_pretrained(out)
-            tokenizer.save_pretrained(out)
-            _write_sentence_transformers_files(out, self.settings, self.query_backbone.config.hidden_size)
-        else:
-            for name, backbone in (("query_encoder", self.query_backbone), ("passage_encoder", self.passage_backbone)):
-                backbone.save_pretrained(out / name)
-                tokenizer.save_pretrained(out / name)
-            tokenizer.save_pretrained(out)
-        (out / SETTINGS_FILE).write_text(json.dumps(asdict(self.settings), indent=2) + "\n")
+        with reporting_no_space(out):
+            out.mkdir(parents=True, exist_ok=True)
+            if self.passage_backbone is None:
+                self.query_backbone.save_pretrained(out)
+                tokenizer.save_pretrained(out)
+                _write_sentence_transformers_files(out, self.settings, self.query_backbone.config.hidden_size)
+            else:
+                towers = (("query_encoder", self.query_backbone), ("passage_encoder", self.passage_backbone))
+                for name, backbone in towers:
+                    backbone.save_pretrained(out / name)
+                    tokenizer.save_pretrained(out / name)
+                tokenizer.save_pretrained(out)
+            (out / SETTINGS_FILE).write_text(json.dumps(asdict(self.settings), indent=2) + "\n")
         share_like_new_files(out)  # safetensors writes 0600: keep saved encoders readable like other results
         return out
 

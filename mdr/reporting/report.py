@@ -200,7 +200,8 @@ def schedules_markdown(comparison: pd.DataFrame) -> str:
                     continue
                 row = hit.iloc[0]
                 spread = f" ± {row['std']:.4f}" if row.n > 1 else ""
-                mark = "*" if "p_holm" in row and not pd.isna(row.p_holm) and row.p_holm < ALPHA else ""
+                tested = "p_holm" in row and not pd.isna(row.p_holm) and bool(row.get("gives_verdict", True))
+                mark = "*" if tested and row.p_holm < ALPHA else ""  # below 3 paired seeds: estimate only
                 texts.append(f"{row['mean']:.4f}{spread}{mark} (n={row.n})")
             low = " (low-resource)" if resource_class(rows.low_resource) else ""
             lines.append(f"| {language}{low} | " + " | ".join(texts) + " |")
@@ -209,7 +210,7 @@ def schedules_markdown(comparison: pd.DataFrame) -> str:
     lines += [
         "Mean ± std over seeds (n = seeds). `*`: different from the reference schedule at Holm-adjusted p < 0.05 "
         "(t test on the seeds x queries ANOVA with Satterthwaite degrees of freedom, paired by seed and query; "
-        "Holm within each model and language).",
+        "Holm within each model and language); not marked below 3 paired seeds.",
         "",
     ]
     if not tested.empty:

@@ -14,7 +14,7 @@ from mdr.models.bi_encoder import EncoderSettings
 from mdr.utils.app_help import config_groups
 from mdr.utils.cache import cache_lock, check_folder
 from mdr.utils.errors import DataError
-from mdr.utils.job_dirs import job_dirname
+from mdr.utils.job_dirs import hydra_subdir, job_dirname
 from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -23,9 +23,12 @@ log = get_logger(__name__)
 def register_resolvers() -> None:
     """``${abspath:...}`` makes a path absolute against the current directory; ``${mdr_job_dir:overrides,exclude}``
     names a multirun's job folder (:func:`mdr.utils.job_dirs.job_dirname`); ``${mdr_config_groups:}`` lists the
-    config groups in ``--help`` (:func:`mdr.utils.app_help.config_groups`)."""
+    config groups in ``--help`` (:func:`mdr.utils.app_help.config_groups`); ``${mdr_hydra_subdir:output_dir}`` is
+    ``.hydra`` unless that folder cannot be written (:func:`mdr.utils.job_dirs.hydra_subdir`)."""
     if not OmegaConf.has_resolver("abspath"):
         OmegaConf.register_new_resolver("abspath", lambda path: str(Path(path).expanduser().resolve()))
+    if not OmegaConf.has_resolver("mdr_hydra_subdir"):
+        OmegaConf.register_new_resolver("mdr_hydra_subdir", hydra_subdir)
     if not OmegaConf.has_resolver("mdr_job_dir"):
         OmegaConf.register_new_resolver(
             "mdr_job_dir", lambda overrides, exclude: job_dirname(list(overrides), list(exclude or []))
@@ -61,8 +64,9 @@ def build_target_problem(model_cfg: DictConfig) -> str | None:
 def ensure_model_files(model_cfg: DictConfig) -> None:
     """Build a locally made model (tiny, me5_small) on first use; hub models are left to transformers.
 
-    A built folder is checked against its manifest (sizes and sampled checksums of every file: ~64 kB read per
-    file); one that is cut, garbled or has no manifest is logged and built again (the build is deterministic).
+    A built folder is checked against its manifest (sizes, and every byte up to
+    :data:`mdr.utils.cache.FULL_CHECK_BYTES`: :func:`mdr.utils.cache.check_folder`); one that is cut, garbled or
+    has no manifest is logged and built again (the build is deterministic).
 
     Raises:
         DataError: ``model.name_or_path`` is missing and is not the model's build target.

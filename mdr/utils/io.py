@@ -2,12 +2,95 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NO_SPACE_TEXTS = ("No space left on device", "Disk quota exceeded")  # safetensors' Rust writer: in the message
+
+
+class NoSpaceError(OSError):
+    """A write that failed for lack of space; the message names the file, the file system's free bytes and the
+    error the writer raised."""
+
+
+def lack_of_space(error: BaseException | None) -> bool:
+    """Whether ``error``, or an error it was raised from, says the file system is full (or the quota used up)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in NO_SPACE:
+            return True
+        if any(text in str(error) for text in _NO_SPACE_TEXTS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def free_bytes(path: str | os.PathLike[str]) -> int | None:
+    """Free bytes (for this user) on the file system holding ``path`` (or its nearest existing parent)."""
+    place = Path(path)
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    try:
+        return shutil.disk_usage(place).free
+    except OSError:
+        return None
+
+
+def no_space_error(path: str | os.PathLike[str], error: BaseException) -> NoSpaceError:
+    """A :class:`NoSpaceError` for ``path``, whose write raised ``error``."""
+    free = free_bytes(path)
+    where = f"{free} bytes free on its file system" if free is not None else "its file system's free space unknown"
+    return NoSpaceError(
+        errno.ENOSPC, f"cannot write {path}: no space left on device ({where}; {type(error).__name__}: {error})"
+    )
+
+
+@contextmanager
+def reporting_no_space(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Re-raise an error of the block that says the disk is full as a :class:`NoSpaceError` naming ``path``."""
+    try:
+        yield
+    except NoSpaceError:
+        raise
+    except Exception as error:
+        if not lack_of_space(error):
+            raise
+        raise no_space_error(path, error) from error
+
+
+class _WriteRecorder:
+    """A binary file whose first ``OSError`` on write is kept: ``torch.save`` replaces it by its own
+    ``RuntimeError`` ('unexpected pos 13376 vs 13270'), which names neither the file nor the cause."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._handle.flush()
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
 
 
 def _default_mode() -> int:
@@ -30,6 +113,12 @@ def share_like_new_files(root: str | os.PathLike[str]) -> None:
         if path.is_symlink():
             continue
         os.chmod(path, folder_mode if path.is_dir() else file_mode)
+
+
+def writable(folder: str | os.PathLike[str]) -> bool:
+    """Whether this process may create, replace and remove files in ``folder`` (its mode, a read-only mount; root
+    passes any mode)."""
+    return os.access(folder, os.W_OK | os.X_OK)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -57,18 +146,27 @@ def atomic_write_with(path: str | os.PathLike[str], write: Callable[[IO[bytes]],
 
     The temporary file is in ``path``'s own folder, so the rename never crosses a file system: a full disk or a
     failing ``write`` leaves the old file (or none), never a partial one, and removes the temporary file.
+
+    Raises:
+        NoSpaceError: the write failed for lack of space (naming ``path`` and the free bytes), whatever error the
+            writer made of it.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    recorder: _WriteRecorder | None = None
     try:
         os.fchmod(fd, _default_mode())
         with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
+            recorder = _WriteRecorder(handle)
+            write(recorder)  # type: ignore[arg-type]
+            recorder.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        cause = recorder.error if recorder is not None and recorder.error is not None else error
+        if isinstance(error, Exception) and not isinstance(error, NoSpaceError) and lack_of_space(cause):
+            raise no_space_error(target, cause) from error
         raise
     return target

@@ -11,8 +11,12 @@ whole, and cuts a name over :data:`MAX_NAME` bytes to a prefix plus a hash of th
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+from mdr.utils.io import writable
 
 MAX_NAME = 240
 """Longest job folder name kept as it is (file systems allow 255 bytes per name)."""
@@ -58,3 +62,18 @@ def job_dirname(overrides: Sequence[str], exclude_keys: Sequence[str] = ()) -> s
         prefix = name.encode("utf-8")[: MAX_NAME - 50].decode("utf-8", errors="ignore")  # whole characters only
         name = f"{prefix}...{_digest(name, 16)}"
     return name
+
+
+def hydra_subdir(output_dir: str) -> str | None:
+    """``.hydra`` (where Hydra records a job's config), or None, so Hydra records nothing, where ``output_dir``
+    exists and that record cannot be rewritten: a read-only finished run folder then returns its metrics as it is.
+
+    The ``${mdr_hydra_subdir:...}`` resolver of ``conf/hydra/default.yaml`` (``hydra.output_subdir``).
+    """
+    out = Path(output_dir)
+    record = out / ".hydra"
+    if record.is_dir():
+        can_write = writable(record) and all(os.access(path, os.W_OK) for path in record.iterdir())
+    else:
+        can_write = not out.exists() or writable(out)
+    return ".hydra" if can_write else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -15,3 +16,25 @@ def get_logger(name: str) -> logging.Logger:
             setattr(logger, level, rank_zero_only(getattr(logger, level)))
         logger._mdr_rank_zero = True  # type: ignore[attr-defined]
     return logger
+
+
+class RunLogFileHandler(logging.FileHandler):
+    """The run's log file (Hydra's ``<run>/<job>.log``, ``conf/hydra/default.yaml``). Where it cannot be opened (a
+    read-only finished run folder) it says so once on stderr and drops the records: the log goes to the console
+    only, in place of Hydra's ``ValueError: Unable to configure handler 'file'`` before the run is even looked at."""
+
+    def __init__(self, filename: str, mode: str = "a", encoding: str | None = None, delay: bool = False) -> None:
+        self.unwritable: OSError | None = None
+        try:
+            super().__init__(filename, mode, encoding, delay)
+        except OSError as error:
+            super().__init__(filename, mode, encoding, delay=True)  # opens nothing
+            self.unwritable = error
+            sys.stderr.write(
+                f"[mdr] WARNING: cannot write the log file {filename} ({error.strerror or error}): the log goes to "
+                "the console only\n"
+            )
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.unwritable is None:
+            super().emit(record)
