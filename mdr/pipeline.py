@@ -13,7 +13,8 @@ from mdr.lifecycle import entry_point as entry_point
 from mdr.lifecycle import output_dir
 from mdr.run_evaluation import evaluate_and_report
 from mdr.run_folder import remove_weights
-from mdr.stages import evaluation_splits, run_schedule, train_cached_stages, trains_on_target
+from mdr.stage_cache import run_schedule, train_cached_stages
+from mdr.stages import evaluation_splits, trains_on_target
 from mdr.utils.instantiate import build_reader
 from mdr.validation import validate, validate_splits
 
@@ -51,7 +52,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def stages_only(cfg: DictConfig) -> dict[str, Any]:
-    """``run.stages_only=true``: train the run's cached stages (:func:`mdr.stages.train_cached_stages`), stop there.
+    """``run.stages_only=true``: train the cached stages (:func:`mdr.stage_cache.train_cached_stages`), stop there.
 
     No ``metrics.json``: the folder stays unfinished, and the same command without the flag runs the cell,
     reusing the stages. Nothing is read for the run's own stage.

@@ -106,7 +106,15 @@ class _Checker:
 
     def optional_integer(self, key: str, minimum: int) -> int | None:
         """null, or an int >= ``minimum``."""
-        return None if self.value(key) is None else self.integer(key, minimum)
+        value = self.value(key)
+        if value is None or value is _ABSENT:
+            return None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self.problems.append(f"{key} must be null or an integer >= {minimum}, got {value!r}")
+            return None
+        return value
 
     def boolean(self, key: str) -> None:
         """true or false."""

@@ -29,7 +29,8 @@ from mdr.mining.bm25 import bm25s_search
 from mdr.mining.denoise import DenoiseSettings, denoise_pools
 from mdr.mining.miner import PoolSettings, mine
 from mdr.models.bi_encoder import SETTINGS_FILE, BiEncoder, load_tokenizer
-from mdr.stages import run_schedule, schedule, stage_keys
+from mdr.stage_cache import run_schedule, stage_keys
+from mdr.stages import schedule
 from mdr.utils.cache import CacheError, cache_lock, remove_stale_builds, staging_name
 
 from conftest import DATA_DIR, XQUAD_SENT

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mdr.mining.miner import PoolSettings
-from mdr.stages import MODEL_KEYS_IGNORED, TRAIN_KEYS_IGNORED, TRAINER_KEYS_IGNORED
+from mdr.stage_cache import MODEL_KEYS_IGNORED, TRAIN_KEYS_IGNORED, TRAINER_KEYS_IGNORED
 from mdr.utils.config_identity import (
     IDENTITY,
     IGNORED_KEYS,

@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "mdr.run_folder": 3,
     "mdr.validation": 3,
     "mdr.stages": 3,
+    "mdr.stage_cache": 3,  # cached stages: keys, folders, running the schedule
     "mdr.tracking": 3,  # run names, loggers, the W&B summary
     "mdr.training": 3,  # encoder, pools and fit of one stage (mdr.stages trains with it)
     "mdr.run_evaluation": 3,  # evaluation of a run and its metrics.json

@@ -25,7 +25,8 @@ from mdr.data.schema import DataError
 from mdr.lifecycle import run_task
 from mdr.pipeline import evaluate, train
 from mdr.run_folder import RunFolderConflict
-from mdr.stages import schedule, stage_keys
+from mdr.stage_cache import stage_keys
+from mdr.stages import schedule
 from mdr.validation import validate
 
 from conftest import DATA_DIR, ROOT, XQUAD_SENT
@@ -451,7 +452,9 @@ def test_more_negatives_than_the_corpus_holds_fails_before_mining(
     with pytest.raises(DataError, match=r"negatives.num_negatives=6 is more than the training corpus can supply"):
         run_task(make_cfg(f"data.reader.root={root}", "negatives.num_negatives=6"), train)
     with pytest.raises(AssertionError, match="expensive step"):  # 5 fit: validation lets it through
-        run_task(make_cfg(f"data.reader.root={root}", "negatives.num_negatives=5"), train)
+        run_task(
+            make_cfg(f"data.reader.root={root}", "negatives.num_negatives=5", "negatives.hard_proportion=0.4"), train
+        )
 
 
 def test_a_typo_in_the_tiny_model_path_is_not_built_as_a_new_random_model(

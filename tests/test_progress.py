@@ -133,7 +133,10 @@ def test_duration(seconds: float, text: str) -> None:
     [
         ({"every_n_steps": 50, "every_seconds": 60}, []),
         ({"every_n_steps": None, "every_seconds": None}, []),
-        ({"every_n_steps": 0, "every_seconds": 60}, ["logger.progress.every_n_steps must be an integer >= 1, got 0"]),
+        (
+            {"every_n_steps": 0, "every_seconds": 60},
+            ["logger.progress.every_n_steps must be null or an integer >= 1, got 0"],
+        ),
         ({"every_n_steps": 5, "every_seconds": "often"},
          ["logger.progress.every_seconds must be a number > 0, got 'often'"]),
     ],

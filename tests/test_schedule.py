@@ -14,7 +14,8 @@ from mdr.data.schema import DataError
 from mdr.lifecycle import run_task
 from mdr.pipeline import evaluate, train
 from mdr.reporting.aggregate import aggregate, collect, compare_schedules
-from mdr.stages import schedule, stage_keys
+from mdr.stage_cache import stage_keys
+from mdr.stages import schedule
 
 from conftest import ROOT
 

@@ -22,7 +22,8 @@ from mdr.data.union import UnionSplit
 from mdr.lifecycle import run_task
 from mdr.models.bi_encoder import BiEncoder, EncoderSettings, load_tokenizer
 from mdr.pipeline import train
-from mdr.stages import schedule, stage_dir, stage_keys
+from mdr.stage_cache import stage_dir, stage_keys
+from mdr.stages import schedule
 
 from conftest import ROOT
 
