@@ -24,7 +24,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import mdr.utils.io
-from mdr.pipeline import run_task
+from mdr.lifecycle import run_task
 from mdr.run_folder import RunFolderNotWritable
 
 from conftest import DATA_DIR, ROOT
