@@ -576,11 +576,22 @@ class CheckpointPosition:
         epochs: epochs finished.
         steps: optimiser steps done.
         mid_epoch: saved inside epoch ``epochs`` (``train.checkpoint_every_n_steps``), not at an epoch end.
+        batches_done: batches of that epoch trained (0 at an epoch end).
     """
 
     epochs: int
     steps: int
     mid_epoch: bool
+    batches_done: int = 0
+
+    def describe(self, max_epochs: int | None) -> str:
+        """Where training resumes, epochs counted from 1: ``epoch 2 of 3 after its first 5 batches, step 9``."""
+        known = max_epochs is not None and max_epochs > 0
+        of = f" of {max_epochs}" if known else ""
+        if self.mid_epoch:
+            return f"epoch {self.epochs + 1}{of} after its first {self.batches_done} batch(es), step {self.steps}"
+        done = " (nothing left to train)" if known and self.epochs >= max_epochs else ""
+        return f"{self.epochs}{of} epoch(s) done, step {self.steps}{done}"
 
 
 def checkpoint_position(path: Path) -> CheckpointPosition | None:
@@ -596,9 +607,13 @@ def checkpoint_position(path: Path) -> CheckpointPosition | None:
     except Exception as error:  # noqa: BLE001 - a damaged checkpoint is reported by Lightning itself
         log.warning("cannot read the epoch of %s (%s)", path, error)
         return None
-    mid_epoch = bool((checkpoint.get("RetrievalDataModule") or {}).get("mid_epoch", False))
+    data = checkpoint.get("RetrievalDataModule") or {}
+    mid_epoch = bool(data.get("mid_epoch", False))
     epoch = int(checkpoint["epoch"])
-    return CheckpointPosition(epoch if mid_epoch else epoch + 1, int(checkpoint.get("global_step", 0)), mid_epoch)
+    steps = int(checkpoint.get("global_step", 0))
+    if mid_epoch:
+        return CheckpointPosition(epoch, steps, True, int(data.get("batches_done", 0)))
+    return CheckpointPosition(epoch + 1, steps, False)
 
 
 def checkpoint_epochs(path: Path) -> int | None:
