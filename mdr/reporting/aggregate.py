@@ -30,6 +30,7 @@ from mdr.reporting.collect import (
     run_variant,
 )
 from mdr.reporting.plots import plot, plot_deltas
+from mdr.reporting.pool_diagnostics import report_section as pool_diagnostics_section
 from mdr.reporting.report import headline, markdown_report, means_markdown, schedules_markdown
 from mdr.utils.io import atomic_write_text
 
@@ -160,6 +161,7 @@ def aggregate(
     duplicates = problems[problems.status == "duplicate"]
     if not duplicates.empty:
         atomic_write_text(target / "duplicates.csv", duplicates.to_csv(index=False))
+    sections += pool_diagnostics_section(target)  # when python -m mdr.pool_diagnostics wrote into the report folder
     sections += _problem_sections(problems)
     atomic_write_text(target / "results.md", "\n".join(sections))
     summary["table"] = str(target / "results.md")

@@ -49,7 +49,7 @@ OVERLAP_COLUMNS = ("language", "negatives", "other", "share")
 PANELS = (
     ("same_paragraph_share", "sampled negatives from the positive's paragraph"),
     ("teacher_at_least_positive_share", "sampled negatives the teacher scores >= the positive"),
-    ("teacher_ratio_median", "median teacher score, negative / positive"),
+    ("teacher_above_denoise_share", "sampled negatives the teacher scores above 95% of the positive"),
     ("positive_rank1_share", "positive at rank 1 in the miner's ranking"),
 )
 """The plot's panels: (column, title)."""
@@ -193,7 +193,7 @@ def plot_diagnostics(frame: pd.DataFrame, path: Path) -> Path:
     labels = list(dict.fromkeys(frame.label))
     colours = plt.get_cmap("tab10")
     width = 0.8 / len(labels)
-    figure, axes = plt.subplots(2, 2, figsize=(15, 8), sharex=True, squeeze=False)
+    figure, axes = plt.subplots(2, 2, figsize=(15, 9), sharex=True, squeeze=False)
     for axis, (column, title) in zip(axes.flat, PANELS):
         for index, label in enumerate(labels):
             rows = frame[frame.label == label].set_index("language")
@@ -211,13 +211,15 @@ def plot_diagnostics(frame: pd.DataFrame, path: Path) -> Path:
         axis.grid(axis="y", alpha=0.3)
         axis.set_axisbelow(True)
     handles, names = axes[0][0].get_legend_handles_labels()
-    figure.legend(handles, names, title="negatives", loc="center left", bbox_to_anchor=(0.82, 0.5), fontsize="small")
+    columns = min(len(names), 4)
+    rows = -(-len(names) // columns)
+    figure.legend(handles, names, title="negatives", loc="lower center", ncol=columns, fontsize="small")
     figure.suptitle(
         "Hard-negative pools: the first epoch's sampled negatives of the training queries (teacher: "
         f"{', '.join(dict.fromkeys(frame.teacher.astype(str)))})",
         fontsize="medium",
     )
-    figure.tight_layout(rect=(0, 0, 0.81, 0.96))
+    figure.tight_layout(rect=(0, 0.04 + 0.035 * rows, 1, 0.96))  # the legend below the panels
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     figure.savefig(tmp, dpi=110)
