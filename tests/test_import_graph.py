@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "mdr.stages": 3,
     "mdr.pipeline": 4,
     "mdr.cluster": 4,  # the Hydra callback checking a multirun's launch before any job (uses validation)
+    "mdr.pool_diagnostics": 4,  # the pool diagnostics CLI: composes configs and mines through the pipeline
 }
 """utils <- data <- (models, mining, evaluation, losses) <- stages <- pipeline; a module may import its own layer
 and those below. ``mdr.reporting`` is outside the chain: it may import only ``mdr.utils`` and itself."""
