@@ -279,3 +279,25 @@ def test_sweep_report_shows_pool_diagnostics_only_when_present(tmp_path: Path) -
     pd.DataFrame([{"language": "th"}]).to_csv(tmp_path / "pool_diagnostics" / "pool_diagnostics.csv", index=False)
     with pytest.raises(ValueError, match="pool_diagnostics.csv: not a pool diagnostics file"):
         aggregate(tmp_path)
+
+
+def test_the_report_sets_each_pool_measure_against_the_languages_deltas() -> None:
+    from mdr.reporting.pool_diagnostics import TRACKED, tracking_lines
+
+    languages = ["ar", "de", "hi", "th", "zh"]
+    share = [0.01, 0.02, 0.03, 0.04, 0.05]
+    frame = pd.DataFrame({"language": languages, "negatives": "bm25", **{column: share for column in TRACKED}})
+    frame.loc[:, "positive_rank1_share"] = share[::-1]  # the opposite order: rho -1
+    tests = pd.DataFrame(
+        {
+            "language": languages * 2,
+            "variant": ["mask=on,denoise=off"] * 5 + ["mask=on,denoise=on"] * 5,
+            "hard_proportion": [1.0] * 10,
+            "delta_mrr@100": [-0.03, -0.01, 0.0, 0.01, 0.02] + [9.0] * 5,  # the other variant is not read
+        }
+    )
+    lines = tracking_lines(frame, tests, "mask=on,denoise=off")
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ") and "ρ" not in line}
+    assert "+1.00" in rows[TRACKED["same_paragraph_share"]] and "-1.00" in rows[TRACKED["positive_rank1_share"]]
+    assert "(ar, de, hi, th, zh)" in lines[0]
+    assert tracking_lines(frame[frame.language != "ar"].iloc[:3], tests, "mask=on,denoise=off") == []  # < 4 languages

@@ -21,6 +21,7 @@ import pandas as pd
 
 from mdr.reporting.analysis import EQUIVALENCE_MARGIN, Analysis, analyse, compare_schedules, sort_results
 from mdr.reporting.collect import (
+    DEFAULT_VARIANT,
     METRIC,
     cell_means,
     collect,
@@ -223,7 +224,8 @@ def _write_report(
     duplicates = problems[problems.status == "duplicate"]
     if not duplicates.empty:
         atomic_write_text(folder / "duplicates.csv", duplicates.to_csv(index=False))
-    sections += pool_diagnostics_section(report_dir)  # when python -m mdr.pool_diagnostics wrote into the report folder
+    tests = tables.get("tests")  # when python -m mdr.pool_diagnostics wrote into the report folder:
+    sections += pool_diagnostics_section(report_dir, tests, DEFAULT_VARIANT)
     sections += _problem_sections(problems)
     atomic_write_text(folder / LAST, "\n".join(sections))
     return tables, plots, headlines

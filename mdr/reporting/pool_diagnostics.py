@@ -9,7 +9,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+
+from mdr.reporting.statistics import holm
 
 CSV_NAME = "pool_diagnostics.csv"
 OVERLAP_NAME = "pool_overlap.csv"
@@ -163,8 +166,45 @@ def summary_markdown(frame: pd.DataFrame, overlap: pd.DataFrame, command: str, c
     return "\n".join(lines)
 
 
-def report_section(report_dir: Path) -> list[str]:
-    """A sweep report's "Pool diagnostics" section from ``<report_dir>/pool_diagnostics/``; [] when it has none."""
+TRACKED = {
+    "teacher_at_least_positive_share": "likely false negatives (teacher >= positive)",
+    "same_paragraph_share": "negatives from the positive's paragraph",
+    "positive_rank1_share": "positive at BM25 rank 1",
+    "positive_beyond_depth_share": "positive beyond BM25's depth",
+}
+"""Pool measures set against each language's delta at p = 1 (:func:`tracking_lines`)."""
+
+
+def tracking_lines(frame: pd.DataFrame, tests: pd.DataFrame | None, default_variant: str) -> list[str]:
+    """Whether a pool measure of the default miner (BM25 ranks 1-50) tracks the languages' deltas at p = 1:
+    Spearman's rank correlation over the languages with both, and its two-sided p-value; [] below 4 languages."""
+    if tests is None or tests.empty or "delta_mrr@100" not in tests:
+        return []
+    from scipy import stats
+
+    deltas = tests[(tests.variant == default_variant) & np.isclose(tests.hard_proportion.astype(float), 1.0)]
+    deltas = deltas.groupby("language")["delta_mrr@100"].mean()
+    pools = frame[frame.negatives == "bm25"].set_index("language")
+    languages = sorted(set(deltas.index) & set(pools.index))
+    if len(languages) < 4:
+        return []
+    lines = [
+        f"Does a pool measure track the delta at p = 1? Spearman's rank correlation over the {len(languages)} "
+        f"languages with both ({', '.join(languages)}), BM25 ranks 1-50 pools:",
+        "",
+        "| measure | Spearman ρ | p-value | p (Holm over the measures) |",
+        "|---|---:|---:|---:|",
+    ]
+    found = [stats.spearmanr(pools.loc[languages, column].astype(float), deltas.loc[languages]) for column in TRACKED]
+    adjusted = holm([float(result[1]) for result in found])
+    for name, (rho, p_value), p_holm in zip(TRACKED.values(), found, adjusted):
+        lines.append(f"| {name} | {rho:+.2f} | {p_value:.3f} | {p_holm:.3f} |")
+    return [*lines, ""]
+
+
+def report_section(report_dir: Path, tests: pd.DataFrame | None = None, default_variant: str = "") -> list[str]:
+    """A sweep report's "Pool diagnostics" section from ``<report_dir>/pool_diagnostics/``, with the measures set
+    against the analysis's deltas (``tests``) where there are enough languages; [] when it has no diagnostics."""
     path = report_dir / SWEEP_CSV
     if not path.is_file():
         return []
@@ -179,6 +219,7 @@ def report_section(report_dir: Path) -> list[str]:
         LEGEND + f" Overlap between pools and the plot: [{SWEEP_CSV.parent}/{SUMMARY_NAME}]"
         f"({SWEEP_CSV.parent}/{SUMMARY_NAME}).",
         "",
+        *tracking_lines(frame, tests, default_variant),
     ]
 
 
