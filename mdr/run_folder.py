@@ -39,6 +39,8 @@ import io
 import json
 import os
 import shutil
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -160,10 +162,38 @@ def launch_key(environ: dict[str, str] | None = None) -> str | None:
 
 
 def tell_other_ranks(out: Path, decision: str, message: str = "") -> None:
-    """Rank 0: record what it does with ``out`` (``run``, ``complete`` or ``refused``) for the launch's other ranks."""
+    """Rank 0: record what it does with ``out`` (``run``, ``complete``, ``refused``, or ``failed`` after a ``run``)
+    for the launch's other ranks."""
     key = launch_key()
     if key is not None:
         atomic_write_json(out / RANKS_DIR / f"{key}.json", {"decision": decision, "message": message})
+
+
+def watch_rank_zero(out: Path, interval_s: float = 2.0) -> threading.Thread | None:
+    """A rank > 0 that follows a ``run`` decision: a daemon thread that ends this process (exit 1, with rank 0's
+    error on stderr) once rank 0 records that the run failed, so no rank waits in a collective for a rank 0
+    that has stopped (Lightning's process group would hold it until its timeout). None without a launch key."""
+    key = launch_key()
+    if key is None:
+        return None
+    path = out / RANKS_DIR / f"{key}.json"
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            try:
+                decision = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if decision.get("decision") == "failed":
+                print(
+                    f"[mdr] rank 0 failed ({decision.get('message', '')}); this rank stops", file=sys.stderr, flush=True
+                )
+                os._exit(1)
+
+    thread = threading.Thread(target=watch, name="mdr-watch-rank-zero", daemon=True)
+    thread.start()
+    return thread
 
 
 def rank_zero_decision(out: Path, timeout_s: float | None = None) -> dict[str, str]:
