@@ -133,6 +133,7 @@ def run_task(
             except BaseException as error:
                 if not isinstance(error, KeyboardInterrupt):
                     record_failure(out, error)
+                run_folder.tell_other_ranks(out, "failed", f"{type(error).__name__}: {error}")  # none waits on it
                 if isinstance(error, SIGTERMException):  # a SystemExit with code 0: say 128 + SIGTERM instead
                     raise SystemExit(128 + signal.SIGTERM) from error
                 raise
@@ -170,6 +171,9 @@ def follow_rank_zero(out: Path, task: Callable[[DictConfig], dict[str, Any]], cf
         return {}
     if decision["decision"] == "refused":
         raise run_folder.RunFolderRefused(f"rank 0 refused {out}: {decision['message']}")
+    if decision["decision"] == "failed":
+        raise RuntimeError(f"rank 0 failed on {out}: {decision['message']}")
+    run_folder.watch_rank_zero(out)  # rank 0 failing later ends this rank instead of leaving it in a collective
     return task(cfg)
 
 

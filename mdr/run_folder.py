@@ -18,7 +18,7 @@ same folder:
   unknown; ``run.on_complete=fresh`` for ``metrics.json``).
 
 A single run in a new folder may instead return a finished run of the same config from another folder
-(:func:`earlier_runs`, used by :func:`mdr.pipeline.reuse_earlier_run`).
+(:func:`earlier_runs`, used by :func:`mdr.lifecycle.reuse_earlier_run`).
 
 A folder is used by one process at a time (an exclusive ``flock`` on ``<folder>/.lock``); DDP ranks other
 than 0 neither lock nor record. Where the launcher starts every rank itself (SLURM tasks, torchrun), rank 0 writes
@@ -37,6 +37,8 @@ import fcntl
 import json
 import os
 import shutil
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -158,10 +160,38 @@ def launch_key(environ: dict[str, str] | None = None) -> str | None:
 
 
 def tell_other_ranks(out: Path, decision: str, message: str = "") -> None:
-    """Rank 0: record what it does with ``out`` (``run``, ``complete`` or ``refused``) for the launch's other ranks."""
+    """Rank 0: record what it does with ``out`` (``run``, ``complete``, ``refused``, or ``failed`` after a ``run``)
+    for the launch's other ranks."""
     key = launch_key()
     if key is not None:
         atomic_write_json(out / RANKS_DIR / f"{key}.json", {"decision": decision, "message": message})
+
+
+def watch_rank_zero(out: Path, interval_s: float = 2.0) -> threading.Thread | None:
+    """A rank > 0 that follows a ``run`` decision: a daemon thread that ends this process (exit 1, with rank 0's
+    error on stderr) once rank 0 records that the run failed, so no rank waits in a collective for a rank 0
+    that has stopped (Lightning's process group would hold it until its timeout). None without a launch key."""
+    key = launch_key()
+    if key is None:
+        return None
+    path = out / RANKS_DIR / f"{key}.json"
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            try:
+                decision = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if decision.get("decision") == "failed":
+                print(
+                    f"[mdr] rank 0 failed ({decision.get('message', '')}); this rank stops", file=sys.stderr, flush=True
+                )
+                os._exit(1)
+
+    thread = threading.Thread(target=watch, name="mdr-watch-rank-zero", daemon=True)
+    thread.start()
+    return thread
 
 
 def rank_zero_decision(out: Path, timeout_s: float | None = None) -> dict[str, str]:
@@ -574,11 +604,22 @@ class CheckpointPosition:
         epochs: epochs finished.
         steps: optimiser steps done.
         mid_epoch: saved inside epoch ``epochs`` (``train.checkpoint_every_n_steps``), not at an epoch end.
+        batches_done: batches of that epoch trained (0 at an epoch end).
     """
 
     epochs: int
     steps: int
     mid_epoch: bool
+    batches_done: int = 0
+
+    def describe(self, max_epochs: int | None) -> str:
+        """Where training resumes, epochs counted from 1: ``epoch 2 of 3 after its first 5 batches, step 9``."""
+        known = max_epochs is not None and max_epochs > 0
+        of = f" of {max_epochs}" if known else ""
+        if self.mid_epoch:
+            return f"epoch {self.epochs + 1}{of} after its first {self.batches_done} batch(es), step {self.steps}"
+        done = " (nothing left to train)" if known and self.epochs >= max_epochs else ""
+        return f"{self.epochs}{of} epoch(s) done, step {self.steps}{done}"
 
 
 def checkpoint_position(path: Path) -> CheckpointPosition | None:
@@ -594,9 +635,13 @@ def checkpoint_position(path: Path) -> CheckpointPosition | None:
     except Exception as error:  # noqa: BLE001 - a damaged checkpoint is reported by Lightning itself
         log.warning("cannot read the epoch of %s (%s)", path, error)
         return None
-    mid_epoch = bool((checkpoint.get("RetrievalDataModule") or {}).get("mid_epoch", False))
+    data = checkpoint.get("RetrievalDataModule") or {}
+    mid_epoch = bool(data.get("mid_epoch", False))
     epoch = int(checkpoint["epoch"])
-    return CheckpointPosition(epoch if mid_epoch else epoch + 1, int(checkpoint.get("global_step", 0)), mid_epoch)
+    steps = int(checkpoint.get("global_step", 0))
+    if mid_epoch:
+        return CheckpointPosition(epoch, steps, True, int(data.get("batches_done", 0)))
+    return CheckpointPosition(epoch + 1, steps, False)
 
 
 def checkpoint_epochs(path: Path) -> int | None:

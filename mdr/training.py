@@ -191,6 +191,9 @@ def fit(
     started = time.time()
     position = run_folder.checkpoint_position(last) if last.is_file() else None  # done before this attempt
     resumed_at = position.epochs if position else None
+    if last.is_file():
+        where = position.describe(trainer.max_epochs) if position else "its position unreadable"
+        log.info("resuming from %s: %s", last.resolve(), where)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
     root_device = trainer.strategy.root_device
     stats = datamodule.last_stats

@@ -194,6 +194,50 @@ def test_slurm_ranks_take_rank_zeros_run_folder_decision(make_cfg, monkeypatch: 
     assert ran == [0, 1]
 
 
+def test_a_rank_zero_failure_after_deciding_to_run_ends_the_other_ranks(
+    make_cfg, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:  # noqa: ANN001
+    """Rank 0 decided to run, then failed (bad data, a crash before Lightning's init): rank 1 had followed the
+    "run" decision and waited in Lightning's process group until its timeout. Now rank 0 records the failure, and
+    rank 1 stops with rank 0's error: at once if it has not started, else from its watcher thread."""
+    import subprocess
+    import sys
+    import time
+
+    from mdr.lifecycle import run_task
+
+    def failing(cfg) -> dict:  # noqa: ANN001
+        raise ValueError("queries.jsonl line 3: no text")
+
+    cfg = make_cfg("seed=9")
+    out = Path(cfg.paths.output_dir)
+    _slurm_task(monkeypatch, 0)
+    with pytest.raises(ValueError):
+        run_task(cfg, failing)
+    _slurm_task(monkeypatch, 1)
+    with pytest.raises(RuntimeError, match="rank 0 failed .*queries.jsonl line 3"):
+        run_task(cfg, lambda cfg: {})  # not started yet: it does not start
+
+    # a rank 1 already in its task (standing in for Lightning's rendezvous) when rank 0 fails: it exits, with the error
+    key_env = {**os.environ, "SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0", "SLURM_PROCID": "1", "SLURM_NTASKS": "2"}
+    ranks = out / ".ranks"
+    ranks.mkdir(parents=True, exist_ok=True)
+    decision = ranks / "slurm-77-0-0.json"
+    decision.write_text('{"decision": "run", "message": ""}')
+    code = (
+        "import time\nfrom pathlib import Path\nfrom mdr import run_folder\n"
+        f"run_folder.watch_rank_zero(Path({str(out)!r}), interval_s=0.1)\ntime.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], env=key_env, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    assert child.poll() is None, "a rank keeps going while rank 0 runs"
+    decision.write_text('{"decision": "failed", "message": "ValueError: queries.jsonl line 3: no text"}')
+    started = time.monotonic()
+    _, stderr = child.communicate(timeout=30)
+    assert child.returncode == 1 and time.monotonic() - started < 10
+    assert "rank 0 failed (ValueError: queries.jsonl line 3: no text); this rank stops" in stderr
+
+
 def _sweep_config(*overrides: str):  # noqa: ANN202
     """The multirun's config with its ``hydra`` node, as a Hydra callback gets it at ``on_multirun_start``."""
     from hydra import compose, initialize_config_dir

@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "mdr.lifecycle": 3,  # a run in its folder: claim, task, failure record
     "mdr.pipeline": 4,
     "mdr.cluster": 4,  # the Hydra callback checking a multirun's launch before any job (uses validation)
+    "mdr.pool_diagnostics": 4,  # the pool diagnostics CLI: composes configs and mines as mdr.training does
 }
 """utils <- data <- (models, mining, evaluation, losses) <- stages <- pipeline; a module may import its own layer
 and those below. ``mdr.reporting`` is outside the chain: it may import only ``mdr.utils`` and itself."""

@@ -282,3 +282,19 @@ def test_pyserini_thai_without_segmentation_fails_before_indexing(tmp_path: Path
     thai = LocalReader(XQUAD_SENT / "th", "th").load("train")
     with pytest.raises(RuntimeError, match="Thai word segmentation.*negatives.pool.backend=bm25s"):
         mine(PoolSettings(source="bm25", backend="pyserini", depth=20), thai, "th", "th", tmp_path, _no_encoder)
+
+
+def test_thai_words_are_dictionary_words_and_mine_their_own_pool(tmp_path: Path) -> None:
+    from mdr.mining.tokenize import TOKENIZER_VERSION, tokenizer_version
+
+    assert bm25_tokens("ทีมรับ", "thai_words") == ["ทีม", "รับ"]  # bigrams: ที ีม มร รั ับ
+    assert bm25_tokens("中文字 ภาษาไทย x", "thai_words") == ["中文", "文字", "ภาษาไทย", "x"]  # CJK keeps its bigrams
+    assert tokenizer_version() == TOKENIZER_VERSION and "pythainlp" in tokenizer_version("thai_words")
+    with pytest.raises(ValueError, match="negatives.pool.tokenizer='icu'"):
+        tokenizer_version("icu")
+    thai = LocalReader(XQUAD_SENT / "th", "th").load("train")
+    words = mine(PoolSettings(depth=20, tokenizer="thai_words"), thai, "th", "th", tmp_path, _no_encoder)
+    bigrams = mine(PoolSettings(depth=20), thai, "th", "th", tmp_path, _no_encoder)
+    assert len(list((tmp_path / "pools").glob("th-bm25-*.jsonl"))) == 2  # two cache entries, one per tokenizer
+    differing = sum(words.candidates[q] != bigrams.candidates[q] for q in thai.queries)
+    assert differing > len(thai.queries) // 2  # the segmentation changes most rankings

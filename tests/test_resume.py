@@ -54,7 +54,8 @@ def _same_rows(got: list[dict[str, str]], expected: list[dict[str, str]]) -> Non
     for row, want in zip(got, expected):
         assert set(row) == set(want)
         for key, value in want.items():
-            assert (float(row[key]) if row[key] else None) == pytest.approx(float(value) if value else None, abs=1e-5)
+            got_value, want_value = (float(row[key]) if row[key] else None), (float(value) if value else None)
+            assert got_value == pytest.approx(want_value, abs=1e-5), (key, row, want)
 
 
 @pytest.mark.slow
@@ -275,3 +276,101 @@ def test_a_resumed_loader_serves_the_rest_of_each_ranks_deal(tiny_model: Path) -
         rest, length = rank_batches(5, rank)
         assert length == full_length, "the loader's length stays the epoch's (Lightning counts from the checkpoint)"
         assert rest == full[5:]
+
+
+EVERY_CHECKPOINT = (  # 2 epochs of 4 steps; checkpoints at steps 2, 6 (mid-epoch) and 4, 8 (epoch ends)
+    "trainer.max_epochs=2",
+    "trainer.log_every_n_steps=1",
+    "train.checkpoint_every_n_steps=2",
+)
+KILLS = {  # where the kill lands -> (epochs finished, steps done, mid-epoch) of the checkpoint resumed from
+    "mid-epoch-0": (3, (0, 2, True)),
+    "end-of-epoch-0": (5, (1, 4, False)),
+    "mid-epoch-1": (7, (1, 6, True)),
+    "end-of-training": (None, (2, 8, False)),  # None: killed during evaluation, after the last checkpoint
+}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, tiny_model: Path) -> tuple[Path, dict]:
+    """One run of EVERY_CHECKPOINT never killed: the folder and its result."""
+    from hydra import compose, initialize_config_dir
+
+    out = tmp_path_factory.mktemp("uninterrupted")
+    overrides = [
+        f"paths.data_dir={DATA_DIR}",
+        f"paths.cache_dir={cache_dir}",
+        f"paths.output_dir={out}",
+        "logger.wandb.enabled=false",
+        "data=demo",
+        "language=th",
+        "trainer.enable_progress_bar=false",
+        "+trainer.limit_train_batches=4",
+        "train.batch_size=8",
+        "negatives.num_negatives=2",
+        *EVERY_CHECKPOINT,
+    ]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    return out, run_task(cfg, train)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill", list(KILLS))
+def test_a_run_killed_at_any_checkpoint_resumes_to_the_uninterrupted_result(
+    kill: str,
+    uninterrupted: tuple[Path, dict],
+    make_cfg,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Killed after each kind of checkpoint (mid-epoch, epoch end, training's end) in every epoch: the resumed run
+    logs where it resumes and ends with the uninterrupted run's metrics, run file and CSV rows."""
+    import logging
+
+    import mdr.pipeline
+    from mdr.models.module import BiEncoderModule
+    from mdr.run_folder import checkpoint_position
+
+    reference, expected = uninterrupted
+    dies_at, (epochs, steps, mid_epoch) = KILLS[kill]
+    cfg = make_cfg(*EVERY_CHECKPOINT)
+    out = Path(cfg.paths.output_dir)
+    training_step, evaluate_and_report = BiEncoderModule.training_step, mdr.pipeline.evaluate_and_report
+
+    def dies_one_step_after_a_checkpoint(self, batch, batch_idx):  # noqa: ANN001, ANN202
+        if self.global_step == dies_at:  # this step's rows were not logged before the kill: the previous step's were
+            raise RuntimeError("killed")
+        return training_step(self, batch, batch_idx)
+
+    def dies_during_evaluation(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        raise RuntimeError("killed")
+
+    if dies_at is None:
+        monkeypatch.setattr(mdr.pipeline, "evaluate_and_report", dies_during_evaluation)
+    else:
+        monkeypatch.setattr(BiEncoderModule, "training_step", dies_one_step_after_a_checkpoint)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_task(cfg, train)
+    last = out / "checkpoints" / "last.ckpt"
+    position = checkpoint_position(last)
+    assert position is not None and (position.epochs, position.steps, position.mid_epoch) == (epochs, steps, mid_epoch)
+    checkpoint = last.resolve()  # last.ckpt links to the checkpoint the log line names, epoch<e>-step<s>.ckpt
+
+    monkeypatch.setattr(BiEncoderModule, "training_step", training_step)
+    monkeypatch.setattr(mdr.pipeline, "evaluate_and_report", evaluate_and_report)
+    with caplog.at_level(logging.INFO, logger="mdr"):
+        resumed = run_task(cfg, train)
+    resuming = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resuming from ")]
+    where = (
+        f"epoch {epochs + 1} of 2 after its first {steps - 4 * epochs} batch" if mid_epoch else f"{epochs} of 2 epoch"
+    )
+    assert len(resuming) == 1 and f"{checkpoint}: " in resuming[0] and checkpoint.name != last.name, resuming
+    assert f"step {steps}" in resuming[0] and where in resuming[0], resuming
+
+    assert (resumed["train"]["resumed_at_epoch"], resumed["train"]["resumed_at_step"]) == (epochs, steps)
+    same = ("epochs", "steps", "train_queries", "hard_shortfall_last_epoch", "in_batch_false_negatives_masked")
+    assert {key: resumed["train"][key] for key in same} == {key: expected["train"][key] for key in same}
+    assert resumed["metrics"] == pytest.approx(expected["metrics"], abs=1e-6)
+    assert (out / "runs/th.trec").read_text() == (reference / "runs/th.trec").read_text()
+    _same_rows(_csv_rows(out), _csv_rows(reference))

@@ -69,7 +69,12 @@ class RetrievalDataModule(pl.LightningDataModule):
     ``reload_dataloaders_every_n_epochs=1``) and draws that epoch's negatives with the epoch passed in
     explicitly, so a resumed run sees the same negatives as an uninterrupted one. A checkpoint records how
     many of the epoch's batches were trained (:meth:`state_dict`); resumed from a mid-epoch checkpoint, the
-    epoch's loader serves the batches after those (:class:`ResumingDataLoader`).
+    loader of that epoch serves the batches after those (:class:`ResumingDataLoader`).
+
+    On restore Lightning asks for a loader before it restores the loop's epoch (``configure_optimizers`` reads
+    ``estimated_stepping_batches`` with ``current_epoch=0``), then again for the restored epoch. So the resume
+    position belongs to its epoch: a loader of an earlier epoch skips nothing and keeps it, every loader of its
+    epoch skips the trained batches, and the first loader of a later epoch drops it.
 
     Args:
         train_split: training queries, qrels and corpus.
@@ -130,13 +135,28 @@ class RetrievalDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        skip = 0
-        if self._resume is not None and self._resume["epoch"] == epoch:
-            skip = self._resume["batches_done"]
-            log.info("resuming epoch %d after its first %d batch(es) (a mid-epoch checkpoint)", epoch, skip)
-        self._resume = None
-        return self.dataloader_for_epoch(epoch, skip)
+        """The loader of the trainer's current epoch, less the batches a restored mid-epoch checkpoint trained."""
+        trainer = self.trainer
+        epoch = trainer.current_epoch if trainer is not None else 0
+        if trainer is not None and trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch:
+            # a restored finished run: Lightning asks for one more epoch's loader and never iterates it
+            epoch = trainer.max_epochs - 1
+        return self.dataloader_for_epoch(epoch, self.batches_done_before(epoch))
+
+    def batches_done_before(self, epoch: int) -> int:
+        """Batches of ``epoch`` that a restored mid-epoch checkpoint holds trained (0 for any other epoch)."""
+        resume = self._resume
+        if resume is None or epoch < resume["epoch"]:
+            return 0  # no resume, or Lightning's loader before it restored the loop's epoch
+        if epoch > resume["epoch"]:
+            self._resume = None  # its epoch is over
+            return 0
+        log.info(
+            "epoch %d: its loader leaves out the first %d batch(es), trained before the checkpoint",
+            epoch + 1,
+            resume["batches_done"],
+        )
+        return resume["batches_done"]
 
     def state_dict(self) -> dict[str, Any]:
         """Where training stands in the epoch (saved in every checkpoint): epoch, batches done, batches in it."""

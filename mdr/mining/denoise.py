@@ -291,6 +291,36 @@ def _missing_scores(pools: Mapping[str, Sequence[str]], split: RetrievalSplit, s
     return None
 
 
+def cached_teacher_scores(
+    pools: Mapping[str, Sequence[str]],
+    split: RetrievalSplit,
+    language: str,
+    encoder: BiEncoder,
+    tokenizer: Any,
+    name_or_path: str,
+    cache_dir: str | Path,
+    batch_size: int = 64,
+    device: str | None = None,
+) -> tuple[RawPools, Path, bool]:
+    """(:func:`teacher_scores` of ``pools``, their cache file, whether they came from it).
+
+    The scores are cached under ``<cache_dir>/pools/`` per (data, pools, teacher) (:func:`scores_cache_path`); a
+    cache file that is not what was written, or misses a score, is logged and scored again.
+    """
+    identity = teacher_identity(encoder, name_or_path, cache_dir)
+    path = scores_cache_path(cache_dir, language, split, pools, identity)
+    with file_lock(path.with_name(path.name + ".lock")):
+        if path.is_file():
+            scores, problem = load_verified(path)
+            problem = problem or _missing_scores(pools, split, scores)  # type: ignore[arg-type]
+            if problem is None:
+                return scores, path, True  # type: ignore[return-value]
+            log.warning("teacher scores %s cannot be reused (%s): scoring again", path, problem)
+        scores = teacher_scores(pools, split, encoder, tokenizer, batch_size, device or default_device())
+        save_pools(path, scores)
+    return scores, path, False
+
+
 def denoise_pools(
     pools: Mapping[str, list[str]],
     split: RetrievalSplit,
@@ -312,21 +342,9 @@ def denoise_pools(
         device: where the teacher encodes (None: :func:`default_device`).
     """
     encoder, tokenizer, name_or_path = load_teacher()
-    identity = teacher_identity(encoder, name_or_path, cache_dir)
-    path = scores_cache_path(cache_dir, language, split, pools, identity)
-    with file_lock(path.with_name(path.name + ".lock")):
-        scores, from_cache = None, False
-        if path.is_file():
-            scores, problem = load_verified(path)
-            problem = problem or _missing_scores(pools, split, scores)  # type: ignore[arg-type]
-            if problem is None:
-                from_cache = True
-            else:
-                scores = None
-                log.warning("teacher scores %s cannot be reused (%s): scoring again", path, problem)
-        if scores is None:
-            scores = teacher_scores(pools, split, encoder, tokenizer, settings.batch_size, device or default_device())
-            save_pools(path, scores)
+    scores, path, from_cache = cached_teacher_scores(
+        pools, split, language, encoder, tokenizer, name_or_path, cache_dir, settings.batch_size, device
+    )
     kept, stats = apply_relative_margin(pools, scores, settings.relative_margin, str(name_or_path))
     stats.from_cache, stats.cache_file = from_cache, str(path)
     share = stats.dropped / stats.candidates if stats.candidates else 0.0

@@ -68,6 +68,9 @@ class BiEncoderModule(pl.LightningModule):
         self.gradient_clip_val = gradient_clip_val
         self.register_buffer("false_negatives_masked", torch.zeros((), dtype=torch.long), persistent=False)
         self._masked_total: int | None = None  # summed over ranks at the end of training (on_train_end)
+        # (2,): this epoch's sum of loss x queries and its number of queries on this rank; a checkpoint holds it,
+        # so an epoch resumed mid-way logs the mean over all its batches (Lightning's own epoch mean restarts)
+        self.register_buffer("epoch_loss", torch.zeros(2, dtype=torch.float32), persistent=False)
 
     def _seed_chunk(self, side: int, chunk: int) -> None:
         """Dropout masks that depend only on (seed, step, rank, side, chunk)."""
@@ -148,26 +151,37 @@ class BiEncoderModule(pl.LightningModule):
         size = batch.num_queries
         self.log("train/loss", output.loss, prog_bar=True, batch_size=size)
         self.log("train/accuracy", output.accuracy, prog_bar=True, batch_size=size)
-        self.log("train/loss_epoch", output.loss, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
+        self.epoch_loss += torch.stack([output.loss.detach().float() * size, output.loss.new_tensor(size).float()])
         return output.loss
 
-    def _summed_over_ranks(self) -> int:
-        """The ``false_negatives_masked`` buffer summed over every process (a collective under DDP: every rank
-        calls it, while the module is on its training device)."""
-        return int(self.trainer.strategy.reduce(self.false_negatives_masked.clone(), reduce_op="sum"))
+    def on_train_epoch_start(self) -> None:
+        self.epoch_loss.zero_()  # not called when an epoch resumes mid-way: the checkpoint's sums carry on
+
+    def on_train_epoch_end(self) -> None:
+        total, queries = self._summed_over_ranks(self.epoch_loss).tolist()
+        mean = total / max(queries, 1.0)  # the epoch's loss per query, over every rank: the same on each rank
+        self.log("train/loss_epoch", mean, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
+
+    def _summed_over_ranks(self, buffer: torch.Tensor) -> torch.Tensor:
+        """``buffer`` summed over every process (a collective under DDP: every rank calls it, while the module is
+        on its training device)."""
+        return self.trainer.strategy.reduce(buffer.clone(), reduce_op="sum")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # every rank dumps the checkpoint (rank 0 writes it), so the sum over ranks is stored, not rank 0's count
-        checkpoint["mdr_false_negatives_masked"] = self._summed_over_ranks()
+        # every rank dumps the checkpoint (rank 0 writes it), so sums over ranks are stored, not rank 0's
+        checkpoint["mdr_false_negatives_masked"] = int(self._summed_over_ranks(self.false_negatives_masked))
+        checkpoint["mdr_epoch_loss"] = self._summed_over_ranks(self.epoch_loss).tolist()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stored = int(checkpoint.get("mdr_false_negatives_masked", 0))  # the sum over the ranks that saved it
         self.false_negatives_masked.fill_(stored if self.global_rank == 0 else 0)
+        epoch_loss = checkpoint.get("mdr_epoch_loss", [0.0, 0.0])  # also summed over ranks: rank 0 carries it
+        self.epoch_loss.copy_(torch.tensor(epoch_loss if self.global_rank == 0 else [0.0, 0.0]))
 
     def on_train_end(self) -> None:
         # sum now, not after fit: Lightning's teardown then moves the module to the CPU, and the NCCL group it
         # created on CUDA has no CPU backend ("No backend type associated with device type cpu")
-        self._masked_total = self._summed_over_ranks()
+        self._masked_total = int(self._summed_over_ranks(self.false_negatives_masked))
 
     def masked_total(self) -> int:
         """In-batch false negatives masked over training, summed over every process; no collective, so it may be

@@ -20,9 +20,18 @@ from typing import Any
 import pandas as pd
 
 from mdr.reporting.analysis import EQUIVALENCE_MARGIN, Analysis, analyse, compare_schedules, sort_results
-from mdr.reporting.collect import cell_means, collect, expected_jobs, job_outcome, resolve_sweep_dir, run_variant
+from mdr.reporting.collect import (
+    DEFAULT_VARIANT,
+    cell_means,
+    collect,
+    expected_jobs,
+    job_outcome,
+    resolve_sweep_dir,
+    run_variant,
+)
 from mdr.reporting.integrity import METRIC, metric_at
 from mdr.reporting.plots import plot, plot_answer
+from mdr.reporting.pool_diagnostics import report_section as pool_diagnostics_section
 from mdr.reporting.report import headline, markdown_report, means_markdown, schedules_markdown
 from mdr.reporting.report_set import LAST, MANIFEST, staged_report
 from mdr.utils.io import atomic_write_text
@@ -132,7 +141,7 @@ def aggregate(
     sources = [str(root) for root in roots]
     with staged_report(target, sources, REPORT_FILES) as staging:
         tables, plots, headlines = _write_report(
-            results, problems, sources, summary["status"], staging, equivalence_margin
+            results, problems, sources, summary["status"], staging, equivalence_margin, target
         )
     plots = [target / path.name for path in plots]  # where the set now is
     if plots:
@@ -166,8 +175,10 @@ def _write_report(
     status: str,
     folder: Path,
     equivalence_margin: float,
+    report_dir: Path,
 ) -> tuple[dict[str, pd.DataFrame], list[Path], list[str]]:
-    """Write the report's files into ``folder``; returns (analysis tables by name, plots, headlines)."""
+    """Write the report's files into ``folder`` (the staging folder of ``report_dir``, which may hold the pool
+    diagnostics); returns (analysis tables by name, plots, headlines)."""
     sections = [f"# Results: {', '.join(sources)}", "", status, ""]
     tables: dict[str, pd.DataFrame] = {}
     plots: list[Path] = []
@@ -212,6 +223,8 @@ def _write_report(
     duplicates = problems[problems.status == "duplicate"]
     if not duplicates.empty:
         atomic_write_text(folder / "duplicates.csv", duplicates.to_csv(index=False))
+    tests = tables.get("tests")  # when python -m mdr.pool_diagnostics wrote into the report folder:
+    sections += pool_diagnostics_section(report_dir, tests, DEFAULT_VARIANT)
     sections += _problem_sections(problems)
     atomic_write_text(folder / LAST, "\n".join(sections))
     return tables, plots, headlines

@@ -1,0 +1,223 @@
+"""What a hard-negative pool holds, measured on the negatives a training run actually samples from it.
+
+For one language and one ``negatives`` option (a miner with its window, margin and denoising):
+
+- the positive's rank in the miner's own ranking (:func:`positive_ranks`, :func:`rank_measures`);
+- where the sampled negatives sit in the corpus: the positive's own paragraph or article, read from XQuAD-style
+  docids ``<lang>_a<article>_p<paragraph>[_s<sentence>]`` (:func:`location_measures`);
+- how a teacher scores them against the positive (:func:`teacher_measures`): a negative scoring at least as high
+  as the positive is a likely false negative;
+- how much of one option's sampled negatives another option's pool holds (:func:`overlap_shares`).
+
+The draws are the sampler's own (:class:`mdr.data.negatives.NegativeSampler`, the epoch and seeds given), so the
+measures describe what training sees, random fill-ins of short pools included.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from mdr.data.negatives import NegativeSampler
+from mdr.data.schema import RetrievalSplit
+from mdr.mining.pools import RawPools
+from mdr.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+DOCID_LOCATION = re.compile(r"^(?P<language>[^_]+)_(?P<article>a\d+)_(?P<paragraph>p\d+)(?:_s\d+)?$")
+"""XQuAD-style docids: language, article, paragraph and (sentence level) sentence."""
+
+DENOISE_RATIO = 0.95
+"""The teacher ratio above which denoising with relative margin 0.05 (the default) drops a candidate."""
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One training query's negatives for one seed's first epoch.
+
+    Attributes:
+        query_id: the training query.
+        seed: the sampler's seed.
+        positive: the positive the sampler paired the query with.
+        negatives: the sampled negatives, hard ones first (as the sampler returns them).
+    """
+
+    query_id: str
+    seed: int
+    positive: str
+    negatives: tuple[str, ...]
+
+
+def sampled_negatives(
+    split: RetrievalSplit,
+    pools: Mapping[str, Sequence[str]],
+    num_negatives: int,
+    hard_proportion: float,
+    seeds: Iterable[int],
+    strict: bool = False,
+    epoch: int = 0,
+) -> list[Draw]:
+    """The negatives a run with each of ``seeds`` draws for ``epoch``, through the training sampler itself."""
+    draws: list[Draw] = []
+    for seed in seeds:
+        sampler = NegativeSampler(num_negatives, hard_proportion, seed=seed, strict=strict)
+        examples, _ = sampler.examples(split, pools, epoch)
+        draws += [Draw(e.query_id, int(seed), e.positive, tuple(e.negatives)) for e in examples]
+    return draws
+
+
+def positive_ranks(raw: RawPools, split: RetrievalSplit, depth: int) -> dict[str, int | None]:
+    """Query -> 1-based rank of its best positive in the miner's ranking, None when not within ``depth``.
+
+    The rank is 1 + the candidates scoring strictly above the positive (ties count in the positive's favour). A
+    positive the miner scored no higher than ``depth`` candidates, or did not retrieve at all (BM25 knows its
+    score only when it retrieved it), is beyond the depth. Queries without a judged positive are left out.
+    """
+    ranks: dict[str, int | None] = {}
+    for query_id in sorted(split.queries):
+        if not split.positives(query_id):
+            continue
+        score = raw.positive_scores.get(query_id)
+        if score is None:
+            ranks[query_id] = None
+            continue
+        rank = 1 + sum(candidate > score for _, candidate in raw.candidates.get(query_id, ()))
+        ranks[query_id] = rank if rank <= depth else None
+    return ranks
+
+
+def median_rank(ranks: Iterable[int | None]) -> float:
+    """Median rank, a positive beyond the depth counting as below every candidate; NaN when the median is beyond."""
+    values = sorted(math.inf if rank is None else float(rank) for rank in ranks)
+    if not values:
+        return math.nan
+    middle = statistics.median(values)
+    return middle if math.isfinite(middle) else math.nan
+
+
+def rank_measures(ranks: Mapping[str, int | None]) -> dict[str, float]:
+    """Median rank, share at rank 1 and share beyond the depth, over the queries in ``ranks``."""
+    values = list(ranks.values())
+    count = len(values)
+    return {
+        "positive_rank_median": median_rank(values),
+        "positive_rank1_share": sum(rank == 1 for rank in values) / count if count else math.nan,
+        "positive_beyond_depth_share": sum(rank is None for rank in values) / count if count else math.nan,
+    }
+
+
+def docid_location(docid: str) -> tuple[str, str] | None:
+    """(article, article + paragraph) of an XQuAD-style docid, None for any other docid."""
+    found = DOCID_LOCATION.match(docid)
+    if found is None:
+        return None
+    article = f"{found['language']}_{found['article']}"
+    return article, f"{article}_{found['paragraph']}"
+
+
+def location_measures(draws: Sequence[Draw]) -> dict[str, float]:
+    """Shares of sampled negatives from the positive's paragraph and article, over negatives whose docid and
+    positive's docid both carry article and paragraph (``located_share`` says how many do)."""
+    same_paragraph = same_article = located = total = 0
+    for draw in draws:
+        positive = docid_location(draw.positive)
+        for negative in draw.negatives:
+            total += 1
+            where = docid_location(negative)
+            if positive is None or where is None:
+                continue
+            located += 1
+            same_article += where[0] == positive[0]
+            same_paragraph += where[1] == positive[1]
+    if total and located < total:
+        log.warning(
+            "%d of %d sampled negatives (or their positives) have docids without article and paragraph: "
+            "the same-paragraph and same-article shares count only the others",
+            total - located,
+            total,
+        )
+    return {
+        "located_share": located / total if total else math.nan,
+        "same_paragraph_share": same_paragraph / located if located else math.nan,
+        "same_article_share": same_article / located if located else math.nan,
+    }
+
+
+def pool_measures(pools: Mapping[str, Sequence[str]], draws: Sequence[Draw]) -> dict[str, float]:
+    """Median pool size and empty pools over the sampled queries; sampled negatives and the share from the pool."""
+    queries = sorted({draw.query_id for draw in draws})
+    sizes = [len(pools.get(query_id, ())) for query_id in queries]
+    members = {query_id: set(pools.get(query_id, ())) for query_id in queries}
+    sampled = sum(len(draw.negatives) for draw in draws)
+    in_pool = sum(negative in members[draw.query_id] for draw in draws for negative in draw.negatives)
+    return {
+        "queries": len(queries),
+        "pool_size_median": statistics.median(sizes) if sizes else math.nan,
+        "queries_empty_pool": sum(size == 0 for size in sizes),
+        "sampled": sampled,
+        "in_pool_share": in_pool / sampled if sampled else math.nan,
+    }
+
+
+def scoring_pools(draws: Iterable[Draw]) -> dict[str, list[str]]:
+    """Query -> every negative sampled for it (any seed, any option), in first-seen order: what a teacher scores."""
+    pools: dict[str, dict[str, None]] = {}
+    for draw in draws:
+        pools.setdefault(draw.query_id, {}).update(dict.fromkeys(draw.negatives))
+    return {query_id: list(negatives) for query_id, negatives in pools.items()}
+
+
+def teacher_measures(draws: Sequence[Draw], scores: RawPools) -> dict[str, float]:
+    """A teacher's view of the sampled negatives, against the query's (lowest-scoring) judged positive.
+
+    ``scores`` is :func:`mdr.mining.denoise.teacher_scores` over (at least) the sampled negatives. Returns the
+    median ratio negative / positive score, the share scoring at least the positive (likely false negatives) and
+    the share above :data:`DENOISE_RATIO` of it (what denoising at relative margin 0.05 drops). The ratio is taken
+    only where the positive scores above 0 (cosines of a trained encoder do); the others are counted in a warning.
+    """
+    ratios: list[float] = []
+    at_least = above_ceiling = total = not_positive = 0
+    for draw in draws:
+        positive = scores.positive_scores.get(draw.query_id)
+        if positive is None:
+            raise KeyError(f"query {draw.query_id!r} has no teacher score for its positive")
+        scored = dict(scores.candidates.get(draw.query_id, ()))
+        for negative in draw.negatives:
+            if negative not in scored:
+                raise KeyError(f"query {draw.query_id!r}: sampled negative {negative!r} has no teacher score")
+            score = scored[negative]
+            total += 1
+            at_least += score >= positive
+            above_ceiling += score > positive - abs(positive) * (1 - DENOISE_RATIO)
+            if positive > 0:
+                ratios.append(score / positive)
+            else:
+                not_positive += 1
+    if not_positive:
+        log.warning("%d sampled negatives left out of the teacher ratio: their positive scores <= 0", not_positive)
+    return {
+        "teacher_ratio_median": statistics.median(ratios) if ratios else math.nan,
+        "teacher_at_least_positive_share": at_least / total if total else math.nan,
+        "teacher_above_denoise_share": above_ceiling / total if total else math.nan,
+    }
+
+
+def overlap_shares(
+    draws: Mapping[str, Sequence[Draw]], pools: Mapping[str, Mapping[str, Sequence[str]]]
+) -> list[tuple[str, str, float]]:
+    """(option, other option, share of the option's sampled negatives that are in the other's pool for the same
+    query), for every ordered pair (an option against itself: the share drawn from its own pool)."""
+    rows: list[tuple[str, str, float]] = []
+    for option, option_draws in draws.items():
+        total = sum(len(draw.negatives) for draw in option_draws)
+        for other, other_pools in pools.items():
+            members = {query_id: set(docids) for query_id, docids in other_pools.items()}
+            inside = sum(
+                negative in members.get(draw.query_id, ()) for draw in option_draws for negative in draw.negatives
+            )
+            rows.append((option, other, inside / total if total else math.nan))
+    return rows

@@ -1,0 +1,269 @@
+"""Pool diagnostics as files: read the CSVs ``python -m mdr.pool_diagnostics`` writes, render Markdown, draw the plot.
+
+A sweep's report (:mod:`mdr.reporting.aggregate`) gains a "Pool diagnostics" section when its report folder holds
+``pool_diagnostics/pool_diagnostics.csv`` (:data:`SWEEP_CSV`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mdr.reporting.statistics import holm
+
+CSV_NAME = "pool_diagnostics.csv"
+OVERLAP_NAME = "pool_overlap.csv"
+PLOT_NAME = "pool_diagnostics.png"
+SUMMARY_NAME = "pool_diagnostics.md"
+SWEEP_CSV = Path("pool_diagnostics") / CSV_NAME
+"""Where a sweep's report folder holds the diagnostics of its pools (``--out <report folder>/pool_diagnostics``)."""
+
+COLUMNS = (
+    "language",
+    "negatives",
+    "label",
+    "queries",
+    "seeds",
+    "num_negatives",
+    "hard_proportion",
+    "depth",
+    "pool_size_median",
+    "queries_empty_pool",
+    "sampled",
+    "in_pool_share",
+    "positive_rank_median",
+    "positive_rank1_share",
+    "positive_beyond_depth_share",
+    "located_share",
+    "same_paragraph_share",
+    "same_article_share",
+    "teacher",
+    "teacher_ratio_median",
+    "teacher_at_least_positive_share",
+    "teacher_above_denoise_share",
+)
+"""The diagnostics CSV's columns, one row per (language, negatives option)."""
+
+OVERLAP_COLUMNS = ("language", "negatives", "other", "share")
+
+PANELS = (
+    ("same_paragraph_share", "sampled negatives from the positive's paragraph"),
+    ("teacher_at_least_positive_share", "sampled negatives the teacher scores >= the positive"),
+    ("teacher_above_denoise_share", "sampled negatives the teacher scores above 95% of the positive"),
+    ("positive_rank1_share", "positive at rank 1 in the miner's ranking"),
+)
+"""The plot's panels: (column, title)."""
+
+
+def read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A diagnostics CSV, checked for ``columns``.
+
+    Raises:
+        ValueError: naming the file and the columns it lacks.
+    """
+    frame = pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"])
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: not a pool diagnostics file, it lacks the columns {missing}")
+    return frame
+
+
+def _share(value: float) -> str:
+    return "–" if pd.isna(value) else f"{value:.3f}"
+
+
+def _rank(value: float) -> str:
+    return "beyond depth" if pd.isna(value) else f"{value:g}"
+
+
+def diagnostics_table(frame: pd.DataFrame) -> list[str]:
+    """One Markdown row per (language, negatives option), in the CSV's order."""
+    lines = [
+        "| language | negatives | positive's rank: median / at 1 / beyond depth | same paragraph | same article "
+        "| teacher ≥ positive | teacher ratio (median) | teacher > 95% | from pool |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for _, row in frame.iterrows():
+        lines.append(
+            f"| {row.language} | {row.label} | {_rank(row.positive_rank_median)} / "
+            f"{_share(row.positive_rank1_share)} / {_share(row.positive_beyond_depth_share)} | "
+            f"{_share(row.same_paragraph_share)} | {_share(row.same_article_share)} | "
+            f"{_share(row.teacher_at_least_positive_share)} | {_share(row.teacher_ratio_median)} | "
+            f"{_share(row.teacher_above_denoise_share)} | {_share(row.in_pool_share)} |"
+        )
+    return lines
+
+
+def settings_line(frame: pd.DataFrame) -> str:
+    """What the rows measured: queries, seeds, k, p and the teacher (each value once)."""
+
+    def values(column: str) -> str:
+        found = dict.fromkeys(frame[column].tolist())
+        return ", ".join(f"{value:g}" if isinstance(value, float) else str(value) for value in found)
+
+    return (
+        f"Training queries ({values('queries')} per language) and the negatives the training sampler draws for them "
+        f"in the first epoch, seeds {values('seeds')}, k = {values('num_negatives')}, p = "
+        f"{values('hard_proportion')}; teacher {values('teacher')}."
+    )
+
+
+LEGEND = (
+    "Positive's rank: in the miner's own ranking (BM25 or the dense encoder), over the training queries; beyond "
+    "depth = not among the top `pool.depth`. Same paragraph / article: share of sampled negatives from the "
+    "positive's paragraph / article (docid). Teacher ≥ positive: share of sampled negatives the teacher scores at "
+    "least as high as the positive (likely false negatives); teacher > 95%: share that denoising at relative margin "
+    ".05 would drop. From pool: share of sampled negatives drawn from the pool (the rest: random fill-ins of short "
+    "pools)."
+)
+
+
+def overlap_tables(overlap: pd.DataFrame, labels: dict[str, str]) -> list[str]:
+    """Per language: rows = the option whose sampled negatives are counted, columns = the pool they are looked up in."""
+    lines: list[str] = []
+    for language, block in overlap.groupby("language", sort=False):
+        options = list(dict.fromkeys(block.negatives))
+        others = list(dict.fromkeys(block.other))
+        share = {(row.negatives, row.other): row.share for row in block.itertuples()}
+        lines += [
+            f"**{language}**: share of the row's sampled negatives in the column's pool (same query)",
+            "",
+            "| sampled from | " + " | ".join(labels.get(other, other) for other in others) + " |",
+            "|---|" + "---:|" * len(others),
+        ]
+        for option in options:
+            cells = [_share(share.get((option, other), math.nan)) for other in others]
+            lines.append(f"| {labels.get(option, option)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def summary_markdown(frame: pd.DataFrame, overlap: pd.DataFrame, command: str, code: str) -> str:
+    """The diagnostics folder's Markdown: how it was made, the table, the overlap matrices."""
+    labels = dict(zip(frame.negatives, frame.label))
+    lines = [
+        "# Pool diagnostics",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"Code: {code}. {settings_line(frame)}",
+        "",
+        *diagnostics_table(frame),
+        "",
+        LEGEND,
+        "",
+        f"![pool diagnostics]({PLOT_NAME})",
+        "",
+        "## Overlap between pools",
+        "",
+        *overlap_tables(overlap, labels),
+    ]
+    return "\n".join(lines)
+
+
+TRACKED = {
+    "teacher_at_least_positive_share": "likely false negatives (teacher >= positive)",
+    "same_paragraph_share": "negatives from the positive's paragraph",
+    "positive_rank1_share": "positive at BM25 rank 1",
+    "positive_beyond_depth_share": "positive beyond BM25's depth",
+}
+"""Pool measures set against each language's delta at p = 1 (:func:`tracking_lines`)."""
+
+
+def tracking_lines(frame: pd.DataFrame, tests: pd.DataFrame | None, default_variant: str) -> list[str]:
+    """Whether a pool measure of the default miner (BM25 ranks 1-50) tracks the languages' deltas at p = 1:
+    Spearman's rank correlation over the languages with both, and its two-sided p-value; [] below 4 languages."""
+    if tests is None or tests.empty or "delta_mrr@100" not in tests:
+        return []
+    from scipy import stats
+
+    deltas = tests[(tests.variant == default_variant) & np.isclose(tests.hard_proportion.astype(float), 1.0)]
+    deltas = deltas.groupby("language")["delta_mrr@100"].mean()
+    pools = frame[frame.negatives == "bm25"].set_index("language")
+    languages = sorted(set(deltas.index) & set(pools.index))
+    if len(languages) < 4:
+        return []
+    lines = [
+        f"Does a pool measure track the delta at p = 1? Spearman's rank correlation over the {len(languages)} "
+        f"languages with both ({', '.join(languages)}), BM25 ranks 1-50 pools:",
+        "",
+        "| measure | Spearman ρ | p-value | p (Holm over the measures) |",
+        "|---|---:|---:|---:|",
+    ]
+    found = [stats.spearmanr(pools.loc[languages, column].astype(float), deltas.loc[languages]) for column in TRACKED]
+    adjusted = holm([float(result[1]) for result in found])
+    for name, (rho, p_value), p_holm in zip(TRACKED.values(), found, adjusted):
+        lines.append(f"| {name} | {rho:+.2f} | {p_value:.3f} | {p_holm:.3f} |")
+    return [*lines, ""]
+
+
+def report_section(report_dir: Path, tests: pd.DataFrame | None = None, default_variant: str = "") -> list[str]:
+    """A sweep report's "Pool diagnostics" section from ``<report_dir>/pool_diagnostics/``, with the measures set
+    against the analysis's deltas (``tests``) where there are enough languages; [] when it has no diagnostics."""
+    path = report_dir / SWEEP_CSV
+    if not path.is_file():
+        return []
+    frame = read_table(path, COLUMNS)
+    return [
+        "### Pool diagnostics",
+        "",
+        settings_line(frame),
+        "",
+        *diagnostics_table(frame),
+        "",
+        LEGEND + f" Overlap between pools and the plot: [{SWEEP_CSV.parent}/{SUMMARY_NAME}]"
+        f"({SWEEP_CSV.parent}/{SUMMARY_NAME}).",
+        "",
+        *tracking_lines(frame, tests, default_variant),
+    ]
+
+
+def plot_diagnostics(frame: pd.DataFrame, path: Path) -> Path:
+    """Grouped bars per language, one bar per negatives option (plain labels), one panel per measure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    languages = list(dict.fromkeys(frame.language))
+    labels = list(dict.fromkeys(frame.label))
+    colours = plt.get_cmap("tab10")
+    width = 0.8 / len(labels)
+    figure, axes = plt.subplots(2, 2, figsize=(15, 9), sharex=True, squeeze=False)
+    for axis, (column, title) in zip(axes.flat, PANELS):
+        for index, label in enumerate(labels):
+            rows = frame[frame.label == label].set_index("language")
+            positions = [languages.index(language) for language in rows.index]
+            offset = (index - (len(labels) - 1) / 2) * width
+            axis.bar(
+                [position + offset for position in positions],
+                rows[column].fillna(0.0),
+                width=width,
+                color=colours(index % 10),
+                label=label,
+            )
+        axis.set_title(title, fontsize="medium")
+        axis.set_xticks(range(len(languages)), languages)
+        axis.grid(axis="y", alpha=0.3)
+        axis.set_axisbelow(True)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    columns = min(len(names), 4)
+    rows = -(-len(names) // columns)
+    figure.legend(handles, names, title="negatives", loc="lower center", ncol=columns, fontsize="small")
+    figure.suptitle(
+        "Hard-negative pools: the first epoch's sampled negatives of the training queries (teacher: "
+        f"{', '.join(dict.fromkeys(frame.teacher.astype(str)))})",
+        fontsize="medium",
+    )
+    figure.tight_layout(rect=(0, 0.04 + 0.035 * rows, 1, 0.96))  # the legend below the panels
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    figure.savefig(tmp, dpi=110)
+    plt.close(figure)
+    tmp.replace(path)
+    return path
