@@ -149,7 +149,7 @@ def _setup(tmp_path: Path, *args: str, **env: str) -> list[str]:
 def test_cpu_setup_installs_as_before_plus_the_cpu_extra(tmp_path: Path) -> None:
     calls = _setup(tmp_path)
     assert "-m pip install -q torch==2.13.0" in calls
-    assert "-m pip install -q -e .[dev,pyserini,me5,cpu]" in calls
+    assert "-m pip install -q -e .[dev,pyserini,me5,thai,cpu]" in calls
     assert "-m mdr.utils.environment check --want cpu" in calls
     assert not any("uninstall" in call for call in calls)
 
@@ -160,7 +160,7 @@ def test_gpu_setup_replaces_a_reused_cpu_venv(tmp_path: Path) -> None:
     assert any(c.startswith("-m pip install -q torch==2.13.0 --index-url https://torch.example/cu128") for c in calls)
     assert "-m pip uninstall -y -q faiss-cpu faiss-gpu" in calls
     assert calls.index("-m pip uninstall -y -q faiss-cpu faiss-gpu") < calls.index(
-        "-m pip install -q -e .[dev,pyserini,me5,gpu]"
+        "-m pip install -q -e .[dev,pyserini,me5,thai,gpu]"
     )
     assert calls[-2] == "-m mdr.utils.environment check --want gpu"
 
