@@ -52,7 +52,7 @@ def needs_data(item: pytest.Item) -> bool:
         return True
     functions = [getattr(item, "function", None)]
     info = getattr(item, "_fixtureinfo", None)
-    for definitions in (info.name2fixturedefs.values() if info else ()):
+    for definitions in info.name2fixturedefs.values() if info else ():
         functions += [definition.func for definition in definitions]
     return any(marker in _source(function) for function in functions for marker in DATA_MARKERS)
 
