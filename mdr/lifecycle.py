@@ -16,6 +16,7 @@ from mdr import run_folder
 from mdr.evaluation.evaluator import remove_if_empty
 from mdr.models.progress import duration
 from mdr.tracking import in_multirun, run_name
+from mdr.utils import ranks
 from mdr.utils.io import atomic_write_json, atomic_write_text
 from mdr.utils.logging import get_logger
 
@@ -107,17 +108,17 @@ def run_task(
     under it is returned instead of running again (:func:`reuse_earlier_run`).
     """
     out = output_dir(cfg)
-    if not run_folder.is_primary_process():  # a DDP / SLURM rank > 0: rank 0 owns the folder
+    if not ranks.is_primary_process():  # a DDP / SLURM rank > 0: rank 0 owns the folder
         return follow_rank_zero(out, task, cfg)
     told = False  # whether the launch's other ranks know what this rank does (SLURM tasks, torchrun)
     try:
         with run_folder.exclusive(out):
             earlier = reuse_earlier_run(cfg, out, runs_dir) if runs_dir and run_folder.is_new(out) else None
             if earlier is not None:  # this folder keeps only Hydra's files and this command's log
-                run_folder.tell_other_ranks(out, "complete")
+                ranks.tell_other_ranks(out, "complete")
                 return earlier
             state = run_folder.claim(cfg, out)
-            run_folder.tell_other_ranks(out, "run" if state.complete is None else "complete")
+            ranks.tell_other_ranks(out, "run" if state.complete is None else "complete")
             told = True
             if state.complete is not None:
                 log.info("%s holds this config's finished run; nothing recomputed (run.on_complete=fresh reruns)", out)
@@ -133,7 +134,7 @@ def run_task(
             except BaseException as error:
                 if not isinstance(error, KeyboardInterrupt):
                     record_failure(out, error)
-                run_folder.tell_other_ranks(out, "failed", f"{type(error).__name__}: {error}")  # none waits on it
+                ranks.tell_other_ranks(out, "failed", f"{type(error).__name__}: {error}")  # none waits on it
                 if isinstance(error, SIGTERMException):  # a SystemExit with code 0: say 128 + SIGTERM instead
                     raise SystemExit(128 + signal.SIGTERM) from error
                 raise
@@ -141,7 +142,7 @@ def run_task(
             return result
     except run_folder.RunFolderRefused as error:
         if not told:  # refused before anything ran (another config's results, folder in use)
-            run_folder.tell_other_ranks(out, "refused", str(error))
+            ranks.tell_other_ranks(out, "refused", str(error))
         raise
 
 
@@ -160,12 +161,12 @@ def record_failure(out: Path, error: BaseException) -> None:
 
 def follow_rank_zero(out: Path, task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> dict[str, Any]:
     """A rank > 0 takes rank 0's decision on the run folder: run ``task``, return ``{}`` (already complete), or
-    raise what rank 0 raised; it neither locks nor records (:func:`mdr.run_folder.rank_zero_decision`).
+    raise what rank 0 raised; it neither locks nor records (:func:`mdr.utils.ranks.rank_zero_decision`).
 
     Raises:
         RunFolderRefused: rank 0 refused the folder.
     """
-    decision = run_folder.rank_zero_decision(out)
+    decision = ranks.rank_zero_decision(out)
     if decision["decision"] == "complete":
         print(f"[mdr] {out}: rank 0 found this config's finished run; this rank returns", flush=True)  # off rank 0
         return {}
@@ -173,7 +174,7 @@ def follow_rank_zero(out: Path, task: Callable[[DictConfig], dict[str, Any]], cf
         raise run_folder.RunFolderRefused(f"rank 0 refused {out}: {decision['message']}")
     if decision["decision"] == "failed":
         raise RuntimeError(f"rank 0 failed on {out}: {decision['message']}")
-    run_folder.watch_rank_zero(out)  # rank 0 failing later ends this rank instead of leaving it in a collective
+    ranks.watch_rank_zero(out)  # rank 0 failing later ends this rank instead of leaving it in a collective
     return task(cfg)
 
 

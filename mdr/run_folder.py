@@ -23,7 +23,7 @@ A single run in a new folder may instead return a finished run of the same confi
 A folder is used by one process at a time (an exclusive ``flock`` on ``<folder>/.lock``); DDP ranks other
 than 0 neither lock nor record. Where the launcher starts every rank itself (SLURM tasks, torchrun), rank 0 writes
 its decision (run, already complete, refused) to ``<folder>/.ranks/<launch>.json`` and the other ranks follow it
-(:func:`tell_other_ranks`, :func:`rank_zero_decision`), so none waits for a peer that has returned.
+(:mod:`mdr.utils.ranks`), so none waits for a peer that has returned.
 
 The CSV log survives resume: :class:`ResumableCSVLogger` keeps the rows of the epochs the checkpoint holds
 and drops those of the interrupted epoch (which the resumed run logs again), where Lightning's own logger
@@ -35,10 +35,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
-import os
 import shutil
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -55,14 +52,12 @@ from mdr.utils.config_identity import canonical_config, config_differences, conf
 from mdr.utils.errors import DataError
 from mdr.utils.io import atomic_write_json, atomic_write_text, writable
 from mdr.utils.logging import get_logger
+from mdr.utils.ranks import RANKS_DIR
 
 log = get_logger(__name__)
 
 RECORD_FILE = "run_folder.json"
 LOCK_FILE = ".lock"
-RANKS_DIR = ".ranks"
-RANK_WAIT_S = 900.0
-"""How long a rank > 0 waits for rank 0's decision on the folder before it gives up."""
 BOOKKEEPING = ("config.yaml", RECORD_FILE, LOCK_FILE, "failed.json", ".hydra", RANKS_DIR)
 """What a folder may hold without holding results (``*.log`` and ``previous-*`` too)."""
 
@@ -139,81 +134,6 @@ class RunFolderState:
     complete: dict[str, Any] | None = None
     resumed: bool = False
     moved_to: Path | None = None
-
-
-def is_primary_process() -> bool:
-    """True unless this is a non-zero rank of a distributed job (DDP child, SLURM task, node)."""
-    return all(int(os.environ.get(name, "0") or 0) == 0 for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
-
-
-def launch_key(environ: dict[str, str] | None = None) -> str | None:
-    """What the ranks of one launch share, where the launcher starts them all at once: the SLURM job, step and
-    requeue count, or torchrun's run id. None for ranks Lightning starts itself: it starts them from rank 0's
-    ``fit``, after rank 0 decided to run."""
-    env = os.environ if environ is None else environ
-    if env.get("SLURM_JOB_ID") and env.get("SLURM_PROCID", "").strip():
-        step = env.get("SLURM_STEP_ID") or "batch"
-        return f"slurm-{env['SLURM_JOB_ID']}-{step}-{env.get('SLURM_RESTART_COUNT') or 0}"
-    if env.get("TORCHELASTIC_RUN_ID"):
-        return f"torchrun-{env['TORCHELASTIC_RUN_ID']}"
-    return None
-
-
-def tell_other_ranks(out: Path, decision: str, message: str = "") -> None:
-    """Rank 0: record what it does with ``out`` (``run``, ``complete``, ``refused``, or ``failed`` after a ``run``)
-    for the launch's other ranks."""
-    key = launch_key()
-    if key is not None:
-        atomic_write_json(out / RANKS_DIR / f"{key}.json", {"decision": decision, "message": message})
-
-
-def watch_rank_zero(out: Path, interval_s: float = 2.0) -> threading.Thread | None:
-    """A rank > 0 that follows a ``run`` decision: a daemon thread that ends this process (exit 1, with rank 0's
-    error on stderr) once rank 0 records that the run failed, so no rank waits in a collective for a rank 0
-    that has stopped (Lightning's process group would hold it until its timeout). None without a launch key."""
-    key = launch_key()
-    if key is None:
-        return None
-    path = out / RANKS_DIR / f"{key}.json"
-
-    def watch() -> None:
-        while True:
-            time.sleep(interval_s)
-            try:
-                decision = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if decision.get("decision") == "failed":
-                print(
-                    f"[mdr] rank 0 failed ({decision.get('message', '')}); this rank stops", file=sys.stderr, flush=True
-                )
-                os._exit(1)
-
-    thread = threading.Thread(target=watch, name="mdr-watch-rank-zero", daemon=True)
-    thread.start()
-    return thread
-
-
-def rank_zero_decision(out: Path, timeout_s: float | None = None) -> dict[str, str]:
-    """A rank > 0: rank 0's decision on ``out`` for this launch (``{"decision": "run"}`` without a launch key).
-
-    Raises:
-        TimeoutError: rank 0 said nothing within ``timeout_s`` (default :data:`RANK_WAIT_S`).
-    """
-    key = launch_key()
-    if key is None:
-        return {"decision": "run", "message": ""}
-    path = out / RANKS_DIR / f"{key}.json"
-    limit = RANK_WAIT_S if timeout_s is None else timeout_s
-    deadline = time.monotonic() + limit
-    while not path.is_file():
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"rank 0 of launch {key} recorded no decision on {out} within {limit:.0f} s ({path} is missing): "
-                "it failed before claiming the folder; see its log"
-            )
-        time.sleep(0.5)
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _read_record(out: Path) -> dict[str, Any] | None:

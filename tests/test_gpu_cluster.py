@@ -155,6 +155,7 @@ def test_slurm_ranks_take_rank_zeros_run_folder_decision(make_cfg, monkeypatch: 
     folder check, read the data and waited for rank 0 in Lightning's init until killed."""
     from mdr import run_folder
     from mdr.lifecycle import run_task
+    from mdr.utils import ranks
     from mdr.utils.io import atomic_write_json
 
     ran: list[int] = []
@@ -188,7 +189,7 @@ def test_slurm_ranks_take_rank_zeros_run_folder_decision(make_cfg, monkeypatch: 
     assert ran == [0, 1]
 
     _slurm_task(monkeypatch, 1, restart=3)  # rank 0 never got to the folder: a clear error, not a hang
-    monkeypatch.setattr(run_folder, "RANK_WAIT_S", 0.2)
+    monkeypatch.setattr(ranks, "RANK_WAIT_S", 0.2)
     with pytest.raises(TimeoutError, match="recorded no decision"):
         run_task(cfg, task)
     assert ran == [0, 1]
@@ -220,13 +221,13 @@ def test_a_rank_zero_failure_after_deciding_to_run_ends_the_other_ranks(
 
     # a rank 1 already in its task (standing in for Lightning's rendezvous) when rank 0 fails: it exits, with the error
     key_env = {**os.environ, "SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0", "SLURM_PROCID": "1", "SLURM_NTASKS": "2"}
-    ranks = out / ".ranks"
-    ranks.mkdir(parents=True, exist_ok=True)
-    decision = ranks / "slurm-77-0-0.json"
+    decisions = out / ".ranks"
+    decisions.mkdir(parents=True, exist_ok=True)
+    decision = decisions / "slurm-77-0-0.json"
     decision.write_text('{"decision": "run", "message": ""}')
     code = (
-        "import time\nfrom pathlib import Path\nfrom mdr import run_folder\n"
-        f"run_folder.watch_rank_zero(Path({str(out)!r}), interval_s=0.1)\ntime.sleep(60)\n"
+        "import time\nfrom pathlib import Path\nfrom mdr.utils import ranks\n"
+        f"ranks.watch_rank_zero(Path({str(out)!r}), interval_s=0.1)\ntime.sleep(60)\n"
     )
     child = subprocess.Popen([sys.executable, "-c", code], env=key_env, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)

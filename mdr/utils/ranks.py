@@ -1,14 +1,25 @@
-"""Which process of a distributed job this is, read from the launcher's environment variables.
+"""Which process of a distributed job this is, and how the ranks of one launch follow rank 0's decision.
 
 Lightning's own launcher and torchrun set ``LOCAL_RANK``; a SLURM task (srun, submitit) has ``SLURM_LOCALID`` and
 no ``LOCAL_RANK`` until Lightning's trainer starts. Code that runs before the trainer (mining, denoising) reads
 them here, so every task of a node picks its own GPU.
+
+Where the launcher starts every rank itself (SLURM tasks, torchrun), rank 0 writes what it does with the run folder
+(``run``, ``complete``, ``refused``, or ``failed`` after a ``run``) to ``<folder>/.ranks/<launch>.json``; the other
+ranks read it before any work and, once running, watch it, so none waits for a peer that has returned or failed.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+import threading
+import time
 from collections.abc import Mapping
+from pathlib import Path
+
+from mdr.utils.io import atomic_write_json
 
 
 def local_rank(environ: Mapping[str, str] | None = None) -> int:
@@ -28,3 +39,83 @@ def cuda_device(environ: Mapping[str, str] | None = None) -> str:
     if torch.cuda.is_available():
         return f"cuda:{local_rank(environ) % torch.cuda.device_count()}"
     return "cpu"
+
+
+RANKS_DIR = ".ranks"
+RANK_WAIT_S = 900.0
+"""How long a rank > 0 waits for rank 0's decision on the folder before it gives up."""
+
+
+def is_primary_process() -> bool:
+    """True unless this is a non-zero rank of a distributed job (DDP child, SLURM task, node)."""
+    return all(int(os.environ.get(name, "0") or 0) == 0 for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def launch_key(environ: dict[str, str] | None = None) -> str | None:
+    """What the ranks of one launch share, where the launcher starts them all at once: the SLURM job, step and
+    requeue count, or torchrun's run id. None for ranks Lightning starts itself: it starts them from rank 0's
+    ``fit``, after rank 0 decided to run."""
+    env = os.environ if environ is None else environ
+    if env.get("SLURM_JOB_ID") and env.get("SLURM_PROCID", "").strip():
+        step = env.get("SLURM_STEP_ID") or "batch"
+        return f"slurm-{env['SLURM_JOB_ID']}-{step}-{env.get('SLURM_RESTART_COUNT') or 0}"
+    if env.get("TORCHELASTIC_RUN_ID"):
+        return f"torchrun-{env['TORCHELASTIC_RUN_ID']}"
+    return None
+
+
+def tell_other_ranks(out: Path, decision: str, message: str = "") -> None:
+    """Rank 0: record what it does with ``out`` (``run``, ``complete``, ``refused``, or ``failed`` after a ``run``)
+    for the launch's other ranks."""
+    key = launch_key()
+    if key is not None:
+        atomic_write_json(out / RANKS_DIR / f"{key}.json", {"decision": decision, "message": message})
+
+
+def watch_rank_zero(out: Path, interval_s: float = 2.0) -> threading.Thread | None:
+    """A rank > 0 that follows a ``run`` decision: a daemon thread that ends this process (exit 1, with rank 0's
+    error on stderr) once rank 0 records that the run failed, so no rank waits in a collective for a rank 0
+    that has stopped (Lightning's process group would hold it until its timeout). None without a launch key."""
+    key = launch_key()
+    if key is None:
+        return None
+    path = out / RANKS_DIR / f"{key}.json"
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            try:
+                decision = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if decision.get("decision") == "failed":
+                print(
+                    f"[mdr] rank 0 failed ({decision.get('message', '')}); this rank stops", file=sys.stderr, flush=True
+                )
+                os._exit(1)
+
+    thread = threading.Thread(target=watch, name="mdr-watch-rank-zero", daemon=True)
+    thread.start()
+    return thread
+
+
+def rank_zero_decision(out: Path, timeout_s: float | None = None) -> dict[str, str]:
+    """A rank > 0: rank 0's decision on ``out`` for this launch (``{"decision": "run"}`` without a launch key).
+
+    Raises:
+        TimeoutError: rank 0 said nothing within ``timeout_s`` (default :data:`RANK_WAIT_S`).
+    """
+    key = launch_key()
+    if key is None:
+        return {"decision": "run", "message": ""}
+    path = out / RANKS_DIR / f"{key}.json"
+    limit = RANK_WAIT_S if timeout_s is None else timeout_s
+    deadline = time.monotonic() + limit
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"rank 0 of launch {key} recorded no decision on {out} within {limit:.0f} s ({path} is missing): "
+                "it failed before claiming the folder; see its log"
+            )
+        time.sleep(0.5)
+    return json.loads(path.read_text(encoding="utf-8"))
