@@ -1,10 +1,5 @@
-"""Dense hard-negative mining (ANCE-style): an encoder's faiss top-N per training query, positives removed.
-
-Runs on the trainer's device (this process's CUDA device when there is one) with bf16 autocast where
-:func:`mdr.models.precision.autocast_dtype` says the hardware has it, through the sharded encode + search of
-:mod:`mdr.evaluation.evaluator` (the corpus embeddings live in a temporary folder under the cache, one shard in
-memory at a time).
-"""
+"""Dense hard-negative mining (ANCE-style): an encoder's top-N per training query, positives removed, through the
+sharded encode + search of :mod:`mdr.evaluation.evaluator` (bf16 autocast where the hardware has it)."""
 
 from __future__ import annotations
 
@@ -22,11 +17,7 @@ from mdr.models.bi_encoder import BiEncoder
 from mdr.models.precision import autocast_dtype
 from mdr.utils.ranks import cuda_device
 
-
-def mining_device() -> str:
-    """This process's CUDA device (the one its DDP rank or SLURM task trains on: :func:`mdr.utils.ranks.cuda_device`),
-    else ``cpu``."""
-    return cuda_device()
+mining_device = cuda_device  # this process's CUDA device (its DDP rank's or SLURM task's), else cpu
 
 
 def dense_pools(
@@ -42,39 +33,26 @@ def dense_pools(
     """Top-``depth`` non-positive passages per query, with the exact best-positive score for the margin filter.
 
     Args:
-        device: where to encode (``None``: :func:`mining_device`); bf16 autocast where supported there.
-        work_dir: the folder under which the corpus embeddings are written, one shard file at a time, and removed
-            afterwards (the miner passes ``<cache_dir>/tmp``: the whole corpus's embeddings, ~100 GB for Mr. TyDi
-            en, do not fit a tmpfs /tmp); None: the system's temporary folder.
+        device: where to encode (``None``: :func:`mining_device`).
+        work_dir: where the corpus embeddings are written, a shard at a time, and removed (None: the system's
+            temporary folder, which may be a tmpfs too small for them: the miner passes ``<cache_dir>/tmp``).
     """
     device = device or mining_device()
     encoder.to(device)
     if work_dir is not None:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
+    k, dtype = retrieval_depth(split, depth), autocast_dtype(device)
     with tempfile.TemporaryDirectory(prefix="mdr-dense-mining-", dir=work_dir) as tmp:
         found = dense_retrieve(
-            encoder,
-            tokenizer,
-            split.corpus,
-            split.queries,
-            retrieval_depth(split, depth),
-            tmp,
-            batch_size,
-            device,
-            autocast_dtype(device),
-            shard_rows=shard_rows,
+            encoder, tokenizer, split.corpus, split.queries, k, tmp, batch_size, device, dtype, shard_rows=shard_rows
         )
         pools = from_rankings(split, rank_run(found.run(split.corpus)), depth)
-        row_of = getattr(split.corpus, "row", None)
-        if row_of is None:
-            row_of = {docid: row for row, docid in enumerate(split.corpus)}.__getitem__
-        pairs = [(i, row_of(d)) for i, query_id in enumerate(found.query_ids) for d in split.positives(query_id)]
+        rows_of = getattr(split.corpus, "row", None) or {d: row for row, d in enumerate(split.corpus)}.__getitem__
+        pairs = [(i, rows_of(d)) for i, query_id in enumerate(found.query_ids) for d in split.positives(query_id)]
         if pairs:
             queries, rows = (np.asarray(column, dtype=np.int64) for column in zip(*pairs))
             scores = np.einsum("pd,pd->p", found.shards.vectors(rows), found.query_vectors[queries])  # (P,)
-            best: dict[int, float] = {}
-            for query, score in zip(queries.tolist(), scores.tolist()):
-                best[query] = max(best.get(query, -np.inf), score)
-            for query, score in best.items():
-                pools.positive_scores[found.query_ids[query]] = float(score)
+            best = np.full(len(found.query_ids), -np.inf)  # (Q,) each query's best positive score
+            np.maximum.at(best, queries, scores)
+            pools.positive_scores.update({found.query_ids[q]: float(best[q]) for q in np.unique(queries)})
     return pools

