@@ -1,10 +1,5 @@
-"""glibc's malloc during CPU training: keep freed memory for reuse instead of handing it back to the kernel.
-
-A training step allocates and frees the same large buffers every step (activations, autocast's bf16 copies, the
-word-embedding gradient). With glibc's defaults a buffer above its mmap threshold is a fresh mapping each time and
-each of its pages faults in again; where the kernel must first reclaim page cache (a machine writing checkpoints),
-those faults stall the step. docs/benchmarks.md has the figures.
-"""
+"""glibc's malloc during CPU training: keep the buffers a step frees for the next step instead of mapping them
+afresh, page faults and all (docs/benchmarks.md has the figures)."""
 
 from __future__ import annotations
 
@@ -14,18 +9,15 @@ import platform
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 C_INT_MAX = 2**31 - 1
-MAX_RETAIN_MB = C_INT_MAX >> 20
-"""2047: the most MiB whose bytes fit the C ``int`` mallopt takes (2048 MiB would wrap to -2**31, 4096 to 0)."""
+MAX_RETAIN_MB = C_INT_MAX >> 20  # 2047: the most MiB whose bytes fit mallopt's C int (4096 MiB would wrap to 0)
 
 
 def retain_freed_memory(limit_mb: int) -> bool:
-    """Serve allocations of up to ``limit_mb`` MiB from glibc's heap and keep up to that much freed memory there.
-
-    Returns:
-        True when glibc took both settings; False with ``limit_mb`` 0 or where the C library is not glibc.
+    """Serve allocations of up to ``limit_mb`` MiB from glibc's heap and keep up to that much freed memory there;
+    True when glibc took both settings (False: ``limit_mb`` 0, or not glibc).
 
     Raises:
-        ValueError: ``limit_mb`` above :data:`MAX_RETAIN_MB` (its bytes do not fit mallopt's C ``int``).
+        ValueError: ``limit_mb`` above :data:`MAX_RETAIN_MB`.
     """
     if limit_mb > MAX_RETAIN_MB:
         raise ValueError(

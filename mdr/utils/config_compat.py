@@ -1,9 +1,5 @@
-"""Config keys added after runs were recorded, and the value under which a config means what it meant before.
-
-A run folder's record (:mod:`mdr.run_folder`) and a stage's cache key (:mod:`mdr.stages`) leave such a key out
-while it holds that value: a run or a cached stage made before the key existed is still the same config (resumed,
-skipped or reused), and one that sets the key to anything else is another config.
-"""
+"""Config keys added after runs were recorded, and the value under which a config means what it meant before: a
+run folder's record and a stage's cache key leave such a key out while it holds that value."""
 
 from __future__ import annotations
 
@@ -20,7 +16,7 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
 
 
 def parent_of(data: dict[str, Any], dotted: str) -> tuple[dict[str, Any] | None, str]:
-    """The dict of plain config ``data`` holding ``dotted``'s last part (None: a parent is missing), and that part."""
+    """The dict of ``data`` holding ``dotted``'s last part (None: a parent is missing), and that part."""
     *parents, leaf = dotted.split(".")
     node: Any = data
     for part in parents:

@@ -1,11 +1,7 @@
-"""Which torch and faiss builds are installed, whether they fit the machine, and where a run computes.
+"""Which torch and faiss builds are installed, whether they fit the machine (docs/gpu.md), and where a run computes.
 
-The GPU install (``bash scripts/setup.sh --gpu``, docs/gpu.md) supports one pairing: torch built for CUDA 12
-(:data:`TORCH_CUDA_INDEX`) with ``faiss-gpu`` (its wheels require the CUDA 12 runtime wheels,
-``nvidia-cuda-runtime-cu12>=12.6,<13``). torch from PyPI is a CUDA 13 build, so the two would load two CUDA stacks.
-``faiss-cpu`` and ``faiss-gpu`` both ship ``faiss/_swigfaiss.abi3.so``: exactly one of them may be installed.
-
-Runs as a script too (stdlib only at import; torch and faiss are imported inside the functions)::
+Supported: torch for CUDA 12 with ``faiss-gpu`` (PyPI's torch is a CUDA 13 build), or ``faiss-cpu``; never both faiss
+builds (they share ``faiss/_swigfaiss.abi3.so``). A script too (stdlib only at import)::
 
     python -m mdr.utils.environment check --want gpu     # the problems, one a line; exit 1 if any
     python -m mdr.utils.environment torch --want gpu     # exit 1 when the installed torch must be replaced
@@ -26,27 +22,14 @@ from pathlib import Path
 from typing import Any
 
 FAISS_DISTRIBUTIONS = ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu11", "faiss-gpu-cu12", "faiss-gpu-cu13", "faiss")
-"""PyPI distributions that each install the ``faiss`` package (two of them overwrite each other's files)."""
-SUPPORTED_CUDA_MAJOR = 12
-"""The CUDA major version of the supported GPU pairing (faiss-gpu 1.15.1's runtime wheels)."""
-TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu128"
-"""Where ``scripts/setup.sh --gpu`` installs torch from unless ``MDR_TORCH_INDEX`` says otherwise."""
-MIXED_CUDA_ENV = "MDR_ALLOW_MIXED_CUDA"
-"""Set to 1 to accept torch and faiss on different CUDA majors (both load where the driver serves both)."""
+SUPPORTED_CUDA_MAJOR = 12  # faiss-gpu 1.15.1's runtime wheels
+TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu128"  # scripts/setup.sh --gpu, unless MDR_TORCH_INDEX is set
+MIXED_CUDA_ENV = "MDR_ALLOW_MIXED_CUDA"  # 1: accept torch and faiss on different CUDA majors
 
 
 @dataclass(frozen=True)
 class Installed:
-    """What an environment holds, as read by :func:`installed`.
-
-    Attributes:
-        torch_version: e.g. ``2.13.0+cpu`` (None: torch not installed).
-        torch_cuda: torch's CUDA version, e.g. ``12.8`` (None: a CPU build).
-        faiss_builds: the installed faiss distributions (see :data:`FAISS_DISTRIBUTIONS`).
-        faiss_cuda_major: the CUDA major the installed faiss-gpu requires (None: none or a CPU build).
-        cuda_devices: ``torch.cuda.device_count()`` (0 without CUDA).
-        faiss_gpus: ``faiss.get_num_gpus()`` (0 for faiss-cpu; None: faiss does not import).
-    """
+    """What an environment holds (None: torch not installed, a CPU build, faiss does not import)."""
 
     torch_version: str | None
     torch_cuda: str | None
@@ -57,7 +40,7 @@ class Installed:
 
 
 def _cuda_major_of(distribution: str) -> int | None:
-    """The CUDA major named by ``distribution``'s ``nvidia-*-cuNN`` requirements (None: none named)."""
+    """The CUDA major of ``distribution``'s ``nvidia-*-cuNN`` requirements (None: none)."""
     try:
         requires = importlib.metadata.requires(distribution) or []
     except importlib.metadata.PackageNotFoundError:
@@ -68,14 +51,14 @@ def _cuda_major_of(distribution: str) -> int | None:
 
 def faiss_builds() -> tuple[str, ...]:
     """The installed distributions among :data:`FAISS_DISTRIBUTIONS`."""
-    found = []
-    for name in FAISS_DISTRIBUTIONS:
-        try:
-            importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-        found.append(name)
-    return tuple(found)
+    return tuple(name for name in FAISS_DISTRIBUTIONS if _version(name) is not None)
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def installed() -> Installed:
@@ -101,12 +84,8 @@ def installed() -> Installed:
 
 
 def torch_problem(want: str, torch_version: str | None, torch_cuda: str | None) -> str | None:
-    """Why the installed torch does not suit a ``want`` (``cpu`` / ``gpu``) install, or None when it does.
-
-    A CPU venv reused on a GPU machine keeps ``2.13.0+cpu`` ("Requirement already satisfied"): for ``gpu`` torch
-    must be a CUDA build of the supported major (:data:`SUPPORTED_CUDA_MAJOR`, unless :data:`MIXED_CUDA_ENV` is 1).
-    ``cpu`` takes any torch (the CPU install pins the version itself).
-    """
+    """Why the installed torch does not suit a ``want`` (``cpu`` / ``gpu``) install, or None: ``gpu`` needs a CUDA
+    build of :data:`SUPPORTED_CUDA_MAJOR` (a reused CPU venv keeps ``+cpu``), ``cpu`` takes any."""
     if want not in ("cpu", "gpu"):
         raise ValueError(f"want must be cpu or gpu, got {want!r}")
     if want == "cpu":
@@ -175,32 +154,21 @@ def device_name(device: Any) -> str:
 
 
 def code_version() -> dict[str, Any]:
-    """The code a run ran: mdr's git commit (and whether the checkout had uncommitted changes to tracked files)
-    where mdr runs from a git checkout, else None; and the versions of the packages that compute a result."""
+    """mdr's git commit and whether tracked files had changes (None outside a git checkout), and the versions of
+    torch, transformers and lightning."""
     root = Path(__file__).resolve().parents[2]
     commit: str | None = None
     dirty: bool | None = None
     if (root / ".git").exists():
         try:
-            commit = subprocess.run(
-                ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-            ).stdout.strip()
-            status = subprocess.run(
-                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=True,
-            ).stdout
+            git = ["git", "-C", str(root)]
+            options = {"capture_output": True, "text": True, "timeout": 10, "check": True}
+            commit = subprocess.run([*git, "rev-parse", "HEAD"], **options).stdout.strip()
+            status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], **options).stdout
             dirty = bool(status.strip())
         except (OSError, subprocess.SubprocessError):
             commit, dirty = None, None
-    packages = {}
-    for name in ("torch", "transformers", "lightning"):
-        try:
-            packages[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            packages[name] = None
+    packages = {name: _version(name) for name in ("torch", "transformers", "lightning")}
     return {"commit": commit, "dirty": dirty, "packages": packages}
 
 

@@ -17,12 +17,11 @@ _NO_SPACE_TEXTS = ("No space left on device", "Disk quota exceeded")  # safetens
 
 
 class NoSpaceError(OSError):
-    """A write that failed for lack of space; the message names the file, the file system's free bytes and the
-    error the writer raised."""
+    """A write that failed for lack of space, naming the file, the free bytes and the writer's error."""
 
 
 def lack_of_space(error: BaseException | None) -> bool:
-    """Whether ``error``, or an error it was raised from, says the file system is full (or the quota used up)."""
+    """Whether ``error``, or one it was raised from, says the file system is full (or the quota used up)."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -49,9 +48,8 @@ def no_space_error(path: str | os.PathLike[str], error: BaseException) -> NoSpac
     """A :class:`NoSpaceError` for ``path``, whose write raised ``error``."""
     free = free_bytes(path)
     where = f"{free} bytes free on its file system" if free is not None else "its file system's free space unknown"
-    return NoSpaceError(
-        errno.ENOSPC, f"cannot write {path}: no space left on device ({where}; {type(error).__name__}: {error})"
-    )
+    message = f"cannot write {path}: no space left on device ({where}; {type(error).__name__}: {error})"
+    return NoSpaceError(errno.ENOSPC, message)
 
 
 @contextmanager
@@ -68,26 +66,25 @@ def reporting_no_space(path: str | os.PathLike[str]) -> Iterator[None]:
 
 
 class _WriteRecorder:
-    """A binary file whose first ``OSError`` on write is kept: ``torch.save`` replaces it by its own
-    ``RuntimeError`` ('unexpected pos 13376 vs 13270'), which names neither the file nor the cause."""
+    """A binary file that keeps its first ``OSError`` on write or flush (``torch.save`` replaces it by a
+    ``RuntimeError`` naming neither the file nor the cause)."""
 
     def __init__(self, handle: IO[bytes]) -> None:
         self._handle = handle
         self.error: OSError | None = None
 
-    def write(self, data: Any) -> int:
+    def _recorded(self, method: str, *args: Any) -> Any:
         try:
-            return self._handle.write(data)
+            return getattr(self._handle, method)(*args)
         except OSError as error:
             self.error = self.error or error
             raise
 
+    def write(self, data: Any) -> int:
+        return self._recorded("write", data)
+
     def flush(self) -> None:
-        try:
-            self._handle.flush()
-        except OSError as error:
-            self.error = self.error or error
-            raise
+        self._recorded("flush")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._handle, name)
@@ -101,11 +98,8 @@ def _default_mode() -> int:
 
 
 def share_like_new_files(root: str | os.PathLike[str]) -> None:
-    """Give ``root`` and everything under it the modes ``mkdir`` / ``open`` would (0o777 / 0o666 less the umask).
-
-    ``tempfile.mkdtemp`` makes folders 0o700 and some writers (safetensors) files 0o600; a folder built that
-    way and renamed into a shared cache would be unreadable to everyone else.
-    """
+    """Give ``root`` and everything under it the modes ``mkdir`` / ``open`` would (mkdtemp's 0o700, safetensors'
+    0o600 would make a folder renamed into a shared cache unreadable to others)."""
     file_mode = _default_mode()
     folder_mode = file_mode | ((file_mode & 0o444) >> 2)  # x wherever r: 0o644 -> 0o755
     top = Path(root)
@@ -116,8 +110,7 @@ def share_like_new_files(root: str | os.PathLike[str]) -> None:
 
 
 def writable(folder: str | os.PathLike[str]) -> bool:
-    """Whether this process may create, replace and remove files in ``folder`` (its mode, a read-only mount; root
-    passes any mode)."""
+    """Whether this process may create, replace and remove files in ``folder``."""
     return os.access(folder, os.W_OK | os.X_OK)
 
 
@@ -142,14 +135,11 @@ def atomic_write_lines(path: str | os.PathLike[str], lines: Iterable[str]) -> Pa
 
 
 def atomic_write_with(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
-    """Write ``path`` by calling ``write`` on a binary temporary file in the same folder, then ``os.replace``.
-
-    The temporary file is in ``path``'s own folder, so the rename never crosses a file system: a full disk or a
-    failing ``write`` leaves the old file (or none), never a partial one, and removes the temporary file.
+    """Write ``path`` by calling ``write`` on a temporary file in its folder, then ``os.replace``: a failure leaves
+    the old file (or none), never a partial one.
 
     Raises:
-        NoSpaceError: the write failed for lack of space (naming ``path`` and the free bytes), whatever error the
-            writer made of it.
+        NoSpaceError: the write failed for lack of space, whatever error the writer made of it.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,5 @@
-"""Job folder names of a multirun: Hydra's ``override_dirname``, made one folder level and one spelling per value.
-
-Hydra names a job's folder ``key=value,...`` from its overrides as typed: a path value (``data.queries_repo=/data/
-mrtydi``) splits the folder into several levels (the aggregation finds jobs at ``<sweep>/*/.hydra``) or makes a name
-longer than the file system allows, and ``negatives.hard_proportion=0`` and ``=0.0`` name two folders for one config.
-:func:`job_dirname` (the ``${mdr_job_dir:...}`` resolver of ``conf/hydra/default.yaml``) writes numbers in one
-spelling (``0.0`` -> ``0``, ``0.50`` -> ``0.5``), a value holding ``/`` as its last path part plus a hash of the
-whole, and cuts a name over :data:`MAX_NAME` bytes to a prefix plus a hash of the whole name.
-"""
+"""Job folder names of a multirun: Hydra's ``override_dirname`` with one folder level and one spelling per value
+(``0.0`` -> ``0``; a value holding ``/``: its last part plus a hash), cut to :data:`MAX_NAME` bytes."""
 
 from __future__ import annotations
 
@@ -18,8 +11,7 @@ from typing import Any
 
 from mdr.utils.io import writable
 
-MAX_NAME = 240
-"""Longest job folder name kept as it is (file systems allow 255 bytes per name)."""
+MAX_NAME = 240  # longest job folder name kept as it is (file systems allow 255 bytes per name)
 
 
 def _digest(text: str, length: int) -> str:
@@ -28,24 +20,20 @@ def _digest(text: str, length: int) -> str:
 
 def _value_text(value: Any, typed: str) -> str:
     """The value as the folder name writes it: integral floats as ints, other floats in Python's shortest form."""
-    if isinstance(value, float) and not isinstance(value, bool):
+    if isinstance(value, float):
         return str(int(value)) if value.is_integer() else repr(value)
-    text = typed
-    if "/" in text:
-        tail = text.rstrip("/").rsplit("/", 1)[-1] or "root"
-        text = f"{tail}-{_digest(typed, 8)}"
-    return text
+    if "/" in typed:
+        return f"{typed.rstrip('/').rsplit('/', 1)[-1] or 'root'}-{_digest(typed, 8)}"
+    return typed
 
 
 def excluded(key: str, exclude_keys: Sequence[str]) -> bool:
-    """Whether ``key`` is left out of a job folder name: named in ``exclude_keys``, or under an entry ``prefix.*``
-    (``logger.*``: W&B and CSV settings change no result, so they do not make another job folder)."""
+    """Whether ``key`` is named in ``exclude_keys`` or under an entry ``prefix.*`` there (``logger.*``)."""
     return any(key == entry or (entry.endswith(".*") and key.startswith(entry[:-1])) for entry in exclude_keys)
 
 
 def job_dirname(overrides: Sequence[str], exclude_keys: Sequence[str] = ()) -> str:
-    """A job's folder name from its overrides (``hydra.overrides.task``), leaving out ``exclude_keys`` as Hydra does
-    (and every key under an entry ``prefix.*``)."""
+    """The ``${mdr_job_dir:...}`` resolver: a job's folder name from its overrides, ``exclude_keys`` left out."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     lines = []
@@ -65,11 +53,8 @@ def job_dirname(overrides: Sequence[str], exclude_keys: Sequence[str] = ()) -> s
 
 
 def hydra_subdir(output_dir: str) -> str | None:
-    """``.hydra`` (where Hydra records a job's config), or None, so Hydra records nothing, where ``output_dir``
-    exists and that record cannot be rewritten: a read-only finished run folder then returns its metrics as it is.
-
-    The ``${mdr_hydra_subdir:...}`` resolver of ``conf/hydra/default.yaml`` (``hydra.output_subdir``).
-    """
+    """The ``${mdr_hydra_subdir:...}`` resolver: ``.hydra``, or None (Hydra records nothing) where that record
+    cannot be rewritten, so a read-only finished run folder returns its metrics as it is."""
     out = Path(output_dir)
     record = out / ".hydra"
     if record.is_dir():

@@ -19,9 +19,8 @@ def get_logger(name: str) -> logging.Logger:
 
 
 class RunLogFileHandler(logging.FileHandler):
-    """The run's log file (Hydra's ``<run>/<job>.log``, ``conf/hydra/default.yaml``). Where it cannot be opened (a
-    read-only finished run folder) it says so once on stderr and drops the records: the log goes to the console
-    only, in place of Hydra's ``ValueError: Unable to configure handler 'file'`` before the run is even looked at."""
+    """The run's log file (``conf/hydra/default.yaml``); where it cannot be opened (a read-only run folder) it says
+    so once on stderr and drops the records (Hydra would fail with ``Unable to configure handler 'file'``)."""
 
     def __init__(self, filename: str, mode: str = "a", encoding: str | None = None, delay: bool = False) -> None:
         self.unwritable: OSError | None = None

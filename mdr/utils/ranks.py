@@ -1,9 +1,5 @@
 """Which process of a distributed job this is, and how the ranks of one launch follow rank 0's decision.
 
-Lightning's own launcher and torchrun set ``LOCAL_RANK``; a SLURM task (srun, submitit) has ``SLURM_LOCALID`` and
-no ``LOCAL_RANK`` until Lightning's trainer starts. Code that runs before the trainer (mining, denoising) reads
-them here, so every task of a node picks its own GPU.
-
 Where the launcher starts every rank itself (SLURM tasks, torchrun), rank 0 writes what it does with the run folder
 (``run``, ``complete``, ``refused``, or ``failed`` after a ``run``) to ``<folder>/.ranks/<launch>.json``; the other
 ranks read it before any work and, once running, watch it, so none waits for a peer that has returned or failed.
@@ -23,7 +19,8 @@ from mdr.utils.io import atomic_write_json
 
 
 def local_rank(environ: Mapping[str, str] | None = None) -> int:
-    """This process's index on its node: ``LOCAL_RANK``, else ``SLURM_LOCALID``, else 0."""
+    """This process's index on its node: ``LOCAL_RANK``, else ``SLURM_LOCALID`` (a SLURM task before Lightning's
+    trainer starts), else 0."""
     env = os.environ if environ is None else environ
     for name in ("LOCAL_RANK", "SLURM_LOCALID"):
         value = env.get(name, "")
@@ -42,8 +39,7 @@ def cuda_device(environ: Mapping[str, str] | None = None) -> str:
 
 
 RANKS_DIR = ".ranks"
-RANK_WAIT_S = 900.0
-"""How long a rank > 0 waits for rank 0's decision on the folder before it gives up."""
+RANK_WAIT_S = 900.0  # how long a rank > 0 waits for rank 0's decision
 
 
 def is_primary_process() -> bool:
@@ -52,9 +48,8 @@ def is_primary_process() -> bool:
 
 
 def launch_key(environ: dict[str, str] | None = None) -> str | None:
-    """What the ranks of one launch share, where the launcher starts them all at once: the SLURM job, step and
-    requeue count, or torchrun's run id. None for ranks Lightning starts itself: it starts them from rank 0's
-    ``fit``, after rank 0 decided to run."""
+    """What the ranks of one launch share where the launcher starts them all: the SLURM job, step and requeue count,
+    or torchrun's run id; None where Lightning starts them (from rank 0's ``fit``, after rank 0 decided to run)."""
     env = os.environ if environ is None else environ
     if env.get("SLURM_JOB_ID") and env.get("SLURM_PROCID", "").strip():
         step = env.get("SLURM_STEP_ID") or "batch"
@@ -65,17 +60,15 @@ def launch_key(environ: dict[str, str] | None = None) -> str | None:
 
 
 def tell_other_ranks(out: Path, decision: str, message: str = "") -> None:
-    """Rank 0: record what it does with ``out`` (``run``, ``complete``, ``refused``, or ``failed`` after a ``run``)
-    for the launch's other ranks."""
+    """Rank 0: record what it does with ``out`` for the launch's other ranks."""
     key = launch_key()
     if key is not None:
         atomic_write_json(out / RANKS_DIR / f"{key}.json", {"decision": decision, "message": message})
 
 
 def watch_rank_zero(out: Path, interval_s: float = 2.0) -> threading.Thread | None:
-    """A rank > 0 that follows a ``run`` decision: a daemon thread that ends this process (exit 1, with rank 0's
-    error on stderr) once rank 0 records that the run failed, so no rank waits in a collective for a rank 0
-    that has stopped (Lightning's process group would hold it until its timeout). None without a launch key."""
+    """A rank > 0 that follows a ``run`` decision: a daemon thread that ends this process (exit 1, rank 0's error on
+    stderr) once rank 0 records that the run failed, rather than wait in a collective; None without a launch key."""
     key = launch_key()
     if key is None:
         return None
@@ -89,9 +82,8 @@ def watch_rank_zero(out: Path, interval_s: float = 2.0) -> threading.Thread | No
             except (OSError, ValueError):
                 continue
             if decision.get("decision") == "failed":
-                print(
-                    f"[mdr] rank 0 failed ({decision.get('message', '')}); this rank stops", file=sys.stderr, flush=True
-                )
+                message = decision.get("message", "")
+                print(f"[mdr] rank 0 failed ({message}); this rank stops", file=sys.stderr, flush=True)
                 os._exit(1)
 
     thread = threading.Thread(target=watch, name="mdr-watch-rank-zero", daemon=True)
