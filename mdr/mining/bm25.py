@@ -123,9 +123,7 @@ class BM25Index:
         def run(batch: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
             indptr = np.zeros(len(batch) + 1, dtype=self.indptr.dtype)
             np.cumsum([len(query_term_ids[i]) for i in batch], out=indptr[1:])
-            columns = np.fromiter(
-                chain.from_iterable(query_term_ids[i] for i in batch), dtype=self.indptr.dtype, count=int(indptr[-1])
-            )
+            columns = np.asarray([t for i in batch for t in query_term_ids[i]], dtype=self.indptr.dtype)
             # repeated query terms stay separate entries: scipy adds them one by one, in query order, in float32,
             # as bm25s does, so the scores are bitwise bm25s's
             ones = np.ones(len(columns), dtype=np.float32)
@@ -142,29 +140,19 @@ class BM25Index:
                 out.append((docs.astype(np.int64), values.astype(np.float32)))
             return out
 
-        if threads > 1 and len(batches) > 1:
-            with ThreadPoolExecutor(max_workers=threads) as pool:
-                parts = list(pool.map(run, batches))
-        else:
-            parts = [run(batch) for batch in batches]
-        return [result for part in parts for result in part]
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            return [result for part in pool.map(run, batches) for result in part]
 
 
 @dataclass
 class TokenizedBatch:
-    """Consecutive documents as (document, term, frequency) triples over the batch's own vocabulary.
+    """Consecutive documents as (document, term, frequency) triples over the batch's own vocabulary."""
 
-    Attributes:
-        lengths: (docs,) tokens per document. doc_nnz: (docs,) distinct terms per document.
-        local_terms: (nnz,) ids into ``tokens``, document by document. term_freq: (nnz,) int32 counts.
-        tokens: the batch's distinct tokens in first-occurrence order.
-    """
-
-    lengths: np.ndarray
-    doc_nnz: np.ndarray
-    local_terms: np.ndarray
-    term_freq: np.ndarray
-    tokens: list[str]
+    lengths: np.ndarray  # (docs,) tokens per document
+    doc_nnz: np.ndarray  # (docs,) int32 distinct terms per document
+    local_terms: np.ndarray  # (nnz,) int32 ids into tokens, document by document
+    term_freq: np.ndarray  # (nnz,) int32 occurrences of the term in the document
+    tokens: list[str]  # the batch's distinct tokens in first-occurrence order
 
 
 def tokenize_batch(texts: Sequence[str], tokenizer: str = "default") -> TokenizedBatch:
@@ -225,7 +213,7 @@ def _spill(batches: Iterable[TokenizedBatch], spill: Path) -> tuple[list[str], n
     order), the document frequencies, the document lengths and each batch's (docs, postings)."""
     vocab: defaultdict[str, int] = defaultdict()
     vocab.default_factory = vocab.__len__  # a new token gets the next id
-    doc_freq = np.zeros(1 << 16, dtype=np.int64)
+    doc_freq = np.zeros(0, dtype=np.int64)
     doc_lengths: list[np.ndarray] = []
     part_sizes: list[tuple[int, int]] = []
     with spill.open("wb") as handle:
@@ -233,15 +221,13 @@ def _spill(batches: Iterable[TokenizedBatch], spill: Path) -> tuple[list[str], n
             # global ids in first-occurrence order, as a sequential pass would give them
             global_ids = np.fromiter(map(vocab.__getitem__, batch.tokens), np.int64, len(batch.tokens))
             terms = global_ids[batch.local_terms].astype(np.int32)
-            if len(vocab) > len(doc_freq):
-                doc_freq = np.concatenate([doc_freq, np.zeros(max(len(vocab), 2 * len(doc_freq)), np.int64)])
-            doc_freq[: len(vocab)] += np.bincount(terms, minlength=len(vocab))
+            doc_freq = np.pad(doc_freq, (0, len(vocab) - len(doc_freq))) + np.bincount(terms, minlength=len(vocab))
             doc_lengths.append(batch.lengths)
             part_sizes.append((len(batch.lengths), len(terms)))
             for array in (batch.doc_nnz, terms, batch.term_freq):
                 array.tofile(handle)
     lengths = np.concatenate(doc_lengths) if doc_lengths else np.zeros(0, dtype=np.int64)
-    return list(vocab), doc_freq[: len(vocab)], lengths, part_sizes
+    return list(vocab), doc_freq, lengths, part_sizes
 
 
 def build_index(

@@ -18,11 +18,9 @@ from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
 
+# XQuAD-style docids: language, article, paragraph and (sentence level) sentence
 DOCID_LOCATION = re.compile(r"^(?P<language>[^_]+)_(?P<article>a\d+)_(?P<paragraph>p\d+)(?:_s\d+)?$")
-"""XQuAD-style docids: language, article, paragraph and (sentence level) sentence."""
-
-DENOISE_RATIO = 0.95
-"""The teacher ratio above which denoising with relative margin 0.05 (the default) drops a candidate."""
+DENOISE_RATIO = 0.95  # the teacher ratio above which denoising at relative margin 0.05 (the default) drops one
 
 
 @dataclass(frozen=True)
@@ -57,24 +55,17 @@ def positive_ranks(raw: RawPools, split: RetrievalSplit, depth: int) -> dict[str
     """Query (with a judged positive) -> 1 + the candidates scoring strictly above its best positive, None when
     that is beyond ``depth`` or the miner has no score for the positive (BM25 did not retrieve it)."""
     ranks: dict[str, int | None] = {}
-    for query_id in sorted(split.queries):
-        if not split.positives(query_id):
-            continue
+    for query_id in filter(split.positives, sorted(split.queries)):
         score = raw.positive_scores.get(query_id)
-        if score is None:
-            ranks[query_id] = None
-            continue
-        rank = 1 + sum(candidate > score for _, candidate in raw.candidates.get(query_id, ()))
-        ranks[query_id] = rank if rank <= depth else None
+        rank = None if score is None else 1 + sum(c > score for _, c in raw.candidates.get(query_id, ()))
+        ranks[query_id] = rank if rank is not None and rank <= depth else None
     return ranks
 
 
 def median_rank(ranks: Iterable[int | None]) -> float:
     """Median rank, a positive beyond the depth counting as below every candidate; NaN when the median is beyond."""
-    values = sorted(math.inf if rank is None else float(rank) for rank in ranks)
-    if not values:
-        return math.nan
-    middle = statistics.median(values)
+    values = [math.inf if rank is None else float(rank) for rank in ranks]
+    middle = statistics.median(values) if values else math.nan
     return middle if math.isfinite(middle) else math.nan
 
 
@@ -189,8 +180,7 @@ def overlap_shares(
         total = sum(len(draw.negatives) for draw in option_draws)
         for other, other_pools in pools.items():
             members = {query_id: set(docids) for query_id, docids in other_pools.items()}
-            inside = sum(
-                negative in members.get(draw.query_id, ()) for draw in option_draws for negative in draw.negatives
-            )
+            drawn = ((draw.query_id, negative) for draw in option_draws for negative in draw.negatives)
+            inside = sum(negative in members.get(query_id, ()) for query_id, negative in drawn)
             rows.append((option, other, inside / total if total else math.nan))
     return rows

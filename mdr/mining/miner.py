@@ -19,32 +19,17 @@ EncoderLoader = Callable[[str], tuple[Any, Any]]
 
 @dataclass(frozen=True)
 class PoolSettings:
-    """``negatives.pool``: where candidates come from and which of them may be sampled.
+    """``negatives.pool``: where candidates come from and which of them may be sampled (docs/negatives.md)."""
 
-    Attributes:
-        source: ``bm25`` (mined here), ``dense`` (an encoder's top-N), ``shipped`` (the dataset's negatives).
-        backend: for bm25, ``bm25s`` (bm25s's Lucene-variant scores over mdr's word / character-bigram tokens,
-            streamed into an on-disk sparse index: bounded memory) or ``pyserini`` (Lucene with the language's
-            analyzer, Java 21+, in a child process).
-        depth: candidates retrieved per query (N).
-        range_min / range_max: sample only ranks in [range_min, range_max) of the positive-free ranking.
-        margin: drop candidates scoring above (positive score - margin); null: no margin filter.
-        encoder: for dense, the encoder folder (a train.py ``encoder/`` or a model folder / hub id).
-        tokenizer: for bm25s, ``default`` (words, character bigrams for unspaced scripts) or ``thai_words``
-            (Thai segmented into dictionary words by PyThaiNLP; :mod:`mdr.mining.tokenize`).
-        threads: bm25 indexing / search threads (``None``: the CPUs this process may use, at most 8); not part
-            of the cache key (the pool does not depend on it).
-    """
-
-    source: Literal["bm25", "dense", "shipped"] = "bm25"
-    backend: Literal["bm25s", "pyserini"] = "bm25s"
-    depth: int = 100
-    range_min: int = 0
+    source: Literal["bm25", "dense", "shipped"] = "bm25"  # shipped: the data set's own negatives
+    backend: Literal["bm25s", "pyserini"] = "bm25s"  # bm25s: mdr's tokens, on-disk index; pyserini: Lucene, Java 21+
+    depth: int = 100  # candidates retrieved per query
+    range_min: int = 0  # sample only ranks in [range_min, range_max) of the positive-free ranking
     range_max: int | None = 50
-    margin: float | None = None
-    encoder: str | None = None
-    threads: int | None = None
-    tokenizer: str = "default"
+    margin: float | None = None  # drop candidates scoring above (positive score - margin); None: no margin filter
+    encoder: str | None = None  # dense: the encoder folder (train.py's encoder/, a model folder) or hub id
+    threads: int | None = None  # bm25 threads (None: the CPUs this process may use, at most 8); not in the key
+    tokenizer: str = "default"  # bm25s: default (words, bigrams of unspaced scripts) or thai_words (PyThaiNLP)
 
 
 def _encoder_identity(path: str, cache_dir: str | Path) -> str:

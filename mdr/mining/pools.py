@@ -1,8 +1,5 @@
-"""Hard-negative pools: mined once per (corpus, queries, qrels, miner settings), cached on disk, filtered per run.
-
-A pool maps each training query to ranked candidates ``(docid, score)`` with its positives removed; the
-false-negative controls (rank range, score margin) are applied when a pool is used, so one cached pool serves a sweep.
-"""
+"""Hard-negative pools: mined once per (corpus, queries, qrels, miner settings), cached on disk, and filtered
+(rank range, score margin) when a run uses them, so one cached pool serves a sweep."""
 
 from __future__ import annotations
 
@@ -26,15 +23,10 @@ file_lock = cache_lock  # the lock of every pool, score and index cache
 
 @dataclass
 class RawPools:
-    """A miner's output before filtering.
+    """A miner's output before filtering."""
 
-    Attributes:
-        candidates: query_id -> ranked (docid, score), best first, positives removed.
-        positive_scores: query_id -> the best positive's score under the same retriever, where known (BM25 knows
-            it only for positives it retrieved), for the margin filter.
-    """
-
-    candidates: dict[str, Candidates]
+    candidates: dict[str, Candidates]  # query_id -> ranked (docid, score), best first, positives removed
+    # query_id -> the best positive's score under the same retriever where known (BM25: if it retrieved it)
     positive_scores: dict[str, float] = field(default_factory=dict)
 
 
@@ -62,23 +54,16 @@ def cache_path(cache_dir: str | Path, split: RetrievalSplit, language: str, sett
 
 def save_pools(path: Path, pools: RawPools) -> None:
     """One JSON line per query (``query_id``, ``candidates``, ``positive_score``), then ``<path>.manifest.json``."""
-    lines = (
-        json.dumps(
-            {"query_id": q, "candidates": pools.candidates[q], "positive_score": pools.positive_scores.get(q)},
-            ensure_ascii=False,
-        )
-        for q in sorted(pools.candidates)
+    records = (
+        {"query_id": q, "candidates": c, "positive_score": pools.positive_scores.get(q)}
+        for q, c in sorted(pools.candidates.items())
     )
-    atomic_write_lines(path, lines)
+    atomic_write_lines(path, (json.dumps(record, ensure_ascii=False) for record in records))
     write_file_manifest(path, records=len(pools.candidates))
 
 
 def load_pools(path: Path) -> RawPools:
-    """Read a pool file written by :func:`save_pools`.
-
-    Raises:
-        DataError: a malformed line, naming the file and line.
-    """
+    """Read a pool file written by :func:`save_pools` (a malformed line raises DataError naming it)."""
     pools = RawPools({})
     with path.open(encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):

@@ -86,8 +86,6 @@ def installed() -> Installed:
 def torch_problem(want: str, torch_version: str | None, torch_cuda: str | None) -> str | None:
     """Why the installed torch does not suit a ``want`` (``cpu`` / ``gpu``) install, or None: ``gpu`` needs a CUDA
     build of :data:`SUPPORTED_CUDA_MAJOR` (a reused CPU venv keeps ``+cpu``), ``cpu`` takes any."""
-    if want not in ("cpu", "gpu"):
-        raise ValueError(f"want must be cpu or gpu, got {want!r}")
     if want == "cpu":
         return None
     if torch_version is None:
@@ -105,9 +103,7 @@ def torch_problem(want: str, torch_version: str | None, torch_cuda: str | None) 
 
 def install_problems(want: str, found: Installed) -> list[str]:
     """Everything wrong with environment ``found`` for a ``want`` (``cpu`` / ``gpu``) install; empty: fine."""
-    problems = []
-    if (problem := torch_problem(want, found.torch_version, found.torch_cuda)) is not None:
-        problems.append(problem)
+    problems = [problem] if (problem := torch_problem(want, found.torch_version, found.torch_cuda)) else []
     expected = "faiss-gpu" if want == "gpu" else "faiss-cpu"
     if len(found.faiss_builds) > 1:
         problems.append(
@@ -125,8 +121,7 @@ def install_problems(want: str, found: Installed) -> list[str]:
             problems.append(f"faiss sees {found.faiss_gpus} GPUs, torch {found.cuda_devices}")
         torch_major = int(str(found.torch_cuda).split(".")[0]) if found.torch_cuda else None
         faiss_major = found.faiss_cuda_major
-        mixed_ok = os.environ.get(MIXED_CUDA_ENV) == "1"
-        if torch_major and faiss_major and torch_major != faiss_major and not mixed_ok:
+        if torch_major and faiss_major and torch_major != faiss_major and os.environ.get(MIXED_CUDA_ENV) != "1":
             problems.append(f"torch runs CUDA {torch_major}, faiss-gpu CUDA {faiss_major}: two CUDA stacks")
     return problems
 
@@ -195,8 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             version, cuda = str(torch.__version__), torch.version.cuda
         except ImportError:
             version, cuda = None, None
-        problem = torch_problem(args.want, version, cuda)
-        if problem:
+        if problem := torch_problem(args.want, version, cuda):
             print(f"[mdr] {problem}", flush=True)
         return 1 if problem else 0
     found = installed()

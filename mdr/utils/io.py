@@ -25,9 +25,7 @@ def lack_of_space(error: BaseException | None) -> bool:
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in NO_SPACE:
-            return True
-        if any(text in str(error) for text in _NO_SPACE_TEXTS):
+        if (isinstance(error, OSError) and error.errno in NO_SPACE) or any(t in str(error) for t in _NO_SPACE_TEXTS):
             return True
         error = error.__cause__ or error.__context__
     return False
@@ -57,10 +55,8 @@ def reporting_no_space(path: str | os.PathLike[str]) -> Iterator[None]:
     """Re-raise an error of the block that says the disk is full as a :class:`NoSpaceError` naming ``path``."""
     try:
         yield
-    except NoSpaceError:
-        raise
     except Exception as error:
-        if not lack_of_space(error):
+        if isinstance(error, NoSpaceError) or not lack_of_space(error):
             raise
         raise no_space_error(path, error) from error
 
@@ -104,9 +100,8 @@ def share_like_new_files(root: str | os.PathLike[str]) -> None:
     folder_mode = file_mode | ((file_mode & 0o444) >> 2)  # x wherever r: 0o644 -> 0o755
     top = Path(root)
     for path in [top, *top.rglob("*")]:
-        if path.is_symlink():
-            continue
-        os.chmod(path, folder_mode if path.is_dir() else file_mode)
+        if not path.is_symlink():
+            os.chmod(path, folder_mode if path.is_dir() else file_mode)
 
 
 def writable(folder: str | os.PathLike[str]) -> bool:
@@ -155,7 +150,7 @@ def atomic_write_with(path: str | os.PathLike[str], write: Callable[[IO[bytes]],
         os.replace(tmp, target)
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
-        cause = recorder.error if recorder is not None and recorder.error is not None else error
+        cause = getattr(recorder, "error", None) or error
         if isinstance(error, Exception) and not isinstance(error, NoSpaceError) and lack_of_space(cause):
             raise no_space_error(target, cause) from error
         raise

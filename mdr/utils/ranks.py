@@ -23,9 +23,8 @@ def local_rank(environ: Mapping[str, str] | None = None) -> int:
     trainer starts), else 0."""
     env = os.environ if environ is None else environ
     for name in ("LOCAL_RANK", "SLURM_LOCALID"):
-        value = env.get(name, "")
-        if value.strip():
-            return int(value)
+        if env.get(name, "").strip():
+            return int(env[name])
     return 0
 
 
