@@ -161,10 +161,8 @@ def pyserini_search(
     with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as tmp:
         work = Path(tmp)
         _write_corpus(split, work / "docs", max(1, min(threads, len(split.corpus))))
-        with (work / "topics.tsv").open("w", encoding="utf-8") as handle:
-            for query_id in sorted(split.queries):
-                text = " ".join(split.queries[query_id].text.split())
-                handle.write(f"{query_id}\t{text}\n")
+        topics = (f"{q}\t{' '.join(split.queries[q].text.split())}\n" for q in sorted(split.queries))
+        (work / "topics.tsv").write_text("".join(topics), encoding="utf-8")
         _index(work / "docs", work / "index", language, threads, work)
         search = ["--index", str(work / "index"), "--topics", str(work / "topics.tsv")]
         search += ["--output", str(work / "run.trec"), "--bm25", "--k1", str(k1), "--b", str(b)]

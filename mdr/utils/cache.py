@@ -274,8 +274,8 @@ def builder_gone(path: str | os.PathLike[str]) -> bool:
     Another host's build counts as gone only under owner-file locks (``MDR_CACHE_LOCK=auto``), which hold across
     nodes: the caller holds the entry's lock. Under ``flock`` or ``none`` another node's build is never touched.
     """
-    match = re.search(r"\.tmp-(?:(.+)-)?(\d+)$", Path(path).name)  # an older mdr's: '.tmp-<pid>' or mkdtemp's
-    if match is None:
+    match = re.search(r"\.tmp-(?:(.+)-)?(\d+)$", Path(path).name)  # no host: an older mdr's '.tmp-<pid>'
+    if match is None:  # an older mdr's mkdtemp name
         return True
     if match.group(1) not in (None, HOST):
         return lock_mode() == "auto"

@@ -143,9 +143,7 @@ def device_name(device: Any) -> str:
     import torch
 
     device = torch.device(device)
-    if device.type == "cuda":
-        return str(torch.cuda.get_device_name(device))
-    return cpu_name()
+    return str(torch.cuda.get_device_name(device)) if device.type == "cuda" else cpu_name()
 
 
 def code_version() -> dict[str, Any]:
