@@ -34,13 +34,8 @@ class _SkippedBatches:
 
 
 class ResumingDataLoader(DataLoader):
-    """A DataLoader whose iterators start at batch ``skip_batches`` while its length stays the whole epoch's.
-
-    Lightning counts a resumed epoch's batches from where the checkpoint left off and ends the epoch at the
-    loader's full length; this loader serves exactly the batches not yet trained on. Under DDP Lightning rebuilds
-    it with a DistributedSampler (``skip_batches`` is an ``__init__`` argument it carries over): each rank then
-    leaves out its own first ``skip_batches`` batches of the unchanged per-rank deal.
-    """
+    """A DataLoader whose iterators start at batch ``skip_batches`` while its length stays the whole epoch's
+    (as Lightning counts a resumed epoch). Under DDP, Lightning rebuilds it with ``skip_batches`` carried over."""
 
     def __init__(self, *args: Any, skip_batches: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -55,35 +50,24 @@ class ResumingDataLoader(DataLoader):
         return len(super()._index_sampler)
 
     def state_dict(self) -> dict[str, Any]:
-        """Nothing: the datamodule's state says where an epoch stands (this makes Lightning treat it as resumable)."""
+        """Nothing (the datamodule holds the state), but it makes Lightning treat the loader as resumable."""
         return {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Nothing to restore (see :meth:`state_dict`)."""
+        """Nothing to restore."""
 
 
 class RetrievalDataModule(pl.LightningDataModule):
-    """Serves one epoch of training examples at a time.
+    """Serves one epoch of training examples at a time, its negatives and order functions of (seed, epoch).
 
-    ``train_dataloader`` is rebuilt every epoch (the Trainer runs with
-    ``reload_dataloaders_every_n_epochs=1``) and draws that epoch's negatives with the epoch passed in
-    explicitly, so a resumed run sees the same negatives as an uninterrupted one. A checkpoint records how
-    many of the epoch's batches were trained (:meth:`state_dict`); resumed from a mid-epoch checkpoint, the
-    loader of that epoch serves the batches after those (:class:`ResumingDataLoader`).
-
-    On restore Lightning asks for a loader before it restores the loop's epoch (``configure_optimizers`` reads
-    ``estimated_stepping_batches`` with ``current_epoch=0``), then again for the restored epoch. So the resume
-    position belongs to its epoch: a loader of an earlier epoch skips nothing and keeps it, every loader of its
-    epoch skips the trained batches, and the first loader of a later epoch drops it.
+    The trainer reloads the loader every epoch. A checkpoint records how many of the epoch's batches were trained
+    (:meth:`state_dict`); resumed from a mid-epoch checkpoint, every loader of that epoch serves the batches after
+    those. Lightning asks for a loader before it restores the loop's epoch too: that one skips nothing.
 
     Args:
-        train_split: training queries, qrels and corpus.
         pools: query_id -> hard-negative candidates.
-        sampler: draws k negatives per query.
-        collator: tokenises examples into batches.
         batch_size: queries per batch (per device).
         seed: seeds the shuffle, together with the epoch.
-        num_workers: DataLoader workers.
     """
 
     def __init__(
@@ -97,13 +81,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        self.train_split = train_split
-        self.pools = pools
-        self.sampler = sampler
-        self.collator = collator
-        self.batch_size = batch_size
-        self.seed = seed
-        self.num_workers = num_workers
+        self.train_split, self.pools, self.sampler, self.collator = train_split, pools, sampler, collator
+        self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
         self.last_stats: SamplingStats | None = None
         self._resume: dict[str, int] | None = None  # a mid-epoch checkpoint's position, until its epoch is served
 
@@ -113,15 +92,9 @@ class RetrievalDataModule(pl.LightningDataModule):
         return examples
 
     def dataloader_for_epoch(self, epoch: int, skip_batches: int = 0) -> DataLoader:
-        """A loader over the epoch's examples in an order that depends only on (seed, epoch).
-
-        The examples are shuffled here, not by a sampler: a sampler's generator advances each time the
-        loader is iterated, and Lightning iterates a restored epoch's loader a different number of times
-        than an uninterrupted one. Under DDP, Lightning's DistributedSampler deals this order out to ranks.
-
-        Args:
-            skip_batches: batches (per process) of this epoch already trained on: left out of every iteration.
-        """
+        """A loader over the epoch's examples in an order that depends only on (seed, epoch), less its first
+        ``skip_batches`` batches (per process). Shuffled here, not by a sampler whose generator would advance
+        with each iteration of the loader; under DDP, Lightning's DistributedSampler deals this order out."""
         examples = self.examples_for_epoch(epoch)
         random.Random(f"{self.seed}:{epoch}:order").shuffle(examples)
         return ResumingDataLoader(
@@ -178,7 +151,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             self._resume = {"epoch": int(state_dict["epoch"]), "batches_done": int(state_dict["batches_done"])}
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        """Moves the collator's batches (here, beside the loader that makes them, not in the LightningModule)."""
+        """Moves the collator's batches to ``device``."""
         if isinstance(batch, (BiEncoderBatch, PackedTexts)):
             return batch.to(device)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)

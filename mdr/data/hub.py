@@ -1,13 +1,8 @@
 """Published dataset files from the Hugging Face hub, or from a local folder with the same layout.
 
-A ``data.queries_repo`` / ``data.corpus_repo`` value is either a local folder (an offline compute node: what
-``hf download <repo> --repo-type dataset --local-dir <folder>`` leaves) or a hub dataset id, fetched with
-``huggingface_hub.snapshot_download`` at a pinned revision into the HF cache (``$HF_HOME``), only the files a
-language needs. With ``HF_HUB_OFFLINE=1`` a revision already in the cache is used as it is. No dataset script is
-ever run: the readers parse the files themselves.
-
-The download command named in errors is ``hf download`` (huggingface_hub >= 1.0, pinned here); on older
-releases the same arguments go to ``huggingface-cli download``.
+A ``data.queries_repo`` / ``data.corpus_repo`` is a local folder (what ``hf download`` leaves) or a hub dataset
+id, fetched with ``snapshot_download`` at a pinned revision into the HF cache, only the files a language needs
+(``HF_HUB_OFFLINE=1``: from the cache). No dataset script is ever run.
 """
 
 from __future__ import annotations
@@ -25,9 +20,7 @@ log = get_logger(__name__)
 
 def looks_local(repo: str) -> bool:
     """True for a value meant as a folder: it exists, or it is not of the hub's ``owner/name`` form."""
-    if Path(repo).expanduser().is_dir():
-        return True
-    return repo.startswith(("/", ".", "~")) or repo.count("/") != 1
+    return Path(repo).expanduser().is_dir() or repo.startswith(("/", ".", "~")) or repo.count("/") != 1
 
 
 def download_command(repo: str, revision: str | None, patterns: Sequence[str], local_dir: Path | str) -> str:
@@ -41,25 +34,13 @@ def download_command(repo: str, revision: str | None, patterns: Sequence[str], l
     return shlex.join(words)
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def dataset_folder(
     repo: str, revision: str | None, patterns: Sequence[str], config_key: str, suggest_dir: Path
 ) -> tuple[Path, bool]:
-    """A folder holding ``patterns`` of ``repo``, and whether it came from the hub.
+    """A folder holding ``patterns`` (globs) of ``repo`` (a folder or a hub id), and whether it came from the hub.
 
-    Args:
-        repo: a local folder or a hub dataset id (``owner/name``).
-        revision: the commit, tag or branch to fetch (hub ids only).
-        patterns: glob patterns of the files needed (``allow_patterns`` of ``snapshot_download``).
-        config_key: the config key ``repo`` came from, for messages (e.g. ``data.queries_repo``).
-        suggest_dir: where the error message suggests downloading to.
-
-    Raises:
-        DataError: for a local path that does not exist, or a hub id that can be neither fetched nor found in
-            the cache; the message names the ``hf download`` command to run and the key to set.
+    A missing folder, or a hub id neither fetched nor cached, is a DataError naming ``config_key`` (and for a hub id
+    the ``hf download`` command into ``suggest_dir``).
     """
     if looks_local(repo):
         folder = Path(repo).expanduser().resolve()
@@ -71,7 +52,8 @@ def dataset_folder(
     try:
         path = snapshot_download(repo_id=repo, repo_type="dataset", revision=revision, allow_patterns=list(patterns))
     except Exception as error:  # offline, no network, unknown repo/revision, gated repo: one clear message
-        reason = "HF_HUB_OFFLINE=1 and it is not in the HF cache" if _offline() else f"{type(error).__name__}: {error}"
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+        reason = "HF_HUB_OFFLINE=1 and it is not in the HF cache" if offline else f"{type(error).__name__}: {error}"
         raise DataError(missing_message(repo, revision, patterns, config_key, suggest_dir, reason)) from error
     return Path(path), True
 

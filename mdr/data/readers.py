@@ -1,36 +1,13 @@
 """Readers that turn a language's retrieval data into a :class:`RetrievalSplit` (``reader.load(split)``).
 
-* :class:`LocalReader`: ``corpus.jsonl``, ``queries/{split}.jsonl``, ``qrels/{split}.txt`` (TREC
-  ``qid 0 docid grade``), as in ``shared/data/xquad/xquad-sent/<lang>``.
-* :class:`MrTydiReader`: Mr. TyDi v1.1 as published (``castorini/mr-tydi``:
-  ``mrtydi-v1.1-<language>/{train,dev,test}.jsonl.gz``, rows ``query_id, query, positive_passages,
-  negative_passages``; ``castorini/mr-tydi-corpus``: ``mrtydi-v1.1-<language>/corpus.jsonl.gz``), and any set
-  published in the same row schema (Tevatron's MS MARCO passage: ``{split}.jsonl.gz`` + ``corpus.jsonl.gz``).
-* :class:`MiraclReader`: MIRACL v1.0 as published (``miracl/miracl``:
-  ``miracl-v1.0-<lang>/topics/topics.miracl-v1.0-<lang>-<split>.tsv`` (``qid TAB query``) and
-  ``.../qrels/qrels.miracl-v1.0-<lang>-<split>.tsv`` (``qid Q0 docid grade``); ``miracl/miracl-corpus``:
-  ``miracl-corpus-v1.0-<lang>/docs-<i>.jsonl.gz`` shards).
+* :class:`LocalReader`: ``corpus.jsonl``, ``queries/{split}.jsonl``, ``qrels/{split}.txt`` (TREC qrels).
+* :class:`MrTydiReader`: Mr. TyDi v1.1's published rows (``query_id, query, positive_passages,
+  negative_passages``) and corpus, or another set in that schema (Tevatron's MS MARCO passage).
+* :class:`MiraclReader`: MIRACL v1.0's published topics, qrels and corpus shards.
 
-The hub readers take a hub dataset id (fetched at a pinned revision, :mod:`mdr.data.hub`) or a local folder in
-the same layout. Every reader returns the language's corpus as one :class:`~mdr.data.corpus.Corpus`, stored
-once under ``<cache_dir>/corpora/`` and shared by its splits (and by every process that reads it).
-
-What bad input does (every message names ``file:line``):
-
-* errors: a file that is not UTF-8 (the first bad byte's line), malformed JSON or a line that is not an
-  object, a missing key, a null or non-string docid / query id / passage text / query text, an empty query
-  text (it cannot be encoded, and dropping a judged query would change the metric's denominator), a duplicate
-  docid or query id (which one should win is not ours to guess), an empty corpus, a qrels line that is
-  malformed, has a non-integer grade, names a docid not in the corpus or a query id not in the queries file
-  (the two files do not belong together), or repeats a (query, docid) pair with a *different* grade, a
-  Mr. TyDi positive outside the corpus, missing MIRACL corpus shards;
-* accepted: a UTF-8 byte-order mark at the start of any file (read as ``utf-8-sig``); Mr. TyDi's null
-  ``positive_passages`` / ``negative_passages`` (empty lists, as the dataset's own loading script reads them);
-* skipped or normalised, counted and logged once per file: a JSON null title (read as no title: titles are
-  optional in every layout), a qrels line repeating a (query, docid) pair with the *same* grade (nothing is
-  lost), a shipped negative that is not in the corpus (it has no text to train on);
-* kept as they are: grade-0 judgements (judged non-relevant; MIRACL's are also its shipped negatives) and
-  queries without any relevant passage (training skips and counts them).
+The published layouts are read from a hub dataset id (:mod:`mdr.data.hub`) or a local folder. A language's
+corpus is stored once under ``<cache_dir>/corpora/`` and shared by its splits. Bad input raises a
+:class:`DataError` naming ``file:line``; what is tolerated and counted instead is listed in docs/data.md.
 """
 
 from __future__ import annotations
@@ -58,7 +35,7 @@ class RetrievalReader(Protocol):
     """Anything that loads one split of one language."""
 
     def load(self, split: str) -> RetrievalSplit:
-        """Return corpus, queries, qrels (and shipped negatives) for ``split``."""
+        """Corpus, queries, qrels (and shipped negatives) of ``split``."""
         ...
 
     def published_split(self, split: str) -> str:
@@ -74,8 +51,7 @@ class Skips:
 
     def add(self, reason: str, where: str) -> None:
         """Count one ``reason`` seen at ``where`` (``file:line``)."""
-        entry = self.counts.setdefault(reason, [0, where])
-        entry[0] += 1
+        self.counts.setdefault(reason, [0, where])[0] += 1
 
     def log(self, source: str | Path) -> None:
         """One warning per reason."""
@@ -85,11 +61,7 @@ class Skips:
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """``(line number, line)`` of a UTF-8 text file (gzip when the name ends in ``.gz``); a leading BOM is dropped.
-
-    Raises:
-        DataError: ``path: file not found``, ``path:line: not valid UTF-8 ...``, or an unreadable gzip stream.
-    """
+    """``(line number, line)`` of a UTF-8 text file (gzip when named ``*.gz``), a leading BOM dropped."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     opener: Any = gzip.open if path.name.endswith(".gz") else open
@@ -98,22 +70,17 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
         with opener(path, "rb") as handle:
             for number, raw in enumerate(handle, start=1):
                 try:
-                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                    yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
                 except UnicodeDecodeError as error:
                     raise DataError(
                         f"{path}:{number}: not valid UTF-8 (byte {raw[error.start]:#04x} at column {error.start + 1})"
                     ) from error
-                yield number, line
     except (OSError, EOFError, zlib.error) as error:
         raise DataError(f"{path}:{number + 1}: cannot read ({error})") from error
 
 
 def iter_jsonl(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line number, object)`` for each non-blank line of ``path``.
-
-    Raises:
-        DataError: naming ``path:line`` for a line that is not a JSON object or lacks a required key.
-    """
+    """``(line number, object)`` for each non-blank line of ``path``, each a JSON object with the ``required`` keys."""
     for number, line in iter_lines(path):
         if not line.strip():
             continue
@@ -146,11 +113,19 @@ def _string(value: Any, key: str, path: Path, number: int) -> str:
     raise DataError(f"{path}:{number}: {key} is {problem}")
 
 
-def _query_text(value: Any, key: str, path: Path, number: int) -> str:
-    text = _string(value, key, path, number)
+def _add_query(
+    queries: dict[str, Query], lines: dict[str, int], raw_id: Any, text: Any, key: str, path: Path, number: int
+) -> str:
+    """Add a query read at ``path:number`` (a unique id, a non-empty text) to ``queries``; returns its id."""
+    query_id = _identifier(raw_id, key, path, number)
+    if query_id in lines:
+        raise DataError(f"{path}:{number}: duplicate {key} {query_id!r} (first at line {lines[query_id]})")
+    lines[query_id] = number
+    text = _string(text, "query", path, number)
     if not text.strip():
         raise DataError(f"{path}:{number}: empty query text")
-    return text
+    queries[query_id] = Query(query_id, text)
+    return query_id
 
 
 def corpus_rows(paths: Sequence[Path]) -> Iterator[Row]:
@@ -172,22 +147,18 @@ def corpus_rows(paths: Sequence[Path]) -> Iterator[Row]:
 
 
 def read_queries(path: Path) -> dict[str, Query]:
-    """Read ``{"query_id", "query"}`` lines; null/empty query texts and duplicate ids are errors."""
+    """``{"query_id", "query"}`` lines; null/empty query texts and duplicate ids are errors."""
     queries: dict[str, Query] = {}
-    first: dict[str, int] = {}
+    lines: dict[str, int] = {}
     for number, record in iter_jsonl(path, ("query_id", "query")):
-        query_id = _identifier(record["query_id"], "query_id", path, number)
-        if query_id in first:
-            raise DataError(f"{path}:{number}: duplicate query_id {query_id!r} (first at line {first[query_id]})")
-        first[query_id] = number
-        queries[query_id] = Query(query_id, _query_text(record["query"], "query", path, number))
+        _add_query(queries, lines, record["query_id"], record["query"], "query_id", path, number)
     return queries
 
 
 def read_topics(path: Path) -> dict[str, Query]:
-    """Read MIRACL topics, ``qid TAB query`` per line; empty texts and duplicate ids are errors."""
+    """MIRACL topics, ``qid TAB query`` per line; empty texts and duplicate ids are errors."""
     queries: dict[str, Query] = {}
-    first: dict[str, int] = {}
+    lines: dict[str, int] = {}
     for number, line in iter_lines(path):
         line = line.rstrip("\r\n")
         if not line.strip():
@@ -195,21 +166,13 @@ def read_topics(path: Path) -> dict[str, Query]:
         query_id, tab, text = line.partition("\t")
         if not tab:
             raise DataError(f"{path}:{number}: expected 'qid<TAB>query', got {line[:80]!r}")
-        query_id = _identifier(query_id.strip(), "query id", path, number)
-        if query_id in first:
-            raise DataError(f"{path}:{number}: duplicate query id {query_id!r} (first at line {first[query_id]})")
-        first[query_id] = number
-        queries[query_id] = Query(query_id, _query_text(text.strip(), "query", path, number))
+        _add_query(queries, lines, query_id.strip(), text.strip(), "query id", path, number)
     return queries
 
 
 def read_qrels(path: Path, corpus: Mapping[str, Any], queries: Mapping[str, Query], queries_file: str = "") -> Qrels:
-    """Read TREC qrels ``qid iteration docid grade`` (whitespace-separated; grade 0 is kept as judged 0).
-
-    Raises:
-        DataError: naming ``path:line`` for a malformed line, a non-integer grade, a docid not in the corpus,
-            a query id not in ``queries``, or a (query, docid) pair graded twice with different grades.
-    """
+    """TREC qrels ``qid iteration docid grade`` (grade 0 kept as judged non-relevant), checked against the
+    corpus and ``queries``; a (query, docid) pair graded twice with different grades is an error."""
     if not path.is_file():
         raise DataError(f"{path}: qrels file not found")
     qrels: Qrels = {}
@@ -246,13 +209,12 @@ def read_qrels(path: Path, corpus: Mapping[str, Any], queries: Mapping[str, Quer
 
 
 class LocalReader:
-    """Reads the local layout: ``root/corpus.jsonl``, ``root/queries/{split}.jsonl``, ``root/qrels/{split}.txt``.
+    """The local layout: ``root/corpus.jsonl``, ``root/queries/{split}.jsonl``, ``root/qrels/{split}.txt``.
 
     Args:
         root: the language's folder.
-        language: ISO code, only used in error messages.
-        cache_dir: ``paths.cache_dir``, where the corpus is stored (``None``: ``$MDR_CACHE_DIR`` or
-            ``.cache/mdr``).
+        language: ISO code, for messages.
+        cache_dir: ``paths.cache_dir``, where the corpus is stored (None: ``$MDR_CACHE_DIR`` or ``.cache/mdr``).
     """
 
     def __init__(self, root: str | Path, language: str = "", cache_dir: str | Path | None = None) -> None:
@@ -286,7 +248,18 @@ class LocalReader:
 
 
 class _PublishedReader:
-    """What the hub readers share: repo resolution, file checks, the corpus."""
+    """What the hub readers share: the two repos (queries, corpus), their files, the stored corpus.
+
+    Args:
+        queries_repo / corpus_repo: hub dataset id or local folder of the queries and of the corpus.
+        config: the language's name in the file layout; null for a language the set lacks.
+        revision / corpus_revision: hub revisions of the two repos (ignored for local folders).
+        split_names: mdr split -> published split (``test`` -> ``dev`` for a set without test labels).
+        language: ISO code, for messages.
+        cache_dir: ``paths.cache_dir`` (stored corpora; suggested download folder).
+        config_prefix: where these keys sit in the config, for messages (``data``).
+        published: the canonical hub ids, named in the download command when a local folder is missing.
+    """
 
     published: tuple[str, str] = ("", "")
     queries_patterns: tuple[str, ...] = ()
@@ -305,19 +278,16 @@ class _PublishedReader:
         config_prefix: str = "data",
         published: Sequence[str] | None = None,
     ) -> None:
-        self.queries_repo = str(queries_repo)
-        self.corpus_repo = str(corpus_repo)
+        self.queries_repo, self.corpus_repo = str(queries_repo), str(corpus_repo)
         self.config = config
-        self.revision = revision
-        self.corpus_revision = corpus_revision
+        self.revision, self.corpus_revision = revision, corpus_revision
         self.split_names = dict(split_names or {})
         self.language = language
         self.cache_dir = Path(cache_dir).expanduser().resolve() if cache_dir is not None else default_cache_dir()
         self.config_prefix = config_prefix
         if published is not None:
             self.published = (str(published[0]), str(published[1]))
-        uses_config = any("{config}" in p for p in (*self.queries_patterns, *self.corpus_patterns))
-        if uses_config and not config:
+        if not config and any("{config}" in p for p in (*self.queries_patterns, *self.corpus_patterns)):
             raise DataError(
                 f"language {language!r} has no config in {self.published[0] or self.queries_repo} "
                 f"(conf/language/{language}.yaml sets it to null)"
@@ -332,8 +302,7 @@ class _PublishedReader:
         else:
             patterns, repo, revision, published = self.corpus_patterns, self.corpus_repo, self.corpus_revision, 1
         filled = [p.format(config=self.config, split="*") for p in patterns]
-        key = f"{self.config_prefix}.{role}_repo"
-        return repo, revision, filled, key, self.published[published] or repo
+        return repo, revision, filled, f"{self.config_prefix}.{role}_repo", self.published[published] or repo
 
     def _folder(self, role: str) -> tuple[Path, bool]:
         if role not in self._folders:
@@ -380,20 +349,11 @@ class MrTydiReader(_PublishedReader):
     """Mr. TyDi v1.1 (or another set in its row schema) from its published files.
 
     Positives and shipped negatives (Mr. TyDi: BM25 top-30 minus positives) come from each row's
-    ``positive_passages`` / ``negative_passages``; texts come from the corpus. See the module docstring for
-    what happens to bad rows.
+    ``positive_passages`` / ``negative_passages``, texts from the corpus.
 
     Args:
-        queries_repo: hub dataset id or local folder with the query rows (``castorini/mr-tydi``).
-        corpus_repo: hub dataset id or local folder with the corpus (``castorini/mr-tydi-corpus``).
-        config: the language's name in the file layout (``swahili``); null for a language the set lacks.
-        revision / corpus_revision: hub revisions of the two repos (ignored for local folders).
         queries_file / corpus_file: layout, with ``{config}`` and ``{split}`` filled in.
-        split_names: mdr split -> published split (``test`` -> ``dev`` for a set without test labels).
-        language: ISO code, for messages.
-        cache_dir: ``paths.cache_dir`` (stored corpora; suggested download folder).
-        config_prefix: where these keys sit in the config, for messages (``data``).
-        published: the canonical hub ids, named in the download command when a local folder is missing.
+        others: as :class:`_PublishedReader` (``config`` the language's long name, ``swahili``).
     """
 
     published = ("castorini/mr-tydi", "castorini/mr-tydi-corpus")
@@ -407,28 +367,11 @@ class MrTydiReader(_PublishedReader):
         corpus_revision: str | None = None,
         queries_file: str = "mrtydi-v1.1-{config}/{split}.jsonl.gz",
         corpus_file: str = "mrtydi-v1.1-{config}/corpus.jsonl.gz",
-        split_names: Mapping[str, str] | None = None,
-        language: str = "",
-        cache_dir: str | Path | None = None,
-        config_prefix: str = "data",
-        published: Sequence[str] | None = None,
+        **options: Any,
     ) -> None:
-        self.queries_file = queries_file
-        self.corpus_file = corpus_file
-        self.queries_patterns = (queries_file,)
-        self.corpus_patterns = (corpus_file,)
-        super().__init__(
-            queries_repo,
-            corpus_repo,
-            config,
-            revision,
-            corpus_revision,
-            split_names,
-            language,
-            cache_dir,
-            config_prefix,
-            published,
-        )
+        self.queries_file, self.corpus_file = queries_file, corpus_file
+        self.queries_patterns, self.corpus_patterns = (queries_file,), (corpus_file,)
+        super().__init__(queries_repo, corpus_repo, config, revision, corpus_revision, **options)
 
     def corpus_files(self) -> list[Path]:
         return [self._file("corpus", self.corpus_file.format(config=self.config))]
@@ -438,16 +381,12 @@ class MrTydiReader(_PublishedReader):
         path = self._file("queries", self.queries_file.format(config=self.config, split=self.published_split(split)))
         corpus = self.corpus()
         queries: dict[str, Query] = {}
-        first: dict[str, int] = {}
+        lines: dict[str, int] = {}
         qrels: Qrels = {}
         negatives: dict[str, list[str]] = {}
         skips = Skips()
         for number, record in iter_jsonl(path, ("query_id", "query")):
-            query_id = _identifier(record["query_id"], "query_id", path, number)
-            if query_id in first:
-                raise DataError(f"{path}:{number}: duplicate query_id {query_id!r} (first at line {first[query_id]})")
-            first[query_id] = number
-            queries[query_id] = Query(query_id, _query_text(record["query"], "query", path, number))
+            query_id = _add_query(queries, lines, record["query_id"], record["query"], "query_id", path, number)
             positives = _row_docids(record, "positive_passages", path, number)
             for docid in positives:
                 if docid not in corpus:
@@ -487,13 +426,10 @@ _SHARD = re.compile(r"docs-(\d+)\.jsonl\.gz")
 
 
 class MiraclReader(_PublishedReader):
-    """MIRACL v1.0 from its published topics, qrels and corpus shards.
+    """MIRACL v1.0 from its published topics, qrels and corpus shards (``config``: the language code, ``sw``).
 
-    Grade-0 judgements are kept in the qrels (judged non-relevant) and are also the split's shipped negatives,
-    as the dataset's own loading script exposes them (``negative_passages``). MIRACL's labelled evaluation
-    split is ``dev`` (``split_names: {test: dev}`` in ``conf/data/miracl.yaml``).
-
-    Args: as :class:`MrTydiReader`, with ``config`` the MIRACL language code (``sw``).
+    Grade-0 judgements stay in the qrels (judged non-relevant) and are also the split's shipped negatives, as
+    the dataset's own loading script exposes them. MIRACL's labelled evaluation split is ``dev``.
     """
 
     published = ("miracl/miracl", "miracl/miracl-corpus")
@@ -521,10 +457,9 @@ class MiraclReader(_PublishedReader):
 
     def load(self, split: str) -> RetrievalSplit:
         """Load ``split``: topics, qrels (grades as published) and grade-0 judgements as shipped negatives."""
-        name = self.published_split(split)
-        base = f"miracl-v1.0-{self.config}"
-        topics = self._file("queries", f"{base}/topics/topics.miracl-v1.0-{self.config}-{name}.tsv")
-        qrels_path = self._file("queries", f"{base}/qrels/qrels.miracl-v1.0-{self.config}-{name}.tsv")
+        name = f"miracl-v1.0-{self.config}-{self.published_split(split)}.tsv"
+        topics = self._file("queries", f"miracl-v1.0-{self.config}/topics/topics.{name}")
+        qrels_path = self._file("queries", f"miracl-v1.0-{self.config}/qrels/qrels.{name}")
         corpus = self.corpus()
         queries = read_topics(topics)
         qrels = read_qrels(qrels_path, corpus, queries, str(topics))
