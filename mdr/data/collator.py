@@ -1,8 +1,5 @@
-"""Tokenise training examples into a :class:`BiEncoderBatch`: passages laid out per query as [pos, negs...].
-
-Texts are tokenised unpadded, sorted by length and cut into chunks padded only to their own longest text, so the
-encoder's work follows the real token counts; :meth:`PackedTexts.unpack` restores the original order.
-"""
+"""Tokenise training examples into a :class:`BiEncoderBatch`: passages laid out per query as [pos, negs...],
+texts in length-sorted chunks padded only to their own longest text."""
 
 from __future__ import annotations
 
@@ -53,9 +50,7 @@ class PackedTexts:
     def unpack(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Concatenate per-chunk outputs (n_c, dim) and return them in the original order, (N, dim)."""
         stacked = torch.cat(list(outputs), dim=0)  # (N, dim) in sorted order
-        inverse = torch.empty_like(self.order)
-        inverse[self.order] = torch.arange(len(self.order), device=self.order.device)
-        return stacked[inverse.to(stacked.device)]  # (N, dim) in the original order
+        return stacked[torch.argsort(self.order).to(stacked.device)]  # (N, dim) in the original order
 
     def to(self, device: torch.device | str) -> PackedTexts:
         """A copy with every tensor on ``device``."""
@@ -64,10 +59,7 @@ class PackedTexts:
 
 
 def token_ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> list[np.ndarray]:
-    """Each text's token ids, truncated at ``max_length``, special tokens included: (len_i,) int32 per text.
-
-    All :func:`pack_ids` needs: an unpadded text's attention mask is all ones and its token type ids all zeros.
-    """
+    """Each text's token ids, truncated at ``max_length``, special tokens included: (len_i,) int32 per text."""
     encoded = tokenizer(
         list(texts), truncation=True, max_length=max_length, return_attention_mask=False, return_token_type_ids=False
     )

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import weakref
 from array import array
-from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,17 +24,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mdr.utils.cache import (
-    CacheError,
-    cache_lock,
-    check_manifest,
-    content_digest,
-    digests_dir,
-    manifest,
-    remove_stale_builds,
-    staging_name,
-    verify_level,
-)
+from mdr.utils import cache
+from mdr.utils.cache import CacheError
 from mdr.utils.errors import DataError
 from mdr.utils.io import atomic_write_json
 from mdr.utils.logging import get_logger
@@ -79,8 +70,8 @@ def encoded_text(title: str, text: str, prefix: str = "") -> str:
 def source_key(paths: Sequence[Path], parser: str, cache_dir: str | Path | None = None) -> str:
     """A short hash naming a corpus built from ``paths`` by ``parser``: the files' contents in order, not their paths
     (each file's digest is remembered under ``<cache_dir>/digests`` while its size, mtime and inode stay)."""
-    memo = digests_dir(cache_dir) if cache_dir is not None else None
-    files = [content_digest(path, memo) for path in paths]
+    memo = cache.digests_dir(cache_dir) if cache_dir is not None else None
+    files = [cache.content_digest(path, memo) for path in paths]
     payload = json.dumps({"format": FORMAT_VERSION, "parser": parser, "files": files}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -126,7 +117,7 @@ def _write(rows: Iterable[Row], folder: Path, sources: Sequence[str]) -> None:
     np.save(folder / HASHES_FILE, sorted_keys)
     np.save(folder / ROWS_FILE, order.astype(np.int64))
     meta = dict(format=FORMAT_VERSION, rows=count, batch_rows=BATCH_ROWS, fingerprint=digest.hexdigest()[:32])
-    meta.update(sources=list(sources), **manifest(folder, [ARROW_FILE, HASHES_FILE, ROWS_FILE]))
+    meta.update(sources=list(sources), **cache.manifest(folder, [ARROW_FILE, HASHES_FILE, ROWS_FILE]))
     atomic_write_json(folder / META_FILE, meta)
 
 
@@ -157,12 +148,6 @@ class _Store:
         offsets, data = self.columns(batch)[column]
         return str(data[offsets[local] : offsets[local + 1]], "utf-8")
 
-    def batches(self) -> Iterator[tuple[list[str], list[str], list[str]]]:
-        """(docids, titles, texts) of each record batch, in row order."""
-        for batch in range(self.reader.num_record_batches):
-            docids, titles, texts = (column.to_pylist() for column in self.reader.get_batch(batch).columns)
-            yield docids, titles, texts
-
 
 class Corpus(Mapping[str, Passage]):
     """A read-only docid -> :class:`Passage` mapping over a stored, memory-mapped corpus, plus row access.
@@ -183,7 +168,7 @@ class Corpus(Mapping[str, Passage]):
             raise CacheError(f"{meta_path}: cannot be read ({error}); {clear}") from error
         if self._meta.get("format") != FORMAT_VERSION:
             raise CacheError(f"{self.folder}: corpus format {self._meta.get('format')}, expected {FORMAT_VERSION}")
-        problem = check_manifest(self.folder, self._meta, verify_level(level))
+        problem = cache.check_manifest(self.folder, self._meta, cache.verify_level(level))
         if problem is not None:
             raise CacheError(f"stored corpus {self.folder}: {problem}; {clear}")
         self._len = int(self._meta["rows"])
@@ -215,12 +200,12 @@ class Corpus(Mapping[str, Passage]):
         if corpus is not None:
             return corpus
         waiting = f"another process is storing the corpus at {folder}; waiting for it"
-        with cache_lock(folder.with_name(folder.name + ".lock"), waiting):
+        with cache.cache_lock(folder.with_name(folder.name + ".lock"), waiting):
             corpus = cls._reuse(folder)
             if corpus is not None:
                 return corpus
-            remove_stale_builds(folder.parent, f"{folder.name}.tmp-*")  # left by killed builders
-            staging = folder.with_name(staging_name(folder.name))
+            cache.remove_stale_builds(folder.parent, f"{folder.name}.tmp-*")  # left by killed builders
+            staging = folder.with_name(cache.staging_name(folder.name))
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir()
             try:
@@ -285,8 +270,8 @@ class Corpus(Mapping[str, Passage]):
         return self._len
 
     def __iter__(self) -> Iterator[str]:
-        for docids, _, _ in self._store.batches():
-            yield from docids
+        for batch in range(self._store.reader.num_record_batches):
+            yield from self._store.reader.get_batch(batch).column(0).to_pylist()
 
     def __getitem__(self, docid: str) -> Passage:
         return self.passage(self.row(docid))
@@ -301,16 +286,6 @@ class Corpus(Mapping[str, Passage]):
         if isinstance(other, Corpus):
             return self.fingerprint() == other.fingerprint()
         return super().__eq__(other)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def items(self) -> ItemsView[str, Passage]:
-        """(docid, passage) pairs in row order, read batch by batch."""
-        return _Items(self)
-
-    def values(self) -> ValuesView[Passage]:
-        """Passages in row order, read batch by batch."""
-        return _Values(self)
 
     def __repr__(self) -> str:
         return f"Corpus({self._len} passages at {self.folder})"
@@ -359,27 +334,6 @@ class Corpus(Mapping[str, Passage]):
     def fingerprint(self) -> str:
         """A content hash of every (docid, title, text) in row order, computed once when the corpus was stored."""
         return str(self._meta["fingerprint"])
-
-    @property
-    def sources(self) -> list[str]:
-        """The files the corpus was read from (``["records"]`` for :meth:`from_records`)."""
-        return list(self._meta["sources"])
-
-
-class _Items(ItemsView):
-    _mapping: Corpus
-
-    def __iter__(self) -> Iterator[tuple[str, Passage]]:
-        for docids, titles, texts in self._mapping._store.batches():
-            for docid, title, text in zip(docids, titles, texts):
-                yield docid, Passage(docid, text, title)
-
-
-class _Values(ValuesView):
-    _mapping: Corpus
-
-    def __iter__(self) -> Iterator[Passage]:
-        return (passage for _, passage in _Items(self._mapping))
 
 
 def _record_rows(records: Iterable[Passage | Mapping[str, Any]]) -> Iterator[Row]:

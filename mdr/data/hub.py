@@ -7,15 +7,14 @@ id, fetched with ``snapshot_download`` at a pinned revision into the HF cache, o
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from mdr.data.schema import DataError
-from mdr.utils.logging import get_logger
-
-log = get_logger(__name__)
 
 
 def looks_local(repo: str) -> bool:
@@ -30,42 +29,67 @@ def download_command(repo: str, revision: str | None, patterns: Sequence[str], l
         words += ["--revision", revision]
     for pattern in patterns:
         words += ["--include", pattern]
-    words += ["--local-dir", str(local_dir)]
-    return shlex.join(words)
+    return shlex.join([*words, "--local-dir", str(local_dir)])
 
 
-def dataset_folder(
-    repo: str, revision: str | None, patterns: Sequence[str], config_key: str, suggest_dir: Path
-) -> tuple[Path, bool]:
-    """A folder holding ``patterns`` (globs) of ``repo`` (a folder or a hub id), and whether it came from the hub.
+@dataclass(frozen=True)
+class DatasetFiles:
+    """The files ``patterns`` (globs) of one dataset: a local folder or a hub id (``repo``), set by config ``key``.
 
-    A missing folder, or a hub id neither fetched nor cached, is a DataError naming ``config_key`` (and for a hub id
-    the ``hf download`` command into ``suggest_dir``).
+    Attributes:
+        published: the canonical hub id, named in the download command for a missing local folder.
+        suggest_dir: where messages suggest downloading hub files to.
     """
-    if looks_local(repo):
-        folder = Path(repo).expanduser().resolve()
-        if not folder.is_dir():
-            raise DataError(f"{config_key}={repo}: no such folder")
-        return folder, False
-    from huggingface_hub import snapshot_download
 
-    try:
-        path = snapshot_download(repo_id=repo, repo_type="dataset", revision=revision, allow_patterns=list(patterns))
-    except Exception as error:  # offline, no network, unknown repo/revision, gated repo: one clear message
-        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-        reason = "HF_HUB_OFFLINE=1 and it is not in the HF cache" if offline else f"{type(error).__name__}: {error}"
-        raise DataError(missing_message(repo, revision, patterns, config_key, suggest_dir, reason)) from error
-    return Path(path), True
+    repo: str
+    revision: str | None
+    patterns: tuple[str, ...]
+    key: str
+    published: str
+    suggest_dir: Path
 
+    @functools.cached_property
+    def folder(self) -> tuple[Path, bool]:
+        """The folder holding the files (fetched once from the hub), and whether it came from the hub."""
+        if looks_local(self.repo):
+            folder = Path(self.repo).expanduser().resolve()
+            if not folder.is_dir():
+                command = download_command(self.published, self.revision, self.patterns, folder)
+                raise DataError(
+                    f"{self.key}={self.repo}: no such folder; to fetch the published files there run\n  {command}"
+                )
+            return folder, False
+        from huggingface_hub import snapshot_download
 
-def missing_message(
-    repo: str, revision: str | None, patterns: Sequence[str], config_key: str, suggest_dir: Path, reason: str
-) -> str:
-    """The error text for files of ``repo`` that could not be had, with the command that gets them."""
-    local = suggest_dir / repo
-    return (
-        f"{config_key}={repo} (revision {revision or 'main'}): the files {list(patterns)} could not be read "
-        f"({reason}). On a machine with network access run\n"
-        f"  {download_command(repo, revision, patterns, local)}\n"
-        f"then (after copying that folder here if needed) pass {config_key}={local}"
-    )
+        try:
+            path = snapshot_download(
+                repo_id=self.repo, repo_type="dataset", revision=self.revision, allow_patterns=list(self.patterns)
+            )
+        except Exception as error:  # offline, no network, unknown repo/revision, gated repo: one clear message
+            offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+            reason = "HF_HUB_OFFLINE=1 and it is not in the HF cache" if offline else f"{type(error).__name__}: {error}"
+            raise DataError(self.missing(reason)) from error
+        return Path(path), True
+
+    def file(self, relative: str) -> Path:
+        """``relative`` inside :attr:`folder`; a DataError with the command that fetches it when absent."""
+        folder, from_hub = self.folder
+        path = folder / relative
+        if path.is_file():
+            return path
+        if from_hub:
+            raise DataError(self.missing(f"{relative} is not in the snapshot {folder}"))
+        command = download_command(self.published, self.revision, self.patterns, folder)
+        raise DataError(
+            f"{path}: file not found ({self.key}={self.repo}); to fetch the published files run\n  {command}"
+        )
+
+    def missing(self, reason: str) -> str:
+        """The error text for hub files that could not be had (``reason``), with the command that gets them."""
+        local = self.suggest_dir / self.repo
+        return (
+            f"{self.key}={self.repo} (revision {self.revision or 'main'}): the files {list(self.patterns)} could not "
+            f"be read ({reason}). On a machine with network access run\n"
+            f"  {download_command(self.repo, self.revision, self.patterns, local)}\n"
+            f"then (after copying that folder here if needed) pass {self.key}={local}"
+        )

