@@ -27,17 +27,11 @@ def docid_hash(docid: str) -> int:
 
 @dataclass(frozen=True)
 class PackedTexts:
-    """N tokenised texts as length-sorted chunks, each padded to its own longest text.
+    """N tokenised texts as length-sorted chunks, each padded to its own longest text."""
 
-    Attributes:
-        chunks: model inputs (``input_ids``, ``attention_mask``, ...), chunk c of shape (n_c, len_c).
-        order: (N,) the original position of each row of the concatenated chunk outputs.
-        real_tokens: non-padding tokens over all chunks.
-    """
-
-    chunks: list[dict[str, torch.Tensor]]
-    order: torch.Tensor
-    real_tokens: int
+    chunks: list[dict[str, torch.Tensor]]  # model inputs, chunk c of shape (n_c, len_c)
+    order: torch.Tensor  # (N,) the original position of each row of the concatenated chunk outputs
+    real_tokens: int  # non-padding tokens over all chunks
 
     def __len__(self) -> int:
         return int(self.order.shape[0])
@@ -83,12 +77,8 @@ def pack_ids(
     chunk_size: int | None = None,
     chunk_tokens: int = 4096,
 ) -> PackedTexts:
-    """Token ids of N texts as length-sorted chunks, each padded to its own longest text.
-
-    Args:
-        chunk_size: texts per chunk (GradCache's unit); None: a chunk grows while (texts x its longest length)
-            stays within ``chunk_tokens``.
-    """
+    """Token ids of N texts as length-sorted chunks of ``chunk_size`` texts (None: a chunk grows while texts x its
+    longest length stays within ``chunk_tokens``), each padded to its own longest text."""
     lengths = [len(row) for row in ids]
     order = sorted(range(len(ids)), key=lengths.__getitem__)
     groups: list[list[int]] = []
@@ -149,21 +139,13 @@ class TokenCache:
 
 @dataclass(frozen=True)
 class BiEncoderBatch:
-    """One training batch.
+    """One training batch: Q queries with 1 + k passages each, docids compared as :func:`docid_hash` values."""
 
-    Attributes:
-        queries: Q tokenised queries.
-        passages: Q * (1 + k) tokenised passages, query i's positive at position i * (1 + k).
-        group_size: 1 + k.
-        passage_ids: (Q * (1 + k),) :func:`docid_hash` of each passage, in passage order.
-        positive_ids: (Q, P) :func:`docid_hash` of each query's judged positives, padded with -1.
-    """
-
-    queries: PackedTexts
-    passages: PackedTexts
-    group_size: int
-    passage_ids: torch.Tensor
-    positive_ids: torch.Tensor
+    queries: PackedTexts  # Q queries
+    passages: PackedTexts  # Q * (1 + k), query i's positive at position i * (1 + k)
+    group_size: int  # 1 + k
+    passage_ids: torch.Tensor  # (Q * (1 + k),) each passage's docid hash
+    positive_ids: torch.Tensor  # (Q, P) the docid hashes of each query's judged positives, padded with -1
 
     @property
     def num_queries(self) -> int:
@@ -182,14 +164,8 @@ class BiEncoderBatch:
 
 
 class BiEncoderCollator:
-    """Turns a list of examples into a :class:`BiEncoderBatch`.
-
-    Args:
-        corpus: docid -> passage, the texts of positives and negatives.
-        query_prefix / passage_prefix: put before each text (E5 wants ``"query: "`` / ``"passage: "``).
-        chunk_size / chunk_tokens: how texts are cut into chunks (:func:`pack_ids`).
-        token_cache: passages whose token ids are kept for their next draw (0: none).
-    """
+    """Turns a list of examples into a :class:`BiEncoderBatch`, passage texts looked up in ``corpus``; chunks as
+    :func:`pack_ids` cuts them; ``token_cache`` passages' token ids kept for their next draw (0: none)."""
 
     def __init__(
         self,

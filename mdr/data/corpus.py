@@ -150,11 +150,8 @@ class _Store:
 
 
 class Corpus(Mapping[str, Passage]):
-    """A read-only docid -> :class:`Passage` mapping over a stored, memory-mapped corpus, plus row access.
-
-    Iteration yields docids in row order (the order of the source files). Build one with :meth:`from_records`
-    (tests, small sets) or :meth:`build_cached` (readers); open a stored ``folder`` directly.
-    """
+    """A read-only docid -> :class:`Passage` mapping over a stored, memory-mapped corpus, in row order (the order
+    of the source files), plus row access. Built by :meth:`from_records` or :meth:`build_cached`."""
 
     def __init__(self, folder: str | Path, level: str = "size") -> None:
         self.folder = Path(folder)
@@ -187,13 +184,8 @@ class Corpus(Mapping[str, Passage]):
     def build_cached(
         cls, rows: Callable[[], Iterable[Row]], sources: Sequence[Path], parser: str, cache_dir: str | Path | None
     ) -> Corpus:
-        """The corpus of ``sources`` stored under ``<cache_dir>/corpora/<source key>/``, built now if absent.
-
-        Args:
-            rows: streams the validated rows; called only when the corpus must be built.
-            parser: names how ``rows`` reads the sources; a change of parsing rules must change it.
-            cache_dir: ``paths.cache_dir`` (None: :func:`default_cache_dir`).
-        """
+        """The corpus of ``sources`` stored under ``<cache_dir>/corpora/<source key>/``, built from ``rows()`` now
+        if absent (``parser`` names how ``rows`` reads the sources: a change of parsing rules must change it)."""
         root = Path(cache_dir).expanduser().resolve() if cache_dir is not None else default_cache_dir()
         folder = root / "corpora" / source_key(sources, parser, root)
         corpus = cls._reuse(folder)

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from mdr.data.collator import BiEncoderBatch, BiEncoderCollator, PackedTexts
 from mdr.data.negatives import HardNegativePools, NegativeSampler, SamplingStats
-from mdr.data.schema import RetrievalSplit, TrainingExample
+from mdr.data.schema import RetrievalSplit
 from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -23,8 +23,7 @@ class _SkippedBatches:
     """A batch sampler that leaves out its first ``skip`` batches of indices (nothing is read or collated for them)."""
 
     def __init__(self, batch_sampler: Any, skip: int) -> None:
-        self.batch_sampler = batch_sampler
-        self.skip = skip
+        self.batch_sampler, self.skip = batch_sampler, skip
 
     def __iter__(self) -> Iterator[list[int]]:
         return itertools.islice(iter(self.batch_sampler), self.skip, None)
@@ -60,14 +59,9 @@ class ResumingDataLoader(DataLoader):
 class RetrievalDataModule(pl.LightningDataModule):
     """Serves one epoch of training examples at a time, its negatives and order functions of (seed, epoch).
 
-    The trainer reloads the loader every epoch. A checkpoint records how many of the epoch's batches were trained
-    (:meth:`state_dict`); resumed from a mid-epoch checkpoint, every loader of that epoch serves the batches after
-    those. Lightning asks for a loader before it restores the loop's epoch too: that one skips nothing.
-
-    Args:
-        pools: query_id -> hard-negative candidates.
-        batch_size: queries per batch (per device).
-        seed: seeds the shuffle, together with the epoch.
+    A checkpoint records how many of the epoch's batches were trained (:meth:`state_dict`); resumed from a mid-epoch
+    checkpoint, every loader of that epoch serves the batches after those (the one Lightning asks for before it
+    restores the loop's epoch skips nothing). ``batch_size``: queries per batch and device.
     """
 
     def __init__(
@@ -86,16 +80,11 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.last_stats: SamplingStats | None = None
         self._resume: dict[str, int] | None = None  # a mid-epoch checkpoint's position, until its epoch is served
 
-    def examples_for_epoch(self, epoch: int) -> list[TrainingExample]:
-        """The epoch's training examples, with its negatives."""
-        examples, self.last_stats = self.sampler.examples(self.train_split, self.pools, epoch)
-        return examples
-
     def dataloader_for_epoch(self, epoch: int, skip_batches: int = 0) -> DataLoader:
         """A loader over the epoch's examples in an order that depends only on (seed, epoch), less its first
         ``skip_batches`` batches (per process). Shuffled here, not by a sampler whose generator would advance
         with each iteration of the loader; under DDP, Lightning's DistributedSampler deals this order out."""
-        examples = self.examples_for_epoch(epoch)
+        examples, self.last_stats = self.sampler.examples(self.train_split, self.pools, epoch)
         random.Random(f"{self.seed}:{epoch}:order").shuffle(examples)
         return ResumingDataLoader(
             examples,
@@ -124,12 +113,11 @@ class RetrievalDataModule(pl.LightningDataModule):
         if epoch > resume["epoch"]:
             self._resume = None  # its epoch is over
             return 0
+        done = resume["batches_done"]
         log.info(
-            "epoch %d: its loader leaves out the first %d batch(es), trained before the checkpoint",
-            epoch + 1,
-            resume["batches_done"],
+            "epoch %d: its loader leaves out the first %d batch(es), trained before the checkpoint", epoch + 1, done
         )
-        return resume["batches_done"]
+        return done
 
     def state_dict(self) -> dict[str, Any]:
         """Where training stands in the epoch (saved in every checkpoint): epoch, batches done, batches in it."""

@@ -1,9 +1,5 @@
-"""Per-epoch negatives: ``round(p * k)`` from the query's hard-negative pool, the rest random from the corpus.
-
-``p`` is ``hard_proportion`` and ``k`` ``num_negatives``. With ``p = 0`` this is standard (random)
-negative sampling; with ``p = 1`` every negative is mined. Draws are deterministic per
-``(seed, epoch, query_id)`` and never include a positive.
-"""
+"""Per-epoch negatives: ``p * k`` from the query's hard-negative pool, the rest random from the corpus, never a
+positive, deterministic per ``(seed, epoch, query_id)`` (``p``: ``hard_proportion``, ``k``: ``num_negatives``)."""
 
 from __future__ import annotations
 
@@ -63,14 +59,9 @@ class PartedSplit(Protocol):
 
 
 class NegativeSampler:
-    """Draws each training query's k negatives for one epoch.
-
-    Args:
-        num_negatives: k, negatives per query (0 trains on in-batch negatives only).
-        hard_proportion: p in [0, 1], the share of the k negatives taken from the hard pool.
-        strict: a query whose pool holds fewer than p * k usable candidates is an error (else they are replaced
-            by random ones and counted).
-    """
+    """Draws each training query's k (``num_negatives``) negatives for one epoch, p (``hard_proportion``) of them
+    from its hard pool; with ``strict``, a pool short of p * k usable candidates is an error (else random ones
+    replace the missing and are counted)."""
 
     def __init__(self, num_negatives: int, hard_proportion: float, seed: int = 0, strict: bool = False) -> None:
         if not 0.0 <= float(hard_proportion) <= 1.0:
@@ -80,10 +71,8 @@ class NegativeSampler:
         problem = proportion_problem(float(hard_proportion), int(num_negatives))
         if problem:
             raise ValueError(problem)
-        self.num_negatives = int(num_negatives)
-        self.hard_proportion = float(hard_proportion)
-        self.seed = int(seed)
-        self.strict = strict
+        self.num_negatives, self.hard_proportion = int(num_negatives), float(hard_proportion)
+        self.seed, self.strict = int(seed), strict
         self.num_hard = num_hard(self.hard_proportion, self.num_negatives)
 
     def _rng(self, epoch: int, query_id: str) -> random.Random:

@@ -1,13 +1,6 @@
-"""Readers that turn a language's retrieval data into a :class:`RetrievalSplit` (``reader.load(split)``).
-
-* :class:`LocalReader`: ``corpus.jsonl``, ``queries/{split}.jsonl``, ``qrels/{split}.txt`` (TREC qrels).
-* :class:`MrTydiReader`: Mr. TyDi v1.1's published rows (``query_id, query, positive_passages,
-  negative_passages``) and corpus, or another set in that schema (Tevatron's MS MARCO passage).
-* :class:`MiraclReader`: MIRACL v1.0's published topics, qrels and corpus shards.
-
-The published layouts are read from a hub dataset id (:mod:`mdr.data.hub`) or a local folder. A language's
-corpus is stored once under ``<cache_dir>/corpora/`` and shared by its splits. Bad input raises a
-:class:`DataError` naming ``file:line``; what is tolerated and counted instead is listed in docs/data.md.
+"""Readers that turn a language's retrieval data into a :class:`RetrievalSplit` (``reader.load(split)``): the local
+layout, Mr. TyDi (and sets in its row schema: MS MARCO) and MIRACL as published. Bad input raises a DataError naming
+``file:line``; what is tolerated and counted instead is listed in docs/data.md.
 """
 
 from __future__ import annotations
@@ -43,21 +36,17 @@ class RetrievalReader(Protocol):
         ...
 
 
-class Skips:
-    """Counts of rows skipped or normalised, with the first place each happened, logged as warnings."""
+Skips = dict[str, list[Any]]
+"""Rows skipped or normalised: reason -> [count, first ``file:line``]."""
 
-    def __init__(self) -> None:
-        self.counts: dict[str, list[Any]] = {}
 
-    def add(self, reason: str, where: str) -> None:
-        """Count one ``reason`` seen at ``where`` (``file:line``)."""
-        self.counts.setdefault(reason, [0, where])[0] += 1
+def _skip(skips: Skips, reason: str, where: str) -> None:
+    skips.setdefault(reason, [0, where])[0] += 1
 
-    def log(self, source: str | Path) -> None:
-        """One warning per reason."""
-        for reason, (count, first) in self.counts.items():
-            log.warning("%s: %d %s (first at %s)", source, count, reason, first)
-        self.counts.clear()
+
+def _log_skips(source: Path, skips: Skips) -> None:
+    for reason, (count, first) in skips.items():
+        log.warning("%s: %d %s (first at %s)", source, count, reason, first)
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -131,19 +120,19 @@ def _add_query(
 def corpus_rows(paths: Sequence[Path]) -> Iterator[Row]:
     """Validated ``(docid, title, text, file index, line)`` rows of ``{"docid", "text", ["title"]}`` JSONL files."""
     for index, path in enumerate(paths):
-        skips = Skips()
+        skips: Skips = {}
         for number, record in iter_jsonl(path, ("docid", "text")):
             docid = _identifier(record["docid"], "docid", path, number)
             text = _string(record["text"], "text", path, number)
             title = record.get("title")
             if title is None:
                 if "title" in record:
-                    skips.add("null titles read as no title", f"{path}:{number}")
+                    _skip(skips, "null titles read as no title", f"{path}:{number}")
                 title = ""
             elif not isinstance(title, str):
                 raise DataError(f"{path}:{number}: title is a {type(title).__name__}, not a string")
             yield docid, title, text, index, number
-        skips.log(path)
+        _log_skips(path, skips)
 
 
 def read_queries(path: Path) -> dict[str, Query]:
@@ -177,7 +166,7 @@ def read_qrels(path: Path, corpus: Mapping[str, Any], queries: Mapping[str, Quer
         raise DataError(f"{path}: qrels file not found")
     qrels: Qrels = {}
     seen: dict[tuple[str, str], tuple[int, int]] = {}
-    skips = Skips()
+    skips: Skips = {}
     for number, line in iter_lines(path):
         fields = line.split()
         if not fields:
@@ -200,11 +189,11 @@ def read_qrels(path: Path, corpus: Mapping[str, Any], queries: Mapping[str, Quer
                     f"{path}:{number}: query {query_id!r} docid {docid!r} graded {value} here and {previous[0]} "
                     f"at line {previous[1]}"
                 )
-            skips.add("repeated qrels lines (same query, docid and grade) skipped", f"{path}:{number}")
+            _skip(skips, "repeated qrels lines (same query, docid and grade) skipped", f"{path}:{number}")
             continue
         seen[(query_id, docid)] = (value, number)
         qrels.setdefault(query_id, {})[docid] = value
-    skips.log(path)
+    _log_skips(path, skips)
     return qrels
 
 
@@ -214,8 +203,7 @@ class _Reader:
     cache_dir: str | Path | None = None
     _corpus: Corpus | None = None
 
-    def corpus_files(self) -> list[Path]:
-        """The corpus files of the language, in order."""
+    def corpus_files(self) -> list[Path]:  # the language's corpus files, in order
         raise NotImplementedError
 
     def corpus(self) -> Corpus:
@@ -231,13 +219,8 @@ class _Reader:
 
 
 class LocalReader(_Reader):
-    """The local layout: ``root/corpus.jsonl``, ``root/queries/{split}.jsonl``, ``root/qrels/{split}.txt``.
-
-    Args:
-        root: the language's folder.
-        language: ISO code, for messages.
-        cache_dir: ``paths.cache_dir``, where the corpus is stored (None: ``$MDR_CACHE_DIR`` or ``.cache/mdr``).
-    """
+    """The local layout: ``root/corpus.jsonl``, ``root/queries/{split}.jsonl``, ``root/qrels/{split}.txt``
+    (``language``: the ISO code, for messages; ``cache_dir``: ``paths.cache_dir``, where the corpus is stored)."""
 
     def __init__(self, root: str | Path, language: str = "", cache_dir: str | Path | None = None) -> None:
         self.root, self.language, self.cache_dir = Path(root), language, cache_dir
@@ -260,15 +243,11 @@ class LocalReader(_Reader):
 
 
 class _PublishedReader(_Reader):
-    """What the hub readers share: the two repos (queries, corpus), their files, the stored corpus.
+    """What the hub readers share: the queries and corpus repos (hub ids or local folders) and their files.
 
     Args:
-        queries_repo / corpus_repo: hub dataset id or local folder of the queries and of the corpus.
         config: the language's name in the file layout; null for a language the set lacks.
-        revision / corpus_revision: hub revisions of the two repos (ignored for local folders).
         split_names: mdr split -> published split (``test`` -> ``dev`` for a set without test labels).
-        language: ISO code, for messages.
-        cache_dir: ``paths.cache_dir`` (stored corpora; suggested download folder).
         config_prefix: where these keys sit in the config, for messages (``data``).
         published: the canonical hub ids, named in the download command when a local folder is missing.
     """
@@ -318,15 +297,9 @@ class _PublishedReader(_Reader):
 
 
 class MrTydiReader(_PublishedReader):
-    """Mr. TyDi v1.1 (or another set in its row schema) from its published files.
-
-    Positives and shipped negatives (Mr. TyDi: BM25 top-30 minus positives) come from each row's
-    ``positive_passages`` / ``negative_passages``, texts from the corpus.
-
-    Args:
-        queries_file / corpus_file: layout, with ``{config}`` and ``{split}`` filled in.
-        others: as :class:`_PublishedReader` (``config`` the language's long name, ``swahili``).
-    """
+    """Mr. TyDi v1.1 (or another set in its row schema) from its published files (``queries_file`` /
+    ``corpus_file``: the layout, with ``{config}`` and ``{split}``): positives and shipped negatives come from each
+    row's ``positive_passages`` / ``negative_passages``, texts from the corpus."""
 
     published = ("castorini/mr-tydi", "castorini/mr-tydi-corpus")
 
@@ -358,7 +331,7 @@ class MrTydiReader(_PublishedReader):
         lines: dict[str, int] = {}
         qrels: Qrels = {}
         negatives: dict[str, list[str]] = {}
-        skips = Skips()
+        skips: Skips = {}
         for number, record in iter_jsonl(path, ("query_id", "query")):
             query_id = _add_query(queries, lines, record["query_id"], record["query"], "query_id", path, number)
             positives = _row_docids(record, "positive_passages", path, number)
@@ -374,10 +347,10 @@ class MrTydiReader(_PublishedReader):
                 if docid in corpus:
                     shipped.append(docid)
                 else:
-                    skips.add("shipped negatives not in the corpus dropped", f"{path}:{number}")
+                    _skip(skips, "shipped negatives not in the corpus dropped", f"{path}:{number}")
             if shipped:
                 negatives[query_id] = shipped
-        skips.log(path)
+        _log_skips(path, skips)
         return RetrievalSplit(corpus=corpus, queries=queries, qrels=qrels, shipped_negatives=negatives)
 
 

@@ -35,20 +35,12 @@ class Judged:
 
 @dataclass
 class RetrievalSplit(Judged):
-    """One language's corpus and one split's queries, relevance judgements and shipped negatives.
+    """One language's corpus and one split's queries, relevance judgements and shipped negatives."""
 
-    Attributes:
-        corpus: docid -> passage, shared by the language's splits (a plain mapping is stored into a Corpus).
-        queries: query_id -> query.
-        qrels: query_id -> {docid: grade}; grade > 0 means relevant, 0 judged non-relevant.
-        shipped_negatives: query_id -> docids listed as negatives by the dataset itself (Mr. TyDi
-            ``negative_passages``, MIRACL's grade-0 judgements).
-    """
-
-    corpus: Corpus
+    corpus: Corpus  # shared by the language's splits (a plain mapping given here is stored into a Corpus)
     queries: dict[str, Query]
-    qrels: Qrels
-    shipped_negatives: dict[str, list[str]] = field(default_factory=dict)
+    qrels: Qrels  # grade > 0: relevant, 0: judged non-relevant
+    shipped_negatives: dict[str, list[str]] = field(default_factory=dict)  # the dataset's own negatives
 
     def __post_init__(self) -> None:
         if isinstance(self.corpus, Corpus):
@@ -60,15 +52,10 @@ class RetrievalSplit(Judged):
 
 @dataclass(frozen=True)
 class TrainingExample:
-    """A query with its positive and the k negatives drawn for one epoch.
-
-    Attributes:
-        positives: every passage judged relevant to the query (``positive`` among them); the loss keeps
-            them out of the query's softmax wherever they appear as another query's passage.
-    """
+    """A query with its positive and the k negatives drawn for one epoch."""
 
     query_id: str
     query: str
     positive: str
     negatives: tuple[str, ...]
-    positives: tuple[str, ...] = ()
+    positives: tuple[str, ...] = ()  # all judged relevant: the loss masks them wherever they appear

@@ -1,9 +1,8 @@
 """Several languages' (or datasets') training splits trained on as one, each query keeping its own corpus.
 
-Every query id and docid of a part is namespaced ``<part>/<id>``, so ids of different parts never clash (XQuAD's
-are parallel) and the loss's false-negative mask compares like with like. The sampler samples each of
-:attr:`UnionSplit.parts` on its own corpus and pools, so no query is trained against another language's passage;
-the collator looks passages up in :attr:`UnionSplit.corpus`. Nothing is copied: the parts' corpora are shared.
+Every id of a part is namespaced ``<part>/<id>`` (XQuAD's ids are parallel across languages). The sampler samples
+each of :attr:`UnionSplit.parts` on its own corpus and pools; the collator looks passages up in
+:attr:`UnionSplit.corpus`. Nothing is copied.
 """
 
 from __future__ import annotations
@@ -53,12 +52,6 @@ class NamespacedCorpus(Mapping[str, Passage]):
     def __getitem__(self, docid: str) -> Passage:
         passage = self.base[self._local(docid)]
         return Passage(docid, passage.text, passage.title)
-
-    def __contains__(self, docid: object) -> bool:
-        try:
-            return self._local(docid) in self.base  # type: ignore[arg-type]
-        except KeyError:
-            return False
 
     def docid(self, row: int) -> str:
         """The namespaced docid at ``row`` of the part's corpus."""
@@ -117,12 +110,8 @@ def _namespace_split(part: str, split: RetrievalSplit) -> PartSplit:
 
 
 class UnionSplit(Judged):
-    """The union of several training splits, each with its own corpus (the :class:`RetrievalSplit` API).
-
-    Args:
-        parts: (part name, split) pairs; a name (e.g. the language code) namespaces that part's ids and must be
-            unique and free of ``/``.
-    """
+    """The union of (name, split) ``parts``, each with its own corpus (the :class:`RetrievalSplit` API); a name
+    (e.g. the language code) namespaces that part's ids and must be unique and free of ``/``."""
 
     def __init__(self, parts: Sequence[tuple[str, RetrievalSplit]]) -> None:
         if not parts:

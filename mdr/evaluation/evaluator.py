@@ -1,9 +1,5 @@
-"""Evaluate a bi-encoder on one language's test split: encode, search, score, and write results.
-
-The corpus is encoded in fixed-size row shards under ``<run>/embeddings/<language>/`` (:mod:`mdr.evaluation.shards`).
-Under DDP each rank encodes and searches its own shards, rank 0 encodes the queries, and the per-rank top-k lists
-are merged in one total order, so the run and the metrics equal a single process's.
-"""
+"""Evaluate a bi-encoder on one language's test split: encode the corpus in row shards, search, score, write results.
+Under DDP each rank encodes and searches its own shards, and the merged top-k lists equal a single process's."""
 
 from __future__ import annotations
 
@@ -47,22 +43,15 @@ class EvaluationResult:
 
 @dataclass
 class DenseRetrieval:
-    """Top-k corpus rows per query, with what produced them.
+    """Top-k corpus rows per query, with what produced them."""
 
-    Attributes:
-        query_ids: sorted query ids, the row order of ``query_vectors`` (Q, dim), ``scores`` and ``rows`` (Q, k):
-            best first; -inf and -1 where fewer than k passages exist.
-        encoded: the shards this process encoded now (the others it owns were reused).
-        seconds: this process's wall time per stage (``encode_corpus``, ``encode_queries``, ``search``, ``gather``).
-    """
-
-    query_ids: list[str]
-    query_vectors: np.ndarray
-    scores: np.ndarray
-    rows: np.ndarray
+    query_ids: list[str]  # sorted: the row order of the arrays
+    query_vectors: np.ndarray  # (Q, dim)
+    scores: np.ndarray  # (Q, k) best first, -inf where fewer than k passages exist
+    rows: np.ndarray  # (Q, k) corpus rows, -1 where no hit
     shards: EmbeddingShards
-    encoded: list[int]
-    seconds: dict[str, float]
+    encoded: list[int]  # the shards this process encoded now (the others it owns were reused)
+    seconds: dict[str, float]  # this process's wall time per stage
 
     def run(self, corpus: Mapping[str, Passage]) -> Run:
         """query_id -> {docid: score}."""
@@ -140,11 +129,8 @@ def dense_retrieve(
     shard_rows: int = DEFAULT_SHARD_ROWS,
     distributed: bool = False,
 ) -> DenseRetrieval:
-    """Encode ``corpus`` into shards under ``folder`` (reusing finished ones) and search ``queries``.
-
-    Args:
-        distributed: split the shards over the ranks of the initialised process group (every rank must call).
-    """
+    """Encode ``corpus`` into shards under ``folder`` (reusing finished ones) and search ``queries``; with
+    ``distributed``, the ranks of the initialised process group split the shards (every rank must call)."""
     world, rank = world_size_and_rank() if distributed else (1, 0)
     settings = encoder.settings
     encoder.eval()
@@ -219,10 +205,8 @@ def evaluate_language(
 ) -> EvaluationResult:
     """Retrieve, score and write ``runs/<language>.trec`` and ``per_query/<language>.tsv`` under ``output_dir``.
 
-    The corpus embeddings go to ``<output_dir>/embeddings/<language>/`` and are removed once the results are
-    written unless ``keep_embeddings`` (a rerun of a killed job reuses the finished shards). With ``distributed``,
-    every rank must call this; all return the same result and rank 0 writes the files. The measures are named by
-    ``depth`` (:func:`mdr.evaluation.metrics.metric_names`).
+    The embeddings in ``<output_dir>/embeddings/<language>/`` are removed afterwards unless ``keep_embeddings``.
+    With ``distributed``, every rank must call this; all return the same result and rank 0 writes the files.
     """
     out = Path(output_dir)
     folder = out / "embeddings" / language

@@ -40,13 +40,8 @@ def search_device(use_gpu: bool | str = "auto", cuda_devices: int = 0) -> str:
 
 
 class FlatIPSearcher:
-    """Exact inner-product index over (num_passages, dim) vectors, float32 or float16, in memory or memory-mapped.
-
-    Args:
-        use_gpu: as :func:`search_device`.
-        fp16: store the vectors in float16 in the index (half the memory; scores of float16-rounded vectors).
-        gpu_device: which GPU (under DDP: the rank's own).
-    """
+    """Exact inner-product index over (num_passages, dim) vectors, float32 or float16, in memory or memory-mapped
+    (``use_gpu``: as :func:`search_device`; ``fp16``: vectors stored in float16 in the index)."""
 
     def __init__(
         self, passage_embeddings: np.ndarray, use_gpu: bool | str = "auto", fp16: bool = False, gpu_device: int = 0

@@ -91,15 +91,10 @@ class EmbeddingShards:
         return self.folder / f"{self._stem(shard)}.json"
 
     def _meta(self, shard: int) -> dict[str, Any]:
-        start, end = self.plan.bounds(shard)
-        return {
-            "format": SHARD_FORMAT,
-            "shard": shard,
-            "num_shards": self.plan.num_shards,
-            "rows": [start, end],
-            "dtype": np.dtype(self.dtype).name,
-            "identity": self.identity,
-        }
+        meta = dict(
+            format=SHARD_FORMAT, shard=shard, num_shards=self.plan.num_shards, rows=list(self.plan.bounds(shard))
+        )
+        return {**meta, "dtype": np.dtype(self.dtype).name, "identity": self.identity}
 
     def is_done(self, shard: int) -> bool:
         """True when ``shard`` was written completely for this identity, rows and dtype, and its file holds every
@@ -140,7 +135,6 @@ class EmbeddingShards:
         """Flush ``array``, move it into place, then write the shard's JSON (with the file's checksums)."""
         array.flush()
         dim = int(array.shape[1])
-        del array
         os.replace(tmp, self.array_path(shard))
         files = manifest(self.folder, [self.array_path(shard).name])
         atomic_write_json(self.meta_path(shard), {**self._meta(shard), "dim": dim, **files})

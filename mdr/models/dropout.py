@@ -109,11 +109,7 @@ ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)  # the same masks as
 
 def sdpa_supported(name_or_path: str) -> bool:
     """Whether the transformers model at ``name_or_path`` runs SDPA attention (read from its config alone)."""
-    config = AutoConfig.from_pretrained(name_or_path)
-    try:
-        model_class = MODEL_MAPPING[type(config)]
-    except KeyError:
-        return False
+    model_class = MODEL_MAPPING.get(type(AutoConfig.from_pretrained(name_or_path)), None)
     return bool(getattr(model_class, "_supports_sdpa", False))
 
 

@@ -31,13 +31,8 @@ QUERIES, PASSAGES = 0, 1
 
 
 class BiEncoderModule(pl.LightningModule):
-    """Trains a :class:`BiEncoder` with :class:`InfoNCELoss`; AdamW with linear warm-up and decay.
-
-    Args:
-        warmup_ratio: warm-up as a share of all steps.
-        seed: with the step, rank and chunk, seeds torch's RNG (dropout) before every chunk's forward pass.
-        gradient_clip_val: clip the gradient norm to this (None: no clipping).
-    """
+    """Trains a :class:`BiEncoder` with :class:`InfoNCELoss`; AdamW with linear warm-up (``warmup_ratio`` of all
+    steps) and decay; ``seed`` with the step, rank and chunk seeds the dropout of every chunk's forward pass."""
 
     def __init__(
         self,
@@ -223,15 +218,9 @@ class EpochEndCheckpoint(pl.callbacks.ModelCheckpoint):
     """
 
     def __init__(self, dirpath: str | Path, every_n_steps: int | None = None) -> None:
-        super().__init__(
-            dirpath=dirpath,
-            filename="epoch{epoch}-step{step}" if every_n_steps else "epoch{epoch}",
-            auto_insert_metric_name=False,
-            save_top_k=1,
-            save_last="link",
-            every_n_epochs=1,
-            save_on_train_epoch_end=True,
-        )
+        name = "epoch{epoch}-step{step}" if every_n_steps else "epoch{epoch}"
+        options = {"save_last": "link", "every_n_epochs": 1, "save_on_train_epoch_end": True}
+        super().__init__(dirpath, name, save_top_k=1, auto_insert_metric_name=False, **options)
         self.every_n_steps = checkpoint_every(every_n_steps)
 
     def on_train_batch_end(

