@@ -76,8 +76,8 @@ def source_key(paths: Sequence[Path], parser: str, cache_dir: str | Path | None 
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _write(rows: Iterable[Row], folder: Path, sources: Sequence[str]) -> None:
-    """Stream ``rows`` into ``folder`` (Arrow file, docid index, meta.json last)."""
+def _write(rows: Iterable[Row], folder: Path, sources: Sequence[str]) -> str:
+    """Stream ``rows`` into ``folder`` (Arrow file, docid index, meta.json last); returns the content fingerprint."""
     hashes, where_source, where_line = array("Q"), array("l"), array("q")
     digest = hashlib.sha256()
     columns: tuple[list[str], list[str], list[str]] = ([], [], [])
@@ -119,6 +119,7 @@ def _write(rows: Iterable[Row], folder: Path, sources: Sequence[str]) -> None:
     meta = dict(format=FORMAT_VERSION, rows=count, batch_rows=BATCH_ROWS, fingerprint=digest.hexdigest()[:32])
     meta.update(sources=list(sources), **cache.manifest(folder, [ARROW_FILE, HASHES_FILE, ROWS_FILE]))
     atomic_write_json(folder / META_FILE, meta)
+    return str(meta["fingerprint"])
 
 
 class _Store:
@@ -188,13 +189,11 @@ class Corpus(Mapping[str, Passage]):
         if absent (``parser`` names how ``rows`` reads the sources: a change of parsing rules must change it)."""
         root = Path(cache_dir).expanduser().resolve() if cache_dir is not None else default_cache_dir()
         folder = root / "corpora" / source_key(sources, parser, root)
-        corpus = cls._reuse(folder)
-        if corpus is not None:
+        if (corpus := cls._reuse(folder)) is not None:
             return corpus
         waiting = f"another process is storing the corpus at {folder}; waiting for it"
         with cache.cache_lock(folder.with_name(folder.name + ".lock"), waiting):
-            corpus = cls._reuse(folder)
-            if corpus is not None:
+            if (corpus := cls._reuse(folder)) is not None:
                 return corpus
             cache.remove_stale_builds(folder.parent, f"{folder.name}.tmp-*")  # left by killed builders
             staging = folder.with_name(cache.staging_name(folder.name))
@@ -236,9 +235,7 @@ class Corpus(Mapping[str, Passage]):
             root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".records.tmp-", dir=root))
         try:
-            _write(_record_rows(records), staging, ["records"])
-            fingerprint = json.loads((staging / META_FILE).read_text(encoding="utf-8"))["fingerprint"]
-            folder = root / f"records-{fingerprint}"
+            folder = root / f"records-{_write(_record_rows(records), staging, ['records'])}"
             try:
                 os.rename(staging, folder)
             except OSError:

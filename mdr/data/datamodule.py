@@ -99,8 +99,8 @@ class RetrievalDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """The loader of the trainer's current epoch, less the batches a restored mid-epoch checkpoint trained."""
         trainer = self.trainer
-        epoch = trainer.current_epoch if trainer is not None else 0
-        if trainer is not None and trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch:
+        epoch = trainer.current_epoch
+        if trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch:
             # a restored finished run: Lightning asks for one more epoch's loader and never iterates it
             epoch = trainer.max_epochs - 1
         return self.dataloader_for_epoch(epoch, self.batches_done_before(epoch))
@@ -122,16 +122,10 @@ class RetrievalDataModule(pl.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         """Where training stands in the epoch (saved in every checkpoint): epoch, batches done, batches in it."""
         trainer = self.trainer
-        if trainer is None:
-            return {}
         done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
-        total = trainer.num_training_batches
-        return {
-            "epoch": int(trainer.current_epoch),
-            "batches_done": done,
-            "mid_epoch": bool(0 < done < total),
-            "global_step": int(trainer.global_step),
-        }
+        mid_epoch = bool(0 < done < trainer.num_training_batches)
+        epoch, step = int(trainer.current_epoch), int(trainer.global_step)
+        return {"epoch": epoch, "batches_done": done, "mid_epoch": mid_epoch, "global_step": step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume mid-epoch from a checkpoint's :meth:`state_dict` (an epoch-end one changes nothing)."""

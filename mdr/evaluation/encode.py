@@ -32,10 +32,8 @@ def encode_texts(
     device_type = torch.device(device).type
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        inputs = tokenizer(
-            [texts[i] for i in rows], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        inputs = {key: value.to(device) for key, value in inputs.items()}
+        batch = [texts[i] for i in rows]
+        inputs = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
         with torch.autocast(device_type=device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             vectors = encode(inputs).float().cpu().numpy()  # (len(rows), dim)
         if out is None:
