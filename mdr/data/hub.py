@@ -1,9 +1,5 @@
-"""Published dataset files from the Hugging Face hub, or from a local folder with the same layout.
-
-A ``data.queries_repo`` / ``data.corpus_repo`` is a local folder (what ``hf download`` leaves) or a hub dataset
-id, fetched with ``snapshot_download`` at a pinned revision into the HF cache, only the files a language needs
-(``HF_HUB_OFFLINE=1``: from the cache). No dataset script is ever run.
-"""
+"""Published dataset files from a local folder (what ``hf download`` leaves) or the Hugging Face hub, fetched at a
+pinned revision into the HF cache, only the files a language needs. No dataset script is ever run."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""Exact inner-product search with faiss, one shard at a time (GPU when faiss-gpu sees a device).
-
-Each shard gets its own flat index (fp16 with ``fp16``) on the rank's own GPU. Per-shard top-k lists are merged
-by one total order (score descending, then row ascending), so the result does not depend on how the shards were
-split between processes or in which order they arrive.
-"""
+"""Exact inner-product search with faiss, one shard's flat index at a time (on the rank's own GPU when faiss-gpu
+sees one); per-shard top-k lists merged in one total order, whatever the split between processes."""
 
 from __future__ import annotations
 
