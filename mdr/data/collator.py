@@ -1,14 +1,8 @@
-"""Tokenise training examples into a :class:`BiEncoderBatch`: passages laid out per query as [pos, negs...].
-
-Texts are tokenised without padding, sorted by length and cut into chunks that are padded only to their own
-longest text, so the encoder's work follows the real token counts rather than the batch's longest passage.
-The model puts the chunk outputs back into the original order (:meth:`PackedTexts.unpack`); the loss sees the
-same embeddings as with one padded tensor.
-"""
+"""Tokenise training examples into a :class:`BiEncoderBatch`: passages laid out per query as [pos, negs...],
+texts in length-sorted chunks padded only to their own longest text."""
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,33 +11,27 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from mdr.data.corpus import docid_key, encoded_text
 from mdr.data.schema import Passage, TrainingExample
 
 
 def passage_text(passage: Passage, prefix: str = "") -> str:
     """The string a passage is encoded as: ``prefix + title + " " + text`` (no title: just the text)."""
-    body = f"{passage.title} {passage.text}" if passage.title else passage.text
-    return prefix + body
+    return encoded_text(passage.title, passage.text, prefix)
 
 
 def docid_hash(docid: str) -> int:
     """A stable 63-bit integer for a docid (same on every process and run), to compare docids as tensors."""
-    return int.from_bytes(hashlib.blake2b(docid.encode("utf-8"), digest_size=8).digest(), "little") >> 1
+    return docid_key(docid) >> 1
 
 
 @dataclass(frozen=True)
 class PackedTexts:
-    """N tokenised texts as length-sorted chunks, each padded to its own longest text.
+    """N tokenised texts as length-sorted chunks, each padded to its own longest text."""
 
-    Attributes:
-        chunks: model inputs (``input_ids``, ``attention_mask``, ...), chunk c of shape (n_c, len_c).
-        order: (N,) the original position of each row of the concatenated chunk outputs.
-        real_tokens: non-padding tokens over all chunks.
-    """
-
-    chunks: list[dict[str, torch.Tensor]]
-    order: torch.Tensor
-    real_tokens: int
+    chunks: list[dict[str, torch.Tensor]]  # model inputs, chunk c of shape (n_c, len_c)
+    order: torch.Tensor  # (N,) the original position of each row of the concatenated chunk outputs
+    real_tokens: int  # non-padding tokens over all chunks
 
     def __len__(self) -> int:
         return int(self.order.shape[0])
@@ -56,9 +44,7 @@ class PackedTexts:
     def unpack(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Concatenate per-chunk outputs (n_c, dim) and return them in the original order, (N, dim)."""
         stacked = torch.cat(list(outputs), dim=0)  # (N, dim) in sorted order
-        inverse = torch.empty_like(self.order)
-        inverse[self.order] = torch.arange(len(self.order), device=self.order.device)
-        return stacked[inverse.to(stacked.device)]  # (N, dim) in the original order
+        return stacked[torch.argsort(self.order).to(stacked.device)]  # (N, dim) in the original order
 
     def to(self, device: torch.device | str) -> PackedTexts:
         """A copy with every tensor on ``device``."""
@@ -67,19 +53,9 @@ class PackedTexts:
 
 
 def token_ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> list[np.ndarray]:
-    """Each text's token ids, truncated at ``max_length``, special tokens included: (len_i,) int32 per text.
-
-    A single unpadded text's attention mask is all ones and its token type ids all zeros, so the ids are all
-    :func:`pack_ids` needs to rebuild every model input (tests/test_chunked_training.py checks this against the
-    tokenizer's own padded output).
-    """
+    """Each text's token ids, truncated at ``max_length``, special tokens included: (len_i,) int32 per text."""
     encoded = tokenizer(
-        list(texts),
-        truncation=True,
-        max_length=max_length,
-        padding=False,
-        return_attention_mask=False,
-        return_token_type_ids=False,
+        list(texts), truncation=True, max_length=max_length, return_attention_mask=False, return_token_type_ids=False
     )
     return [np.asarray(ids, dtype=np.int32) for ids in encoded["input_ids"]]
 
@@ -101,13 +77,8 @@ def pack_ids(
     chunk_size: int | None = None,
     chunk_tokens: int = 4096,
 ) -> PackedTexts:
-    """Token ids of N texts (:func:`token_ids`) as length-sorted chunks, each padded to its own longest text.
-
-    Args:
-        chunk_size: fixed number of texts per chunk (GradCache's unit); None: chunks by ``chunk_tokens``.
-        chunk_tokens: without ``chunk_size``, a chunk grows while (texts x its longest length) stays within
-            this many tokens, so short texts share large chunks and long ones small chunks.
-    """
+    """Token ids of N texts as length-sorted chunks of ``chunk_size`` texts (None: a chunk grows while texts x its
+    longest length stays within ``chunk_tokens``), each padded to its own longest text."""
     lengths = [len(row) for row in ids]
     order = sorted(range(len(ids)), key=lengths.__getitem__)
     groups: list[list[int]] = []
@@ -137,11 +108,7 @@ def pack_ids(
 
 
 class TokenCache:
-    """Passage token ids by docid, the ``size`` most recently used kept: a passage drawn again (a hard negative of
-    several queries, every epoch's positives) is neither read from the corpus nor tokenised again.
-
-    A passage of 100 tokens takes ~640 bytes (measured): 100,000 of them ~64 MB in each process that collates.
-    """
+    """Passage token ids by docid, the ``size`` most recently used kept (~640 bytes per 100-token passage)."""
 
     def __init__(self, size: int) -> None:
         if size < 0:
@@ -172,21 +139,13 @@ class TokenCache:
 
 @dataclass(frozen=True)
 class BiEncoderBatch:
-    """One training batch.
+    """One training batch: Q queries with 1 + k passages each, docids compared as :func:`docid_hash` values."""
 
-    Attributes:
-        queries: Q tokenised queries.
-        passages: Q * (1 + k) tokenised passages, query i's positive at position i * (1 + k).
-        group_size: 1 + k.
-        passage_ids: (Q * (1 + k),) :func:`docid_hash` of each passage, in passage order.
-        positive_ids: (Q, P) :func:`docid_hash` of each query's judged positives, padded with -1.
-    """
-
-    queries: PackedTexts
-    passages: PackedTexts
-    group_size: int
-    passage_ids: torch.Tensor
-    positive_ids: torch.Tensor
+    queries: PackedTexts  # Q queries
+    passages: PackedTexts  # Q * (1 + k), query i's positive at position i * (1 + k)
+    group_size: int  # 1 + k
+    passage_ids: torch.Tensor  # (Q * (1 + k),) each passage's docid hash
+    positive_ids: torch.Tensor  # (Q, P) the docid hashes of each query's judged positives, padded with -1
 
     @property
     def num_queries(self) -> int:
@@ -205,17 +164,8 @@ class BiEncoderBatch:
 
 
 class BiEncoderCollator:
-    """Turns a list of examples into a :class:`BiEncoderBatch`.
-
-    Args:
-        tokenizer: shared by queries and passages.
-        corpus: docid -> passage, to look up the texts of positives and negatives.
-        query_max_length / passage_max_length: truncation lengths per side.
-        query_prefix / passage_prefix: strings put before each text (E5 wants ``"query: "``/``"passage: "``).
-        chunk_size: texts per chunk (``train.grad_cache.chunk_size``); None: chunks by ``chunk_tokens``.
-        chunk_tokens: padded-token budget of a chunk when ``chunk_size`` is None (``train.chunk_tokens``).
-        token_cache: passages whose token ids are kept for their next draw (``train.token_cache``; 0: none).
-    """
+    """Turns a list of examples into a :class:`BiEncoderBatch`, passage texts looked up in ``corpus``; chunks as
+    :func:`pack_ids` cuts them; ``token_cache`` passages' token ids kept for their next draw (0: none)."""
 
     def __init__(
         self,
@@ -229,14 +179,10 @@ class BiEncoderCollator:
         chunk_tokens: int = 4096,
         token_cache: int = 0,
     ) -> None:
-        self.tokenizer = tokenizer
-        self.corpus = corpus
-        self.query_max_length = query_max_length
-        self.passage_max_length = passage_max_length
-        self.query_prefix = query_prefix
-        self.passage_prefix = passage_prefix
-        self.chunk_size = chunk_size
-        self.chunk_tokens = chunk_tokens
+        self.tokenizer, self.corpus = tokenizer, corpus
+        self.query_max_length, self.passage_max_length = query_max_length, passage_max_length
+        self.query_prefix, self.passage_prefix = query_prefix, passage_prefix
+        self.chunk_size, self.chunk_tokens = chunk_size, chunk_tokens
         self.token_cache = TokenCache(token_cache)
 
     def _passage_ids(self, docids: list[str]) -> list[np.ndarray]:
@@ -250,18 +196,13 @@ class BiEncoderCollator:
         docids = [docid for example in examples for docid in (example.positive, *example.negatives)]
         queries = [self.query_prefix + example.query for example in examples]
         positives = [example.positives or (example.positive,) for example in examples]
-        width = max(len(p) for p in positives)
-        positive_ids = torch.full((len(examples), width), -1, dtype=torch.long)  # (Q, P)
+        positive_ids = torch.full((len(examples), max(map(len, positives))), -1, dtype=torch.long)  # (Q, P)
         for row, judged in enumerate(positives):
             positive_ids[row, : len(judged)] = torch.tensor([docid_hash(d) for d in judged], dtype=torch.long)
+        passages = self.token_cache.lookup(docids, self._passage_ids)
         return BiEncoderBatch(
             queries=pack_texts(self.tokenizer, queries, self.query_max_length, self.chunk_size, self.chunk_tokens),
-            passages=pack_ids(
-                self.tokenizer,
-                self.token_cache.lookup(docids, self._passage_ids),
-                self.chunk_size,
-                self.chunk_tokens,
-            ),
+            passages=pack_ids(self.tokenizer, passages, self.chunk_size, self.chunk_tokens),
             group_size=group_sizes.pop(),
             passage_ids=torch.tensor([docid_hash(d) for d in docids], dtype=torch.long),  # (Q * (1 + k),)
             positive_ids=positive_ids,

@@ -1,21 +1,10 @@
 """A corpus stored once on disk as Arrow and opened memory-mapped, so every process and rank shares one copy.
 
-Layout of a stored corpus (one folder, written to a temporary sibling and renamed into place):
-
-* ``corpus.arrow``: an Arrow IPC file with string columns ``docid``, ``title``, ``text`` in record batches of
-  :data:`BATCH_ROWS` rows (the last one shorter), so row ``r`` is batch ``r // BATCH_ROWS``;
-* ``docid_hashes.npy`` / ``docid_rows.npy``: the docids' 64-bit hashes in ascending order and the row each one
-  belongs to; ``row(docid)`` is a ``searchsorted`` over the memory-mapped hashes plus a check of the docid string
-  at the found row (so a hash collision costs one more comparison, never a wrong answer);
-* ``meta.json`` (written last): row count, content fingerprint, the source files, and a manifest of the three
-  files (sizes, sampled and full checksums) checked when the corpus is opened (docs/caches.md).
-
-Nothing per passage lives in Python objects: opening costs a few kB whatever the size, and the pages of the
-files are the kernel's page cache, shared by every process that maps them (DDP ranks, DataLoader workers).
-Building streams the rows (bounded memory: one record batch of text plus 24 bytes per passage for the
-docid index) and is atomic: concurrent builders of the same corpus wait on a lock and reuse the result.
-The folder is named by the *content* of the source files (:func:`source_key`), so an edited file gets a new
-corpus and a moved data folder or cache keeps its own.
+A stored corpus is one folder: ``corpus.arrow`` (string columns ``docid``, ``title``, ``text`` in record batches
+of :data:`BATCH_ROWS` rows), ``docid_hashes.npy`` / ``docid_rows.npy`` (the docids' 64-bit hashes, sorted, and
+each one's row: ``row(docid)`` is a ``searchsorted`` plus a check of the docid string) and ``meta.json``
+(written last: row count, content fingerprint, sources, manifest; docs/caches.md). Building streams the rows
+and is atomic; concurrent builders wait on a lock. The folder is named by the content of the source files.
 """
 
 from __future__ import annotations
@@ -27,7 +16,7 @@ import shutil
 import tempfile
 import weakref
 from array import array
-from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,17 +24,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mdr.utils.cache import (
-    CacheError,
-    cache_lock,
-    check_manifest,
-    content_digest,
-    digests_dir,
-    manifest,
-    remove_stale_builds,
-    staging_name,
-    verify_level,
-)
+from mdr.utils import cache
+from mdr.utils.cache import CacheError
 from mdr.utils.errors import DataError
 from mdr.utils.io import atomic_write_json
 from mdr.utils.logging import get_logger
@@ -83,34 +63,24 @@ def docid_key(docid: str) -> int:
 
 
 def encoded_text(title: str, text: str, prefix: str = "") -> str:
-    """The string a passage is encoded as: ``prefix + title + " " + text`` (no title: just the text).
-
-    The same rule as :func:`mdr.data.collator.passage_text` (``tests/test_corpus.py`` checks they agree).
-    """
+    """The string a passage is encoded as: ``prefix + title + " " + text`` (no title: just the text)."""
     return prefix + (f"{title} {text}" if title else text)
 
 
 def source_key(paths: Sequence[Path], parser: str, cache_dir: str | Path | None = None) -> str:
-    """A short hash naming a corpus built from ``paths`` by ``parser``: the files' contents, in order.
-
-    Each file is hashed in full once; the digest is remembered under ``<cache_dir>/digests`` and reused while
-    the file's size, modification time and inode are unchanged (one ``stat`` per file). Files from the Hugging
-    Face cache are content-addressed blobs: their name is the digest. Paths do not count, so a moved data
-    folder maps to the same corpus.
-    """
-    memo = digests_dir(cache_dir) if cache_dir is not None else None
-    files = [content_digest(path, memo) for path in paths]
+    """A short hash naming a corpus built from ``paths`` by ``parser``: the files' contents in order, not their paths
+    (each file's digest is remembered under ``<cache_dir>/digests`` while its size, mtime and inode stay)."""
+    memo = cache.digests_dir(cache_dir) if cache_dir is not None else None
+    files = [cache.content_digest(path, memo) for path in paths]
     payload = json.dumps({"format": FORMAT_VERSION, "parser": parser, "files": files}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _write(rows: Iterable[Row], folder: Path, sources: Sequence[str]) -> None:
-    """Stream ``rows`` into ``folder`` (Arrow file, docid index, meta.json last)."""
-    hashes = array("Q")
-    where_source, where_line = array("l"), array("q")
+def _write(rows: Iterable[Row], folder: Path, sources: Sequence[str]) -> str:
+    """Stream ``rows`` into ``folder`` (Arrow file, docid index, meta.json last); returns the content fingerprint."""
+    hashes, where_source, where_line = array("Q"), array("l"), array("q")
     digest = hashlib.sha256()
     columns: tuple[list[str], list[str], list[str]] = ([], [], [])
-    count = 0
     with pa.OSFile(str(folder / ARROW_FILE), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
 
         def flush() -> None:
@@ -119,19 +89,18 @@ def _write(rows: Iterable[Row], folder: Path, sources: Sequence[str]) -> None:
                 column.clear()
 
         for docid, title, text, source, line in rows:
-            columns[0].append(docid)
-            columns[1].append(title)
-            columns[2].append(text)
+            for column, value in zip(columns, (docid, title, text)):
+                column.append(value)
             hashes.append(docid_key(docid))
             where_source.append(source)
             where_line.append(line)
             fields = (docid.encode("utf-8"), title.encode("utf-8"), text.encode("utf-8"))
             digest.update(b"%d:%d:%d\n" % tuple(len(field) for field in fields) + b"".join(fields))
-            count += 1
             if len(columns[0]) == BATCH_ROWS:
                 flush()
         if columns[0]:
             flush()
+    count = len(hashes)
     if count == 0:
         raise DataError(f"{', '.join(sources) or 'records'}: corpus is empty")
     keys = np.frombuffer(hashes, dtype=np.uint64)
@@ -139,26 +108,18 @@ def _write(rows: Iterable[Row], folder: Path, sources: Sequence[str]) -> None:
     sorted_keys = keys[order]
     same = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])
     if same.size:
-        stored = _Store(folder, BATCH_ROWS, count)
+        field = _Store(folder, BATCH_ROWS, count).field
         for index in same:
             first, second = sorted(int(row) for row in order[index : index + 2])
-            docid = stored.field(second, 0)
-            if stored.field(first, 0) == docid:  # equal hashes and equal strings: a real duplicate
-                at = f"{sources[where_source[second]]}:{where_line[second]}"
-                raise DataError(
-                    f"{at}: duplicate docid {docid!r} (first at {sources[where_source[first]]}:{where_line[first]})"
-                )
+            if field(first, 0) == field(second, 0):  # equal hashes and equal strings: a real duplicate
+                at, was = (f"{sources[where_source[r]]}:{where_line[r]}" for r in (second, first))
+                raise DataError(f"{at}: duplicate docid {field(second, 0)!r} (first at {was})")
     np.save(folder / HASHES_FILE, sorted_keys)
     np.save(folder / ROWS_FILE, order.astype(np.int64))
-    meta = {
-        "format": FORMAT_VERSION,
-        "rows": count,
-        "batch_rows": BATCH_ROWS,
-        "fingerprint": digest.hexdigest()[:32],
-        "sources": list(sources),
-    }
-    meta.update(manifest(folder, [ARROW_FILE, HASHES_FILE, ROWS_FILE]))
+    meta = dict(format=FORMAT_VERSION, rows=count, batch_rows=BATCH_ROWS, fingerprint=digest.hexdigest()[:32])
+    meta.update(sources=list(sources), **cache.manifest(folder, [ARROW_FILE, HASHES_FILE, ROWS_FILE]))
     atomic_write_json(folder / META_FILE, meta)
+    return str(meta["fingerprint"])
 
 
 class _Store:
@@ -166,7 +127,6 @@ class _Store:
 
     def __init__(self, folder: Path, batch_rows: int, num_rows: int) -> None:
         self.batch_rows = batch_rows
-        self.num_rows = num_rows
         self.reader = pa.ipc.open_file(pa.memory_map(str(folder / ARROW_FILE), "r"))
         expected = -(-num_rows // batch_rows)
         if self.reader.num_record_batches != expected:
@@ -175,16 +135,13 @@ class _Store:
 
     def columns(self, batch: int) -> list[tuple[np.ndarray, memoryview]]:
         """(offsets, data) of each column of record batch ``batch``."""
-        cached = self._batches.get(batch)
-        if cached is None:
-            cached = []
+        if batch not in self._batches:
+            self._batches[batch] = []
             for column in self.reader.get_batch(batch).columns:
                 _, offsets, data = column.buffers()
-                start = column.offset
-                view = np.frombuffer(offsets, dtype=np.int32)[start : start + len(column) + 1]
-                cached.append((view, memoryview(data) if data is not None else memoryview(b"")))
-            self._batches[batch] = cached
-        return cached
+                view = np.frombuffer(offsets, dtype=np.int32)[column.offset : column.offset + len(column) + 1]
+                self._batches[batch].append((view, memoryview(data) if data is not None else memoryview(b"")))
+        return self._batches[batch]
 
     def field(self, row: int, column: int) -> str:
         """Column ``column`` (0 docid, 1 title, 2 text) of ``row``."""
@@ -194,14 +151,8 @@ class _Store:
 
 
 class Corpus(Mapping[str, Passage]):
-    """A read-only docid -> :class:`Passage` mapping over a stored, memory-mapped corpus, plus row access.
-
-    Iteration yields docids in row order (the order of the source files). Build one with
-    :meth:`from_records` (tests, small sets) or :meth:`build_cached` (readers); open a stored one by folder.
-
-    Args:
-        folder: a folder written by :meth:`build_cached` / :meth:`from_records`.
-    """
+    """A read-only docid -> :class:`Passage` mapping over a stored, memory-mapped corpus, in row order (the order
+    of the source files), plus row access. Built by :meth:`from_records` or :meth:`build_cached`."""
 
     def __init__(self, folder: str | Path, level: str = "size") -> None:
         self.folder = Path(folder)
@@ -215,7 +166,7 @@ class Corpus(Mapping[str, Passage]):
             raise CacheError(f"{meta_path}: cannot be read ({error}); {clear}") from error
         if self._meta.get("format") != FORMAT_VERSION:
             raise CacheError(f"{self.folder}: corpus format {self._meta.get('format')}, expected {FORMAT_VERSION}")
-        problem = check_manifest(self.folder, self._meta, verify_level(level))
+        problem = cache.check_manifest(self.folder, self._meta, cache.verify_level(level))
         if problem is not None:
             raise CacheError(f"stored corpus {self.folder}: {problem}; {clear}")
         self._len = int(self._meta["rows"])
@@ -230,32 +181,22 @@ class Corpus(Mapping[str, Passage]):
         self._table: pa.Table | None = None
         self._cleanup: weakref.finalize | None = None
 
-    # ---- construction -------------------------------------------------------------------------------------
-
     @classmethod
     def build_cached(
         cls, rows: Callable[[], Iterable[Row]], sources: Sequence[Path], parser: str, cache_dir: str | Path | None
     ) -> Corpus:
-        """The corpus of ``sources`` stored under ``<cache_dir>/corpora/<source key>/``, built now if absent.
-
-        Args:
-            rows: called once, and only when the corpus must be built; streams the validated rows.
-            sources: the files the rows come from (they name the cache folder and the error locations).
-            parser: names how ``rows`` reads them; a change of parsing rules must change it.
-            cache_dir: ``paths.cache_dir`` (``None``: :func:`default_cache_dir`).
-        """
+        """The corpus of ``sources`` stored under ``<cache_dir>/corpora/<source key>/``, built from ``rows()`` now
+        if absent (``parser`` names how ``rows`` reads the sources: a change of parsing rules must change it)."""
         root = Path(cache_dir).expanduser().resolve() if cache_dir is not None else default_cache_dir()
         folder = root / "corpora" / source_key(sources, parser, root)
-        corpus = cls._reuse(folder)
-        if corpus is not None:
+        if (corpus := cls._reuse(folder)) is not None:
             return corpus
         waiting = f"another process is storing the corpus at {folder}; waiting for it"
-        with cache_lock(folder.with_name(folder.name + ".lock"), waiting):
-            corpus = cls._reuse(folder)
-            if corpus is not None:
+        with cache.cache_lock(folder.with_name(folder.name + ".lock"), waiting):
+            if (corpus := cls._reuse(folder)) is not None:
                 return corpus
-            remove_stale_builds(folder.parent, f"{folder.name}.tmp-*")  # left by killed builders
-            staging = folder.with_name(staging_name(folder.name))
+            cache.remove_stale_builds(folder.parent, f"{folder.name}.tmp-*")  # left by killed builders
+            staging = folder.with_name(cache.staging_name(folder.name))
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir()
             try:
@@ -269,8 +210,7 @@ class Corpus(Mapping[str, Passage]):
 
     @classmethod
     def _reuse(cls, folder: Path) -> Corpus | None:
-        """The stored corpus at ``folder`` if it is complete and intact (level ``auto``), else None
-        (a broken one is logged: the caller stores it again)."""
+        """The stored corpus at ``folder`` if complete and intact, else None (a broken one is logged)."""
         if not (folder / META_FILE).is_file():
             return None
         try:
@@ -287,9 +227,6 @@ class Corpus(Mapping[str, Passage]):
 
         With ``cache_dir`` it is stored under ``<cache_dir>/corpora/records-<fingerprint>/`` and reused by equal
         content; without, in a temporary folder removed when the returned object is garbage-collected.
-
-        Raises:
-            DataError: naming the record for a missing/null docid or text, a duplicate docid, or no record at all.
         """
         if cache_dir is None:
             root = Path(tempfile.mkdtemp(prefix="mdr-corpus-"))
@@ -298,9 +235,7 @@ class Corpus(Mapping[str, Passage]):
             root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".records.tmp-", dir=root))
         try:
-            _write(_record_rows(records), staging, ["records"])
-            fingerprint = json.loads((staging / META_FILE).read_text(encoding="utf-8"))["fingerprint"]
-            folder = root / f"records-{fingerprint}"
+            folder = root / f"records-{_write(_record_rows(records), staging, ['records'])}"
             try:
                 os.rename(staging, folder)
             except OSError:
@@ -318,10 +253,7 @@ class Corpus(Mapping[str, Passage]):
         return corpus
 
     def __reduce__(self) -> tuple[type[Corpus], tuple[str]]:
-        # pickled (DataLoader workers, spawn) as its folder: the other process maps the same files
-        return (Corpus, (str(self.folder),))
-
-    # ---- Mapping ------------------------------------------------------------------------------------------
+        return (Corpus, (str(self.folder),))  # pickled as its folder: the other process maps the same files
 
     def __len__(self) -> int:
         return self._len
@@ -334,40 +266,21 @@ class Corpus(Mapping[str, Passage]):
         return self.passage(self.row(docid))
 
     def __contains__(self, docid: object) -> bool:
-        if not isinstance(docid, str):
-            return False
         try:
-            self.row(docid)
+            return isinstance(docid, str) and self.row(docid) >= 0
         except KeyError:
             return False
-        return True
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Corpus):
             return self.fingerprint() == other.fingerprint()
         return super().__eq__(other)
 
-    __hash__ = None  # type: ignore[assignment]
-
-    def items(self) -> ItemsView[str, Passage]:
-        """(docid, passage) pairs in row order, read batch by batch."""
-        return _Items(self)
-
-    def values(self) -> ValuesView[Passage]:
-        """Passages in row order, read batch by batch."""
-        return _Values(self)
-
     def __repr__(self) -> str:
         return f"Corpus({self._len} passages at {self.folder})"
 
-    # ---- rows ---------------------------------------------------------------------------------------------
-
     def row(self, docid: str) -> int:
-        """The row of ``docid``.
-
-        Raises:
-            KeyError: if the corpus has no such docid.
-        """
+        """The row of ``docid`` (KeyError if the corpus has none)."""
         key = np.uint64(docid_key(docid))
         index = int(np.searchsorted(self._hashes, key, side="left"))
         while index < self._len and self._hashes[index] == key:
@@ -393,10 +306,8 @@ class Corpus(Mapping[str, Passage]):
 
     def texts(self, rows: Iterable[int], prefix: str = "") -> list[str]:
         """The strings the passages at ``rows`` are encoded as (see :func:`encoded_text`)."""
-        store = self._store
-        return [
-            encoded_text(store.field(row, 1), store.field(row, 2), prefix) for row in (self._check(r) for r in rows)
-        ]
+        field = self._store.field
+        return [encoded_text(field(row, 1), field(row, 2), prefix) for row in map(self._check, rows)]
 
     def iter_batches(self, batch_size: int) -> Iterator[tuple[int, list[str], list[str]]]:
         """``(start row, docids, encoded texts without prefix)`` for consecutive rows, ``batch_size`` at a time."""
@@ -406,37 +317,12 @@ class Corpus(Mapping[str, Passage]):
             self._table = self._store.reader.read_all()  # zero-copy: the batches stay in the mapped file
         for start in range(0, self._len, batch_size):
             part = self._table.slice(start, batch_size)
-            titles = part.column(1).to_pylist()
-            texts = part.column(2).to_pylist()
-            yield start, part.column(0).to_pylist(), [encoded_text(t, x) for t, x in zip(titles, texts)]
+            docids, titles, texts = (part.column(i).to_pylist() for i in range(3))
+            yield start, docids, [encoded_text(t, x) for t, x in zip(titles, texts)]
 
     def fingerprint(self) -> str:
         """A content hash of every (docid, title, text) in row order, computed once when the corpus was stored."""
         return str(self._meta["fingerprint"])
-
-    @property
-    def sources(self) -> list[str]:
-        """The files the corpus was read from (``["records"]`` for :meth:`from_records`)."""
-        return list(self._meta["sources"])
-
-
-class _Items(ItemsView):
-    _mapping: Corpus
-
-    def __iter__(self) -> Iterator[tuple[str, Passage]]:
-        reader = self._mapping._store.reader
-        for batch in range(reader.num_record_batches):
-            docids, titles, texts = (column.to_pylist() for column in reader.get_batch(batch).columns)
-            for docid, title, text in zip(docids, titles, texts):
-                yield docid, Passage(docid, text, title)
-
-
-class _Values(ValuesView):
-    _mapping: Corpus
-
-    def __iter__(self) -> Iterator[Passage]:
-        for _, passage in _Items(self._mapping):
-            yield passage
 
 
 def _record_rows(records: Iterable[Passage | Mapping[str, Any]]) -> Iterator[Row]:

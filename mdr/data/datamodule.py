@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from mdr.data.collator import BiEncoderBatch, BiEncoderCollator, PackedTexts
 from mdr.data.negatives import HardNegativePools, NegativeSampler, SamplingStats
-from mdr.data.schema import RetrievalSplit, TrainingExample
+from mdr.data.schema import RetrievalSplit
 from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -23,8 +23,7 @@ class _SkippedBatches:
     """A batch sampler that leaves out its first ``skip`` batches of indices (nothing is read or collated for them)."""
 
     def __init__(self, batch_sampler: Any, skip: int) -> None:
-        self.batch_sampler = batch_sampler
-        self.skip = skip
+        self.batch_sampler, self.skip = batch_sampler, skip
 
     def __iter__(self) -> Iterator[list[int]]:
         return itertools.islice(iter(self.batch_sampler), self.skip, None)
@@ -34,13 +33,8 @@ class _SkippedBatches:
 
 
 class ResumingDataLoader(DataLoader):
-    """A DataLoader whose iterators start at batch ``skip_batches`` while its length stays the whole epoch's.
-
-    Lightning counts a resumed epoch's batches from where the checkpoint left off and ends the epoch at the
-    loader's full length; this loader serves exactly the batches not yet trained on. Under DDP Lightning rebuilds
-    it with a DistributedSampler (``skip_batches`` is an ``__init__`` argument it carries over): each rank then
-    leaves out its own first ``skip_batches`` batches of the unchanged per-rank deal.
-    """
+    """A DataLoader whose iterators start at batch ``skip_batches`` while its length stays the whole epoch's
+    (as Lightning counts a resumed epoch). Under DDP, Lightning rebuilds it with ``skip_batches`` carried over."""
 
     def __init__(self, *args: Any, skip_batches: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -55,35 +49,19 @@ class ResumingDataLoader(DataLoader):
         return len(super()._index_sampler)
 
     def state_dict(self) -> dict[str, Any]:
-        """Nothing: the datamodule's state says where an epoch stands (this makes Lightning treat it as resumable)."""
+        """Nothing (the datamodule holds the state), but it makes Lightning treat the loader as resumable."""
         return {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Nothing to restore (see :meth:`state_dict`)."""
+        """Nothing to restore."""
 
 
 class RetrievalDataModule(pl.LightningDataModule):
-    """Serves one epoch of training examples at a time.
+    """Serves one epoch of training examples at a time, its negatives and order functions of (seed, epoch).
 
-    ``train_dataloader`` is rebuilt every epoch (the Trainer runs with
-    ``reload_dataloaders_every_n_epochs=1``) and draws that epoch's negatives with the epoch passed in
-    explicitly, so a resumed run sees the same negatives as an uninterrupted one. A checkpoint records how
-    many of the epoch's batches were trained (:meth:`state_dict`); resumed from a mid-epoch checkpoint, the
-    loader of that epoch serves the batches after those (:class:`ResumingDataLoader`).
-
-    On restore Lightning asks for a loader before it restores the loop's epoch (``configure_optimizers`` reads
-    ``estimated_stepping_batches`` with ``current_epoch=0``), then again for the restored epoch. So the resume
-    position belongs to its epoch: a loader of an earlier epoch skips nothing and keeps it, every loader of its
-    epoch skips the trained batches, and the first loader of a later epoch drops it.
-
-    Args:
-        train_split: training queries, qrels and corpus.
-        pools: query_id -> hard-negative candidates.
-        sampler: draws k negatives per query.
-        collator: tokenises examples into batches.
-        batch_size: queries per batch (per device).
-        seed: seeds the shuffle, together with the epoch.
-        num_workers: DataLoader workers.
+    A checkpoint records how many of the epoch's batches were trained (:meth:`state_dict`); resumed from a mid-epoch
+    checkpoint, every loader of that epoch serves the batches after those (the one Lightning asks for before it
+    restores the loop's epoch skips nothing). ``batch_size``: queries per batch and device.
     """
 
     def __init__(
@@ -97,32 +75,16 @@ class RetrievalDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        self.train_split = train_split
-        self.pools = pools
-        self.sampler = sampler
-        self.collator = collator
-        self.batch_size = batch_size
-        self.seed = seed
-        self.num_workers = num_workers
+        self.train_split, self.pools, self.sampler, self.collator = train_split, pools, sampler, collator
+        self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
         self.last_stats: SamplingStats | None = None
         self._resume: dict[str, int] | None = None  # a mid-epoch checkpoint's position, until its epoch is served
 
-    def examples_for_epoch(self, epoch: int) -> list[TrainingExample]:
-        """The epoch's training examples, with its negatives."""
-        examples, self.last_stats = self.sampler.examples(self.train_split, self.pools, epoch)
-        return examples
-
     def dataloader_for_epoch(self, epoch: int, skip_batches: int = 0) -> DataLoader:
-        """A loader over the epoch's examples in an order that depends only on (seed, epoch).
-
-        The examples are shuffled here, not by a sampler: a sampler's generator advances each time the
-        loader is iterated, and Lightning iterates a restored epoch's loader a different number of times
-        than an uninterrupted one. Under DDP, Lightning's DistributedSampler deals this order out to ranks.
-
-        Args:
-            skip_batches: batches (per process) of this epoch already trained on: left out of every iteration.
-        """
-        examples = self.examples_for_epoch(epoch)
+        """A loader over the epoch's examples in an order that depends only on (seed, epoch), less its first
+        ``skip_batches`` batches (per process). Shuffled here, not by a sampler whose generator would advance
+        with each iteration of the loader; under DDP, Lightning's DistributedSampler deals this order out."""
+        examples, self.last_stats = self.sampler.examples(self.train_split, self.pools, epoch)
         random.Random(f"{self.seed}:{epoch}:order").shuffle(examples)
         return ResumingDataLoader(
             examples,
@@ -137,8 +99,8 @@ class RetrievalDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """The loader of the trainer's current epoch, less the batches a restored mid-epoch checkpoint trained."""
         trainer = self.trainer
-        epoch = trainer.current_epoch if trainer is not None else 0
-        if trainer is not None and trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch:
+        epoch = trainer.current_epoch
+        if trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch:
             # a restored finished run: Lightning asks for one more epoch's loader and never iterates it
             epoch = trainer.max_epochs - 1
         return self.dataloader_for_epoch(epoch, self.batches_done_before(epoch))
@@ -151,26 +113,19 @@ class RetrievalDataModule(pl.LightningDataModule):
         if epoch > resume["epoch"]:
             self._resume = None  # its epoch is over
             return 0
+        done = resume["batches_done"]
         log.info(
-            "epoch %d: its loader leaves out the first %d batch(es), trained before the checkpoint",
-            epoch + 1,
-            resume["batches_done"],
+            "epoch %d: its loader leaves out the first %d batch(es), trained before the checkpoint", epoch + 1, done
         )
-        return resume["batches_done"]
+        return done
 
     def state_dict(self) -> dict[str, Any]:
         """Where training stands in the epoch (saved in every checkpoint): epoch, batches done, batches in it."""
         trainer = self.trainer
-        if trainer is None:
-            return {}
         done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
-        total = trainer.num_training_batches
-        return {
-            "epoch": int(trainer.current_epoch),
-            "batches_done": done,
-            "mid_epoch": bool(0 < done < total),
-            "global_step": int(trainer.global_step),
-        }
+        mid_epoch = bool(0 < done < trainer.num_training_batches)
+        epoch, step = int(trainer.current_epoch), int(trainer.global_step)
+        return {"epoch": epoch, "batches_done": done, "mid_epoch": mid_epoch, "global_step": step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume mid-epoch from a checkpoint's :meth:`state_dict` (an epoch-end one changes nothing)."""
@@ -178,7 +133,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             self._resume = {"epoch": int(state_dict["epoch"]), "batches_done": int(state_dict["batches_done"])}
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        """Moves the collator's batches (here, beside the loader that makes them, not in the LightningModule)."""
+        """Moves the collator's batches to ``device``."""
         if isinstance(batch, (BiEncoderBatch, PackedTexts)):
             return batch.to(device)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)

@@ -1,9 +1,5 @@
-"""Per-epoch negatives: ``round(p * k)`` from the query's hard-negative pool, the rest random from the corpus.
-
-``p`` is ``hard_proportion`` and ``k`` ``num_negatives``. With ``p = 0`` this is standard (random)
-negative sampling; with ``p = 1`` every negative is mined. Draws are deterministic per
-``(seed, epoch, query_id)`` and never include a positive.
-"""
+"""Per-epoch negatives: ``p * k`` from the query's hard-negative pool, the rest random from the corpus, never a
+positive, deterministic per ``(seed, epoch, query_id)`` (``p``: ``hard_proportion``, ``k``: ``num_negatives``)."""
 
 from __future__ import annotations
 
@@ -29,11 +25,8 @@ def num_hard(hard_proportion: float, num_negatives: int) -> int:
 
 
 def proportion_problem(hard_proportion: float, num_negatives: int, prefix: str = "negatives") -> str | None:
-    """Why ``p`` cannot label a run with ``k`` negatives (``p * k`` not a whole number), else None.
-
-    A query draws exactly ``p * k`` hard negatives, so the p in metrics.json and the tables is the share that ran;
-    the message names the nearest valid proportions.
-    """
+    """Why ``p`` cannot label a run with ``k`` negatives (``p * k`` not whole: the p recorded must be the share
+    drawn), naming the nearest valid proportions; else None."""
     wanted = hard_proportion * num_negatives
     if num_negatives <= 0 or abs(wanted - round(wanted)) < 1e-9:
         return None
@@ -60,25 +53,15 @@ class SamplingStats:
 
 @runtime_checkable
 class PartedSplit(Protocol):
-    """A training split made of parts, each sampled on its own corpus and pools (:class:`mdr.data.union.UnionSplit`).
-
-    Each part offers the :class:`~mdr.data.schema.RetrievalSplit` API (``queries``, ``qrels``, ``corpus``,
-    ``positives``) with ids namespaced by the part.
-    """
+    """A training split made of parts with the RetrievalSplit API, each sampled on its own (:mod:`mdr.data.union`)."""
 
     parts: Sequence[RetrievalSplit]
 
 
 class NegativeSampler:
-    """Draws each training query's k negatives for one epoch.
-
-    Args:
-        num_negatives: k, negatives per query (0 trains on in-batch negatives only).
-        hard_proportion: p in [0, 1], the share of the k negatives taken from the hard pool.
-        seed: base seed; the draw for a query depends only on (seed, epoch, query_id).
-        strict: if true, a query whose pool holds fewer than round(p*k) usable candidates is an error;
-            otherwise the missing hard negatives are replaced by random ones and counted.
-    """
+    """Draws each training query's k (``num_negatives``) negatives for one epoch, p (``hard_proportion``) of them
+    from its hard pool; with ``strict``, a pool short of p * k usable candidates is an error (else random ones
+    replace the missing and are counted)."""
 
     def __init__(self, num_negatives: int, hard_proportion: float, seed: int = 0, strict: bool = False) -> None:
         if not 0.0 <= float(hard_proportion) <= 1.0:
@@ -88,10 +71,8 @@ class NegativeSampler:
         problem = proportion_problem(float(hard_proportion), int(num_negatives))
         if problem:
             raise ValueError(problem)
-        self.num_negatives = int(num_negatives)
-        self.hard_proportion = float(hard_proportion)
-        self.seed = int(seed)
-        self.strict = strict
+        self.num_negatives, self.hard_proportion = int(num_negatives), float(hard_proportion)
+        self.seed, self.strict = int(seed), strict
         self.num_hard = num_hard(self.hard_proportion, self.num_negatives)
 
     def _rng(self, epoch: int, query_id: str) -> random.Random:
@@ -100,11 +81,8 @@ class NegativeSampler:
     def draw(
         self, query_id: str, positives: set[str], pool: Sequence[str], corpus: Corpus, epoch: int
     ) -> tuple[list[str], int]:
-        """Negatives for one query and how many hard ones the pool could not supply.
-
-        Random negatives are drawn as corpus rows (uniformly, ``rng.randrange(len(corpus))``), so no list of
-        every docid is built; the draw depends only on (seed, epoch, query_id) and the corpus row order.
-        """
+        """Negatives for one query and how many hard ones the pool could not supply (random ones are drawn as
+        uniform corpus rows: a function of seed, epoch, query_id and the corpus row order)."""
         rng = self._rng(epoch, query_id)
         candidates = list(dict.fromkeys(docid for docid in pool if docid not in positives))
         hard = rng.sample(candidates, min(self.num_hard, len(candidates)))
@@ -130,15 +108,17 @@ class NegativeSampler:
     def examples(
         self, split: RetrievalSplit | PartedSplit, pools: HardNegativePools, epoch: int
     ) -> tuple[list[TrainingExample], SamplingStats]:
-        """One epoch's training examples (queries without a positive are skipped and counted).
-
-        A :class:`PartedSplit` (:class:`~mdr.data.union.UnionSplit`) samples each part on its own corpus and pools
-        (``pools`` keyed by namespaced query ids) and concatenates them in part order, with their stats summed.
-        """
-        if isinstance(split, PartedSplit):
-            return self._examples_of_parts(split.parts, pools, epoch)
-        stats = SamplingStats()
+        """One epoch's training examples (queries without a positive are skipped and counted); a
+        :class:`PartedSplit`'s parts are sampled one by one and concatenated, their stats summed."""
         examples: list[TrainingExample] = []
+        stats = SamplingStats()
+        if isinstance(split, PartedSplit):
+            for part in split.parts:
+                found, part_stats = self.examples(part, pools, epoch)
+                examples += found
+                for item in fields(stats):
+                    setattr(stats, item.name, getattr(stats, item.name) + getattr(part_stats, item.name))
+            return examples, stats
         for query_id in sorted(split.queries):
             positives = split.positives(query_id)
             if not positives:
@@ -146,11 +126,8 @@ class NegativeSampler:
                 continue
             negatives, shortfall = self.draw(query_id, set(positives), pools.get(query_id, ()), split.corpus, epoch)
             positive = self._rng(epoch, query_id + "/positive").choice(sorted(positives))
-            examples.append(
-                TrainingExample(
-                    query_id, split.queries[query_id].text, positive, tuple(negatives), tuple(sorted(positives))
-                )
-            )
+            text = split.queries[query_id].text
+            examples.append(TrainingExample(query_id, text, positive, tuple(negatives), tuple(sorted(positives))))
             stats.hard_shortfall += shortfall
             stats.queries_short_of_hard += shortfall > 0
             stats.hard += self.num_hard - shortfall
@@ -169,15 +146,3 @@ class NegativeSampler:
                 stats.hard_shortfall,
             )
         return examples, stats
-
-    def _examples_of_parts(
-        self, parts: Sequence[RetrievalSplit], pools: HardNegativePools, epoch: int
-    ) -> tuple[list[TrainingExample], SamplingStats]:
-        examples: list[TrainingExample] = []
-        total = SamplingStats()
-        for part in parts:
-            found, stats = self.examples(part, pools, epoch)
-            examples += found
-            for item in fields(stats):
-                setattr(total, item.name, getattr(total, item.name) + getattr(stats, item.name))
-        return examples, total

@@ -1,36 +1,6 @@
-"""Readers that turn a language's retrieval data into a :class:`RetrievalSplit` (``reader.load(split)``).
-
-* :class:`LocalReader`: ``corpus.jsonl``, ``queries/{split}.jsonl``, ``qrels/{split}.txt`` (TREC
-  ``qid 0 docid grade``), as in ``shared/data/xquad/xquad-sent/<lang>``.
-* :class:`MrTydiReader`: Mr. TyDi v1.1 as published (``castorini/mr-tydi``:
-  ``mrtydi-v1.1-<language>/{train,dev,test}.jsonl.gz``, rows ``query_id, query, positive_passages,
-  negative_passages``; ``castorini/mr-tydi-corpus``: ``mrtydi-v1.1-<language>/corpus.jsonl.gz``), and any set
-  published in the same row schema (Tevatron's MS MARCO passage: ``{split}.jsonl.gz`` + ``corpus.jsonl.gz``).
-* :class:`MiraclReader`: MIRACL v1.0 as published (``miracl/miracl``:
-  ``miracl-v1.0-<lang>/topics/topics.miracl-v1.0-<lang>-<split>.tsv`` (``qid TAB query``) and
-  ``.../qrels/qrels.miracl-v1.0-<lang>-<split>.tsv`` (``qid Q0 docid grade``); ``miracl/miracl-corpus``:
-  ``miracl-corpus-v1.0-<lang>/docs-<i>.jsonl.gz`` shards).
-
-The hub readers take a hub dataset id (fetched at a pinned revision, :mod:`mdr.data.hub`) or a local folder in
-the same layout. Every reader returns the language's corpus as one :class:`~mdr.data.corpus.Corpus`, stored
-once under ``<cache_dir>/corpora/`` and shared by its splits (and by every process that reads it).
-
-What bad input does (every message names ``file:line``):
-
-* errors: a file that is not UTF-8 (the first bad byte's line), malformed JSON or a line that is not an
-  object, a missing key, a null or non-string docid / query id / passage text / query text, an empty query
-  text (it cannot be encoded, and dropping a judged query would change the metric's denominator), a duplicate
-  docid or query id (which one should win is not ours to guess), an empty corpus, a qrels line that is
-  malformed, has a non-integer grade, names a docid not in the corpus or a query id not in the queries file
-  (the two files do not belong together), or repeats a (query, docid) pair with a *different* grade, a
-  Mr. TyDi positive outside the corpus, missing MIRACL corpus shards;
-* accepted: a UTF-8 byte-order mark at the start of any file (read as ``utf-8-sig``); Mr. TyDi's null
-  ``positive_passages`` / ``negative_passages`` (empty lists, as the dataset's own loading script reads them);
-* skipped or normalised, counted and logged once per file: a JSON null title (read as no title: titles are
-  optional in every layout), a qrels line repeating a (query, docid) pair with the *same* grade (nothing is
-  lost), a shipped negative that is not in the corpus (it has no text to train on);
-* kept as they are: grade-0 judgements (judged non-relevant; MIRACL's are also its shipped negatives) and
-  queries without any relevant passage (training skips and counts them).
+"""Readers that turn a language's retrieval data into a :class:`RetrievalSplit` (``reader.load(split)``): the local
+layout, Mr. TyDi (and sets in its row schema: MS MARCO) and MIRACL as published. Bad input raises a DataError naming
+``file:line``; what is tolerated and counted instead is listed in docs/data.md.
 """
 
 from __future__ import annotations
@@ -44,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mdr.data.corpus import Corpus, Row, default_cache_dir
-from mdr.data.hub import dataset_folder, download_command, missing_message
+from mdr.data.hub import DatasetFiles
 from mdr.data.schema import DataError, Qrels, Query, RetrievalSplit
 from mdr.utils.logging import get_logger
 
@@ -58,7 +28,7 @@ class RetrievalReader(Protocol):
     """Anything that loads one split of one language."""
 
     def load(self, split: str) -> RetrievalSplit:
-        """Return corpus, queries, qrels (and shipped negatives) for ``split``."""
+        """Corpus, queries, qrels (and shipped negatives) of ``split``."""
         ...
 
     def published_split(self, split: str) -> str:
@@ -66,30 +36,21 @@ class RetrievalReader(Protocol):
         ...
 
 
-class Skips:
-    """Counts of rows skipped or normalised, with the first place each happened, logged as warnings."""
+Skips = dict[str, list[Any]]
+"""Rows skipped or normalised: reason -> [count, first ``file:line``]."""
 
-    def __init__(self) -> None:
-        self.counts: dict[str, list[Any]] = {}
 
-    def add(self, reason: str, where: str) -> None:
-        """Count one ``reason`` seen at ``where`` (``file:line``)."""
-        entry = self.counts.setdefault(reason, [0, where])
-        entry[0] += 1
+def _skip(skips: Skips, reason: str, where: str) -> None:
+    skips.setdefault(reason, [0, where])[0] += 1
 
-    def log(self, source: str | Path) -> None:
-        """One warning per reason."""
-        for reason, (count, first) in self.counts.items():
-            log.warning("%s: %d %s (first at %s)", source, count, reason, first)
-        self.counts.clear()
+
+def _log_skips(source: Path, skips: Skips) -> None:
+    for reason, (count, first) in skips.items():
+        log.warning("%s: %d %s (first at %s)", source, count, reason, first)
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """``(line number, line)`` of a UTF-8 text file (gzip when the name ends in ``.gz``); a leading BOM is dropped.
-
-    Raises:
-        DataError: ``path: file not found``, ``path:line: not valid UTF-8 ...``, or an unreadable gzip stream.
-    """
+    """``(line number, line)`` of a UTF-8 text file (gzip when named ``*.gz``), a leading BOM dropped."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     opener: Any = gzip.open if path.name.endswith(".gz") else open
@@ -98,22 +59,17 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
         with opener(path, "rb") as handle:
             for number, raw in enumerate(handle, start=1):
                 try:
-                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                    yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
                 except UnicodeDecodeError as error:
                     raise DataError(
                         f"{path}:{number}: not valid UTF-8 (byte {raw[error.start]:#04x} at column {error.start + 1})"
                     ) from error
-                yield number, line
     except (OSError, EOFError, zlib.error) as error:
         raise DataError(f"{path}:{number + 1}: cannot read ({error})") from error
 
 
 def iter_jsonl(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line number, object)`` for each non-blank line of ``path``.
-
-    Raises:
-        DataError: naming ``path:line`` for a line that is not a JSON object or lacks a required key.
-    """
+    """``(line number, object)`` for each non-blank line of ``path``, each a JSON object with the ``required`` keys."""
     for number, line in iter_lines(path):
         if not line.strip():
             continue
@@ -146,48 +102,52 @@ def _string(value: Any, key: str, path: Path, number: int) -> str:
     raise DataError(f"{path}:{number}: {key} is {problem}")
 
 
-def _query_text(value: Any, key: str, path: Path, number: int) -> str:
-    text = _string(value, key, path, number)
+def _add_query(
+    queries: dict[str, Query], lines: dict[str, int], raw_id: Any, text: Any, key: str, path: Path, number: int
+) -> str:
+    """Add a query read at ``path:number`` (a unique id, a non-empty text) to ``queries``; returns its id."""
+    query_id = _identifier(raw_id, key, path, number)
+    if query_id in lines:
+        raise DataError(f"{path}:{number}: duplicate {key} {query_id!r} (first at line {lines[query_id]})")
+    lines[query_id] = number
+    text = _string(text, "query", path, number)
     if not text.strip():
         raise DataError(f"{path}:{number}: empty query text")
-    return text
+    queries[query_id] = Query(query_id, text)
+    return query_id
 
 
 def corpus_rows(paths: Sequence[Path]) -> Iterator[Row]:
     """Validated ``(docid, title, text, file index, line)`` rows of ``{"docid", "text", ["title"]}`` JSONL files."""
     for index, path in enumerate(paths):
-        skips = Skips()
+        skips: Skips = {}
         for number, record in iter_jsonl(path, ("docid", "text")):
             docid = _identifier(record["docid"], "docid", path, number)
             text = _string(record["text"], "text", path, number)
             title = record.get("title")
             if title is None:
                 if "title" in record:
-                    skips.add("null titles read as no title", f"{path}:{number}")
+                    _skip(skips, "null titles read as no title", f"{path}:{number}")
                 title = ""
             elif not isinstance(title, str):
                 raise DataError(f"{path}:{number}: title is a {type(title).__name__}, not a string")
             yield docid, title, text, index, number
-        skips.log(path)
+        _log_skips(path, skips)
 
 
 def read_queries(path: Path) -> dict[str, Query]:
-    """Read ``{"query_id", "query"}`` lines; null/empty query texts and duplicate ids are errors."""
+    """``{"query_id", "query"}`` lines; null/empty query texts and duplicate ids are errors."""
     queries: dict[str, Query] = {}
-    first: dict[str, int] = {}
+    lines: dict[str, int] = {}
     for number, record in iter_jsonl(path, ("query_id", "query")):
-        query_id = _identifier(record["query_id"], "query_id", path, number)
-        if query_id in first:
-            raise DataError(f"{path}:{number}: duplicate query_id {query_id!r} (first at line {first[query_id]})")
-        first[query_id] = number
-        queries[query_id] = Query(query_id, _query_text(record["query"], "query", path, number))
+        _add_query(queries, lines, record["query_id"], record["query"], "query_id", path, number)
     return queries
 
 
 def read_topics(path: Path) -> dict[str, Query]:
-    """Read MIRACL topics, ``qid TAB query`` per line; empty texts and duplicate ids are errors."""
+    """MIRACL topics, ``qid TAB query`` per line; empty texts and duplicate ids are errors."""
     queries: dict[str, Query] = {}
-    first: dict[str, int] = {}
+    lines: dict[str, int] = {}
     for number, line in iter_lines(path):
         line = line.rstrip("\r\n")
         if not line.strip():
@@ -195,26 +155,18 @@ def read_topics(path: Path) -> dict[str, Query]:
         query_id, tab, text = line.partition("\t")
         if not tab:
             raise DataError(f"{path}:{number}: expected 'qid<TAB>query', got {line[:80]!r}")
-        query_id = _identifier(query_id.strip(), "query id", path, number)
-        if query_id in first:
-            raise DataError(f"{path}:{number}: duplicate query id {query_id!r} (first at line {first[query_id]})")
-        first[query_id] = number
-        queries[query_id] = Query(query_id, _query_text(text.strip(), "query", path, number))
+        _add_query(queries, lines, query_id.strip(), text.strip(), "query id", path, number)
     return queries
 
 
 def read_qrels(path: Path, corpus: Mapping[str, Any], queries: Mapping[str, Query], queries_file: str = "") -> Qrels:
-    """Read TREC qrels ``qid iteration docid grade`` (whitespace-separated; grade 0 is kept as judged 0).
-
-    Raises:
-        DataError: naming ``path:line`` for a malformed line, a non-integer grade, a docid not in the corpus,
-            a query id not in ``queries``, or a (query, docid) pair graded twice with different grades.
-    """
+    """TREC qrels ``qid iteration docid grade`` (grade 0 kept as judged non-relevant), checked against the
+    corpus and ``queries``; a (query, docid) pair graded twice with different grades is an error."""
     if not path.is_file():
         raise DataError(f"{path}: qrels file not found")
     qrels: Qrels = {}
     seen: dict[tuple[str, str], tuple[int, int]] = {}
-    skips = Skips()
+    skips: Skips = {}
     for number, line in iter_lines(path):
         fields = line.split()
         if not fields:
@@ -237,44 +189,49 @@ def read_qrels(path: Path, corpus: Mapping[str, Any], queries: Mapping[str, Quer
                     f"{path}:{number}: query {query_id!r} docid {docid!r} graded {value} here and {previous[0]} "
                     f"at line {previous[1]}"
                 )
-            skips.add("repeated qrels lines (same query, docid and grade) skipped", f"{path}:{number}")
+            _skip(skips, "repeated qrels lines (same query, docid and grade) skipped", f"{path}:{number}")
             continue
         seen[(query_id, docid)] = (value, number)
         qrels.setdefault(query_id, {})[docid] = value
-    skips.log(path)
+    _log_skips(path, skips)
     return qrels
 
 
-class LocalReader:
-    """Reads the local layout: ``root/corpus.jsonl``, ``root/queries/{split}.jsonl``, ``root/qrels/{split}.txt``.
+class _Reader:
+    """What every reader shares: the language's corpus, stored under ``cache_dir`` on first use and then reused."""
 
-    Args:
-        root: the language's folder.
-        language: ISO code, only used in error messages.
-        cache_dir: ``paths.cache_dir``, where the corpus is stored (``None``: ``$MDR_CACHE_DIR`` or
-            ``.cache/mdr``).
-    """
+    cache_dir: str | Path | None = None
+    _corpus: Corpus | None = None
 
-    def __init__(self, root: str | Path, language: str = "", cache_dir: str | Path | None = None) -> None:
-        self.root = Path(root)
-        self.language = language
-        self.cache_dir = cache_dir
-        self._corpus: Corpus | None = None
+    def corpus_files(self) -> list[Path]:  # the language's corpus files, in order
+        raise NotImplementedError
 
     def corpus(self) -> Corpus:
         """The language's corpus, stored on first use and then reused (per reader and across processes)."""
         if self._corpus is None:
-            if not self.root.is_dir():
-                raise DataError(f"language {self.language!r} has no data: {self.root} does not exist")
-            path = self.root / "corpus.jsonl"
-            if not path.is_file():
-                raise DataError(f"{path}: file not found")
-            self._corpus = Corpus.build_cached(lambda: corpus_rows([path]), [path], PARSER, self.cache_dir)
+            files = self.corpus_files()
+            self._corpus = Corpus.build_cached(lambda: corpus_rows(files), files, PARSER, self.cache_dir)
         return self._corpus
 
     def published_split(self, split: str) -> str:
-        """The local layout names its splits as mdr does."""
+        """The name under which ``split`` is published."""
         return split
+
+
+class LocalReader(_Reader):
+    """The local layout: ``root/corpus.jsonl``, ``root/queries/{split}.jsonl``, ``root/qrels/{split}.txt``
+    (``language``: the ISO code, for messages; ``cache_dir``: ``paths.cache_dir``, where the corpus is stored)."""
+
+    def __init__(self, root: str | Path, language: str = "", cache_dir: str | Path | None = None) -> None:
+        self.root, self.language, self.cache_dir = Path(root), language, cache_dir
+
+    def corpus_files(self) -> list[Path]:
+        if not self.root.is_dir():
+            raise DataError(f"language {self.language!r} has no data: {self.root} does not exist")
+        path = self.root / "corpus.jsonl"
+        if not path.is_file():
+            raise DataError(f"{path}: file not found")
+        return [path]
 
     def load(self, split: str) -> RetrievalSplit:
         """Load ``split`` (e.g. ``train`` or ``test``)."""
@@ -285,8 +242,15 @@ class LocalReader:
         return RetrievalSplit(corpus=corpus, queries=queries, qrels=qrels)
 
 
-class _PublishedReader:
-    """What the hub readers share: repo resolution, file checks, the corpus."""
+class _PublishedReader(_Reader):
+    """What the hub readers share: the queries and corpus repos (hub ids or local folders) and their files.
+
+    Args:
+        config: the language's name in the file layout; null for a language the set lacks.
+        split_names: mdr split -> published split (``test`` -> ``dev`` for a set without test labels).
+        config_prefix: where these keys sit in the config, for messages (``data``).
+        published: the canonical hub ids, named in the download command when a local folder is missing.
+    """
 
     published: tuple[str, str] = ("", "")
     queries_patterns: tuple[str, ...] = ()
@@ -305,71 +269,27 @@ class _PublishedReader:
         config_prefix: str = "data",
         published: Sequence[str] | None = None,
     ) -> None:
-        self.queries_repo = str(queries_repo)
-        self.corpus_repo = str(corpus_repo)
-        self.config = config
-        self.revision = revision
-        self.corpus_revision = corpus_revision
-        self.split_names = dict(split_names or {})
-        self.language = language
+        self.config, self.split_names, self.language = config, dict(split_names or {}), language
         self.cache_dir = Path(cache_dir).expanduser().resolve() if cache_dir is not None else default_cache_dir()
         self.config_prefix = config_prefix
         if published is not None:
             self.published = (str(published[0]), str(published[1]))
-        uses_config = any("{config}" in p for p in (*self.queries_patterns, *self.corpus_patterns))
-        if uses_config and not config:
+        if not config and any("{config}" in p for p in (*self.queries_patterns, *self.corpus_patterns)):
             raise DataError(
-                f"language {language!r} has no config in {self.published[0] or self.queries_repo} "
+                f"language {language!r} has no config in {self.published[0] or queries_repo} "
                 f"(conf/language/{language}.yaml sets it to null)"
             )
-        self._folders: dict[str, tuple[Path, bool]] = {}
-        self._corpus: Corpus | None = None
+        self.files = {
+            "queries": self._files("queries", str(queries_repo), revision, self.queries_patterns, self.published[0]),
+            "corpus": self._files("corpus", str(corpus_repo), corpus_revision, self.corpus_patterns, self.published[1]),
+        }
 
-    def _role(self, role: str) -> tuple[str, str | None, list[str], str, str]:
-        """(repo, revision, patterns, config key, published repo) of ``queries`` or ``corpus``."""
-        if role == "queries":
-            patterns, repo, revision, published = self.queries_patterns, self.queries_repo, self.revision, 0
-        else:
-            patterns, repo, revision, published = self.corpus_patterns, self.corpus_repo, self.corpus_revision, 1
-        filled = [p.format(config=self.config, split="*") for p in patterns]
+    def _files(
+        self, role: str, repo: str, revision: str | None, patterns: Sequence[str], published: str
+    ) -> DatasetFiles:
+        filled = tuple(pattern.format(config=self.config, split="*") for pattern in patterns)
         key = f"{self.config_prefix}.{role}_repo"
-        return repo, revision, filled, key, self.published[published] or repo
-
-    def _folder(self, role: str) -> tuple[Path, bool]:
-        if role not in self._folders:
-            repo, revision, patterns, key, published = self._role(role)
-            try:
-                self._folders[role] = dataset_folder(repo, revision, patterns, key, self.cache_dir / "datasets")
-            except DataError as error:
-                if "no such folder" not in str(error):
-                    raise
-                command = download_command(published, revision, patterns, Path(repo).expanduser().resolve())
-                raise DataError(f"{error}; to fetch the published files there run\n  {command}") from None
-        return self._folders[role]
-
-    def _file(self, role: str, relative: str) -> Path:
-        """``relative`` inside the ``role`` folder; a clear error (with the download command) when absent."""
-        folder, from_hub = self._folder(role)
-        path = folder / relative
-        if path.is_file():
-            return path
-        repo, revision, patterns, key, published = self._role(role)
-        if from_hub:
-            reason = f"{relative} is not in the snapshot {folder}"
-            raise DataError(missing_message(repo, revision, patterns, key, self.cache_dir / "datasets", reason))
-        command = download_command(published, revision, patterns, folder)
-        raise DataError(f"{path}: file not found ({key}={repo}); to fetch the published files run\n  {command}")
-
-    def corpus_files(self) -> list[Path]:
-        """The corpus files of the language, in order."""
-        raise NotImplementedError
-
-    def corpus(self) -> Corpus:
-        """The language's corpus, stored on first use and then reused (per reader and across processes)."""
-        if self._corpus is None:
-            files = self.corpus_files()
-            self._corpus = Corpus.build_cached(lambda: corpus_rows(files), files, PARSER, self.cache_dir)
-        return self._corpus
+        return DatasetFiles(repo, revision, filled, key, published or repo, self.cache_dir / "datasets")
 
     def published_split(self, split: str) -> str:
         """The published name of mdr split ``split`` (``split_names``; MIRACL's ``test`` is its ``dev``)."""
@@ -377,24 +297,9 @@ class _PublishedReader:
 
 
 class MrTydiReader(_PublishedReader):
-    """Mr. TyDi v1.1 (or another set in its row schema) from its published files.
-
-    Positives and shipped negatives (Mr. TyDi: BM25 top-30 minus positives) come from each row's
-    ``positive_passages`` / ``negative_passages``; texts come from the corpus. See the module docstring for
-    what happens to bad rows.
-
-    Args:
-        queries_repo: hub dataset id or local folder with the query rows (``castorini/mr-tydi``).
-        corpus_repo: hub dataset id or local folder with the corpus (``castorini/mr-tydi-corpus``).
-        config: the language's name in the file layout (``swahili``); null for a language the set lacks.
-        revision / corpus_revision: hub revisions of the two repos (ignored for local folders).
-        queries_file / corpus_file: layout, with ``{config}`` and ``{split}`` filled in.
-        split_names: mdr split -> published split (``test`` -> ``dev`` for a set without test labels).
-        language: ISO code, for messages.
-        cache_dir: ``paths.cache_dir`` (stored corpora; suggested download folder).
-        config_prefix: where these keys sit in the config, for messages (``data``).
-        published: the canonical hub ids, named in the download command when a local folder is missing.
-    """
+    """Mr. TyDi v1.1 (or another set in its row schema) from its published files (``queries_file`` /
+    ``corpus_file``: the layout, with ``{config}`` and ``{split}``): positives and shipped negatives come from each
+    row's ``positive_passages`` / ``negative_passages``, texts from the corpus."""
 
     published = ("castorini/mr-tydi", "castorini/mr-tydi-corpus")
 
@@ -407,47 +312,28 @@ class MrTydiReader(_PublishedReader):
         corpus_revision: str | None = None,
         queries_file: str = "mrtydi-v1.1-{config}/{split}.jsonl.gz",
         corpus_file: str = "mrtydi-v1.1-{config}/corpus.jsonl.gz",
-        split_names: Mapping[str, str] | None = None,
-        language: str = "",
-        cache_dir: str | Path | None = None,
-        config_prefix: str = "data",
-        published: Sequence[str] | None = None,
+        **options: Any,
     ) -> None:
-        self.queries_file = queries_file
-        self.corpus_file = corpus_file
-        self.queries_patterns = (queries_file,)
-        self.corpus_patterns = (corpus_file,)
-        super().__init__(
-            queries_repo,
-            corpus_repo,
-            config,
-            revision,
-            corpus_revision,
-            split_names,
-            language,
-            cache_dir,
-            config_prefix,
-            published,
-        )
+        self.queries_file, self.corpus_file = queries_file, corpus_file
+        self.queries_patterns, self.corpus_patterns = (queries_file,), (corpus_file,)
+        super().__init__(queries_repo, corpus_repo, config, revision, corpus_revision, **options)
 
     def corpus_files(self) -> list[Path]:
-        return [self._file("corpus", self.corpus_file.format(config=self.config))]
+        return [self.files["corpus"].file(self.corpus_file.format(config=self.config))]
 
     def load(self, split: str) -> RetrievalSplit:
         """Load ``split``: queries, qrels (every positive at grade 1) and shipped negatives from the rows."""
-        path = self._file("queries", self.queries_file.format(config=self.config, split=self.published_split(split)))
+        path = self.files["queries"].file(
+            self.queries_file.format(config=self.config, split=self.published_split(split))
+        )
         corpus = self.corpus()
         queries: dict[str, Query] = {}
-        first: dict[str, int] = {}
+        lines: dict[str, int] = {}
         qrels: Qrels = {}
         negatives: dict[str, list[str]] = {}
-        skips = Skips()
+        skips: Skips = {}
         for number, record in iter_jsonl(path, ("query_id", "query")):
-            query_id = _identifier(record["query_id"], "query_id", path, number)
-            if query_id in first:
-                raise DataError(f"{path}:{number}: duplicate query_id {query_id!r} (first at line {first[query_id]})")
-            first[query_id] = number
-            queries[query_id] = Query(query_id, _query_text(record["query"], "query", path, number))
+            query_id = _add_query(queries, lines, record["query_id"], record["query"], "query_id", path, number)
             positives = _row_docids(record, "positive_passages", path, number)
             for docid in positives:
                 if docid not in corpus:
@@ -461,10 +347,10 @@ class MrTydiReader(_PublishedReader):
                 if docid in corpus:
                     shipped.append(docid)
                 else:
-                    skips.add("shipped negatives not in the corpus dropped", f"{path}:{number}")
+                    _skip(skips, "shipped negatives not in the corpus dropped", f"{path}:{number}")
             if shipped:
                 negatives[query_id] = shipped
-        skips.log(path)
+        _log_skips(path, skips)
         return RetrievalSplit(corpus=corpus, queries=queries, qrels=qrels, shipped_negatives=negatives)
 
 
@@ -487,13 +373,10 @@ _SHARD = re.compile(r"docs-(\d+)\.jsonl\.gz")
 
 
 class MiraclReader(_PublishedReader):
-    """MIRACL v1.0 from its published topics, qrels and corpus shards.
+    """MIRACL v1.0 from its published topics, qrels and corpus shards (``config``: the language code, ``sw``).
 
-    Grade-0 judgements are kept in the qrels (judged non-relevant) and are also the split's shipped negatives,
-    as the dataset's own loading script exposes them (``negative_passages``). MIRACL's labelled evaluation
-    split is ``dev`` (``split_names: {test: dev}`` in ``conf/data/miracl.yaml``).
-
-    Args: as :class:`MrTydiReader`, with ``config`` the MIRACL language code (``sw``).
+    Grade-0 judgements stay in the qrels (judged non-relevant) and are also the split's shipped negatives, as
+    the dataset's own loading script exposes them. MIRACL's labelled evaluation split is ``dev``.
     """
 
     published = ("miracl/miracl", "miracl/miracl-corpus")
@@ -502,7 +385,7 @@ class MiraclReader(_PublishedReader):
 
     def corpus_files(self) -> list[Path]:
         """``docs-0.jsonl.gz``, ``docs-1.jsonl.gz``, ... in numeric order; a gap in the numbering is an error."""
-        folder, _ = self._folder("corpus")
+        folder, _ = self.files["corpus"].folder
         shard_dir = folder / f"miracl-corpus-v1.0-{self.config}"
         shards = sorted(
             (int(match.group(1)), path)
@@ -510,7 +393,7 @@ class MiraclReader(_PublishedReader):
             if (match := _SHARD.fullmatch(path.name))
         )
         if not shards:
-            self._file("corpus", f"miracl-corpus-v1.0-{self.config}/docs-0.jsonl.gz")  # raises with the command
+            self.files["corpus"].file(f"miracl-corpus-v1.0-{self.config}/docs-0.jsonl.gz")  # raises with the command
         missing = sorted(set(range(shards[-1][0] + 1)) - {index for index, _ in shards})
         if missing:
             raise DataError(
@@ -521,10 +404,9 @@ class MiraclReader(_PublishedReader):
 
     def load(self, split: str) -> RetrievalSplit:
         """Load ``split``: topics, qrels (grades as published) and grade-0 judgements as shipped negatives."""
-        name = self.published_split(split)
-        base = f"miracl-v1.0-{self.config}"
-        topics = self._file("queries", f"{base}/topics/topics.miracl-v1.0-{self.config}-{name}.tsv")
-        qrels_path = self._file("queries", f"{base}/qrels/qrels.miracl-v1.0-{self.config}-{name}.tsv")
+        name = f"miracl-v1.0-{self.config}-{self.published_split(split)}.tsv"
+        topics = self.files["queries"].file(f"miracl-v1.0-{self.config}/topics/topics.{name}")
+        qrels_path = self.files["queries"].file(f"miracl-v1.0-{self.config}/qrels/qrels.{name}")
         corpus = self.corpus()
         queries = read_topics(topics)
         qrels = read_qrels(qrels_path, corpus, queries, str(topics))

@@ -1,22 +1,18 @@
 """Several languages' (or datasets') training splits trained on as one, each query keeping its own corpus.
 
-Every query id and docid of a part is namespaced ``<part>/<id>``, so ids of different parts never clash (XQuAD's
-are parallel: the same ids in every language) and the loss's in-batch false-negative mask compares like with
-like. Each part keeps its own corpus: the sampler samples each of :attr:`UnionSplit.parts` on its own
-(:class:`mdr.data.negatives.PartedSplit`), so a query's negatives (random rows and mined pools alike) come from
-its own part and no query is trained against another language's passage as a negative. The collator looks
-passages up in :attr:`UnionSplit.corpus`, which routes a namespaced docid to its part's corpus. Nothing is
-copied: the parts' memory-mapped corpora are shared.
+Every id of a part is namespaced ``<part>/<id>`` (XQuAD's ids are parallel across languages). The sampler samples
+each of :attr:`UnionSplit.parts` on its own corpus and pools; the collator looks passages up in
+:attr:`UnionSplit.corpus`. Nothing is copied.
 """
 
 from __future__ import annotations
 
 import bisect
-import hashlib
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from mdr.data.schema import Corpus, DataError, Passage, Qrels, Query, RetrievalSplit
+from mdr.data.schema import Corpus, DataError, Judged, Passage, Qrels, Query, RetrievalSplit
 
 SEPARATOR = "/"
 
@@ -35,11 +31,7 @@ def part_of(identifier: str) -> str:
 
 
 class NamespacedCorpus(Mapping[str, Passage]):
-    """One part's corpus seen with namespaced docids: what the sampler draws a part's random negatives from.
-
-    Offers the :class:`~mdr.data.corpus.Corpus` calls the sampler uses (``len``, ``docid(row)``, ``row``,
-    ``passage``) over the same rows, so a query's random negatives are rows of its own part's corpus.
-    """
+    """One part's corpus seen with namespaced docids (and ``docid(row)``, what the sampler draws from)."""
 
     def __init__(self, part: str, corpus: Corpus) -> None:
         self.part = part
@@ -61,24 +53,9 @@ class NamespacedCorpus(Mapping[str, Passage]):
         passage = self.base[self._local(docid)]
         return Passage(docid, passage.text, passage.title)
 
-    def __contains__(self, docid: object) -> bool:
-        try:
-            return self._local(docid) in self.base  # type: ignore[arg-type]
-        except KeyError:
-            return False
-
     def docid(self, row: int) -> str:
         """The namespaced docid at ``row`` of the part's corpus."""
         return self.prefix + self.base.docid(row)
-
-    def row(self, docid: str) -> int:
-        """The row of a namespaced docid in the part's corpus (KeyError if absent)."""
-        return self.base.row(self._local(docid))
-
-    def passage(self, row: int) -> Passage:
-        """The passage at ``row``, with its namespaced docid."""
-        passage = self.base.passage(row)
-        return Passage(self.prefix + passage.docid, passage.text, passage.title)
 
 
 class UnionCorpus(Mapping[str, Passage]):
@@ -86,33 +63,21 @@ class UnionCorpus(Mapping[str, Passage]):
 
     def __init__(self, parts: Sequence[NamespacedCorpus]) -> None:
         self.parts = {corpus.part: corpus for corpus in parts}
-        self._starts: list[int] = []
-        total = 0
-        for corpus in parts:
-            self._starts.append(total)
-            total += len(corpus)
-        self._len = total
         self._order = list(parts)
+        self._starts = [0, *itertools.accumulate(len(corpus) for corpus in parts)]
+        self._len = self._starts.pop()
 
     def __len__(self) -> int:
         return self._len
 
     def __iter__(self) -> Iterator[str]:
-        for corpus in self._order:
-            yield from corpus
+        return itertools.chain.from_iterable(self._order)
 
     def __getitem__(self, docid: str) -> Passage:
         corpus = self.parts.get(part_of(docid))
         if corpus is None:
             raise KeyError(docid)
         return corpus[docid]
-
-    def __contains__(self, docid: object) -> bool:
-        try:
-            self[docid]  # type: ignore[index]
-        except KeyError:
-            return False
-        return True
 
     def docid(self, row: int) -> str:
         """The namespaced docid at union row ``row``."""
@@ -121,26 +86,15 @@ class UnionCorpus(Mapping[str, Passage]):
         index = bisect.bisect_right(self._starts, row) - 1
         return self._order[index].docid(row - self._starts[index])
 
-    def fingerprint(self) -> str:
-        """A hash of the parts' names and corpus fingerprints."""
-        digest = hashlib.sha256()
-        for corpus in self._order:
-            digest.update(f"{corpus.part}:{corpus.base.fingerprint()}\n".encode())
-        return digest.hexdigest()[:32]
-
 
 @dataclass
-class PartSplit:
+class PartSplit(Judged):
     """One part as the sampler sees it: namespaced queries, qrels and corpus (the :class:`RetrievalSplit` API)."""
 
     corpus: NamespacedCorpus
     queries: dict[str, Query]
     qrels: Qrels
     shipped_negatives: dict[str, list[str]] = field(default_factory=dict)
-
-    def positives(self, query_id: str) -> list[str]:
-        """Namespaced docids judged relevant for ``query_id``."""
-        return [docid for docid, grade in self.qrels.get(query_id, {}).items() if grade > 0]
 
 
 def _namespace_split(part: str, split: RetrievalSplit) -> PartSplit:
@@ -150,22 +104,14 @@ def _namespace_split(part: str, split: RetrievalSplit) -> PartSplit:
     return PartSplit(
         corpus=NamespacedCorpus(part, split.corpus),
         queries={name(qid): Query(name(qid), query.text) for qid, query in split.queries.items()},
-        qrels={
-            name(qid): {name(docid): grade for docid, grade in judged.items()} for qid, judged in split.qrels.items()
-        },
-        shipped_negatives={
-            name(qid): [name(docid) for docid in docids] for qid, docids in split.shipped_negatives.items()
-        },
+        qrels={name(qid): {name(d): grade for d, grade in judged.items()} for qid, judged in split.qrels.items()},
+        shipped_negatives={name(qid): [name(d) for d in docids] for qid, docids in split.shipped_negatives.items()},
     )
 
 
-class UnionSplit:
-    """The union of several training splits, each with its own corpus (the :class:`RetrievalSplit` API).
-
-    Args:
-        parts: (part name, split) pairs; a name (e.g. the language code) namespaces that part's ids and must be
-            unique and free of ``/``.
-    """
+class UnionSplit(Judged):
+    """The union of (name, split) ``parts``, each with its own corpus (the :class:`RetrievalSplit` API); a name
+    (e.g. the language code) namespaces that part's ids and must be unique and free of ``/``."""
 
     def __init__(self, parts: Sequence[tuple[str, RetrievalSplit]]) -> None:
         if not parts:
@@ -176,8 +122,6 @@ class UnionSplit:
                 raise DataError(f"union part name {name!r} must be non-empty and contain no {SEPARATOR!r}")
         if len(set(names)) != len(names):
             raise DataError(f"union part names must be unique, got {names}")
-        self.names = names
-        self.splits = {name: split for name, split in parts}
         self.parts = [_namespace_split(name, split) for name, split in parts]
         self.corpus = UnionCorpus([part.corpus for part in self.parts])
         self.queries: dict[str, Query] = {}
@@ -187,10 +131,6 @@ class UnionSplit:
             self.queries.update(part.queries)
             self.qrels.update(part.qrels)
             self.shipped_negatives.update(part.shipped_negatives)
-
-    def positives(self, query_id: str) -> list[str]:
-        """Namespaced docids judged relevant for ``query_id``."""
-        return [docid for docid, grade in self.qrels.get(query_id, {}).items() if grade > 0]
 
     @staticmethod
     def namespace_pools(part: str, pools: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:

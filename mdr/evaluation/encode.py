@@ -24,22 +24,16 @@ def encode_texts(
     autocast_dtype: torch.dtype | None = None,
     allocate: Allocate | None = None,
 ) -> np.ndarray:
-    """(len(texts), dim) vectors, in the order of ``texts``.
-
-    Texts are encoded sorted by length (batches pad little) and each batch's vectors go straight to their rows
-    of the output, so the host holds one copy of the result (``allocate`` may return a memory-mapped file, of
-    float16 too). ``autocast_dtype`` (e.g. bf16 from :func:`mdr.models.precision.autocast_dtype`) runs the
-    encoder under ``torch.autocast``; vectors are returned in float32 (or the output's dtype).
-    """
+    """(len(texts), dim) vectors in the order of ``texts``, encoded sorted by length, each batch written straight
+    to its rows of the output (``allocate``: e.g. a memory-mapped file); under ``torch.autocast`` with
+    ``autocast_dtype``."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out: np.ndarray | None = None
     device_type = torch.device(device).type
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        inputs = tokenizer(
-            [texts[i] for i in rows], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        inputs = {key: value.to(device) for key, value in inputs.items()}
+        batch = [texts[i] for i in rows]
+        inputs = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
         with torch.autocast(device_type=device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             vectors = encode(inputs).float().cpu().numpy()  # (len(rows), dim)
         if out is None:

@@ -1,17 +1,9 @@
-"""Evaluate a bi-encoder on one language's test split: encode, search, score, and write results.
-
-The corpus is encoded in fixed-size row shards written under ``<run>/embeddings/<language>/``
-(:mod:`mdr.evaluation.shards`); under DDP (``distributed=True`` with an initialised process group) each rank
-encodes and searches its own shards, rank 0 encodes the queries and broadcasts them, and the per-rank top-k
-lists are gathered and merged in one total order, so the run and the metrics equal a single process's. Host
-memory holds one shard's embeddings at a time (plus the queries and the top-k lists).
-"""
+"""Evaluate a bi-encoder on one language's test split: encode the corpus in row shards, search, score, write results.
+Under DDP each rank encodes and searches its own shards, and the merged top-k lists equal a single process's."""
 
 from __future__ import annotations
 
-import logging
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mdr.data.schema import Passage, Query, RetrievalSplit
 from mdr.distributed import world_size_and_rank
-from mdr.evaluation.corpus_rows import RowTexts, corpus_fingerprint, docid_lookup
+from mdr.evaluation.corpus_rows import corpus_fingerprint, docid_lookup, row_texts
 from mdr.evaluation.encode import encode_texts
 from mdr.evaluation.metrics import Run, evaluate_run, mean_metrics
 from mdr.evaluation.search import FlatIPSearcher, merge_topk
@@ -51,25 +43,15 @@ class EvaluationResult:
 
 @dataclass
 class DenseRetrieval:
-    """Top-k corpus rows per query, with what produced them.
+    """Top-k corpus rows per query, with what produced them."""
 
-    Attributes:
-        query_ids: sorted query ids, the row order of ``query_vectors``, ``scores`` and ``rows``.
-        query_vectors: (Q, dim) float32.
-        scores: (Q, k) float32, best first; -inf where fewer than k passages exist.
-        rows: (Q, k) corpus rows, -1 where no hit.
-        shards: the corpus embeddings on disk.
-        encoded: the shards this process encoded now (the others it owns were reused).
-        seconds: this process's wall time per stage (``encode_corpus``, ``encode_queries``, ``search``, ``gather``).
-    """
-
-    query_ids: list[str]
-    query_vectors: np.ndarray
-    scores: np.ndarray
-    rows: np.ndarray
+    query_ids: list[str]  # sorted: the row order of the arrays
+    query_vectors: np.ndarray  # (Q, dim)
+    scores: np.ndarray  # (Q, k) best first, -inf where fewer than k passages exist
+    rows: np.ndarray  # (Q, k) corpus rows, -1 where no hit
     shards: EmbeddingShards
-    encoded: list[int]
-    seconds: dict[str, float]
+    encoded: list[int]  # the shards this process encoded now (the others it owns were reused)
+    seconds: dict[str, float]  # this process's wall time per stage
 
     def run(self, corpus: Mapping[str, Passage]) -> Run:
         """query_id -> {docid: score}."""
@@ -84,16 +66,16 @@ def remove_if_empty(folder: Path) -> bool:
     """Remove ``folder`` if it exists and holds nothing; True when removed."""
     try:
         folder.rmdir()
+        return True
     except OSError:  # absent, not empty, or not removable: nothing to tidy
         return False
-    return True
 
 
 def _gpu_index(device: torch.device | str) -> int:
     device = torch.device(device)
     if device.type != "cuda":
         return 0
-    return device.index if device.index is not None else torch.cuda.current_device()
+    return torch.cuda.current_device() if device.index is None else device.index
 
 
 def corpus_shards(
@@ -107,14 +89,8 @@ def corpus_shards(
 ) -> EmbeddingShards:
     """The shard files of ``corpus`` encoded by ``encoder`` (identity: weights, tokenizer, corpus, precision)."""
     plan = ShardPlan(len(corpus), int(shard_rows))
-    identity = encoder_identity(
-        encoder,
-        tokenizer,
-        corpus=corpus_fingerprint(corpus),
-        autocast=str(autocast_dtype),
-        fp16=bool(fp16_index),
-        shard_rows=plan.shard_rows,
-    )
+    what = {"corpus": corpus_fingerprint(corpus), "autocast": str(autocast_dtype), "fp16": bool(fp16_index)}
+    identity = encoder_identity(encoder, tokenizer, **what, shard_rows=plan.shard_rows)
     return EmbeddingShards(folder, plan, identity, fp16=fp16_index)
 
 
@@ -153,68 +129,43 @@ def dense_retrieve(
     shard_rows: int = DEFAULT_SHARD_ROWS,
     distributed: bool = False,
 ) -> DenseRetrieval:
-    """Encode ``corpus`` into shards under ``folder`` (reusing finished ones) and search ``queries``.
-
-    Args:
-        distributed: split the shards over the ranks of the initialised process group; every rank must call.
-            False: this process does everything (as does a world of one).
-    """
+    """Encode ``corpus`` into shards under ``folder`` (reusing finished ones) and search ``queries``; with
+    ``distributed``, the ranks of the initialised process group split the shards (every rank must call)."""
     world, rank = world_size_and_rank() if distributed else (1, 0)
     settings = encoder.settings
     encoder.eval()
     shards = corpus_shards(encoder, tokenizer, corpus, folder, autocast_dtype, fp16_index, shard_rows)
-    plan = shards.plan
-    owned = plan.owned(rank, world)
-    row_texts = RowTexts(corpus)
+    owned = shards.plan.owned(rank, world)
+    texts = row_texts(corpus)
     encoded: list[int] = []
     started = time.perf_counter()
-    for shard in owned:
-        if shards.is_done(shard):
-            continue
-        start, end = plan.bounds(shard)
-        created: dict[str, object] = {}
+    for shard in (shard for shard in owned if not shards.is_done(shard)):
+        created: list[tuple[np.ndarray, Path]] = []  # (array, temporary file), made once the dimension is known
 
         def allocate(dim: int, shard: int = shard) -> np.ndarray:
-            created["array"], created["tmp"] = shards.create(shard, dim)
-            return created["array"]  # type: ignore[return-value]
+            created.append(shards.create(shard, dim))
+            return created[0][0]
 
-        encode_texts(
-            encoder.encode_passages,
-            tokenizer,
-            row_texts.texts(start, end, settings.passage_prefix),
-            settings.passage_max_length,
-            batch_size,
-            device,
-            autocast_dtype,
-            allocate,
-        )
-        shards.commit(shard, created.pop("array"), created.pop("tmp"))  # type: ignore[arg-type]
+        passages = texts(*shards.plan.bounds(shard), settings.passage_prefix)
+        length = settings.passage_max_length
+        encode_texts(encoder.encode_passages, tokenizer, passages, length, batch_size, device, autocast_dtype, allocate)
+        shards.commit(shard, *created[0])  # type: ignore[arg-type]
         encoded.append(shard)
     if owned:
+        took, reused = time.perf_counter() - started, len(owned) - len(encoded)
         log.info(
             "rank %d/%d: encoded %d of its %d corpus shards in %.1fs (%d reused) -> %s",
-            rank,
-            world,
-            len(encoded),
-            len(owned),
-            time.perf_counter() - started,
-            len(owned) - len(encoded),
-            shards.folder,
+            *(rank, world, len(encoded), len(owned), took, reused, shards.folder),
         )
-
     seconds = {"encode_corpus": time.perf_counter() - started}
     started = time.perf_counter()
     query_ids = sorted(queries)
     query_vectors: np.ndarray | None = None
     if rank == 0:
+        prefixed = [settings.query_prefix + queries[q].text for q in query_ids]
+        length = settings.query_max_length
         query_vectors = encode_texts(
-            encoder.encode_queries,
-            tokenizer,
-            [settings.query_prefix + queries[q].text for q in query_ids],
-            settings.query_max_length,
-            batch_size,
-            device,
-            autocast_dtype,
+            encoder.encode_queries, tokenizer, prefixed, length, batch_size, device, autocast_dtype
         )
     if world > 1:
         box = [query_vectors]
@@ -223,7 +174,7 @@ def dense_retrieve(
     assert query_vectors is not None
     seconds["encode_queries"] = time.perf_counter() - started
     started = time.perf_counter()
-    k = min(depth, plan.num_rows)
+    k = min(depth, shards.plan.num_rows)
     best = search_shards(shards, owned, query_vectors, k, use_gpu_index, fp16_index, _gpu_index(device))
     seconds["search"] = time.perf_counter() - started
     started = time.perf_counter()
@@ -234,33 +185,6 @@ def dense_retrieve(
     seconds["gather"] = time.perf_counter() - started
     seconds = {name: round(value, 3) for name, value in seconds.items()}
     return DenseRetrieval(query_ids, query_vectors, best[0], best[1], shards, encoded, seconds)
-
-
-def retrieve(
-    encoder: BiEncoder,
-    tokenizer: PreTrainedTokenizerBase,
-    split: RetrievalSplit,
-    depth: int = 100,
-    batch_size: int = 128,
-    device: torch.device | str = "cpu",
-    use_gpu_index: bool | str = "auto",
-    autocast_dtype: torch.dtype | None = None,
-) -> Run:
-    """Encode the split (in a temporary folder) and return the top-``depth`` passages per query."""
-    with tempfile.TemporaryDirectory(prefix="mdr-embeddings-") as tmp:
-        found = dense_retrieve(
-            encoder,
-            tokenizer,
-            split.corpus,
-            split.queries,
-            depth,
-            tmp,
-            batch_size,
-            device,
-            autocast_dtype,
-            use_gpu_index=use_gpu_index,
-        )
-        return found.run(split.corpus)
 
 
 def evaluate_language(
@@ -281,31 +205,16 @@ def evaluate_language(
 ) -> EvaluationResult:
     """Retrieve, score and write ``runs/<language>.trec`` and ``per_query/<language>.tsv`` under ``output_dir``.
 
-    The corpus embeddings go to ``<output_dir>/embeddings/<language>/``; they (and ``embeddings/`` once empty)
-    are removed once the results are written unless ``keep_embeddings`` (a job killed before that reuses the
-    finished shards when rerun). With ``distributed``, every rank must call this; all return the same result and
-    rank 0 writes the files. The measures are named by ``depth`` (:func:`mdr.evaluation.metrics.metric_names`).
+    The embeddings in ``<output_dir>/embeddings/<language>/`` are removed afterwards unless ``keep_embeddings``.
+    With ``distributed``, every rank must call this; all return the same result and rank 0 writes the files.
     """
     out = Path(output_dir)
     folder = out / "embeddings" / language
     _, rank = world_size_and_rank() if distributed else (1, 0)
-    found = dense_retrieve(
-        encoder,
-        tokenizer,
-        split.corpus,
-        split.queries,
-        depth,
-        folder,
-        batch_size,
-        device,
-        autocast_dtype,
-        use_gpu_index,
-        fp16_index,
-        shard_rows,
-        distributed,
-    )
+    options = (batch_size, device, autocast_dtype, use_gpu_index, fp16_index, shard_rows, distributed)
+    found = dense_retrieve(encoder, tokenizer, split.corpus, split.queries, depth, folder, *options)
     run = found.run(split.corpus)
-    per_query = evaluate_run(run, split.qrels, depth)  # measures named by the depth retrieved (mrr@10 at 10)
+    per_query = evaluate_run(run, split.qrels, depth)
     metrics = mean_metrics(per_query)
     if rank == 0:
         write_run(out / "runs" / f"{language}.trec", run, tag=f"mdr-{language}")
@@ -318,6 +227,5 @@ def evaluate_language(
         if not keep_embeddings:  # every rank has searched its shards: the gather above waited for them
             shutil.rmtree(folder, ignore_errors=True)
             remove_if_empty(folder.parent)
-        if log.isEnabledFor(logging.INFO):
-            log.info("%s: %s over %d queries", language, {k: round(v, 4) for k, v in metrics.items()}, len(per_query))
+        log.info("%s: %s over %d queries", language, {k: round(v, 4) for k, v in metrics.items()}, len(per_query))
     return EvaluationResult(language, metrics, per_query, run, len(per_query))

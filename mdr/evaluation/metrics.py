@@ -8,9 +8,7 @@ Matches ``trec_eval -c -M 100 -m recip_rank -m recall.100 -m ndcg_cut.10``:
   run scoring 0;
 * nDCG gains are the qrels grades with a log2(rank + 1) discount, the ideal ranking from the qrels.
 
-A run retrieved to a depth ``d`` below 100 (``evaluation.depth``) is scored as what it is: its measures are
-named ``mrr@d`` and ``recall@d`` (:func:`metric_names`), never ``mrr@100``; depths of 100 and more give the @100
-measures (the ranking is cut at 100, as ``recall.100`` does). nDCG@10 needs a depth of at least 10.
+A run retrieved to a depth ``d`` below 100 gives ``mrr@d`` and ``recall@d`` (:func:`metric_names`), never @100.
 """
 
 from __future__ import annotations
@@ -31,11 +29,7 @@ MIN_DEPTH = 10
 
 
 def metric_names(depth: int = 100) -> tuple[str, str, str]:
-    """The names of the measures a run retrieved to ``depth`` gives: the MRR / recall cut-off is ``min(depth, 100)``.
-
-    Raises:
-        ValueError: ``depth`` below :data:`MIN_DEPTH`.
-    """
+    """The names of the measures a run retrieved to ``depth`` gives (a ValueError below :data:`MIN_DEPTH`)."""
     if depth < MIN_DEPTH:
         raise ValueError(f"evaluation depth {depth} is below {MIN_DEPTH}: nDCG@10 needs the top {MIN_DEPTH}")
     cut = min(int(depth), 100)
@@ -62,10 +56,8 @@ def query_metrics(ranking: list[str], judged: Mapping[str, int], depth: int = 10
 
 
 def evaluate_run(run: Run, qrels: Qrels, depth: int = 100) -> dict[str, dict[str, float]]:
-    """Per-query measures for every query in ``qrels`` with a relevant document (absent from run: 0).
-
-    ``depth`` is the depth the run was retrieved to; it names the measures (:func:`metric_names`).
-    """
+    """Per-query measures for every query in ``qrels`` with a relevant document (absent from run: 0), named by the
+    ``depth`` the run was retrieved to."""
     metric_names(depth)  # a depth below 10 fails here, before any query
     per_query: dict[str, dict[str, float]] = {}
     for query_id, judged in qrels.items():
@@ -76,8 +68,7 @@ def evaluate_run(run: Run, qrels: Qrels, depth: int = 100) -> dict[str, dict[str
 
 
 def mean_metrics(per_query: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """Averages over queries (the ``-c`` mean when ``per_query`` came from :func:`evaluate_run`), under the names
-    the per-query measures carry."""
+    """Averages over queries (the ``-c`` mean when ``per_query`` came from :func:`evaluate_run`)."""
     if not per_query:
         raise ValueError("no judged query to average over")
     names = list(next(iter(per_query.values())))

@@ -1,11 +1,5 @@
-"""Exact inner-product search with faiss, one shard at a time (GPU when faiss-gpu sees a device).
-
-Each shard gets its own ``IndexFlatIP`` (float32) or, with ``fp16``, an fp16 flat index (``IndexScalarQuantizer``
-QT_fp16 on CPU, ``GpuIndexFlatIP`` with ``useFloat16`` on GPU), on the rank's own GPU: under DDP the shards are
-spread over the GPUs instead of the whole index being copied onto each. Per-shard top-k lists are merged by one
-total order (score descending, then row ascending), so the merged result does not depend on how the shards were
-split between processes or in which order they arrive.
-"""
+"""Exact inner-product search with faiss, one shard's flat index at a time (on the rank's own GPU when faiss-gpu
+sees one); per-shard top-k lists merged in one total order, whatever the split between processes."""
 
 from __future__ import annotations
 
@@ -27,56 +21,35 @@ def faiss_gpus() -> int:
 
 
 def search_device(use_gpu: bool | str = "auto", cuda_devices: int = 0) -> str:
-    """Where :class:`FlatIPSearcher` searches with setting ``use_gpu``: ``gpu`` or ``cpu``.
-
-    With ``auto`` and a faiss that sees no GPU it searches on CPU; where torch sees CUDA devices
-    (``cuda_devices`` > 0) that is said in the log (a faiss-cpu build on a GPU machine: docs/gpu.md).
-
-    Raises:
-        RuntimeError: ``use_gpu`` is True and faiss sees no GPU.
-    """
+    """Where :class:`FlatIPSearcher` searches with setting ``use_gpu``: ``gpu`` or ``cpu`` (a RuntimeError for
+    True when faiss sees no GPU; a warning for ``auto`` when torch sees ``cuda_devices`` but faiss none)."""
     gpus = faiss_gpus()
     if use_gpu is True and not gpus:
         raise RuntimeError("evaluation.faiss_gpu=true but faiss sees no GPU (install faiss-gpu: mdr[gpu])")
-    on_gpu = bool(gpus) and use_gpu in (True, "auto")
     if use_gpu == "auto" and not gpus and cuda_devices > 0:
         log.warning(
             "evaluation.faiss_gpu=auto: torch sees %d CUDA device(s) but faiss none (a faiss-cpu build?): "
             "searching on CPU; bash scripts/setup.sh --gpu installs faiss-gpu",
             cuda_devices,
         )
-    return "gpu" if on_gpu else "cpu"
+    return "gpu" if gpus and use_gpu in (True, "auto") else "cpu"
 
 
 class FlatIPSearcher:
-    """Exact inner-product index over passage vectors.
-
-    Args:
-        passage_embeddings: (num_passages, dim), float32 or float16, in memory or memory-mapped.
-        use_gpu: ``"auto"`` uses a GPU when faiss was built with GPU support and sees one; ``True`` requires it.
-        fp16: store the vectors in float16 in the index (half the memory; scores of float16-rounded vectors).
-        gpu_device: which GPU (under DDP: the rank's own).
-    """
+    """Exact inner-product index over (num_passages, dim) vectors, float32 or float16, in memory or memory-mapped
+    (``use_gpu``: as :func:`search_device`; ``fp16``: vectors stored in float16 in the index)."""
 
     def __init__(
-        self,
-        passage_embeddings: np.ndarray,
-        use_gpu: bool | str = "auto",
-        fp16: bool = False,
-        gpu_device: int = 0,
+        self, passage_embeddings: np.ndarray, use_gpu: bool | str = "auto", fp16: bool = False, gpu_device: int = 0
     ) -> None:
         import faiss
 
         dim = int(passage_embeddings.shape[1])
-        gpus = faiss_gpus()
-        if use_gpu is True and not gpus:
-            raise RuntimeError("evaluation.faiss_gpu=true but faiss sees no GPU (install faiss-gpu: mdr[gpu])")
-        self.on_gpu = bool(gpus) and use_gpu in (True, "auto")  # as search_device says
+        self.on_gpu = search_device(use_gpu) == "gpu"
         if self.on_gpu:
             self.resources = faiss.StandardGpuResources()
             config = faiss.GpuIndexFlatConfig()
-            config.device = int(gpu_device)
-            config.useFloat16 = bool(fp16)
+            config.device, config.useFloat16 = int(gpu_device), bool(fp16)
             index = faiss.GpuIndexFlatIP(self.resources, dim, config)
         elif fp16:
             index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
@@ -88,8 +61,7 @@ class FlatIPSearcher:
 
     def search(self, query_embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, passage row indices), each (num_queries, min(k, num_passages))."""
-        k = min(k, self.index.ntotal)
-        return self.index.search(np.ascontiguousarray(query_embeddings, dtype=np.float32), k)
+        return self.index.search(np.ascontiguousarray(query_embeddings, dtype=np.float32), min(k, self.index.ntotal))
 
 
 def empty_topk(num_queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -98,17 +70,14 @@ def empty_topk(num_queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int, num_queries: int) -> tuple[np.ndarray, np.ndarray]:
-    """The best ``k`` of several (scores, rows) top lists per query, by score descending then row ascending.
-
-    Rows < 0 (no hit) sort last. The order is total, so the result is the same for any split into parts and any
-    order of the parts.
-    """
+    """The best ``k`` of several (scores, rows) top lists per query, by score descending then row ascending (rows
+    < 0, no hit, last): the same result for any split into parts and any order of the parts."""
     if not parts:
         return empty_topk(num_queries, k)
     scores = np.concatenate([np.asarray(s, dtype=np.float32).reshape(num_queries, -1) for s, _ in parts], axis=1)
     rows = np.concatenate([np.asarray(r, dtype=np.int64).reshape(num_queries, -1) for _, r in parts], axis=1)
-    scores = np.where(rows < 0, -np.inf, scores)
     no_hit = rows < 0
+    scores = np.where(no_hit, -np.inf, scores)
     order = np.lexsort((np.where(no_hit, np.iinfo(np.int64).max, rows), -scores), axis=-1)[:, :k]  # (Q, <= k)
     scores = np.take_along_axis(scores, order, axis=1)
     rows = np.take_along_axis(rows, order, axis=1)

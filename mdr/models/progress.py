@@ -1,10 +1,7 @@
-"""One log line per training job every N steps or M seconds, progress bar or not (a multirun job has none).
+"""One log line per training job every N steps or M seconds (whichever first), progress bar or not.
 
-A job logs when training starts (steps, device, precision), then ``<run>: epoch e/E step s/S (p%) loss L
-r steps/s ETA t`` whenever ``logger.progress.every_n_steps`` steps or ``logger.progress.every_seconds`` seconds
-have passed since the last line (whichever comes first; null switches that trigger off), and one line when
-training ends. The loss is the mean over the steps since the previous line; steps/s and the ETA are measured from
-this attempt's start (a resumed run counts from where it resumed).
+``<run>: epoch e/E step s/S (p%) loss L r steps/s ETA t``: the loss is the mean over the steps since the previous
+line; steps/s and the ETA are measured from this attempt's start. One line also when training starts and ends.
 """
 
 from __future__ import annotations
@@ -42,14 +39,7 @@ def _loss_of(outputs: Any) -> torch.Tensor | None:
 
 
 class ProgressLog(pl.Callback):
-    """Logs a training job's progress as plain log lines (rank 0 only).
-
-    Args:
-        label: names the job in every line (e.g. ``th-tiny-target_only-p0.5-s0``).
-        every_n_steps: a line at least every this many optimizer steps (None: no step trigger).
-        every_seconds: a line at least every this many seconds (None: no time trigger).
-        clock: seconds as a float (tests pass a fake one).
-    """
+    """Logs a training job's progress as plain log lines, named by ``label`` (None switches a trigger off)."""
 
     def __init__(
         self,
@@ -62,10 +52,7 @@ class ProgressLog(pl.Callback):
             raise ValueError(f"logger.progress.every_n_steps must be >= 1 or null, got {every_n_steps}")
         if every_seconds is not None and every_seconds <= 0:
             raise ValueError(f"logger.progress.every_seconds must be > 0 or null, got {every_seconds}")
-        self.label = label
-        self.every_n_steps = every_n_steps
-        self.every_seconds = every_seconds
-        self.clock = clock
+        self.label, self.every_n_steps, self.every_seconds, self.clock = label, every_n_steps, every_seconds, clock
         self.started = self.last_time = 0.0
         self.start_step = self.last_step = 0
         self.total: float = 0
@@ -83,19 +70,11 @@ class ProgressLog(pl.Callback):
         self.started = self.last_time = self.clock()
         self.start_step = self.last_step = int(trainer.global_step)
         self.total = trainer.estimated_stepping_batches
-        epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else "?"
         resumed = f", resuming at epoch {trainer.current_epoch + 1} step {self.start_step}" if self.start_step else ""
         world = f" x {trainer.world_size} processes" if trainer.world_size > 1 else ""
+        steps = f"{_epochs(trainer)} epochs x {trainer.num_training_batches} steps = {self.total} steps"
         log.info(
-            "%s: training %s epochs x %s steps = %s steps on %s%s (%s)%s",
-            self.label,
-            epochs,
-            trainer.num_training_batches,
-            self.total,
-            trainer.strategy.root_device,
-            world,
-            trainer.precision,
-            resumed,
+            f"{self.label}: training {steps} on {trainer.strategy.root_device}{world} ({trainer.precision}){resumed}"
         )
 
     def on_train_batch_end(
@@ -114,31 +93,20 @@ class ProgressLog(pl.Callback):
     def _line(self, trainer: pl.Trainer, step: int, now: float) -> None:
         rate = (step - self.start_step) / max(now - self.started, 1e-9)
         loss = f"{float(self._loss_sum) / self._loss_count:.4f}" if self._loss_sum is not None else "?"
-        epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else "?"
         share = f" ({100 * step / self.total:.0f}%)" if math.isfinite(self.total) and self.total else ""
-        log.info(
-            "%s: epoch %d/%s step %d/%s%s loss %s %.2f steps/s ETA %s",
-            self.label,
-            trainer.current_epoch + 1,
-            epochs,
-            step,
-            self.total,
-            share,
-            loss,
-            rate,
-            duration((self.total - step) / rate if rate > 0 else math.inf),
-        )
+        eta = duration((self.total - step) / rate if rate > 0 else math.inf)
+        where = f"epoch {trainer.current_epoch + 1}/{_epochs(trainer)} step {step}/{self.total}{share}"
+        log.info(f"{self.label}: {where} loss {loss} {rate:.2f} steps/s ETA {eta}")
         self.last_step, self.last_time = step, now
         self._loss_sum, self._loss_count = None, 0
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         elapsed = self.clock() - self.started
-        steps = int(trainer.global_step) - self.start_step
-        log.info(
-            "%s: training done: %d epochs, %d steps in %s (%.2f steps/s)",
-            self.label,
-            trainer.current_epoch,
-            int(trainer.global_step),
-            duration(elapsed),
-            steps / max(elapsed, 1e-9),
-        )
+        rate = (int(trainer.global_step) - self.start_step) / max(elapsed, 1e-9)
+        done = f"{trainer.current_epoch} epochs, {int(trainer.global_step)} steps in {duration(elapsed)}"
+        log.info(f"{self.label}: training done: {done} ({rate:.2f} steps/s)")
+
+
+def _epochs(trainer: pl.Trainer) -> Any:
+    """The trainer's epoch count, ``?`` when unbounded."""
+    return trainer.max_epochs if trainer.max_epochs not in (None, -1) else "?"
