@@ -1,33 +1,19 @@
 """A run folder belongs to one config: it records the config it was made for and refuses another.
 
-On first use a folder gets ``run_folder.json``: the canonical config (the resolved config less the keys that
-cannot change a result, see :data:`mdr.utils.config_identity.IGNORED_KEYS`) and its hash. Later runs into the
-same folder:
+On first use a folder gets ``run_folder.json``: the canonical config
+(:func:`mdr.utils.config_identity.canonical_config`) and its hash. A later run into the same folder:
 
-* same config, not finished: resume (Lightning restores ``checkpoints/last.ckpt``);
-* same config, finished (``metrics.json`` newer than any ``failed.json``): nothing is recomputed, the stored
-  metrics are returned (``run.on_complete=fresh`` runs it again in a clean folder); a finished run's resume
-  checkpoints are gone by then unless ``run.keep_checkpoints`` (:func:`remove_checkpoints`);
-* different config: refused with the differing keys listed, before anything is read or trained, unless the
-  folder holds no results yet (only bookkeeping files, e.g. after a run that failed validation) or
-  ``run.on_config_change=fresh``. ``fresh`` never deletes: the old contents move to
-  ``<folder>/previous-<time>/``.
-* a damaged bookkeeping file (``run_folder.json`` or ``metrics.json`` cut off or garbled, e.g. by a full disk or
-  a hand edit): :class:`RunFolderDamaged` names the file and the way out, before anything runs; a ``fresh``
-  policy moves the folder's contents aside instead (any ``fresh`` for ``run_folder.json``, whose config is
-  unknown; ``run.on_complete=fresh`` for ``metrics.json``).
+* same config, not finished: resumes (Lightning restores ``checkpoints/last.ckpt``);
+* same config, finished (``metrics.json`` newer than any ``failed.json``): returns the stored metrics
+  (``run.on_complete=fresh`` runs it again in a clean folder);
+* another config: refused with the differing keys listed, before anything runs, unless the folder holds no results
+  (only bookkeeping) or ``run.on_config_change=fresh``. ``fresh`` never deletes: the old contents move to
+  ``<folder>/previous-<time>/``;
+* a damaged ``run_folder.json`` or ``metrics.json``: :class:`RunFolderDamaged` names the file and the way out (a
+  ``fresh`` policy moves the contents aside instead).
 
-A single run in a new folder may instead return a finished run of the same config from another folder
-(:func:`earlier_runs`, used by :func:`mdr.lifecycle.reuse_earlier_run`).
-
-A folder is used by one process at a time (an exclusive ``flock`` on ``<folder>/.lock``); DDP ranks other
-than 0 neither lock nor record. Where the launcher starts every rank itself (SLURM tasks, torchrun), rank 0 writes
-its decision (run, already complete, refused) to ``<folder>/.ranks/<launch>.json`` and the other ranks follow it
-(:mod:`mdr.utils.ranks`), so none waits for a peer that has returned.
-
-The CSV log survives resume: :class:`ResumableCSVLogger` keeps the rows of the epochs the checkpoint holds
-and drops those of the interrupted epoch (which the resumed run logs again), where Lightning's own logger
-deletes the whole file.
+A folder is used by one process at a time (an exclusive ``flock`` on ``<folder>/.lock``); DDP ranks other than 0
+neither lock nor record (:mod:`mdr.utils.ranks`).
 """
 
 from __future__ import annotations
@@ -44,10 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from mdr.utils.config_identity import CACHE_PLACEHOLDER as CACHE_PLACEHOLDER
-from mdr.utils.config_identity import IGNORED_KEYS as IGNORED_KEYS
+from mdr.spec import RunPolicy
 from mdr.utils.config_identity import canonical_config, config_differences, config_hash
 from mdr.utils.errors import DataError
 from mdr.utils.io import atomic_write_json, atomic_write_text, writable
@@ -242,29 +227,15 @@ def _write_record(out: Path, canonical: dict[str, Any], created: str | None, run
     )
 
 
-def _policy(cfg: DictConfig, key: str, default: str, allowed: tuple[str, ...]) -> str:
-    value = str(OmegaConf.select(cfg, f"run.{key}", default=default))
-    if value not in allowed:
-        raise RunFolderRefused(f"run.{key} must be one of {list(allowed)}, got {value!r}")
-    return value
-
-
-def on_complete_policy(cfg: DictConfig) -> str:
-    """``run.on_complete``: ``skip`` (the default) or ``fresh``; anything else is refused naming the key."""
-    return _policy(cfg, "on_complete", "skip", ("skip", "fresh"))
-
-
-def claim(cfg: DictConfig, out: Path) -> RunFolderState:
-    """Check ``out`` against ``cfg`` and record ``cfg`` there; see the module docstring for the rules.
+def claim(out: Path, canonical: dict[str, Any], policy: RunPolicy) -> RunFolderState:
+    """Check ``out`` against the ``canonical`` config and record it there; see the module docstring for the rules.
 
     Raises:
         RunFolderConflict: the folder holds results of another config and ``run.on_config_change=refuse``.
         RunFolderDamaged: its ``run_folder.json`` (or ``metrics.json``) cannot be read and no ``fresh`` policy
             (``run.on_complete=fresh``) says to move it aside.
     """
-    on_change = _policy(cfg, "on_config_change", "refuse", ("refuse", "fresh"))
-    on_complete = on_complete_policy(cfg)
-    canonical = canonical_config(cfg)
+    on_change, on_complete = policy.on_config_change, policy.on_complete
     state = RunFolderState()
     hydra_running = ".hydra" in _hydra_owned(out)
     created = run_id = None
@@ -370,11 +341,10 @@ class EarlierRun:
     when: float
 
 
-def earlier_runs(cfg: DictConfig, runs_dir: Path, exclude: Path) -> list[EarlierRun]:
-    """Runs of ``cfg``'s config (the same :func:`~mdr.utils.config_identity.config_hash`) in the folders directly
+def earlier_runs(wanted: str, runs_dir: Path, exclude: Path) -> list[EarlierRun]:
+    """Runs of the config hashed ``wanted`` (:func:`~mdr.utils.config_identity.config_hash`) in the folders directly
     under ``runs_dir`` other than ``exclude``: the finished ones, newest first, then the unfinished ones that
     hold ``checkpoints/last.ckpt``, newest first. A folder that cannot be read is skipped with a log line."""
-    wanted = config_hash(canonical_config(cfg))
     finished: list[EarlierRun] = []
     unfinished: list[EarlierRun] = []
     skip = exclude.resolve()
@@ -398,15 +368,10 @@ def earlier_runs(cfg: DictConfig, runs_dir: Path, exclude: Path) -> list[Earlier
     return sorted(finished, key=lambda run: -run.when) + sorted(unfinished, key=lambda run: -run.when)
 
 
-WEIGHT_KEYS = ("checkpoint", "model.name_or_path")
-"""Config keys naming the weights a run starts from; a local folder there can change while its path stays."""
-
-
-def weights_changed_since(cfg: DictConfig, when: float) -> str | None:
-    """``key=path`` of a local weights folder the config names (:data:`WEIGHT_KEYS`) holding a file modified after
-    ``when`` (a run trained again into the same folder), or None: a run of the same config before it is stale."""
-    for key in WEIGHT_KEYS:
-        value = OmegaConf.select(cfg, key, default=None)
+def weights_changed_since(folders: dict[str, str | None], when: float) -> str | None:
+    """``key=path`` of a local weights folder (``folders``: config key -> the path it names) holding a file modified
+    after ``when`` (a run trained again into the same folder), or None: a run of the same config before it is stale."""
+    for key, value in folders.items():
         folder = Path(str(value)) if value else None
         if folder is None or not folder.is_dir():
             continue
@@ -453,21 +418,17 @@ def _tree_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file() and not path.is_symlink())
 
 
-def remove_checkpoints(cfg: DictConfig, folder: Path, encoder: Path) -> int:
-    """Delete ``<folder>/checkpoints`` once training there is over and ``encoder`` holds its weights.
-
-    An epoch-end checkpoint holds the weights and the optimizer's two moments (~3x the saved encoder: 1.4 GB
-    for me5_small), and only a resume reads it; a finished run never resumes. ``run.keep_checkpoints=true``
-    keeps them (it applies to the command that finishes the run: a rerun without it removes them), and so does a
-    folder with no saved encoder (``train.save_encoder=false``: they are its only weights). Returns the bytes freed
-    (0 when kept, absent or not removable: a warning, never an error, since the run's results are written).
+def remove_checkpoints(folder: Path, encoder: Path, keep: bool = False) -> int:
+    """Delete ``<folder>/checkpoints`` (the resume state: weights and optimizer moments, ~3x the encoder) once
+    training there is over and ``encoder`` holds its weights, unless ``keep`` (``run.keep_checkpoints``). Returns the
+    bytes freed (0 when kept, absent or not removable: a warning, never an error, since the results are written).
     """
     from mdr.models.bi_encoder import SETTINGS_FILE  # as torch in checkpoint_epochs: kept off this module's import
 
     checkpoints = folder / "checkpoints"
     if not checkpoints.is_dir():
         return 0
-    if bool(OmegaConf.select(cfg, "run.keep_checkpoints", default=False)):
+    if keep:
         return 0
     if not (encoder / SETTINGS_FILE).is_file():
         log.info("keeping %s: no saved encoder at %s holds the trained weights", checkpoints, encoder)
@@ -488,14 +449,10 @@ def remove_checkpoints(cfg: DictConfig, folder: Path, encoder: Path) -> int:
     return freed
 
 
-def remove_encoder(cfg: DictConfig, encoder: Path) -> int:
-    """Delete the finished run's saved encoder unless ``run.keep_encoder`` (default true); returns the bytes freed.
-
-    For grids whose product is the metrics and per-query files, not the weights (465 MB per me5_small job). Called
-    after :func:`remove_checkpoints` and only once ``metrics.json`` is written: while the run trains, its checkpoints
-    keep it resumable. A failure to delete is a warning, as for checkpoints.
-    """
-    if bool(OmegaConf.select(cfg, "run.keep_encoder", default=True)) or not encoder.is_dir():
+def remove_encoder(encoder: Path, keep: bool = True) -> int:
+    """Delete a finished run's saved encoder unless ``keep`` (``run.keep_encoder``); returns the bytes freed. Called
+    only once ``metrics.json`` is written; a failure to delete is a warning."""
+    if keep or not encoder.is_dir():
         return 0
     try:
         freed = _tree_bytes(encoder)
@@ -507,13 +464,11 @@ def remove_encoder(cfg: DictConfig, encoder: Path) -> int:
     return freed
 
 
-def remove_weights(cfg: DictConfig, folder: Path) -> int:
-    """A finished run's tidying: its resume checkpoints, then its encoder where ``run.keep_encoder=false``.
-
-    Called once ``metrics.json`` is written, and again by a rerun of the finished folder (a kill in between left
-    them). Returns the bytes freed.
-    """
-    return remove_checkpoints(cfg, folder, folder / "encoder") + remove_encoder(cfg, folder / "encoder")
+def remove_weights(folder: Path, policy: RunPolicy) -> int:
+    """A finished run's tidying (once ``metrics.json`` is written, and again by a rerun of the finished folder):
+    its resume checkpoints, then its encoder where ``run.keep_encoder=false``. Returns the bytes freed."""
+    encoder = folder / "encoder"
+    return remove_checkpoints(folder, encoder, policy.keep_checkpoints) + remove_encoder(encoder, policy.keep_encoder)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ per (data, pool, teacher), so another ``relative_margin`` reuses them.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -29,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mdr.data.collator import passage_text
-from mdr.data.schema import DataError, RetrievalSplit
+from mdr.data.schema import RetrievalSplit
 from mdr.evaluation.encode import encode_texts
 from mdr.mining.pools import RawPools, file_lock, fingerprint, load_verified, save_pools, settings_hash
 from mdr.models.bi_encoder import BiEncoder
@@ -42,9 +40,6 @@ from mdr.utils.logging import get_logger
 from mdr.utils.ranks import cuda_device
 
 log = get_logger(__name__)
-
-MODEL_GROUPS = Path(__file__).resolve().parents[2] / "conf" / "model"
-"""Where ``negatives.denoise.teacher`` names are looked up (``conf/model/<name>.yaml``)."""
 
 SCORES_VERSION = 1
 """Bumped whenever the teacher-score computation changes, so old caches are not reused."""
@@ -70,29 +65,6 @@ class DenoiseSettings:
     teacher: str = "me5_small"
     relative_margin: float = 0.05
     batch_size: int = 64
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= float(self.relative_margin) <= 0.5:
-            raise DataError(
-                f"negatives.denoise.relative_margin={self.relative_margin}: must be in [0, 0.5]; it is the fraction "
-                "below the positive's score (sentence-transformers' semantics): 0.05 keeps candidates scoring at "
-                "most 95% of the positive (NV-Retriever's TopK-PercPos 0.95)"
-            )
-        if int(self.batch_size) < 1:
-            raise DataError(f"negatives.denoise.batch_size={self.batch_size}: must be >= 1")
-        if not str(self.teacher).strip():
-            raise DataError("negatives.denoise.teacher is empty: name a model group (me5_small) or an encoder folder")
-
-    @classmethod
-    def from_config(cls, node: DictConfig | Mapping[str, Any] | None) -> DenoiseSettings:
-        """From ``cfg.negatives.denoise`` (absent: disabled)."""
-        if node is None:
-            return cls()
-        values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-        unknown = set(values) - {"enabled", "teacher", "relative_margin", "batch_size"}  # type: ignore[arg-type]
-        if unknown:
-            raise DataError(f"negatives.denoise: unknown keys {sorted(unknown)}")
-        return cls(**values)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -137,27 +109,6 @@ class NegativePools(dict[str, list[str]]):
     def __init__(self, pools: Mapping[str, list[str]] | None = None, denoise: DenoiseStats | None = None) -> None:
         super().__init__(pools or {})
         self.denoise = denoise
-
-
-def teacher_model(cfg: DictConfig, teacher: str) -> tuple[DictConfig, str | None]:
-    """(config, folder) to give ``mdr.training.load_encoder`` for ``negatives.denoise.teacher``.
-
-    A model group name gives the run's config with that group as ``model`` and no folder: the group's own
-    pooling, prefixes and lengths, and a locally made model (``me5_small``) is built on first use. An existing
-    folder gives the run's config and that folder.
-    """
-    group = MODEL_GROUPS / f"{teacher}.yaml"
-    if "/" not in teacher and group.is_file():
-        teacher_cfg = copy.deepcopy(cfg)
-        with open_dict(teacher_cfg):
-            teacher_cfg.model = OmegaConf.load(group)
-        return teacher_cfg, None
-    if Path(teacher).is_dir():
-        return cfg, str(Path(teacher).resolve())
-    groups = sorted(path.stem for path in MODEL_GROUPS.glob("*.yaml"))
-    raise DataError(
-        f"negatives.denoise.teacher={teacher!r}: neither a model group ({', '.join(groups)}) nor an existing folder"
-    )
 
 
 def teacher_identity(encoder: BiEncoder, name_or_path: str, cache_dir: str | Path | None = None) -> str:

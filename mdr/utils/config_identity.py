@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from mdr.utils.config_compat import drop_neutral_defaults, parent_of
 
@@ -175,10 +175,10 @@ def _normalise(value: Any, cache_dir: str | None) -> Any:
     return value
 
 
-def canonical_config(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
-    """The resolved config without :data:`IGNORED_KEYS` and keys at their neutral default
-    (:mod:`mdr.utils.config_compat`), with the cache folder written as a placeholder."""
-    if isinstance(cfg, DictConfig):
+def canonical_config(cfg: Any) -> dict[str, Any]:
+    """The resolved config (a composed one, or a plain mapping) without :data:`IGNORED_KEYS` and keys at their
+    neutral default (:mod:`mdr.utils.config_compat`), with the cache folder written as a placeholder."""
+    if OmegaConf.is_config(cfg):
         data: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     else:
         data = json.loads(json.dumps(cfg, default=str))
