@@ -44,9 +44,9 @@ REUSED_FROM = "reused_from"
 
 
 def runs_folder(out: Path) -> Path | None:
-    """Where a single run looks for earlier runs of its config (:func:`reuse_earlier_run`): the folder of Hydra's
-    ``<time>`` run folders (``outputs/<task>/runs``) when the command gave no ``hydra.run.dir``, so every command
-    gets a new folder. None for a multirun, a folder the command chose, or a config composed outside Hydra."""
+    """Where a single run looks for earlier runs of its config (:func:`reuse_earlier_run`): Hydra's
+    ``outputs/<task>/runs`` when the command gave no ``hydra.run.dir``; None for a multirun, a folder the command
+    chose, or a config composed outside Hydra."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -67,21 +67,17 @@ def headline(payload: dict[str, Any]) -> str:
 
 
 def reuse_earlier_run(spec: Spec, wanted: str, out: Path, runs_dir: Path) -> dict[str, Any] | None:
-    """A single run in a new folder: the stored metrics of the newest finished run of the same config under
-    ``runs_dir`` (``run.on_complete=skip``, the default), or None to run in ``out``. Logs what it found: a
-    finished run (reused, or run again with ``run.on_complete=fresh`` or when its weights changed since), or an
-    unfinished one that ``hydra.run.dir=<its folder>`` would resume. ``wanted``: the config's hash."""
+    """A single run in a new folder: the stored metrics of the newest finished run of the config hashed ``wanted``
+    under ``runs_dir`` (``run.on_complete=skip``), or None to run in ``out`` (``fresh``, its weights changed since,
+    or none finished). Logs what it found."""
     runs = run_folder.earlier_runs(wanted, runs_dir, out)
     if not runs:
         return None
     newest = runs[0]
     if newest.metrics is None:
         log.info(
-            "an unfinished run of this config is at %s (it holds a resume checkpoint); this command starts anew in "
-            "%s, hydra.run.dir=%s resumes that one instead",
-            newest.folder,
-            out,
-            newest.folder,
+            f"an unfinished run of this config is at {newest.folder} (it holds a resume checkpoint); this command "
+            f"starts anew in {out}, hydra.run.dir={newest.folder} resumes that one instead"
         )
         return None
     commit = str((newest.metrics.get("code") or {}).get("commit") or "")[:7]
@@ -99,9 +95,8 @@ def reuse_earlier_run(spec: Spec, wanted: str, out: Path, runs_dir: Path) -> dic
         log.info("%s; run.on_complete=fresh: running again in %s", found, out)
         return None
     log.info(
-        "%s: its metrics are returned and nothing is run (run.on_complete=fresh runs again; hydra.run.dir=<folder> "
-        "runs in a folder of your choice)",
-        found,
+        f"{found}: its metrics are returned and nothing is run (run.on_complete=fresh runs again; "
+        "hydra.run.dir=<folder> runs in a folder of your choice)"
     )
     return {**newest.metrics, REUSED_FROM: str(newest.folder)}
 
@@ -136,14 +131,11 @@ def run_task(cfg: DictConfig, task: Task, runs_dir: Path | None = None) -> dict[
 
 
 def run_prepared(run: Prepared, task: Task, runs_dir: Path | None = None) -> dict[str, Any]:
-    """Claim the run folder for the config, write ``config.yaml``, run ``task``; on failure leave ``failed.json``.
-
-    ``metrics.json`` is written by the task itself, atomically, only once everything succeeded. The folder belongs to
-    one config (:mod:`mdr.run_folder`): another config is refused before anything runs (and leaves no
-    ``failed.json``), the same config resumes, and a finished run returns its stored metrics. A config with a bad
-    value claims the folder with the default policies, then fails. With ``runs_dir`` (a single run in a new folder,
-    :func:`runs_folder`), a finished run of the same config under it is returned instead (:func:`reuse_earlier_run`).
-    """
+    """Claim the run folder for the config (:mod:`mdr.run_folder`), write ``config.yaml``, run ``task`` (which
+    writes ``metrics.json`` once everything succeeded); on failure leave ``failed.json``. Another config is refused
+    before anything runs, the same config resumes, a finished run returns its stored metrics; a config with a bad
+    value claims the folder with the default policies, then fails. With ``runs_dir``, a finished run of the same
+    config under it is returned instead (:func:`reuse_earlier_run`)."""
     out, spec = run.out, run.spec
 
     def work() -> dict[str, Any]:
@@ -205,12 +197,8 @@ def record_failure(out: Path, error: BaseException) -> None:
 
 
 def follow_rank_zero(out: Path, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """A rank > 0 takes rank 0's decision on the run folder: do ``work``, return ``{}`` (already complete), or
-    raise what rank 0 raised; it neither locks nor records (:func:`mdr.utils.ranks.rank_zero_decision`).
-
-    Raises:
-        RunFolderRefused: rank 0 refused the folder.
-    """
+    """A rank > 0 takes rank 0's decision on the run folder (:func:`mdr.utils.ranks.rank_zero_decision`): do
+    ``work``, return ``{}`` (already complete), or raise what rank 0 raised; it neither locks nor records."""
     decision = ranks.rank_zero_decision(out)
     if decision["decision"] == "complete":
         print(f"[mdr] {out}: rank 0 found this config's finished run; this rank returns", flush=True)  # off rank 0
@@ -226,27 +214,27 @@ def follow_rank_zero(out: Path, work: Callable[[], dict[str, Any]]) -> dict[str,
 def entry_point(cfg: DictConfig, task: Task) -> float | None:
     """Run ``task`` for a Hydra main; return MRR for sweepers (MRR@100; MRR@d below ``evaluation.depth=100``).
 
-    In a multirun a failing job is recorded (``failed.json``) and logged, and the sweep goes on with the
-    next job; the aggregation lists it. A single run re-raises, so the command exits non-zero. A job refused
-    by its run folder (another config's results are there) stops the sweep in either case.
+    In a multirun a failing job is recorded (``failed.json``) and logged and the sweep goes on; a single run
+    re-raises. A job refused by its run folder (another config's results are there) stops the sweep either way.
     """
     started = time.monotonic()
-    run = prepare(cfg)
     try:
+        run = prepare(cfg)
         result = run_prepared(run, task, runs_folder(run.out))
     except run_folder.RunFolderRefused:
         raise  # even in a multirun: the folder's old results would otherwise pass for this cell's
     except Exception:
         if not in_multirun():
             raise
-        log.exception("job failed; recorded in %s/failed.json, continuing the sweep", run.out)
+        log.exception("job failed; recorded in %s/failed.json, continuing the sweep", cfg.paths.output_dir)
         return None
     metrics = result.get("metrics", {})
     name, mrr = next(((name, value) for name, value in metrics.items() if name.startswith("mrr@")), (None, None))
     if mrr is not None:  # rank 0 of a finished job
         reused = result.get(REUSED_FROM)
         print(
-            f"[mdr] done {run_name(run.spec)} in {duration(time.monotonic() - started)}: {name.upper()}"
+            f"[mdr] done {run_name(run.spec) if run.spec else run.out.name} in {duration(time.monotonic() - started)}: "
+            f"{name.upper()}"
             f"={mrr:.4f} -> {reused or run.out}{' (an earlier run, reused)' if reused else ''}",
             flush=True,
         )

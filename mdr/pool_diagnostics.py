@@ -27,29 +27,10 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from mdr.data.schema import DataError, RetrievalSplit
+from mdr.mining import diagnostics as measures
 from mdr.mining.denoise import cached_teacher_scores
-from mdr.mining.diagnostics import (
-    Draw,
-    location_measures,
-    overlap_shares,
-    pool_measures,
-    positive_ranks,
-    rank_measures,
-    sampled_negatives,
-    scoring_pools,
-    teacher_measures,
-)
 from mdr.mining.miner import mine
-from mdr.reporting.pool_diagnostics import (
-    COLUMNS,
-    CSV_NAME,
-    OVERLAP_COLUMNS,
-    OVERLAP_NAME,
-    PLOT_NAME,
-    SUMMARY_NAME,
-    plot_diagnostics,
-    summary_markdown,
-)
+from mdr.reporting import pool_diagnostics as report
 from mdr.spec import Spec
 from mdr.training import load_encoder, negative_pools, pool_key
 from mdr.utils import quiet
@@ -139,19 +120,8 @@ def _compose(cells: Sequence[tuple[str, str]], overrides: Sequence[str], out: Pa
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return [
-            compose(
-                config_name="train",
-                overrides=[
-                    f"language={language}",
-                    f"negatives={option}",
-                    f"paths.output_dir={out}",
-                    *DEFAULT_OVERRIDES,
-                    *overrides,
-                ],
-            )
-            for language, option in cells
-        ]
+        fixed = [f"paths.output_dir={out}", *DEFAULT_OVERRIDES, *overrides]
+        return [compose("train", [f"language={language}", f"negatives={option}", *fixed]) for language, option in cells]
 
 
 def compose_cells(
@@ -198,7 +168,7 @@ def raw_pool_ranks(spec: Spec, split: RetrievalSplit) -> tuple[dict[str, int | N
         mining_device(spec),
         key=pool_key(settings, language.analyzer, spec.paths.cache_dir),
     )
-    return positive_ranks(raw, split, settings.depth), settings.depth
+    return measures.positive_ranks(raw, split, settings.depth), settings.depth
 
 
 def measure_language(
@@ -208,21 +178,21 @@ def measure_language(
     first = next(iter(cells.values()))
     split = build_reader(first.data.reader).load(first.data.train_split)
     pools: dict[str, dict[str, list[str]]] = {}
-    draws: dict[str, list[Draw]] = {}
+    draws: dict[str, list[measures.Draw]] = {}
     ranks: dict[str, tuple[dict[str, int | None], int]] = {}
     for option, spec in cells.items():
         log.info("pool diagnostics: %s %s", spec.language.code, option)
         negatives = spec.negatives
         pools[option] = dict(negative_pools(spec, negatives, split, spec.language))
         ranks[option] = raw_pool_ranks(spec, split)
-        draws[option] = sampled_negatives(
+        draws[option] = measures.sampled_negatives(
             split, pools[option], negatives.num_negatives, negatives.hard_proportion, seeds, negatives.strict
         )
     encoder, tokenizer, teacher_path, teacher_name = teacher
     every = [draw for option_draws in draws.values() for draw in option_draws]
     log.info("pool diagnostics: %s, the teacher scores %d sampled negatives", first.language.code, len(every))
     scores, _, _ = cached_teacher_scores(
-        scoring_pools(every),
+        measures.scoring_pools(every),
         split,
         first.language.code,
         encoder,
@@ -243,16 +213,16 @@ def measure_language(
                 "num_negatives": spec.negatives.num_negatives,
                 "hard_proportion": spec.negatives.hard_proportion,
                 "depth": depth,
-                **pool_measures(pools[option], draws[option]),
-                **rank_measures(depth_ranks),
-                **location_measures(draws[option]),
+                **measures.pool_measures(pools[option], draws[option]),
+                **measures.rank_measures(depth_ranks),
+                **measures.location_measures(draws[option]),
                 "teacher": teacher_name,
-                **teacher_measures(draws[option], scores),
+                **measures.teacher_measures(draws[option], scores),
             }
         )
     overlap = [
         {"language": first.language.code, "negatives": option, "other": other, "share": share}
-        for option, other, share in overlap_shares(draws, pools)
+        for option, other, share in measures.overlap_shares(draws, pools)
     ]
     return rows, overlap
 
@@ -296,13 +266,15 @@ def run(
             found, shared = measure_language(language_cells, seeds, loaded_teacher)
             rows += found
             overlap += shared
-    frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    shares = pd.DataFrame(overlap, columns=list(OVERLAP_COLUMNS))
+    frame = pd.DataFrame(rows, columns=list(report.COLUMNS))
+    shares = pd.DataFrame(overlap, columns=list(report.OVERLAP_COLUMNS))
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / CSV_NAME, frame.round(4).to_csv(index=False))
-    atomic_write_text(out / OVERLAP_NAME, shares.round(4).to_csv(index=False))
-    plot_diagnostics(frame, out / PLOT_NAME)
-    atomic_write_text(out / SUMMARY_NAME, summary_markdown(frame.round(4), shares.round(4), command, code) + "\n")
+    atomic_write_text(out / report.CSV_NAME, frame.round(4).to_csv(index=False))
+    atomic_write_text(out / report.OVERLAP_NAME, shares.round(4).to_csv(index=False))
+    report.plot_diagnostics(frame, out / report.PLOT_NAME)
+    atomic_write_text(
+        out / report.SUMMARY_NAME, report.summary_markdown(frame.round(4), shares.round(4), command, code) + "\n"
+    )
     return frame
 
 
@@ -333,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides,
         command,
     )
-    print(f"[mdr] pool diagnostics -> {args.out / CSV_NAME}, {OVERLAP_NAME}, {PLOT_NAME}, {SUMMARY_NAME}")
+    names = (report.OVERLAP_NAME, report.PLOT_NAME, report.SUMMARY_NAME)
+    print(f"[mdr] pool diagnostics -> {args.out / report.CSV_NAME}, {', '.join(names)}")
     return 0
 
 

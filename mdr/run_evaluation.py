@@ -32,24 +32,14 @@ def evaluate_and_report(
     extra: dict[str, Any],
     distributed: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate on the test split, write metrics.json atomically, and print MRR@100.
+    """Evaluate on the test split(s), write metrics.json atomically, and print MRR@100.
 
-    The measures carry the depth they were computed over (``evaluation.depth=10``: ``mrr@10``, ``recall@10``),
-    and metrics.json records that depth in ``depth``.
-
-    ``test`` may map several language codes to test splits (``evaluation.languages``,
-    :func:`mdr.pipeline.evaluation_splits`): each gets its own run file, per-query file and metrics under
-    ``per_language``; the top-level fields are the primary language's (the run's ``language`` if evaluated,
-    else the first listed).
-
-    The corpus is encoded in ``evaluation.shard_size``-row shards under ``<out>/embeddings/<language>/`` (a rerun
-    after a kill reuses the finished ones), with bf16 autocast where :mod:`mdr.models.precision` supports it
-    (``evaluation.bf16: auto``; ``false``: fp32), and searched shard by shard (``evaluation.fp16_index``).
-
-    Args:
-        distributed: every rank of the initialised process group calls this (e.g. after a DDP fit): each encodes
-            and searches its own shards on its own device; rank 0 writes the files and returns the payload, the
-            other ranks return ``{}``. False: this process does it all.
+    ``test`` may map language codes to test splits (``evaluation.languages``): each gets its run file, per-query
+    file and metrics under ``per_language``; the top-level fields are the run's language's (else the first
+    listed). The measures carry the depth they were computed over (``mrr@10`` at ``evaluation.depth=10``). The
+    corpus is encoded in ``evaluation.shard_size``-row shards under ``<out>/embeddings/<language>/`` (a rerun reuses
+    finished ones). ``distributed``: every rank of the process group calls this and encodes and searches its own
+    shards; rank 0 writes the files and returns the payload, the others ``{}``.
     """
     from mdr.distributed import world_size_and_rank
     from mdr.models.precision import autocast_dtype

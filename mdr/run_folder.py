@@ -72,12 +72,8 @@ def require_writable(out: Path, needed: str) -> None:
 
 
 class RunFolderDamaged(RunFolderRefused):
-    """A bookkeeping file of the run folder (``run_folder.json``, ``config.yaml``, ``metrics.json``) cannot be read.
-
-    Attributes:
-        path: the damaged file.
-        reason: what is wrong with it.
-    """
+    """A bookkeeping file of the run folder (``run_folder.json``, ``config.yaml``, ``metrics.json``), ``path``,
+    cannot be read, for ``reason``."""
 
     def __init__(self, path: Path, reason: str, remedy: str) -> None:
         super().__init__(f"{path} cannot be read ({reason}); it was cut off or garbled. {remedy}")
@@ -108,13 +104,8 @@ def _read_json(path: Path, remedy: str) -> dict[str, Any]:
 
 @dataclass
 class RunFolderState:
-    """What :func:`claim` found.
-
-    Attributes:
-        complete: the stored ``metrics.json`` payload when the same config already finished here, else None.
-        resumed: true when the folder already belonged to this config.
-        moved_to: where ``fresh`` moved the old contents, if it did.
-    """
+    """What :func:`claim` found: the stored metrics when the same config finished here (``complete``), whether the
+    folder already belonged to this config (``resumed``), where ``fresh`` moved the old contents (``moved_to``)."""
 
     complete: dict[str, Any] | None = None
     resumed: bool = False
@@ -237,7 +228,12 @@ def claim(out: Path, canonical: dict[str, Any], policy: RunPolicy) -> RunFolderS
     """
     on_change, on_complete = policy.on_config_change, policy.on_complete
     state = RunFolderState()
-    hydra_running = ".hydra" in _hydra_owned(out)
+    hydra_running = ".hydra" in _hydra_owned(out)  # Hydra already overwrote .hydra with this run's files
+
+    def restore(folder: Path) -> None:
+        if hydra_running:
+            _restore_hydra(folder, record)
+
     created = run_id = None
     try:
         record = _read_record(out)
@@ -252,11 +248,7 @@ def claim(out: Path, canonical: dict[str, Any], policy: RunPolicy) -> RunFolderS
             raise
         state.moved_to = _move_aside(out)  # its config is unknown: either fresh policy applies
         log.warning(
-            "%s cannot be read (%s); fresh: the contents of %s moved to %s",
-            error.path,
-            error.reason,
-            out,
-            state.moved_to,
+            f"{error.path} cannot be read ({error.reason}); fresh: the contents of {out} moved to {state.moved_to}"
         )
         _write_record(out, canonical, None, None)
         return state
@@ -267,12 +259,10 @@ def claim(out: Path, canonical: dict[str, Any], policy: RunPolicy) -> RunFolderS
             log.info("%s held no results of its earlier config; recording the new one", out)
         elif on_change == "fresh":
             state.moved_to = _move_aside(out)
-            if hydra_running:  # Hydra already overwrote .hydra with this run's files: keep the old ones
-                _restore_hydra(state.moved_to, record)
+            restore(state.moved_to)
             log.warning("run.on_config_change=fresh: earlier contents of %s moved to %s", out, state.moved_to)
         else:
-            if hydra_running:
-                _restore_hydra(out, record)
+            restore(out)
             shown = "\n  ".join(differences[:30]) + (
                 f"\n  ... and {len(differences) - 30} more" if len(differences) > 30 else ""
             )
@@ -287,19 +277,16 @@ def claim(out: Path, canonical: dict[str, Any], policy: RunPolicy) -> RunFolderS
             complete = _completed_payload(out)
         except RunFolderDamaged as error:
             if on_complete != "fresh":
-                if hydra_running:
-                    _restore_hydra(out, record)
+                restore(out)
                 raise
             log.warning("%s cannot be read (%s); run.on_complete=fresh moves it aside", error.path, error.reason)
             complete = {}  # moved aside below like a finished run
         if complete is not None and on_complete == "fresh":
             state.moved_to = _move_aside(out)
-            if hydra_running:
-                _restore_hydra(state.moved_to, record)
+            restore(state.moved_to)
             log.warning("run.on_complete=fresh: the finished run in %s moved to %s", out, state.moved_to)
         elif complete is not None:
-            if hydra_running:
-                _restore_hydra(out, record)
+            restore(out)
             state.complete = complete
             return state
         else:
@@ -328,13 +315,8 @@ def is_new(out: Path) -> bool:
 
 @dataclass(frozen=True)
 class EarlierRun:
-    """A run of the same config in another folder (:func:`earlier_runs`).
-
-    Attributes:
-        folder: its run folder.
-        metrics: its ``metrics.json`` when it finished, None when it stopped before (it holds a resume checkpoint).
-        when: the modification time (seconds since the epoch) of ``metrics.json``, else of its checkpoint.
-    """
+    """A run of the same config in another ``folder``: its ``metrics`` (None: unfinished, it holds a resume
+    checkpoint) and ``when`` it finished (or checkpointed), in seconds since the epoch."""
 
     folder: Path
     metrics: dict[str, Any] | None
@@ -382,12 +364,9 @@ def weights_changed_since(folders: dict[str, str | None], when: float) -> str | 
 
 @contextmanager
 def exclusive(out: Path) -> Iterator[None]:
-    """Hold ``<out>/.lock`` for the block; a second process on the same folder fails at once.
-
-    On file systems without ``flock`` (some network mounts) this warns and goes on unlocked. In a folder this
-    process cannot write, the lock file is opened for reading (``flock`` needs no more), or, where there is none,
-    the block runs unlocked: it can only read the folder (:func:`claim` refuses to write there).
-    """
+    """Hold ``<out>/.lock`` for the block; a second process on the same folder fails at once. Without ``flock``
+    (some network mounts) it warns and goes on unlocked; a folder this process cannot write is locked through a
+    read-only handle, or not at all where there is no lock file (:func:`claim` refuses to write there)."""
     try:
         handle = open(out / LOCK_FILE, "a+" if writable(out) else "r")
     except OSError as error:
@@ -418,69 +397,47 @@ def _tree_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file() and not path.is_symlink())
 
 
+def _remove(folder: Path, why: str) -> int:
+    """Delete ``folder``; the bytes freed (0 where it cannot be: a warning, never an error, since the run's results
+    are written)."""
+    try:
+        freed = _tree_bytes(folder)
+        shutil.rmtree(folder)
+    except OSError as error:
+        log.warning("could not remove %s (%s); the run's results are complete", folder, error)
+        return 0
+    log.info(f"removed {folder} ({freed / 1e9:.2f} GB): {why}")
+    return freed
+
+
 def remove_checkpoints(folder: Path, encoder: Path, keep: bool = False) -> int:
     """Delete ``<folder>/checkpoints`` (the resume state: weights and optimizer moments, ~3x the encoder) once
-    training there is over and ``encoder`` holds its weights, unless ``keep`` (``run.keep_checkpoints``). Returns the
-    bytes freed (0 when kept, absent or not removable: a warning, never an error, since the results are written).
-    """
-    from mdr.models.bi_encoder import SETTINGS_FILE  # as torch in checkpoint_epochs: kept off this module's import
+    training there is over and ``encoder`` holds its weights, unless ``keep`` (``run.keep_checkpoints``)."""
+    from mdr.models.bi_encoder import SETTINGS_FILE  # torch: kept off this module's import
 
     checkpoints = folder / "checkpoints"
-    if not checkpoints.is_dir():
-        return 0
-    if keep:
+    if keep or not checkpoints.is_dir():
         return 0
     if not (encoder / SETTINGS_FILE).is_file():
         log.info("keeping %s: no saved encoder at %s holds the trained weights", checkpoints, encoder)
         return 0
-    try:
-        freed = _tree_bytes(checkpoints)
-        shutil.rmtree(checkpoints)
-    except OSError as error:  # the results are written: a leftover checkpoint is not a failed run
-        log.warning("could not remove %s (%s); the run's results are complete", checkpoints, error)
-        return 0
-    log.info(
-        "removed %s (%.2f GB, resume state only): training is over and %s holds the weights "
-        "(run.keep_checkpoints=true keeps it)",
-        checkpoints,
-        freed / 1e9,
-        encoder,
-    )
-    return freed
-
-
-def remove_encoder(encoder: Path, keep: bool = True) -> int:
-    """Delete a finished run's saved encoder unless ``keep`` (``run.keep_encoder``); returns the bytes freed. Called
-    only once ``metrics.json`` is written; a failure to delete is a warning."""
-    if keep or not encoder.is_dir():
-        return 0
-    try:
-        freed = _tree_bytes(encoder)
-        shutil.rmtree(encoder)
-    except OSError as error:
-        log.warning("could not remove %s (%s); the run's results are complete", encoder, error)
-        return 0
-    log.info("removed %s (%.2f GB): run.keep_encoder=false keeps only the results", encoder, freed / 1e9)
-    return freed
+    return _remove(checkpoints, f"training is over and {encoder} holds the weights (run.keep_checkpoints keeps it)")
 
 
 def remove_weights(folder: Path, policy: RunPolicy) -> int:
     """A finished run's tidying (once ``metrics.json`` is written, and again by a rerun of the finished folder):
     its resume checkpoints, then its encoder where ``run.keep_encoder=false``. Returns the bytes freed."""
     encoder = folder / "encoder"
-    return remove_checkpoints(folder, encoder, policy.keep_checkpoints) + remove_encoder(encoder, policy.keep_encoder)
+    freed = remove_checkpoints(folder, encoder, policy.keep_checkpoints)
+    if policy.keep_encoder or not encoder.is_dir():
+        return freed
+    return freed + _remove(encoder, "run.keep_encoder=false keeps only the results")
 
 
 @dataclass(frozen=True)
 class CheckpointPosition:
-    """Where a resume checkpoint stands.
-
-    Attributes:
-        epochs: epochs finished.
-        steps: optimiser steps done.
-        mid_epoch: saved inside epoch ``epochs`` (``train.checkpoint_every_n_steps``), not at an epoch end.
-        batches_done: batches of that epoch trained (0 at an epoch end).
-    """
+    """Where a resume checkpoint stands: ``epochs`` finished, optimiser ``steps`` done, and whether it was saved
+    ``mid_epoch`` (``train.checkpoint_every_n_steps``) after ``batches_done`` batches of epoch ``epochs``."""
 
     epochs: int
     steps: int
@@ -498,11 +455,8 @@ class CheckpointPosition:
 
 
 def checkpoint_position(path: Path) -> CheckpointPosition | None:
-    """Where the Lightning checkpoint ``path`` stands, or None if unreadable.
-
-    The file is memory-mapped, so no tensor is read. A mid-epoch checkpoint says so in the datamodule's state
-    (:meth:`mdr.data.datamodule.RetrievalDataModule.state_dict`); an epoch-end one holds ``epoch`` + 1 epochs.
-    """
+    """Where the Lightning checkpoint ``path`` stands (memory-mapped: no tensor is read), or None if unreadable; a
+    mid-epoch checkpoint says so in the datamodule's state, an epoch-end one holds ``epoch`` + 1 epochs."""
     import torch
 
     try:
@@ -517,9 +471,3 @@ def checkpoint_position(path: Path) -> CheckpointPosition | None:
     if mid_epoch:
         return CheckpointPosition(epoch, steps, True, int(data.get("batches_done", 0)))
     return CheckpointPosition(epoch + 1, steps, False)
-
-
-def checkpoint_epochs(path: Path) -> int | None:
-    """How many epochs the checkpoint ``path`` holds finished (:func:`checkpoint_position`), or None if unreadable."""
-    position = checkpoint_position(path)
-    return position.epochs if position else None

@@ -51,13 +51,12 @@ from mdr.utils.logging import get_logger
 log = get_logger(__name__)
 
 TRAINER_KEYS_IGNORED = left_out("stage", "trainer")
-"""Trainer settings left out of a stage key (:data:`mdr.utils.config_identity.IDENTITY`): epochs and the resolved
-precision are keyed apart, and a cached stage is always trained by one process on one device (:func:`cached_stage`),
-so a DDP run reuses it."""
+"""Trainer settings a stage key leaves out (epochs and the resolved precision are keyed apart; a cached stage is
+trained by one process on one device, so a DDP run reuses it)."""
 TRAIN_KEYS_IGNORED = left_out("stage", "train")
-"""``train`` settings left out of a stage key: none of them changes the encoder."""
+"""``train`` settings a stage key leaves out: none changes the encoder."""
 MODEL_KEYS_IGNORED = left_out("stage", "model")
-"""``model`` settings left out of a stage key: how a local model is built (its weights are keyed by content)."""
+"""``model`` settings a stage key leaves out: how a local model is built (its weights are keyed by content)."""
 
 
 SplitMemo = dict[tuple[str, str], RetrievalSplit]
@@ -204,7 +203,7 @@ def stage_dir(spec: Spec, digest: str) -> Path:
 
 @dataclass
 class StageRun:
-    """A stage just trained: its encoder, tokenizer, fit summary and negatives record."""
+    """A stage just trained: its encoder, tokenizer, fit summary and denoise record."""
 
     encoder: Any
     tokenizer: Any
@@ -270,12 +269,9 @@ def cached_stage(
 ) -> tuple[Path, str, dict[str, Any] | None]:
     """(encoder folder, ``trained``, ``reused`` or ``busy``, summary) of a cached stage, trained now unless found.
 
-    Jobs needing the same stage wait on ``<dir>/.lock`` (:func:`mdr.utils.cache.cache_lock`: it holds across
-    nodes, so two jobs never train into one ``run/``); the encoder is saved with a manifest to
-    ``.encoder.tmp-<host>-<pid>`` and renamed, so a folder with ``encoder/`` is complete. A found encoder is
-    reused only when ``stage.json`` holds this key and the encoder matches its manifest (sizes, and every byte up
-    to :data:`mdr.utils.cache.FULL_CHECK_BYTES`); otherwise the reason is logged and the stage is trained again.
-    With ``wait=False`` (``run.stages_only``) a stage another job holds is left to it: ``busy``, nothing trained.
+    Jobs needing the same stage wait on ``<dir>/.lock`` (``wait=False``: ``busy``, left to the job holding it); the
+    encoder is saved with a manifest to a staging folder and renamed, so a folder with ``encoder/`` is complete. A
+    found encoder is reused only when ``stage.json`` holds this key and the encoder matches its manifest.
     """
     root = stage_dir(spec, digest)
     encoder_dir = root / "encoder"
@@ -333,9 +329,7 @@ def _reuse_problem(root: Path, key: Mapping[str, Any]) -> str | None:
         recorded = json.loads((root / "stage.json").read_text(encoding="utf-8")).get("key")
     except (OSError, ValueError, AttributeError) as error:
         return f"{root / 'stage.json'} cannot be read ({error})"
-    if json.loads(json.dumps(recorded, sort_keys=True, default=str)) != json.loads(
-        json.dumps(key, sort_keys=True, default=str)
-    ):
+    if key_digest(recorded) != key_digest(key):
         return f"{root / 'stage.json'} holds another key than this run's"
     return check_folder(root / "encoder", "auto")
 
@@ -362,14 +356,9 @@ def _summary(root: Path) -> dict[str, Any] | None:
 
 @dataclass
 class ScheduleResult:
-    """What the schedule left to evaluate.
-
-    Attributes:
-        encoder / tokenizer: the final encoder (the configured model for zero-shot).
-        extra: metrics.json fields: ``train`` (the final stage's training summary), ``initialised_from`` (the
-            encoder the final stage started from), ``encoder`` (the evaluated encoder's folder), ``denoised`` /
-            ``denoise``, ``proportion_applies_to`` and ``schedule`` (one record per stage).
-    """
+    """The final encoder (the configured model for zero-shot) and the metrics.json fields the schedule fills:
+    ``train`` (the final stage's summary), ``initialised_from``, ``encoder`` (its folder), ``denoised`` /
+    ``denoise``, ``proportion_applies_to`` and ``schedule`` (one record per stage)."""
 
     encoder: Any
     tokenizer: Any
@@ -378,13 +367,14 @@ class ScheduleResult:
 
 
 def _record(stage: Stage, digest: str) -> dict[str, Any]:
+    negatives = stage.negatives
     return {
         "name": stage.name,
         "train_on": [f"{source.label}:{source.split}" for source in stage.sources],
         "epochs": stage.epochs,
-        "hard_proportion": stage.negatives.hard_proportion,
-        "num_negatives": stage.negatives.num_negatives,
-        "pool": stage.negatives.pool.source if stage.negatives.pool is not None else None,
+        "hard_proportion": negatives.hard_proportion,
+        "num_negatives": negatives.num_negatives,
+        "pool": negatives.pool.source if negatives.pool is not None else None,
         "key": digest,
         "dir": None,
         "status": None,
@@ -392,38 +382,48 @@ def _record(stage: Stage, digest: str) -> dict[str, Any]:
     }
 
 
+def _cached_stages(
+    spec: Spec, splits: SplitMemo, target_train: RetrievalSplit | None = None, wait: bool = True
+) -> tuple[list[dict[str, Any]], list[str | None], dict[str, Any] | None]:
+    """Train or find the schedule's cached stages in order: (one record per stage, the encoder each cached stage
+    started from and the last one's, the last one's summary). ``wait=False``: a stage another job holds is left to
+    it (``busy``) and the stages after it too."""
+    keys = stage_keys(spec, splits, target_train)
+    records = [_record(stage, digest) for stage, (_, digest) in zip(spec.schedule.stages, keys)]
+    starts: list[str | None] = [None]
+    summary = None
+    for stage in (stage for stage in spec.schedule.stages if not stage.own):
+        key, digest = keys[stage.index]
+        encoder_dir, status, summary = cached_stage(spec, stage, key, digest, starts[-1], splits, wait)
+        records[stage.index].update(dir=str(stage_dir(spec, digest)), status=status, train=summary)
+        if status == "busy":
+            break
+        starts.append(str(encoder_dir))
+    return records, starts, summary
+
+
 def run_schedule(spec: Spec, out: Path, target_train: RetrievalSplit | None = None) -> ScheduleResult:
     """Run the schedule's stages in order; return the final encoder (on every DDP rank).
 
     Cached stages come first (``trained`` or ``reused``); the run's own stage (``run``) trains in ``out`` and, with
     ``train.save_encoder``, is saved to ``out/encoder``. After a DDP fit every rank gets a result with
-    ``distributed=True``: each evaluates its shards of the corpus; only rank 0 saves the encoder and writes files.
-
-    Args:
-        target_train: the run's own training split, already read, or None.
+    ``distributed=True`` (each evaluates its shards of the corpus; rank 0 saves the encoder and writes files).
+    ``target_train``: the run's own training split, already read, or None.
     """
     plan = spec.schedule
     splits: SplitMemo = {}
-    keys = stage_keys(spec, splits, target_train)
-    records = [_record(stage, digest) for stage, (_, digest) in zip(plan.stages, keys)]
+    records, starts, summary = _cached_stages(spec, splits, target_train)
+    start = starts[-1]
     extra: dict[str, Any] = {
         "train": None,
-        "initialised_from": None,
+        "initialised_from": starts[-2] if len(starts) > 1 else None,
         "encoder": None,
         "denoised": False,
         "denoise": None,
         "proportion_applies_to": plan.proportion_applies_to,
         "schedule": {"name": plan.name, "proportion_applies_to": plan.proportion_applies_to, "stages": records},
     }
-    start: str | None = None
-    summary: dict[str, Any] | None = None
-    for stage in (stage for stage in plan.stages if not stage.own):
-        key, digest = keys[stage.index]
-        encoder_dir, status, summary = cached_stage(spec, stage, key, digest, start, splits)
-        records[stage.index].update(dir=str(stage_dir(spec, digest)), status=status, train=summary)
-        extra["initialised_from"] = start
-        start = str(encoder_dir)
-    if not plan.stages or not plan.stages[-1].own:  # zero-shot, or the final stage is cached: evaluate it
+    if not plan.trains_on_target:  # zero-shot, or the final stage is cached: evaluate its encoder
         encoder, tokenizer = training.load_encoder(spec.model, start)
         if plan.stages:
             denoise = (summary or {}).get("denoise")
@@ -445,20 +445,9 @@ def run_schedule(spec: Spec, out: Path, target_train: RetrievalSplit | None = No
 def train_cached_stages(spec: Spec) -> dict[str, Any]:
     """``run.stages_only``: train (or find) the run's cached stages in order, nothing else; return their records.
 
-    A stage another job holds is not waited for (``busy``, and the later stages are left for the run itself), so
-    no job holds a device waiting on a stage lock; the run's own stage and evaluation are left to the normal run.
+    A stage another job holds is not waited for (``busy``, and the later stages are left to the run itself), so no
+    job holds a device waiting on a stage lock; the run's own stage and evaluation are left to the normal run.
     """
-    plan = spec.schedule
-    splits: SplitMemo = {}
-    keys = stage_keys(spec, splits)
-    records = [_record(stage, digest) for stage, (_, digest) in zip(plan.stages, keys)]
-    start: str | None = None
-    for stage in (stage for stage in plan.stages if not stage.own):
-        key, digest = keys[stage.index]
-        encoder_dir, status, summary = cached_stage(spec, stage, key, digest, start, splits, wait=False)
-        records[stage.index].update(dir=str(stage_dir(spec, digest)), status=status, train=summary)
-        if status == "busy":
-            break
-        start = str(encoder_dir)
+    records, _, _ = _cached_stages(spec, {}, wait=False)
     done = [record for record in records if record["status"] is not None]
-    return {"stages_only": True, "schedule": {"name": plan.name, "stages": done}}
+    return {"stages_only": True, "schedule": {"name": spec.schedule.name, "stages": done}}

@@ -9,10 +9,10 @@ machine) and reports every problem at once, each naming its key, as a :class:`md
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
@@ -21,7 +21,6 @@ from mdr.cluster import launch_problems
 from mdr.data.checks import test_split_problems, train_split_problems
 from mdr.data.negatives import num_hard, proportion_problem
 from mdr.data.schema import DataError, RetrievalSplit
-from mdr.evaluation.metrics import MIN_DEPTH
 from mdr.mining.denoise import DenoiseSettings
 from mdr.mining.miner import PoolSettings
 from mdr.mining.tokenize import TOKENIZERS, tokenizer_version
@@ -44,10 +43,9 @@ from mdr.spec import (
     Train,
     Trainer,
 )
-from mdr.utils.allocator import MAX_RETAIN_MB
 from mdr.utils.cache import settings_problems as cache_settings_problems
 from mdr.utils.config_compat import NEUTRAL_DEFAULTS
-from mdr.utils.instantiate import build_target_problem
+from mdr.utils.instantiate import build_target_problem, model_source_problem
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 MAX_SEED = 2**32 - 1
@@ -56,11 +54,10 @@ ZERO_SHOT = "zero_shot"
 """The one schedule name an empty ``stage.stages`` may carry (``conf/stage/zero_shot.yaml``)."""
 TARGET = "target"
 """In ``train_on`` and ``evaluation.languages``: the run's own language (in the run's data group)."""
-APPLIES_TO = ("last", "all")
-WANDB_MODES = ("offline", "online", "shared", "disabled", "dryrun", "run")
-POOL_KEYS = ("source", "backend", "depth", "range_min", "range_max", "margin", "encoder", "threads", "tokenizer")
-DENOISE_KEYS = ("enabled", "teacher", "relative_margin", "batch_size")
 _ABSENT = object()
+T = TypeVar("T")
+NULLABLE = ("range_max", "margin", "encoder", "threads")
+"""Pool settings whose null means something (no upper rank, no margin, no encoder, every CPU)."""
 
 
 class _Values:
@@ -69,156 +66,130 @@ class _Values:
     def __init__(self, tree: Mapping[str, Any], problems: list[str], prefix: str = "") -> None:
         self.tree, self.problems, self.prefix = tree, problems, prefix
 
-    def has(self, key: str) -> bool:
-        """Whether the mapping holds ``key``."""
-        node: Any = self.tree
-        for part in key.split("."):
-            if not isinstance(node, Mapping) or part not in node:
-                return False
-            node = node[part]
-        return True
-
     def get(self, key: str, optional: bool = False) -> Any:
-        """The value at ``key``: a key added after a config was made (absent from it) takes its "as before" value
-        (:data:`mdr.utils.config_compat.NEUTRAL_DEFAULTS`); ``_ABSENT`` (a problem noted) where it is missing or
-        ``???``. ``optional``: an absent key or null is None, without a problem."""
+        """The value at ``key``; a key added after a config was made takes its "as before" value
+        (:data:`mdr.utils.config_compat.NEUTRAL_DEFAULTS`). Missing or ``???``: ``_ABSENT``, a problem noted
+        (``optional``: None for a missing key, no problem)."""
         node: Any = self.tree
         for part in key.split("."):
             if not isinstance(node, Mapping) or part not in node:
                 if self.prefix + key in NEUTRAL_DEFAULTS:
                     return NEUTRAL_DEFAULTS[self.prefix + key]
-                if optional:
-                    return None
-                self.problems.append(f"{self.prefix}{key} is missing from the config")
-                return _ABSENT
+                if not optional:
+                    self.problems.append(f"{self.prefix}{key} is missing from the config")
+                return None if optional else _ABSENT
             node = node[part]
         if node == "???":
             self.problems.append(f"{self.prefix}{key} must be set (it is ???)")
             return _ABSENT
         return node
 
-    def _bad(self, key: str, message: str) -> None:
-        self.problems.append(f"{self.prefix}{key} {message}")
+    def _checked(self, key: str, problem: Callable[[Any], str | None], optional: bool = False) -> Any:
+        """The value at ``key`` where ``problem`` finds none in it (null passes where ``optional``), else None."""
+        value = self.get(key, optional)
+        if value is _ABSENT or value is None and optional:
+            return None
+        found = problem(value)
+        if found:
+            self.problems.append(f"{self.prefix}{key} {found}")
+            return None
+        return value
 
     def integer(
         self, key: str, minimum: int, maximum: int | None = None, optional: bool = False, allowed: tuple[int, ...] = ()
     ) -> Any:
-        """An int in [minimum, maximum] or in ``allowed`` (null too where ``optional``); 2.5, "2" and true are
-        errors, 2.0 is 2."""
-        value = self.get(key, optional)
-        if value is _ABSENT or (optional and value is None):
+        """An int in [minimum, maximum] or in ``allowed``; 2.5, "2" and true are errors, 2.0 is 2."""
+        kind = f"{'null or ' if optional else ''}an integer >= {minimum}"
+
+        def problem(value: Any) -> str | None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value % 1:
+                return f"must be {kind}, got {value!r}"
+            if value < minimum and value not in allowed:
+                return f"must be {kind}{f' (or {allowed[0]})' if allowed else ''}, got {value}"
+            if maximum is not None and value > maximum:
+                return f"must be an integer in [{minimum}, {maximum}], got {value}"
             return None
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        kind = f"{'null or ' if optional else ''}an integer"
-        if isinstance(value, bool) or not isinstance(value, int):
-            self._bad(key, f"must be {kind} >= {minimum}, got {value!r}")
-        elif value < minimum and value not in allowed:
-            extra = f" (or {', '.join(map(str, allowed))})" if allowed else ""
-            self._bad(key, f"must be {kind} >= {minimum}{extra}, got {value}")
-        elif maximum is not None and value > maximum:
-            self._bad(key, f"must be an integer in [{minimum}, {maximum}], got {value}")
-        else:
-            return value
-        return None
+
+        value = self._checked(key, problem, optional)
+        return None if value is None else int(value)
 
     def number(
-        self,
-        key: str,
-        low: float | None = None,
-        high: float | None = None,
-        low_open: bool = False,
-        optional: bool = False,
+        self, key: str, low: float | None = None, high: float | None = None, above: bool = False, optional: bool = False
     ) -> Any:
-        """A real number in [low, high] (``(low, high]`` where ``low_open``; null too where ``optional``)."""
-        value = self.get(key, optional)
-        if value is _ABSENT or (optional and value is None):
+        """A real number in [low, high] (``(low, high]`` where ``above``)."""
+        if high is not None:
+            bounds = f" in {'(' if above else '['}{low:g}, {high:g}]"
+        else:
+            bounds = f" {'>' if above else '>='} {low:g}" if low is not None else ""
+
+        def problem(value: Any) -> str | None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:  # NaN != NaN
+                return f"must be a number{bounds}, got {value!r}"
+            if (low is not None and (value <= low if above else value < low)) or (high is not None and value > high):
+                return f"must be{bounds}, got {value}"
             return None
-        if low is not None and high is not None:
-            bounds = f" in {'(' if low_open else '['}{low:g}, {high:g}]"
-        else:
-            bounds = f" {'>' if low_open else '>='} {low:g}" if low is not None else ""
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:  # NaN != NaN
-            self._bad(key, f"must be a number{bounds}, got {value!r}")
-        elif (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
-            self._bad(key, f"must be{bounds}, got {value}")
-        else:
-            return float(value)
-        return None
+
+        value = self._checked(key, problem, optional)
+        return None if value is None else float(value)
 
     def choice(self, key: str, allowed: tuple[Any, ...]) -> Any:
         """One of ``allowed``, of the same type (1 is not true)."""
-        value = self.get(key)
-        if value is _ABSENT:
-            return None
-        if not any(value == option and type(value) is type(option) for option in allowed):
-            self._bad(key, f"must be one of {list(allowed)}, got {value!r}")
-            return None
-        return value
+
+        def problem(value: Any) -> str | None:
+            if any(value == option and type(value) is type(option) for option in allowed):
+                return None
+            return f"must be one of {list(allowed)}, got {value!r}"
+
+        return self._checked(key, problem)
 
     def boolean(self, key: str) -> Any:
         """true or false."""
-        value = self.get(key)
-        if value is not _ABSENT and not isinstance(value, bool):
-            self._bad(key, f"must be true or false, got {value!r}")
-        return value if isinstance(value, bool) else None
+        return self._checked(
+            key, lambda value: None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+        )
 
     def text(self, key: str, optional: bool = False) -> Any:
-        """A string (a number is taken as its text: a split named 1); null too where ``optional``."""
-        value = self.get(key, optional)
-        if value is _ABSENT or (optional and value is None):
-            return None
-        if isinstance(value, (Mapping, list, bool)) or value is None:
-            self._bad(key, f"must be a string, got {value!r}")
-            return None
-        return str(value)
+        """A string (a number is taken as its text: a split named 1)."""
+        wrong = (Mapping, list, bool)
+        value = self._checked(
+            key, lambda v: f"must be a string, got {v!r}" if v is None or isinstance(v, wrong) else None, optional
+        )
+        return None if value is None else str(value)
 
     def mapping(self, key: str, optional: bool = False) -> Any:
-        """A mapping (null too where ``optional``)."""
-        value = self.get(key, optional)
-        if value is _ABSENT or (optional and value is None):
-            return None
-        if not isinstance(value, Mapping):
-            self._bad(key, f"must be a mapping, got {value!r}")
-            return None
-        return value
-
-
-def model_source_problem(key: str, value: Any, saved_encoder: bool = False) -> str | None:
-    """Why ``value`` (at ``key``) is not a loadable model, or None: a local folder must hold ``config.json`` (or
-    ``query_encoder/config.json``); anything else is a hub id, found in the local hub cache or by fetching its
-    config. ``saved_encoder``: a local folder is required (``checkpoint=``)."""
-    if value is None or str(value).strip() == "":
-        return f"{key} must name a model folder{'' if saved_encoder else ' or hub id'}, got {value!r}"
-    text = str(value)
-    path = Path(text).expanduser()
-    if path.is_dir():
-        if (path / "config.json").is_file() or (path / "query_encoder" / "config.json").is_file():
-            return None
-        return f"{key}={text!r} is a folder but not a saved model (no config.json in it)"
-    if saved_encoder or path.exists() or text.startswith(("/", ".", "~")) or text.count("/") > 1:
-        return f"{key}={text!r} does not exist (expected a saved encoder folder)"
-    try:
-        from huggingface_hub import try_to_load_from_cache
-        from transformers import AutoConfig
-
-        if isinstance(try_to_load_from_cache(text, "config.json"), str):
-            return None  # in the local hub cache: no network call
-        AutoConfig.from_pretrained(text)
-    except Exception as error:  # noqa: BLE001 - any failure means the id cannot be used
-        return (
-            f"{key}={text!r} is not a local folder and cannot be loaded from the Hugging Face hub "
-            f"({type(error).__name__})"
+        """A mapping."""
+        return self._checked(
+            key, lambda v: None if isinstance(v, Mapping) else f"must be a mapping, got {v!r}", optional
         )
-    return None
 
 
 def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
+POOL_CHECKS: dict[str, Callable[[_Values], Any]] = {
+    "source": lambda v: v.choice("pool.source", ("bm25", "dense", "shipped")),
+    "backend": lambda v: v.choice("pool.backend", ("bm25s", "pyserini")),
+    "depth": lambda v: v.integer("pool.depth", 1),
+    "range_min": lambda v: v.integer("pool.range_min", 0),
+    "range_max": lambda v: v.integer("pool.range_max", 1, optional=True),
+    "margin": lambda v: v.number("pool.margin", optional=True),
+    "encoder": lambda v: v.text("pool.encoder", optional=True),
+    "threads": lambda v: v.integer("pool.threads", 1, optional=True),  # null: the CPUs this process may use
+    "tokenizer": lambda v: v.choice("pool.tokenizer", TOKENIZERS),
+}
+"""``negatives.pool``: a key the group leaves out keeps :class:`mdr.mining.miner.PoolSettings`' value."""
+DENOISE_CHECKS: dict[str, Callable[[_Values], Any]] = {
+    "enabled": lambda v: v.boolean("denoise.enabled"),
+    "teacher": lambda v: v.text("denoise.teacher"),
+    "relative_margin": lambda v: v.number("denoise.relative_margin", 0.0, 0.5),
+    "batch_size": lambda v: v.integer("denoise.batch_size", 1),
+}
+"""``negatives.denoise`` (absent: off)."""
+
+
 class _Builder:
-    """Builds a :class:`Spec` from one composed config, collecting every problem (``problems``)."""
+    """Builds a :class:`Spec` from one composed config, noting every problem in ``problems``."""
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
@@ -230,58 +201,64 @@ class _Builder:
         self.values = _Values(self.resolved, self.problems)
 
     def spec(self) -> Spec:
-        """The spec (some fields None where a problem was noted)."""
-        v = self.values
-        language = self.language(self.resolved.get("language"), "language", own=True)
-        train = self.train() if v.has("train") else None
-        trainer = self.trainer() if train is not None else None
+        """The spec (a field None where a problem was noted); the schedule and the evaluation languages are
+        resolved once every other value is sound."""
+        v, trains = self.values, "train" in self.resolved
         model = self.model(v.mapping("model") or {}, "model.")
-        negatives = self.negatives(v.mapping("negatives") or {}, "negatives.") if train is not None else None
-        self.model_files(model, v.text("checkpoint", optional=True) if v.has("checkpoint") else None)
-        self.problems.extend(launch_problems(v.mapping("trainer") if train is not None else None))
-        self.problems.extend(cache_settings_problems())  # MDR_VERIFY_CACHES, MDR_CACHE_LOCK, MDR_LOCK_STALE_SECONDS
+        checkpoint = v.text("checkpoint", optional=True)
+        if checkpoint is not None:
+            problem = model_source_problem("checkpoint", checkpoint, saved_encoder=True)
+        elif model.build is not None:
+            problem = build_target_problem(model.name, model.name_or_path, model.build)
+        else:
+            problem = model_source_problem("model.name_or_path", model.name_or_path)
         spec = Spec(
             task_name=v.text("task_name"),
             seed=v.integer("seed", 0, maximum=MAX_SEED),
-            paths=Paths(*(v.text(f"paths.{name}") for name in ("data_dir", "cache_dir", "output_dir"))),
-            language=language,
+            paths=self.read(Paths),
+            language=self.language(self.resolved.get("language"), "language", own=True),
             data=self.data(v.mapping("data") or {}, "data."),
             model=model,
-            evaluation=self.evaluation(),
-            run=self.run_policy(),
-            logger=self.logger(),
+            evaluation=self.read(Evaluation),
+            run=self.read(RunPolicy),
+            logger=self.read(Logger),
             resolved=self.resolved,
-            checkpoint=v.text("checkpoint", optional=True) if v.has("checkpoint") else None,
-            trainer=trainer,
-            train=train,
-            negatives=negatives,
+            checkpoint=checkpoint,
+            trainer=self.read(Trainer) if trains else None,
+            train=self.read(Train) if trains else None,
+            negatives=self.negatives(v.mapping("negatives") or {}, "negatives.") if trains else None,
         )
-        if train is not None and not self.problems:  # a schedule of sound values
+        self.problems += [problem] if problem else []
+        split, evaluated = spec.evaluation.split, spec.data.test_split
+        if None not in (split, evaluated) and split != evaluated:
+            self.problems.append(
+                f"evaluation.split={split} but data.test_split={evaluated} is the split evaluated: metrics.json would "
+                f"label {evaluated} results as {split}; set data.test_split={split} (evaluation.split follows it)"
+            )
+        self.problems += launch_problems(self.resolved.get("trainer") if trains else None)
+        self.problems += cache_settings_problems()  # MDR_VERIFY_CACHES, MDR_CACHE_LOCK, MDR_LOCK_STALE_SECONDS
+        if trains and not self.problems:
             spec = replace(spec, schedule=self.schedule(spec))
         if not self.problems:
             spec = replace(spec, evaluation=replace(spec.evaluation, languages=self.evaluation_languages(spec)))
         return spec
 
-    # ---- groups ---------------------------------------------------------------------------------------------
-
     def language(self, node: Any, key: str, own: bool = False) -> Language:
-        """A language config; the run's own must say ``low_resource``."""
+        """A language config; a run's own or evaluated language says ``low_resource``."""
         if not isinstance(node, Mapping) or node.get("code") in (None, ""):
             self.problems.append(f"{key}: a language needs a `code`, got {node!r}")
             return Language("", None, None)
-        low = node.get("low_resource")
+        low, analyzer = node.get("low_resource"), node.get("analyzer")
         if (own or low is not None) and not isinstance(low, bool):
             self.problems.append(f"{key}.low_resource must be true or false, got {low!r}")
-        analyzer = node.get("analyzer")
         return Language(str(node["code"]), None if analyzer is None else str(analyzer), low)
 
     def data(self, tree: Mapping[str, Any], prefix: str) -> Data:
         """A data group, resolved (a stage source's may name no splits: the source names its own)."""
-        v = _Values(tree, self.problems, prefix)
+        v, source = _Values(tree, self.problems, prefix), prefix != "data."
         reader = v.mapping("reader")
         if reader is not None and "_target_" not in reader:
             self.problems.append(f"{prefix}reader must name a `_target_` reader class")
-        source = prefix != "data."
         splits = (v.text("train_split", optional=source), v.text("test_split", optional=source))
         return Data(v.text("name"), *splits, reader or {}, dict(tree))
 
@@ -297,140 +274,50 @@ class _Builder:
             query_prefix=v.text("query_prefix"),
             passage_prefix=v.text("passage_prefix"),
         )
-        temperature = v.number("temperature", 0.0, None, low_open=True, optional=True)
+        temperature = v.number("temperature", 0.0, above=True, optional=True)
         return Model(v.text("name"), v.text("name_or_path"), v.mapping("build", optional=True), settings, temperature)
 
-    def model_files(self, model: Model, checkpoint: str | None) -> None:
-        """The encoder evaluated or trained exists (or is built where its group says how)."""
-        if checkpoint is not None:
-            problem = model_source_problem("checkpoint", checkpoint, saved_encoder=True)
-        elif model.build is not None:
-            problem = build_target_problem(model.name, model.name_or_path, model.build)
-        else:
-            problem = model_source_problem("model.name_or_path", model.name_or_path)
-        if problem:
-            self.problems.append(problem)
-
-    def train(self) -> Train:
-        """``train`` and ``loss``."""
-        v = self.values
-        grad_cache = v.boolean("train.grad_cache.enabled")
-        chunk = v.integer("train.grad_cache.chunk_size", 1)
-        return Train(
-            batch_size=v.integer("train.batch_size", 1),
-            learning_rate=v.number("train.learning_rate", 0.0, None, low_open=True),
-            weight_decay=v.number("train.weight_decay", 0.0),
-            warmup_ratio=v.number("train.warmup_ratio", 0.0, 1.0),
-            num_workers=v.integer("train.num_workers", 0),
-            save_encoder=v.boolean("train.save_encoder"),
-            gradient_clip_val=v.number("train.gradient_clip_val", 0.0, None, low_open=True, optional=True),
-            chunk_tokens=v.integer("train.chunk_tokens", 1),
-            cpu_malloc_retain_mb=v.integer("train.cpu_malloc_retain_mb", 0, maximum=MAX_RETAIN_MB),
-            token_cache=v.integer("train.token_cache", 0),
-            checkpoint_every_n_steps=v.integer("train.checkpoint_every_n_steps", 1, optional=True),
-            gradient_checkpointing=v.boolean("train.gradient_checkpointing"),
-            fast_dropout=v.choice("train.fast_dropout", ("auto", True, False)),
-            grad_cache_chunk_size=chunk if grad_cache else None,
-            mask_false_negatives=v.boolean("loss.mask_false_negatives"),
-        )
-
-    def trainer(self) -> Trainer:
-        """``trainer`` (devices and nodes are checked with the launch, :func:`mdr.cluster.launch_problems`)."""
-        v = self.values
-        v.choice("trainer.deterministic", (True, False, "warn"))
-        return Trainer(
-            accelerator=v.text("trainer.accelerator"),
-            devices=v.get("trainer.devices"),
-            num_nodes=v.get("trainer.num_nodes"),
-            precision=v.text("trainer.precision"),
-            max_epochs=v.integer("trainer.max_epochs", 1, allowed=(-1,)),
-            args=v.mapping("trainer") or {},
-        )
-
-    def evaluation(self) -> Evaluation:
-        """``evaluation`` (its languages are resolved once the rest is sound); its split is the one evaluated."""
-        v = self.values
-        split, evaluated = v.text("evaluation.split"), v.text("data.test_split")
-        if split is not None and evaluated is not None and split != evaluated:
-            self.problems.append(
-                f"evaluation.split={split} but data.test_split={evaluated} is the split evaluated: metrics.json would "
-                f"label {evaluated} results as {split}; set data.test_split={split} (evaluation.split follows it)"
-            )
-        return Evaluation(
-            split=split,
-            depth=v.integer("evaluation.depth", MIN_DEPTH),  # nDCG@10 needs the top 10; below 100 names mrr@<depth>
-            batch_size=v.integer("evaluation.batch_size", 1),
-            faiss_gpu=v.choice("evaluation.faiss_gpu", ("auto", True, False)),
-            bf16=v.choice("evaluation.bf16", ("auto", True, False)),
-            shard_size=v.integer("evaluation.shard_size", 1),
-            fp16_index=v.boolean("evaluation.fp16_index"),
-            keep_embeddings=v.boolean("evaluation.keep_embeddings"),
-            languages=(),
-        )
-
-    def run_policy(self) -> RunPolicy:
-        """``run``; keys evaluate.py's ``run`` lacks keep their defaults."""
-        v = self.values
-        found = {
-            "on_config_change": v.choice("run.on_config_change", ("refuse", "fresh")),
-            "on_complete": v.choice("run.on_complete", ("skip", "fresh")),
-        }
-        for key in ("stages_only", "keep_checkpoints", "keep_encoder"):
-            if v.has(f"run.{key}"):
-                found[key] = v.boolean(f"run.{key}")
-        return RunPolicy(**found)
-
-    def logger(self) -> Logger:
-        """``logger``."""
-        v = self.values
-        return Logger(
-            csv=v.boolean("logger.csv"),
-            wandb_enabled=v.boolean("logger.wandb.enabled"),
-            wandb_mode=v.choice("logger.wandb.mode", WANDB_MODES),
-            wandb_project=v.text("logger.wandb.project"),
-            wandb_entity=v.text("logger.wandb.entity", optional=True),
-            wandb_group=v.text("logger.wandb.group", optional=True),
-            progress_every_n_steps=v.integer("logger.progress.every_n_steps", 1, optional=True),
-            progress_every_seconds=v.number("logger.progress.every_seconds", 0.0, None, low_open=True, optional=True),
-        )
-
-    # ---- negatives ------------------------------------------------------------------------------------------
+    def read(self, cls: type[T]) -> T:
+        """A ``cls`` whose fields name their config keys (:func:`mdr.spec.key`), each read and checked; a field with a
+        default where the config does not hold its key keeps it."""
+        v, found = self.values, {}
+        for item in fields(cls):  # type: ignore[arg-type]
+            meta = item.metadata
+            if "key" in meta and (item.default is MISSING or v.get(meta["key"], optional=True) is not None):
+                found[item.name] = getattr(v, meta["check"])(meta["key"], **meta["options"])
+        return cls(**found)
 
     def negatives(self, tree: Mapping[str, Any], prefix: str) -> Negatives:
         """A ``negatives`` group (the run's, or a stage's merged over it): its pool, denoising and labels."""
         v = _Values(tree, self.problems, prefix)
-        k, p = v.integer("num_negatives", 0), v.number("hard_proportion", 0.0, 1.0)
-        strict = v.boolean("strict")
-        pool = self.pool(v, prefix) if v.has("pool") else None
-        if pool is None and not v.has("pool") and k is not None and p is not None and num_hard(p, k) > 0:
+        k, p, strict = v.integer("num_negatives", 0), v.number("hard_proportion", 0.0, 1.0), v.boolean("strict")
+        pool = self.pool(v, prefix) if "pool" in tree else None
+        if "pool" not in tree and k is not None and p is not None and num_hard(p, k) > 0:
             self.problems.append(f"{prefix}pool must be set: {prefix}hard_proportion={p:g} draws hard negatives")
         if k == 0 and p is not None and p > 0:
             self.problems.append(
                 f"{prefix}num_negatives=0 trains on in-batch negatives only, so {prefix}hard_proportion={p:g} would "
                 f"label a run that used no hard negative; set {prefix}hard_proportion=0 (or num_negatives >= 1)"
             )
-        elif k is not None and p is not None:
-            problem = proportion_problem(p, k, prefix.rstrip("."))
-            if problem:
-                self.problems.append(problem)
-        denoise = self.denoise(v, prefix)
-        teacher = self.teacher(denoise.teacher) if denoise is not None and denoise.enabled else None
-        return Negatives(k, p, strict, pool, denoise or DenoiseSettings(), teacher, dict(tree))
+        elif k is not None and p is not None and proportion_problem(p, k, prefix.rstrip(".")):
+            self.problems.append(proportion_problem(p, k, prefix.rstrip(".")))  # type: ignore[arg-type]
+        denoise = DenoiseSettings(**self.known(v, "denoise", DENOISE_CHECKS))
+        teacher = self.teacher(denoise.teacher) if denoise.enabled else None
+        return Negatives(k, p, strict, pool, denoise, teacher, dict(tree))
 
-    def pool(self, v: _Values, prefix: str) -> PoolSettings | None:
-        """``<negatives>.pool``."""
-        node = v.mapping("pool") or {}
-        unknown = sorted(set(node) - set(POOL_KEYS))
+    def known(self, v: _Values, section: str, checks: dict[str, Callable[[_Values], Any]]) -> dict[str, Any]:
+        """The keys a ``section`` of ``v`` gives, checked; unknown keys are problems."""
+        node = v.mapping(section, optional=True) or {}
+        unknown = sorted(set(node) - set(checks))
         if unknown:
-            self.problems.append(f"{prefix}pool: unknown keys {unknown} (known: {list(POOL_KEYS)})")
+            self.problems.append(f"{v.prefix}{section}: unknown keys {unknown} (known: {list(checks)})")
+        return {key: check(v) for key, check in checks.items() if key in node}
 
-        def read(name: str, check: Any) -> Any:
-            return check() if name in node else None
-
-        source = read("source", lambda: v.choice("pool.source", ("bm25", "dense", "shipped")))
-        backend = read("backend", lambda: v.choice("pool.backend", ("bm25s", "pyserini")))
-        tokenizer = read("tokenizer", lambda: v.choice("pool.tokenizer", TOKENIZERS))
-        if tokenizer not in (None, "default") and backend == "pyserini":
+    def pool(self, v: _Values, prefix: str) -> PoolSettings:
+        """``<negatives>.pool``."""
+        found = self.known(v, "pool", POOL_CHECKS)
+        tokenizer, low, high, depth = (found.get(key) for key in ("tokenizer", "range_min", "range_max", "depth"))
+        if tokenizer not in (None, "default") and found.get("backend") == "pyserini":
             self.problems.append(
                 f"{prefix}pool.tokenizer={tokenizer} is for backend=bm25s (pyserini uses its analyzer)"
             )
@@ -439,54 +326,14 @@ class _Builder:
                 tokenizer_version(tokenizer)
             except RuntimeError as error:
                 self.problems.append(str(error))
-        depth = read("depth", lambda: v.integer("pool.depth", 1))
-        low = read("range_min", lambda: v.integer("pool.range_min", 0))
-        high = v.integer("pool.range_max", 1, optional=True)
-        if high is not None and low is not None and high <= low:
+        if None not in (high, low) and high <= low:  # type: ignore[operator]
             self.problems.append(f"{prefix}pool.range_max ({high}) must be above {prefix}pool.range_min ({low})")
-        if high is not None and depth is not None and low is not None and low >= depth:
+        if None not in (high, low, depth) and low >= depth:  # type: ignore[operator]
             self.problems.append(f"{prefix}pool.range_min ({low}) must be below {prefix}pool.depth ({depth})")
-        encoder = v.text("pool.encoder", optional=True)
-        if source == "dense":  # checked whatever p is, so every cell of a sweep fails alike
-            problem = model_source_problem(f"{prefix}pool.encoder", encoder)
-            if problem:
-                self.problems.append(problem)
-        settings = {
-            "source": source,
-            "backend": backend,
-            "depth": depth,
-            "range_min": low,
-            "range_max": high,
-            "margin": v.number("pool.margin", optional=True),
-            "encoder": encoder,
-            "threads": v.integer("pool.threads", 1, optional=True),  # null: the CPUs this process may use
-            "tokenizer": tokenizer,
-        }
-        return PoolSettings(**{key: value for key, value in settings.items() if key in node})
-
-    def denoise(self, v: _Values, prefix: str) -> DenoiseSettings | None:
-        """``<negatives>.denoise`` (absent or null: off)."""
-        node = v.get("denoise", optional=True)
-        if node is None:
-            return None
-        if not isinstance(node, Mapping):
-            self.problems.append(f"{prefix}denoise must be a mapping of {list(DENOISE_KEYS)}, got {node!r}")
-            return None
-        unknown = sorted(set(node) - set(DENOISE_KEYS))
-        if unknown:
-            self.problems.append(f"{prefix}denoise: unknown keys {unknown} (known: {list(DENOISE_KEYS)})")
-        found = {
-            "enabled": v.boolean("denoise.enabled") if "enabled" in node else None,
-            "relative_margin": v.number("denoise.relative_margin", 0.0, 0.5) if "relative_margin" in node else None,
-            "batch_size": v.integer("denoise.batch_size", 1) if "batch_size" in node else None,
-            "teacher": v.text("denoise.teacher") if "teacher" in node else None,
-        }
-        if "teacher" in node and not str(node["teacher"] or "").strip():
-            self.problems.append(
-                f"{prefix}denoise.teacher must name a model group (me5_small) or an encoder folder, got "
-                f"{node['teacher']!r}"
-            )
-        return DenoiseSettings(**{key: value for key, value in found.items() if value is not None})
+        if found.get("source") == "dense":  # checked whatever p is, so every cell of a sweep fails alike
+            problem = model_source_problem(f"{prefix}pool.encoder", found.get("encoder"))
+            self.problems += [problem] if problem else []
+        return PoolSettings(**{key: value for key, value in found.items() if value is not None or key in NULLABLE})
 
     def teacher(self, name: str) -> Teacher | None:
         """``negatives.denoise.teacher``: a model group (resolved with the run's paths) or an encoder folder."""
@@ -497,14 +344,12 @@ class _Builder:
                 other.model = OmegaConf.load(group)
             return Teacher(name, self.model(_plain(other.model), f"negatives.denoise.teacher={name}: model."), None)
         if Path(name).is_dir():
-            return Teacher(name, self.model(self.values.mapping("model") or {}, "model."), str(Path(name).resolve()))
-        groups = sorted(path.stem for path in (CONF / "model").glob("*.yaml"))
+            return Teacher(name, self.model(self.resolved["model"], "model."), str(Path(name).resolve()))
+        groups = ", ".join(sorted(path.stem for path in (CONF / "model").glob("*.yaml")))
         self.problems.append(
-            f"negatives.denoise.teacher={name!r}: neither a model group ({', '.join(groups)}) nor an existing folder"
+            f"negatives.denoise.teacher={name!r}: neither a model group ({groups}) nor an existing folder"
         )
         return None
-
-    # ---- languages, sources, stages -------------------------------------------------------------------------
 
     def language_node(self, language: Any, key: str) -> Any:
         """The config of a language named by code (``conf/language/<code>.yaml``) or given as a mapping."""
@@ -514,8 +359,8 @@ class _Builder:
             return OmegaConf.create(_plain(language))
         path = CONF / "language" / f"{language}.yaml"
         if not path.is_file():
-            known = sorted(p.stem for p in (CONF / "language").glob("*.yaml"))
-            raise DataError(f"{key}: no language {language!r} (conf/language has {', '.join(known)})")
+            known = ", ".join(sorted(p.stem for p in (CONF / "language").glob("*.yaml")))
+            raise DataError(f"{key}: no language {language!r} (conf/language has {known})")
         return OmegaConf.load(path)
 
     def with_language(self, language: Any, data: Any = None) -> Any:
@@ -557,15 +402,14 @@ class _Builder:
         data = None
         if isinstance(entry, str):
             entry = {"language": entry}
-        elif OmegaConf.is_dict(entry):
-            # the data unresolved: it is resolved for the source's own language
+        elif OmegaConf.is_dict(entry):  # its data unresolved: resolved below for the source's own language
             data = OmegaConf.to_container(entry.data, resolve=False) if entry.get("data") is not None else None
             entry = {"language": _plain(entry.get("language")), "split": entry.get("split")}
         if not isinstance(entry, Mapping) or entry.get("language") is None:
             raise DataError(f"{key}: a source is a language code, `{TARGET}`, or a mapping with a `language`")
+        if entry["language"] == TARGET and data is not None:
+            raise DataError(f"{key}: `{TARGET}` means the run's data group; give a language code with `data`")
         if entry["language"] == TARGET:
-            if data is not None:
-                raise DataError(f"{key}: `{TARGET}` means the run's data group; give a language code with `data`")
             language_node = copy.deepcopy(self.cfg.language)
         else:
             language_node = self.language_node(entry["language"], f"{key}.language")
@@ -586,8 +430,7 @@ class _Builder:
             self.problems.append(f"{key} must be a mapping (name, train_on, epochs, negatives)")
             return None
         train_on = entry.get("train_on")
-        if isinstance(train_on, str) or OmegaConf.is_dict(train_on):
-            train_on = [train_on]
+        train_on = [train_on] if isinstance(train_on, str) or OmegaConf.is_dict(train_on) else train_on
         if not train_on:
             self.problems.append(f"{key}.train_on must name at least one source")
             return None
@@ -623,36 +466,30 @@ class _Builder:
                 f"{key}.negatives.hard_proportion must be set: with stage.proportion_applies_to=last only the last "
                 "stage takes negatives.hard_proportion"
             )
-        negatives = self.negatives(merged, f"{key}.negatives.")
-        parts = [source.code for source in sources]
-        sources = [
-            source if parts.count(source.code) == 1 else replace(source, part=f"{source.data.name}-{source.code}")
-            for source in sources
+        codes = [source.code for source in sources]
+        parts = [
+            source.code if codes.count(source.code) == 1 else f"{source.data.name}-{source.code}" for source in sources
         ]
-        sources = [replace(source, part=source.part.replace("/", "-")) for source in sources]
+        sources = [replace(source, part=part.replace("/", "-")) for source, part in zip(sources, parts)]
         own = last and any(source.is_target for source in sources)
+        negatives = self.negatives(merged, f"{key}.negatives.")
         return Stage(index, str(entry.get("name") or f"stage{index}"), tuple(sources), epochs, negatives, own)
 
     def schedule(self, spec: Spec) -> Schedule:
         """``stage``: the schedule, each stage resolved against the run."""
-        node = self.cfg.get("stage")
-        if node is None:
-            return Schedule(ZERO_SHOT, "last", ())
         v = self.values
-        name, applies_to = v.text("stage.name"), v.choice("stage.proportion_applies_to", APPLIES_TO)
-        entries = node.get("stages")
+        name, applies_to = v.text("stage.name"), v.choice("stage.proportion_applies_to", ("last", "all"))
+        entries = self.cfg.stage.get("stages")
         if entries is not None and not OmegaConf.is_list(entries):
             self.problems.append(f"stage.stages must be a list of stages, got {type(entries).__name__}")
-            entries = None
-        entries = list(entries or [])
+        entries = list(entries) if OmegaConf.is_list(entries) else []
         if not entries and name != ZERO_SHOT:
             self.problems.append(
                 f"stage.stages is empty, so nothing would be trained, but stage.name is {name!r}: the run would be "
                 f"recorded as {name!r}; use stage={ZERO_SHOT} to evaluate the starting model as it is"
             )
-        stages = [
-            self.stage(spec, i, entry, i == len(entries) - 1, applies_to or "last") for i, entry in enumerate(entries)
-        ]
+        last = len(entries) - 1
+        stages = [self.stage(spec, i, entry, i == last, applies_to or "last") for i, entry in enumerate(entries)]
         return Schedule(name, applies_to, tuple(stage for stage in stages if stage is not None))
 
 
@@ -683,7 +520,7 @@ def build_spec(cfg: DictConfig) -> Spec:
 
 
 def resolve_teacher(cfg: DictConfig, name: str) -> Teacher:
-    """A denoising teacher named as ``negatives.denoise.teacher`` would name it, for the run ``cfg`` composes.
+    """The denoising teacher ``name`` (as ``negatives.denoise.teacher`` names one) for the run ``cfg`` composes.
 
     Raises:
         DataError: neither a model group nor an existing folder.
@@ -702,9 +539,8 @@ def validate_splits(spec: Spec, train: RetrievalSplit | None, test: RetrievalSpl
     """
     problems = test_split_problems(test, spec.data.test_split)
     if train is not None and spec.negatives is not None:
-        negatives = spec.negatives
+        negatives, data = spec.negatives, spec.data
         source = negatives.pool.source if negatives.pool is not None else ""
-        problems += train_split_problems(
-            train, spec.data.train_split, negatives.num_negatives, negatives.hard_proportion, source, spec.data.name
-        )
+        k, p = negatives.num_negatives, negatives.hard_proportion
+        problems += train_split_problems(train, data.train_split, k, p, source, data.name)
     _fail(problems)

@@ -61,6 +61,33 @@ def build_target_problem(name: str, name_or_path: str, build: Mapping[str, Any] 
     return None
 
 
+def model_source_problem(key: str, value: Any, saved_encoder: bool = False) -> str | None:
+    """Why ``value`` (at ``key``) is not a loadable model, or None: a local folder must hold ``config.json`` (or
+    ``query_encoder/config.json``); anything else is a hub id, found in the local hub cache or by fetching its
+    config. ``saved_encoder``: a local folder is required (``checkpoint=``)."""
+    if value is None or str(value).strip() == "":
+        return f"{key} must name a model folder{'' if saved_encoder else ' or hub id'}, got {value!r}"
+    text = str(value)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file() or (path / "query_encoder" / "config.json").is_file():
+            return None
+        return f"{key}={text!r} is a folder but not a saved model (no config.json in it)"
+    if saved_encoder or path.exists() or text.startswith(("/", ".", "~")) or text.count("/") > 1:
+        return f"{key}={text!r} does not exist (expected a saved encoder folder)"
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from transformers import AutoConfig
+
+        if isinstance(try_to_load_from_cache(text, "config.json"), str):
+            return None  # in the local hub cache: no network call
+        AutoConfig.from_pretrained(text)
+    except Exception as error:  # noqa: BLE001 - any failure means the id cannot be used
+        kind = type(error).__name__
+        return f"{key}={text!r} is not a local folder and cannot be loaded from the Hugging Face hub ({kind})"
+    return None
+
+
 def ensure_model_files(name: str, name_or_path: str, build: Mapping[str, Any] | None) -> None:
     """Build a locally made model (tiny, me5_small) on first use; hub models are left to transformers.
 
