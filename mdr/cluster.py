@@ -1,10 +1,8 @@
 """Launch checks: the trainer against this machine and launcher, and a SLURM sweep's job shape.
 
-``trainer=ddp trainer.devices=8`` is the one override for 8 GPUs on a node, ``trainer.num_nodes=2`` the one for two
-nodes: ``conf/launcher/slurm.yaml`` takes ``tasks_per_node`` and ``nodes`` from them, and :class:`CheckLaunch` (a
-Hydra callback) fills ``gpus_per_node`` and ``mem_gb`` where they are null and refuses a sweep that cannot run,
-before any job. Every job checks its trainer against its own SLURM allocation and CUDA devices
-(:func:`launch_problems`, part of :func:`mdr.validation.build_spec`) before it reads any data.
+``conf/launcher/slurm.yaml`` takes ``tasks_per_node`` and ``nodes`` from ``trainer.devices`` and ``trainer.num_nodes``;
+:class:`CheckLaunch` (a Hydra callback) fills ``gpus_per_node`` and ``mem_gb`` where null and refuses a sweep that
+cannot run, before any job; every job checks its trainer against its own allocation (:func:`launch_problems`).
 """
 
 from __future__ import annotations
@@ -72,17 +70,10 @@ def launch_problems(
     cuda_devices: int | None = None,
     launcher: str | None = None,
 ) -> list[str]:
-    """Problems of ``trainer`` (the resolved ``trainer`` group; None: evaluate.py) with this machine and launcher.
-
-    A GPU trainer needs CUDA (as many GPUs as ``trainer.devices``); inside a SLURM job the tasks per node and nodes
-    must be ``trainer.devices`` and ``trainer.num_nodes`` (Lightning would refuse them at ``fit``, after mining); a
-    multirun on a local launcher cannot run more than one process per node (:data:`LOCAL_DDP_MULTIRUN`).
-
-    Args:
-        environ: the process environment (default ``os.environ``).
-        cuda_devices: visible CUDA devices (default: asked of torch).
-        launcher: the multirun's Hydra launcher ``_target_`` (None: not a multirun; default: read from Hydra).
-    """
+    """Problems of ``trainer`` (the resolved group; None: evaluate.py) with this machine (``environ``,
+    ``cuda_devices``) and ``launcher`` (a multirun's ``_target_``, read from Hydra by default): a GPU trainer needs
+    as many CUDA devices, a SLURM job's tasks per node and nodes must match (Lightning refuses them at ``fit``,
+    after mining), a local multirun runs one process per node (:data:`LOCAL_DDP_MULTIRUN`)."""
     if trainer is None:
         return []
     env = os.environ if environ is None else environ

@@ -69,10 +69,8 @@ def train(spec: Spec) -> dict[str, Any]:
 
 
 def stages_only(spec: Spec) -> dict[str, Any]:
-    """``run.stages_only=true``: train the cached stages (:func:`mdr.stage_cache.train_cached_stages`), stop there.
-
-    No ``metrics.json``: the same command without the flag runs the cell, reusing the stages.
-    """
+    """``run.stages_only=true``: train the cached stages and stop (no ``metrics.json``: the same command without
+    the flag runs the cell, reusing them)."""
     result = train_cached_stages(spec)
     stages = result["schedule"]["stages"]
     for record in stages:

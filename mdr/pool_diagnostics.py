@@ -3,13 +3,10 @@
     python -m mdr.pool_diagnostics --languages th,hi --negatives bm25,dense_me5,bm25_thai_words:th \\
         --seeds 0-4 --out docs/results/me5_grid/pool_diagnostics [hydra overrides ...]
 
-Each (language, ``negatives`` option) is composed from ``conf/`` as ``train.py`` composes a run (``data=xquad
-model=me5_small trainer=cpu negatives.hard_proportion=1 negatives.num_negatives=4``, then the overrides given), its
-pool is mined (or read from the pool cache) by :func:`mdr.training.negative_pools`, the run's own step, and the
-training sampler draws the first epoch's negatives for every training query with each seed. The measures
-(:mod:`mdr.mining.diagnostics`) go to ``pool_diagnostics.csv`` (one row per language and option) and
-``pool_overlap.csv`` (long format), with a plot and a Markdown summary (:mod:`mdr.reporting.pool_diagnostics`).
-An option written ``name:th+lo`` is measured on those languages only.
+Each (language, ``negatives`` option; ``name:th+lo``: those languages only) is composed as ``train.py`` composes a
+run (:data:`DEFAULT_OVERRIDES`, then the overrides given), its pool mined as the run mines it and the first epoch's
+negatives drawn for every training query with each seed. The measures (:mod:`mdr.mining.diagnostics`) go to
+``pool_diagnostics.csv`` and ``pool_overlap.csv``, with a plot and a summary (:mod:`mdr.reporting.pool_diagnostics`).
 """
 
 from __future__ import annotations
@@ -128,11 +125,7 @@ def compose_cells(
     languages: Sequence[str], options: Sequence[Option], overrides: Sequence[str], out: Path
 ) -> dict[tuple[str, str], Spec]:
     """(language, option) -> the run's spec, every one built before any data is read (a dense pool mined by the
-    run's own locally built model builds it first: the spec checks the encoder exists).
-
-    Raises:
-        DataError: an option limited to a language not asked for, no cell to measure, or a bad config value.
-    """
+    run's own locally built model builds it first: the spec checks the encoder exists)."""
     for option in options:
         unknown = sorted(set(option.languages or ()) - set(languages))
         if unknown:

@@ -1,19 +1,9 @@
-"""A run folder belongs to one config: it records the config it was made for and refuses another.
-
-On first use a folder gets ``run_folder.json``: the canonical config
-(:func:`mdr.utils.config_identity.canonical_config`) and its hash. A later run into the same folder:
-
-* same config, not finished: resumes (Lightning restores ``checkpoints/last.ckpt``);
-* same config, finished (``metrics.json`` newer than any ``failed.json``): returns the stored metrics
-  (``run.on_complete=fresh`` runs it again in a clean folder);
-* another config: refused with the differing keys listed, before anything runs, unless the folder holds no results
-  (only bookkeeping) or ``run.on_config_change=fresh``. ``fresh`` never deletes: the old contents move to
-  ``<folder>/previous-<time>/``;
-* a damaged ``run_folder.json`` or ``metrics.json``: :class:`RunFolderDamaged` names the file and the way out (a
-  ``fresh`` policy moves the contents aside instead).
-
-A folder is used by one process at a time (an exclusive ``flock`` on ``<folder>/.lock``); DDP ranks other than 0
-neither lock nor record (:mod:`mdr.utils.ranks`).
+"""A run folder belongs to one config: ``run_folder.json`` records its canonical config
+(:func:`mdr.utils.config_identity.canonical_config`) and hash. A later run of the same config resumes it, or returns
+its stored metrics once finished (``run.on_complete=fresh`` runs again); another config is refused with the
+differing keys listed, unless the folder holds no results or ``run.on_config_change=fresh`` (which moves the old
+contents to ``previous-<time>/``, never deletes); a damaged record is named with the way out. One process uses a
+folder at a time (``flock`` on ``.lock``); DDP ranks other than 0 neither lock nor record (:mod:`mdr.utils.ranks`).
 """
 
 from __future__ import annotations
@@ -219,13 +209,9 @@ def _write_record(out: Path, canonical: dict[str, Any], created: str | None, run
 
 
 def claim(out: Path, canonical: dict[str, Any], policy: RunPolicy) -> RunFolderState:
-    """Check ``out`` against the ``canonical`` config and record it there; see the module docstring for the rules.
-
-    Raises:
-        RunFolderConflict: the folder holds results of another config and ``run.on_config_change=refuse``.
-        RunFolderDamaged: its ``run_folder.json`` (or ``metrics.json``) cannot be read and no ``fresh`` policy
-            (``run.on_complete=fresh``) says to move it aside.
-    """
+    """Check ``out`` against the ``canonical`` config and record it there (the module's rules): raises
+    :class:`RunFolderConflict` (another config's results, ``refuse``) or :class:`RunFolderDamaged` (an unreadable
+    record, no ``fresh`` policy)."""
     on_change, on_complete = policy.on_config_change, policy.on_complete
     state = RunFolderState()
     hydra_running = ".hydra" in _hydra_owned(out)  # Hydra already overwrote .hydra with this run's files

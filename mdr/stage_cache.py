@@ -1,13 +1,10 @@
 """Cached stages: their keys, their folders, and running a schedule's stages in order.
 
-Every stage but the run's own is cached under ``<paths.cache_dir>/stages/<key hash>/`` (``encoder/``, ``stage.json``
-with its key, ``summary.json``), keyed by what shapes it (:data:`mdr.utils.config_identity.IDENTITY` says which config
-keys): the starting model by the content of its weights, the training data by their configs (``paths.*`` written as
-placeholders) and a fingerprint of each split's content, the negatives, epochs, train / loss / trainer settings, the
-resolved precision, the seed and the key of the stage before. A moved cache is reused; edited data or another
-starting model trains again. Jobs needing one stage wait on its lock (:func:`mdr.utils.cache.cache_lock`, across
-nodes) and reuse it; a reused encoder is checked against its manifest and trained again, with a warning, when it is
-not what was saved. The run's own stage trains in the run folder (resumable there, saved to ``<run>/encoder``).
+Every stage but the run's own is cached under ``<paths.cache_dir>/stages/<key hash>/``, keyed by what shapes it
+(:data:`mdr.utils.config_identity.IDENTITY` says which config keys), by content, not place: a moved cache is reused,
+edited data or another starting model trains again. Jobs needing one stage wait on its lock (across nodes) and
+reuse it, checked against its manifest. The run's own stage trains in the run folder (resumable, saved to
+``<run>/encoder``).
 """
 
 from __future__ import annotations
@@ -63,22 +60,13 @@ SplitMemo = dict[tuple[str, str], RetrievalSplit]
 """Training splits read for keys, by (source label, split), so training does not read them again."""
 
 
-def _without_cache_dir(tree: Any) -> Any:
-    """``tree`` without its ``cache_dir`` keys (where a corpus is stored does not change the data)."""
+def placeholders(tree: Any, roots: Mapping[str, str], drop: tuple[str, ...] = ()) -> Any:
+    """``tree`` without its ``drop`` keys and with every string under a ``roots`` folder written as
+    ``${<name>}/...``, so that a key does not change when the data or cache folder moves (content is keyed apart)."""
     if isinstance(tree, dict):
-        return {key: _without_cache_dir(value) for key, value in tree.items() if key != "cache_dir"}
+        return {key: placeholders(value, roots, drop) for key, value in tree.items() if key not in drop}
     if isinstance(tree, list):
-        return [_without_cache_dir(value) for value in tree]
-    return tree
-
-
-def placeholders(tree: Any, roots: Mapping[str, str]) -> Any:
-    """``tree`` with every string under a ``roots`` folder written as ``${<name>}/...``, so that a key does not
-    change when the data or cache folder moves (its content is keyed apart)."""
-    if isinstance(tree, dict):
-        return {key: placeholders(value, roots) for key, value in tree.items()}
-    if isinstance(tree, list):
-        return [placeholders(value, roots) for value in tree]
+        return [placeholders(value, roots, drop) for value in tree]
     if isinstance(tree, str):
         for name, root in roots.items():
             if root and (tree == root or tree.startswith(root.rstrip("/") + "/")):
@@ -93,8 +81,8 @@ def path_roots(spec: Spec) -> dict[str, str]:
 
 
 def model_identity(spec: Spec) -> str:
-    """The starting model's identity: ``folder:<digest of its files>`` for a local folder (built first where the
-    model group builds it), else the hub id. Digests are remembered under ``<paths.cache_dir>/digests``."""
+    """The starting model's identity: ``folder:<digest of its files>`` for a local folder (built first where its
+    group says how), else the hub id."""
     model = spec.model
     if model.build is not None:
         ensure_model_files(model.name, model.name_or_path, model.build)
@@ -120,13 +108,13 @@ def load_source(source: Source) -> RetrievalSplit:
     return build_reader(source.data.reader).load(source.split)
 
 
-def source_content(source: Source, splits: SplitMemo | None = None, target_train: RetrievalSplit | None = None) -> str:
-    """The content fingerprint (queries, qrels, corpus) of ``source``'s training split, read once into ``splits``."""
+def _training_split(source: Source, splits: SplitMemo | None, target_train: RetrievalSplit | None) -> RetrievalSplit:
+    """``source``'s training split, read once into ``splits`` (``target_train``: the run's own, already read)."""
     memo = splits if splits is not None else {}
     slot = (source.label, source.split)
     if slot not in memo:
         memo[slot] = target_train if source.is_target and target_train is not None else load_source(source)
-    return split_fingerprint(memo[slot])
+    return memo[slot]
 
 
 def stage_key(
@@ -138,13 +126,9 @@ def stage_key(
     model: str | None = None,
     content: bool = True,
 ) -> dict[str, Any]:
-    """Everything that shapes a stage's encoder (not its name, nor the target language unless trained on).
-
-    Content, not places: the starting model by its weights (:func:`model_identity`, ``model``), each source by its
-    language, data config and split's content fingerprint (:func:`source_content`), paths under ``paths.data_dir``
-    / ``paths.cache_dir`` as placeholders. ``content=False`` leaves the data's content out (reads nothing: for
-    comparing configs only, never for finding a cached stage).
-    """
+    """Everything that shapes a stage's encoder, by content, not place: the starting model by its weights
+    (``model``: :func:`model_identity`), each source by its language, data config and split's content fingerprint
+    (``content=False``: left out, nothing read; for comparing configs only), paths as placeholders."""
     roots = path_roots(spec)
     resolved = spec.resolved
     settings = placeholders(dict(resolved["model"]), roots)
@@ -153,10 +137,11 @@ def stage_key(
     settings["name_or_path"] = model if model is not None else model_identity(spec)
     train_on = []
     for source in stage.sources:
-        key = {"language": source.code, "data": placeholders(_without_cache_dir(dict(source.data.resolved)), roots)}
+        # where a corpus is stored (cache_dir) does not change the data
+        key = {"language": source.code, "data": placeholders(dict(source.data.resolved), roots, ("cache_dir",))}
         key["split"] = source.split
         if content:
-            key["content"] = source_content(source, splits, target_train)
+            key["content"] = split_fingerprint(_training_split(source, splits, target_train))
         train_on.append(key)
     train = {k: v for k, v in resolved["train"].items() if k not in TRAIN_KEYS_IGNORED}
     return {
@@ -181,11 +166,8 @@ def key_digest(key: Mapping[str, Any]) -> str:
 def stage_keys(
     spec: Spec, splits: SplitMemo | None = None, target_train: RetrievalSplit | None = None, content: bool = True
 ) -> list[tuple[dict[str, Any], str]]:
-    """(key, digest) of every stage of the schedule, each chained to the one before.
-
-    Reads each stage's training splits for their content fingerprints (into ``splits`` when given, so that
-    training reuses them; ``target_train`` stands for the run's own); ``content=False``: config only.
-    """
+    """(key, digest) of every stage of the schedule, each chained to the one before; the splits read for their
+    content go into ``splits`` (training reuses them; ``target_train`` stands for the run's own)."""
     keys: list[tuple[dict[str, Any], str]] = []
     previous = None
     model = model_identity(spec) if spec.schedule.stages else None
@@ -220,10 +202,7 @@ def training_data(
     language's corpus and pools), its pools and its denoise record; splits read for the key come from ``splits``."""
     loaded = []
     for source in stage.sources:
-        if splits is not None and (source.label, source.split) in splits:
-            split = splits[(source.label, source.split)]
-        else:
-            split = target_train if source.is_target and target_train is not None else load_source(source)
+        split = _training_split(source, splits, target_train)
         log.info("stage %s: %s %s, %d queries", stage.name, source.label, source.split, len(split.queries))
         loaded.append((source, split, training.negative_pools(spec, stage.negatives, split, source.language)))
     if len(loaded) == 1:
@@ -403,13 +382,9 @@ def _cached_stages(
 
 
 def run_schedule(spec: Spec, out: Path, target_train: RetrievalSplit | None = None) -> ScheduleResult:
-    """Run the schedule's stages in order; return the final encoder (on every DDP rank).
-
-    Cached stages come first (``trained`` or ``reused``); the run's own stage (``run``) trains in ``out`` and, with
-    ``train.save_encoder``, is saved to ``out/encoder``. After a DDP fit every rank gets a result with
-    ``distributed=True`` (each evaluates its shards of the corpus; rank 0 saves the encoder and writes files).
-    ``target_train``: the run's own training split, already read, or None.
-    """
+    """Run the schedule's stages in order (cached ones ``trained`` or ``reused``, then the run's own, ``run``, in
+    ``out``, saved to ``out/encoder`` with ``train.save_encoder``); return the final encoder, on every DDP rank
+    (``distributed``: each evaluates its shards). ``target_train``: the run's own training split, already read."""
     plan = spec.schedule
     splits: SplitMemo = {}
     records, starts, summary = _cached_stages(spec, splits, target_train)
@@ -443,11 +418,9 @@ def run_schedule(spec: Spec, out: Path, target_train: RetrievalSplit | None = No
 
 
 def train_cached_stages(spec: Spec) -> dict[str, Any]:
-    """``run.stages_only``: train (or find) the run's cached stages in order, nothing else; return their records.
-
-    A stage another job holds is not waited for (``busy``, and the later stages are left to the run itself), so no
-    job holds a device waiting on a stage lock; the run's own stage and evaluation are left to the normal run.
-    """
+    """``run.stages_only``: train (or find) the cached stages in order, nothing else; return their records. A stage
+    another job holds is not waited for (``busy``; the later ones are left to the run), so no job holds a device
+    waiting on a lock."""
     records, _, _ = _cached_stages(spec, {}, wait=False)
     done = [record for record in records if record["status"] is not None]
     return {"stages_only": True, "schedule": {"name": spec.schedule.name, "stages": done}}

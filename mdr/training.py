@@ -121,12 +121,8 @@ def fast_dropout_on(spec: Spec, encoder: BiEncoder) -> bool:
 
 
 def check_fast_dropout(spec: Spec) -> None:
-    """With ``train.fast_dropout=true``, the model must run SDPA attention (read from its config alone; ``auto``
-    is off for a model without it).
-
-    Raises:
-        DataError: it does not; ModelLoadError: its config cannot be loaded.
-    """
+    """With ``train.fast_dropout=true`` the model must run SDPA attention, read from its config alone (``auto`` is
+    off for a model without it): a :class:`DataError` where it does not."""
     if spec.train.fast_dropout is not True:
         return
     model = spec.model

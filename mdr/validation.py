@@ -508,11 +508,8 @@ def config_problems(cfg: DictConfig) -> list[str]:
 
 
 def build_spec(cfg: DictConfig) -> Spec:
-    """The run's :class:`Spec`, every value checked before anything is read, built or trained.
-
-    Raises:
-        DataError: naming the config key of every problem found.
-    """
+    """The run's :class:`Spec`, every value checked before anything is read, built or trained; a
+    :class:`DataError` names the key of every problem found."""
     builder = _Builder(cfg)
     spec = builder.spec()
     _fail(builder.problems)
@@ -520,11 +517,8 @@ def build_spec(cfg: DictConfig) -> Spec:
 
 
 def resolve_teacher(cfg: DictConfig, name: str) -> Teacher:
-    """The denoising teacher ``name`` (as ``negatives.denoise.teacher`` names one) for the run ``cfg`` composes.
-
-    Raises:
-        DataError: neither a model group nor an existing folder.
-    """
+    """The denoising teacher ``name`` (as ``negatives.denoise.teacher`` names one) for the run ``cfg`` composes;
+    a :class:`DataError` where it is neither a model group nor an existing folder."""
     builder = _Builder(cfg)
     teacher = builder.teacher(name)
     _fail(builder.problems)
@@ -532,11 +526,8 @@ def resolve_teacher(cfg: DictConfig, name: str) -> Teacher:
 
 
 def validate_splits(spec: Spec, train: RetrievalSplit | None, test: RetrievalSplit) -> None:
-    """Check the loaded splits against the spec (before mining or training).
-
-    Raises:
-        DataError: naming the config key of every problem found.
-    """
+    """Check the loaded splits against the spec (before mining or training); a :class:`DataError` names the key
+    of every problem found."""
     problems = test_split_problems(test, spec.data.test_split)
     if train is not None and spec.negatives is not None:
         negatives, data = spec.negatives, spec.data

@@ -44,11 +44,8 @@ def build_reader(reader: Mapping[str, Any]) -> RetrievalReader:
 
 
 def build_target_problem(name: str, name_or_path: str, build: Mapping[str, Any] | None) -> str | None:
-    """Why a locally built model (one with ``build``) cannot be built at ``name_or_path``, or None.
-
-    A model group with ``build`` is built only at ``model.build.out_dir``: a ``model.name_or_path`` anywhere else
-    (a typo) must exist, or it would silently become a new random model.
-    """
+    """Why a locally built model cannot be built at ``name_or_path``, or None: it is built only at
+    ``model.build.out_dir``, so a ``model.name_or_path`` anywhere else (a typo) must exist."""
     path = Path(str(name_or_path))
     if build is None or path.is_dir():
         return None
@@ -89,14 +86,9 @@ def model_source_problem(key: str, value: Any, saved_encoder: bool = False) -> s
 
 
 def ensure_model_files(name: str, name_or_path: str, build: Mapping[str, Any] | None) -> None:
-    """Build a locally made model (tiny, me5_small) on first use; hub models are left to transformers.
-
-    A built folder is checked against its manifest (:func:`mdr.utils.cache.check_folder`); one that is cut, garbled
-    or has no manifest is logged and built again (the build is deterministic).
-
-    Raises:
-        DataError: ``name_or_path`` is missing and is not the model's build target.
-    """
+    """Build a locally made model (tiny, me5_small) on first use, and again (deterministic) where the built folder
+    does not match its manifest; hub models are left to transformers. A missing ``name_or_path`` that is not the
+    build target is a :class:`DataError`."""
     problem = build_target_problem(name, name_or_path, build)
     if problem:
         raise DataError(problem)
