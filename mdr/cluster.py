@@ -1,16 +1,14 @@
-"""Hydra callback: size a SLURM sweep's jobs from the trainer, and refuse a sweep that cannot run, before any job.
+"""Launch checks: the trainer against this machine and launcher, and a SLURM sweep's job shape.
 
-``trainer=ddp trainer.devices=8`` is the one override for 8 GPUs on a node, ``trainer.num_nodes=2`` the one for two
-nodes: ``conf/launcher/slurm.yaml`` takes ``tasks_per_node`` and ``nodes`` from them, and :class:`CheckLaunch` fills
-``gpus_per_node`` (GPU trainers) and ``mem_gb`` (:data:`MEM_GB_PER_TASK` per task) where they are left null, and
-refuses explicit values that contradict the trainer, naming the keys. A local launcher with more than one process
-per node is refused (:data:`mdr.validation.LOCAL_DDP_MULTIRUN`). Every job checks the same again against its own
-SLURM allocation and CUDA devices (:func:`mdr.validation.launch_problems`) before it reads any data.
+``conf/launcher/slurm.yaml`` takes ``tasks_per_node`` and ``nodes`` from ``trainer.devices`` and ``trainer.num_nodes``;
+:class:`CheckLaunch` (a Hydra callback) fills ``gpus_per_node`` and ``mem_gb`` where null and refuses a sweep that
+cannot run, before any job; every job checks its trainer against its own allocation (:func:`launch_problems`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -24,15 +22,118 @@ log = get_logger(__name__)
 MEM_GB_PER_TASK = 16
 """GB of memory asked per task (rank) when ``hydra.launcher.mem_gb`` is null: x tasks_per_node per node."""
 EXIT_REFUSED = 2
+GPU_ACCELERATORS = ("gpu", "cuda")
+LOCAL_DDP_MULTIRUN = (
+    "a multirun (-m) with {devices} processes per node on the {launcher} launcher: Lightning starts the extra ranks "
+    "by re-running this command line, sweep and all, so they would train other cells than rank 0. Use "
+    "launcher=slurm (its tasks_per_node follows trainer.devices: each task of a job is one rank of one cell), or run "
+    "one cell per command without -m (python train.py trainer=ddp trainer.devices={devices} <the cell's overrides>)"
+)
+
+
+def cuda_device_count() -> int:
+    """CUDA devices this process sees (0 without a CUDA build of torch or without a driver)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def processes_per_node(trainer: Mapping[str, Any], cuda_devices: int) -> int | None:
+    """How many processes (ranks) per node ``trainer`` runs: ``devices`` as a count or a list, ``auto`` as Lightning
+    reads it (1 on CPU, every visible GPU); None when ``devices`` is none of these."""
+    devices = trainer.get("devices", 1)
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        return len(devices)
+    if str(devices) in ("auto", "-1"):
+        accelerator = str(trainer.get("accelerator"))
+        on_gpu = accelerator in GPU_ACCELERATORS or (accelerator == "auto" and cuda_devices > 0)
+        return max(cuda_devices, 1) if on_gpu else 1
+    if isinstance(devices, bool) or not isinstance(devices, int):
+        return None
+    return devices
+
+
+def slurm_tasks(environ: Mapping[str, str]) -> tuple[int, int] | None:
+    """(tasks per node, nodes) of the SLURM job step this process is a task of, as Lightning's SLURM environment
+    sees it (``SLURM_NTASKS`` set, not an interactive shell); None outside SLURM."""
+    if not environ.get("SLURM_NTASKS") or environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return None
+    nodes = int(environ.get("SLURM_NNODES") or 1)
+    per_node = environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]  # "8(x2)" on some versions
+    tasks = int(per_node) if per_node.isdigit() else max(int(environ["SLURM_NTASKS"]) // nodes, 1)
+    return tasks, nodes
+
+
+def launch_problems(
+    trainer: Mapping[str, Any] | None,
+    environ: Mapping[str, str] | None = None,
+    cuda_devices: int | None = None,
+    launcher: str | None = None,
+) -> list[str]:
+    """Problems of ``trainer`` (the resolved group; None: evaluate.py) with this machine (``environ``,
+    ``cuda_devices``) and ``launcher`` (a multirun's ``_target_``, read from Hydra by default): a GPU trainer needs
+    as many CUDA devices, a SLURM job's tasks per node and nodes must match (Lightning refuses them at ``fit``,
+    after mining), a local multirun runs one process per node (:data:`LOCAL_DDP_MULTIRUN`)."""
+    if trainer is None:
+        return []
+    env = os.environ if environ is None else environ
+    cuda = cuda_device_count() if cuda_devices is None else cuda_devices
+    problems: list[str] = []
+    accelerator, devices = str(trainer.get("accelerator")), trainer.get("devices", 1)
+    per_node = processes_per_node(trainer, cuda)
+    if per_node is None or per_node < 1:
+        problems.append(
+            f"trainer.devices must be a positive number of devices, a list of device ids or auto, got {devices!r}"
+        )
+    nodes = trainer.get("num_nodes", 1)
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        problems.append(f"trainer.num_nodes must be an integer >= 1, got {nodes!r}")
+        nodes = None
+    if accelerator in GPU_ACCELERATORS:
+        import torch
+
+        if cuda == 0:
+            problems.append(
+                f"trainer.accelerator={accelerator} but torch {torch.__version__} sees no CUDA device (CUDA build: "
+                f"{torch.version.cuda}): run on a GPU node with a CUDA build of torch, or use trainer=cpu"
+            )
+        elif per_node is not None and per_node > cuda:
+            problems.append(f"trainer.devices={devices} but this node has {cuda} visible CUDA device(s)")
+    tasks = slurm_tasks(env)
+    if tasks is not None and per_node is not None and nodes is not None:
+        if tasks[0] != per_node:
+            problems.append(
+                f"trainer.devices={devices} runs {per_node} process(es) per node but this SLURM job has {tasks[0]} "
+                "task(s) per node (hydra.launcher.tasks_per_node, or sbatch/srun --ntasks-per-node): they must match; "
+                "launcher=slurm sets tasks_per_node from trainer.devices unless it is overridden"
+            )
+        if tasks[1] != nodes:
+            problems.append(
+                f"trainer.num_nodes={nodes} but this SLURM job has {tasks[1]} node(s) (hydra.launcher.nodes, or "
+                "sbatch --nodes): they must match; launcher=slurm sets nodes from trainer.num_nodes unless overridden"
+            )
+    launcher = _multirun_launcher() if launcher is None else launcher
+    external = tasks is not None or "TORCHELASTIC_RUN_ID" in env or "LOCAL_RANK" in env
+    if launcher is not None and not external and (per_node or 1) > 1 and not launcher.endswith("SlurmLauncher"):
+        problems.append(LOCAL_DDP_MULTIRUN.format(devices=per_node, launcher=launcher.rsplit(".", 1)[-1]))
+    return problems
+
+
+def _multirun_launcher() -> str | None:
+    """The Hydra launcher's ``_target_`` inside a multirun job, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return str(HydraConfig.get().launcher.get("_target_", ""))
 
 
 def sweep_problems(config: DictConfig, environ: dict[str, str] | None = None) -> list[str]:
     """What is wrong with launching this multirun (``config``: the sweep's config, ``hydra`` node included); fills
     the SLURM launcher's ``gpus_per_node`` and ``mem_gb`` where they are null."""
-    from mdr.validation import GPU_ACCELERATORS, LOCAL_DDP_MULTIRUN, processes_per_node, slurm_tasks
-
     trainer = OmegaConf.select(config, "trainer")
-    if not isinstance(trainer, DictConfig):  # evaluate.py: one process
+    if not OmegaConf.is_dict(trainer):  # evaluate.py: one process
         trainer = OmegaConf.create({"accelerator": "cpu", "devices": 1, "num_nodes": 1})
     env = dict(os.environ) if environ is None else environ
     launcher = config.hydra.launcher
@@ -93,6 +194,5 @@ class CheckLaunch(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         problems = sweep_problems(config)
         if problems:
-            message = "the sweep was not started:\n  " + "\n  ".join(problems)
-            log.error(message)
+            log.error("the sweep was not started:\n  " + "\n  ".join(problems))
             raise SystemExit(EXIT_REFUSED)

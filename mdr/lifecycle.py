@@ -6,6 +6,7 @@ import signal
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +14,27 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from mdr import run_folder
+from mdr.data.schema import DataError
 from mdr.evaluation.evaluator import remove_if_empty
 from mdr.models.progress import duration
+from mdr.spec import RunPolicy, Spec
 from mdr.tracking import in_multirun, run_name
 from mdr.utils import ranks
+from mdr.utils.config_identity import canonical_config, config_hash
 from mdr.utils.io import atomic_write_json, atomic_write_text
 from mdr.utils.logging import get_logger
+from mdr.validation import build_spec
 
 log = get_logger(__name__)
 
 
-def output_dir(cfg: DictConfig) -> Path:
-    """The run's folder (the Hydra output folder unless ``paths.output_dir`` is set)."""
-    path = Path(cfg.paths.output_dir)
+Task = Callable[[Spec], dict[str, Any]]
+"""What a run does with its spec in its folder (:func:`mdr.pipeline.train`, :func:`mdr.pipeline.evaluate`)."""
+
+
+def output_dir(spec: Spec) -> Path:
+    """The run's folder (``paths.output_dir``: the Hydra output folder unless set)."""
+    path = Path(spec.paths.output_dir)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -34,10 +43,10 @@ REUSED_FROM = "reused_from"
 """Key :func:`run_task` adds to the metrics it returns from an earlier run's folder (written to no file)."""
 
 
-def runs_folder(cfg: DictConfig) -> Path | None:
-    """Where a single run looks for earlier runs of its config (:func:`reuse_earlier_run`): the folder of Hydra's
-    ``<time>`` run folders (``outputs/<task>/runs``) when the command gave no ``hydra.run.dir``, so every command
-    gets a new folder. None for a multirun, a folder the command chose, or a config composed outside Hydra."""
+def runs_folder(out: Path) -> Path | None:
+    """Where a single run looks for earlier runs of its config (:func:`reuse_earlier_run`): Hydra's
+    ``outputs/<task>/runs`` when the command gave no ``hydra.run.dir``; None for a multirun, a folder the command
+    chose, or a config composed outside Hydra."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -46,7 +55,7 @@ def runs_folder(cfg: DictConfig) -> Path | None:
     hydra_cfg = HydraConfig.get()
     if any(item.split("=", 1)[0].lstrip("+~") == "hydra.run.dir" for item in hydra_cfg.overrides.hydra):
         return None
-    out = Path(str(cfg.paths.output_dir)).resolve()
+    out = out.resolve()
     return out.parent if out == Path(hydra_cfg.runtime.output_dir).resolve() else None
 
 
@@ -57,22 +66,18 @@ def headline(payload: dict[str, Any]) -> str:
     return f"{name.upper()}={float(metrics[name]):.4f}" if name else "MRR=?"
 
 
-def reuse_earlier_run(cfg: DictConfig, out: Path, runs_dir: Path) -> dict[str, Any] | None:
-    """A single run in a new folder: the stored metrics of the newest finished run of the same config under
-    ``runs_dir`` (``run.on_complete=skip``, the default), or None to run in ``out``. Logs what it found: a
-    finished run (reused, or run again with ``run.on_complete=fresh`` or when its weights changed since), or an
-    unfinished one that ``hydra.run.dir=<its folder>`` would resume."""
-    runs = run_folder.earlier_runs(cfg, runs_dir, out)
+def reuse_earlier_run(spec: Spec, wanted: str, out: Path, runs_dir: Path) -> dict[str, Any] | None:
+    """A single run in a new folder: the stored metrics of the newest finished run of the config hashed ``wanted``
+    under ``runs_dir`` (``run.on_complete=skip``), or None to run in ``out`` (``fresh``, its weights changed since,
+    or none finished). Logs what it found."""
+    runs = run_folder.earlier_runs(wanted, runs_dir, out)
     if not runs:
         return None
     newest = runs[0]
     if newest.metrics is None:
         log.info(
-            "an unfinished run of this config is at %s (it holds a resume checkpoint); this command starts anew in "
-            "%s, hydra.run.dir=%s resumes that one instead",
-            newest.folder,
-            out,
-            newest.folder,
+            f"an unfinished run of this config is at {newest.folder} (it holds a resume checkpoint); this command "
+            f"starts anew in {out}, hydra.run.dir={newest.folder} resumes that one instead"
         )
         return None
     commit = str((newest.metrics.get("code") or {}).get("commit") or "")[:7]
@@ -81,56 +86,88 @@ def reuse_earlier_run(cfg: DictConfig, out: Path, runs_dir: Path) -> dict[str, A
         f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(newest.when))}{', commit ' + commit if commit else ''}"
         f"{f'; newest of {sum(run.metrics is not None for run in runs)}' if len(runs) > 1 else ''})"
     )
-    changed = run_folder.weights_changed_since(cfg, newest.when)
+    weights = {"checkpoint": spec.checkpoint, "model.name_or_path": spec.model.name_or_path}
+    changed = run_folder.weights_changed_since(weights, newest.when)
     if changed:
         log.info("%s, but %s changed after it: running again in %s", found, changed, out)
         return None
-    if run_folder.on_complete_policy(cfg) == "fresh":
+    if spec.run.on_complete == "fresh":
         log.info("%s; run.on_complete=fresh: running again in %s", found, out)
         return None
     log.info(
-        "%s: its metrics are returned and nothing is run (run.on_complete=fresh runs again; hydra.run.dir=<folder> "
-        "runs in a folder of your choice)",
-        found,
+        f"{found}: its metrics are returned and nothing is run (run.on_complete=fresh runs again; "
+        "hydra.run.dir=<folder> runs in a folder of your choice)"
     )
     return {**newest.metrics, REUSED_FROM: str(newest.folder)}
 
 
-def run_task(
-    cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]], runs_dir: Path | None = None
-) -> dict[str, Any]:
-    """Claim the run folder for ``cfg``, write the resolved config, run ``task``; on failure leave ``failed.json``.
+@dataclass(frozen=True)
+class Prepared:
+    """A composed config made ready to run: its folder, its spec (or the problem that refused it), its canonical
+    form (the run folder's identity) and the resolved YAML written to ``config.yaml``."""
 
-    ``metrics.json`` is written by the task itself, atomically, only once everything succeeded. The folder
-    belongs to one config (:mod:`mdr.run_folder`): another config is refused before anything runs (and
-    leaves no ``failed.json``), the same config resumes, and a finished run returns its stored metrics. With
-    ``runs_dir`` (a single run in a new folder, :func:`runs_folder`), a finished run of the same config in a folder
-    under it is returned instead of running again (:func:`reuse_earlier_run`).
-    """
-    out = output_dir(cfg)
+    out: Path
+    spec: Spec | None
+    problem: DataError | None
+    canonical: dict[str, Any]
+    yaml: str
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    """Build the spec (:func:`mdr.validation.build_spec`, every value checked before anything is read or built);
+    a config with a bad value keeps the problem, raised once its folder is claimed (``failed.json`` names the key)."""
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        spec, problem = build_spec(cfg), None
+    except DataError as error:
+        spec, problem = None, error
+    return Prepared(out, spec, problem, canonical_config(cfg), OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def run_task(cfg: DictConfig, task: Task, runs_dir: Path | None = None) -> dict[str, Any]:
+    """:func:`run_prepared` of the composed config."""
+    return run_prepared(prepare(cfg), task, runs_dir)
+
+
+def run_prepared(run: Prepared, task: Task, runs_dir: Path | None = None) -> dict[str, Any]:
+    """Claim the run folder for the config (:mod:`mdr.run_folder`), write ``config.yaml``, run ``task`` (which
+    writes ``metrics.json`` once everything succeeded); on failure leave ``failed.json``. Another config is refused
+    before anything runs, the same config resumes, a finished run returns its stored metrics; a config with a bad
+    value claims the folder with the default policies, then fails. With ``runs_dir``, a finished run of the same
+    config under it is returned instead (:func:`reuse_earlier_run`)."""
+    out, spec = run.out, run.spec
+
+    def work() -> dict[str, Any]:
+        if run.problem is not None:
+            raise run.problem
+        return task(spec)  # type: ignore[arg-type]
+
     if not ranks.is_primary_process():  # a DDP / SLURM rank > 0: rank 0 owns the folder
-        return follow_rank_zero(out, task, cfg)
+        return follow_rank_zero(out, work)
+    policy = spec.run if spec is not None else RunPolicy()
     told = False  # whether the launch's other ranks know what this rank does (SLURM tasks, torchrun)
     try:
         with run_folder.exclusive(out):
-            earlier = reuse_earlier_run(cfg, out, runs_dir) if runs_dir and run_folder.is_new(out) else None
+            new = runs_dir is not None and spec is not None and run_folder.is_new(out)
+            earlier = reuse_earlier_run(spec, config_hash(run.canonical), out, runs_dir) if new else None  # type: ignore[arg-type]
             if earlier is not None:  # this folder keeps only Hydra's files and this command's log
                 ranks.tell_other_ranks(out, "complete")
                 return earlier
-            state = run_folder.claim(cfg, out)
+            state = run_folder.claim(out, run.canonical, policy)
             ranks.tell_other_ranks(out, "run" if state.complete is None else "complete")
             told = True
             if state.complete is not None:
                 log.info("%s holds this config's finished run; nothing recomputed (run.on_complete=fresh reruns)", out)
                 print(f"[mdr] {out}: already complete (same config), metrics.json kept", flush=True)
                 # a kill between metrics.json and the tidying left them: nothing resumes from them any more
-                run_folder.remove_weights(cfg, out)
-                if not OmegaConf.select(cfg, "evaluation.keep_embeddings", default=False):
+                run_folder.remove_weights(out, policy)
+                if spec is None or not spec.evaluation.keep_embeddings:
                     remove_if_empty(out / "embeddings")
                 return state.complete
-            atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            atomic_write_text(out / "config.yaml", run.yaml)
             try:
-                result = task(cfg)
+                result = work()
             except BaseException as error:
                 if not isinstance(error, KeyboardInterrupt):
                     record_failure(out, error)
@@ -159,13 +196,9 @@ def record_failure(out: Path, error: BaseException) -> None:
         log.error("cannot record the failure in %s: %s", out / "failed.json", unwritten)
 
 
-def follow_rank_zero(out: Path, task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> dict[str, Any]:
-    """A rank > 0 takes rank 0's decision on the run folder: run ``task``, return ``{}`` (already complete), or
-    raise what rank 0 raised; it neither locks nor records (:func:`mdr.utils.ranks.rank_zero_decision`).
-
-    Raises:
-        RunFolderRefused: rank 0 refused the folder.
-    """
+def follow_rank_zero(out: Path, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A rank > 0 takes rank 0's decision on the run folder (:func:`mdr.utils.ranks.rank_zero_decision`): do
+    ``work``, return ``{}`` (already complete), or raise what rank 0 raised; it neither locks nor records."""
     decision = ranks.rank_zero_decision(out)
     if decision["decision"] == "complete":
         print(f"[mdr] {out}: rank 0 found this config's finished run; this rank returns", flush=True)  # off rank 0
@@ -175,19 +208,19 @@ def follow_rank_zero(out: Path, task: Callable[[DictConfig], dict[str, Any]], cf
     if decision["decision"] == "failed":
         raise RuntimeError(f"rank 0 failed on {out}: {decision['message']}")
     ranks.watch_rank_zero(out)  # rank 0 failing later ends this rank instead of leaving it in a collective
-    return task(cfg)
+    return work()
 
 
-def entry_point(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]]) -> float | None:
+def entry_point(cfg: DictConfig, task: Task) -> float | None:
     """Run ``task`` for a Hydra main; return MRR for sweepers (MRR@100; MRR@d below ``evaluation.depth=100``).
 
-    In a multirun a failing job is recorded (``failed.json``) and logged, and the sweep goes on with the
-    next job; the aggregation lists it. A single run re-raises, so the command exits non-zero. A job refused
-    by its run folder (another config's results are there) stops the sweep in either case.
+    In a multirun a failing job is recorded (``failed.json``) and logged and the sweep goes on; a single run
+    re-raises. A job refused by its run folder (another config's results are there) stops the sweep either way.
     """
     started = time.monotonic()
     try:
-        result = run_task(cfg, task, runs_folder(cfg))
+        run = prepare(cfg)
+        result = run_prepared(run, task, runs_folder(run.out))
     except run_folder.RunFolderRefused:
         raise  # even in a multirun: the folder's old results would otherwise pass for this cell's
     except Exception:
@@ -200,8 +233,9 @@ def entry_point(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]]) -
     if mrr is not None:  # rank 0 of a finished job
         reused = result.get(REUSED_FROM)
         print(
-            f"[mdr] done {run_name(cfg)} in {duration(time.monotonic() - started)}: {name.upper()}"
-            f"={mrr:.4f} -> {reused or cfg.paths.output_dir}{' (an earlier run, reused)' if reused else ''}",
+            f"[mdr] done {run_name(run.spec) if run.spec else run.out.name} in {duration(time.monotonic() - started)}: "
+            f"{name.upper()}"
+            f"={mrr:.4f} -> {reused or run.out}{' (an earlier run, reused)' if reused else ''}",
             flush=True,
         )
     return mrr

@@ -1,63 +1,77 @@
-"""What ``train.py`` and ``evaluate.py`` do: check the config, read the data, run the stage schedule, evaluate."""
+"""What ``train.py`` and ``evaluate.py`` do with a run's :class:`~mdr.spec.Spec`: read the data, run the stage
+schedule, evaluate."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import lightning.pytorch as pl
-from omegaconf import DictConfig
 
 from mdr import training
-from mdr.data.schema import RetrievalSplit
+from mdr.data.checks import test_split_problems
+from mdr.data.schema import DataError, RetrievalSplit
 from mdr.lifecycle import entry_point as entry_point
 from mdr.lifecycle import output_dir
 from mdr.run_evaluation import evaluate_and_report
 from mdr.run_folder import remove_weights
+from mdr.spec import Spec
 from mdr.stage_cache import run_schedule, train_cached_stages
-from mdr.stages import evaluation_splits, trains_on_target
 from mdr.utils.instantiate import build_reader
-from mdr.validation import validate, validate_splits
+from mdr.validation import validate_splits
 
 
-def load_splits(cfg: DictConfig) -> tuple[RetrievalSplit | None, RetrievalSplit]:
-    """(train split, or None when no stage trains on the configured language, test split) of that language."""
-    reader = build_reader(cfg.data)
-    train = reader.load(cfg.data.train_split) if trains_on_target(cfg) else None
-    test = reader.load(cfg.data.test_split)
-    return train, test
+def load_splits(spec: Spec) -> tuple[RetrievalSplit | None, RetrievalSplit]:
+    """(train split, or None when no stage trains on the run's language, test split) of that language."""
+    reader = build_reader(spec.data.reader)
+    trains = spec.schedule is not None and spec.schedule.trains_on_target
+    return (reader.load(spec.data.train_split) if trains else None), reader.load(spec.data.test_split)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run the stage schedule (``stage.stages``), save the final encoder, evaluate, write metrics.json, then
-    remove the resume checkpoints and, with ``run.keep_encoder=false``, the encoder
-    (:func:`mdr.run_folder.remove_weights`)."""
-    out = output_dir(cfg)
-    validate(cfg)  # config alone, before anything is read, built or trained
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    if cfg.get("run", {}).get("stages_only", False):  # a sweep's shared stages first, one job per stage
-        return stages_only(cfg)
-    train_split, test_split = load_splits(cfg)
-    validate_splits(cfg, train_split, test_split)
-    training.check_fast_dropout(cfg)  # before mining and training
-    tests = evaluation_splits(cfg, test_split)  # evaluation.languages: read and checked before training
-    # the stage schedule (mdr.stages): cached earlier stages, then the run's own stage in `out`
-    trained = run_schedule(cfg, out, train_split)
+def evaluation_splits(spec: Spec, test: RetrievalSplit) -> RetrievalSplit | dict[str, RetrievalSplit]:
+    """``test`` when the run is evaluated on its own language only, else language code -> test split, each other
+    language's read with the run's data group in that language and checked like the run's own."""
+    languages = spec.evaluation.languages
+    if [item.language.code for item in languages] == [spec.language.code]:
+        return test
+    splits: dict[str, RetrievalSplit] = {}
+    for item in languages:
+        code = item.language.code
+        if code == spec.language.code:
+            splits[code] = test
+            continue
+        split = build_reader(item.data.reader).load(item.data.test_split)
+        problems = test_split_problems(split, item.data.test_split)
+        if problems:
+            raise DataError(f"evaluation language {code}: {problems[0]}")
+        splits[code] = split
+    return splits
+
+
+def train(spec: Spec) -> dict[str, Any]:
+    """Run the stage schedule, evaluate the final encoder, write metrics.json, then remove the resume checkpoints
+    and, with ``run.keep_encoder=false``, the encoder (:func:`mdr.run_folder.remove_weights`)."""
+    out = output_dir(spec)
+    pl.seed_everything(spec.seed, workers=True, verbose=False)
+    if spec.run.stages_only:  # a sweep's shared stages first, one job per stage
+        return stages_only(spec)
+    train_split, test_split = load_splits(spec)
+    validate_splits(spec, train_split, test_split)
+    training.check_fast_dropout(spec)  # before mining and training
+    tests = evaluation_splits(spec, test_split)  # read and checked before training
+    trained = run_schedule(spec, out, train_split)  # cached earlier stages, then the run's own stage in `out`
     # after a DDP fit every rank encodes and searches its shards; rank 0 writes the files, the others get {}
     payload = evaluate_and_report(
-        cfg, trained.encoder, trained.tokenizer, tests, out, trained.extra, distributed=trained.distributed
+        spec, trained.encoder, trained.tokenizer, tests, out, trained.extra, distributed=trained.distributed
     )
     if payload:  # rank 0, metrics.json written: nothing resumes from the checkpoints any more
-        remove_weights(cfg, out)
+        remove_weights(out, spec.run)
     return payload
 
 
-def stages_only(cfg: DictConfig) -> dict[str, Any]:
-    """``run.stages_only=true``: train the cached stages (:func:`mdr.stage_cache.train_cached_stages`), stop there.
-
-    No ``metrics.json``: the folder stays unfinished, and the same command without the flag runs the cell,
-    reusing the stages. Nothing is read for the run's own stage.
-    """
-    result = train_cached_stages(cfg)
+def stages_only(spec: Spec) -> dict[str, Any]:
+    """``run.stages_only=true``: train the cached stages and stop (no ``metrics.json``: the same command without
+    the flag runs the cell, reusing them)."""
+    result = train_cached_stages(spec)
     stages = result["schedule"]["stages"]
     for record in stages:
         print(f"[mdr] run.stages_only: stage {record['name']} {record['status']} ({record['dir']})", flush=True)
@@ -66,12 +80,11 @@ def stages_only(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` (or the configured model as it is) on the configured language."""
-    out = output_dir(cfg)
-    validate(cfg)
-    _, test_split = load_splits(cfg)
-    validate_splits(cfg, None, test_split)
-    encoder, tokenizer = training.load_encoder(cfg, cfg.checkpoint)
-    tests = evaluation_splits(cfg, test_split)  # evaluation.languages: several test splits
-    return evaluate_and_report(cfg, encoder, tokenizer, tests, out, {"checkpoint": cfg.checkpoint})
+def evaluate(spec: Spec) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` (or the configured model as it is) on the run's language(s)."""
+    out = output_dir(spec)
+    _, test_split = load_splits(spec)
+    validate_splits(spec, None, test_split)
+    encoder, tokenizer = training.load_encoder(spec.model, spec.checkpoint)
+    tests = evaluation_splits(spec, test_split)
+    return evaluate_and_report(spec, encoder, tokenizer, tests, out, {"checkpoint": spec.checkpoint})

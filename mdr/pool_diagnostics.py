@@ -3,13 +3,10 @@
     python -m mdr.pool_diagnostics --languages th,hi --negatives bm25,dense_me5,bm25_thai_words:th \\
         --seeds 0-4 --out docs/results/me5_grid/pool_diagnostics [hydra overrides ...]
 
-Each (language, ``negatives`` option) is composed from ``conf/`` as ``train.py`` composes a run (``data=xquad
-model=me5_small trainer=cpu negatives.hard_proportion=1 negatives.num_negatives=4``, then the overrides given), its
-pool is mined (or read from the pool cache) by :func:`mdr.training.negative_pools`, the run's own step, and the
-training sampler draws the first epoch's negatives for every training query with each seed. The measures
-(:mod:`mdr.mining.diagnostics`) go to ``pool_diagnostics.csv`` (one row per language and option) and
-``pool_overlap.csv`` (long format), with a plot and a Markdown summary (:mod:`mdr.reporting.pool_diagnostics`).
-An option written ``name:th+lo`` is measured on those languages only.
+Each (language, ``negatives`` option; ``name:th+lo``: those languages only) is composed as ``train.py`` composes a
+run (:data:`DEFAULT_OVERRIDES`, then the overrides given), its pool mined as the run mines it and the first epoch's
+negatives drawn for every training query with each seed. The measures (:mod:`mdr.mining.diagnostics`) go to
+``pool_diagnostics.csv`` and ``pool_overlap.csv``, with a plot and a summary (:mod:`mdr.reporting.pool_diagnostics`).
 """
 
 from __future__ import annotations
@@ -24,40 +21,22 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from mdr.data.schema import DataError, RetrievalSplit
-from mdr.mining.denoise import cached_teacher_scores, teacher_model
-from mdr.mining.diagnostics import (
-    Draw,
-    location_measures,
-    overlap_shares,
-    pool_measures,
-    positive_ranks,
-    rank_measures,
-    sampled_negatives,
-    scoring_pools,
-    teacher_measures,
-)
-from mdr.mining.miner import PoolSettings, mine
-from mdr.reporting.pool_diagnostics import (
-    COLUMNS,
-    CSV_NAME,
-    OVERLAP_COLUMNS,
-    OVERLAP_NAME,
-    PLOT_NAME,
-    SUMMARY_NAME,
-    plot_diagnostics,
-    summary_markdown,
-)
-from mdr.training import load_encoder, negative_pools
+from mdr.mining import diagnostics as measures
+from mdr.mining.denoise import cached_teacher_scores
+from mdr.mining.miner import mine
+from mdr.reporting import pool_diagnostics as report
+from mdr.spec import Spec
+from mdr.training import load_encoder, negative_pools, pool_key
 from mdr.utils import quiet
 from mdr.utils.environment import code_version
 from mdr.utils.instantiate import build_reader, ensure_model_files, register_resolvers
 from mdr.utils.io import atomic_write_text
 from mdr.utils.logging import get_logger
 from mdr.utils.ranks import cuda_device
-from mdr.validation import validate
+from mdr.validation import build_spec, resolve_teacher
 
 log = get_logger(__name__)
 
@@ -72,7 +51,7 @@ DEFAULT_OVERRIDES = (
 )
 """The me5_small grid's settings (conf/experiment/_me5_grid.yaml, block c's p = 1); the overrides given come after."""
 
-Teacher = tuple[Any, Any, str, str]
+LoadedTeacher = tuple[Any, Any, str, str]
 """(encoder, tokenizer, its folder or hub id, the name the files show)."""
 
 
@@ -113,9 +92,9 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def option_label(cfg: DictConfig) -> str:
+def option_label(spec: Spec) -> str:
     """A plain name for a composed ``negatives`` group: source, window, margin, denoising."""
-    pool = cfg.negatives.pool
+    pool = spec.negatives.pool
     if pool.source == "dense":
         source = Path(str(pool.encoder)).name
     elif pool.source == "shipped":
@@ -124,99 +103,89 @@ def option_label(cfg: DictConfig) -> str:
         source = "BM25" if pool.backend == "bm25s" else "BM25 (Lucene)"
         source += " (Thai words)" if pool.tokenizer == "thai_words" else ""
     end = pool.range_max if pool.range_max is not None else pool.depth
-    label = f"{source} ranks {int(pool.range_min) + 1}-{end}"
+    label = f"{source} ranks {pool.range_min + 1}-{end}"
     if pool.margin is not None:
         label += f", margin {pool.margin:g}"
-    denoise = cfg.negatives.get("denoise")
-    if denoise is not None and denoise.enabled:
-        label += f", denoised ({denoise.teacher})"
+    if spec.negatives.denoise.enabled:
+        label += f", denoised ({spec.negatives.denoise.teacher})"
     return label
+
+
+def _compose(cells: Sequence[tuple[str, str]], overrides: Sequence[str], out: Path) -> list[Any]:
+    """The train config composed for each (language, option), as ``train.py`` composes a run."""
+    from hydra import compose, initialize_config_dir
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        fixed = [f"paths.output_dir={out}", *DEFAULT_OVERRIDES, *overrides]
+        return [compose("train", [f"language={language}", f"negatives={option}", *fixed]) for language, option in cells]
 
 
 def compose_cells(
     languages: Sequence[str], options: Sequence[Option], overrides: Sequence[str], out: Path
-) -> dict[tuple[str, str], DictConfig]:
-    """(language, option) -> the composed train config, every one before any data is read.
-
-    Raises:
-        DataError: an option limited to a language not asked for, or no cell to measure.
-    """
-    from hydra import compose, initialize_config_dir
-
-    register_resolvers()
+) -> dict[tuple[str, str], Spec]:
+    """(language, option) -> the run's spec, every one built before any data is read (a dense pool mined by the
+    run's own locally built model builds it first: the spec checks the encoder exists)."""
     for option in options:
         unknown = sorted(set(option.languages or ()) - set(languages))
         if unknown:
             raise DataError(
                 f"--negatives {option.name}:{'+'.join(option.languages or ())}: {unknown} not in --languages"
             )
-    cells: dict[tuple[str, str], DictConfig] = {}
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        for language in languages:
-            for option in options:
-                if option.applies_to(language):
-                    cells[(language, option.name)] = compose(
-                        config_name="train",
-                        overrides=[
-                            f"language={language}",
-                            f"negatives={option.name}",
-                            f"paths.output_dir={out}",
-                            *DEFAULT_OVERRIDES,
-                            *overrides,
-                        ],
-                    )
-    if not cells:
+    keys = [(language, option.name) for language in languages for option in options if option.applies_to(language)]
+    if not keys:
         raise DataError("no (language, negatives) cell to measure")
-    return cells
+    configs = _compose(keys, overrides, out)
+    for cfg in configs:
+        pool, build = cfg.negatives.get("pool") or {}, cfg.model.get("build")
+        if pool.get("source") == "dense" and build is not None and pool.get("encoder") == build.get("out_dir"):
+            ensure_model_files(cfg.model.name, cfg.model.name_or_path, OmegaConf.to_container(build, resolve=True))
+    return {key: build_spec(cfg) for key, cfg in zip(keys, configs)}
 
 
-def mining_device(cfg: DictConfig) -> str:
-    """Where a run of ``cfg`` mines and a teacher scores: the CPU for trainer=cpu, else this process's CUDA device."""
-    return "cpu" if cfg.trainer.accelerator == "cpu" else cuda_device()
+def mining_device(spec: Spec) -> str:
+    """Where a run of ``spec`` mines and a teacher scores: the CPU for trainer=cpu, else this process's CUDA device."""
+    return "cpu" if spec.trainer.accelerator == "cpu" else cuda_device()
 
 
-def raw_pool_ranks(cfg: DictConfig, split: RetrievalSplit) -> tuple[dict[str, int | None], int]:
+def raw_pool_ranks(spec: Spec, split: RetrievalSplit) -> tuple[dict[str, int | None], int]:
     """The positive's rank per training query in the cell's miner ranking (the cached pool), and the depth."""
-    settings = PoolSettings(**OmegaConf.to_container(cfg.negatives.pool, resolve=True))  # type: ignore[arg-type]
+    settings, language = spec.negatives.pool, spec.language
     raw = mine(
         settings,
         split,
-        cfg.language.code,
-        cfg.language.analyzer,
-        cfg.paths.cache_dir,
-        lambda path: load_encoder(cfg, path),
-        mining_device(cfg),
+        language.code,
+        language.analyzer,
+        spec.paths.cache_dir,
+        lambda path: load_encoder(spec.model, path),
+        mining_device(spec),
+        key=pool_key(settings, language.analyzer, spec.paths.cache_dir),
     )
-    return positive_ranks(raw, split, settings.depth), settings.depth
+    return measures.positive_ranks(raw, split, settings.depth), settings.depth
 
 
 def measure_language(
-    cells: dict[str, DictConfig], seeds: Sequence[int], teacher: Teacher
+    cells: dict[str, Spec], seeds: Sequence[int], teacher: LoadedTeacher
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Rows (one per option) and overlap rows of one language, whose cells are ``option -> config``."""
+    """Rows (one per option) and overlap rows of one language, whose cells are ``option -> spec``."""
     first = next(iter(cells.values()))
-    split = build_reader(first.data).load(first.data.train_split)
+    split = build_reader(first.data.reader).load(first.data.train_split)
     pools: dict[str, dict[str, list[str]]] = {}
-    draws: dict[str, list[Draw]] = {}
+    draws: dict[str, list[measures.Draw]] = {}
     ranks: dict[str, tuple[dict[str, int | None], int]] = {}
-    for option, cfg in cells.items():
-        log.info("pool diagnostics: %s %s", cfg.language.code, option)
-        pools[option] = dict(negative_pools(cfg, split, cfg.language))
-        ranks[option] = raw_pool_ranks(cfg, split)
-        negatives = cfg.negatives
-        draws[option] = sampled_negatives(
-            split,
-            pools[option],
-            int(negatives.num_negatives),
-            float(negatives.hard_proportion),
-            seeds,
-            bool(negatives.strict),
+    for option, spec in cells.items():
+        log.info("pool diagnostics: %s %s", spec.language.code, option)
+        negatives = spec.negatives
+        pools[option] = dict(negative_pools(spec, negatives, split, spec.language))
+        ranks[option] = raw_pool_ranks(spec, split)
+        draws[option] = measures.sampled_negatives(
+            split, pools[option], negatives.num_negatives, negatives.hard_proportion, seeds, negatives.strict
         )
     encoder, tokenizer, teacher_path, teacher_name = teacher
     every = [draw for option_draws in draws.values() for draw in option_draws]
     log.info("pool diagnostics: %s, the teacher scores %d sampled negatives", first.language.code, len(every))
     scores, _, _ = cached_teacher_scores(
-        scoring_pools(every),
+        measures.scoring_pools(every),
         split,
         first.language.code,
         encoder,
@@ -226,27 +195,27 @@ def measure_language(
         device=mining_device(first),
     )
     rows = []
-    for option, cfg in cells.items():
+    for option, spec in cells.items():
         depth_ranks, depth = ranks[option]
         rows.append(
             {
-                "language": cfg.language.code,
+                "language": spec.language.code,
                 "negatives": option,
-                "label": option_label(cfg),
+                "label": option_label(spec),
                 "seeds": seeds_text(seeds),
-                "num_negatives": int(cfg.negatives.num_negatives),
-                "hard_proportion": float(cfg.negatives.hard_proportion),
+                "num_negatives": spec.negatives.num_negatives,
+                "hard_proportion": spec.negatives.hard_proportion,
                 "depth": depth,
-                **pool_measures(pools[option], draws[option]),
-                **rank_measures(depth_ranks),
-                **location_measures(draws[option]),
+                **measures.pool_measures(pools[option], draws[option]),
+                **measures.rank_measures(depth_ranks),
+                **measures.location_measures(draws[option]),
                 "teacher": teacher_name,
-                **teacher_measures(draws[option], scores),
+                **measures.teacher_measures(draws[option], scores),
             }
         )
     overlap = [
         {"language": first.language.code, "negatives": option, "other": other, "share": share}
-        for option, other, share in overlap_shares(draws, pools)
+        for option, other, share in measures.overlap_shares(draws, pools)
     ]
     return rows, overlap
 
@@ -259,12 +228,13 @@ def seeds_text(seeds: Sequence[int]) -> str:
     return "+".join(str(seed) for seed in ordered)
 
 
-def load_teacher(cfg: DictConfig, teacher: str) -> Teacher:
-    """The teacher: a model group (built on first use) or an encoder folder, as ``negatives.denoise.teacher``."""
-    teacher_cfg, path = teacher_model(cfg, teacher)
-    encoder, tokenizer = load_encoder(teacher_cfg, path)
-    name_or_path = path or str(teacher_cfg.model.name_or_path)
-    return encoder, tokenizer, name_or_path, teacher if path is None else Path(path).name
+def load_teacher(cell: tuple[str, str], overrides: Sequence[str], out: Path, name: str) -> LoadedTeacher:
+    """The teacher ``name`` (a model group, built on first use, or an encoder folder, as
+    ``negatives.denoise.teacher`` names one), resolved for the run of ``cell``."""
+    teacher = resolve_teacher(_compose([cell], overrides, out)[0], name)
+    encoder, tokenizer = load_encoder(teacher.model, teacher.folder)
+    name_or_path = teacher.folder or teacher.model.name_or_path
+    return encoder, tokenizer, name_or_path, name if teacher.folder is None else Path(teacher.folder).name
 
 
 def run(
@@ -280,26 +250,24 @@ def run(
     version = code_version()  # the code that measures, before the long part
     code = f"mdr {version.get('commit') or 'outside git'}{' (uncommitted changes)' if version.get('dirty') else ''}"
     cells = compose_cells(languages, options, overrides, out)
-    first = next(iter(cells.values()))
-    ensure_model_files(first.model)  # dense_me5 mines with the model as built, which validation wants to exist
-    for cfg in cells.values():
-        validate(cfg)
-    loaded_teacher = load_teacher(first, teacher)
+    loaded_teacher = load_teacher(next(iter(cells)), overrides, out, teacher)
     rows: list[dict[str, Any]] = []
     overlap: list[dict[str, Any]] = []
     for language in languages:
-        language_cells = {option: cfg for (code, option), cfg in cells.items() if code == language}
+        language_cells = {option: spec for (code, option), spec in cells.items() if code == language}
         if language_cells:
             found, shared = measure_language(language_cells, seeds, loaded_teacher)
             rows += found
             overlap += shared
-    frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    shares = pd.DataFrame(overlap, columns=list(OVERLAP_COLUMNS))
+    frame = pd.DataFrame(rows, columns=list(report.COLUMNS))
+    shares = pd.DataFrame(overlap, columns=list(report.OVERLAP_COLUMNS))
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / CSV_NAME, frame.round(4).to_csv(index=False))
-    atomic_write_text(out / OVERLAP_NAME, shares.round(4).to_csv(index=False))
-    plot_diagnostics(frame, out / PLOT_NAME)
-    atomic_write_text(out / SUMMARY_NAME, summary_markdown(frame.round(4), shares.round(4), command, code) + "\n")
+    atomic_write_text(out / report.CSV_NAME, frame.round(4).to_csv(index=False))
+    atomic_write_text(out / report.OVERLAP_NAME, shares.round(4).to_csv(index=False))
+    report.plot_diagnostics(frame, out / report.PLOT_NAME)
+    atomic_write_text(
+        out / report.SUMMARY_NAME, report.summary_markdown(frame.round(4), shares.round(4), command, code) + "\n"
+    )
     return frame
 
 
@@ -330,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides,
         command,
     )
-    print(f"[mdr] pool diagnostics -> {args.out / CSV_NAME}, {OVERLAP_NAME}, {PLOT_NAME}, {SUMMARY_NAME}")
+    names = (report.OVERLAP_NAME, report.PLOT_NAME, report.SUMMARY_NAME)
+    print(f"[mdr] pool diagnostics -> {args.out / report.CSV_NAME}, {', '.join(names)}")
     return 0
 
 

@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
 from mdr.data.schema import RetrievalSplit
 from mdr.evaluation.evaluator import evaluate_language
 from mdr.evaluation.search import search_device
 from mdr.models.bi_encoder import BiEncoder
-from mdr.stages import low_resource
-from mdr.tracking import publish_to_wandb, trained_any
+from mdr.spec import Spec
+from mdr.tracking import publish_to_wandb
 from mdr.utils.environment import code_version, device_name, faiss_version
 from mdr.utils.instantiate import build_reader
 from mdr.utils.io import atomic_write_json
@@ -25,7 +24,7 @@ log = get_logger(__name__)
 
 
 def evaluate_and_report(
-    cfg: DictConfig,
+    spec: Spec,
     encoder: BiEncoder,
     tokenizer: Any,
     test: RetrievalSplit | dict[str, RetrievalSplit],
@@ -33,38 +32,28 @@ def evaluate_and_report(
     extra: dict[str, Any],
     distributed: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate on the test split, write metrics.json atomically, and print MRR@100.
+    """Evaluate on the test split(s), write metrics.json atomically, and print MRR@100.
 
-    The measures carry the depth they were computed over (``evaluation.depth=10``: ``mrr@10``, ``recall@10``),
-    and metrics.json records that depth in ``depth``.
-
-    ``test`` may map several language codes to test splits (``evaluation.languages``,
-    :func:`mdr.stages.evaluation_splits`): each gets its own run file, per-query file and metrics under
-    ``per_language``; the top-level fields are the primary language's (the run's ``language`` if evaluated,
-    else the first listed).
-
-    The corpus is encoded in ``evaluation.shard_size``-row shards under ``<out>/embeddings/<language>/`` (a rerun
-    after a kill reuses the finished ones), with bf16 autocast where :mod:`mdr.models.precision` supports it
-    (``evaluation.bf16: auto``; ``false``: fp32), and searched shard by shard (``evaluation.fp16_index``).
-
-    Args:
-        distributed: every rank of the initialised process group calls this (e.g. after a DDP fit): each encodes
-            and searches its own shards on its own device; rank 0 writes the files and returns the payload, the
-            other ranks return ``{}``. False: this process does it all.
+    ``test`` may map language codes to test splits (``evaluation.languages``): each gets its run file, per-query
+    file and metrics under ``per_language``; the top-level fields are the run's language's (else the first
+    listed). The measures carry the depth they were computed over (``mrr@10`` at ``evaluation.depth=10``). The
+    corpus is encoded in ``evaluation.shard_size``-row shards under ``<out>/embeddings/<language>/`` (a rerun reuses
+    finished ones). ``distributed``: every rank of the process group calls this and encodes and searches its own
+    shards; rank 0 writes the files and returns the payload, the others ``{}``.
     """
     from mdr.distributed import world_size_and_rank
     from mdr.models.precision import autocast_dtype
 
-    evaluation = cfg.evaluation
+    evaluation = spec.evaluation
     world, rank = world_size_and_rank() if distributed else (1, 0)
-    use_cuda = torch.cuda.is_available() and cfg.get("trainer", {}).get("accelerator") != "cpu"
+    use_cuda = torch.cuda.is_available() and (spec.trainer is None or spec.trainer.accelerator != "cpu")
     device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
     encoder.to(device)
-    bf16 = evaluation.bf16  # auto | true | false (mdr.validation)
+    bf16 = evaluation.bf16  # auto | true | false
     autocast = autocast_dtype(device) if bf16 == "auto" else (torch.bfloat16 if bf16 else None)
     search = search_device(evaluation.faiss_gpu, torch.cuda.device_count() if use_cuda else 0)
     log.info("evaluation: encoding on %s (%s), faiss searching on %s", device, device_name(device), search)
-    tests = test if isinstance(test, dict) else {str(cfg.language.code): test}
+    tests = test if isinstance(test, dict) else {spec.language.code: test}
     results = {}
     for code, split in tests.items():  # one run file and per-query file per evaluation language
         results[code] = evaluate_language(
@@ -73,32 +62,34 @@ def evaluate_and_report(
             split,
             code,
             out,
-            depth=int(evaluation.depth),
-            batch_size=int(evaluation.batch_size),
+            depth=evaluation.depth,
+            batch_size=evaluation.batch_size,
             device=device,
             use_gpu_index=evaluation.faiss_gpu,
             autocast_dtype=autocast,
-            fp16_index=bool(evaluation.fp16_index),
-            shard_rows=int(evaluation.shard_size),
-            keep_embeddings=bool(evaluation.keep_embeddings),
+            fp16_index=evaluation.fp16_index,
+            shard_rows=evaluation.shard_size,
+            keep_embeddings=evaluation.keep_embeddings,
             distributed=distributed,
         )
     if rank != 0:
         return {}
-    primary = str(cfg.language.code) if str(cfg.language.code) in results else next(iter(results))
+    primary = spec.language.code if spec.language.code in results else next(iter(results))
     result = results[primary]
+    low_resource = {item.language.code: item.language.low_resource for item in evaluation.languages}
     record = RunRecord(
         language=primary,
-        low_resource=low_resource(cfg, primary),
-        data=cfg.data.name,
-        model=cfg.model.name,
-        stage=cfg.stage.name if cfg.get("stage") else "zero_shot",
+        low_resource=low_resource[primary],
+        data=spec.data.name,
+        model=spec.model.name,
+        stage=spec.stage_name,
         # null where nothing was trained (stage zero_shot, evaluate.py): no negatives were drawn
-        hard_proportion=float(cfg.negatives.hard_proportion) if trained_any(cfg) else None,
-        num_negatives=int(cfg.negatives.num_negatives) if trained_any(cfg) else None,
-        seed=int(cfg.seed),
-        split=published_split(cfg),  # the split read, by its published name (MIRACL's mdr `test` is its dev)
-        depth=int(evaluation.depth),  # what the measures were computed over: mrr@10 at depth 10
+        hard_proportion=spec.negatives.hard_proportion if spec.trains else None,
+        num_negatives=spec.negatives.num_negatives if spec.trains else None,
+        seed=spec.seed,
+        # the split read, by its published name (MIRACL's mdr `test` is its dev)
+        split=build_reader(spec.data.reader).published_split(spec.data.test_split),
+        depth=evaluation.depth,  # what the measures were computed over: mrr@10 at depth 10
         num_queries=result.num_queries,
         metrics=result.metrics,
         run_file=f"runs/{primary}.trec",
@@ -106,7 +97,7 @@ def evaluate_and_report(
         code=code_version(),  # mdr's git commit (dirty: uncommitted changes) and package versions
         evaluation={
             "autocast": str(autocast).removeprefix("torch.") if autocast else None,
-            "fp16_index": bool(evaluation.fp16_index),
+            "fp16_index": evaluation.fp16_index,
             "ranks": world,
             "device": device_name(device),  # where the corpus was encoded
             "faiss": search,  # where faiss searched: gpu | cpu (evaluation.faiss_gpu, the faiss build)
@@ -120,7 +111,7 @@ def evaluate_and_report(
             evaluation_languages=list(results),
             per_language={
                 code: {
-                    "low_resource": low_resource(cfg, code),
+                    "low_resource": low_resource[code],
                     "num_queries": found.num_queries,
                     "metrics": found.metrics,
                     "run_file": f"runs/{code}.trec",
@@ -131,7 +122,7 @@ def evaluate_and_report(
         )
     payload = record.to_json()
     atomic_write_json(out / "metrics.json", payload)
-    publish_to_wandb(cfg, out, payload)
+    publish_to_wandb(spec, out, payload)
     shown = {"mrr": "MRR", "recall": "Recall", "ndcg": "nDCG"}
     for code, found in results.items():
         values = " ".join(
@@ -143,8 +134,3 @@ def evaluate_and_report(
             flush=True,
         )
     return payload
-
-
-def published_split(cfg: DictConfig) -> str:
-    """The split ``data.test_split`` reads, by the name its publisher gives it (the data group's reader says)."""
-    return build_reader(cfg.data).published_split(str(cfg.data.test_split))

@@ -1,33 +1,9 @@
-"""A run folder belongs to one config: it records the config it was made for and refuses another.
-
-On first use a folder gets ``run_folder.json``: the canonical config (the resolved config less the keys that
-cannot change a result, see :data:`mdr.utils.config_identity.IGNORED_KEYS`) and its hash. Later runs into the
-same folder:
-
-* same config, not finished: resume (Lightning restores ``checkpoints/last.ckpt``);
-* same config, finished (``metrics.json`` newer than any ``failed.json``): nothing is recomputed, the stored
-  metrics are returned (``run.on_complete=fresh`` runs it again in a clean folder); a finished run's resume
-  checkpoints are gone by then unless ``run.keep_checkpoints`` (:func:`remove_checkpoints`);
-* different config: refused with the differing keys listed, before anything is read or trained, unless the
-  folder holds no results yet (only bookkeeping files, e.g. after a run that failed validation) or
-  ``run.on_config_change=fresh``. ``fresh`` never deletes: the old contents move to
-  ``<folder>/previous-<time>/``.
-* a damaged bookkeeping file (``run_folder.json`` or ``metrics.json`` cut off or garbled, e.g. by a full disk or
-  a hand edit): :class:`RunFolderDamaged` names the file and the way out, before anything runs; a ``fresh``
-  policy moves the folder's contents aside instead (any ``fresh`` for ``run_folder.json``, whose config is
-  unknown; ``run.on_complete=fresh`` for ``metrics.json``).
-
-A single run in a new folder may instead return a finished run of the same config from another folder
-(:func:`earlier_runs`, used by :func:`mdr.lifecycle.reuse_earlier_run`).
-
-A folder is used by one process at a time (an exclusive ``flock`` on ``<folder>/.lock``); DDP ranks other
-than 0 neither lock nor record. Where the launcher starts every rank itself (SLURM tasks, torchrun), rank 0 writes
-its decision (run, already complete, refused) to ``<folder>/.ranks/<launch>.json`` and the other ranks follow it
-(:mod:`mdr.utils.ranks`), so none waits for a peer that has returned.
-
-The CSV log survives resume: :class:`ResumableCSVLogger` keeps the rows of the epochs the checkpoint holds
-and drops those of the interrupted epoch (which the resumed run logs again), where Lightning's own logger
-deletes the whole file.
+"""A run folder belongs to one config: ``run_folder.json`` records its canonical config
+(:func:`mdr.utils.config_identity.canonical_config`) and hash. A later run of the same config resumes it, or returns
+its stored metrics once finished (``run.on_complete=fresh`` runs again); another config is refused with the
+differing keys listed, unless the folder holds no results or ``run.on_config_change=fresh`` (which moves the old
+contents to ``previous-<time>/``, never deletes); a damaged record is named with the way out. One process uses a
+folder at a time (``flock`` on ``.lock``); DDP ranks other than 0 neither lock nor record (:mod:`mdr.utils.ranks`).
 """
 
 from __future__ import annotations
@@ -44,10 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from mdr.utils.config_identity import CACHE_PLACEHOLDER as CACHE_PLACEHOLDER
-from mdr.utils.config_identity import IGNORED_KEYS as IGNORED_KEYS
+from mdr.spec import RunPolicy
 from mdr.utils.config_identity import canonical_config, config_differences, config_hash
 from mdr.utils.errors import DataError
 from mdr.utils.io import atomic_write_json, atomic_write_text, writable
@@ -87,12 +62,8 @@ def require_writable(out: Path, needed: str) -> None:
 
 
 class RunFolderDamaged(RunFolderRefused):
-    """A bookkeeping file of the run folder (``run_folder.json``, ``config.yaml``, ``metrics.json``) cannot be read.
-
-    Attributes:
-        path: the damaged file.
-        reason: what is wrong with it.
-    """
+    """A bookkeeping file of the run folder (``run_folder.json``, ``config.yaml``, ``metrics.json``), ``path``,
+    cannot be read, for ``reason``."""
 
     def __init__(self, path: Path, reason: str, remedy: str) -> None:
         super().__init__(f"{path} cannot be read ({reason}); it was cut off or garbled. {remedy}")
@@ -123,13 +94,8 @@ def _read_json(path: Path, remedy: str) -> dict[str, Any]:
 
 @dataclass
 class RunFolderState:
-    """What :func:`claim` found.
-
-    Attributes:
-        complete: the stored ``metrics.json`` payload when the same config already finished here, else None.
-        resumed: true when the folder already belonged to this config.
-        moved_to: where ``fresh`` moved the old contents, if it did.
-    """
+    """What :func:`claim` found: the stored metrics when the same config finished here (``complete``), whether the
+    folder already belonged to this config (``resumed``), where ``fresh`` moved the old contents (``moved_to``)."""
 
     complete: dict[str, Any] | None = None
     resumed: bool = False
@@ -242,31 +208,18 @@ def _write_record(out: Path, canonical: dict[str, Any], created: str | None, run
     )
 
 
-def _policy(cfg: DictConfig, key: str, default: str, allowed: tuple[str, ...]) -> str:
-    value = str(OmegaConf.select(cfg, f"run.{key}", default=default))
-    if value not in allowed:
-        raise RunFolderRefused(f"run.{key} must be one of {list(allowed)}, got {value!r}")
-    return value
-
-
-def on_complete_policy(cfg: DictConfig) -> str:
-    """``run.on_complete``: ``skip`` (the default) or ``fresh``; anything else is refused naming the key."""
-    return _policy(cfg, "on_complete", "skip", ("skip", "fresh"))
-
-
-def claim(cfg: DictConfig, out: Path) -> RunFolderState:
-    """Check ``out`` against ``cfg`` and record ``cfg`` there; see the module docstring for the rules.
-
-    Raises:
-        RunFolderConflict: the folder holds results of another config and ``run.on_config_change=refuse``.
-        RunFolderDamaged: its ``run_folder.json`` (or ``metrics.json``) cannot be read and no ``fresh`` policy
-            (``run.on_complete=fresh``) says to move it aside.
-    """
-    on_change = _policy(cfg, "on_config_change", "refuse", ("refuse", "fresh"))
-    on_complete = on_complete_policy(cfg)
-    canonical = canonical_config(cfg)
+def claim(out: Path, canonical: dict[str, Any], policy: RunPolicy) -> RunFolderState:
+    """Check ``out`` against the ``canonical`` config and record it there (the module's rules): raises
+    :class:`RunFolderConflict` (another config's results, ``refuse``) or :class:`RunFolderDamaged` (an unreadable
+    record, no ``fresh`` policy)."""
+    on_change, on_complete = policy.on_config_change, policy.on_complete
     state = RunFolderState()
-    hydra_running = ".hydra" in _hydra_owned(out)
+    hydra_running = ".hydra" in _hydra_owned(out)  # Hydra already overwrote .hydra with this run's files
+
+    def restore(folder: Path) -> None:
+        if hydra_running:
+            _restore_hydra(folder, record)
+
     created = run_id = None
     try:
         record = _read_record(out)
@@ -281,11 +234,7 @@ def claim(cfg: DictConfig, out: Path) -> RunFolderState:
             raise
         state.moved_to = _move_aside(out)  # its config is unknown: either fresh policy applies
         log.warning(
-            "%s cannot be read (%s); fresh: the contents of %s moved to %s",
-            error.path,
-            error.reason,
-            out,
-            state.moved_to,
+            f"{error.path} cannot be read ({error.reason}); fresh: the contents of {out} moved to {state.moved_to}"
         )
         _write_record(out, canonical, None, None)
         return state
@@ -296,12 +245,10 @@ def claim(cfg: DictConfig, out: Path) -> RunFolderState:
             log.info("%s held no results of its earlier config; recording the new one", out)
         elif on_change == "fresh":
             state.moved_to = _move_aside(out)
-            if hydra_running:  # Hydra already overwrote .hydra with this run's files: keep the old ones
-                _restore_hydra(state.moved_to, record)
+            restore(state.moved_to)
             log.warning("run.on_config_change=fresh: earlier contents of %s moved to %s", out, state.moved_to)
         else:
-            if hydra_running:
-                _restore_hydra(out, record)
+            restore(out)
             shown = "\n  ".join(differences[:30]) + (
                 f"\n  ... and {len(differences) - 30} more" if len(differences) > 30 else ""
             )
@@ -316,19 +263,16 @@ def claim(cfg: DictConfig, out: Path) -> RunFolderState:
             complete = _completed_payload(out)
         except RunFolderDamaged as error:
             if on_complete != "fresh":
-                if hydra_running:
-                    _restore_hydra(out, record)
+                restore(out)
                 raise
             log.warning("%s cannot be read (%s); run.on_complete=fresh moves it aside", error.path, error.reason)
             complete = {}  # moved aside below like a finished run
         if complete is not None and on_complete == "fresh":
             state.moved_to = _move_aside(out)
-            if hydra_running:
-                _restore_hydra(state.moved_to, record)
+            restore(state.moved_to)
             log.warning("run.on_complete=fresh: the finished run in %s moved to %s", out, state.moved_to)
         elif complete is not None:
-            if hydra_running:
-                _restore_hydra(out, record)
+            restore(out)
             state.complete = complete
             return state
         else:
@@ -357,24 +301,18 @@ def is_new(out: Path) -> bool:
 
 @dataclass(frozen=True)
 class EarlierRun:
-    """A run of the same config in another folder (:func:`earlier_runs`).
-
-    Attributes:
-        folder: its run folder.
-        metrics: its ``metrics.json`` when it finished, None when it stopped before (it holds a resume checkpoint).
-        when: the modification time (seconds since the epoch) of ``metrics.json``, else of its checkpoint.
-    """
+    """A run of the same config in another ``folder``: its ``metrics`` (None: unfinished, it holds a resume
+    checkpoint) and ``when`` it finished (or checkpointed), in seconds since the epoch."""
 
     folder: Path
     metrics: dict[str, Any] | None
     when: float
 
 
-def earlier_runs(cfg: DictConfig, runs_dir: Path, exclude: Path) -> list[EarlierRun]:
-    """Runs of ``cfg``'s config (the same :func:`~mdr.utils.config_identity.config_hash`) in the folders directly
+def earlier_runs(wanted: str, runs_dir: Path, exclude: Path) -> list[EarlierRun]:
+    """Runs of the config hashed ``wanted`` (:func:`~mdr.utils.config_identity.config_hash`) in the folders directly
     under ``runs_dir`` other than ``exclude``: the finished ones, newest first, then the unfinished ones that
     hold ``checkpoints/last.ckpt``, newest first. A folder that cannot be read is skipped with a log line."""
-    wanted = config_hash(canonical_config(cfg))
     finished: list[EarlierRun] = []
     unfinished: list[EarlierRun] = []
     skip = exclude.resolve()
@@ -398,15 +336,10 @@ def earlier_runs(cfg: DictConfig, runs_dir: Path, exclude: Path) -> list[Earlier
     return sorted(finished, key=lambda run: -run.when) + sorted(unfinished, key=lambda run: -run.when)
 
 
-WEIGHT_KEYS = ("checkpoint", "model.name_or_path")
-"""Config keys naming the weights a run starts from; a local folder there can change while its path stays."""
-
-
-def weights_changed_since(cfg: DictConfig, when: float) -> str | None:
-    """``key=path`` of a local weights folder the config names (:data:`WEIGHT_KEYS`) holding a file modified after
-    ``when`` (a run trained again into the same folder), or None: a run of the same config before it is stale."""
-    for key in WEIGHT_KEYS:
-        value = OmegaConf.select(cfg, key, default=None)
+def weights_changed_since(folders: dict[str, str | None], when: float) -> str | None:
+    """``key=path`` of a local weights folder (``folders``: config key -> the path it names) holding a file modified
+    after ``when`` (a run trained again into the same folder), or None: a run of the same config before it is stale."""
+    for key, value in folders.items():
         folder = Path(str(value)) if value else None
         if folder is None or not folder.is_dir():
             continue
@@ -417,12 +350,9 @@ def weights_changed_since(cfg: DictConfig, when: float) -> str | None:
 
 @contextmanager
 def exclusive(out: Path) -> Iterator[None]:
-    """Hold ``<out>/.lock`` for the block; a second process on the same folder fails at once.
-
-    On file systems without ``flock`` (some network mounts) this warns and goes on unlocked. In a folder this
-    process cannot write, the lock file is opened for reading (``flock`` needs no more), or, where there is none,
-    the block runs unlocked: it can only read the folder (:func:`claim` refuses to write there).
-    """
+    """Hold ``<out>/.lock`` for the block; a second process on the same folder fails at once. Without ``flock``
+    (some network mounts) it warns and goes on unlocked; a folder this process cannot write is locked through a
+    read-only handle, or not at all where there is no lock file (:func:`claim` refuses to write there)."""
     try:
         handle = open(out / LOCK_FILE, "a+" if writable(out) else "r")
     except OSError as error:
@@ -453,79 +383,47 @@ def _tree_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file() and not path.is_symlink())
 
 
-def remove_checkpoints(cfg: DictConfig, folder: Path, encoder: Path) -> int:
-    """Delete ``<folder>/checkpoints`` once training there is over and ``encoder`` holds its weights.
+def _remove(folder: Path, why: str) -> int:
+    """Delete ``folder``; the bytes freed (0 where it cannot be: a warning, never an error, since the run's results
+    are written)."""
+    try:
+        freed = _tree_bytes(folder)
+        shutil.rmtree(folder)
+    except OSError as error:
+        log.warning("could not remove %s (%s); the run's results are complete", folder, error)
+        return 0
+    log.info(f"removed {folder} ({freed / 1e9:.2f} GB): {why}")
+    return freed
 
-    An epoch-end checkpoint holds the weights and the optimizer's two moments (~3x the saved encoder: 1.4 GB
-    for me5_small), and only a resume reads it; a finished run never resumes. ``run.keep_checkpoints=true``
-    keeps them (it applies to the command that finishes the run: a rerun without it removes them), and so does a
-    folder with no saved encoder (``train.save_encoder=false``: they are its only weights). Returns the bytes freed
-    (0 when kept, absent or not removable: a warning, never an error, since the run's results are written).
-    """
-    from mdr.models.bi_encoder import SETTINGS_FILE  # as torch in checkpoint_epochs: kept off this module's import
+
+def remove_checkpoints(folder: Path, encoder: Path, keep: bool = False) -> int:
+    """Delete ``<folder>/checkpoints`` (the resume state: weights and optimizer moments, ~3x the encoder) once
+    training there is over and ``encoder`` holds its weights, unless ``keep`` (``run.keep_checkpoints``)."""
+    from mdr.models.bi_encoder import SETTINGS_FILE  # torch: kept off this module's import
 
     checkpoints = folder / "checkpoints"
-    if not checkpoints.is_dir():
-        return 0
-    if bool(OmegaConf.select(cfg, "run.keep_checkpoints", default=False)):
+    if keep or not checkpoints.is_dir():
         return 0
     if not (encoder / SETTINGS_FILE).is_file():
         log.info("keeping %s: no saved encoder at %s holds the trained weights", checkpoints, encoder)
         return 0
-    try:
-        freed = _tree_bytes(checkpoints)
-        shutil.rmtree(checkpoints)
-    except OSError as error:  # the results are written: a leftover checkpoint is not a failed run
-        log.warning("could not remove %s (%s); the run's results are complete", checkpoints, error)
-        return 0
-    log.info(
-        "removed %s (%.2f GB, resume state only): training is over and %s holds the weights "
-        "(run.keep_checkpoints=true keeps it)",
-        checkpoints,
-        freed / 1e9,
-        encoder,
-    )
-    return freed
+    return _remove(checkpoints, f"training is over and {encoder} holds the weights (run.keep_checkpoints keeps it)")
 
 
-def remove_encoder(cfg: DictConfig, encoder: Path) -> int:
-    """Delete the finished run's saved encoder unless ``run.keep_encoder`` (default true); returns the bytes freed.
-
-    For grids whose product is the metrics and per-query files, not the weights (465 MB per me5_small job). Called
-    after :func:`remove_checkpoints` and only once ``metrics.json`` is written: while the run trains, its checkpoints
-    keep it resumable. A failure to delete is a warning, as for checkpoints.
-    """
-    if bool(OmegaConf.select(cfg, "run.keep_encoder", default=True)) or not encoder.is_dir():
-        return 0
-    try:
-        freed = _tree_bytes(encoder)
-        shutil.rmtree(encoder)
-    except OSError as error:
-        log.warning("could not remove %s (%s); the run's results are complete", encoder, error)
-        return 0
-    log.info("removed %s (%.2f GB): run.keep_encoder=false keeps only the results", encoder, freed / 1e9)
-    return freed
-
-
-def remove_weights(cfg: DictConfig, folder: Path) -> int:
-    """A finished run's tidying: its resume checkpoints, then its encoder where ``run.keep_encoder=false``.
-
-    Called once ``metrics.json`` is written, and again by a rerun of the finished folder (a kill in between left
-    them). Returns the bytes freed.
-    """
-    return remove_checkpoints(cfg, folder, folder / "encoder") + remove_encoder(cfg, folder / "encoder")
+def remove_weights(folder: Path, policy: RunPolicy) -> int:
+    """A finished run's tidying (once ``metrics.json`` is written, and again by a rerun of the finished folder):
+    its resume checkpoints, then its encoder where ``run.keep_encoder=false``. Returns the bytes freed."""
+    encoder = folder / "encoder"
+    freed = remove_checkpoints(folder, encoder, policy.keep_checkpoints)
+    if policy.keep_encoder or not encoder.is_dir():
+        return freed
+    return freed + _remove(encoder, "run.keep_encoder=false keeps only the results")
 
 
 @dataclass(frozen=True)
 class CheckpointPosition:
-    """Where a resume checkpoint stands.
-
-    Attributes:
-        epochs: epochs finished.
-        steps: optimiser steps done.
-        mid_epoch: saved inside epoch ``epochs`` (``train.checkpoint_every_n_steps``), not at an epoch end.
-        batches_done: batches of that epoch trained (0 at an epoch end).
-    """
+    """Where a resume checkpoint stands: ``epochs`` finished, optimiser ``steps`` done, and whether it was saved
+    ``mid_epoch`` (``train.checkpoint_every_n_steps``) after ``batches_done`` batches of epoch ``epochs``."""
 
     epochs: int
     steps: int
@@ -543,11 +441,8 @@ class CheckpointPosition:
 
 
 def checkpoint_position(path: Path) -> CheckpointPosition | None:
-    """Where the Lightning checkpoint ``path`` stands, or None if unreadable.
-
-    The file is memory-mapped, so no tensor is read. A mid-epoch checkpoint says so in the datamodule's state
-    (:meth:`mdr.data.datamodule.RetrievalDataModule.state_dict`); an epoch-end one holds ``epoch`` + 1 epochs.
-    """
+    """Where the Lightning checkpoint ``path`` stands (memory-mapped: no tensor is read), or None if unreadable; a
+    mid-epoch checkpoint says so in the datamodule's state, an epoch-end one holds ``epoch`` + 1 epochs."""
     import torch
 
     try:
@@ -562,9 +457,3 @@ def checkpoint_position(path: Path) -> CheckpointPosition | None:
     if mid_epoch:
         return CheckpointPosition(epoch, steps, True, int(data.get("batches_done", 0)))
     return CheckpointPosition(epoch + 1, steps, False)
-
-
-def checkpoint_epochs(path: Path) -> int | None:
-    """How many epochs the checkpoint ``path`` holds finished (:func:`checkpoint_position`), or None if unreadable."""
-    position = checkpoint_position(path)
-    return position.epochs if position else None

@@ -1,18 +1,10 @@
 """Cached stages: their keys, their folders, and running a schedule's stages in order.
 
-Every stage but the run's own is cached under ``<paths.cache_dir>/stages/<key hash>/`` (``encoder/``,
-``stage.json`` with its key, ``summary.json``), keyed by everything that shapes it
-(:data:`mdr.utils.config_identity.IDENTITY` says which config keys): the model (its settings and the content of its
-weight files, not its path), its training data (the data configs with ``paths.*`` written as placeholders, and a
-fingerprint of the split's queries, qrels and corpus content), negatives, epochs, train / loss / trainer settings,
-the resolved precision, the seed and the key of the stage before it. A moved or copied cache is reused; edited
-training data or another starting model trains again. Jobs of a sweep that need the same stage wait on a lock
-(:func:`mdr.utils.cache.cache_lock`, which holds across nodes) and reuse it, so a stage is trained once per sweep
-however many cells start from it. A reused encoder is checked against its manifest (sizes and checksums,
-:func:`mdr.utils.cache.check_folder`) and trained again, with a warning, when it is not what was saved.
-
-A stage is trained by :mod:`mdr.training` (encoder, pools, fit); the run's own stage trains in the run folder
-(resumable there, its encoder saved to ``<run>/encoder``).
+Every stage but the run's own is cached under ``<paths.cache_dir>/stages/<key hash>/``, keyed by what shapes it
+(:data:`mdr.utils.config_identity.IDENTITY` says which config keys), by content, not place: a moved cache is reused,
+edited data or another starting model trains again. Jobs needing one stage wait on its lock (across nodes) and
+reuse it, checked against its manifest. The run's own stage trains in the run folder (resumable, saved to
+``<run>/encoder``).
 """
 
 from __future__ import annotations
@@ -28,16 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
-
 from mdr import training
 from mdr.data.schema import DataError, RetrievalSplit
 from mdr.data.union import UnionSplit
+from mdr.mining.denoise import NegativePools
 from mdr.mining.pools import fingerprint as split_fingerprint
 from mdr.models.bi_encoder import SETTINGS_FILE
 from mdr.models.precision import resolve_precision
 from mdr.run_folder import remove_checkpoints
-from mdr.stages import Schedule, Source, Stage, path_roots, placeholders, plain, schedule
+from mdr.spec import Source, Spec, Stage, Trainer
 from mdr.utils.cache import (
     LockBusy,
     cache_lock,
@@ -50,60 +41,84 @@ from mdr.utils.cache import (
 )
 from mdr.utils.config_compat import drop_neutral_defaults
 from mdr.utils.config_identity import left_out
-from mdr.utils.instantiate import ensure_model_files
+from mdr.utils.instantiate import build_reader, ensure_model_files
 from mdr.utils.io import atomic_write_json
 from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
 
 TRAINER_KEYS_IGNORED = left_out("stage", "trainer")
-"""Trainer settings left out of a stage key (:data:`mdr.utils.config_identity.IDENTITY`): epochs and the resolved
-precision are keyed apart, and a cached stage is always trained by one process on one device (:func:`cached_stage`),
-so a DDP run reuses it."""
+"""Trainer settings a stage key leaves out (epochs and the resolved precision are keyed apart; a cached stage is
+trained by one process on one device, so a DDP run reuses it)."""
 TRAIN_KEYS_IGNORED = left_out("stage", "train")
-"""``train`` settings left out of a stage key: none of them changes the encoder."""
+"""``train`` settings a stage key leaves out: none changes the encoder."""
 MODEL_KEYS_IGNORED = left_out("stage", "model")
-"""``model`` settings left out of a stage key: how a local model is built (its weights are keyed by content)."""
+"""``model`` settings a stage key leaves out: how a local model is built (its weights are keyed by content)."""
 
 
 SplitMemo = dict[tuple[str, str], RetrievalSplit]
 """Training splits read for keys, by (source label, split), so training does not read them again."""
 
 
-def model_identity(cfg: DictConfig) -> str:
-    """The starting model's identity: ``folder:<digest of its files>`` for a local folder (built first where the
-    model group builds it), else the hub id. Digests are remembered under ``<paths.cache_dir>/digests``."""
-    name = str(cfg.model.name_or_path)
-    if cfg.model.get("build") is not None:
-        ensure_model_files(cfg.model)
-    path = Path(name)
+def placeholders(tree: Any, roots: Mapping[str, str], drop: tuple[str, ...] = ()) -> Any:
+    """``tree`` without its ``drop`` keys and with every string under a ``roots`` folder written as
+    ``${<name>}/...``, so that a key does not change when the data or cache folder moves (content is keyed apart)."""
+    if isinstance(tree, dict):
+        return {key: placeholders(value, roots, drop) for key, value in tree.items() if key not in drop}
+    if isinstance(tree, list):
+        return [placeholders(value, roots, drop) for value in tree]
+    if isinstance(tree, str):
+        for name, root in roots.items():
+            if root and (tree == root or tree.startswith(root.rstrip("/") + "/")):
+                return "${" + name + "}" + tree[len(root.rstrip("/")) :]
+    return tree
+
+
+def path_roots(spec: Spec) -> dict[str, str]:
+    """``paths.data_dir`` and ``paths.cache_dir`` (longest first, so a nested one wins)."""
+    roots = {"paths.cache_dir": spec.paths.cache_dir, "paths.data_dir": spec.paths.data_dir}
+    return dict(sorted(((name, root) for name, root in roots.items() if root), key=lambda item: -len(item[1])))
+
+
+def model_identity(spec: Spec) -> str:
+    """The starting model's identity: ``folder:<digest of its files>`` for a local folder (built first where its
+    group says how), else the hub id."""
+    model = spec.model
+    if model.build is not None:
+        ensure_model_files(model.name, model.name_or_path, model.build)
+    path = Path(model.name_or_path)
     if path.is_dir():
-        return f"folder:{folder_digest(path, digests_dir(cfg.paths.cache_dir))}"
-    return name
+        return f"folder:{folder_digest(path, digests_dir(spec.paths.cache_dir))}"
+    return model.name_or_path
 
 
-def _negatives_identity(cfg: DictConfig, negatives: dict[str, Any]) -> dict[str, Any]:
+def _negatives_identity(cache_dir: str, negatives: Mapping[str, Any]) -> dict[str, Any]:
     """``negatives`` with a dense miner's encoder folder and a denoising teacher folder written as the digest of
     their files: a retrained encoder re-keys the stage, a moved one does not (model groups and hub ids stay names)."""
-    result = copy.deepcopy(negatives)
+    result = copy.deepcopy(dict(negatives))
     for section, key in (("pool", "encoder"), ("denoise", "teacher")):
         value = (result.get(section) or {}).get(key)
         if value and Path(str(value)).is_dir():
-            result[section][key] = f"folder:{folder_digest(Path(str(value)), digests_dir(cfg.paths.cache_dir))}"
+            result[section][key] = f"folder:{folder_digest(Path(str(value)), digests_dir(cache_dir))}"
     return result
 
 
-def source_content(source: Source, splits: SplitMemo | None = None, target_train: RetrievalSplit | None = None) -> str:
-    """The content fingerprint (queries, qrels, corpus) of ``source``'s training split, read once into ``splits``."""
+def load_source(source: Source) -> RetrievalSplit:
+    """Read a source's training split."""
+    return build_reader(source.data.reader).load(source.split)
+
+
+def _training_split(source: Source, splits: SplitMemo | None, target_train: RetrievalSplit | None) -> RetrievalSplit:
+    """``source``'s training split, read once into ``splits`` (``target_train``: the run's own, already read)."""
     memo = splits if splits is not None else {}
     slot = (source.label, source.split)
     if slot not in memo:
-        memo[slot] = target_train if source.is_target and target_train is not None else source.load()
-    return split_fingerprint(memo[slot])
+        memo[slot] = target_train if source.is_target and target_train is not None else load_source(source)
+    return memo[slot]
 
 
 def stage_key(
-    cfg: DictConfig,
+    spec: Spec,
     stage: Stage,
     previous: str | None,
     splits: SplitMemo | None = None,
@@ -111,35 +126,35 @@ def stage_key(
     model: str | None = None,
     content: bool = True,
 ) -> dict[str, Any]:
-    """Everything that shapes a stage's encoder (not its name, nor the target language unless trained on).
-
-    Content, not places: the starting model is keyed by its weights (:func:`model_identity`, ``model``), each
-    source by its split's content fingerprint (:func:`source_content`), and paths under ``paths.data_dir`` /
-    ``paths.cache_dir`` are written as placeholders. ``content=False`` leaves the data's content out (reads
-    nothing: for comparing configs only, never for finding a cached stage).
-    """
-    roots = path_roots(cfg)
-    settings = placeholders(plain(cfg.model), roots)
+    """Everything that shapes a stage's encoder, by content, not place: the starting model by its weights
+    (``model``: :func:`model_identity`), each source by its language, data config and split's content fingerprint
+    (``content=False``: left out, nothing read; for comparing configs only), paths as placeholders."""
+    roots = path_roots(spec)
+    resolved = spec.resolved
+    settings = placeholders(dict(resolved["model"]), roots)
     for key in MODEL_KEYS_IGNORED:
         settings.pop(key, None)
-    settings["name_or_path"] = model if model is not None else model_identity(cfg)
-    trainer = {k: v for k, v in plain(cfg.trainer).items() if k not in TRAINER_KEYS_IGNORED}
-    train_on = [
-        source.key(roots, source_content(source, splits, target_train) if content else None) for source in stage.sources
-    ]
+    settings["name_or_path"] = model if model is not None else model_identity(spec)
+    train_on = []
+    for source in stage.sources:
+        # where a corpus is stored (cache_dir) does not change the data
+        key = {"language": source.code, "data": placeholders(dict(source.data.resolved), roots, ("cache_dir",))}
+        key["split"] = source.split
+        if content:
+            key["content"] = split_fingerprint(_training_split(source, splits, target_train))
+        train_on.append(key)
+    train = {k: v for k, v in resolved["train"].items() if k not in TRAIN_KEYS_IGNORED}
     return {
         "model": settings,
         "previous": previous,
         "train_on": train_on,
         "epochs": stage.epochs,
-        "negatives": placeholders(_negatives_identity(cfg, stage.negatives), roots),
-        "train": drop_neutral_defaults(
-            {"train": {k: v for k, v in plain(cfg.train).items() if k not in TRAIN_KEYS_IGNORED}}
-        )["train"],
-        "loss": plain(cfg.loss),
-        "trainer": trainer,
-        "precision": resolve_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator)),
-        "seed": int(cfg.seed),
+        "negatives": placeholders(_negatives_identity(spec.paths.cache_dir, stage.negatives.resolved), roots),
+        "train": drop_neutral_defaults({"train": train})["train"],
+        "loss": dict(resolved["loss"]),
+        "trainer": {k: v for k, v in resolved["trainer"].items() if k not in TRAINER_KEYS_IGNORED},
+        "precision": resolve_precision(spec.trainer.precision, spec.trainer.accelerator),
+        "seed": spec.seed,
     }
 
 
@@ -149,36 +164,28 @@ def key_digest(key: Mapping[str, Any]) -> str:
 
 
 def stage_keys(
-    cfg: DictConfig,
-    plan: Schedule,
-    splits: SplitMemo | None = None,
-    target_train: RetrievalSplit | None = None,
-    content: bool = True,
+    spec: Spec, splits: SplitMemo | None = None, target_train: RetrievalSplit | None = None, content: bool = True
 ) -> list[tuple[dict[str, Any], str]]:
-    """(key, digest) of every stage, each chained to the one before.
-
-    Reads each stage's training splits for their content fingerprints (into ``splits`` when given, so that
-    training reuses them; ``target_train`` stands for the run's own). ``content=False``: config only
-    (:func:`stage_key`).
-    """
+    """(key, digest) of every stage of the schedule, each chained to the one before; the splits read for their
+    content go into ``splits`` (training reuses them; ``target_train`` stands for the run's own)."""
     keys: list[tuple[dict[str, Any], str]] = []
     previous = None
-    model = model_identity(cfg) if plan.stages else None
-    for stage in plan.stages:
-        key = stage_key(cfg, stage, previous, splits, target_train, model, content)
+    model = model_identity(spec) if spec.schedule.stages else None
+    for stage in spec.schedule.stages:
+        key = stage_key(spec, stage, previous, splits, target_train, model, content)
         previous = key_digest(key)
         keys.append((key, previous))
     return keys
 
 
-def stage_dir(cfg: DictConfig, digest: str) -> Path:
+def stage_dir(spec: Spec, digest: str) -> Path:
     """``<paths.cache_dir>/stages/<digest>``."""
-    return Path(cfg.paths.cache_dir) / "stages" / digest
+    return Path(spec.paths.cache_dir) / "stages" / digest
 
 
 @dataclass
 class StageRun:
-    """A stage just trained: its encoder, tokenizer, fit summary and negatives record."""
+    """A stage just trained: its encoder, tokenizer, fit summary and denoise record."""
 
     encoder: Any
     tokenizer: Any
@@ -188,69 +195,42 @@ class StageRun:
     world_size: int = 1
 
 
-def stage_config(cfg: DictConfig, stage: Stage, out: Path, own: bool) -> DictConfig:
-    """The config ``fit`` gets for ``stage``: its epochs and negatives, its single source's language and data."""
-    stage_cfg = copy.deepcopy(stage.sources[0].cfg if len(stage.sources) == 1 else cfg)
-    with open_dict(stage_cfg):
-        stage_cfg.negatives = OmegaConf.create(stage.negatives)
-        stage_cfg.trainer.max_epochs = stage.epochs
-        if not own:
-            stage_cfg.paths.output_dir = str(out)
-            stage_cfg.logger.wandb.enabled = False
-    return stage_cfg
-
-
 def training_data(
-    stage_cfg: DictConfig,
-    stage: Stage,
-    target_train: RetrievalSplit | None,
-    splits: SplitMemo | None = None,
+    spec: Spec, stage: Stage, target_train: RetrievalSplit | None, splits: SplitMemo | None = None
 ) -> tuple[RetrievalSplit | UnionSplit, Mapping[str, list[str]], Any]:
-    """The stage's training split (a :class:`UnionSplit` for several sources), its pools and denoise record.
-
-    Splits already read for the stage's key are taken from ``splits``.
-    """
+    """The stage's training split (a :class:`UnionSplit` for several sources, each query's negatives from its own
+    language's corpus and pools), its pools and its denoise record; splits read for the key come from ``splits``."""
     loaded = []
     for source in stage.sources:
-        if splits is not None and (source.label, source.split) in splits:
-            split = splits[(source.label, source.split)]
-        else:
-            split = target_train if source.is_target and target_train is not None else source.load()
+        split = _training_split(source, splits, target_train)
         log.info("stage %s: %s %s, %d queries", stage.name, source.label, source.split, len(split.queries))
-        pools = training.negative_pools(stage_cfg, split, OmegaConf.create(source.language))
-        loaded.append((source, split, pools))
+        loaded.append((source, split, training.negative_pools(spec, stage.negatives, split, source.language)))
     if len(loaded) == 1:
         _, split, pools = loaded[0]
-        denoised = getattr(pools, "denoise", None)
-        return split, pools, denoised.as_dict() if denoised is not None else None
-    from mdr.mining.denoise import NegativePools
-
+        return split, pools, pools.denoise.as_dict() if pools.denoise is not None else None
     union = UnionSplit([(source.part, split) for source, split, _ in loaded])
     merged = NegativePools()
     denoise: dict[str, Any] = {}
     for source, _, pools in loaded:
         merged.update(UnionSplit.namespace_pools(source.part, pools))
-        if getattr(pools, "denoise", None) is not None:
+        if pools.denoise is not None:
             denoise[source.part] = pools.denoise.as_dict()
     return union, merged, denoise or None
 
 
 def run_stage(
-    cfg: DictConfig,
+    spec: Spec,
     stage: Stage,
     start: str | None,
     out: Path,
     target_train: RetrievalSplit | None = None,
     splits: SplitMemo | None = None,
 ) -> StageRun:
-    """Train one stage from ``start`` (an encoder folder; None: the configured model) in ``out``.
-
-    ``fit`` resumes from ``out/checkpoints/last.ckpt`` when a killed attempt left one.
-    """
-    stage_cfg = stage_config(cfg, stage, out, stage.own)
-    data, pools, denoise = training_data(stage_cfg, stage, target_train, splits)
-    encoder, tokenizer = training.load_encoder(stage_cfg, start)
-    fitted = training.fit(stage_cfg, encoder, tokenizer, data, pools, out)
+    """Train one stage from ``start`` (an encoder folder; None: the configured model) in ``out``; ``fit`` resumes
+    from ``out/checkpoints/last.ckpt`` when a killed attempt left one."""
+    data, pools, denoise = training_data(spec, stage, target_train, splits)
+    encoder, tokenizer = training.load_encoder(spec.model, start)
+    fitted = training.fit(spec, stage, encoder, tokenizer, data, pools, out)
     trainer = fitted["trainer"]
     return StageRun(
         encoder, tokenizer, fitted["summary"], denoise, bool(trainer.is_global_zero), int(trainer.world_size)
@@ -258,7 +238,7 @@ def run_stage(
 
 
 def cached_stage(
-    cfg: DictConfig,
+    spec: Spec,
     stage: Stage,
     key: dict[str, Any],
     digest: str,
@@ -268,14 +248,11 @@ def cached_stage(
 ) -> tuple[Path, str, dict[str, Any] | None]:
     """(encoder folder, ``trained``, ``reused`` or ``busy``, summary) of a cached stage, trained now unless found.
 
-    Jobs needing the same stage wait on ``<dir>/.lock`` (:func:`mdr.utils.cache.cache_lock`: it holds across
-    nodes, so two jobs never train into one ``run/``); the encoder is saved with a manifest to
-    ``.encoder.tmp-<host>-<pid>`` and renamed, so a folder with ``encoder/`` is complete. A found encoder is
-    reused only when ``stage.json`` holds this key and the encoder matches its manifest (sizes, and every byte up
-    to :data:`mdr.utils.cache.FULL_CHECK_BYTES`); otherwise the reason is logged and the stage is trained again.
-    With ``wait=False`` (``run.stages_only``) a stage another job holds is left to it: ``busy``, nothing trained.
+    Jobs needing the same stage wait on ``<dir>/.lock`` (``wait=False``: ``busy``, left to the job holding it); the
+    encoder is saved with a manifest to a staging folder and renamed, so a folder with ``encoder/`` is complete. A
+    found encoder is reused only when ``stage.json`` holds this key and the encoder matches its manifest.
     """
-    root = stage_dir(cfg, digest)
+    root = stage_dir(spec, digest)
     encoder_dir = root / "encoder"
     root.mkdir(parents=True, exist_ok=True)
     waiting = f"stage {stage.name}: another job is training {root}; waiting for it"
@@ -294,7 +271,7 @@ def cached_stage(
             aside = root / f".encoder.broken-{uuid.uuid4().hex[:8]}"
             encoder_dir.rename(aside)  # a job loading it keeps its open files
             shutil.rmtree(aside, ignore_errors=True)
-        if not one_process(cfg):  # its ranks would wait on this lock for each other
+        if not one_process(spec.trainer):  # its ranks would wait on this lock for each other
             raise DataError(
                 f"stage {stage.name} ({root}) is not cached yet, and cached stages are trained by one process on one "
                 "device: run the same command once with trainer=gpu (trainer=cpu on CPU) in place of trainer=ddp and "
@@ -304,7 +281,7 @@ def cached_stage(
             )
         atomic_write_json(root / "stage.json", {"name": stage.name, "key": key})
         log.info("stage %s: training on %s -> %s", stage.name, ", ".join(s.label for s in stage.sources), root)
-        trained = run_stage(cfg, stage, start, root / "run", splits=splits)
+        trained = run_stage(spec, stage, start, root / "run", splits=splits)
         if not trained.is_global_zero:
             raise RuntimeError(
                 f"stage {stage.name} is cached and must be trained before DDP spawns: train it first with trainer=gpu "
@@ -321,7 +298,7 @@ def cached_stage(
             staging.rename(encoder_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        remove_checkpoints(cfg, root / "run", encoder_dir)  # later jobs reuse the encoder, never resume
+        remove_checkpoints(root / "run", encoder_dir)  # later jobs reuse the encoder, never resume
         return encoder_dir, "trained", summary
 
 
@@ -331,21 +308,18 @@ def _reuse_problem(root: Path, key: Mapping[str, Any]) -> str | None:
         recorded = json.loads((root / "stage.json").read_text(encoding="utf-8")).get("key")
     except (OSError, ValueError, AttributeError) as error:
         return f"{root / 'stage.json'} cannot be read ({error})"
-    if json.loads(json.dumps(recorded, sort_keys=True, default=str)) != json.loads(
-        json.dumps(key, sort_keys=True, default=str)
-    ):
+    if key_digest(recorded) != key_digest(key):
         return f"{root / 'stage.json'} holds another key than this run's"
     return check_folder(root / "encoder", "auto")
 
 
-def one_process(cfg: DictConfig) -> bool:
+def one_process(trainer: Trainer) -> bool:
     """Whether the trainer runs as a single process on one device (no DDP)."""
-    trainer = cfg.trainer
-    devices = trainer.get("devices", 1)
-    count = len(devices) if isinstance(devices, (list, ListConfig)) else devices
+    devices = trainer.devices
+    count = len(devices) if isinstance(devices, list) else devices
     if str(count) == "auto":
-        count = 1 if str(trainer.get("accelerator")) == "cpu" else "auto"
-    return str(count) == "1" and int(trainer.get("num_nodes") or 1) == 1
+        count = 1 if trainer.accelerator == "cpu" else "auto"
+    return str(count) == "1" and int(trainer.num_nodes or 1) == 1
 
 
 def _summary(root: Path) -> dict[str, Any] | None:
@@ -361,14 +335,9 @@ def _summary(root: Path) -> dict[str, Any] | None:
 
 @dataclass
 class ScheduleResult:
-    """What the schedule left to evaluate.
-
-    Attributes:
-        encoder / tokenizer: the final encoder (the configured model for zero-shot).
-        extra: metrics.json fields: ``train`` (the final stage's training summary), ``initialised_from`` (the
-            encoder the final stage started from), ``encoder`` (the evaluated encoder's folder), ``denoised`` /
-            ``denoise``, ``proportion_applies_to`` and ``schedule`` (one record per stage).
-    """
+    """The final encoder (the configured model for zero-shot) and the metrics.json fields the schedule fills:
+    ``train`` (the final stage's summary), ``initialised_from``, ``encoder`` (its folder), ``denoised`` /
+    ``denoise``, ``proportion_applies_to`` and ``schedule`` (one record per stage)."""
 
     encoder: Any
     tokenizer: Any
@@ -377,13 +346,14 @@ class ScheduleResult:
 
 
 def _record(stage: Stage, digest: str) -> dict[str, Any]:
+    negatives = stage.negatives
     return {
         "name": stage.name,
         "train_on": [f"{source.label}:{source.split}" for source in stage.sources],
         "epochs": stage.epochs,
-        "hard_proportion": stage.hard_proportion,
-        "num_negatives": int(stage.negatives["num_negatives"]),
-        "pool": (stage.negatives.get("pool") or {}).get("source"),
+        "hard_proportion": negatives.hard_proportion,
+        "num_negatives": negatives.num_negatives,
+        "pool": negatives.pool.source if negatives.pool is not None else None,
         "key": digest,
         "dir": None,
         "status": None,
@@ -391,81 +361,66 @@ def _record(stage: Stage, digest: str) -> dict[str, Any]:
     }
 
 
-def run_schedule(cfg: DictConfig, out: Path, target_train: RetrievalSplit | None = None) -> ScheduleResult:
-    """Run the schedule's stages in order; return the final encoder (on every DDP rank).
+def _cached_stages(
+    spec: Spec, splits: SplitMemo, target_train: RetrievalSplit | None = None, wait: bool = True
+) -> tuple[list[dict[str, Any]], list[str | None], dict[str, Any] | None]:
+    """Train or find the schedule's cached stages in order: (one record per stage, the encoder each cached stage
+    started from and the last one's, the last one's summary). ``wait=False``: a stage another job holds is left to
+    it (``busy``) and the stages after it too."""
+    keys = stage_keys(spec, splits, target_train)
+    records = [_record(stage, digest) for stage, (_, digest) in zip(spec.schedule.stages, keys)]
+    starts: list[str | None] = [None]
+    summary = None
+    for stage in (stage for stage in spec.schedule.stages if not stage.own):
+        key, digest = keys[stage.index]
+        encoder_dir, status, summary = cached_stage(spec, stage, key, digest, starts[-1], splits, wait)
+        records[stage.index].update(dir=str(stage_dir(spec, digest)), status=status, train=summary)
+        if status == "busy":
+            break
+        starts.append(str(encoder_dir))
+    return records, starts, summary
 
-    After a DDP fit every rank gets a result with ``distributed=True``: each evaluates its shards of the corpus
-    (:func:`mdr.run_evaluation.evaluate_and_report`); only rank 0 saves the encoder and writes files.
 
-    Cached stages come first (trained or reused); the run's own stage trains in ``out`` and, with
-    ``train.save_encoder``, is saved to ``out/encoder``. Each record's ``status`` is ``trained`` or ``reused``
-    (cached stages) or ``run`` (the run's own).
-
-    Args:
-        target_train: the run's own training split, already read (``mdr.pipeline.load_splits``), or None.
-    """
-    plan = schedule(cfg)
+def run_schedule(spec: Spec, out: Path, target_train: RetrievalSplit | None = None) -> ScheduleResult:
+    """Run the schedule's stages in order (cached ones ``trained`` or ``reused``, then the run's own, ``run``, in
+    ``out``, saved to ``out/encoder`` with ``train.save_encoder``); return the final encoder, on every DDP rank
+    (``distributed``: each evaluates its shards). ``target_train``: the run's own training split, already read."""
+    plan = spec.schedule
     splits: SplitMemo = {}
-    keys = stage_keys(cfg, plan, splits, target_train)
-    records = [_record(stage, digest) for stage, (_, digest) in zip(plan.stages, keys)]
+    records, starts, summary = _cached_stages(spec, splits, target_train)
+    start = starts[-1]
     extra: dict[str, Any] = {
         "train": None,
-        "initialised_from": None,
+        "initialised_from": starts[-2] if len(starts) > 1 else None,
         "encoder": None,
         "denoised": False,
         "denoise": None,
         "proportion_applies_to": plan.proportion_applies_to,
         "schedule": {"name": plan.name, "proportion_applies_to": plan.proportion_applies_to, "stages": records},
     }
-    start: str | None = None
-    summary: dict[str, Any] | None = None
-    for stage in (stage for stage in plan.stages if not stage.own):
-        key, digest = keys[stage.index]
-        encoder_dir, status, summary = cached_stage(cfg, stage, key, digest, start, splits)
-        records[stage.index].update(dir=str(stage_dir(cfg, digest)), status=status, train=summary)
-        extra["initialised_from"] = start
-        start = str(encoder_dir)
-    if not plan.stages:  # zero-shot
-        encoder, tokenizer = training.load_encoder(cfg, None)
+    if not plan.trains_on_target:  # zero-shot, or the final stage is cached: evaluate its encoder
+        encoder, tokenizer = training.load_encoder(spec.model, start)
+        if plan.stages:
+            denoise = (summary or {}).get("denoise")
+            extra.update(train=summary, encoder=start, denoised=denoise is not None, denoise=denoise)
         return ScheduleResult(encoder, tokenizer, extra)
-    last = plan.stages[-1]
-    if not last.own:  # the final stage is cached: evaluate its encoder
-        encoder, tokenizer = training.load_encoder(cfg, start)
-        denoise = (summary or {}).get("denoise")
-        extra.update(train=summary, encoder=start, denoised=denoise is not None, denoise=denoise)
-        return ScheduleResult(encoder, tokenizer, extra)
-    trained = run_stage(cfg, last, start, out, target_train, splits)
+    trained = run_stage(spec, plan.stages[-1], start, out, target_train, splits)
     distributed = trained.world_size > 1
     if not trained.is_global_zero:
         return ScheduleResult(trained.encoder, trained.tokenizer, extra, distributed)
     records[-1].update(status="run", train=trained.summary)
     extra.update(train=trained.summary, initialised_from=start, denoised=trained.denoise is not None)
     extra["denoise"] = trained.denoise
-    if cfg.train.save_encoder:
+    if spec.train.save_encoder:
         trained.encoder.save_pretrained(out / "encoder", trained.tokenizer)
         extra["encoder"] = str(out / "encoder")
     return ScheduleResult(trained.encoder, trained.tokenizer, extra, distributed)
 
 
-def train_cached_stages(cfg: DictConfig) -> dict[str, Any]:
-    """``run.stages_only``: train (or find) the run's cached stages in order, nothing else; return their records.
-
-    A pass of this over a sweep's command trains each distinct cached stage in one job: a stage another job
-    holds is not waited for (``busy``, and the later stages of this run are left for the run itself), so no
-    job holds a device waiting on a stage lock. The run's own stage, evaluation and ``metrics.json`` are left
-    to the normal run of the same command, which then reuses the cache.
-    """
-    plan = schedule(cfg)
-    splits: SplitMemo = {}
-    keys = stage_keys(cfg, plan, splits)
-    records = [_record(stage, digest) for stage, (_, digest) in zip(plan.stages, keys)]
-    start: str | None = None
-    for stage in (stage for stage in plan.stages if not stage.own):
-        key, digest = keys[stage.index]
-        encoder_dir, status, summary = cached_stage(cfg, stage, key, digest, start, splits, wait=False)
-        records[stage.index].update(dir=str(stage_dir(cfg, digest)), status=status, train=summary)
-        if status == "busy":
-            break
-        start = str(encoder_dir)
+def train_cached_stages(spec: Spec) -> dict[str, Any]:
+    """``run.stages_only``: train (or find) the cached stages in order, nothing else; return their records. A stage
+    another job holds is not waited for (``busy``; the later ones are left to the run), so no job holds a device
+    waiting on a lock."""
+    records, _, _ = _cached_stages(spec, {}, wait=False)
     done = [record for record in records if record["status"] is not None]
-    return {"stages_only": True, "schedule": {"name": plan.name, "stages": done}}
+    return {"stages_only": True, "schedule": {"name": spec.schedule.name, "stages": done}}

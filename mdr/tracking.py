@@ -12,9 +12,9 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
 
 from mdr import run_folder
+from mdr.spec import Spec, Stage
 from mdr.utils.io import atomic_write_text
 from mdr.utils.logging import get_logger
 from mdr.utils.quiet import drop_unset_wandb_anonymous
@@ -40,65 +40,66 @@ def sweep_name(out: Path) -> str:
     return out.parent.name if out.parent.parent.name == "multiruns" else out.name
 
 
-def run_name(cfg: DictConfig) -> str:
-    """A readable run name: language, model, stage, proportion (one spelling; ``-`` where nothing trains), seed."""
-    stage = cfg.stage.name if cfg.get("stage") else "eval"
-    proportion = f"{float(cfg.negatives.hard_proportion):g}" if trained_any(cfg) else "-"
-    return f"{cfg.language.code}-{cfg.model.name}-{stage}-p{proportion}-s{cfg.seed}"
+def run_name(spec: Spec, stage: Stage | None = None) -> str:
+    """A readable run name: language, model, stage, proportion (one spelling; ``-`` where nothing trains), seed.
+
+    With ``stage``: that stage's (its one source's language, its proportion)."""
+    code = stage.sources[0].code if stage is not None and len(stage.sources) == 1 else spec.language.code
+    schedule = spec.schedule.name if spec.schedule is not None else "eval"
+    if stage is not None:
+        proportion = f"{stage.negatives.hard_proportion:g}"
+    else:
+        proportion = f"{spec.negatives.hard_proportion:g}" if spec.trains else "-"
+    return f"{code}-{spec.model.name}-{schedule}-p{proportion}-s{spec.seed}"
 
 
-def trained_any(cfg: DictConfig) -> bool:
-    """Whether the run's schedule trains at all (not ``stage=zero_shot``, not evaluate.py)."""
-    stage = cfg.get("stage")  # the listed stages, not resolved: a stage's own derived config must pass too
-    return cfg.get("negatives") is not None and stage is not None and bool(stage.get("stages"))
-
-
-def wandb_settings(cfg: DictConfig, out: Path) -> dict[str, Any]:
+def wandb_settings(spec: Spec, out: Path) -> dict[str, Any]:
     """Keyword arguments shared by ``WandbLogger`` and ``wandb.init``: one group per sweep, offline by default.
 
     The W&B run id is the run folder's (:func:`mdr.run_folder.run_id`) with ``resume="allow"``: every attempt of a
     resumed run logs to one W&B run (offline, ``wandb sync`` merges the attempts' folders into it).
     """
-    wandb_cfg = cfg.logger.wandb
+    logger = spec.logger
     os.environ.setdefault("WANDB_SILENT", "true")
     identity = run_folder.run_id(out)
     resume = {"id": identity, "resume": "allow"} if identity else {}
     return {
         **resume,
-        "project": wandb_cfg.project,
-        "entity": wandb_cfg.entity,
-        "group": wandb_cfg.group or sweep_name(out),
-        "name": run_name(cfg),
+        "project": logger.wandb_project,
+        "entity": logger.wandb_entity,
+        "group": logger.wandb_group or sweep_name(out),
+        "name": run_name(spec),
         "dir": str(out),
-        "mode": wandb_cfg.mode,
-        "job_type": cfg.task_name,
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "mode": logger.wandb_mode,
+        "job_type": spec.task_name,
+        "config": dict(spec.resolved),
     }
 
 
-def build_loggers(cfg: DictConfig, out: Path) -> list[Any]:
-    """CSV always (kept across resume: :func:`csv_logger`); W&B grouped by the multirun folder."""
+def build_loggers(spec: Spec, out: Path, wandb: bool = True) -> list[Any]:
+    """CSV always (kept across resume: :func:`csv_logger`); W&B (where ``logger.wandb.enabled`` and ``wandb``)
+    grouped by the multirun folder."""
     loggers: list[Any] = [csv_logger(out)]
-    if cfg.logger.wandb.enabled:
+    if wandb and spec.logger.wandb_enabled:
         from lightning.pytorch.loggers import WandbLogger
 
-        settings = wandb_settings(cfg, out)
+        settings = wandb_settings(spec, out)
         settings["save_dir"] = settings.pop("dir")
         loggers.append(drop_unset_wandb_anonymous(WandbLogger(**settings)))
     return loggers
 
 
-def publish_to_wandb(cfg: DictConfig, out: Path, payload: dict[str, Any]) -> None:
+def publish_to_wandb(spec: Spec, out: Path, payload: dict[str, Any]) -> None:
     """Put the test metrics and the cell into the run's W&B summary and close the run.
 
     Closing matters in a multirun: jobs share one process, and an open run would swallow the next job's logs.
     """
-    if not cfg.logger.wandb.enabled:
+    if not spec.logger.wandb_enabled:
         return
     import wandb
 
     if wandb.run is None:  # zero-shot / evaluate.py: no training logger opened a run
-        wandb.init(**wandb_settings(cfg, out))
+        wandb.init(**wandb_settings(spec, out))
     summary = {f"test/{name}": value for name, value in payload["metrics"].items()}
     for code, section in payload.get("per_language", {}).items():  # evaluation.languages
         summary.update({f"test/{code}/{name}": value for name, value in section["metrics"].items()})

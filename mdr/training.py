@@ -10,121 +10,150 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.plugins.environments import SLURMEnvironment
-from omegaconf import DictConfig, OmegaConf
 
 from mdr import run_folder
 from mdr.data.collator import BiEncoderCollator
 from mdr.data.datamodule import RetrievalDataModule
-from mdr.data.negatives import NegativeSampler
+from mdr.data.negatives import NegativeSampler, num_hard
 from mdr.data.schema import DataError, RetrievalSplit
 from mdr.losses import InfoNCELoss
+from mdr.mining.denoise import NegativePools, denoise_pools
 from mdr.mining.miner import PoolSettings, hard_negative_pools
 from mdr.models.bi_encoder import SETTINGS_FILE, BiEncoder, EncoderSettings, ModelLoadError, load_tokenizer
 from mdr.models.dropout import sdpa_supported
 from mdr.models.module import AtomicCheckpointIO, BiEncoderModule, EpochEndCheckpoint
 from mdr.models.precision import resolve_precision
 from mdr.models.progress import ProgressLog
+from mdr.spec import Language, Model, Negatives, Spec, Stage, Trainer
 from mdr.tracking import build_loggers, run_name
 from mdr.utils.allocator import retain_freed_memory
+from mdr.utils.cache import digests_dir, folder_digest
+from mdr.utils.config_identity import pool_keys
 from mdr.utils.environment import device_name
-from mdr.utils.instantiate import encoder_settings, ensure_model_files
+from mdr.utils.instantiate import ensure_model_files
 from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
 
 
-def load_encoder(cfg: DictConfig, name_or_path: str | None = None) -> tuple[BiEncoder, Any]:
-    """The configured encoder (built locally first where the model group says how) and its tokenizer."""
+def load_encoder(model: Model, name_or_path: str | None = None) -> tuple[BiEncoder, Any]:
+    """The encoder at ``name_or_path`` (None: the model group's, built locally first where the group says how)
+    and its tokenizer; a saved encoder's own settings win over the group's."""
     if name_or_path is None:
-        ensure_model_files(cfg.model)
-        name_or_path = str(cfg.model.name_or_path)
-    settings = encoder_settings(cfg.model)
+        ensure_model_files(model.name, model.name_or_path, model.build)
+        name_or_path = model.name_or_path
+    settings = model.encoder
     saved = Path(name_or_path) / SETTINGS_FILE
     if saved.is_file():
         settings = EncoderSettings(**json.loads(saved.read_text()))
     return BiEncoder.from_pretrained(name_or_path, settings), load_tokenizer(name_or_path)
 
 
-def negative_pools(cfg: DictConfig, split: RetrievalSplit, language: DictConfig) -> dict[str, list[str]]:
-    """The run's hard-negative pools; nothing is mined when no hard negative is asked for.
+def pool_key(settings: PoolSettings, analyzer: str | None, cache_dir: str | Path) -> dict[str, Any]:
+    """A mined pool's cache key: the pool settings :data:`mdr.utils.config_identity.IDENTITY` counts for a pool
+    that apply to its source (``backend``: bm25; ``tokenizer``: bm25s, by its version, with the index's; ``encoder``:
+    dense, a folder by its content), and the language's analyzer for bm25."""
+    from mdr.mining.bm25 import INDEX_VERSION
+    from mdr.mining.tokenize import tokenizer_version
 
-    Returns a :class:`mdr.mining.denoise.NegativePools` (a dict): with ``negatives.denoise.enabled`` a teacher
-    encoder has dropped likely false negatives, and its ``.denoise`` (:class:`~mdr.mining.denoise.DenoiseStats`,
-    None when not denoised) says how many.
+    bm25 = settings.source == "bm25"
+    applies = {
+        "backend": bm25,
+        "tokenizer": bm25 and settings.backend == "bm25s",
+        "encoder": settings.source == "dense",
+    }
+    key = {name: getattr(settings, name) for name in pool_keys() if applies.get(name, True)}
+    if bm25:
+        key["analyzer"] = analyzer
+    if "tokenizer" in key:
+        key.update(tokenizer=tokenizer_version(settings.tokenizer), index=INDEX_VERSION)
+    if "encoder" in key and Path(str(settings.encoder)).is_dir():
+        key["encoder"] = f"folder:{folder_digest(Path(str(settings.encoder)), digests_dir(cache_dir))}"
+    return key
+
+
+def negative_pools(spec: Spec, negatives: Negatives, split: RetrievalSplit, language: Language) -> NegativePools:
+    """The hard-negative pools of ``negatives`` on ``split``; nothing is mined when no hard negative is drawn.
+
+    With ``denoise.enabled`` a teacher encoder has dropped likely false negatives, and the result's ``.denoise``
+    (:class:`~mdr.mining.denoise.DenoiseStats`, None when not denoised) says how many.
     """
-    from mdr.mining.denoise import DenoiseSettings, NegativePools, denoise_pools, teacher_model
-
-    denoise = DenoiseSettings.from_config(cfg.negatives.get("denoise"))
-    if NegativeSampler(cfg.negatives.num_negatives, cfg.negatives.hard_proportion).num_hard == 0:
+    if negatives.pool is None or num_hard(negatives.hard_proportion, negatives.num_negatives) == 0:
         return NegativePools()
-    settings = PoolSettings(**OmegaConf.to_container(cfg.negatives.pool, resolve=True))  # type: ignore[arg-type]
-    device = "cpu" if cfg.get("trainer", {}).get("accelerator") == "cpu" else None  # None: CUDA where there is one
+    device = mining_device(spec.trainer)
+    cache_dir = spec.paths.cache_dir
     pools = hard_negative_pools(
-        settings,
+        negatives.pool,
         split,
         language.code,
         language.analyzer,
-        cfg.paths.cache_dir,
-        lambda path: load_encoder(cfg, path),
+        cache_dir,
+        lambda path: load_encoder(spec.model, path),
         device,
+        key=pool_key(negatives.pool, language.analyzer, cache_dir),
     )
-    if not denoise.enabled:
+    teacher = negatives.teacher
+    if teacher is None:
         return NegativePools(pools)
-    teacher_cfg, teacher_path = teacher_model(cfg, denoise.teacher)
 
     def load_teacher() -> tuple[BiEncoder, Any, str]:
-        encoder, tokenizer = load_encoder(teacher_cfg, teacher_path)
-        return encoder, tokenizer, teacher_path or str(teacher_cfg.model.name_or_path)
+        encoder, tokenizer = load_encoder(teacher.model, teacher.folder)
+        return encoder, tokenizer, teacher.folder or teacher.model.name_or_path
 
-    return denoise_pools(pools, split, language.code, denoise, load_teacher, cfg.paths.cache_dir, device)
+    return denoise_pools(pools, split, language.code, negatives.denoise, load_teacher, cache_dir, device)
 
 
-def trains_on_cpu(cfg: DictConfig) -> bool:
+def mining_device(trainer: Trainer | None) -> str | None:
+    """Where pools are mined and a teacher scores: the CPU for a CPU trainer, else None (CUDA where there is one)."""
+    return "cpu" if trainer is not None and trainer.accelerator == "cpu" else None
+
+
+def trains_on_cpu(trainer: Trainer) -> bool:
     """Whether ``trainer.accelerator`` puts training on the CPU (``auto`` does where there is no CUDA)."""
-    accelerator = str(cfg.trainer.accelerator)
-    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    return trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and not torch.cuda.is_available())
 
 
-def fast_dropout_on(cfg: DictConfig, encoder: BiEncoder) -> bool:
+def fast_dropout_on(spec: Spec, encoder: BiEncoder) -> bool:
     """``train.fast_dropout`` resolved for ``encoder``: true, false, or ``auto`` = CPU training of an SDPA model."""
-    setting = cfg.train.fast_dropout
-    if setting == "auto":
-        return trains_on_cpu(cfg) and encoder.fast_dropout_supported()
-    return bool(setting)
+    if spec.train.fast_dropout == "auto":
+        return trains_on_cpu(spec.trainer) and encoder.fast_dropout_supported()
+    return bool(spec.train.fast_dropout)
 
 
-def check_fast_dropout(cfg: DictConfig) -> None:
-    """With ``train.fast_dropout=true``, the configured model must run SDPA attention (read from its config alone).
-
-    ``auto`` needs no check: it is off for a model without SDPA (:func:`fast_dropout_on`).
-
-    Raises:
-        DataError: it does not; ModelLoadError: its config cannot be loaded.
-    """
-    if cfg.train.fast_dropout is not True:
+def check_fast_dropout(spec: Spec) -> None:
+    """With ``train.fast_dropout=true`` the model must run SDPA attention, read from its config alone (``auto`` is
+    off for a model without it): a :class:`DataError` where it does not."""
+    if spec.train.fast_dropout is not True:
         return
-    ensure_model_files(cfg.model)
-    name = str(cfg.model.name_or_path)
+    model = spec.model
+    ensure_model_files(model.name, model.name_or_path, model.build)
     try:
-        supported = sdpa_supported(name)
+        supported = sdpa_supported(model.name_or_path)
     except (OSError, ValueError) as error:
-        raise ModelLoadError(f"model.name_or_path={name!r}: no model config can be loaded ({error})") from error
+        raise ModelLoadError(
+            f"model.name_or_path={model.name_or_path!r}: no model config can be loaded ({error})"
+        ) from error
     if not supported:
         raise DataError(
-            f"train.fast_dropout=true: model.name_or_path={name!r} does not run SDPA attention, the only one fast "
-            "dropout replaces; set train.fast_dropout=false"
+            f"train.fast_dropout=true: model.name_or_path={model.name_or_path!r} does not run SDPA attention, the only "
+            "one fast dropout replaces; set train.fast_dropout=false"
         )
 
 
 def fit(
-    cfg: DictConfig, encoder: BiEncoder, tokenizer: Any, split: RetrievalSplit, pools: dict[str, list[str]], out: Path
+    spec: Spec,
+    stage: Stage,
+    encoder: BiEncoder,
+    tokenizer: Any,
+    split: RetrievalSplit,
+    pools: dict[str, list[str]],
+    out: Path,
 ) -> dict[str, Any]:
-    """Train ``encoder`` on ``split`` with ``cfg.negatives``; resumes from ``out/checkpoints/last.ckpt``."""
-    sampler = NegativeSampler(
-        cfg.negatives.num_negatives, cfg.negatives.hard_proportion, seed=cfg.seed, strict=cfg.negatives.strict
-    )
+    """Train ``encoder`` on ``split`` for ``stage`` (its epochs and negatives); resumes from
+    ``out/checkpoints/last.ckpt``. Only the run's own stage logs to W&B."""
+    train, negatives = spec.train, stage.negatives
+    sampler = NegativeSampler(negatives.num_negatives, negatives.hard_proportion, spec.seed, negatives.strict)
     settings = encoder.settings
-    grad_cache = cfg.train.grad_cache
     collator = BiEncoderCollator(
         tokenizer,
         split.corpus,
@@ -132,56 +161,50 @@ def fit(
         settings.passage_max_length,
         settings.query_prefix,
         settings.passage_prefix,
-        chunk_size=int(grad_cache.chunk_size) if grad_cache.enabled else None,
-        chunk_tokens=int(cfg.train.chunk_tokens),
-        token_cache=int(cfg.train.token_cache),
+        chunk_size=train.grad_cache_chunk_size,
+        chunk_tokens=train.chunk_tokens,
+        token_cache=train.token_cache,
     )
-    if cfg.train.gradient_checkpointing:
+    if train.gradient_checkpointing:
         encoder.gradient_checkpointing_enable()
-    fast_dropout = fast_dropout_on(cfg, encoder)
+    fast_dropout = fast_dropout_on(spec, encoder)
     if fast_dropout:
         log.info(
             "train.fast_dropout: %d dropout modules and the attention dropout draw 16-bit masks",
             encoder.fast_dropout_enable(),
         )
-    datamodule = RetrievalDataModule(
-        split,
-        pools,
-        sampler,
-        collator,
-        cfg.train.batch_size,
-        cfg.seed,
-        cfg.train.num_workers,
-    )
+    datamodule = RetrievalDataModule(split, pools, sampler, collator, train.batch_size, spec.seed, train.num_workers)
     module = BiEncoderModule(
         encoder,
-        InfoNCELoss(cfg.model.temperature, mask_false_negatives=bool(cfg.loss.mask_false_negatives)),
-        cfg.train.learning_rate,
-        cfg.train.weight_decay,
-        cfg.train.warmup_ratio,
-        seed=int(cfg.seed),
-        grad_cache=bool(grad_cache.enabled),
-        gradient_clip_val=cfg.train.gradient_clip_val,
+        InfoNCELoss(spec.model.temperature, mask_false_negatives=train.mask_false_negatives),
+        train.learning_rate,
+        train.weight_decay,
+        train.warmup_ratio,
+        seed=spec.seed,
+        grad_cache=train.grad_cache_chunk_size is not None,
+        gradient_clip_val=train.gradient_clip_val,
     )
     # one checkpoint per epoch end (and every train.checkpoint_every_n_steps steps): a killed or preempted job
     # resumes from the last one; negatives, batch order and dropout seeds are functions of (seed, epoch, step) and
     # the checkpoint says how many of the epoch's batches are done, so it ends where an uninterrupted run ends
-    checkpoints = EpochEndCheckpoint(out / "checkpoints", cfg.train.get("checkpoint_every_n_steps"))
+    checkpoints = EpochEndCheckpoint(out / "checkpoints", train.checkpoint_every_n_steps)
     plugins: list[Any] = [AtomicCheckpointIO()]  # checkpoints written in their own folder, then renamed
     if SLURMEnvironment.detect():
         plugins.append(SLURMEnvironment(auto_requeue=False))  # submitit requeues and the rerun resumes
-    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_args["precision"] = resolve_precision(trainer_args["precision"], str(trainer_args["accelerator"]))
-    if trains_on_cpu(cfg) and retain_freed_memory(int(cfg.train.cpu_malloc_retain_mb)):
+    trainer_args = {**spec.trainer.args, "max_epochs": stage.epochs}
+    trainer_args["precision"] = resolve_precision(spec.trainer.precision, spec.trainer.accelerator)
+    if trains_on_cpu(spec.trainer) and retain_freed_memory(train.cpu_malloc_retain_mb):
         log.info(
-            "train.cpu_malloc_retain_mb: glibc keeps up to %s MiB of freed memory for reuse",
-            cfg.train.cpu_malloc_retain_mb,
+            "train.cpu_malloc_retain_mb: glibc keeps up to %s MiB of freed memory for reuse", train.cpu_malloc_retain_mb
         )
+    progress = ProgressLog(
+        run_name(spec, stage), spec.logger.progress_every_n_steps, spec.logger.progress_every_seconds
+    )
     trainer = pl.Trainer(
         **trainer_args,
         default_root_dir=str(out),
-        logger=build_loggers(cfg, out),
-        callbacks=[checkpoints, ProgressLog.from_config(run_name(cfg), cfg.logger.get("progress"))],
+        logger=build_loggers(spec, out, wandb=stage.own),
+        callbacks=[checkpoints, progress],
         reload_dataloaders_every_n_epochs=1,
         enable_model_summary=False,
         plugins=plugins,
@@ -190,23 +213,22 @@ def fit(
     module.train()  # from_pretrained returns modules in eval mode; training wants dropout on
     started = time.time()
     position = run_folder.checkpoint_position(last) if last.is_file() else None  # done before this attempt
-    resumed_at = position.epochs if position else None
     if last.is_file():
         where = position.describe(trainer.max_epochs) if position else "its position unreadable"
         log.info("resuming from %s: %s", last.resolve(), where)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
     root_device = trainer.strategy.root_device
     stats = datamodule.last_stats
-    masked = module.masked_total()
+    resumed = bool(trainer.ckpt_path)
     return {
         "trainer": trainer,
         "summary": {
             "epochs": trainer.current_epoch,
             "steps": trainer.global_step,
             "seconds": round(time.time() - started, 1),
-            "resumed_from": str(last) if trainer.ckpt_path else None,
-            "resumed_at_epoch": resumed_at if trainer.ckpt_path else None,
-            "resumed_at_step": position.steps if position and trainer.ckpt_path else None,
+            "resumed_from": str(last) if resumed else None,
+            "resumed_at_epoch": position.epochs if position and resumed else None,
+            "resumed_at_step": position.steps if position and resumed else None,
             "train_queries": stats.examples if stats else 0,
             "num_hard": sampler.num_hard,
             "hard_shortfall_last_epoch": stats.hard_shortfall if stats else 0,
@@ -214,9 +236,9 @@ def fit(
             "device": device_name(root_device),  # where training ran: the CUDA card's name or the CPU model
             "accelerator": root_device.type,
             "devices": int(trainer.world_size),
-            "mask_false_negatives": bool(cfg.loss.mask_false_negatives),
-            "in_batch_false_negatives_masked": masked,
-            "grad_cache_chunk_size": int(grad_cache.chunk_size) if grad_cache.enabled else None,
+            "mask_false_negatives": train.mask_false_negatives,
+            "in_batch_false_negatives_masked": module.masked_total(),
+            "grad_cache_chunk_size": train.grad_cache_chunk_size,
             "fast_dropout": fast_dropout,
         },
     }

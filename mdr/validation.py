@@ -1,471 +1,496 @@
-"""One validation pass over config and data before any expensive step (mining, building, training).
+"""The composed config read and checked once into a :class:`mdr.spec.Spec`, before anything is read or built.
 
-:func:`validate` checks the config alone (types and ranges of every value the pipeline reads, and that the
-model, checkpoint and dense-mining encoder named exist); :func:`validate_splits` checks the data the reader
-loaded (``mdr.pipeline.load_splits``, read once and passed on). Every problem is reported at once, each
-naming its config key, as a :class:`mdr.data.schema.DataError`.
+:func:`build_spec` checks every value the pipeline reads (types and ranges, the stage schedule, the evaluation
+languages, that the model, checkpoint, dense-mining encoder and denoising teacher exist, the launch against this
+machine) and reports every problem at once, each naming its key, as a :class:`mdr.data.schema.DataError`.
+:func:`validate_splits` checks the splits the reader loaded against the spec.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
+from mdr.cluster import launch_problems
 from mdr.data.checks import test_split_problems, train_split_problems
-from mdr.data.negatives import proportion_problem
+from mdr.data.negatives import num_hard, proportion_problem
 from mdr.data.schema import DataError, RetrievalSplit
-from mdr.evaluation.metrics import MIN_DEPTH
+from mdr.mining.denoise import DenoiseSettings
+from mdr.mining.miner import PoolSettings
 from mdr.mining.tokenize import TOKENIZERS, tokenizer_version
-from mdr.utils.allocator import MAX_RETAIN_MB
+from mdr.models.bi_encoder import EncoderSettings
+from mdr.spec import (
+    Data,
+    Evaluation,
+    EvaluationLanguage,
+    Language,
+    Logger,
+    Model,
+    Negatives,
+    Paths,
+    RunPolicy,
+    Schedule,
+    Source,
+    Spec,
+    Stage,
+    Teacher,
+    Train,
+    Trainer,
+)
 from mdr.utils.cache import settings_problems as cache_settings_problems
-from mdr.utils.instantiate import build_target_problem
+from mdr.utils.config_compat import NEUTRAL_DEFAULTS
+from mdr.utils.instantiate import build_target_problem, model_source_problem
 
-_ABSENT = object()
-
+CONF = Path(__file__).resolve().parents[1] / "conf"
 MAX_SEED = 2**32 - 1
 """The largest seed numpy (and so ``lightning.seed_everything``) takes."""
-
 ZERO_SHOT = "zero_shot"
-"""The one stage name an empty ``stage.stages`` may carry (``conf/stage/zero_shot.yaml``)."""
+"""The one schedule name an empty ``stage.stages`` may carry (``conf/stage/zero_shot.yaml``)."""
+TARGET = "target"
+"""In ``train_on`` and ``evaluation.languages``: the run's own language (in the run's data group)."""
+_ABSENT = object()
+T = TypeVar("T")
+NULLABLE = ("range_max", "margin", "encoder", "threads")
+"""Pool settings whose null means something (no upper rank, no margin, no encoder, every CPU)."""
 
 
-class _Checker:
-    """Collects problems; each check reads one dotted key of the config."""
+class _Values:
+    """Reads dotted keys of a resolved mapping; every problem is noted with its full key (``prefix`` + key)."""
+
+    def __init__(self, tree: Mapping[str, Any], problems: list[str], prefix: str = "") -> None:
+        self.tree, self.problems, self.prefix = tree, problems, prefix
+
+    def get(self, key: str, optional: bool = False) -> Any:
+        """The value at ``key``; a key added after a config was made takes its "as before" value
+        (:data:`mdr.utils.config_compat.NEUTRAL_DEFAULTS`). Missing or ``???``: ``_ABSENT``, a problem noted
+        (``optional``: None for a missing key, no problem)."""
+        node: Any = self.tree
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                if self.prefix + key in NEUTRAL_DEFAULTS:
+                    return NEUTRAL_DEFAULTS[self.prefix + key]
+                if not optional:
+                    self.problems.append(f"{self.prefix}{key} is missing from the config")
+                return None if optional else _ABSENT
+            node = node[part]
+        if node == "???":
+            self.problems.append(f"{self.prefix}{key} must be set (it is ???)")
+            return _ABSENT
+        return node
+
+    def _checked(self, key: str, problem: Callable[[Any], str | None], optional: bool = False) -> Any:
+        """The value at ``key`` where ``problem`` finds none in it (null passes where ``optional``), else None."""
+        value = self.get(key, optional)
+        if value is _ABSENT or value is None and optional:
+            return None
+        found = problem(value)
+        if found:
+            self.problems.append(f"{self.prefix}{key} {found}")
+            return None
+        return value
+
+    def integer(
+        self, key: str, minimum: int, maximum: int | None = None, optional: bool = False, allowed: tuple[int, ...] = ()
+    ) -> Any:
+        """An int in [minimum, maximum] or in ``allowed``; 2.5, "2" and true are errors, 2.0 is 2."""
+        kind = f"{'null or ' if optional else ''}an integer >= {minimum}"
+
+        def problem(value: Any) -> str | None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value % 1:
+                return f"must be {kind}, got {value!r}"
+            if value < minimum and value not in allowed:
+                return f"must be {kind}{f' (or {allowed[0]})' if allowed else ''}, got {value}"
+            if maximum is not None and value > maximum:
+                return f"must be an integer in [{minimum}, {maximum}], got {value}"
+            return None
+
+        value = self._checked(key, problem, optional)
+        return None if value is None else int(value)
+
+    def number(
+        self, key: str, low: float | None = None, high: float | None = None, above: bool = False, optional: bool = False
+    ) -> Any:
+        """A real number in [low, high] (``(low, high]`` where ``above``)."""
+        if high is not None:
+            bounds = f" in {'(' if above else '['}{low:g}, {high:g}]"
+        else:
+            bounds = f" {'>' if above else '>='} {low:g}" if low is not None else ""
+
+        def problem(value: Any) -> str | None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:  # NaN != NaN
+                return f"must be a number{bounds}, got {value!r}"
+            if (low is not None and (value <= low if above else value < low)) or (high is not None and value > high):
+                return f"must be{bounds}, got {value}"
+            return None
+
+        value = self._checked(key, problem, optional)
+        return None if value is None else float(value)
+
+    def choice(self, key: str, allowed: tuple[Any, ...]) -> Any:
+        """One of ``allowed``, of the same type (1 is not true)."""
+
+        def problem(value: Any) -> str | None:
+            if any(value == option and type(value) is type(option) for option in allowed):
+                return None
+            return f"must be one of {list(allowed)}, got {value!r}"
+
+        return self._checked(key, problem)
+
+    def boolean(self, key: str) -> Any:
+        """true or false."""
+        return self._checked(
+            key, lambda value: None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+        )
+
+    def text(self, key: str, optional: bool = False) -> Any:
+        """A string (a number is taken as its text: a split named 1)."""
+        wrong = (Mapping, list, bool)
+        value = self._checked(
+            key, lambda v: f"must be a string, got {v!r}" if v is None or isinstance(v, wrong) else None, optional
+        )
+        return None if value is None else str(value)
+
+    def mapping(self, key: str, optional: bool = False) -> Any:
+        """A mapping."""
+        return self._checked(
+            key, lambda v: None if isinstance(v, Mapping) else f"must be a mapping, got {v!r}", optional
+        )
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+POOL_CHECKS: dict[str, Callable[[_Values], Any]] = {
+    "source": lambda v: v.choice("pool.source", ("bm25", "dense", "shipped")),
+    "backend": lambda v: v.choice("pool.backend", ("bm25s", "pyserini")),
+    "depth": lambda v: v.integer("pool.depth", 1),
+    "range_min": lambda v: v.integer("pool.range_min", 0),
+    "range_max": lambda v: v.integer("pool.range_max", 1, optional=True),
+    "margin": lambda v: v.number("pool.margin", optional=True),
+    "encoder": lambda v: v.text("pool.encoder", optional=True),
+    "threads": lambda v: v.integer("pool.threads", 1, optional=True),  # null: the CPUs this process may use
+    "tokenizer": lambda v: v.choice("pool.tokenizer", TOKENIZERS),
+}
+"""``negatives.pool``: a key the group leaves out keeps :class:`mdr.mining.miner.PoolSettings`' value."""
+DENOISE_CHECKS: dict[str, Callable[[_Values], Any]] = {
+    "enabled": lambda v: v.boolean("denoise.enabled"),
+    "teacher": lambda v: v.text("denoise.teacher"),
+    "relative_margin": lambda v: v.number("denoise.relative_margin", 0.0, 0.5),
+    "batch_size": lambda v: v.integer("denoise.batch_size", 1),
+}
+"""``negatives.denoise`` (absent: off)."""
+
+
+class _Builder:
+    """Builds a :class:`Spec` from one composed config, noting every problem in ``problems``."""
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
         self.problems: list[str] = []
-
-    def value(self, key: str) -> Any:
-        """The resolved value at ``key``; ``_ABSENT`` if the config has no such key (or a problem was noted)."""
         try:
-            found = OmegaConf.select(self.cfg, key, default=_ABSENT, throw_on_missing=True)
-        except MissingMandatoryValue:
-            self.problems.append(f"{key} must be set (it is ???)")
-            return _ABSENT
+            self.resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
         except OmegaConfBaseException as error:
-            self.problems.append(f"{key} cannot be resolved: {error}")
-            return _ABSENT
-        return found
+            raise DataError(f"the config does not resolve: {error}") from error
+        self.values = _Values(self.resolved, self.problems)
 
-    def integer(self, key: str, minimum: int, allowed: tuple[int, ...] = (), maximum: int | None = None) -> int | None:
-        """An int >= ``minimum`` (or one of ``allowed``) and <= ``maximum``; 2.5, "2" and true are errors, 2.0 is 2."""
-        value = self.value(key)
-        if value is _ABSENT:
-            return None
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.problems.append(f"{key} must be an integer >= {minimum}, got {value!r}")
-            return None
-        if value < minimum and value not in allowed:
-            extra = f" (or {', '.join(map(str, allowed))})" if allowed else ""
-            self.problems.append(f"{key} must be an integer >= {minimum}{extra}, got {value}")
-            return None
-        if maximum is not None and value > maximum:
-            self.problems.append(f"{key} must be an integer in [{minimum}, {maximum}], got {value}")
-            return None
-        return value
-
-    def number(
-        self, key: str, low: float | None = None, high: float | None = None, low_open: bool = False
-    ) -> float | None:
-        """A real number within [low, high] (``(low, high]`` when ``low_open``); strings and bools are errors."""
-        value = self.value(key)
-        if value is _ABSENT:
-            return None
-        if low is not None and high is not None:
-            bounds = f" in {'(' if low_open else '['}{low:g}, {high:g}]"
-        elif low is not None:
-            bounds = f" {'>' if low_open else '>='} {low:g}"
+    def spec(self) -> Spec:
+        """The spec (a field None where a problem was noted); the schedule and the evaluation languages are
+        resolved once every other value is sound."""
+        v, trains = self.values, "train" in self.resolved
+        model = self.model(v.mapping("model") or {}, "model.")
+        checkpoint = v.text("checkpoint", optional=True)
+        if checkpoint is not None:
+            problem = model_source_problem("checkpoint", checkpoint, saved_encoder=True)
+        elif model.build is not None:
+            problem = build_target_problem(model.name, model.name_or_path, model.build)
         else:
-            bounds = ""
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:  # NaN != NaN
-            self.problems.append(f"{key} must be a number{bounds}, got {value!r}")
-            return None
-        too_low = low is not None and (value <= low if low_open else value < low)
-        if too_low or (high is not None and value > high):
-            self.problems.append(f"{key} must be{bounds}, got {value}")
-            return None
-        return float(value)
-
-    def choice(self, key: str, allowed: tuple[Any, ...]) -> Any:
-        """One of ``allowed`` (of the same type: 1 is not true)."""
-        value = self.value(key)
-        if value is _ABSENT:
-            return None
-        if not any(value == option and type(value) is type(option) for option in allowed):
-            self.problems.append(f"{key} must be one of {list(allowed)}, got {value!r}")
-            return None
-        return value
-
-    def optional_integer(self, key: str, minimum: int) -> int | None:
-        """null, or an int >= ``minimum``."""
-        value = self.value(key)
-        if value is None or value is _ABSENT:
-            return None
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.problems.append(f"{key} must be null or an integer >= {minimum}, got {value!r}")
-            return None
-        return value
-
-    def boolean(self, key: str) -> None:
-        """true or false."""
-        value = self.value(key)
-        if value is not _ABSENT and not isinstance(value, bool):
-            self.problems.append(f"{key} must be true or false, got {value!r}")
-
-    def has(self, key: str) -> bool:
-        """Whether the config has ``key`` at all."""
-        return OmegaConf.select(self.cfg, key, default=_ABSENT, throw_on_missing=False) is not _ABSENT
-
-
-def model_source_problem(key: str, value: Any, saved_encoder: bool = False) -> str | None:
-    """Why ``value`` (the config value at ``key``) is not a loadable model, or None.
-
-    A local folder must hold ``config.json`` (or ``query_encoder/config.json``, a two-tower save); a value
-    that does not look like a path is taken as a hub id, found in the local hub cache or checked by fetching
-    its config only.
-    ``saved_encoder`` requires a local folder (``checkpoint=`` is a train.py ``encoder/`` folder).
-    """
-    if value is None or str(value).strip() == "":
-        return f"{key} must name a model folder{'' if saved_encoder else ' or hub id'}, got {value!r}"
-    text = str(value)
-    path = Path(text).expanduser()
-    if path.is_dir():
-        if (path / "config.json").is_file() or (path / "query_encoder" / "config.json").is_file():
-            return None
-        return f"{key}={text!r} is a folder but not a saved model (no config.json in it)"
-    looks_local = saved_encoder or path.exists() or text.startswith(("/", ".", "~")) or text.count("/") > 1
-    if looks_local:
-        return f"{key}={text!r} does not exist (expected a saved encoder folder)"
-    try:
-        from huggingface_hub import try_to_load_from_cache
-        from transformers import AutoConfig
-
-        if isinstance(try_to_load_from_cache(text, "config.json"), str):
-            return None  # in the local hub cache: no network call
-        AutoConfig.from_pretrained(text)
-    except Exception as error:  # noqa: BLE001 - any failure means the id cannot be used
-        return (
-            f"{key}={text!r} is not a local folder and cannot be loaded from the Hugging Face hub "
-            f"({type(error).__name__})"
+            problem = model_source_problem("model.name_or_path", model.name_or_path)
+        spec = Spec(
+            task_name=v.text("task_name"),
+            seed=v.integer("seed", 0, maximum=MAX_SEED),
+            paths=self.read(Paths),
+            language=self.language(self.resolved.get("language"), "language", own=True),
+            data=self.data(v.mapping("data") or {}, "data."),
+            model=model,
+            evaluation=self.read(Evaluation),
+            run=self.read(RunPolicy),
+            logger=self.read(Logger),
+            resolved=self.resolved,
+            checkpoint=checkpoint,
+            trainer=self.read(Trainer) if trains else None,
+            train=self.read(Train) if trains else None,
+            negatives=self.negatives(v.mapping("negatives") or {}, "negatives.") if trains else None,
         )
-    return None
+        self.problems += [problem] if problem else []
+        split, evaluated = spec.evaluation.split, spec.data.test_split
+        if None not in (split, evaluated) and split != evaluated:
+            self.problems.append(
+                f"evaluation.split={split} but data.test_split={evaluated} is the split evaluated: metrics.json would "
+                f"label {evaluated} results as {split}; set data.test_split={split} (evaluation.split follows it)"
+            )
+        self.problems += launch_problems(self.resolved.get("trainer") if trains else None)
+        self.problems += cache_settings_problems()  # MDR_VERIFY_CACHES, MDR_CACHE_LOCK, MDR_LOCK_STALE_SECONDS
+        if trains and not self.problems:
+            spec = replace(spec, schedule=self.schedule(spec))
+        if not self.problems:
+            spec = replace(spec, evaluation=replace(spec.evaluation, languages=self.evaluation_languages(spec)))
+        return spec
 
+    def language(self, node: Any, key: str, own: bool = False) -> Language:
+        """A language config; a run's own or evaluated language says ``low_resource``."""
+        if not isinstance(node, Mapping) or node.get("code") in (None, ""):
+            self.problems.append(f"{key}: a language needs a `code`, got {node!r}")
+            return Language("", None, None)
+        low, analyzer = node.get("low_resource"), node.get("analyzer")
+        if (own or low is not None) and not isinstance(low, bool):
+            self.problems.append(f"{key}.low_resource must be true or false, got {low!r}")
+        return Language(str(node["code"]), None if analyzer is None else str(analyzer), low)
 
-def _negatives(check: _Checker) -> None:
-    """The run's ``negatives`` group (a key the config lacks is skipped, as by every check)."""
-    check.integer("negatives.num_negatives", 0)
-    check.number("negatives.hard_proportion", 0.0, 1.0)
-    check.boolean("negatives.strict")
-    pool = "negatives.pool"
-    source = check.choice(f"{pool}.source", ("bm25", "dense", "shipped"))
-    backend = check.choice(f"{pool}.backend", ("bm25s", "pyserini"))
-    tokenizer = check.choice(f"{pool}.tokenizer", TOKENIZERS)
-    if tokenizer not in (None, "default") and backend == "pyserini":
-        check.problems.append(f"{pool}.tokenizer={tokenizer} is for backend=bm25s (pyserini uses its analyzer)")
-    if tokenizer == "thai_words":
+    def data(self, tree: Mapping[str, Any], prefix: str) -> Data:
+        """A data group, resolved (a stage source's may name no splits: the source names its own)."""
+        v, source = _Values(tree, self.problems, prefix), prefix != "data."
+        reader = v.mapping("reader")
+        if reader is not None and "_target_" not in reader:
+            self.problems.append(f"{prefix}reader must name a `_target_` reader class")
+        splits = (v.text("train_split", optional=source), v.text("test_split", optional=source))
+        return Data(v.text("name"), *splits, reader or {}, dict(tree))
+
+    def model(self, tree: Mapping[str, Any], prefix: str) -> Model:
+        """A model group."""
+        v = _Values(tree, self.problems, prefix)
+        settings = EncoderSettings(
+            pooling=v.choice("pooling", ("cls", "mean")) or "cls",
+            normalize=v.boolean("normalize"),
+            shared=v.boolean("shared"),
+            query_max_length=v.integer("query_max_length", 1),
+            passage_max_length=v.integer("passage_max_length", 1),
+            query_prefix=v.text("query_prefix"),
+            passage_prefix=v.text("passage_prefix"),
+        )
+        temperature = v.number("temperature", 0.0, above=True, optional=True)
+        return Model(v.text("name"), v.text("name_or_path"), v.mapping("build", optional=True), settings, temperature)
+
+    def read(self, cls: type[T]) -> T:
+        """A ``cls`` whose fields name their config keys (:func:`mdr.spec.key`), each read and checked; a field with a
+        default where the config does not hold its key keeps it."""
+        v, found = self.values, {}
+        for item in fields(cls):  # type: ignore[arg-type]
+            meta = item.metadata
+            if "key" in meta and (item.default is MISSING or v.get(meta["key"], optional=True) is not None):
+                found[item.name] = getattr(v, meta["check"])(meta["key"], **meta["options"])
+        return cls(**found)
+
+    def negatives(self, tree: Mapping[str, Any], prefix: str) -> Negatives:
+        """A ``negatives`` group (the run's, or a stage's merged over it): its pool, denoising and labels."""
+        v = _Values(tree, self.problems, prefix)
+        k, p, strict = v.integer("num_negatives", 0), v.number("hard_proportion", 0.0, 1.0), v.boolean("strict")
+        pool = self.pool(v, prefix) if "pool" in tree else None
+        if "pool" not in tree and k is not None and p is not None and num_hard(p, k) > 0:
+            self.problems.append(f"{prefix}pool must be set: {prefix}hard_proportion={p:g} draws hard negatives")
+        if k == 0 and p is not None and p > 0:
+            self.problems.append(
+                f"{prefix}num_negatives=0 trains on in-batch negatives only, so {prefix}hard_proportion={p:g} would "
+                f"label a run that used no hard negative; set {prefix}hard_proportion=0 (or num_negatives >= 1)"
+            )
+        elif k is not None and p is not None and proportion_problem(p, k, prefix.rstrip(".")):
+            self.problems.append(proportion_problem(p, k, prefix.rstrip(".")))  # type: ignore[arg-type]
+        denoise = DenoiseSettings(**self.known(v, "denoise", DENOISE_CHECKS))
+        teacher = self.teacher(denoise.teacher) if denoise.enabled else None
+        return Negatives(k, p, strict, pool, denoise, teacher, dict(tree))
+
+    def known(self, v: _Values, section: str, checks: dict[str, Callable[[_Values], Any]]) -> dict[str, Any]:
+        """The keys a ``section`` of ``v`` gives, checked; unknown keys are problems."""
+        node = v.mapping(section, optional=True) or {}
+        unknown = sorted(set(node) - set(checks))
+        if unknown:
+            self.problems.append(f"{v.prefix}{section}: unknown keys {unknown} (known: {list(checks)})")
+        return {key: check(v) for key, check in checks.items() if key in node}
+
+    def pool(self, v: _Values, prefix: str) -> PoolSettings:
+        """``<negatives>.pool``."""
+        found = self.known(v, "pool", POOL_CHECKS)
+        tokenizer, low, high, depth = (found.get(key) for key in ("tokenizer", "range_min", "range_max", "depth"))
+        if tokenizer not in (None, "default") and found.get("backend") == "pyserini":
+            self.problems.append(
+                f"{prefix}pool.tokenizer={tokenizer} is for backend=bm25s (pyserini uses its analyzer)"
+            )
+        elif tokenizer == "thai_words":
+            try:
+                tokenizer_version(tokenizer)
+            except RuntimeError as error:
+                self.problems.append(str(error))
+        if None not in (high, low) and high <= low:  # type: ignore[operator]
+            self.problems.append(f"{prefix}pool.range_max ({high}) must be above {prefix}pool.range_min ({low})")
+        if None not in (high, low, depth) and low >= depth:  # type: ignore[operator]
+            self.problems.append(f"{prefix}pool.range_min ({low}) must be below {prefix}pool.depth ({depth})")
+        if found.get("source") == "dense":  # checked whatever p is, so every cell of a sweep fails alike
+            problem = model_source_problem(f"{prefix}pool.encoder", found.get("encoder"))
+            self.problems += [problem] if problem else []
+        return PoolSettings(**{key: value for key, value in found.items() if value is not None or key in NULLABLE})
+
+    def teacher(self, name: str) -> Teacher | None:
+        """``negatives.denoise.teacher``: a model group (resolved with the run's paths) or an encoder folder."""
+        group = CONF / "model" / f"{name}.yaml"
+        if "/" not in name and group.is_file():
+            other = copy.deepcopy(self.cfg)
+            with open_dict(other):
+                other.model = OmegaConf.load(group)
+            return Teacher(name, self.model(_plain(other.model), f"negatives.denoise.teacher={name}: model."), None)
+        if Path(name).is_dir():
+            return Teacher(name, self.model(self.resolved["model"], "model."), str(Path(name).resolve()))
+        groups = ", ".join(sorted(path.stem for path in (CONF / "model").glob("*.yaml")))
+        self.problems.append(
+            f"negatives.denoise.teacher={name!r}: neither a model group ({groups}) nor an existing folder"
+        )
+        return None
+
+    def language_node(self, language: Any, key: str) -> Any:
+        """The config of a language named by code (``conf/language/<code>.yaml``) or given as a mapping."""
+        if isinstance(language, Mapping) or OmegaConf.is_dict(language):
+            if "code" not in language:
+                raise DataError(f"{key}: a language mapping needs a `code`, got {dict(_plain(language))}")
+            return OmegaConf.create(_plain(language))
+        path = CONF / "language" / f"{language}.yaml"
+        if not path.is_file():
+            known = ", ".join(sorted(p.stem for p in (CONF / "language").glob("*.yaml")))
+            raise DataError(f"{key}: no language {language!r} (conf/language has {known})")
+        return OmegaConf.load(path)
+
+    def with_language(self, language: Any, data: Any = None) -> Any:
+        """A copy of the config with ``language`` (and ``data``) put in, so the data group resolves for it."""
+        other = copy.deepcopy(self.cfg)
+        with open_dict(other):
+            other.language = language
+            if data is not None:
+                other.data = OmegaConf.create(data)
+        return other
+
+    def evaluation_languages(self, spec: Spec) -> tuple[EvaluationLanguage, ...]:
+        """``evaluation.languages``, else ``stage.evaluate_on``, else ``language``; each with its data group."""
+        key, listed = "evaluation.languages", self.resolved["evaluation"].get("languages")
+        if listed is None and (self.resolved.get("stage") or {}).get("evaluate_on") is not None:
+            key, listed = "stage.evaluate_on", self.resolved["stage"]["evaluate_on"]
+        listed = [spec.language.code] if listed is None else [listed] if isinstance(listed, str) else listed
+        found: list[EvaluationLanguage] = []
+        for number, code in enumerate(listed):
+            if code in (spec.language.code, TARGET):
+                found.append(EvaluationLanguage(spec.language, spec.data))
+                continue
+            try:
+                other = self.with_language(self.language_node(code, f"{key}[{number}]"))
+            except DataError as error:
+                self.problems.append(str(error))
+                continue
+            language = self.language(_plain(other.language), f"{key}[{number}]", own=True)
+            found.append(EvaluationLanguage(language, self.data(_plain(other.data), "data.")))
+        codes = [item.language.code for item in found]
+        if not listed:
+            self.problems.append(f"{key} is empty: name at least one language (or leave it null for `language`)")
+        elif len(set(codes)) != len(codes):
+            self.problems.append(f"{key} names a language twice: {codes}")
+        return tuple(found)
+
+    def source(self, entry: Any, key: str) -> Source:
+        """One ``train_on`` entry: a language code, ``target``, or {language, data, split}."""
+        data = None
+        if isinstance(entry, str):
+            entry = {"language": entry}
+        elif OmegaConf.is_dict(entry):  # its data unresolved: resolved below for the source's own language
+            data = OmegaConf.to_container(entry.data, resolve=False) if entry.get("data") is not None else None
+            entry = {"language": _plain(entry.get("language")), "split": entry.get("split")}
+        if not isinstance(entry, Mapping) or entry.get("language") is None:
+            raise DataError(f"{key}: a source is a language code, `{TARGET}`, or a mapping with a `language`")
+        if entry["language"] == TARGET and data is not None:
+            raise DataError(f"{key}: `{TARGET}` means the run's data group; give a language code with `data`")
+        if entry["language"] == TARGET:
+            language_node = copy.deepcopy(self.cfg.language)
+        else:
+            language_node = self.language_node(entry["language"], f"{key}.language")
+        other = self.with_language(language_node, data)
         try:
-            tokenizer_version(tokenizer)
-        except RuntimeError as error:
-            check.problems.append(str(error))
-    depth = check.integer(f"{pool}.depth", 1)
-    low = check.integer(f"{pool}.range_min", 0)
-    if check.value(f"{pool}.range_max") is not None:
-        high = check.integer(f"{pool}.range_max", 1)
-        if high is not None and low is not None and high <= low:
-            check.problems.append(f"{pool}.range_max ({high}) must be above {pool}.range_min ({low})")
-        if depth is not None and low is not None and low >= depth:
-            check.problems.append(f"{pool}.range_min ({low}) must be below {pool}.depth ({depth})")
-    if check.value(f"{pool}.margin") is not None:
-        check.number(f"{pool}.margin")
-    check.optional_integer(f"{pool}.threads", 1)  # null: the CPUs this process may use
-    _denoise(check)
-    if source == "dense":  # checked whatever p is, so every cell of a sweep fails alike
-        problem = model_source_problem(f"{pool}.encoder", check.value(f"{pool}.encoder"))
-        if problem:
-            check.problems.append(problem)
+            data_tree, language_tree = _plain(other.data), _plain(other.language)
+        except OmegaConfBaseException as error:  # an interpolation that does not resolve for this language
+            raise DataError(f"{key}: its data config does not resolve: {error}") from error
+        language = self.language(language_tree, f"{key}.language")
+        split = entry.get("split") or data_tree.get("train_split") or "train"
+        is_target = data is None and language.code == str(self.resolved["language"]["code"])
+        return Source(language.code, language, self.data(data_tree, f"{key}.data."), str(split), is_target)
 
-
-DENOISE_KEYS = ("enabled", "teacher", "relative_margin", "batch_size")
-
-
-def _denoise(check: _Checker) -> None:
-    """``negatives.denoise`` (absent: off)."""
-    node = check.value("negatives.denoise")
-    if node is _ABSENT or node is None:
-        return
-    if not isinstance(node, DictConfig):
-        check.problems.append(f"negatives.denoise must be a mapping of {list(DENOISE_KEYS)}, got {node!r}")
-        return
-    unknown = sorted(set(node.keys()) - set(DENOISE_KEYS))
-    if unknown:
-        check.problems.append(f"negatives.denoise: unknown keys {unknown} (known: {list(DENOISE_KEYS)})")
-    check.boolean("negatives.denoise.enabled")
-    check.number("negatives.denoise.relative_margin", 0.0, 0.5)
-    check.integer("negatives.denoise.batch_size", 1)
-    teacher = check.value("negatives.denoise.teacher")
-    if teacher is not _ABSENT and (not isinstance(teacher, str) or not teacher.strip()):
-        check.problems.append(
-            f"negatives.denoise.teacher must name a model group (me5_small) or an encoder folder, got {teacher!r}"
-        )
-
-
-def _labels(check: _Checker) -> None:
-    """Configs whose metrics.json would name something that did not run (a stage, a share of hard negatives)."""
-    if check.has("stage"):
-        name, stages = check.value("stage.name"), check.value("stage.stages")
-        if stages in (None, _ABSENT) or (isinstance(stages, ListConfig) and len(stages) == 0):
-            if name != ZERO_SHOT:
-                check.problems.append(
-                    f"stage.stages is empty, so nothing would be trained, but stage.name is {name!r}: the run would be "
-                    f"recorded as {name!r}; use stage={ZERO_SHOT} to evaluate the starting model as it is"
+    def stage(self, spec: Spec, index: int, entry: Any, last: bool, applies_to: str) -> Stage | None:
+        """``stage.stages[index]``, resolved; None (problems noted) where it cannot be."""
+        key = f"stage.stages[{index}]"
+        if not OmegaConf.is_dict(entry):
+            self.problems.append(f"{key} must be a mapping (name, train_on, epochs, negatives)")
+            return None
+        train_on = entry.get("train_on")
+        train_on = [train_on] if isinstance(train_on, str) or OmegaConf.is_dict(train_on) else train_on
+        if not train_on:
+            self.problems.append(f"{key}.train_on must name at least one source")
+            return None
+        sources: list[Source] = []
+        for number, item in enumerate(train_on):
+            try:
+                sources.append(self.source(item, f"{key}.train_on[{number}]"))
+            except DataError as error:
+                self.problems.append(str(error))
+        if entry.get("exclude_target", False):
+            sources = [source for source in sources if not source.is_target]
+            if not sources and not self.problems:
+                self.problems.append(
+                    f"{key}.train_on holds nothing but the run's language ({spec.language.code}), excluded"
                 )
-    if check.has("evaluation") and check.has("data"):
-        label, evaluated = check.value("evaluation.split"), check.value("data.test_split")
-        if label not in (_ABSENT, None) and evaluated not in (_ABSENT, None) and str(label) != str(evaluated):
-            check.problems.append(
-                f"evaluation.split={label} but data.test_split={evaluated} is the split evaluated: metrics.json would "
-                f"label {evaluated} results as {label}; set data.test_split={label} (evaluation.split follows it)"
+        labels = [f"{source.label}:{source.split}" for source in sources]
+        if len(set(labels)) != len(labels):
+            self.problems.append(f"{key}.train_on names a source twice: {labels}")
+        tree = {
+            "epochs": _plain(entry.get("epochs", spec.trainer.max_epochs)),
+            "negatives": _plain(entry.get("negatives")),
+        }
+        epochs = _Values(tree, self.problems, f"{key}.").integer("epochs", 1)
+        overrides = tree["negatives"] or {}
+        if not isinstance(overrides, dict):
+            self.problems.append(f"{key}.negatives must be a mapping merged over `negatives`, got {overrides!r}")
+            overrides = {}
+        merged = _plain(OmegaConf.merge(spec.negatives.resolved, overrides))
+        if last or applies_to == "all":
+            merged["hard_proportion"] = spec.negatives.resolved["hard_proportion"]
+        elif "hard_proportion" not in overrides:
+            self.problems.append(
+                f"{key}.negatives.hard_proportion must be set: with stage.proportion_applies_to=last only the last "
+                "stage takes negatives.hard_proportion"
             )
-    k, proportion = check.value("negatives.num_negatives"), check.value("negatives.hard_proportion")
-    numeric = isinstance(proportion, (int, float)) and not isinstance(proportion, bool)
-    if k == 0 and numeric and proportion > 0:
-        check.problems.append(
-            f"negatives.num_negatives=0 trains on in-batch negatives only, so negatives.hard_proportion={proportion} "
-            "would label a run that used no hard negative; set negatives.hard_proportion=0 (or num_negatives >= 1)"
-        )
-    elif numeric and isinstance(k, int) and not isinstance(k, bool) and 0 <= proportion <= 1:
-        problem = proportion_problem(float(proportion), k)
-        if problem:
-            check.problems.append(problem)
+        codes = [source.code for source in sources]
+        parts = [
+            source.code if codes.count(source.code) == 1 else f"{source.data.name}-{source.code}" for source in sources
+        ]
+        sources = [replace(source, part=part.replace("/", "-")) for source, part in zip(sources, parts)]
+        own = last and any(source.is_target for source in sources)
+        negatives = self.negatives(merged, f"{key}.negatives.")
+        return Stage(index, str(entry.get("name") or f"stage{index}"), tuple(sources), epochs, negatives, own)
 
-
-GPU_ACCELERATORS = ("gpu", "cuda")
-WANDB_MODES = ("offline", "online", "shared", "disabled", "dryrun", "run")
-LOCAL_DDP_MULTIRUN = (
-    "a multirun (-m) with {devices} processes per node on the {launcher} launcher: Lightning starts the extra ranks "
-    "by re-running this command line, sweep and all, so they would train other cells than rank 0. Use "
-    "launcher=slurm (its tasks_per_node follows trainer.devices: each task of a job is one rank of one cell), or run "
-    "one cell per command without -m (python train.py trainer=ddp trainer.devices={devices} <the cell's overrides>)"
-)
-
-
-def cuda_device_count() -> int:
-    """CUDA devices this process sees (0 without a CUDA build of torch or without a driver)."""
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def processes_per_node(trainer: Mapping[str, Any], cuda_devices: int) -> int | None:
-    """How many processes (ranks) per node ``trainer`` runs: ``devices`` as a count or a list, ``auto`` as Lightning
-    reads it (1 on CPU, every visible GPU); None when ``devices`` is none of these."""
-    devices = trainer.get("devices", 1)
-    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
-        return len(devices)
-    if str(devices) in ("auto", "-1"):
-        on_gpu = str(trainer.get("accelerator")) in GPU_ACCELERATORS or (
-            str(trainer.get("accelerator")) == "auto" and cuda_devices > 0
-        )
-        return max(cuda_devices, 1) if on_gpu else 1
-    if isinstance(devices, bool) or not isinstance(devices, int):
-        return None
-    return devices
-
-
-def slurm_tasks(environ: Mapping[str, str]) -> tuple[int, int] | None:
-    """(tasks per node, nodes) of the SLURM job step this process is a task of, as Lightning's SLURM environment
-    sees it (``SLURM_NTASKS`` set, not an interactive shell); None outside SLURM."""
-    if not environ.get("SLURM_NTASKS") or environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
-        return None
-    nodes = int(environ.get("SLURM_NNODES") or 1)
-    per_node = environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]  # "8(x2)" on some versions
-    tasks = int(per_node) if per_node.isdigit() else max(int(environ["SLURM_NTASKS"]) // nodes, 1)
-    return tasks, nodes
-
-
-def launch_problems(
-    cfg: DictConfig,
-    environ: Mapping[str, str] | None = None,
-    cuda_devices: int | None = None,
-    launcher: str | None = None,
-) -> list[str]:
-    """Problems of the trainer with this machine and launcher, found before any data is read.
-
-    A GPU trainer needs CUDA (and as many GPUs as ``trainer.devices``); inside a SLURM job the tasks per node and
-    nodes must be ``trainer.devices`` and ``trainer.num_nodes`` (Lightning would refuse them at ``fit``, after
-    mining); and a multirun on a local launcher cannot run more than one process per node (:data:`LOCAL_DDP_MULTIRUN`).
-
-    Args:
-        environ: the process environment (default ``os.environ``).
-        cuda_devices: visible CUDA devices (default: asked of torch).
-        launcher: the multirun's Hydra launcher ``_target_`` (None: not a multirun; default: read from Hydra).
-    """
-    trainer = OmegaConf.select(cfg, "trainer")
-    if not isinstance(trainer, DictConfig):
-        return []
-    env = os.environ if environ is None else environ
-    cuda = cuda_device_count() if cuda_devices is None else cuda_devices
-    problems: list[str] = []
-    accelerator = str(trainer.get("accelerator"))
-    devices = trainer.get("devices", 1)
-    per_node = processes_per_node(trainer, cuda)
-    if per_node is None or per_node < 1:
-        problems.append(
-            f"trainer.devices must be a positive number of devices, a list of device ids or auto, got {devices!r}"
-        )
-    nodes = trainer.get("num_nodes", 1)
-    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
-        problems.append(f"trainer.num_nodes must be an integer >= 1, got {nodes!r}")
-        nodes = None
-    if accelerator in GPU_ACCELERATORS:
-        import torch
-
-        if cuda == 0:
-            problems.append(
-                f"trainer.accelerator={accelerator} but torch {torch.__version__} sees no CUDA device (CUDA build: "
-                f"{torch.version.cuda}): run on a GPU node with a CUDA build of torch, or use trainer=cpu"
+    def schedule(self, spec: Spec) -> Schedule:
+        """``stage``: the schedule, each stage resolved against the run."""
+        v = self.values
+        name, applies_to = v.text("stage.name"), v.choice("stage.proportion_applies_to", ("last", "all"))
+        entries = self.cfg.stage.get("stages")
+        if entries is not None and not OmegaConf.is_list(entries):
+            self.problems.append(f"stage.stages must be a list of stages, got {type(entries).__name__}")
+        entries = list(entries) if OmegaConf.is_list(entries) else []
+        if not entries and name != ZERO_SHOT:
+            self.problems.append(
+                f"stage.stages is empty, so nothing would be trained, but stage.name is {name!r}: the run would be "
+                f"recorded as {name!r}; use stage={ZERO_SHOT} to evaluate the starting model as it is"
             )
-        elif per_node is not None and per_node > cuda:
-            problems.append(f"trainer.devices={devices} but this node has {cuda} visible CUDA device(s)")
-    tasks = slurm_tasks(env)
-    if tasks is not None and per_node is not None and nodes is not None:
-        if tasks[0] != per_node:
-            problems.append(
-                f"trainer.devices={devices} runs {per_node} process(es) per node but this SLURM job has {tasks[0]} "
-                "task(s) per node (hydra.launcher.tasks_per_node, or sbatch/srun --ntasks-per-node): they must match; "
-                "launcher=slurm sets tasks_per_node from trainer.devices unless it is overridden"
-            )
-        if tasks[1] != nodes:
-            problems.append(
-                f"trainer.num_nodes={nodes} but this SLURM job has {tasks[1]} node(s) (hydra.launcher.nodes, or "
-                "sbatch --nodes): they must match; launcher=slurm sets nodes from trainer.num_nodes unless overridden"
-            )
-    if launcher is None:
-        launcher = _multirun_launcher()
-    external = tasks is not None or "TORCHELASTIC_RUN_ID" in env or "LOCAL_RANK" in env
-    if launcher is not None and not external and (per_node or 1) > 1 and not launcher.endswith("SlurmLauncher"):
-        problems.append(LOCAL_DDP_MULTIRUN.format(devices=per_node, launcher=launcher.rsplit(".", 1)[-1]))
-    return problems
-
-
-def _multirun_launcher() -> str | None:
-    """The Hydra launcher's ``_target_`` inside a multirun job, else None."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    return str(HydraConfig.get().launcher.get("_target_", ""))
-
-
-def config_problems(cfg: DictConfig) -> list[str]:
-    """Every problem with the config's values, each naming its key (empty when there is none)."""
-    check = _Checker(cfg)
-    seed = check.integer("seed", 0)  # numpy's seeds are 0 .. 2**32 - 1
-    if seed is not None and seed > MAX_SEED:
-        check.problems.append(f"seed must be an integer in [0, {MAX_SEED}], got {seed}")
-    for key, allowed in (("run.on_config_change", ("refuse", "fresh")), ("run.on_complete", ("skip", "fresh"))):
-        if check.has(key):
-            check.choice(key, allowed)
-    check.boolean("run.keep_checkpoints")
-    check.boolean("run.keep_encoder")
-    check.integer("model.query_max_length", 1)
-    check.integer("model.passage_max_length", 1)
-    check.choice("model.pooling", ("cls", "mean"))
-    check.boolean("model.normalize")
-    check.boolean("model.shared")
-    if check.has("run.stages_only"):
-        check.boolean("run.stages_only")
-    if check.has("evaluation"):
-        _evaluation(check)
-    checkpoint = check.value("checkpoint") if check.has("checkpoint") else None
-    if checkpoint not in (None, _ABSENT):
-        problem = model_source_problem("checkpoint", checkpoint, saved_encoder=True)
-    else:
-        model = check.value("model")
-        problem = build_target_problem(model) if isinstance(model, DictConfig) else None
-        if problem is None and isinstance(model, DictConfig) and model.get("build") is None:
-            problem = model_source_problem("model.name_or_path", check.value("model.name_or_path"))
-    if problem:
-        check.problems.append(problem)
-    if check.has("train"):  # train.py
-        _train(check)
-        check.integer("trainer.max_epochs", 1, allowed=(-1,))
-        check.choice("trainer.deterministic", (True, False, "warn"))
-        check.number("model.temperature", 0.0, None, low_open=True)
-        _negatives(check)
-        _labels(check)
-    _logger(check)
-    check.problems.extend(launch_problems(cfg))
-    check.problems.extend(cache_settings_problems())  # MDR_VERIFY_CACHES, MDR_CACHE_LOCK, MDR_LOCK_STALE_SECONDS
-    if not check.problems:  # the schedule and the evaluation languages resolve a config whose values are sound
-        check.problems.extend(_resolution_problems(cfg))
-    return check.problems
-
-
-def _train(check: _Checker) -> None:
-    """The ``train`` and ``loss`` groups."""
-    check.integer("train.batch_size", 1)
-    check.number("train.learning_rate", 0.0, None, low_open=True)
-    check.number("train.weight_decay", 0.0)
-    check.number("train.warmup_ratio", 0.0, 1.0)
-    check.choice("train.fast_dropout", ("auto", True, False))
-    check.integer("train.token_cache", 0)
-    check.integer("train.cpu_malloc_retain_mb", 0, maximum=MAX_RETAIN_MB)  # mallopt takes a C int of bytes
-    check.integer("train.num_workers", 0)
-    check.integer("train.chunk_tokens", 1)
-    check.optional_integer("train.checkpoint_every_n_steps", 1)
-    if check.value("train.gradient_clip_val") is not None:  # null: no clipping
-        check.number("train.gradient_clip_val", 0.0, None, low_open=True)
-    for key in ("train.save_encoder", "train.gradient_checkpointing", "train.grad_cache.enabled"):
-        check.boolean(key)
-    check.integer("train.grad_cache.chunk_size", 1)
-    check.boolean("loss.mask_false_negatives")
-
-
-def _evaluation(check: _Checker) -> None:
-    """The ``evaluation`` group."""
-    check.integer("evaluation.depth", MIN_DEPTH)  # nDCG@10 needs the top 10; below 100 names mrr@<depth>
-    check.integer("evaluation.batch_size", 1)
-    check.choice("evaluation.faiss_gpu", ("auto", True, False))
-    check.choice("evaluation.bf16", ("auto", True, False))
-    check.integer("evaluation.shard_size", 1)
-    check.boolean("evaluation.fp16_index")
-    check.boolean("evaluation.keep_embeddings")
-
-
-def _logger(check: _Checker) -> None:
-    """The ``logger`` group."""
-    check.boolean("logger.csv")
-    check.boolean("logger.wandb.enabled")
-    check.choice("logger.wandb.mode", WANDB_MODES)
-    check.optional_integer("logger.progress.every_n_steps", 1)  # null: no step trigger
-    if check.value("logger.progress.every_seconds") is not None:  # null: no time trigger
-        check.number("logger.progress.every_seconds", 0.0, None, low_open=True)
-
-
-def _resolution_problems(cfg: DictConfig) -> list[str]:
-    """Problems of the stage schedule (:func:`mdr.stages.schedule`) and of the evaluation languages."""
-    from mdr.stages import evaluation_languages, schedule
-
-    problems = []
-    checks = [schedule] + ([evaluation_languages] if OmegaConf.select(cfg, "language.code") is not None else [])
-    for resolve in checks:
-        try:
-            resolve(cfg)
-        except DataError as error:
-            problems.append(str(error))
-    return problems
+        last = len(entries) - 1
+        stages = [self.stage(spec, i, entry, i == last, applies_to or "last") for i, entry in enumerate(entries)]
+        return Schedule(name, applies_to, tuple(stage for stage in stages if stage is not None))
 
 
 def _fail(problems: list[str]) -> None:
@@ -475,35 +500,38 @@ def _fail(problems: list[str]) -> None:
         raise DataError(f"{len(problems)} problems with the config:\n  " + "\n  ".join(problems))
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check the config before anything is read, built or trained.
-
-    Raises:
-        DataError: naming the config key of every problem found.
-    """
-    _fail(config_problems(cfg))
+def config_problems(cfg: DictConfig) -> list[str]:
+    """Every problem with the composed config's values, each naming its key (empty when there is none)."""
+    builder = _Builder(cfg)
+    builder.spec()
+    return builder.problems
 
 
-def split_problems(cfg: DictConfig, train: RetrievalSplit | None, test: RetrievalSplit) -> list[str]:
-    """Problems of the loaded data with this config, each naming the config key it concerns."""
-    problems = test_split_problems(test, str(OmegaConf.select(cfg, "data.test_split", default="test")))
-    if train is None:
-        return problems
-    negatives = cfg.negatives
-    return problems + train_split_problems(
-        train,
-        str(OmegaConf.select(cfg, "data.train_split", default="train")),
-        int(negatives.num_negatives),
-        float(negatives.hard_proportion),
-        str(negatives.pool.source),
-        str(cfg.data.name),
-    )
+def build_spec(cfg: DictConfig) -> Spec:
+    """The run's :class:`Spec`, every value checked before anything is read, built or trained; a
+    :class:`DataError` names the key of every problem found."""
+    builder = _Builder(cfg)
+    spec = builder.spec()
+    _fail(builder.problems)
+    return spec
 
 
-def validate_splits(cfg: DictConfig, train: RetrievalSplit | None, test: RetrievalSplit) -> None:
-    """Check the loaded splits against the config (run after :func:`validate`, before mining or training).
+def resolve_teacher(cfg: DictConfig, name: str) -> Teacher:
+    """The denoising teacher ``name`` (as ``negatives.denoise.teacher`` names one) for the run ``cfg`` composes;
+    a :class:`DataError` where it is neither a model group nor an existing folder."""
+    builder = _Builder(cfg)
+    teacher = builder.teacher(name)
+    _fail(builder.problems)
+    return teacher  # type: ignore[return-value]
 
-    Raises:
-        DataError: naming the config key of every problem found.
-    """
-    _fail(split_problems(cfg, train, test))
+
+def validate_splits(spec: Spec, train: RetrievalSplit | None, test: RetrievalSplit) -> None:
+    """Check the loaded splits against the spec (before mining or training); a :class:`DataError` names the key
+    of every problem found."""
+    problems = test_split_problems(test, spec.data.test_split)
+    if train is not None and spec.negatives is not None:
+        negatives, data = spec.negatives, spec.data
+        source = negatives.pool.source if negatives.pool is not None else ""
+        k, p = negatives.num_negatives, negatives.hard_proportion
+        problems += train_split_problems(train, data.train_split, k, p, source, data.name)
+    _fail(problems)

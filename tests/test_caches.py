@@ -26,12 +26,13 @@ from mdr.data.readers import LocalReader
 from mdr.data.schema import RetrievalSplit
 from mdr.evaluation.shards import EmbeddingShards, ShardPlan
 from mdr.mining.bm25 import bm25s_search
-from mdr.mining.denoise import DenoiseSettings, denoise_pools
+from mdr.mining.denoise import DenoiseSettings, NegativePools, denoise_pools
 from mdr.mining.miner import PoolSettings, mine
 from mdr.models.bi_encoder import SETTINGS_FILE, BiEncoder, load_tokenizer
 from mdr.stage_cache import run_schedule, stage_keys
-from mdr.stages import schedule
+from mdr.training import pool_key
 from mdr.utils.cache import CacheError, cache_lock, remove_stale_builds, staging_name
+from mdr.validation import build_spec
 
 from conftest import DATA_DIR, XQUAD_SENT
 
@@ -139,6 +140,14 @@ def test_a_corpus_is_keyed_by_content_not_by_path_or_time(tmp_path: Path) -> Non
 # ---- pools, teacher scores, BM25 index ----------------------------------------------------------------------
 
 
+def _ensure(cfg: Any) -> None:
+    """Build the composed config's model where its group says how."""
+    from mdr.utils.instantiate import ensure_model_files
+
+    model = build_spec(cfg).model
+    ensure_model_files(model.name, model.name_or_path, model.build)
+
+
 def _no_encoder(name: str) -> Any:
     raise AssertionError("no encoder is needed for BM25 pools")
 
@@ -150,10 +159,12 @@ def thai_train(tmp_path: Path) -> RetrievalSplit:
 
 def test_a_pool_file_cut_in_half_is_mined_again(thai_train: RetrievalSplit, tmp_path: Path) -> None:
     settings = PoolSettings(source="bm25", backend="bm25s", depth=20)
-    pools = mine(settings, thai_train, "th", "th", tmp_path, _no_encoder)
+    key = pool_key(settings, "th", tmp_path)
+    pools = mine(settings, thai_train, "th", "th", tmp_path, _no_encoder, key=key)
     (pool_file,) = (tmp_path / "pools").glob("th-bm25-*.jsonl")
     _cut_lines(pool_file)
-    again = mine(settings, thai_train, "th", "th", tmp_path, _no_encoder)  # old code: half the queries, a warning
+    # old code: half the queries, a warning
+    again = mine(settings, thai_train, "th", "th", tmp_path, _no_encoder, key=key)
     assert again.candidates == pools.candidates and again.positive_scores == pools.positive_scores
     assert len(again.candidates) == len(thai_train.queries)
 
@@ -254,14 +265,12 @@ def test_a_full_disk_while_building_the_tiny_model_leaves_nothing_and_the_next_b
 
 
 def test_a_truncated_tiny_model_is_built_again(make_cfg: Any, tmp_path: Path) -> None:
-    from mdr.utils.instantiate import ensure_model_files
-
     cfg = make_cfg(f"paths.cache_dir={tmp_path}", "model.build.corpus_glob=" + str(XQUAD_SENT / "th" / "corpus.jsonl"))
-    ensure_model_files(cfg.model)
+    _ensure(cfg)
     weights = Path(cfg.model.name_or_path) / "model.safetensors"
     whole = weights.read_bytes()
     _cut(weights)  # old code: SafetensorError 'incomplete metadata', no file named, never rebuilt
-    ensure_model_files(cfg.model)
+    _ensure(cfg)
     assert weights.read_bytes() == whole  # the build is deterministic
 
 
@@ -269,10 +278,8 @@ def test_a_weight_matrix_zeroed_between_the_sampled_blocks_is_built_again(
     make_cfg: Any, tmp_path: Path, caplog: Any
 ) -> None:
     """The old check read 16 blocks of 4 KiB: a zeroed 256 x 256 matrix between them was used as it was."""
-    from mdr.utils.instantiate import ensure_model_files
-
     cfg = make_cfg(f"paths.cache_dir={tmp_path}", "model.build.corpus_glob=" + str(XQUAD_SENT / "th" / "corpus.jsonl"))
-    ensure_model_files(cfg.model)
+    _ensure(cfg)
     folder = Path(cfg.model.name_or_path)
     weights = folder / "model.safetensors"
     whole = weights.read_bytes()
@@ -287,7 +294,7 @@ def test_a_weight_matrix_zeroed_between_the_sampled_blocks_is_built_again(
     _overwrite(weights, start, bytes(end - start))
     assert _recorded_sample(folder / ".manifest.json", "model.safetensors") == cache.sample_digest(weights)
     caplog.clear()
-    ensure_model_files(cfg.model)
+    _ensure(cfg)
     assert f"{weights} does not hold the bytes that were written (SHA-256 differs)" in caplog.text
     assert weights.read_bytes() == whole  # built again (the build is deterministic)
 
@@ -295,10 +302,8 @@ def test_a_weight_matrix_zeroed_between_the_sampled_blocks_is_built_again(
 def test_a_file_over_the_full_check_budget_is_sampled_and_the_log_says_so(
     make_cfg: Any, tmp_path: Path, caplog: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mdr.utils.instantiate import ensure_model_files
-
     cfg = make_cfg(f"paths.cache_dir={tmp_path}", "model.build.corpus_glob=" + str(XQUAD_SENT / "th" / "corpus.jsonl"))
-    ensure_model_files(cfg.model)
+    _ensure(cfg)
     folder = Path(cfg.model.name_or_path)
     weights, tokenizer = folder / "model.safetensors", folder / "tokenizer.json"
     monkeypatch.setattr(cache, "FULL_CHECK_BYTES", 1 << 20)  # the weights (MBs) over it, the rest under it
@@ -329,15 +334,14 @@ def test_an_unknown_verify_setting_is_refused_before_any_work(
 ) -> None:
     """``MDR_VERIFY_CACHES=1`` (or true) was silently ignored: only ``full`` changed anything."""
     from mdr.data.schema import DataError
-    from mdr.validation import validate
 
     cfg = make_cfg()
     for accepted in ("", "auto", "full", "FULL"):
         monkeypatch.setenv("MDR_VERIFY_CACHES", accepted)
-        validate(cfg)
+        build_spec(cfg)
     monkeypatch.setenv("MDR_VERIFY_CACHES", value)
     with pytest.raises(DataError, match=rf"MDR_VERIFY_CACHES='{value}': expected auto .* or full"):
-        validate(cfg)
+        build_spec(cfg)
     with pytest.raises(cache.SettingError, match="MDR_VERIFY_CACHES"):
         cache.verify_level("auto")
     monkeypatch.setenv("MDR_VERIFY_CACHES", "full")
@@ -368,15 +372,15 @@ class _Encoder:
 def _fake_training(monkeypatch: pytest.MonkeyPatch, fits: list[str]) -> None:
     """Stage training without a model: ``fit`` records ``<folder>:<qrels>`` in ``fits`` and labels the encoder."""
 
-    def fit(cfg: Any, encoder: Any, tokenizer: Any, split: Any, pools: Any, out: Path) -> dict[str, Any]:
+    def fit(spec: Any, stage: Any, encoder: Any, tokenizer: Any, split: Any, pools: Any, out: Path) -> dict[str, Any]:
         fits.append(f"{out.name}:{len(split.qrels)}")
         encoder.label = f"{out}:{len(fits)}"
         trainer = SimpleNamespace(is_global_zero=True, world_size=1)
         return {"trainer": trainer, "summary": {"train_queries": len(split.queries)}}
 
     monkeypatch.setattr(training, "fit", fit)
-    monkeypatch.setattr(training, "load_encoder", lambda cfg, start=None: (_Encoder("start"), None))
-    monkeypatch.setattr(training, "negative_pools", lambda cfg, split, lang: {})
+    monkeypatch.setattr(training, "load_encoder", lambda model, start=None: (_Encoder("start"), None))
+    monkeypatch.setattr(training, "negative_pools", lambda spec, negatives, split, language: NegativePools())
 
 
 def _statuses(result: Any) -> list[str]:
@@ -403,16 +407,16 @@ def test_a_cached_stage_retrains_when_its_training_data_changes_and_is_reused_wh
     fits: list[str] = []
     _fake_training(monkeypatch, fits)
     first = cfg(tmp_path / "data", tmp_path / "cache")
-    assert _statuses(run_schedule(first, tmp_path / "out1")) == ["trained", "run"]
-    assert _statuses(run_schedule(first, tmp_path / "out2")) == ["reused", "run"]
-    digest = stage_keys(first, schedule(first))[0][1]
+    assert _statuses(run_schedule(build_spec(first), tmp_path / "out1")) == ["trained", "run"]
+    assert _statuses(run_schedule(build_spec(first), tmp_path / "out2")) == ["reused", "run"]
+    digest = stage_keys(build_spec(first))[0][1]
 
     # a moved data folder and a copied cache: same content, same key, reused
     shutil.copytree(tmp_path / "data", tmp_path / "moved")
     shutil.copytree(tmp_path / "cache", tmp_path / "cache2")
     moved = cfg(tmp_path / "moved", tmp_path / "cache2")
-    assert stage_keys(moved, schedule(moved))[0][1] == digest
-    assert _statuses(run_schedule(moved, tmp_path / "out3")) == ["reused", "run"]
+    assert stage_keys(build_spec(moved))[0][1] == digest
+    assert _statuses(run_schedule(build_spec(moved), tmp_path / "out3")) == ["reused", "run"]
 
     # the English qrels edited (docids shifted by 7 lines): old code reused the stage (MRR .2972 vs .1769)
     qrels = data / "en" / "qrels" / "train.txt"
@@ -421,18 +425,18 @@ def test_a_cached_stage_retrains_when_its_training_data_changes_and_is_reused_wh
     shifted = docids[7:] + docids[:7]
     qrels.write_text("".join(f"{' '.join(line.split()[:2])} {d} 1\n" for line, d in zip(lines, shifted)))
     edited = cfg(tmp_path / "data", tmp_path / "cache")
-    assert stage_keys(edited, schedule(edited))[0][1] != digest
+    assert stage_keys(build_spec(edited))[0][1] != digest
     fits.clear()
-    assert _statuses(run_schedule(edited, tmp_path / "out4")) == ["trained", "run"]
+    assert _statuses(run_schedule(build_spec(edited), tmp_path / "out4")) == ["trained", "run"]
     assert len(fits) == 2
 
     # a truncated stage encoder: trained again, with the file named in the log
-    stage = tmp_path / "cache" / "stages" / stage_keys(edited, schedule(edited))[0][1]
+    stage = tmp_path / "cache" / "stages" / stage_keys(build_spec(edited))[0][1]
     weights = stage / "encoder" / "model.safetensors"
     _cut(weights)
     fits.clear()
     caplog.clear()
-    assert _statuses(run_schedule(edited, tmp_path / "out5")) == ["trained", "run"]
+    assert _statuses(run_schedule(build_spec(edited), tmp_path / "out5")) == ["trained", "run"]
     assert f"{weights} has" in caplog.text, "the log names the broken file"
     assert not list(stage.glob(".encoder*")), "no staging or broken folder is left"
 
@@ -443,7 +447,7 @@ def test_a_cached_stage_retrains_when_its_training_data_changes_and_is_reused_wh
     assert _recorded_sample(weights.parent / ".manifest.json", weights.name) == cache.sample_digest(weights)
     fits.clear()
     caplog.clear()
-    assert _statuses(run_schedule(edited, tmp_path / "out6")) == ["trained", "run"]
+    assert _statuses(run_schedule(build_spec(edited), tmp_path / "out6")) == ["trained", "run"]
     assert f"{weights} does not hold the bytes that were written" in caplog.text
 
 
@@ -455,7 +459,7 @@ def test_the_stage_key_holds_the_starting_model_weights_not_its_path(
 
     def digests(model: Path) -> list[str]:
         cfg = make_cfg("stage=english_then_target", f"model.name_or_path={model}", f"model.build.out_dir={model}")
-        return [d for _, d in stage_keys(cfg, schedule(cfg), content=False)]
+        return [d for _, d in stage_keys(build_spec(cfg), content=False)]
 
     assert digests(copy) == digests(tiny_model)
     from safetensors.torch import load_file, save_file
@@ -473,11 +477,12 @@ def test_the_stage_key_leaves_out_the_settings_a_run_folder_leaves_out(make_cfg:
 
     def digests(*overrides: str) -> list[str]:
         cfg = make_cfg("stage=english_then_target", *overrides)
-        return [d for _, d in stage_keys(cfg, schedule(cfg), content=False)]
+        return [d for _, d in stage_keys(build_spec(cfg), content=False)]
 
     plain = digests()
     assert digests("train.token_cache=0", "train.cpu_malloc_retain_mb=0", "train.num_workers=2") == plain
-    assert digests("~train.token_cache", "~train.cpu_malloc_retain_mb") == plain  # as a config made before them
+    (first, _), _ = stage_keys(build_spec(make_cfg("stage=english_then_target")), content=False)
+    assert not {"token_cache", "cpu_malloc_retain_mb", "num_workers"} & set(first["train"]), "as a key made before them"
     assert digests("train.weight_decay=0.02")[0] != plain[0]
 
 
@@ -607,11 +612,9 @@ def test_a_bad_lock_setting_is_refused_naming_it(tmp_path: Path, monkeypatch: py
 def test_a_model_folder_of_the_users_is_never_checked_against_a_build_manifest(
     make_cfg: Any, tiny_model: Path, tmp_path: Path
 ) -> None:
-    from mdr.utils.instantiate import ensure_model_files
-
     mine_ = tmp_path / "my-model"
     shutil.copytree(tiny_model, mine_, ignore=shutil.ignore_patterns(".manifest.json"))
-    ensure_model_files(make_cfg(f"model.name_or_path={mine_}").model)  # model=tiny builds elsewhere
+    _ensure(make_cfg(f"model.name_or_path={mine_}"))  # model=tiny builds elsewhere
     assert sorted(p.name for p in mine_.iterdir()) == sorted(p.name for p in tiny_model.iterdir() if p.name[0] != ".")
 
 
@@ -623,7 +626,7 @@ def test_the_stage_key_holds_a_dense_miners_encoder_by_its_weights_not_its_path(
 
     def digests(folder: Path) -> list[str]:  # the English stage inherits the run's negatives, miner included
         cfg = make_cfg("stage=english_then_target", "negatives=dense", f"negatives.pool.encoder={folder}")
-        return [d for _, d in stage_keys(cfg, schedule(cfg), content=False)]
+        return [d for _, d in stage_keys(build_spec(cfg), content=False)]
 
     before = digests(encoder)
     moved = tmp_path / "moved-miner"

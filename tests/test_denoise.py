@@ -16,7 +16,6 @@ from mdr.mining.denoise import (
     NegativePools,
     apply_relative_margin,
     denoise_pools,
-    teacher_model,
     teacher_scores,
 )
 from mdr.mining.pools import RawPools, load_pools
@@ -57,15 +56,15 @@ def test_relative_margin_rule_by_hand() -> None:
     assert stats_wide.dropped >= stats.dropped >= stats0.dropped
 
 
-def test_settings_are_validated() -> None:
-    assert DenoiseSettings.from_config(None) == DenoiseSettings()
+def test_settings_are_validated(make_cfg: Callable[..., DictConfig]) -> None:
+    from mdr.validation import config_problems
+
     assert not DenoiseSettings().enabled and DenoiseSettings().relative_margin == 0.05
-    with pytest.raises(DataError, match=r"relative_margin=0.95.*0.05 keeps"):
-        DenoiseSettings(enabled=True, relative_margin=0.95)
-    with pytest.raises(DataError, match="unknown keys"):
-        DenoiseSettings.from_config({"enabled": True, "margin": 0.1})
-    with pytest.raises(DataError, match="batch_size"):
-        DenoiseSettings(batch_size=0)
+    assert config_problems(make_cfg("negatives.denoise.relative_margin=0.95")) == [
+        "negatives.denoise.relative_margin must be in [0, 0.5], got 0.95"
+    ]
+    assert "unknown keys ['margin']" in config_problems(make_cfg("+negatives.denoise.margin=0.1"))[0]
+    assert "negatives.denoise.batch_size" in config_problems(make_cfg("negatives.denoise.batch_size=0"))[0]
 
 
 def _split() -> RetrievalSplit:
@@ -166,25 +165,35 @@ def test_denoise_drops_copies_of_positives_and_caches_teacher_scores(tiny_teache
 
 
 def test_teacher_is_a_model_group_or_a_folder(make_cfg: Callable[..., DictConfig], tiny_model: Path) -> None:
+    from mdr.validation import build_spec, config_problems, resolve_teacher
+
     cfg = make_cfg()
-    teacher_cfg, path = teacher_model(cfg, "me5_small")
-    assert path is None and teacher_cfg.model.name == "me5_small" and cfg.model.name == "tiny"
-    assert teacher_cfg.model.name_or_path == f"{cfg.paths.cache_dir}/models/me5-small"
-    assert teacher_cfg.model.query_prefix == "query: "
-    same_cfg, folder = teacher_model(cfg, str(tiny_model))
-    assert same_cfg is cfg and folder == str(tiny_model.resolve())
+    group = resolve_teacher(cfg, "me5_small")
+    assert group.folder is None and group.model.name == "me5_small" and cfg.model.name == "tiny"
+    assert group.model.name_or_path == f"{cfg.paths.cache_dir}/models/me5-small"
+    assert group.model.encoder.query_prefix == "query: "
+    folder = resolve_teacher(cfg, str(tiny_model))
+    assert folder.model == build_spec(cfg).model and folder.folder == str(tiny_model.resolve())
     with pytest.raises(DataError, match="negatives.denoise.teacher='nope'"):
-        teacher_model(cfg, "nope")
+        resolve_teacher(cfg, "nope")
+    # refused with the config, before any data is read: only where denoising is on
+    assert config_problems(make_cfg("negatives.denoise.teacher=nope")) == []
+    problems = config_problems(make_cfg("negatives.denoise.enabled=true", "negatives.denoise.teacher=nope"))
+    assert len(problems) == 1 and "negatives.denoise.teacher='nope': neither a model group" in problems[0]
 
 
 def test_pipeline_denoises_pools_and_reports_counts(make_cfg: Callable[..., DictConfig], tiny_model: Path) -> None:
     from mdr.pipeline import load_splits
     from mdr.training import negative_pools
+    from mdr.validation import build_spec
 
-    cfg = make_cfg("negatives.hard_proportion=1")
-    train, _ = load_splits(cfg)
+    def pools(cfg: DictConfig, train: RetrievalSplit) -> NegativePools:
+        spec = build_spec(cfg)
+        return negative_pools(spec, spec.negatives, train, spec.language)
+
+    train, _ = load_splits(build_spec(make_cfg("negatives.hard_proportion=1")))
     assert train is not None
-    plain = negative_pools(cfg, train, cfg.language)
+    plain = pools(make_cfg("negatives.hard_proportion=1"), train)
     assert plain.denoise is None and plain
     cfg = make_cfg(
         "negatives.hard_proportion=1",
@@ -192,7 +201,7 @@ def test_pipeline_denoises_pools_and_reports_counts(make_cfg: Callable[..., Dict
         f"negatives.denoise.teacher={tiny_model}",
         "negatives.denoise.relative_margin=0.005",  # the random tiny model's cosines all lie near 0.97
     )
-    denoised = negative_pools(cfg, train, cfg.language)
+    denoised = pools(cfg, train)
     stats = denoised.denoise
     assert stats is not None and stats.teacher == str(tiny_model.resolve())
     assert stats.candidates == sum(len(p) for p in plain.values()) and stats.queries == len(plain)
@@ -201,7 +210,5 @@ def test_pipeline_denoises_pools_and_reports_counts(make_cfg: Callable[..., Dict
     for query_id, kept in denoised.items():  # denoising only removes, in the miner's order
         assert kept == [d for d in plain[query_id] if d in set(kept)]
     # p = 0 mines nothing and denoises nothing
-    none = negative_pools(
-        make_cfg("negatives.hard_proportion=0", "negatives.denoise.enabled=true"), train, cfg.language
-    )
+    none = pools(make_cfg("negatives.hard_proportion=0", "negatives.denoise.enabled=true"), train)
     assert none == {} and none.denoise is None

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf
 
 from mdr.data.readers import LocalReader
 from mdr.models.precision import bf16_supported, resolve_precision
@@ -34,6 +35,7 @@ def test_masked_total_needs_no_collective_after_fit(make_cfg, tmp_path: Path, mo
     from lightning.pytorch.strategies import DDPStrategy
 
     from mdr.training import fit, load_encoder
+    from mdr.validation import build_spec
 
     torn_down: list[bool] = []
     teardown = DDPStrategy.teardown
@@ -60,8 +62,9 @@ def test_masked_total_needs_no_collective_after_fit(make_cfg, tmp_path: Path, mo
         "trainer.precision=32-true",
     )
     split = LocalReader(XQUAD_SENT / "th", "th").load("train")
-    encoder, tokenizer = load_encoder(cfg)
-    fitted = fit(cfg, encoder, tokenizer, split, {}, tmp_path / "run")
+    spec = build_spec(cfg)
+    encoder, tokenizer = load_encoder(spec.model)
+    fitted = fit(spec, spec.schedule.stages[-1], encoder, tokenizer, split, {}, tmp_path / "run")
     assert torn_down, "the DDP strategy should have been torn down by fit"
     assert fitted["trainer"].world_size == 1 and fitted["summary"]["steps"] == 4
     assert fitted["summary"]["in_batch_false_negatives_masked"] >= 0
@@ -105,6 +108,7 @@ def test_dense_mining_writes_embeddings_under_the_cache_not_tmpdir(
     import mdr.mining.dense as dense
     from mdr.mining.miner import PoolSettings, mine
     from mdr.models.bi_encoder import BiEncoder, EncoderSettings, load_tokenizer
+    from mdr.training import pool_key
 
     tmpdir = tmp_path / "system-tmp"
     tmpdir.mkdir()
@@ -126,7 +130,8 @@ def test_dense_mining_writes_embeddings_under_the_cache_not_tmpdir(
     def load(path: str):  # noqa: ANN202
         return BiEncoder.from_pretrained(path, EncoderSettings(pooling="mean", normalize=True)), load_tokenizer(path)
 
-    mine(PoolSettings(source="dense", depth=10, encoder=str(tiny_model)), split, "hi", "hi", cache, load, "cpu")
+    settings = PoolSettings(source="dense", depth=10, encoder=str(tiny_model))
+    mine(settings, split, "hi", "hi", cache, load, "cpu", key=pool_key(settings, "hi", cache))
     assert len(folders) == 1 and folders[0].is_relative_to(cache / "tmp")
     assert not folders[0].exists(), "removed once the pool is built"
     assert not any(tmpdir.iterdir()), "nothing written to the system's temporary folder"
@@ -160,14 +165,15 @@ def test_slurm_ranks_take_rank_zeros_run_folder_decision(make_cfg, monkeypatch: 
 
     ran: list[int] = []
 
-    def task(cfg) -> dict:  # noqa: ANN001
+    def task(spec) -> dict:  # noqa: ANN001
         ran.append(int(os.environ["SLURM_PROCID"]))
         payload = {"metrics": {"mrr@100": 0.5}} if ran[-1] == 0 else {}
         if payload:
-            atomic_write_json(Path(cfg.paths.output_dir) / "metrics.json", payload)
+            atomic_write_json(Path(spec.paths.output_dir) / "metrics.json", payload)
         return payload
 
-    cfg = make_cfg("seed=7")
+    two_tasks = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")  # the job's 2 tasks are its ranks
+    cfg = make_cfg("seed=7", *two_tasks)
     _slurm_task(monkeypatch, 0)
     assert run_task(cfg, task)["metrics"]["mrr@100"] == 0.5
     _slurm_task(monkeypatch, 1)
@@ -179,7 +185,7 @@ def test_slurm_ranks_take_rank_zeros_run_folder_decision(make_cfg, monkeypatch: 
     assert run_task(cfg, task) == {}
     assert ran == [0, 1], "rank 1 returns too: rank 0 found the run complete"
 
-    changed = make_cfg("seed=8")  # another config into the finished folder: refused on both ranks
+    changed = make_cfg("seed=8", *two_tasks)  # another config into the finished folder: refused on both ranks
     _slurm_task(monkeypatch, 0, restart=2)
     with pytest.raises(run_folder.RunFolderConflict):
         run_task(changed, task)
@@ -207,17 +213,17 @@ def test_a_rank_zero_failure_after_deciding_to_run_ends_the_other_ranks(
 
     from mdr.lifecycle import run_task
 
-    def failing(cfg) -> dict:  # noqa: ANN001
+    def failing(spec) -> dict:  # noqa: ANN001
         raise ValueError("queries.jsonl line 3: no text")
 
-    cfg = make_cfg("seed=9")
+    cfg = make_cfg("seed=9", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
     out = Path(cfg.paths.output_dir)
     _slurm_task(monkeypatch, 0)
     with pytest.raises(ValueError):
         run_task(cfg, failing)
     _slurm_task(monkeypatch, 1)
     with pytest.raises(RuntimeError, match="rank 0 failed .*queries.jsonl line 3"):
-        run_task(cfg, lambda cfg: {})  # not started yet: it does not start
+        run_task(cfg, lambda spec: {})  # not started yet: it does not start
 
     # a rank 1 already in its task (standing in for Lightning's rendezvous) when rank 0 fails: it exits, with the error
     key_env = {**os.environ, "SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0", "SLURM_PROCID": "1", "SLURM_NTASKS": "2"}
@@ -292,9 +298,12 @@ def test_slurm_settings_that_contradict_the_trainer_are_refused_naming_the_keys(
 def test_each_job_checks_its_slurm_allocation_and_cuda_before_reading_data(make_cfg) -> None:  # noqa: ANN001
     """Defect 5: inside the job, a mismatch with the allocation or a GPU trainer without CUDA is a config error
     naming the keys (validation), not Lightning's error at fit after mining, or a late CUDA failure."""
-    from mdr.validation import launch_problems
+    from mdr.cluster import launch_problems
 
-    ddp = make_cfg("trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2")
+    def trainer(*overrides: str) -> dict:
+        return OmegaConf.to_container(make_cfg(*overrides).trainer, resolve=True)
+
+    ddp = trainer("trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2")
     env = {"SLURM_NTASKS": "8", "SLURM_NTASKS_PER_NODE": "8", "SLURM_NNODES": "2", "SLURM_JOB_NAME": "train"}
     assert launch_problems(ddp, environ=env, cuda_devices=8, launcher=None) == []
     one_task = {**env, "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1"}
@@ -302,11 +311,11 @@ def test_each_job_checks_its_slurm_allocation_and_cuda_before_reading_data(make_
     assert len(problems) == 1 and "trainer.devices=8" in problems[0] and "hydra.launcher.tasks_per_node" in problems[0]
     one_node = {**env, "SLURM_NNODES": "1"}
     assert "trainer.num_nodes=2 but this SLURM job has 1 node(s)" in launch_problems(ddp, one_node, 8, None)[0]
-    no_cuda = launch_problems(make_cfg("trainer=gpu"), environ={}, cuda_devices=0, launcher=None)
+    no_cuda = launch_problems(trainer("trainer=gpu"), environ={}, cuda_devices=0, launcher=None)
     assert len(no_cuda) == 1 and "trainer.accelerator=gpu but torch" in no_cuda[0] and "sees no CUDA" in no_cuda[0]
     assert "this node has 2 visible CUDA" in launch_problems(ddp, environ={}, cuda_devices=2, launcher=None)[0]
     assert (
-        "trainer.num_nodes must be an integer >= 1" in launch_problems(make_cfg("trainer.num_nodes=0"), {}, 0, None)[0]
+        "trainer.num_nodes must be an integer >= 1" in launch_problems(trainer("trainer.num_nodes=0"), {}, 0, None)[0]
     )
 
 
@@ -315,8 +324,7 @@ def test_local_ddp_multirun_is_refused_before_any_job(make_cfg) -> None:  # noqa
     the whole sweep: rank 1 ran another cell than rank 0 and the table reported wrong cells. Refused up front."""
     from lightning.fabric.strategies.launchers import subprocess_script
 
-    from mdr.cluster import sweep_problems
-    from mdr.validation import launch_problems
+    from mdr.cluster import launch_problems, sweep_problems
 
     # what Lightning would run for rank 1 from a multirun job: the sweep again
     argv = ["train.py", "-m", "trainer=ddp", "trainer.devices=2", "negatives.hard_proportion=0,1"]
@@ -329,7 +337,7 @@ def test_local_ddp_multirun_is_refused_before_any_job(make_cfg) -> None:  # noqa
     joblib = _sweep_config("launcher=joblib", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
     assert "JoblibLauncher" in sweep_problems(joblib, environ={})[0]
     # the job checks it too (a sweep whose hydra callbacks were replaced)
-    ddp = make_cfg("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
+    ddp = OmegaConf.to_container(make_cfg("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2").trainer)
     basic = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
     assert "BasicLauncher launcher" in launch_problems(ddp, environ={}, cuda_devices=0, launcher=basic)[0]
     assert launch_problems(ddp, environ={}, cuda_devices=0, launcher=None) == [], "one cell per command: fine"

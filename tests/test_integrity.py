@@ -25,22 +25,28 @@ from mdr.data.schema import DataError
 from mdr.lifecycle import run_task
 from mdr.pipeline import evaluate, train
 from mdr.run_folder import RunFolderConflict
+from mdr.spec import Spec
 from mdr.stage_cache import stage_keys
-from mdr.stages import schedule
-from mdr.validation import validate
+from mdr.utils.config_identity import canonical_config
+from mdr.validation import build_spec
 
 from conftest import DATA_DIR, ROOT, XQUAD_SENT
+
+
+def _claim(cfg: Any, out: Path) -> run_folder.RunFolderState:
+    """:func:`mdr.run_folder.claim` for a composed config, as a run claims its folder."""
+    return run_folder.claim(out, canonical_config(cfg), build_spec(cfg).run)
 
 
 def _fake_task(calls: list[str]) -> Any:
     """A task that 'trains' (leaves a checkpoint) and writes metrics.json, recording each call."""
 
-    def task(cfg: Any) -> dict[str, Any]:
-        out = Path(cfg.paths.output_dir)
-        calls.append(str(float(cfg.negatives.hard_proportion)))
+    def task(spec: Spec) -> dict[str, Any]:
+        out = Path(spec.paths.output_dir)
+        calls.append(str(spec.negatives.hard_proportion))
         (out / "checkpoints").mkdir(exist_ok=True)
         (out / "checkpoints" / "last.ckpt").write_text("state")
-        payload = {"hard_proportion": cfg.negatives.hard_proportion, "seed": cfg.seed, "metrics": {"mrr@100": 0.5}}
+        payload = {"hard_proportion": spec.negatives.hard_proportion, "seed": spec.seed, "metrics": {"mrr@100": 0.5}}
         (out / "metrics.json").write_text(json.dumps(payload))
         return payload
 
@@ -148,11 +154,11 @@ def test_a_key_added_later_at_its_neutral_value_keeps_older_runs_and_stages_the_
     current = make_cfg("train.fast_dropout=false")  # torch's dropout: what ran before the key existed
     assert run_folder.canonical_config(current) == run_folder.canonical_config(older)
     assert run_task(current, _fake_task(calls))["metrics"] == {"mrr@100": 0.5} and calls == ["0.5"]  # skipped
-    assert [d for _, d in stage_keys(current, schedule(current))] == [d for _, d in stage_keys(older, schedule(older))]
+    assert [d for _, d in stage_keys(build_spec(current))] == [d for _, d in stage_keys(build_spec(older))]
     for changed in (make_cfg("train.fast_dropout=true"), make_cfg()):  # fast masks (the default, auto, on CPU)
         with pytest.raises(RunFolderConflict, match=r"train\.fast_dropout: '<absent>' -> (True|'auto')"):
             run_task(changed, _fake_task(calls))
-    assert stage_keys(changed, schedule(changed))[0][1] != stage_keys(current, schedule(current))[0][1]
+    assert stage_keys(build_spec(changed))[0][1] != stage_keys(build_spec(current))[0][1]
 
 
 def test_fresh_moves_the_old_contents_aside_and_starts_again(make_cfg: Any) -> None:
@@ -183,15 +189,15 @@ def test_a_resumed_run_keeps_its_wandb_run_and_a_fresh_one_gets_a_new_one(make_c
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     assert run_folder.run_id(out) is None  # nothing claimed yet
-    run_folder.claim(cfg, out)
+    _claim(cfg, out)
     first = run_folder.run_id(out)
-    settings = mdr.tracking.wandb_settings(cfg, out)
+    settings = mdr.tracking.wandb_settings(build_spec(cfg), out)
     assert first and settings["id"] == first and settings["resume"] == "allow"
     (out / "checkpoints").mkdir()
     (out / "checkpoints" / "last.ckpt").write_text("state")  # interrupted: no metrics.json
-    assert run_folder.claim(cfg, out).resumed
+    assert _claim(cfg, out).resumed
     assert run_folder.run_id(out) == first, "a resumed run must log to the same W&B run"
-    moved = run_folder.claim(make_cfg("negatives.hard_proportion=1", "run.on_config_change=fresh"), out).moved_to
+    moved = _claim(make_cfg("negatives.hard_proportion=1", "run.on_config_change=fresh"), out).moved_to
     assert moved is not None and json.loads((moved / run_folder.RECORD_FILE).read_text())["run_id"] == first
     second = run_folder.run_id(out)
     assert second and second != first, "a folder started afresh is another W&B run"
@@ -281,9 +287,9 @@ def test_through_hydra_a_refused_or_finished_rerun_leaves_the_folder_as_it_was(
 def _failing_task(calls: list[str]) -> Any:
     """A task that leaves a resume checkpoint, then fails (a killed run)."""
 
-    def task(cfg: Any) -> dict[str, Any]:
-        out = Path(cfg.paths.output_dir)
-        calls.append(str(float(cfg.negatives.hard_proportion)))
+    def task(spec: Spec) -> dict[str, Any]:
+        out = Path(spec.paths.output_dir)
+        calls.append(str(spec.negatives.hard_proportion))
         (out / "checkpoints").mkdir(exist_ok=True)
         (out / "checkpoints" / "last.ckpt").write_text("state")
         raise RuntimeError("killed")
@@ -408,7 +414,7 @@ def test_through_hydra_the_same_single_run_command_twice_trains_once(
         ("negatives.num_negatives=-1", r"negatives.num_negatives must be an integer >= 0, got -1"),
         ("train.learning_rate=0", r"train.learning_rate must be > 0, got 0"),
         ("model.query_max_length=0", r"model.query_max_length must be an integer >= 1"),
-        ("negatives.pool.range_max=0", r"negatives.pool.range_max must be an integer >= 1"),
+        ("negatives.pool.range_max=0", r"negatives.pool.range_max must be null or an integer >= 1"),
         ("negatives.pool.backend=lucene", r"negatives.pool.backend must be one of \['bm25s', 'pyserini'\]"),
         ("run.on_config_change=overwrite", r"run.on_config_change must be one of \['refuse', 'fresh'\]"),
         ("run.keep_checkpoints=sometimes", r"run.keep_checkpoints must be true or false, got 'sometimes'"),
@@ -420,7 +426,7 @@ def test_bad_config_values_name_their_key_before_anything_runs(
 ) -> None:
     cfg = make_cfg(override)
     if message is None:
-        validate(cfg)  # a valid config passes
+        build_spec(cfg)  # a valid config passes
         return
     _no_expensive_step(monkeypatch)
     with pytest.raises(DataError, match=message):
@@ -430,7 +436,7 @@ def test_bad_config_values_name_their_key_before_anything_runs(
 
 def test_every_problem_is_listed_at_once(make_cfg: Any) -> None:
     with pytest.raises(DataError, match=r"3 problems") as error:
-        validate(make_cfg("train.batch_size=-2", "negatives.num_negatives=x", "seed=1.5"))
+        build_spec(make_cfg("train.batch_size=-2", "negatives.num_negatives=x", "seed=1.5"))
     assert "train.batch_size" in str(error.value) and "negatives.num_negatives" in str(error.value)
     assert "seed" in str(error.value)
 
@@ -467,8 +473,9 @@ def test_a_typo_in_the_tiny_model_path_is_not_built_as_a_new_random_model(
     assert not typo.exists()
     from mdr.utils.instantiate import ensure_model_files
 
+    build = OmegaConf.to_container(make_cfg().model.build, resolve=True)
     with pytest.raises(DataError, match="model.build.out_dir"):
-        ensure_model_files(make_cfg(f"model.name_or_path={typo}").model)
+        ensure_model_files("tiny", str(typo), build)
     assert not typo.exists()
 
 
@@ -487,7 +494,7 @@ def test_a_bad_checkpoint_or_dense_encoder_names_its_own_key(
         run_task(make_cfg("negatives=dense", f"negatives.pool.encoder={empty}"), train)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # no network retries in the test
     with pytest.raises(DataError, match=r"^negatives.pool.encoder='no-such-org/no-such-model' is not a local folder"):
-        validate(make_cfg("negatives=dense", "negatives.pool.encoder=no-such-org/no-such-model"))
+        build_spec(make_cfg("negatives=dense", "negatives.pool.encoder=no-such-org/no-such-model"))
 
 
 def test_fast_dropout_on_a_model_without_sdpa_is_refused_before_mining(
@@ -600,17 +607,13 @@ def _finished_folder(root: Path, encoder: bool = True) -> Path:
 def test_remove_checkpoints_frees_the_resume_state_only_when_the_encoder_holds_the_weights(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    drop, keep = (
-        OmegaConf.create({"run": {"keep_checkpoints": False}}),
-        OmegaConf.create({"run": {"keep_checkpoints": True}}),
-    )
     done = _finished_folder(tmp_path / "done")
-    assert run_folder.remove_checkpoints(drop, done, done / "encoder") == 1000  # the link counts once
+    assert run_folder.remove_checkpoints(done, done / "encoder") == 1000  # the link counts once
     assert not (done / "checkpoints").exists() and (done / "encoder" / "mdr_encoder.json").is_file()
     kept = _finished_folder(tmp_path / "kept")
-    assert run_folder.remove_checkpoints(keep, kept, kept / "encoder") == 0
+    assert run_folder.remove_checkpoints(kept, kept / "encoder", keep=True) == 0
     only = _finished_folder(tmp_path / "only", encoder=False)  # train.save_encoder=false: the only weights
-    assert run_folder.remove_checkpoints(drop, only, only / "encoder") == 0
+    assert run_folder.remove_checkpoints(only, only / "encoder") == 0
     assert (kept / "checkpoints" / "last.ckpt").is_file() and (only / "checkpoints" / "last.ckpt").is_file()
 
     def refuse(path: Any) -> None:
@@ -620,6 +623,6 @@ def test_remove_checkpoints_frees_the_resume_state_only_when_the_encoder_holds_t
         with monkeypatch.context() as patch:
             patch.setattr(target, name, refuse)
             stuck = _finished_folder(tmp_path / f"stuck-{name}")
-            assert run_folder.remove_checkpoints(drop, stuck, stuck / "encoder") == 0  # warns, never fails a run
+            assert run_folder.remove_checkpoints(stuck, stuck / "encoder") == 0  # warns, never fails a run
             assert (stuck / "checkpoints" / "last.ckpt").is_file()
     assert caplog.text.count("could not remove") == 2

@@ -32,15 +32,16 @@ from mdr.models.module import AtomicCheckpointIO
 from mdr.pipeline import evaluate, load_splits, train
 from mdr.run_folder import RunFolderDamaged
 from mdr.training import fit, load_encoder
+from mdr.utils.instantiate import build_reader
 from mdr.utils.io import atomic_write_json, atomic_write_with
-from mdr.validation import validate
+from mdr.validation import build_spec
 
 
 def _finishing_task(calls: list[str]) -> Any:
     """A task that trains (an encoder and a checkpoint) and writes metrics.json, as a finished run leaves them."""
 
-    def task(cfg: Any) -> dict[str, Any]:
-        out = Path(cfg.paths.output_dir)
+    def task(spec: Any) -> dict[str, Any]:
+        out = Path(spec.paths.output_dir)
         calls.append("ran")
         (out / "checkpoints").mkdir(exist_ok=True)
         (out / "checkpoints" / "epoch0.ckpt").write_bytes(b"\0" * 100)
@@ -110,7 +111,7 @@ def test_metrics_json_names_the_split_as_published(make_cfg: Any, tmp_path: Path
     assert run_task(cfg, evaluate)["split"] == "dev"
     assert json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())["split"] == "dev"
     xquad = make_cfg(f"paths.output_dir={tmp_path / 'xquad'}", config_name="evaluate")
-    assert mdr.run_evaluation.published_split(xquad) == "test"
+    assert build_reader(build_spec(xquad).data.reader).published_split("test") == "test"
 
 
 # --- labels: configs that would be recorded as what did not run are refused --------------------------------------
@@ -155,7 +156,7 @@ def test_configs_recorded_as_something_else_are_refused_naming_their_key(
     ],
 )
 def test_what_is_recorded_as_it_ran_passes(make_cfg: Any, overrides: list[str]) -> None:
-    validate(make_cfg(*overrides))
+    build_spec(make_cfg(*overrides))
 
 
 # --- damaged run folders: the file named, and fresh moves them aside ---------------------------------------------
@@ -354,10 +355,11 @@ def test_a_full_disk_while_saving_leaves_no_partial_checkpoint(make_cfg: Any, mo
     (out / "checkpoints").mkdir()
     stale = out / "checkpoints" / ".epoch0.ckpt.k1lled.tmp"  # a save killed midway by an earlier attempt
     stale.write_bytes(b"part of a checkpoint")
-    train_split, _ = load_splits(cfg)
-    encoder, tokenizer = load_encoder(cfg)
+    spec = build_spec(cfg)
+    train_split, _ = load_splits(spec)
+    encoder, tokenizer = load_encoder(spec.model)
     try:
-        fit(cfg, encoder, tokenizer, train_split, {}, out)
+        fit(spec, spec.schedule.stages[-1], encoder, tokenizer, train_split, {}, out)
     except OSError as error:
         assert error.errno == errno.ENOSPC
     saved = sorted((out / "checkpoints").glob("*.ckpt"))

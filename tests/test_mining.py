@@ -10,16 +10,30 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mdr.data.readers import LocalReader
 from mdr.data.schema import RetrievalSplit
-from mdr.mining.miner import PoolSettings, hard_negative_pools, mine
+from mdr.mining import miner
+from mdr.mining.miner import PoolSettings
 from mdr.mining.pools import RawPools, filter_pools, from_rankings
 from mdr.mining.tokenize import bm25_tokens
+from mdr.training import pool_key
 
 from conftest import XQUAD_SENT
+
+
+def mine(settings: PoolSettings, split: RetrievalSplit, language: str, analyzer: str, *args: Any) -> RawPools:
+    """:func:`mdr.mining.miner.mine` with the pool key a run passes."""
+    return miner.mine(settings, split, language, analyzer, *args, key=pool_key(settings, analyzer, args[0]))
+
+
+def hard_negative_pools(settings: PoolSettings, split: RetrievalSplit, language: str, analyzer: str, *args: Any) -> Any:
+    """:func:`mdr.mining.miner.hard_negative_pools` with the pool key a run passes."""
+    key = pool_key(settings, analyzer, args[0])
+    return miner.hard_negative_pools(settings, split, language, analyzer, *args, key=key)
 
 
 @pytest.fixture(scope="module")

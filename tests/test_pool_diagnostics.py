@@ -190,7 +190,7 @@ def test_command_measures_the_pools_a_run_samples_from(tmp_path: Path, cache_dir
     assert (written.num_negatives == 4).all() and (written.hard_proportion == 1.0).all()
     # every training query with a positive, 4 negatives each per seed, all from the pool (no pool is short here)
     reader_cfg = _demo_cfg(tmp_path, cache_dir)
-    train = build_reader(reader_cfg.data).load("train")
+    train = build_reader(reader_cfg.data.reader).load("train")
     usable = sum(bool(train.positives(q)) for q in train.queries)
     assert (written.queries == usable).all() and (written.sampled == usable * 4 * 2).all()
     assert (written.in_pool_share == 1.0).all()

@@ -142,4 +142,8 @@ def test_duration(seconds: float, text: str) -> None:
     ],
 )  # fmt: skip
 def test_progress_settings_are_validated_before_any_work(progress: dict[str, Any], problems: list[str]) -> None:
-    assert config_problems(OmegaConf.create({"logger": {"progress": progress}})) == problems
+    from test_validation import _compose
+
+    cfg = _compose()
+    cfg.logger.progress = OmegaConf.create(progress)
+    assert config_problems(cfg) == problems

@@ -357,13 +357,14 @@ def test_msmarco_layout(tmp_path: Path, cache: Path) -> None:
 @pytest.mark.parametrize("data", ["mrtydi", "miracl"])
 def test_evaluate_on_a_local_copy_of_the_published_files(make_cfg, tmp_path: Path, data: str) -> None:  # noqa: ANN001
     from mdr.pipeline import evaluate
+    from mdr.validation import build_spec
 
     queries, corpus_repo = write_mrtydi(tmp_path) if data == "mrtydi" else write_miracl(tmp_path)
     cfg = make_cfg(
         f"data={data}", "language=sw", f"data.queries_repo={queries}", f"data.corpus_repo={corpus_repo}",
         "evaluation.batch_size=8", config_name="evaluate",
     )  # fmt: skip
-    result = evaluate(cfg)
+    result = evaluate(build_spec(cfg))
     assert result["data"] == data and result["num_queries"] == 3 and 0.0 <= result["metrics"]["mrr@100"] <= 1.0
     run = (Path(cfg.paths.output_dir) / "runs" / "sw.trec").read_text().splitlines()
     assert {line.split()[0] for line in run} == ({"30", "31", "32"} if data == "mrtydi" else {"40", "41", "42"})

@@ -240,9 +240,9 @@ def test_a_run_killed_mid_epoch_resumes_from_its_step_checkpoint_exactly(
 def test_a_bad_checkpoint_interval_is_refused_before_any_work(make_cfg, value: object, monkeypatch) -> None:  # noqa: ANN001
     import mdr.pipeline
 
-    monkeypatch.setattr(mdr.pipeline, "load_splits", lambda cfg: pytest.fail("read data before refusing"))
+    monkeypatch.setattr(mdr.pipeline, "load_splits", lambda spec: pytest.fail("read data before refusing"))
     with pytest.raises(ValueError, match="train.checkpoint_every_n_steps must be null or an integer >= 1"):
-        train(make_cfg(f"train.checkpoint_every_n_steps={value}"))
+        run_task(make_cfg(f"train.checkpoint_every_n_steps={value}"), train)
 
 
 def test_a_resumed_loader_serves_the_rest_of_each_ranks_deal(tiny_model: Path) -> None:

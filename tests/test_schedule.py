@@ -14,8 +14,9 @@ from mdr.data.schema import DataError
 from mdr.lifecycle import run_task
 from mdr.pipeline import evaluate, train
 from mdr.reporting.aggregate import aggregate, collect, compare_schedules
+from mdr.spec import Schedule
 from mdr.stage_cache import stage_keys
-from mdr.stages import schedule
+from mdr.validation import build_spec
 
 from conftest import ROOT
 
@@ -36,9 +37,14 @@ RECIPES = {
 }
 
 
+def schedule(cfg: Any) -> Schedule:
+    """The composed config's schedule, as its spec holds it."""
+    return build_spec(cfg).schedule
+
+
 def digests(cfg: Any) -> list[str]:
     """The config part of the stage keys (MS MARCO is not here to read; the content part: tests/test_caches.py)."""
-    return [digest for _, digest in stage_keys(cfg, schedule(cfg), content=False)]
+    return [digest for _, digest in stage_keys(build_spec(cfg), content=False)]
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
@@ -53,9 +59,10 @@ def test_every_recipe_resolves_to_its_stages(make_cfg, recipe: str) -> None:  # 
     ]
     if recipe.startswith("msmarco"):
         msmarco = plan.stages[0]
-        assert msmarco.sources[0].data["name"] == "msmarco" and msmarco.epochs == 1 and msmarco.hard_proportion == 1.0
-        assert msmarco.negatives["pool"]["source"] == "shipped" and not msmarco.negatives["denoise"]["enabled"]
-        reader = msmarco.sources[0].data["reader"]
+        negatives = msmarco.negatives
+        assert msmarco.sources[0].data.name == "msmarco" and msmarco.epochs == 1 and negatives.hard_proportion == 1.0
+        assert negatives.pool.source == "shipped" and not negatives.denoise.enabled
+        reader = msmarco.sources[0].data.reader
         assert (
             reader["revision"] == "a8eec567e64d42528a140fbe218dbb22b6719139"
             and reader["cache_dir"] == cfg.paths.cache_dir
@@ -96,12 +103,12 @@ def test_cache_key_follows_everything_before_a_stage_and_nothing_after(make_cfg)
 
 def test_proportion_applies_to_the_last_stage_or_to_all(make_cfg) -> None:  # noqa: ANN001
     last = [make_cfg("stage=english_then_target", f"negatives.hard_proportion={p}") for p in (0, 1)]
-    assert [[s.hard_proportion for s in schedule(cfg).stages] for cfg in last] == [[0.5, 0.0], [0.5, 1.0]]
+    assert [[s.negatives.hard_proportion for s in schedule(cfg).stages] for cfg in last] == [[0.5, 0.0], [0.5, 1.0]]
     every = [
         make_cfg("stage=english_then_target", "stage.proportion_applies_to=all", f"negatives.hard_proportion={p}")
         for p in (0, 1)
     ]
-    assert [[s.hard_proportion for s in schedule(cfg).stages] for cfg in every] == [[0.0, 0.0], [1.0, 1.0]]
+    assert [[s.negatives.hard_proportion for s in schedule(cfg).stages] for cfg in every] == [[0.0, 0.0], [1.0, 1.0]]
     assert digests(every[0])[0] != digests(every[1])[0], "with `all` the sweep's p shapes the first stage too"
     assert digests(last[0])[0] == digests(last[1])[0]
 

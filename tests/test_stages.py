@@ -22,8 +22,9 @@ from mdr.data.union import UnionSplit
 from mdr.lifecycle import run_task
 from mdr.models.bi_encoder import BiEncoder, EncoderSettings, load_tokenizer
 from mdr.pipeline import train
-from mdr.stage_cache import stage_dir, stage_keys
-from mdr.stages import schedule
+from mdr.spec import Schedule
+from mdr.stage_cache import load_source, stage_dir, stage_keys
+from mdr.validation import build_spec
 
 from conftest import ROOT
 
@@ -32,6 +33,11 @@ THREE_STAGES = [
     {"name": "union", "train_on": ["de", "es"], "epochs": 1, "negatives": {"hard_proportion": 1.0}},
     {"name": "target", "train_on": ["target"], "epochs": 1},
 ]
+
+
+def schedule(cfg: Any) -> Schedule:
+    """The composed config's schedule, as its spec holds it."""
+    return build_spec(cfg).schedule
 
 
 def with_stages(cfg: Any, stages: list[dict[str, Any]], **schedule_keys: Any) -> Any:
@@ -49,9 +55,9 @@ def count_fits(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     real_fit = training.fit
 
-    def counting_fit(cfg: Any, encoder: Any, tokenizer: Any, split: Any, pools: Any, out: Path) -> dict[str, Any]:
+    def counting_fit(spec: Any, stage: Any, encoder: Any, tokenizer: Any, split: Any, pools: Any, out: Path) -> Any:
         calls.append(str(out))
-        return real_fit(cfg, encoder, tokenizer, split, pools, out)
+        return real_fit(spec, stage, encoder, tokenizer, split, pools, out)
 
     monkeypatch.setattr(training, "fit", counting_fit)
     return calls
@@ -71,13 +77,14 @@ def test_three_stage_schedule_trains_each_stage_once_and_reuses_the_cache(  # no
     assert [r["status"] for r in records] == ["trained", "trained", "run"]
     assert len(count_fits) == 3 and count_fits[-1] == str(tmp_path / "a")
     dirs = [Path(r["dir"]) for r in records[:2]]
-    assert dirs == [stage_dir(first, digest) for _, digest in stage_keys(first, schedule(first))[:2]]
+    spec = build_spec(first)
+    assert dirs == [stage_dir(spec, digest) for _, digest in stage_keys(spec)[:2]]
     assert [r["train_on"] for r in records] == [
         ["demo/en:train"],
         ["demo/de:train", "demo/es:train"],
         ["demo/th:train"],
     ]
-    union_queries = sum(len(source.load().queries) for source in schedule(first).stages[1].sources)
+    union_queries = sum(len(load_source(source).queries) for source in spec.schedule.stages[1].sources)
     assert records[1]["train"]["train_queries"] == union_queries, "the union trains on both languages' queries"
     stamps = [(d / "encoder" / "model.safetensors").stat().st_mtime_ns for d in dirs]
     # each stage started from the one before: the chain of weights differs stage to stage
@@ -172,8 +179,8 @@ def test_union_examples_draw_every_negative_from_their_own_language(cache_dir: P
     )
 
 
-def test_no_import_cycle_between_stages_and_pipeline() -> None:
-    for first, second in (("mdr.stages", "mdr.pipeline"), ("mdr.pipeline", "mdr.stages")):
+def test_no_import_cycle_between_stage_cache_and_pipeline() -> None:
+    for first, second in (("mdr.stage_cache", "mdr.pipeline"), ("mdr.pipeline", "mdr.stage_cache")):
         code = (
             f"import sys, importlib; importlib.import_module({first!r}); "
             f"assert 'mdr.pipeline' not in sys.modules or {first!r} == 'mdr.pipeline', 'stages imports pipeline'; "
@@ -208,8 +215,9 @@ def test_stages_only_trains_the_shared_stage_once_and_nothing_else(  # noqa: ANN
     second = run_task(cells[1], train)  # another cell of the sweep: the same stage, found
     assert [r["status"] for r in second["schedule"]["stages"]] == ["reused"] and len(count_fits) == 1
     # a lock left by a job on a host that died long ago is taken over as a normal run would (was "busy" forever)
-    (_, shared), _ = stage_keys(cells[1], schedule(cells[1]))
-    owner = stage_dir(cells[1], shared) / ".lock.owner"
+    second_spec = build_spec(cells[1])
+    (_, shared), _ = stage_keys(second_spec)
+    owner = stage_dir(second_spec, shared) / ".lock.owner"
     owner.write_text(json.dumps({"host": "node-gone", "pid": 4242, "token": "dead"}))
     os.utime(owner, (time.time() - 3600, time.time() - 3600))  # no heartbeat for an hour (limit: 300 s)
     again = run_task(cells[1], train)
@@ -219,8 +227,9 @@ def test_stages_only_trains_the_shared_stage_once_and_nothing_else(  # noqa: ANN
 
     # a stage another job is training is left to it at once (no job waits on the lock holding a device)
     other = make_cfg("stage=english_then_target", "seed=12", "run.stages_only=true", f"paths.output_dir={tmp_path}/x")
-    (_, digest), _ = stage_keys(other, schedule(other))
-    root = stage_dir(other, digest)
+    other_spec = build_spec(other)
+    (_, digest), _ = stage_keys(other_spec)
+    root = stage_dir(other_spec, digest)
     root.mkdir(parents=True)
     with open(root / ".lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)

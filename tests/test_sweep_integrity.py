@@ -22,6 +22,8 @@ from mdr.reporting.aggregate import aggregate, main
 from mdr.reporting.collect import collect, run_miner
 from mdr.reporting.export import export
 from mdr.reporting.wandb_summary import summary_settings
+from mdr.spec import RunPolicy
+from mdr.utils.config_identity import canonical_config
 from mdr.utils.run_record import RunRecord
 
 QUERIES = 60
@@ -68,7 +70,7 @@ def make_job(
     }
     resolved = _merge(resolved, config or {})
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(resolved))
-    run_folder.claim(OmegaConf.create(resolved), job)
+    run_folder.claim(job, canonical_config(resolved), RunPolicy())
     (job / "config.yaml").write_text(yaml.safe_dump(resolved))
     ids = query_ids or [f"q{i:03d}" for i in range(len(scores))]
     cut = min(depth or 100, 100)  # a run at depth 10 names its measures mrr@10, recall@10
@@ -500,8 +502,8 @@ def test_export_aggregates_and_resumes_like_the_sweep(tmp_path: Path) -> None:
     restored = tmp_path / "restored"
     shutil.copytree(dest, restored)
     for job in (heavy.name, failed.name):
-        cfg = OmegaConf.create(yaml.safe_load((sweep / job / "config.yaml").read_text()))
-        state = run_folder.claim(cfg, restored / job)
+        config = yaml.safe_load((sweep / job / "config.yaml").read_text())
+        state = run_folder.claim(restored / job, canonical_config(config), RunPolicy())
         if job == heavy.name:
             assert state.complete == json.loads((heavy / "metrics.json").read_text())
         else:
@@ -634,7 +636,7 @@ def test_zero_shot_runs_of_evaluate_join_the_report(tmp_path: Path) -> None:
         del config[key]
     (job / "config.yaml").write_text(yaml.safe_dump(config))
     (job / "run_folder.json").unlink()
-    run_folder.claim(OmegaConf.create(config), job)
+    run_folder.claim(job, canonical_config(config), RunPolicy())
     summary = aggregate([tmp_path / "dose", tmp_path / "zero"], out=tmp_path / "out")
     assert (summary["completed"], summary["invalid"], summary["duplicates"]) == (5, 0, 0)
     cells = pd.read_csv(tmp_path / "out" / "cells.csv")

@@ -158,7 +158,7 @@ def test_fast_dropout_auto_falls_back_to_torch_dropout_without_sdpa() -> None:
 
     from mdr.training import fast_dropout_on
 
-    def cfg(setting: object, accelerator: str) -> object:
+    def cfg(setting: object, accelerator: str) -> object:  # a spec's train and trainer
         return SimpleNamespace(
             train=SimpleNamespace(fast_dropout=setting), trainer=SimpleNamespace(accelerator=accelerator)
         )
@@ -173,7 +173,11 @@ def test_fast_dropout_auto_falls_back_to_torch_dropout_without_sdpa() -> None:
 
 def test_run_names_spell_p_once_and_show_none_where_nothing_trains(make_cfg) -> None:  # noqa: ANN001
     from mdr.tracking import run_name
+    from mdr.validation import build_spec
 
-    assert run_name(make_cfg("negatives.hard_proportion=0.0")) == run_name(make_cfg("negatives.hard_proportion=0"))
-    assert run_name(make_cfg("negatives.hard_proportion=0.50")) == "th-tiny-target_only-p0.5-s0"
-    assert run_name(make_cfg("stage=zero_shot")) == "th-tiny-zero_shot-p--s0"  # no negatives were drawn
+    def name(*overrides: str) -> str:
+        return run_name(build_spec(make_cfg(*overrides)))
+
+    assert name("negatives.hard_proportion=0.0") == name("negatives.hard_proportion=0")
+    assert name("negatives.hard_proportion=0.50") == "th-tiny-target_only-p0.5-s0"
+    assert name("stage=zero_shot") == "th-tiny-zero_shot-p--s0"  # no negatives were drawn

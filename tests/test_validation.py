@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 
 import mdr.pipeline
 from mdr.data.schema import DataError
+from mdr.lifecycle import run_task
 from mdr.validation import config_problems
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -72,4 +73,4 @@ def test_evaluation_values_are_refused_before_any_data_is_read(
     monkeypatch.setattr(mdr.pipeline, "load_splits", read)
     cfg = _compose(override, f"paths.output_dir={tmp_path}")
     with pytest.raises(DataError, match=override.split("=")[0].replace(".", r"\.")):
-        mdr.pipeline.train(cfg)
+        run_task(cfg, mdr.pipeline.train)

@@ -1,25 +1,26 @@
-"""The ``negatives`` group's checks in :func:`mdr.validation.config_problems`, on small configs (no data, no model)."""
+"""The ``negatives`` group's checks in :func:`mdr.validation.config_problems` (no data, no model read)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
+from test_validation import _compose
 
 from mdr.validation import config_problems
 
-NEGATIVES: dict[str, Any] = {
-    "num_negatives": 4,
-    "hard_proportion": 0.5,
-    "strict": False,
-    "pool": {"source": "bm25", "backend": "bm25s", "depth": 100, "range_min": 0, "range_max": 50, "margin": None},
-}
+
+def _with_negatives(negatives: Any) -> list[str]:
+    cfg = _compose()
+    with open_dict(cfg):
+        cfg.negatives = negatives
+    return config_problems(cfg)
 
 
 def _problems(**changes: Any) -> list[str]:
-    negatives = OmegaConf.merge(NEGATIVES, changes)
-    return config_problems(OmegaConf.create({"train": {}, "negatives": negatives}))
+    """The problems of conf/train.yaml with ``changes`` merged over its negatives (bm25, k = 4, p = 0.5)."""
+    return _with_negatives(OmegaConf.merge(_compose().negatives, changes))
 
 
 def test_the_default_negatives_pass() -> None:
@@ -39,9 +40,12 @@ def test_a_bad_negatives_value_is_named(changes: dict[str, Any], problem: str) -
     assert _problems(**changes) == [problem]
 
 
-def test_a_negatives_group_without_pool_keys_is_not_a_config_problem() -> None:
-    negatives = {"num_negatives": 0, "hard_proportion": 0.0}  # e.g. a hand-written group for in-batch negatives only
-    assert config_problems(OmegaConf.create({"train": {}, "negatives": negatives})) == []
+def test_a_negatives_group_without_a_pool_draws_no_hard_negative() -> None:
+    negatives = {"num_negatives": 2, "hard_proportion": 0.0, "strict": False}  # a group for random negatives only
+    assert _with_negatives(negatives) == []
+    assert _with_negatives({**negatives, "hard_proportion": 0.5}) == [
+        "negatives.pool must be set: negatives.hard_proportion=0.5 draws hard negatives"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -1,26 +1,16 @@
 """Denoised hard negatives: drop pool candidates that a teacher encoder scores too close to the query's positives.
 
-NV-Retriever's TopK-PercPos (Moreira et al. 2024) with the semantics of sentence-transformers'
-``relative_margin`` (``sentence_transformers.util.mine_hard_negatives``): a candidate is kept only if
-
-    teacher(query, candidate) <= positive - |positive| * relative_margin
-
-where ``positive`` is the *lowest* teacher score among the query's judged positives (any of them can be a
-training example's positive, so a kept negative must clear each one; sentence-transformers also takes the
-minimum). ``relative_margin = 0.05`` keeps candidates scoring at most 95% of the positive, NV-Retriever's best
-setting; ``|positive|`` keeps the rule sensible for negative scores. Queries without a judged positive keep
-their pool (counted).
-
-The candidates are the run's pool *after* the miner's own controls (``range_min``/``range_max``, ``margin``),
-as in sentence-transformers, where the rank window selects candidates and the margins then remove some:
-denoising only removes candidates, it never reaches deeper into the ranking, so "denoised" differs from
-"raw" in nothing but the suspected false negatives. Teacher scores (not the decisions) are cached on disk
-per (data, pool, teacher), so another ``relative_margin`` reuses them.
+NV-Retriever's TopK-PercPos (Moreira et al. 2024) with sentence-transformers' ``relative_margin`` semantics: a
+candidate is kept only if ``teacher(query, candidate) <= positive - |positive| * relative_margin``, ``positive``
+being the *lowest* teacher score among the query's judged positives (a kept negative must clear each one; 0.05
+keeps candidates scoring at most 95% of it). Queries without a judged positive keep their pool (counted). The
+candidates are the pool *after* the miner's range and margin filters: denoising only removes candidates, so
+"denoised" differs from "raw" in nothing but the suspected false negatives. Teacher scores (not the decisions) are
+cached per (data, pool, teacher), so another ``relative_margin`` reuses them.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -29,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mdr.data.collator import passage_text
-from mdr.data.schema import DataError, RetrievalSplit
+from mdr.data.schema import RetrievalSplit
 from mdr.evaluation.encode import encode_texts
 from mdr.mining.pools import RawPools, file_lock, fingerprint, load_verified, save_pools, settings_hash
 from mdr.models.bi_encoder import BiEncoder
@@ -43,9 +32,6 @@ from mdr.utils.ranks import cuda_device
 
 log = get_logger(__name__)
 
-MODEL_GROUPS = Path(__file__).resolve().parents[2] / "conf" / "model"
-"""Where ``negatives.denoise.teacher`` names are looked up (``conf/model/<name>.yaml``)."""
-
 SCORES_VERSION = 1
 """Bumped whenever the teacher-score computation changes, so old caches are not reused."""
 
@@ -55,62 +41,20 @@ TeacherLoader = Callable[[], tuple[BiEncoder, Any, str]]
 
 @dataclass(frozen=True)
 class DenoiseSettings:
-    """``negatives.denoise``.
-
-    Attributes:
-        enabled: denoise the hard-negative pools.
-        teacher: a model group name (``conf/model/<name>.yaml``; ``me5_small`` is built on first use) or an
-            encoder folder (a train.py ``encoder/``; a folder without ``mdr_encoder.json`` is encoded with the
-            run's model settings, as ``negatives=dense`` does).
-        relative_margin: keep candidates scoring at most ``positive - |positive| * relative_margin``.
-        batch_size: texts per teacher forward pass.
-    """
+    """``negatives.denoise``: ``teacher`` is a model group (``conf/model/<name>.yaml``) or an encoder folder;
+    ``batch_size`` texts go through it per forward pass."""
 
     enabled: bool = False
     teacher: str = "me5_small"
     relative_margin: float = 0.05
     batch_size: int = 64
 
-    def __post_init__(self) -> None:
-        if not 0.0 <= float(self.relative_margin) <= 0.5:
-            raise DataError(
-                f"negatives.denoise.relative_margin={self.relative_margin}: must be in [0, 0.5]; it is the fraction "
-                "below the positive's score (sentence-transformers' semantics): 0.05 keeps candidates scoring at "
-                "most 95% of the positive (NV-Retriever's TopK-PercPos 0.95)"
-            )
-        if int(self.batch_size) < 1:
-            raise DataError(f"negatives.denoise.batch_size={self.batch_size}: must be >= 1")
-        if not str(self.teacher).strip():
-            raise DataError("negatives.denoise.teacher is empty: name a model group (me5_small) or an encoder folder")
-
-    @classmethod
-    def from_config(cls, node: DictConfig | Mapping[str, Any] | None) -> DenoiseSettings:
-        """From ``cfg.negatives.denoise`` (absent: disabled)."""
-        if node is None:
-            return cls()
-        values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-        unknown = set(values) - {"enabled", "teacher", "relative_margin", "batch_size"}  # type: ignore[arg-type]
-        if unknown:
-            raise DataError(f"negatives.denoise: unknown keys {sorted(unknown)}")
-        return cls(**values)  # type: ignore[arg-type]
-
 
 @dataclass
 class DenoiseStats:
-    """What denoising did to a run's pools (recorded in metrics.json).
-
-    Attributes:
-        teacher: the teacher's folder (or hub id), weight stamp and settings.
-        relative_margin: as configured.
-        queries: queries with a pool.
-        candidates: candidates before denoising.
-        dropped: candidates dropped as likely false negatives.
-        queries_with_drops: queries that lost at least one candidate.
-        emptied: queries whose pool denoising emptied (they fall back to random negatives).
-        without_positive: queries with candidates but no judged positive: kept as they were.
-        from_cache: the teacher scores came from the cache.
-        cache_file: where the teacher scores are cached.
-    """
+    """What denoising did to a run's pools (metrics.json records it): of the ``queries`` with a pool and their
+    ``candidates``, how many were ``dropped``, in how many queries, how many pools it ``emptied`` (random negatives
+    then), how many queries had no judged positive (kept as they were), and where the teacher scores came from."""
 
     teacher: str
     relative_margin: float
@@ -129,35 +73,12 @@ class DenoiseStats:
 
 
 class NegativePools(dict[str, list[str]]):
-    """Hard-negative docid pools per training query, plus ``denoise``: what denoising dropped (None: off).
-
-    A plain ``dict`` for everything that samples from it.
-    """
+    """Hard-negative docid pools per training query (a plain ``dict`` to the sampler), plus ``denoise``: what
+    denoising dropped (None: off)."""
 
     def __init__(self, pools: Mapping[str, list[str]] | None = None, denoise: DenoiseStats | None = None) -> None:
         super().__init__(pools or {})
         self.denoise = denoise
-
-
-def teacher_model(cfg: DictConfig, teacher: str) -> tuple[DictConfig, str | None]:
-    """(config, folder) to give ``mdr.training.load_encoder`` for ``negatives.denoise.teacher``.
-
-    A model group name gives the run's config with that group as ``model`` and no folder: the group's own
-    pooling, prefixes and lengths, and a locally made model (``me5_small``) is built on first use. An existing
-    folder gives the run's config and that folder.
-    """
-    group = MODEL_GROUPS / f"{teacher}.yaml"
-    if "/" not in teacher and group.is_file():
-        teacher_cfg = copy.deepcopy(cfg)
-        with open_dict(teacher_cfg):
-            teacher_cfg.model = OmegaConf.load(group)
-        return teacher_cfg, None
-    if Path(teacher).is_dir():
-        return cfg, str(Path(teacher).resolve())
-    groups = sorted(path.stem for path in MODEL_GROUPS.glob("*.yaml"))
-    raise DataError(
-        f"negatives.denoise.teacher={teacher!r}: neither a model group ({', '.join(groups)}) nor an existing folder"
-    )
 
 
 def teacher_identity(encoder: BiEncoder, name_or_path: str, cache_dir: str | Path | None = None) -> str:
@@ -188,8 +109,7 @@ def scores_cache_path(
 
 
 def default_device() -> str:
-    """This process's CUDA device (``LOCAL_RANK`` under DDP, ``SLURM_LOCALID`` in a SLURM task) when there is one,
-    else the CPU."""
+    """This process's CUDA device (``LOCAL_RANK``, ``SLURM_LOCALID``) where there is one, else the CPU."""
     return cuda_device()
 
 
@@ -209,11 +129,8 @@ def teacher_scores(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
 ) -> RawPools:
-    """Teacher scores of each query's candidates and, as ``positive_scores``, its lowest-scoring judged positive.
-
-    Each distinct passage and query is encoded once (under bf16 autocast where the device runs it fast); a
-    score is the dot product of the teacher's vectors (its cosine when the teacher normalises).
-    """
+    """Teacher scores (dot products) of each query's candidates and, as ``positive_scores``, of its lowest-scoring
+    judged positive; each distinct passage and query is encoded once (bf16 autocast where the device runs it)."""
     settings = encoder.settings
     encoder.eval()
     encoder.to(device)
@@ -302,11 +219,8 @@ def cached_teacher_scores(
     batch_size: int = 64,
     device: str | None = None,
 ) -> tuple[RawPools, Path, bool]:
-    """(:func:`teacher_scores` of ``pools``, their cache file, whether they came from it).
-
-    The scores are cached under ``<cache_dir>/pools/`` per (data, pools, teacher) (:func:`scores_cache_path`); a
-    cache file that is not what was written, or misses a score, is logged and scored again.
-    """
+    """(:func:`teacher_scores` of ``pools``, their cache file, whether they came from it); a cache file that is not
+    what was written, or misses a score, is logged and scored again."""
     identity = teacher_identity(encoder, name_or_path, cache_dir)
     path = scores_cache_path(cache_dir, language, split, pools, identity)
     with file_lock(path.with_name(path.name + ".lock")):
@@ -330,36 +244,19 @@ def denoise_pools(
     cache_dir: str | Path,
     device: str | None = None,
 ) -> NegativePools:
-    """Drop likely false negatives from ``pools`` (module docstring); ``.denoise`` of the result says how many.
-
-    Args:
-        pools: docid pools per training query (after the miner's range and margin filters).
-        split: the training split (queries, qrels, corpus).
-        language: for the cache file's name.
-        settings: ``negatives.denoise``.
-        load_teacher: returns (teacher encoder, tokenizer, its folder or hub id).
-        cache_dir: ``paths.cache_dir``; teacher scores go to ``<cache_dir>/pools/``.
-        device: where the teacher encodes (None: :func:`default_device`).
-    """
+    """Drop likely false negatives from ``pools`` (the module's rule); ``.denoise`` of the result says how many.
+    Teacher scores are cached under ``<cache_dir>/pools/``; ``device`` None: :func:`default_device`."""
     encoder, tokenizer, name_or_path = load_teacher()
     scores, path, from_cache = cached_teacher_scores(
         pools, split, language, encoder, tokenizer, name_or_path, cache_dir, settings.batch_size, device
     )
     kept, stats = apply_relative_margin(pools, scores, settings.relative_margin, str(name_or_path))
     stats.from_cache, stats.cache_file = from_cache, str(path)
-    share = stats.dropped / stats.candidates if stats.candidates else 0.0
+    share = 100 * stats.dropped / stats.candidates if stats.candidates else 0.0
     log.info(
-        "denoised hard negatives with %s (relative_margin %g%s): dropped %d of %d candidates (%.1f%%) in %d of %d "
-        "queries; %d pools left empty; %d queries without a judged positive kept as they were",
-        stats.teacher,
-        settings.relative_margin,
-        ", cached scores" if from_cache else "",
-        stats.dropped,
-        stats.candidates,
-        100 * share,
-        stats.queries_with_drops,
-        stats.queries,
-        stats.emptied,
-        stats.without_positive,
+        f"denoised hard negatives with {stats.teacher} (relative_margin {settings.relative_margin:g}"
+        f"{', cached scores' if from_cache else ''}): dropped {stats.dropped} of {stats.candidates} candidates "
+        f"({share:.1f}%) in {stats.queries_with_drops} of {stats.queries} queries; {stats.emptied} pools left empty; "
+        f"{stats.without_positive} queries without a judged positive kept as they were"
     )
     return NegativePools(kept, stats)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from mdr.data.schema import RetrievalSplit
 from mdr.mining.pools import RawPools, cache_path, cached, filter_pools, from_rankings
-from mdr.utils.cache import digests_dir, folder_digest
 from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -32,12 +31,6 @@ class PoolSettings:
     tokenizer: str = "default"  # bm25s: default (words, bigrams of unspaced scripts) or thai_words (PyThaiNLP)
 
 
-def _encoder_identity(path: str, cache_dir: str | Path) -> str:
-    """A folder's content digest (a retrained model is re-mined, a moved one is not), else the hub id."""
-    root = Path(path)
-    return f"folder:{folder_digest(root, digests_dir(cache_dir))}" if root.is_dir() else path
-
-
 def mine(
     settings: PoolSettings,
     split: RetrievalSplit,
@@ -46,25 +39,24 @@ def mine(
     cache_dir: str | Path,
     load_encoder: EncoderLoader,
     device: str | None = None,
+    *,
+    key: Mapping[str, Any],
 ) -> RawPools:
     """The unfiltered pool for ``settings``, from the cache when these data and settings were mined before.
 
     Args:
         device: where a dense miner encodes (``None``: this process's CUDA device when there is one, else CPU).
+        key: the pool's cache key (:func:`mdr.training.pool_key`, from :data:`mdr.utils.config_identity.IDENTITY`).
     """
     if settings.source == "shipped":
         if not split.shipped_negatives:
             raise ValueError("negatives.pool.source=shipped but the data set ships no negative_passages")
         rankings = {q: [(d, 0.0) for d in docs] for q, docs in split.shipped_negatives.items()}
         return from_rankings(split, rankings, settings.depth)
-    key: dict[str, Any] = {"source": settings.source, "depth": settings.depth}
     if settings.source == "bm25":
-        key.update(backend=settings.backend, analyzer=analyzer)
         if settings.backend == "bm25s":
-            from mdr.mining.bm25 import INDEX_VERSION, bm25s_pools
-            from mdr.mining.tokenize import tokenizer_version
+            from mdr.mining.bm25 import bm25s_pools
 
-            key.update(tokenizer=tokenizer_version(settings.tokenizer), index=INDEX_VERSION)
             return cached(
                 cache_path(cache_dir, split, language, key),
                 lambda: bm25s_pools(
@@ -86,7 +78,6 @@ def mine(
     if settings.source == "dense":
         if not settings.encoder:
             raise ValueError("negatives.pool.source=dense needs negatives.pool.encoder (an encoder folder or model)")
-        key["encoder"] = _encoder_identity(settings.encoder, cache_dir)
 
         def run_dense() -> RawPools:
             from mdr.mining.dense import dense_pools
@@ -108,9 +99,11 @@ def hard_negative_pools(
     cache_dir: str | Path,
     load_encoder: EncoderLoader,
     device: str | None = None,
+    *,
+    key: Mapping[str, Any],
 ) -> dict[str, list[str]]:
     """Docid pools after the false-negative controls (their skip counts are logged)."""
-    raw = mine(settings, split, language, analyzer, cache_dir, load_encoder, device)
+    raw = mine(settings, split, language, analyzer, cache_dir, load_encoder, device, key=key)
     pools, stats = filter_pools(raw, settings.range_min, settings.range_max, settings.margin)
     log.debug("pool settings %s: %s", asdict(settings), asdict(stats))  # the counts: mdr.mining.pools at INFO
     return pools

@@ -197,19 +197,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write_with(Path(path), lambda handle: torch.save(checkpoint, handle))
 
 
-def checkpoint_every(value: Any) -> int | None:
-    """``train.checkpoint_every_n_steps`` checked: None, or an integer >= 1.
-
-    Raises:
-        ValueError: naming the key, for anything else.
-    """
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"train.checkpoint_every_n_steps must be null or an integer >= 1, got {value!r}")
-    return value
-
-
 class EpochEndCheckpoint(pl.callbacks.ModelCheckpoint):
     """Keeps the latest epoch-end checkpoint (and, with ``every_n_steps``, mid-epoch ones), ``last.ckpt`` linking to it.
 
@@ -221,7 +208,7 @@ class EpochEndCheckpoint(pl.callbacks.ModelCheckpoint):
         name = "epoch{epoch}-step{step}" if every_n_steps else "epoch{epoch}"
         options = {"save_last": "link", "every_n_epochs": 1, "save_on_train_epoch_end": True}
         super().__init__(dirpath, name, save_top_k=1, auto_insert_metric_name=False, **options)
-        self.every_n_steps = checkpoint_every(every_n_steps)
+        self.every_n_steps = every_n_steps
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int

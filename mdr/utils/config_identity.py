@@ -1,9 +1,6 @@
-"""What makes two runs "the same": one table of which config keys count for a run folder, a cached stage, a
-hard-negative pool and a report cell, and the canonical form a run folder's identity is the hash of.
-
-:mod:`mdr.run_folder` records the canonical config in ``run_folder.json`` and refuses a folder to another config;
-:mod:`mdr.stages` keys cached stages, :mod:`mdr.mining.miner` keys pools and :mod:`mdr.reporting.collect` compares
-runs and forms report cells, all from :data:`IDENTITY`.
+"""What makes two runs "the same": one table (:data:`IDENTITY`) of which config keys count for a run folder
+(:mod:`mdr.run_folder`), a cached stage (:mod:`mdr.stage_cache`), a hard-negative pool (:func:`mdr.training.pool_key`)
+and a report cell (:mod:`mdr.reporting.collect`), and the canonical form a run folder's identity is the hash of.
 """
 
 from __future__ import annotations
@@ -13,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from mdr.utils.config_compat import drop_neutral_defaults, parent_of
 
@@ -22,19 +19,10 @@ CACHE_PLACEHOLDER = "${paths.cache_dir}"
 
 @dataclass(frozen=True)
 class Counts:
-    """Where a config key (and every key under it without a row of its own) counts.
-
-    Attributes:
-        run: part of a run folder's identity (its canonical config and hash).
-        stage: part of a cached stage's key, when its section is (``model``, ``train``, ``loss``, ``trainer``,
-            ``negatives``, ``seed``; the language and data enter a stage key through its sources).
-        pool: part of a hard-negative pool's cache key (``negatives.pool.*``; with the data's content and the
-            language).
-        report: can change a result: runs of one report cell must agree on it, and a sweep varying it within a
-            cell gets one cell per value.
-        shown: the results column (or variant part) that shows this very key in a report cell, if any.
-        label: the key's short name in a variant that splits cells by it (default: the dotted key).
-    """
+    """Where a config key (and every key under it without a row of its own) counts: a run folder's identity
+    (``run``), a cached stage's key when its section is part of one (``stage``), a pool's cache key (``pool``), a
+    report cell (``report``: runs of one cell agree on it, a sweep varying it gets one cell per value); ``shown``:
+    the results column showing the key; ``label``: its short name in a variant that splits cells by it."""
 
     run: bool = True
     stage: bool = True
@@ -175,10 +163,10 @@ def _normalise(value: Any, cache_dir: str | None) -> Any:
     return value
 
 
-def canonical_config(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
-    """The resolved config without :data:`IGNORED_KEYS` and keys at their neutral default
-    (:mod:`mdr.utils.config_compat`), with the cache folder written as a placeholder."""
-    if isinstance(cfg, DictConfig):
+def canonical_config(cfg: Any) -> dict[str, Any]:
+    """The resolved config (a composed one, or a plain mapping) without :data:`IGNORED_KEYS` and keys at their
+    neutral default (:mod:`mdr.utils.config_compat`), with the cache folder written as a placeholder."""
+    if OmegaConf.is_config(cfg):
         data: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     else:
         data = json.loads(json.dumps(cfg, default=str))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from mdr.data.readers import RetrievalReader
-from mdr.models.bi_encoder import EncoderSettings
 from mdr.utils.app_help import config_groups
 from mdr.utils.cache import cache_lock, check_folder
 from mdr.utils.errors import DataError
@@ -37,47 +38,63 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("mdr_config_groups", config_groups)
 
 
-def build_reader(data_cfg: DictConfig) -> RetrievalReader:
-    """The data group's reader."""
-    return instantiate(data_cfg.reader)
+def build_reader(reader: Mapping[str, Any]) -> RetrievalReader:
+    """A data group's reader from its ``reader`` node (``_target_`` and arguments)."""
+    return instantiate(reader)
 
 
-def build_target_problem(model_cfg: DictConfig) -> str | None:
-    """Why a locally built model (one with ``build``) cannot be built at ``model.name_or_path``, or None.
-
-    A model group with a ``build`` section is built only at ``model.build.out_dir``: a ``model.name_or_path``
-    pointing anywhere else (a typo) must exist, or it would silently become a new random model.
-    """
-    build = model_cfg.get("build")
-    path = Path(str(model_cfg.name_or_path))
+def build_target_problem(name: str, name_or_path: str, build: Mapping[str, Any] | None) -> str | None:
+    """Why a locally built model cannot be built at ``name_or_path``, or None: it is built only at
+    ``model.build.out_dir``, so a ``model.name_or_path`` anywhere else (a typo) must exist."""
+    path = Path(str(name_or_path))
     if build is None or path.is_dir():
         return None
     target = build.get("out_dir")
     if target is not None and Path(str(target)).expanduser().resolve() != path.expanduser().resolve():
         return (
-            f"model.name_or_path={str(path)!r} does not exist, and model={model_cfg.get('name')} is built only at "
+            f"model.name_or_path={str(path)!r} does not exist, and model={name} is built only at "
             f"model.build.out_dir={str(target)!r}: fix the path, or set model.build.out_dir to it to build there"
         )
     return None
 
 
-def ensure_model_files(model_cfg: DictConfig) -> None:
-    """Build a locally made model (tiny, me5_small) on first use; hub models are left to transformers.
+def model_source_problem(key: str, value: Any, saved_encoder: bool = False) -> str | None:
+    """Why ``value`` (at ``key``) is not a loadable model, or None: a local folder must hold ``config.json`` (or
+    ``query_encoder/config.json``); anything else is a hub id, found in the local hub cache or by fetching its
+    config. ``saved_encoder``: a local folder is required (``checkpoint=``)."""
+    if value is None or str(value).strip() == "":
+        return f"{key} must name a model folder{'' if saved_encoder else ' or hub id'}, got {value!r}"
+    text = str(value)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file() or (path / "query_encoder" / "config.json").is_file():
+            return None
+        return f"{key}={text!r} is a folder but not a saved model (no config.json in it)"
+    if saved_encoder or path.exists() or text.startswith(("/", ".", "~")) or text.count("/") > 1:
+        return f"{key}={text!r} does not exist (expected a saved encoder folder)"
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from transformers import AutoConfig
 
-    A built folder is checked against its manifest (sizes, and every byte up to
-    :data:`mdr.utils.cache.FULL_CHECK_BYTES`: :func:`mdr.utils.cache.check_folder`); one that is cut, garbled or
-    has no manifest is logged and built again (the build is deterministic).
+        if isinstance(try_to_load_from_cache(text, "config.json"), str):
+            return None  # in the local hub cache: no network call
+        AutoConfig.from_pretrained(text)
+    except Exception as error:  # noqa: BLE001 - any failure means the id cannot be used
+        kind = type(error).__name__
+        return f"{key}={text!r} is not a local folder and cannot be loaded from the Hugging Face hub ({kind})"
+    return None
 
-    Raises:
-        DataError: ``model.name_or_path`` is missing and is not the model's build target.
-    """
-    problem = build_target_problem(model_cfg)
+
+def ensure_model_files(name: str, name_or_path: str, build: Mapping[str, Any] | None) -> None:
+    """Build a locally made model (tiny, me5_small) on first use, and again (deterministic) where the built folder
+    does not match its manifest; hub models are left to transformers. A missing ``name_or_path`` that is not the
+    build target is a :class:`DataError`."""
+    problem = build_target_problem(name, name_or_path, build)
     if problem:
         raise DataError(problem)
-    build = model_cfg.get("build")
     if build is None:
         return
-    target = Path(str(model_cfg.name_or_path))
+    target = Path(str(name_or_path))
     out_dir = build.get("out_dir")
     if target.is_dir() and (out_dir is None or Path(str(out_dir)).expanduser().resolve() != target.resolve()):
         return  # a model folder of the user's, not the build's: never checked against a build manifest
@@ -88,22 +105,9 @@ def ensure_model_files(model_cfg: DictConfig) -> None:
             problem = check_folder(target)
             if problem is None:
                 return
-            log.warning("model %s at %s is not what was built (%s): building it again", model_cfg.name, target, problem)
+            log.warning("model %s at %s is not what was built (%s): building it again", name, target, problem)
             aside = target.with_name(f".{target.name}.broken-{uuid.uuid4().hex[:8]}")
             target.rename(aside)  # readers holding its files keep them; the name is free for the new build
             shutil.rmtree(aside, ignore_errors=True)
-        log.info("building model %s at %s", model_cfg.name, target)
-        instantiate(model_cfg.build)
-
-
-def encoder_settings(model_cfg: DictConfig) -> EncoderSettings:
-    """The model group's pooling, normalisation, lengths and prefixes."""
-    return EncoderSettings(
-        pooling=model_cfg.pooling,
-        normalize=bool(model_cfg.normalize),
-        shared=bool(model_cfg.shared),
-        query_max_length=int(model_cfg.query_max_length),
-        passage_max_length=int(model_cfg.passage_max_length),
-        query_prefix=str(model_cfg.query_prefix),
-        passage_prefix=str(model_cfg.passage_prefix),
-    )
+        log.info("building model %s at %s", name, target)
+        instantiate(dict(build))
