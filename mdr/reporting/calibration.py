@@ -1,50 +1,25 @@
-"""Calibration of :mod:`mdr.reporting.statistics` on simulated sweeps with realistic variance components.
+"""Calibration of :mod:`mdr.reporting.statistics` on simulated sweeps (docs/statistics.md#calibration).
 
-A simulated sweep has two languages (parallel: the same queries, with correlated difficulty), a set of
-proportions p, S seeds and Q queries. A run's per-query score is a reciprocal rank:
-
-- each query has a base reciprocal rank drawn from a fixed distribution (mean .765, SD .329, like MRR@100
-  on XQuAD-R: rank 1 for 64% of queries, ranks 2-50 or none for the rest); the second language keeps a query's
-  base with probability ``language_overlap`` and redraws it otherwise;
-- query x cell interaction: each cell redraws a query's score with probability ``query_interaction``
-  (per-query effects correlated across cells, not identical);
-- seed x query noise: each run redraws a query's score with probability ``seed_query_noise``; with
-  probability ``seed_correlation`` the redraw (whether and what) is the seed's own, shared by every cell of that
-  seed (runs of one seed share initialisation and data order);
-- a seed effect, normal with SD ``seed_sd``, shifts every query of a run; its correlation across cells of one
-  seed is ``seed_correlation``; ``seed_sd_ratio`` != 1 makes the seed level unequal across cells (the stress case
-  for pooling it): the per-cell part's SD grows by that factor from p = 0 to p = 1, its mean square kept;
-- ``residual_sd`` > 0 adds Gaussian seed x query noise with that SD to every score of every run (the other
-  noise shape: dense, light-tailed, where the redraws are sparse and heavy-tailed);
-- the true effect ``effect * p + curvature * (p^2 - p)`` is added to every query of a cell (both languages;
-  the second language gets ``language_effect * p`` more). Redraws keep the expected score, so the truth of every
-  contrast is known exactly: delta at p = 1 = ``effect``, slope = ``effect`` (p^2 - p has no least-squares
-  slope on levels symmetric about .5), quadratic term = ``curvature``, language x p delta at p = 1 =
-  ``-language_effect``.
-
-:func:`run` simulates a scenario and reports, for each test, how often it rejects (type-I error under a
-null, power under an effect), how often its 95% interval covers the truth, and the verdict's error rate.
+A simulated sweep has two parallel languages, proportions p, S seeds and Q queries of reciprocal ranks drawn
+like MRR@100 on XQuAD-R, with query x cell redraws, seed x query redraws shared by a seed's cells with
+probability ``seed_correlation``, a seed effect (SD ``seed_sd``, ``seed_sd_ratio``: its growth from p = 0 to 1),
+optional Gaussian noise (``residual_sd``) and the true effect ``effect * p + curvature * (p^2 - p)`` (the second
+language ``language_effect * p`` more), so the truth of every contrast is known. :func:`run` reports how often
+each test rejects, how often its 95% interval covers the truth, and the verdict's rates.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 from scipy import stats as scipy_stats
 
-from mdr.reporting.statistics import (
-    Cell,
-    contrast,
-    curvature_weights,
-    decide,
-    slope_weights,
-    step_weights,
-    tost,
-)
+from mdr.reporting.statistics import Cell, contrast, curvature_weights, decide, slope_weights, step_weights, tost
 
 RECIPROCAL_RANKS = np.array([1, 1 / 2, 1 / 3, 1 / 4, 1 / 5, 1 / 7, 1 / 10, 1 / 20, 1 / 50, 0.0])
 RANK_PROBABILITIES = np.array([0.64, 0.17, 0.07, 0.03, 0.02, 0.02, 0.015, 0.015, 0.01, 0.01])
@@ -111,29 +86,14 @@ def simulate(scenario: Scenario, rng: np.random.Generator) -> np.ndarray:
     return scores + scenario.seed_sd * seed_effect + shift + noise
 
 
-@dataclass
-class _Tally:
-    """Counts of rejections and coverage per test."""
-
-    trials: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
-
-    def add(self, name: str, hit: bool) -> None:
-        self.counts[name] = self.counts.get(name, 0) + int(hit)
-
-
 def _naive_reject(treated: np.ndarray, baseline: np.ndarray, alpha: float) -> bool:
     """The previous procedure's seed level alone: a paired t(S - 1) test on the per-seed deltas."""
     per_seed = treated.mean(axis=1) - baseline.mean(axis=1)  # (S,)
     return bool(scipy_stats.ttest_1samp(per_seed, 0.0).pvalue < alpha)
 
 
-def evaluate(sample: np.ndarray, scenario: Scenario, tally: _Tally) -> None:
-    """Run every reported test on one simulated sweep and count rejections and coverage.
-
-    As the report does: a language's deltas, slope, quadratic term and steps pool their seed level over the
-    language's levels; a language x p contrast over its four cells; the low- vs high-resource slope over all.
-    """
+def evaluate(sample: np.ndarray, scenario: Scenario) -> dict[str, bool]:
+    """Whether each reported test rejects (or covers the truth) on one simulated sweep, as the report runs it."""
     alpha, seeds, pool = scenario.alpha, tuple(range(scenario.seeds)), scenario.pool
     cells = [[Cell(seeds, sample[lang, k], group=str(lang)) for k in range(sample.shape[1])] for lang in range(2)]
     proportions = list(scenario.proportions)
@@ -144,48 +104,47 @@ def evaluate(sample: np.ndarray, scenario: Scenario, tally: _Tally) -> None:
         weights[k], weights[0] = 1.0, -1.0
         return weights
 
+    found: dict[str, bool] = {}
     delta = contrast(cells[0], against_zero(last), pool=pool)
-    tally.add("delta.reject", delta.p_value < alpha)
-    tally.add("delta.cover", delta.ci_low <= scenario.effect <= delta.ci_high)
-    tally.add("delta.naive_reject", _naive_reject(sample[0, last], sample[0, 0], alpha))
-    tally.add("tost.equivalent", tost(delta, scenario.margin) < alpha)
+    found["delta.reject"] = delta.p_value < alpha
+    found["delta.cover"] = delta.ci_low <= scenario.effect <= delta.ci_high
+    found["delta.naive_reject"] = _naive_reject(sample[0, last], sample[0, 0], alpha)
+    found["tost.equivalent"] = tost(delta, scenario.margin) < alpha
     slope = contrast(cells[0], slope_weights(proportions), pool=pool)
-    tally.add("slope.reject", slope.p_value < alpha)
-    tally.add("slope.cover", slope.ci_low <= scenario.effect <= slope.ci_high)
+    found["slope.reject"] = slope.p_value < alpha
+    found["slope.cover"] = slope.ci_low <= scenario.effect <= slope.ci_high
     curvature = None
     if levels >= 3:
         curvature = contrast(cells[0], curvature_weights(proportions), pool=pool)
-        tally.add("curvature.reject", curvature.p_value < alpha)
-        tally.add("curvature.cover", curvature.ci_low <= scenario.curvature <= curvature.ci_high)
+        found["curvature.reject"] = curvature.p_value < alpha
+        found["curvature.cover"] = curvature.ci_low <= scenario.curvature <= curvature.ci_high
     deltas = [(p, contrast(cells[0], against_zero(k), pool=pool)) for k, p in enumerate(proportions) if k > 0]
     steps = [contrast(cells[0], w, pool=pool) for w in step_weights(levels)]
     decision = decide(slope, curvature, deltas, steps, scenario.margin, alpha)
-    tally.add("verdict.effect", decision.kind in {"hurts", "helps", "curved"})
-    right = "helps" if scenario.effect > 0 else "hurts"
-    tally.add("verdict.right_direction", decision.kind == right)
-    tally.add("verdict.equivalent", decision.kind == "equivalent")
+    found["verdict.effect"] = decision.kind in {"hurts", "helps", "curved"}
+    found["verdict.right_direction"] = decision.kind == ("helps" if scenario.effect > 0 else "hurts")
+    found["verdict.equivalent"] = decision.kind == "equivalent"
     corners = [cells[0][last], cells[0][0], cells[1][last], cells[1][0]]
     interaction = contrast(corners, [1.0, -1.0, -1.0, 1.0], pool=pool)
-    tally.add("interaction.reject", interaction.p_value < alpha)
-    tally.add("interaction.cover", interaction.ci_low <= -scenario.language_effect <= interaction.ci_high)
+    found["interaction.reject"] = interaction.p_value < alpha
+    found["interaction.cover"] = interaction.ci_low <= -scenario.language_effect <= interaction.ci_high
     slope_weight = slope_weights(proportions)
     slope_difference = contrast([*cells[0], *cells[1]], [*slope_weight, *(-slope_weight)], pool=pool)
-    tally.add("slope_interaction.reject", slope_difference.p_value < alpha)
-    tally.trials += 1
+    found["slope_interaction.reject"] = slope_difference.p_value < alpha
+    return found
 
 
 def run(scenario: Scenario, simulations: int, seed: int = 0) -> dict[str, Any]:
     """Simulate ``simulations`` sweeps of ``scenario``; rates of each test with their Monte Carlo SE."""
     rng = np.random.default_rng(seed)
-    tally = _Tally()
+    counts: Counter[str] = Counter()
     for _ in range(simulations):
-        evaluate(simulate(scenario, rng), scenario, tally)
-    rates = {name: count / tally.trials for name, count in sorted(tally.counts.items())}
+        counts.update(evaluate(simulate(scenario, rng), scenario))
     return {
         "scenario": asdict(scenario),
-        "simulations": tally.trials,
-        "rates": rates,
-        "monte_carlo_se_at_5pct": math.sqrt(0.05 * 0.95 / tally.trials),
+        "simulations": simulations,
+        "rates": {name: count / simulations for name, count in sorted(counts.items())},
+        "monte_carlo_se_at_5pct": math.sqrt(0.05 * 0.95 / simulations),
     }
 
 
