@@ -27,7 +27,7 @@ from mdr.reporting.collect import (
 from mdr.reporting.integrity import METRIC, metric_at
 from mdr.reporting.plots import plot, plot_answer
 from mdr.reporting.pool_diagnostics import report_section as pool_diagnostics_section
-from mdr.reporting.report import headline, markdown_report, means_markdown, schedules_markdown
+from mdr.reporting.report import cell_means_markdown, markdown_report, means_markdown, schedules_markdown
 from mdr.reporting.report_set import LAST, MANIFEST, staged_report
 from mdr.reporting.schedules import compare_schedules
 from mdr.utils.io import atomic_write_text
@@ -160,7 +160,7 @@ def _write_report(
             for field in fields(analysis):  # every table of the analysis, with the partition's data and depth
                 parts.setdefault(field.name, []).append(getattr(analysis, field.name).assign(**partition))
             report = markdown_report(analysis)
-            headlines.append("\n".join(filter(None, [heading, headline(report)])))
+            headlines.append("\n".join(filter(None, [heading, cell_means_markdown(analysis)])))
             sections += [heading, ""] if heading else []
             sections += [report, ""]
             if rows.stage.nunique() > 1:  # several stage schedules: compare them per language

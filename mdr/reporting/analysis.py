@@ -17,26 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mdr.reporting import statistics as stats
 from mdr.reporting.collect import DEFAULT_VARIANT, GROUP, KEYS
 from mdr.reporting.integrity import METRIC
-from mdr.reporting.statistics import (
-    CALIBRATED_SEEDS,
-    Cell,
-    Estimate,
-    Parts,
-    combine,
-    contrast,
-    contrast_parts,
-    curvature_weights,
-    decide,
-    estimate,
-    holm,
-    seed_label,
-    slope_weights,
-    step_weights,
-    tost,
-    win_tie_loss,
-)
+from mdr.reporting.statistics import Cell, Estimate, Parts, contrast, contrast_parts, seed_label, slope_weights
 from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -138,31 +122,21 @@ class CellTables:
 
 
 def _estimate_columns(estimate: Estimate, value_name: str) -> dict[str, Any]:
-    return {
-        value_name: estimate.value,
-        "ci_low": estimate.ci_low,
-        "ci_high": estimate.ci_high,
-        "p_value": estimate.p_value,
-        "se": estimate.se,
-        "df": estimate.df,
-        "seeds": estimate.seeds,
-        "queries": estimate.queries,
-        "seed_level": estimate.seed_level,
-        "seed_ids": seed_label(estimate.seed_ids) if estimate.seed_ids else "none shared",
-        "gives_verdict": estimate.gives_verdict,
-    }
+    names = ("ci_low", "ci_high", "p_value", "se", "df", "seeds", "queries", "seed_level")
+    columns = {value_name: estimate.value, **{name: getattr(estimate, name) for name in names}}
+    seed_ids = seed_label(estimate.seed_ids) if estimate.seed_ids else "none shared"
+    return columns | {"seed_ids": seed_ids, "gives_verdict": estimate.gives_verdict}
 
 
-def _second_metric_columns(estimate: Estimate | None, value_name: str) -> dict[str, Any]:
-    """``<value_name>_ndcg@10`` with its interval and p-value (NaN where per-query files lack the column)."""
+def _interval_columns(estimate: Estimate | None, value_name: str, prefix: str) -> dict[str, Any]:
+    """``value_name``, ``<prefix>_ci_low``, ``<prefix>_ci_high`` and ``<prefix>_p_value`` (NaN without estimate)."""
     values = (estimate.value, estimate.ci_low, estimate.ci_high, estimate.p_value) if estimate else (np.nan,) * 4
-    names = (f"{value_name}_{SECOND_METRIC}", *(f"{SECOND_METRIC}_{name}" for name in ("ci_low", "ci_high", "p_value")))
-    return dict(zip(names, values))
+    return dict(zip((value_name, f"{prefix}_ci_low", f"{prefix}_ci_high", f"{prefix}_p_value"), values))
 
 
 def with_holm(family: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``family`` with ``p_holm``: its p-values Holm-adjusted together."""
-    for row, adjusted in zip(family, holm([row["p_value"] for row in family])):
+    for row, adjusted in zip(family, stats.holm([row["p_value"] for row in family])):
         row["p_holm"] = adjusted
     return family
 
@@ -180,20 +154,13 @@ def comparison(
     weights = [1.0, -1.0] + [0.0] * len(family)
     cells = tables.cells(selections)
     result = contrast(cells, weights, pool=True)
-    wins, ties, losses = win_tie_loss(*cells[:2])
     second = None
     if tables.has(selections, SECOND_METRIC):
         second = contrast(tables.cells(selections, SECOND_METRIC), weights, pool=True)
-    return {
-        **_estimate_columns(result, f"delta_{METRIC}"),
-        "p_tost": tost(result, margin),
-        "wins": wins,
-        "ties": ties,
-        "losses": losses,
-        **_second_metric_columns(second, "delta"),
-        "note": _note(result),
-        "_estimate": result,
-    }
+    columns = _estimate_columns(result, f"delta_{METRIC}") | {"p_tost": stats.tost(result, margin)}
+    columns |= dict(zip(("wins", "ties", "losses"), stats.win_tie_loss(*cells[:2])))
+    columns |= _interval_columns(second, f"delta_{SECOND_METRIC}", SECOND_METRIC)
+    return columns | {"note": _note(result), "_estimate": result}
 
 
 def _note(estimate: Estimate) -> str:
@@ -208,7 +175,7 @@ def _note(estimate: Estimate) -> str:
     if estimate.dropped_seeds and estimate.seed_ids:
         notes.append(f"paired on seeds {seed_label(estimate.seed_ids)}, the ones both cells ran")
     if not estimate.gives_verdict:
-        notes.append(f"estimate only, no verdict (below {CALIBRATED_SEEDS} paired seeds)")
+        notes.append(f"estimate only, no verdict (below {stats.CALIBRATED_SEEDS} paired seeds)")
     return "; ".join(notes)
 
 
@@ -260,8 +227,8 @@ def _trend(
     """(slope over every level, quadratic term or None below 3 levels, adjacent steps) of one cell group."""
     cells = tables.cells(levels, metric)
     slope = contrast(cells, slope_weights(proportions), pool=True)
-    curvature = contrast(cells, curvature_weights(proportions), pool=True) if len(proportions) >= 3 else None
-    return slope, curvature, [contrast(cells, w, pool=True) for w in step_weights(len(proportions))]
+    curvature = contrast(cells, stats.curvature_weights(proportions), pool=True) if len(proportions) >= 3 else None
+    return slope, curvature, [contrast(cells, w, pool=True) for w in stats.step_weights(len(proportions))]
 
 
 def analyse(results: pd.DataFrame, *, equivalence_margin: float = EQUIVALENCE_MARGIN) -> Analysis:
@@ -293,20 +260,16 @@ def analyse(results: pd.DataFrame, *, equivalence_margin: float = EQUIVALENCE_MA
         slope, curvature, steps = _trend(tables, levels, [0.0, *proportions])
         deltas = [(test["hard_proportion"], test.pop("_estimate")) for test in family]
         tests += with_holm(family)
-        decision = decide(slope, curvature, deltas, steps, equivalence_margin, ALPHA)
-        second = (
-            _trend(tables, levels, [0.0, *proportions], SECOND_METRIC)[0] if tables.has(levels, SECOND_METRIC) else None
-        )
-        curved = (
-            (curvature.value, curvature.ci_low, curvature.ci_high, curvature.p_value) if curvature else (np.nan,) * 4
-        )
+        decision = stats.decide(slope, curvature, deltas, steps, equivalence_margin, ALPHA)
+        scored = tables.has(levels, SECOND_METRIC)
+        second = _trend(tables, levels, [0.0, *proportions], SECOND_METRIC)[0] if scored else None
         trends.append(
             {
                 **named,
                 "proportions": " ".join(f"{p:g}" for p in [0.0, *proportions]),
                 **_estimate_columns(slope, "slope"),
-                **dict(zip(("curvature", "curvature_ci_low", "curvature_ci_high", "curvature_p_value"), curved)),
-                **_second_metric_columns(second, "slope"),
+                **_interval_columns(curvature, "curvature", "curvature"),
+                **_interval_columns(second, f"slope_{SECOND_METRIC}", SECOND_METRIC),
                 "equivalence_margin": equivalence_margin,
                 "verdict_kind": decision.kind,
                 "verdict": decision.text,
@@ -349,7 +312,7 @@ def _language_parts(
             weights += list(a * np.asarray(w))
         return contrast_parts(cells, weights, pool=True), "paired by query"
     parts = [contrast_parts(tables.cells(levels), w, pool=True) for levels, w in entries]
-    return combine(parts, coefficients), "independent queries"
+    return stats.combine(parts, coefficients), "independent queries"
 
 
 def _language_contrasts(
@@ -383,7 +346,7 @@ def _language_contrasts(
         ) -> dict[str, Any]:
             parts, pairing = _language_parts(tables, [entry(language, weights) for language in chosen], a)
             named = {"model": model, "stage": stage, "variant": variant, "query_pairing": pairing}
-            return {**named, **_estimate_columns(estimate(parts), name)}
+            return {**named, **_estimate_columns(stats.estimate(parts), name)}
 
         for first, second in itertools.combinations(languages, 2):
             common = sorted(levels_of[first] & levels_of[second])

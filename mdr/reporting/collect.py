@@ -29,19 +29,11 @@ from mdr.utils.run_record import RunRecord, lookup, read_record
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ["mrr@100", "recall@100", "ndcg@10"]
 GROUP = ["model", "stage", "language", "variant"]
 KEYS = [*GROUP, "hard_proportion", "seed"]
 DEFAULT_VARIANT = "mask=on,denoise=off"
 PROBLEM_COLUMNS = ["job", "status", "error", "overrides"]
-DEFAULT_MINER = {
-    "source": "bm25",
-    "backend": "bm25s",
-    "range_min": 0,
-    "range_max": 50,
-    "margin": None,
-    "tokenizer": "default",
-}
+DEFAULT_MINER = dict(source="bm25", backend="bm25s", range_min=0, range_max=50, margin=None, tokenizer="default")
 """``negatives.pool`` of the default miner (conf/negatives/bm25.yaml): BM25 ranks 1-50."""
 
 
@@ -165,17 +157,6 @@ def expected_jobs(sweep_dir: Path) -> list[list[str]] | None:
         return None
 
 
-def job_dirname_exclusions(sweep_dir: Path) -> list[str]:
-    """The override keys left out of the sweep's job folder names (``hydra.job.config.override_dirname``)."""
-    path = sweep_dir / "multirun.yaml"
-    if not path.is_file():
-        return []
-    from omegaconf import OmegaConf
-
-    keys = OmegaConf.select(OmegaConf.load(path), "hydra.job.config.override_dirname.exclude_keys", default=None)
-    return [str(key) for key in keys] if keys is not None else []
-
-
 def job_outcome(job: Path) -> str:
     """``completed``, ``failed`` or ``missing``: the newest of metrics.json / failed.json decides (ties: failed)."""
     paths = {name: job / f"{name}.json" for name in ("metrics", "failed")}
@@ -263,8 +244,13 @@ def _collect_one(sweep_dir: Path, prefix: str, rows: list[dict[str, Any]], probl
             rows += found
         except (OSError, ValueError, KeyError, TypeError) as error:
             problems.append(problem(name, "failed", f"unreadable result: {error}", cell))
-    exclude = job_dirname_exclusions(sweep_dir)
-    for overrides in expected_jobs(sweep_dir) or []:
+    jobs = expected_jobs(sweep_dir) or []
+    if jobs:  # the override keys left out of job folder names
+        from omegaconf import OmegaConf
+
+        plan = OmegaConf.load(sweep_dir / "multirun.yaml")
+        exclude = [str(key) for key in OmegaConf.select(plan, "hydra.job.config.override_dirname.exclude_keys") or []]
+    for overrides in jobs:
         # there when a folder has its overrides or its folder name (a rerun may spell a value otherwise, 0 / 0.0)
         if tuple(sorted(overrides)) not in seen and job_dirname(overrides, exclude) not in folders:
             problems.append(problem(prefix, "missing", "no job folder (never started)", " ".join(overrides)))

@@ -8,6 +8,7 @@ import logging
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from mdr.utils.config_identity import label_of, shown_by
@@ -254,22 +255,11 @@ def drop_duplicates(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], l
         elif id(head) in conflicts:
             problems.append(problem(row["job"], "conflict", conflicts[id(head)]))
         elif head is not row:
-            kept_value, dropped_value = head.get(METRIC, float("nan")), row.get(METRIC, float("nan"))
-            problems.append(
-                problem(
-                    row["job"],
-                    "duplicate",
-                    f"{row['language']}: {REASONS[how][0]} as {head['job']}: counted once, from {head['job']} "
-                    f"({METRIC} {kept_value:.4f} kept, {dropped_value:.4f} left out)",
-                )
+            values = f"{METRIC} {head.get(METRIC, np.nan):.4f} kept, {row.get(METRIC, np.nan):.4f} left out"
+            error = (
+                f"{row['language']}: {REASONS[how][0]} as {head['job']}: counted once, from {head['job']} ({values})"
             )
-    counts = Counter(item["status"] for item in problems)
-    if counts["duplicate"]:
-        log.warning("%d duplicate run(s) counted once: see the duplicates list", counts["duplicate"])
-    if counts["conflict"]:
-        log.warning(
-            "%d run(s) in %d conflict(s) not counted: see the conflicts list", counts["conflict"], len(conflicts)
-        )
-    if counts["invalid"]:
-        log.warning("%d run(s) of a cell and seed kept from another config not counted", counts["invalid"])
+            problems.append(problem(row["job"], "duplicate", error))
+    if problems:
+        log.warning("runs left out or counted once (see the report): %s", dict(Counter(p["status"] for p in problems)))
     return [row for row in kept if id(row) not in conflicts], problems

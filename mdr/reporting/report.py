@@ -77,17 +77,21 @@ def _cell_tables(cells: pd.DataFrame, tests: pd.DataFrame) -> list[str]:
     return lines
 
 
-def markdown_report(analysis: Analysis) -> str:
-    """Tables: MRR@100 per cell, deltas against p = 0, trends and verdicts, language contrasts, variant effects."""
-    lines = _cell_tables(analysis.cells, analysis.tests)
-    lines += [
+def cell_means_markdown(analysis: Analysis) -> str:
+    """The tables of cell means with their note: results.md's first section, what a finished multirun prints."""
+    note = (
         "MRR@100 mean ± std over seeds / nDCG@10 mean (n = seeds). `*`: different from p=0 at Holm-adjusted "
         "p < 0.05 (t test on the seeds x queries ANOVA with Satterthwaite degrees of freedom, paired by seed and "
         "query; Holm within each model, stage, language and variant; docs/statistics.md); not marked where the "
         "contrast rests on fewer than 3 paired seeds (the seeds both cells ran), below the range the tests are "
-        "calibrated for.",
-        "",
-    ]
+        "calibrated for."
+    )
+    return "\n".join([*_cell_tables(analysis.cells, analysis.tests), note])
+
+
+def markdown_report(analysis: Analysis) -> str:
+    """Tables: MRR@100 per cell, deltas against p = 0, trends and verdicts, language contrasts, variant effects."""
+    lines = [cell_means_markdown(analysis), ""]
     margin = _margin(analysis)
     tests = [
         f"{r.model} | {r.stage} | {r.language} | {r.variant} | "
@@ -213,18 +217,6 @@ def schedules_markdown(comparison: pd.DataFrame) -> str:
         "| Δ nDCG@10 [95% interval] | wins/ties/losses | seeds | queries"
     )
     return "\n".join(lines + ([*table(header, "llll" + "r" * 7, rows), ""] if rows else []))
-
-
-def headline(report: str) -> str:
-    """The table(s) of cell means that open :func:`markdown_report`'s text, with their note: what a finished
-    multirun prints."""
-    lines = report.splitlines()
-    for index, line in enumerate(lines):
-        if line.startswith("Mean ± std"):
-            return "\n".join(lines[: index + 1])
-        if line.startswith("### ") and index and not line.startswith("### MRR@100, model="):
-            return "\n".join(lines[:index]).rstrip()
-    return report.rstrip()
 
 
 _LABELS = {"mrr": "MRR", "recall": "Recall", "ndcg": "nDCG"}

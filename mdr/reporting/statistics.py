@@ -237,15 +237,11 @@ def contrast_parts(cells: Sequence[Cell], weights: Sequence[float], pool: bool =
     terms = [query_term, *seed_terms, *residual_terms]
     # the query term and the seed terms each estimate a part of Var(theta_hat): the larger floors the total
     floor = max(query_term[0], sum(v for v, _ in seed_terms))
-    sizes = [table.shape[0] for table in blocks.values()]
-    if len(blocks) == 1 and sizes[0] >= 2:
-        level, seeds_behind = "paired", sizes[0]
-    elif all(size >= 2 for size in sizes):
-        level, seeds_behind = "unpaired", min(sizes)
-    else:
-        level = "partial" if any(size >= 2 for size in sizes) else "none"
-        seeds_behind = min(sizes)
-    return Parts(value, tuple(terms), seeds_behind, queries, level, floor, seed_ids, dropped)
+    estimated = [table.shape[0] >= 2 for table in blocks.values()]  # the seed level of each block
+    level = "unpaired" if all(estimated) else "partial" if any(estimated) else "none"
+    level = "paired" if estimated == [True] else level
+    seeds = min(table.shape[0] for table in blocks.values())
+    return Parts(value, tuple(terms), seeds, queries, level, floor, seed_ids, dropped)
 
 
 def combine(parts: Sequence[Parts], coefficients: Sequence[float]) -> Parts:
@@ -347,9 +343,7 @@ def monotone(steps: Sequence[Estimate], alpha: float = 0.05) -> int:
         return 0
     adjusted = holm([step.p_value for step in steps])
     signs = {int(np.sign(step.value)) for step in steps}
-    if max(adjusted) < alpha and len(signs) == 1:
-        return signs.pop()
-    return 0
+    return signs.pop() if max(adjusted) < alpha and len(signs) == 1 else 0
 
 
 def win_tie_loss(treated: Cell, baseline: Cell, tolerance: float = 1e-9) -> tuple[int, int, int]:
@@ -362,15 +356,12 @@ def win_tie_loss(treated: Cell, baseline: Cell, tolerance: float = 1e-9) -> tupl
 
 
 def _p(value: float) -> str:
-    """``p<0.001`` or ``p=0.012``."""
     return "p<0.001" if value < 0.001 else f"p={value:.3f}"
 
 
 def _seeds_text(seeds: int) -> str:
-    text = f"at {seeds} seed{'s' if seeds != 1 else ''}"
-    if seeds == 1:
-        text += " (training-seed variance not estimated: intervals from queries only)"
-    return text
+    alone = " (training-seed variance not estimated: intervals from queries only)"
+    return f"at {seeds} seed{'s' if seeds != 1 else ''}" + (alone if seeds == 1 else "")
 
 
 @dataclass(frozen=True)
