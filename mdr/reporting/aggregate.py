@@ -75,17 +75,9 @@ def aggregate(
     out: str | Path | None = None,
     wandb: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the report of one sweep folder (into it) or of several analysed as one (into ``out``), as one set
-    (:mod:`mdr.reporting.report_set`: an error leaves the previous set as it was).
-
-    Args:
-        wandb: ``wandb.init`` settings (:func:`mdr.reporting.wandb_summary.summary_settings`) to log the tables
-            and plots to the sweep's W&B summary run as well; None: no W&B.
-
-    Returns:
-        Counts (completed, failed, missing, invalid, conflicts, duplicates), ``status``, ``table`` (results.md),
-        ``plot``/``plots``, ``headline`` (the tables of cell means), ``verdicts``.
-    """
+    """Write the report of one sweep folder (into it) or of several analysed as one (into ``out``) as one set, and
+    with ``wandb`` settings (:func:`mdr.reporting.wandb_summary.summary_settings`) log it to W&B; returns the job
+    counts, ``status``, ``table`` (results.md), ``plots``, ``headline`` (the cell means) and ``verdicts``."""
     roots = _sweep_dirs(sweep_dirs)
     if out is None and len(roots) > 1:
         raise ValueError(f"{len(roots)} sweep folders: say where the combined report goes (--out)")

@@ -232,12 +232,8 @@ def _trend(
 
 
 def analyse(results: pd.DataFrame, *, equivalence_margin: float = EQUIVALENCE_MARGIN) -> Analysis:
-    """Cell means with intervals, tests against p = 0, trends and verdicts, interactions and variant effects.
-
-    Args:
-        results: one row per (run, evaluation language) with its per-query file.
-        equivalence_margin: TOST margin in MRR@100 units.
-    """
+    """Every table of the report for ``results`` (one row per run and evaluated language, with its per-query file);
+    ``equivalence_margin``: the TOST margin in MRR@100 units."""
     if not equivalence_margin > 0:
         raise ValueError(f"the equivalence margin must be a number > 0, got {equivalence_margin!r}")
     results = sort_results(results)

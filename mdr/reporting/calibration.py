@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -146,14 +145,3 @@ def run(scenario: Scenario, simulations: int, seed: int = 0) -> dict[str, Any]:
         "rates": {name: count / simulations for name, count in sorted(counts.items())},
         "monte_carlo_se_at_5pct": math.sqrt(0.05 * 0.95 / simulations),
     }
-
-
-def grid(
-    seeds: Sequence[int] = (3, 5),
-    seed_sds: Sequence[float] = (0.005, 0.010),
-    effects: Sequence[float] = (0.0, 0.01, 0.02, 0.04),
-    base: Scenario | None = None,
-) -> list[Scenario]:
-    """Scenarios over seeds x seed SD x true effect (the null first)."""
-    base = base or Scenario()
-    return [replace(base, seeds=s, seed_sd=sd, effect=e) for s in seeds for sd in seed_sds for e in effects]

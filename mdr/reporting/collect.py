@@ -88,12 +88,8 @@ def run_variant(record: RunRecord, config: dict[str, Any]) -> tuple[bool | None,
 
 
 def comparable_config(source: dict[str, Any] | None, record: RunRecord) -> dict[str, Any] | None:
-    """Dotted key -> value of a run's config as two runs of one cell and seed are compared; None without a config.
-
-    ``source`` (``run_folder.json``'s config, else ``config.yaml``) canonicalised again, less
-    :data:`REPORT_IGNORED`, :data:`UNTRAINED_IGNORED` (nothing trained) and :data:`UNMINED_IGNORED` (one stage
-    without hard negatives); a null key counts as absent; paths under a ``paths.*`` folder are relative to it.
-    """
+    """Dotted key -> value of ``source`` (the run folder's config) canonicalised, as two runs of one cell and seed
+    are compared: less the keys that cannot change this run's numbers, nulls, and ``paths.*`` folders relative."""
     if not source:
         return None
     flat = flatten_config(canonical_config(source))
@@ -167,13 +163,8 @@ def job_outcome(job: Path) -> str:
 
 
 def collect(sweep_dirs: Path | str | list[Path] | list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(completed runs, problems) of one sweep folder or several analysed as one (a job then named
-    ``<sweep folder>/<job folder>``).
-
-    ``problems`` has a row per job that failed, is missing, is invalid (metrics.json contradicts the job's
-    settings, a bad per-query file, or a cell and seed kept from another config), a duplicate or in a conflict
-    (:func:`mdr.reporting.integrity.drop_duplicates`); only the other runs are in the results.
-    """
+    """(completed runs, problems) of one sweep folder or several as one (jobs named ``<sweep folder>/<job>``):
+    a problem row per job failed, missing, invalid, a duplicate or in a conflict, the other runs in the results."""
     dirs = [Path(d) for d in sweep_dirs] if isinstance(sweep_dirs, list) else [Path(sweep_dirs)]
     rows: list[dict[str, Any]] = []
     problems: list[dict[str, Any]] = []

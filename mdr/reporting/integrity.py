@@ -43,17 +43,6 @@ def _agree(first: Any, second: Any) -> bool:
         return False
 
 
-def mean_disagreements(table: pd.DataFrame, row: dict[str, Any]) -> list[str]:
-    """``<measure>: file mean <m>, metrics.json <v>`` for each measure whose per-query mean is off its metrics.json
-    value by more than :data:`MEAN_TOLERANCE`."""
-    found = []
-    for name, reported in _measures(row).items():
-        mean = pd.to_numeric(table[name], errors="coerce").mean() if name in table.columns else None
-        if mean is not None and not _agree(mean, reported):
-            found.append(f"{name}: file mean {mean:.7f}, metrics.json {reported!r}")
-    return found
-
-
 def _query_ids(row: dict[str, Any]) -> frozenset[str] | str:
     """The query ids of a sound per-query file, else what is wrong with it."""
     try:
@@ -72,19 +61,20 @@ def _query_ids(row: dict[str, Any]) -> frozenset[str] | str:
         return f"{int(empty.sum())} row(s) without a query id or {metric} score"
     if row.get("num_queries") is not None and len(table) != int(row["num_queries"]):
         return f"{len(table)} queries, but metrics.json reports num_queries={row['num_queries']}"
-    disagreements = mean_disagreements(table, row)
+    means = {name: pd.to_numeric(table[name], errors="coerce").mean() for name in _measures(row) if name in table}
+    disagreements = [
+        f"{name}: file mean {mean:.7f}, metrics.json {row[name]!r}"
+        for name, mean in means.items()
+        if not _agree(mean, row[name])
+    ]
     if disagreements:
         return f"its means disagree with {row.get('_metrics_file', 'metrics.json')} ({'; '.join(disagreements)})"
     return frozenset(table.query_id)
 
 
 def check_per_query(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(rows whose per-query file is sound, an ``invalid`` problem per other row, naming its file).
-
-    Sound: a table with ``query_id`` and the metric, each query once, no missing score, the ``num_queries`` and
-    means metrics.json reports (:func:`mean_disagreements`), and the query set most runs of its (data, language,
-    split) share (ties: the first seen).
-    """
+    """(rows whose per-query file is sound, an ``invalid`` problem per other row): sound as :func:`_query_ids` says,
+    with the query set most runs of its (data, language, split) share (ties: the first seen)."""
     invalid: list[dict[str, Any]] = []
     query_sets: dict[int, frozenset[str]] = {}
     groups: dict[tuple[Any, ...], list[int]] = {}

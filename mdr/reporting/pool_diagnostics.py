@@ -39,11 +39,7 @@ PANELS = (
 
 
 def read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    """A diagnostics CSV, checked for ``columns``.
-
-    Raises:
-        ValueError: naming the file and the columns it lacks.
-    """
+    """A diagnostics CSV; ValueError naming the file and the ``columns`` it lacks."""
     frame = pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"])
     missing = [column for column in columns if column not in frame.columns]
     if missing:

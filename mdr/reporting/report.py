@@ -92,7 +92,8 @@ def cell_means_markdown(analysis: Analysis) -> str:
 def markdown_report(analysis: Analysis) -> str:
     """Tables: MRR@100 per cell, deltas against p = 0, trends and verdicts, language contrasts, variant effects."""
     lines = [cell_means_markdown(analysis), ""]
-    margin = _margin(analysis)
+    margins = analysis.trends.get("equivalence_margin", [])
+    margin = float(margins.iloc[0]) if len(margins) else EQUIVALENCE_MARGIN
     tests = [
         f"{r.model} | {r.stage} | {r.language} | {r.variant} | "
         f"{'same' if r.baseline_variant == r.variant else r.baseline_variant} | {r.hard_proportion:g} | "
@@ -175,11 +176,6 @@ def markdown_report(analysis: Analysis) -> str:
 def _section(title: str, header: str, align: str, rows: list[str], note: str = "") -> list[str]:
     """A titled table with an optional note below; nothing without rows."""
     return [title, "", *table(header, align, rows), "", *([note, ""] if note else [])] if rows else []
-
-
-def _margin(analysis: Analysis) -> float:
-    margins = analysis.trends.equivalence_margin if "equivalence_margin" in analysis.trends else []
-    return float(margins.iloc[0]) if len(margins) else EQUIVALENCE_MARGIN
 
 
 def schedules_markdown(comparison: pd.DataFrame) -> str:

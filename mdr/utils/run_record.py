@@ -87,11 +87,8 @@ class RunRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunRecord:
-        """A record from ``metrics.json``'s object, of this version or an older one.
-
-        Raises:
-            ValueError: not an object, or written by a newer mdr (a higher ``record_version``).
-        """
+        """A record from ``metrics.json``'s object, of this version or an older one (ValueError: not an object, or
+        of a newer version)."""
         if not isinstance(data, dict):
             raise ValueError(f"a run record is a JSON object, got {type(data).__name__}")
         version = int(data.get("record_version", 0))
@@ -126,11 +123,8 @@ class RunRecord:
         return str(self.proportion_applies_to or self.schedule.get("proportion_applies_to") or "last")
 
     def evaluated(self, config: dict[str, Any] | None = None) -> list[LanguageResult]:
-        """One entry per evaluated language: the ``per_language`` sections, else the top-level fields.
-
-        ``low_resource`` not recorded: the job's resolved ``config`` says for its own language, else
-        ``conf/language/<code>.yaml``; None where neither does.
-        """
+        """One entry per evaluated language (the ``per_language`` sections, else the top-level fields); a
+        ``low_resource`` not recorded from the job's resolved ``config``, else ``conf/language/<code>.yaml``."""
         sections = self.per_language if isinstance(self.per_language, dict) and self.per_language else None
         if sections is None:
             top = ("low_resource", "num_queries", "metrics", "per_query_file")
@@ -184,11 +178,7 @@ def _low_resource(evaluated: LanguageResult, config: dict[str, Any]) -> bool | N
 
 
 def read_record(path: Path) -> RunRecord:
-    """The run record at ``path``.
-
-    Raises:
-        OSError: unreadable; ValueError: not JSON, not an object, or of a newer version (the message names ``path``).
-    """
+    """The run record at ``path`` (ValueError naming ``path``: not JSON, not an object, or of a newer version)."""
     try:
         return RunRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
     except ValueError as error:
