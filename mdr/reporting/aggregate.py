@@ -15,15 +15,7 @@ from typing import Any
 import pandas as pd
 
 from mdr.reporting.analysis import EQUIVALENCE_MARGIN, Analysis, analyse, sort_results
-from mdr.reporting.collect import (
-    DEFAULT_VARIANT,
-    cell_means,
-    collect,
-    expected_jobs,
-    job_outcome,
-    resolve_sweep_dir,
-    run_variant,
-)
+from mdr.reporting.collect import DEFAULT_VARIANT, cell_means, collect, resolve_sweep_dir
 from mdr.reporting.integrity import METRIC, metric_at
 from mdr.reporting.plots import plot, plot_answer
 from mdr.reporting.pool_diagnostics import report_section as pool_diagnostics_section
@@ -32,7 +24,7 @@ from mdr.reporting.report_set import LAST, MANIFEST, staged_report
 from mdr.reporting.schedules import compare_schedules
 from mdr.utils.io import atomic_write_text
 
-__all__ = ["aggregate", "collect", "compare_schedules", "expected_jobs", "job_outcome", "main", "run_variant"]
+__all__ = ["aggregate", "collect", "compare_schedules", "main"]
 
 PARTITION = ["data", "split", "depth"]
 """Runs on other data, splits or evaluation depths are analysed apart, each with its own tables."""
@@ -161,12 +153,8 @@ def _write_report(
                 sections += [schedules_markdown(comparison), ""]
             name = "mrr_vs_proportion.png" if len(partitions) == 1 else f"mrr_vs_proportion_{index + 1}.png"
             means = plot(analysis.cells, folder / name)
-            answer = plot_answer(
-                analysis.tests,
-                analysis.trends,
-                folder / name.replace("mrr_vs_proportion", "answer"),
-                equivalence_margin,
-            )
+            answer_path = folder / name.replace("mrr_vs_proportion", "answer")
+            answer = plot_answer(analysis.tests, analysis.trends, answer_path, equivalence_margin)
             plots = [path for path in (answer, *plots, means) if path]  # the answer first: README's, W&B's first
     tables = {field: pd.concat(frames, ignore_index=True) for field, frames in parts.items()}
     for field, frame in tables.items():  # cells, significance, trends always; the others when not empty

@@ -17,13 +17,7 @@ import pandas as pd
 import yaml
 
 from mdr.reporting.integrity import check_per_query, drop_duplicates, problem, split_cells
-from mdr.utils.config_identity import (
-    REPORT_IGNORED,
-    UNMINED_IGNORED,
-    UNTRAINED_IGNORED,
-    canonical_config,
-    flatten_config,
-)
+from mdr.utils import config_identity
 from mdr.utils.job_dirs import job_dirname
 from mdr.utils.run_record import RunRecord, lookup, read_record
 
@@ -92,16 +86,16 @@ def comparable_config(source: dict[str, Any] | None, record: RunRecord) -> dict[
     are compared: less the keys that cannot change this run's numbers, nulls, and ``paths.*`` folders relative."""
     if not source:
         return None
-    flat = flatten_config(canonical_config(source))
+    flat = config_identity.flatten_config(config_identity.canonical_config(source))
     roots = [
         (key, value.rstrip("/")) for key, value in flat.items() if key.startswith("paths.") and isinstance(value, str)
     ]
     roots.sort(key=lambda item: -len(item[1]))
-    ignored = list(REPORT_IGNORED)
+    ignored = list(config_identity.REPORT_IGNORED)
     if not record.trained:
-        ignored += UNTRAINED_IGNORED
+        ignored += config_identity.UNTRAINED_IGNORED
     elif not record.used_hard_negatives() and record.proportion_stages() is None:
-        ignored += UNMINED_IGNORED
+        ignored += config_identity.UNMINED_IGNORED
     compared: dict[str, Any] = {}
     for key, value in flat.items():
         if value is None or value == {} or any(key == prefix or key.startswith(prefix + ".") for prefix in ignored):

@@ -57,11 +57,7 @@ def negatives_name(variant: str) -> str:
 def plot(cells: pd.DataFrame, path: Path) -> Path | None:
     """MRR@100 vs hard-negative proportion, one line per (language, variant), 95% intervals of each mean; one panel
     per (model, stage) that trained (a zero-shot block has no p); None when none did."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     groups = cells.groupby(["model", "stage"], sort=False)
     blocks = [(key, block) for key, block in groups if block.hard_proportion.notna().any()]
     if not blocks:
@@ -87,6 +83,16 @@ def plot(cells: pd.DataFrame, path: Path) -> Path | None:
         wrap=True,
     )
     return save_figure(figure, path, dpi=120, bbox_inches="tight")
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def save_figure(figure: Any, path: Path, **options: Any) -> Path:
@@ -157,11 +163,7 @@ def plot_answer(tests: pd.DataFrame, trends: pd.DataFrame, path: Path, margin: f
     None without deltas."""
     if tests.empty:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     blocks = list(tests.groupby(["model", "stage"], sort=False))
     rows_of_panels = []
     for (model, stage), block in blocks:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mdr.reporting.plots import save_figure
+from mdr.reporting.plots import pyplot, save_figure
 from mdr.reporting.report import table
 from mdr.reporting.statistics import holm
 
@@ -116,26 +116,9 @@ def overlap_tables(overlap: pd.DataFrame, labels: dict[str, str]) -> list[str]:
 
 def summary_markdown(frame: pd.DataFrame, overlap: pd.DataFrame, command: str, code: str) -> str:
     """The diagnostics folder's Markdown: how it was made, the table, the overlap matrices."""
-    labels = dict(zip(frame.negatives, frame.label))
-    lines = [
-        "# Pool diagnostics",
-        "",
-        "```bash",
-        command,
-        "```",
-        "",
-        f"Code: {code}. {settings_line(frame)}",
-        "",
-        *diagnostics_table(frame),
-        "",
-        LEGEND,
-        "",
-        f"![pool diagnostics]({PLOT_NAME})",
-        "",
-        "## Overlap between pools",
-        "",
-        *overlap_tables(overlap, labels),
-    ]
+    lines = ["# Pool diagnostics", "", "```bash", command, "```", "", f"Code: {code}. {settings_line(frame)}", ""]
+    lines += [*diagnostics_table(frame), "", LEGEND, "", f"![pool diagnostics]({PLOT_NAME})", ""]
+    lines += ["## Overlap between pools", "", *overlap_tables(overlap, dict(zip(frame.negatives, frame.label)))]
     return "\n".join(lines)
 
 
@@ -179,27 +162,15 @@ def report_section(report_dir: Path, tests: pd.DataFrame | None = None, default_
     if not path.is_file():
         return []
     frame = read_table(path, COLUMNS)
-    return [
-        "### Pool diagnostics",
-        "",
-        settings_line(frame),
-        "",
-        *diagnostics_table(frame),
-        "",
-        LEGEND + f" Overlap between pools and the plot: [{SWEEP_CSV.parent}/{SUMMARY_NAME}]"
-        f"({SWEEP_CSV.parent}/{SUMMARY_NAME}).",
-        "",
-        *tracking_lines(frame, tests, default_variant),
-    ]
+    summary = f"{SWEEP_CSV.parent}/{SUMMARY_NAME}"
+    legend = f"{LEGEND} Overlap between pools and the plot: [{summary}]({summary})."
+    lines = ["### Pool diagnostics", "", settings_line(frame), "", *diagnostics_table(frame), "", legend, ""]
+    return lines + tracking_lines(frame, tests, default_variant)
 
 
 def plot_diagnostics(frame: pd.DataFrame, path: Path) -> Path:
     """Grouped bars per language, one bar per negatives option (plain labels), one panel per measure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     languages = list(dict.fromkeys(frame.language))
     labels = list(dict.fromkeys(frame.label))
     colours = plt.get_cmap("tab10")
