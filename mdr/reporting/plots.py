@@ -3,31 +3,28 @@ against p = 0 as dose-response, map over languages and kinds of hard negatives).
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from mdr.reporting.collect import DEFAULT_VARIANT
-
-LANGUAGE_NAMES = {
-    "ar": "Arabic", "bn": "Bengali", "de": "German", "el": "Greek", "en": "English", "es": "Spanish", "fa": "Persian",
-    "fi": "Finnish", "fr": "French", "hi": "Hindi", "id": "Indonesian", "ja": "Japanese", "ko": "Korean",
-    "ru": "Russian", "sw": "Swahili", "te": "Telugu", "th": "Thai", "tr": "Turkish", "vi": "Vietnamese",
-    "yo": "Yoruba", "zh": "Chinese",
-}  # fmt: skip
-"""Plain names of the language codes of conf/language, for figure labels (an unknown code is shown as it is)."""
+from mdr.utils.run_record import LANGUAGES_DIR
 
 HIGHLIGHT = "#c0392b"
 """The colour of a language whose trend the tests call hurt or helped, or of a significant delta."""
 PROPORTION = "proportion p of mined hard negatives"
 
 
+@functools.cache
 def language_name(code: str) -> str:
-    """``Thai`` for ``th``; a code without a name stays as it is."""
-    return LANGUAGE_NAMES.get(str(code), str(code))
+    """``Thai`` for ``th`` (conf/language/th.yaml's name); a code without a config stays as it is."""
+    path = LANGUAGES_DIR / f"{code}.yaml"
+    return str(yaml.safe_load(path.read_text(encoding="utf-8"))["name"]).capitalize() if path.is_file() else str(code)
 
 
 def negatives_name(variant: str) -> str:
