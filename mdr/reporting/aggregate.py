@@ -14,14 +14,13 @@ from typing import Any
 
 import pandas as pd
 
-from mdr.reporting.analysis import EQUIVALENCE_MARGIN, Analysis, analyse, sort_results
+from mdr.reporting.analysis import EQUIVALENCE_MARGIN, Analysis, analyse, compare_schedules, sort_results
 from mdr.reporting.collect import DEFAULT_VARIANT, cell_means, collect, resolve_sweep_dir
 from mdr.reporting.integrity import METRIC, metric_at
 from mdr.reporting.plots import plot, plot_answer
 from mdr.reporting.pool_diagnostics import report_section as pool_diagnostics_section
 from mdr.reporting.report import cell_means_markdown, markdown_report, means_markdown, schedules_markdown
 from mdr.reporting.report_set import LAST, MANIFEST, staged_report
-from mdr.reporting.schedules import compare_schedules
 from mdr.utils.io import atomic_write_text
 
 __all__ = ["aggregate", "collect", "compare_schedules", "main"]

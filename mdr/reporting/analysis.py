@@ -1,10 +1,7 @@
-"""The analysis of a results frame: cell means with intervals, deltas against p = 0, trends and verdicts,
-language x p interactions, the low- vs high-resource contrast and variant effects (docs/statistics.md).
-
-Cells are (model, stage, language, variant, p). Each p is compared with p = 0 of the same variant, else of the
-same masking without denoising, else of the default variant; Holm within each (model, stage, language, variant).
-Two languages are paired by query where their query ids match without the language prefix (XQuAD-R).
-"""
+"""The analysis of a results frame (docs/statistics.md): cell means with intervals, deltas against p = 0 of the
+same variant (else its masking without denoising, else the default), trends and verdicts, language x p
+interactions (paired by query on parallel data), the low- vs high-resource contrast, variant effects and the
+comparison of stage schedules."""
 
 from __future__ import annotations
 
@@ -83,7 +80,7 @@ class CellTables:
         """Whether every selected run's per-query file has a ``metric`` column."""
         return all(metric in self._read(f).columns for rows in selections for f in rows.per_query_file)
 
-    def _scores(self, rows: pd.DataFrame, metric: str, parallel: bool) -> pd.DataFrame:
+    def scores(self, rows: pd.DataFrame, metric: str, parallel: bool) -> pd.DataFrame:
         """(queries, runs) of ``metric``; ``parallel``: query ids without the language prefix."""
         series = []
         for path, language in zip(rows.per_query_file, rows.language):
@@ -93,18 +90,10 @@ class CellTables:
             series.append(values)
         return pd.concat(series, axis=1)
 
-    def query_ids(self, rows: pd.DataFrame) -> set[str]:
-        """The query ids (without the language prefix) the runs of ``rows`` scored."""
-        return {
-            shared_query_id(q, str(lang))
-            for f, lang in zip(rows.per_query_file, rows.language)
-            for q in self._read(f).index
-        }
-
     def cells(self, selections: list[pd.DataFrame], metric: str = METRIC, parallel: bool = False) -> list[Cell]:
         """The selected runs as cells on the queries all of them scored, grouped by language (the cells a pooled
         contrast estimates the seed level over); ``parallel``: queries matched across languages."""
-        tables = [self._scores(rows, metric, parallel) for rows in selections]
+        tables = [self.scores(rows, metric, parallel) for rows in selections]
         common = functools.reduce(pd.Index.intersection, (table.index for table in tables))
         dropped = max(len(table.index) for table in tables) - len(common)
         if dropped:
@@ -295,12 +284,55 @@ def analyse(results: pd.DataFrame, *, equivalence_margin: float = EQUIVALENCE_MA
     )
 
 
+REFERENCE_SCHEDULE = "target_only"
+
+
+def compare_schedules(results: pd.DataFrame, *, equivalence_margin: float = EQUIVALENCE_MARGIN) -> pd.DataFrame:
+    """MRR@100 per (model, evaluation language, schedule), each schedule but the reference (``target_only``, else the
+    first) compared with it, Holm within (model, language); one column per (p, variant) of a schedule run at several"""
+    results = sort_results(results)
+    tables = CellTables(results)
+    rows: list[dict[str, Any]] = []
+    for (model, language), block in results.groupby(["model", "language"], sort=False):
+        conditions = sorted(
+            block.groupby(["stage", "hard_proportion", "variant"], sort=False, dropna=False),
+            key=lambda item: (item[0][0] != "zero_shot", item[0][0] != REFERENCE_SCHEDULE, str(item[0][0])),
+        )
+        names = [str(key[0]) for key, _ in conditions]
+        labelled = [
+            (stage if names.count(stage) == 1 else f"{stage} (p={proportion:g}, {variant})", stage, runs)
+            for (stage, proportion, variant), runs in conditions
+        ]
+        reference = next((item for item in labelled if item[1] == REFERENCE_SCHEDULE), labelled[0])
+        family: list[dict[str, Any]] = []
+        for label, stage, runs in labelled:
+            values = runs[METRIC]
+            row: dict[str, Any] = {
+                "model": model,
+                "language": language,
+                "schedule": label,
+                "stage": stage,
+                "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
+                "n": len(values),
+                "low_resource": resource_class(runs.low_resource),
+                "reference": reference[0],
+            }
+            if label != reference[0]:
+                row.update(comparison(tables, runs, reference[2], equivalence_margin))
+                del row["_estimate"]
+                family.append(row)
+            rows.append(row)
+        with_holm(family)
+    return pd.DataFrame(rows)
+
+
 def _language_parts(
     tables: CellTables, entries: list[tuple[list[pd.DataFrame], np.ndarray]], coefficients: list[float]
 ) -> tuple[Parts, str]:
     """sum_i coefficients[i] * (weights_i . cell means of language i): one contrast on shared queries where the
     languages' query ids match without their prefixes (parallel data), else independent parts."""
-    id_sets = [tables.query_ids(pd.concat(levels)) for levels, _ in entries]
+    id_sets = [set().union(*(tables.scores(rows, METRIC, True).index for rows in levels)) for levels, _ in entries]
     if all(ids == id_sets[0] for ids in id_sets[1:]):
         cells, weights = [], []
         for (levels, w), a in zip(entries, coefficients):

@@ -1,9 +1,5 @@
-"""Read sweep folders into a results frame (one row per completed job and evaluated language) and a problems frame.
-
-A job's outcome is the newer of its ``metrics.json`` (completed) and ``failed.json`` (failed); a job folder with
-neither, and a job the sweep's ``multirun.yaml`` asked for that has no folder, are missing. The variant says how
-a run was trained beyond p: ``mask=on|off|n/a,denoise=on|off``, then ``,p_stages=all`` and ``,miner=<label>``.
-"""
+"""Read sweep folders into a results frame (one row per completed job and evaluated language) and a problems
+frame (failed jobs, missing ones: no outcome or no folder for a job multirun.yaml asked for, invalid ones)."""
 
 from __future__ import annotations
 

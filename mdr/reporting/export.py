@@ -1,12 +1,8 @@
-"""Copy a sweep's light files elsewhere, e.g. into docs/results/<name> to commit them.
+"""Copy a sweep's light files (metrics.json or failed.json, gzipped per-query files, configs, run_folder.json,
+multirun.yaml; no weights or run files) elsewhere, e.g. into docs/results/<name> to commit them. The copy reads
+like the sweep in aggregate, and copied back as the sweep folder its finished jobs are not rerun.
 
     python -m mdr.reporting.export outputs/hardneg_sweep/multiruns/<time> docs/results/<name>
-
-Per job folder: ``metrics.json`` (a failed job: ``failed.json``), ``per_query/*.tsv`` gzipped, the configs and
-``run_folder.json``; and the sweep's ``multirun.yaml``. No weights, checkpoints, run files, logs or reports. The
-copy is a sweep folder: aggregate reads it like the sweep, and copied back to the sweep folder, a rerun of the
-sweep command recomputes only the jobs it lacks. A completed job goes without the ``failed.json`` of an earlier
-attempt (git keeps no file times to tell them apart).
 """
 
 from __future__ import annotations

@@ -202,15 +202,9 @@ def _invalid(row: dict[str, Any], earlier: dict[str, Any], differences: list[str
 
 
 def drop_duplicates(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(rows counted once, a problem per row left out: ``duplicate``, ``conflict`` or ``invalid``).
-
-    A row copies a row kept before it (sweep folders in the order given, job folders by name) with the same
-    config hash (``run_folder.json``), or the same cell and seed from configs that agree on every key that can
-    change its numbers. Copies with the same numbers (within :data:`MEAN_TOLERANCE`, the same ``num_queries``)
-    are duplicates: the first is kept. Copies whose numbers differ are a ``conflict``: none is counted. The same
-    cell and seed from a config that still differs (in a key a cell column shows; :func:`split_cells` ran before)
-    is ``invalid``.
-    """
+    """(rows counted once, a problem per row left out). A row copying a row kept before it (the same config hash, or
+    the same cell and seed from configs that agree on every key that changes its numbers) is a ``duplicate`` with the
+    same numbers, else a ``conflict`` (none counted); the same cell and seed from another config is ``invalid``."""
     kept: list[dict[str, Any]] = []
     left_out: dict[int, dict[str, str]] = {}  # id(row) -> its invalid problem
     copies: dict[int, list[tuple[dict[str, Any], str]]] = {}  # id(kept row) -> (later copy, how it was found)

@@ -1,12 +1,6 @@
-"""A report's files (results.md, CSVs, plots) as one set: a reader sees the old set untouched or the new one
-complete, never a results.md beside files of another set.
-
-The files are written into a hidden staging folder in the report folder (an error or Ctrl-C removes it), get a
-manifest (:data:`MANIFEST`: each file's SHA-256, the sweep folders read), then, with SIGINT and SIGTERM held
-back, the old results.md and manifest are removed, then the old set's other files the new one lacks, and the new
-files moved in, the manifest and results.md last. A kill that cannot be held back (SIGKILL) during the move
-leaves files without a results.md: the next aggregate replaces them and removes the staging folder.
-"""
+"""A report's files (results.md, CSVs, plots) as one set: written into a staging folder, then, with SIGINT and
+SIGTERM held back, moved into place with a manifest (each file's SHA-256), the old set's files removed first and
+results.md moved last. A reader sees the old set untouched or the new one complete."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""Seed-aware statistics of a sweep (docs/statistics.md): contrasts of cell means with Satterthwaite t intervals,
-TOST, trend and curvature in p, per-query wins / ties / losses, Holm, verdicts.
-
-Every estimate is a contrast ``theta = sum_j w_j * mean(cell_j)`` of (seeds x queries) cells. Cells with the same
-seeds are paired by seed; their per-seed contrast table ``D[s, q] = theta + g[q] + v[s] + r[s, q]`` (seeds and
-queries crossed random factors) gives ``Var(theta_hat) = (MS_seed + MS_query - MS_residual) / (S Q)`` from its
-two-way ANOVA, with Satterthwaite's degrees of freedom; a language's contrasts pool the seed level over its cells.
-"""
+"""Seed-aware statistics of a sweep (docs/statistics.md): contrasts of cell means with Satterthwaite t intervals
+from the two-way (seeds x queries) ANOVA of the per-seed contrast, TOST, trend and curvature in p, wins / ties /
+losses, Holm and verdicts."""
 
 from __future__ import annotations
 
@@ -19,12 +14,8 @@ from scipy import special
 
 @dataclass(frozen=True)
 class Cell:
-    """One sweep cell: (seeds, queries) per-query scores, queries in an order shared by all cells.
-
-    Attributes:
-        group: cells whose seed level a pooled contrast estimates together (one language's proportions).
-        seed_free: runs the seed does not change (zero-shot): paired with every seed of the other cells.
-    """
+    """One sweep cell: (seeds, queries) per-query scores; ``group``: the cells a pooled contrast estimates the seed
+    level over; ``seed_free``: runs the seed does not change (zero-shot), paired with every seed."""
 
     seeds: tuple[int, ...]
     scores: np.ndarray
@@ -40,16 +31,8 @@ class Cell:
 
 @dataclass(frozen=True)
 class Parts:
-    """A contrast's value and its variance as a sum of scaled mean squares (Satterthwaite's input).
-
-    Attributes:
-        terms: (variance contribution c_i * MS_i, degrees of freedom of MS_i); residual contributions are negative.
-        seeds / queries: behind the seed and query levels (the fewest of any block or query set).
-        seed_level: ``paired`` (one seed block), ``unpaired`` (several), ``partial`` (a block of one seed) or
-            ``none`` (one seed everywhere: queries only).
-        floor: a lower bound of the variance where the terms sum below it (a negative variance component).
-        seed_ids: the seeds the contrast was computed on; dropped_seeds: whether a cell's other seeds were left out.
-    """
+    """A contrast's value and its variance as (c_i * MS_i, df_i) terms (Satterthwaite's input), at least ``floor``;
+    ``seed_level``: ``paired`` (one seed block), ``unpaired`` (several), ``partial`` (a 1-seed block) or ``none``."""
 
     value: float
     terms: tuple[tuple[float, float], ...]
@@ -190,17 +173,8 @@ def _pooled_seed_terms(
 
 
 def contrast_parts(cells: Sequence[Cell], weights: Sequence[float], pool: bool = False) -> Parts:
-    """``sum_j weights[j] * mean(cells[j])`` and its variance terms (module docstring).
-
-    Args:
-        cells: cells on a common query order (same number of columns).
-        pool: estimate each group's seed level from all of its cells given (zero weights included) by
-            :func:`seed_interaction_mean_square` where the group's weights sum to zero, one term per group (groups
-            independent at the seed level); else each seed block's own per-seed contrast.
-
-    Raises:
-        ValueError: on mismatched cells and weights or query counts.
-    """
+    """``sum_j weights[j] * mean(cells[j])`` and its variance terms (cells on one query order); ``pool``: each
+    group's seed level from all its cells given (:func:`seed_interaction_mean_square`) where its weights sum to 0."""
     if len(cells) != len(weights) or not cells:
         raise ValueError(f"{len(cells)} cells for {len(weights)} weights")
     query_counts = {cell.scores.shape[1] for cell in cells}
@@ -381,35 +355,24 @@ def decide(
     margin: float = 0.01,
     alpha: float = 0.05,
 ) -> Decision:
-    """The verdict of a trend: what the tests show, and at how many seeds (docs/statistics.md#the-verdict).
-
-    Holm over {slope, curvature}: a significant slope says hurt / help (``monotone`` where every step moves
-    that way, Holm over the steps; a delta significant the other way is named), a significant curvature says
-    curved; else ``no effect larger than margin`` where every delta passes TOST; else ``inconclusive`` with the
-    largest effect the 1 - 2 alpha intervals leave open; ``no verdict`` below :data:`CALIBRATED_SEEDS` paired seeds.
-
-    Args:
-        curvature: quadratic term (None with fewer than three levels).
-        deltas: (proportion, delta against p = 0) per proportion > 0.
-        steps: differences between adjacent levels, in order of p.
-    """
+    """The verdict of a trend (docs/statistics.md#the-verdict): hurt / help / curved where the slope / quadratic term
+    (Holm over the two) is significant, no effect larger than ``margin`` where every delta passes TOST, else
+    inconclusive; no verdict below :data:`CALIBRATED_SEEDS` paired seeds. ``curvature``: None below three levels."""
     seeds = min([slope.seeds, *(d.seeds for _, d in deltas)])
     if not all(e.gives_verdict for e in [slope, *(d for _, d in deltas)]):
         shared = sorted(set(slope.seed_ids).intersection(*(d.seed_ids for _, d in deltas)))
         on = f"paired on seed{'s' if len(shared) != 1 else ''} {seed_label(shared)}" if shared else "no seed shared"
-        return Decision(
-            "no verdict",
-            f"no verdict: {on}, below the {CALIBRATED_SEEDS} paired seeds the tests are calibrated for "
-            f"(slope {slope.value:+.4f} per unit p, estimate only)",
-        )
+        why = f"below the {CALIBRATED_SEEDS} paired seeds the tests are calibrated for"
+        return Decision("no verdict", f"no verdict: {on}, {why} (slope {slope.value:+.4f} per unit p, estimate only)")
     family = [slope.p_value] + ([curvature.p_value] if curvature is not None else [])
     adjusted = holm(family)
     claims: list[str] = []
     kind = ""
     if adjusted[0] < alpha:
         kind = "hurts" if slope.value < 0 else "helps"
-        sign = "<" if slope.value < 0 else ">"
-        text = f"{kind[:-1]} (slope {sign} 0: {slope.value:+.4f} per unit p, {_p(adjusted[0])}"
+        text = (
+            f"{kind[:-1]} (slope {'<' if slope.value < 0 else '>'} 0: {slope.value:+.4f} per unit p, {_p(adjusted[0])}"
+        )
         if len(steps) >= 2 and monotone(steps, alpha) == int(np.sign(slope.value)):  # one step: nothing to add
             text += ", monotone: every step " + ("down" if slope.value < 0 else "up")
         claims.append(text + ")")
@@ -434,8 +397,5 @@ def decide(
         return Decision("equivalent", text)
     bounds = [d.interval(1 - 2 * alpha) for _, d in deltas] or [slope.interval(1 - 2 * alpha)]
     largest = max(max(abs(low), abs(high)) for low, high in bounds)
-    text = (
-        f"inconclusive {_seeds_text(seeds)}: no trend (slope {_p(adjusted[0])}), "
-        f"effects up to {largest:.3f} not excluded"
-    )
-    return Decision("inconclusive", text)
+    text = f"no trend (slope {_p(adjusted[0])}), effects up to {largest:.3f} not excluded"
+    return Decision("inconclusive", f"inconclusive {_seeds_text(seeds)}: {text}")

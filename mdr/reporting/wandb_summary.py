@@ -1,7 +1,5 @@
-"""The sweep's answer on the W&B dashboard: a summary run in the sweep's W&B group with the analysis tables as W&B
-Tables and the plots as images. Offline by default (``wandb sync`` uploads it); W&B never blocks or fails the
-aggregation: short timeouts, and a W&B error is a warning (the report files are written before).
-"""
+"""The sweep's analysis tables and plots logged to a summary run in the sweep's W&B group (offline by default);
+a W&B error is a warning, never a failed aggregate."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""The run record: ``metrics.json``, written by :mod:`mdr.run_evaluation` and read by :mod:`mdr.reporting`.
-
-Records of every version read the same way: what an older record lacks (``record_version``: 0, no depth,
-masking under ``loss``, no ``low_resource``) is supplied here and nowhere else.
-"""
+"""The run record: ``metrics.json``, written by :mod:`mdr.run_evaluation`, read by :mod:`mdr.reporting`; what an
+older record lacks (no ``record_version``, depth or ``low_resource``, masking under ``loss``) is supplied here."""
 
 from __future__ import annotations
 
@@ -43,15 +40,8 @@ class LanguageResult:
 
 @dataclass(frozen=True, kw_only=True)
 class RunRecord:
-    """``metrics.json``, values kept as written (``0`` stays ``0``).
-
-    Attributes:
-        language: the primary evaluated language; metrics: its measures (``mrr@100``, ``recall@100``, ``ndcg@10``).
-        hard_proportion / num_negatives: None where nothing was trained.
-        train: the final stage's training summary (None: nothing trained); schedule: one record per stage.
-        per_language: language -> section (low_resource, num_queries, metrics, files) with ``evaluation.languages``.
-        extra: fields this version does not know (a newer writer's, or an older one's such as ``loss``), kept.
-    """
+    """``metrics.json``, values kept as written; ``extra``: fields this version does not know (a newer writer's, or an
+    older one's such as ``loss``), kept."""
 
     language: str | None = None
     low_resource: bool | None = None
