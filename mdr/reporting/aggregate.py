@@ -82,12 +82,16 @@ def aggregate(
         "conflicts": int((problems.status == "conflict").sum()),
         "duplicates": int((problems.status == "duplicate").sum()),
     }
-    summary["status"] = _status_line(summary)
+    status = f"{summary['completed']} completed, {summary['failed']} failed, {summary['missing']} missing."
+    if summary["invalid"] or summary["duplicates"]:
+        status += f" {summary['invalid']} invalid (not counted), {summary['duplicates']} duplicate(s) (counted once)."
+    if summary["conflicts"]:
+        status += f" {summary['conflicts']} run(s) in conflict (not counted)."
+    summary["status"] = status
     sources = [str(root) for root in roots]
+    heading = [f"# Results: {', '.join(sources)}", "", status, ""]
     with staged_report(target, sources, REPORT_FILES) as staging:
-        tables, plots, headlines = _write_report(
-            results, problems, sources, summary["status"], staging, equivalence_margin, target
-        )
+        tables, plots, headlines = _write_report(results, problems, heading, staging, equivalence_margin, target)
     plots = [target / path.name for path in plots]  # where the set now is
     if plots:
         summary["plot"], summary["plots"] = str(plots[0]), [str(path) for path in plots]
@@ -102,28 +106,12 @@ def aggregate(
     return summary
 
 
-def _status_line(summary: dict[str, Any]) -> str:
-    """results.md's count of the jobs: completed, failed, missing; invalid, duplicates and conflicts when any."""
-    line = f"{summary['completed']} completed, {summary['failed']} failed, {summary['missing']} missing."
-    if summary["invalid"] or summary["duplicates"]:
-        line += f" {summary['invalid']} invalid (not counted), {summary['duplicates']} duplicate(s) (counted once)."
-    if summary["conflicts"]:
-        line += f" {summary['conflicts']} run(s) in conflict (not counted)."
-    return line
-
-
 def _write_report(
-    results: pd.DataFrame,
-    problems: pd.DataFrame,
-    sources: list[str],
-    status: str,
-    folder: Path,
-    equivalence_margin: float,
-    report_dir: Path,
+    results: pd.DataFrame, problems: pd.DataFrame, heading: list[str], folder: Path, margin: float, report_dir: Path
 ) -> tuple[dict[str, pd.DataFrame], list[Path], list[str]]:
     """Write the report's files into ``folder`` (the staging folder of ``report_dir``, which may hold the pool
-    diagnostics); returns (analysis tables by name, plots, headlines)."""
-    sections = [f"# Results: {', '.join(sources)}", "", status, ""]
+    diagnostics) below ``heading``; returns (analysis tables by name, plots, headlines)."""
+    sections = list(heading)
     parts: dict[str, list[pd.DataFrame]] = {}
     plots: list[Path] = []
     headlines: list[str] = []
@@ -139,7 +127,7 @@ def _write_report(
                 atomic_write_text(folder / f"cells_depth{depth}.csv", means.to_csv(index=False))
                 sections += [heading, "", means_markdown(means, depth), ""]
                 continue
-            analysis = analyse(rows, equivalence_margin=equivalence_margin)
+            analysis = analyse(rows, equivalence_margin=margin)
             for field in fields(analysis):  # every table of the analysis, with the partition's data and depth
                 parts.setdefault(field.name, []).append(getattr(analysis, field.name).assign(**partition))
             report = markdown_report(analysis)
@@ -147,13 +135,13 @@ def _write_report(
             sections += [heading, ""] if heading else []
             sections += [report, ""]
             if rows.stage.nunique() > 1:  # several stage schedules: compare them per language
-                comparison = compare_schedules(rows, equivalence_margin=equivalence_margin).assign(**partition)
+                comparison = compare_schedules(rows, equivalence_margin=margin).assign(**partition)
                 parts.setdefault("schedules", []).append(comparison)
                 sections += [schedules_markdown(comparison), ""]
             name = "mrr_vs_proportion.png" if len(partitions) == 1 else f"mrr_vs_proportion_{index + 1}.png"
             means = plot(analysis.cells, folder / name)
             answer_path = folder / name.replace("mrr_vs_proportion", "answer")
-            answer = plot_answer(analysis.tests, analysis.trends, answer_path, equivalence_margin)
+            answer = plot_answer(analysis.tests, analysis.trends, answer_path, margin)
             plots = [path for path in (answer, *plots, means) if path]  # the answer first: README's, W&B's first
     tables = {field: pd.concat(frames, ignore_index=True) for field, frames in parts.items()}
     for field, frame in tables.items():  # cells, significance, trends always; the others when not empty

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,11 +130,7 @@ def with_holm(family: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def comparison(
-    tables: CellTables,
-    treated: pd.DataFrame,
-    reference: pd.DataFrame,
-    margin: float,
-    family: Sequence[pd.DataFrame] = (),
+    tables: CellTables, treated: pd.DataFrame, reference: pd.DataFrame, margin: float, *family: pd.DataFrame
 ) -> dict[str, Any]:
     """treated - reference: MRR@100 and nDCG@10 tests, TOST against ``margin``, wins / ties / losses; the seed
     level pooled over ``family``, the group's other cells; ``_estimate`` holds the MRR@100 estimate."""
@@ -239,7 +234,7 @@ def analyse(results: pd.DataFrame, *, equivalence_margin: float = EQUIVALENCE_MA
         family = []
         for proportion in proportions:
             others = [tables.rows(group, p) for p in proportions if p != proportion]
-            compared = comparison(tables, tables.rows(group, proportion), baseline, equivalence_margin, others)
+            compared = comparison(tables, tables.rows(group, proportion), baseline, equivalence_margin, *others)
             family.append({**named, "hard_proportion": proportion, **compared})
         levels = [baseline] + [tables.rows(group, p) for p in proportions]
         slope, curvature, steps = _trend(tables, levels, [0.0, *proportions])

@@ -73,12 +73,11 @@ def plot(cells: pd.DataFrame, path: Path) -> Path | None:
         axis.set(title=f"{model} / {stage}", xlabel=PROPORTION, ylabel="MRR@100")
         axis.grid(alpha=0.3)
         axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
-    figure.supxlabel(
+    caption = (
         "mean over seeds; bars: 95% interval of each mean (t over seeds and queries, Satterthwaite df); "
-        "differences against p = 0 are paired by query and seed, hence tighter: answer.png, results.md",
-        fontsize="small",
-        wrap=True,
+        "differences against p = 0 are paired by query and seed, hence tighter: answer.png, results.md"
     )
+    figure.supxlabel(caption, fontsize="small", wrap=True)
     return save_figure(figure, path, dpi=120, bbox_inches="tight")
 
 
@@ -94,12 +93,10 @@ def pyplot() -> Any:
 
 def save_figure(figure: Any, path: Path, **options: Any) -> Path:
     """Write ``figure`` to ``path`` atomically (``options``: ``savefig``'s) and close it."""
-    import matplotlib.pyplot as plt
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     figure.savefig(tmp, **options)
-    plt.close(figure)
+    pyplot().close(figure)
     tmp.replace(path)
     return path
 

@@ -181,13 +181,8 @@ def plot_diagnostics(frame: pd.DataFrame, path: Path) -> Path:
             rows = frame[frame.label == label].set_index("language")
             positions = [languages.index(language) for language in rows.index]
             offset = (index - (len(labels) - 1) / 2) * width
-            axis.bar(
-                [position + offset for position in positions],
-                rows[column].fillna(0.0),
-                width=width,
-                color=colours(index % 10),
-                label=label,
-            )
+            x = [position + offset for position in positions]
+            axis.bar(x, rows[column].fillna(0.0), width=width, color=colours(index % 10), label=label)
         axis.set_title(title, fontsize="medium")
         axis.set_xticks(range(len(languages)), languages)
         axis.grid(axis="y", alpha=0.3)
@@ -196,10 +191,8 @@ def plot_diagnostics(frame: pd.DataFrame, path: Path) -> Path:
     columns = min(len(names), 4)
     rows = -(-len(names) // columns)
     figure.legend(handles, names, title="negatives", loc="lower center", ncol=columns, fontsize="small")
-    figure.suptitle(
-        "Hard-negative pools: the first epoch's sampled negatives of the training queries (teacher: "
-        f"{', '.join(dict.fromkeys(frame.teacher.astype(str)))})",
-        fontsize="medium",
-    )
+    teachers = ", ".join(dict.fromkeys(frame.teacher.astype(str)))
+    title = f"Hard-negative pools: the first epoch's sampled negatives of the training queries (teacher: {teachers})"
+    figure.suptitle(title, fontsize="medium")
     figure.tight_layout(rect=(0, 0.04 + 0.035 * rows, 1, 0.96))  # the legend below the panels
     return save_figure(figure, path, dpi=110)
