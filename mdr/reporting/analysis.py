@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from mdr.reporting import statistics as stats
-from mdr.reporting.collect import DEFAULT_VARIANT, GROUP, KEYS
+from mdr.reporting.collect import DEFAULT_VARIANT, GROUP
 from mdr.reporting.integrity import METRIC
 from mdr.reporting.statistics import Cell, Estimate, Parts, contrast, contrast_parts, seed_label, slope_weights
 from mdr.utils.logging import get_logger
@@ -181,7 +181,7 @@ def sort_results(results: pd.DataFrame) -> pd.DataFrame:
             return column.map(lambda variant: f"{variant != DEFAULT_VARIANT:d}{variant}")
         return column
 
-    return results.sort_values(KEYS, key=key).reset_index(drop=True)
+    return results.sort_values([*GROUP, "hard_proportion", "seed"], key=key).reset_index(drop=True)
 
 
 def _cell_rows(tables: CellTables, results: pd.DataFrame) -> list[dict[str, Any]]:

@@ -20,7 +20,6 @@ from mdr.utils.run_record import RunRecord, lookup, read_record
 log = logging.getLogger(__name__)
 
 GROUP = ["model", "stage", "language", "variant"]
-KEYS = [*GROUP, "hard_proportion", "seed"]
 DEFAULT_VARIANT = "mask=on,denoise=off"
 PROBLEM_COLUMNS = ["job", "status", "error", "overrides"]
 DEFAULT_MINER = dict(source="bm25", backend="bm25s", range_min=0, range_max=50, margin=None, tokenizer="default")
@@ -38,13 +37,11 @@ def resolve_sweep_dir(path: str | Path) -> Path:
     return candidates[-1]
 
 
-def variant_name(
-    mask: bool | None, denoised: bool, proportion_stages: str | None = None, miner: str | None = None
-) -> str:
+def variant_name(mask: bool | None, denoised: bool, stages: str | None = None, miner: str | None = None) -> str:
     """``mask=on|off|n/a,denoise=on|off`` (``n/a``: nothing trained), ``,p_stages=all`` when p applied to every
     stage, ``,miner=<miner>`` for another miner than the default (:func:`run_miner`)."""
     masking = "n/a" if mask is None else ("on" if mask else "off")
-    suffix = ",p_stages=all" if proportion_stages == "all" else ""
+    suffix = ",p_stages=all" if stages == "all" else ""
     suffix += f",miner={miner}" if miner else ""
     return f"mask={masking},denoise={'on' if denoised else 'off'}{suffix}"
 

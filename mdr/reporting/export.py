@@ -87,11 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dest")
     args = parser.parse_args(argv)
     done = export(args.sweep_dir, args.dest)
-    print(
-        f"{args.dest}: {len(done.completed)} completed and {len(done.failed)} failed job(s), {done.files} file(s), "
-        f"{done.bytes / 1e6:.1f} MB"
-        + (f"; skipped (no outcome yet): {', '.join(done.skipped)}" if done.skipped else "")
-    )
+    skipped = f"; skipped (no outcome yet): {', '.join(done.skipped)}" if done.skipped else ""
+    jobs = f"{len(done.completed)} completed and {len(done.failed)} failed job(s)"
+    print(f"{args.dest}: {jobs}, {done.files} file(s), {done.bytes / 1e6:.1f} MB{skipped}")
     return 0
 
 
