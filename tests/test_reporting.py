@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from mdr.reporting.aggregate import aggregate, collect, expected_jobs, job_outcome, main
+from mdr.reporting.aggregate import aggregate, collect, main
+from mdr.reporting.collect import expected_jobs, job_outcome
 from mdr.reporting.statistics import holm
 
 from conftest import DATA_DIR, ROOT

@@ -30,7 +30,7 @@ def test_an_older_record_reads_with_its_fallbacks() -> None:
     }
     record = RunRecord.from_json(old)
     assert record.record_version == 0 and record.evaluation_depth() == 100
-    assert record.recorded_mask() is True and record.used_hard_negatives()
+    assert record.mask({}) is True and record.used_hard_negatives()
     assert run_variant(record, {}) == (True, False)
     assert record.to_json()["loss"] == {"mask_false_negatives": True}  # nothing dropped
 
@@ -60,3 +60,15 @@ def test_every_committed_record_reads() -> None:
         record = read_record(path)
         assert record.record_version <= RECORD_VERSION
         assert all(section.metrics and section.per_query_file for section in record.evaluated()), path
+
+
+def test_an_older_record_without_low_resource_takes_it_from_its_config_then_conf_language() -> None:
+    old = {"language": "th", "metrics": {"mrr@100": 0.4}, "per_query_file": "per_query/th.tsv"}
+    (th,) = RunRecord.from_json(old).evaluated()
+    assert th.low_resource is True  # conf/language/th.yaml
+    (own,) = RunRecord.from_json(old).evaluated({"language": {"code": "th", "low_resource": False}})
+    assert own.low_resource is False  # the job's own config.yaml first
+    (unknown,) = RunRecord.from_json({**old, "language": "xx"}).evaluated()
+    assert unknown.low_resource is None  # described nowhere
+    (recorded,) = RunRecord.from_json({**old, "low_resource": False}).evaluated()
+    assert recorded.low_resource is False

@@ -4,6 +4,7 @@ interaction, wins / ties / losses, verdicts) and a quick calibration on simulate
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,6 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from mdr.reporting.calibration import Scenario, run
 from mdr.reporting.statistics import (
     Cell,
     combine,
@@ -28,6 +28,12 @@ from mdr.reporting.statistics import (
     tost,
     win_tie_loss,
 )
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from calibration import Scenario, run  # noqa: E402
 
 SEEDS = (0, 1, 2)
 PROPORTIONS = [0.0, 0.25, 0.5, 0.75, 1.0]

@@ -1,13 +1,8 @@
-"""Aggregate a multirun folder: results.csv, cells.csv, significance.csv, trends.csv, results.md and a plot.
+"""Aggregate sweep folders: results.csv, the analysis tables, results.md and the plots, written as one set.
 
-    python -m mdr.reporting.aggregate outputs/hardneg_sweep/multiruns/<time>
-    python -m mdr.reporting.aggregate outputs/hardneg_sweep          # the latest multirun under it
-
-The steps live in their own modules: :mod:`mdr.reporting.collect` reads the run folders into a results frame
-(which jobs completed, failed or are missing; variants), :mod:`mdr.reporting.analysis` computes cells, deltas
-against p = 0, trends, variant effects and schedule comparisons, :mod:`mdr.reporting.report` writes the
-Markdown and :mod:`mdr.reporting.plots` the plot. This module runs them in order and holds the CLI; the files
-are written as one set (:mod:`mdr.reporting.report_set`: staged, then moved into place with results.md last).
+python -m mdr.reporting.aggregate outputs/hardneg_sweep/multiruns/<time>
+python -m mdr.reporting.aggregate outputs/hardneg_sweep          # the latest multirun under it
+python -m mdr.reporting.aggregate DIR [DIR ...] --out OUT        # several sweep folders as one
 """
 
 from __future__ import annotations
@@ -19,59 +14,42 @@ from typing import Any
 
 import pandas as pd
 
-from mdr.reporting.analysis import EQUIVALENCE_MARGIN, Analysis, analyse, sort_results
-from mdr.reporting.collect import (
-    DEFAULT_VARIANT,
-    cell_means,
-    collect,
-    expected_jobs,
-    job_outcome,
-    resolve_sweep_dir,
-    run_variant,
-)
+from mdr.reporting.analysis import EQUIVALENCE_MARGIN, Analysis, analyse, compare_schedules, sort_results
+from mdr.reporting.collect import DEFAULT_VARIANT, cell_means, collect, resolve_sweep_dir
 from mdr.reporting.integrity import METRIC, metric_at
 from mdr.reporting.plots import plot, plot_answer
 from mdr.reporting.pool_diagnostics import report_section as pool_diagnostics_section
-from mdr.reporting.report import headline, markdown_report, means_markdown, schedules_markdown
+from mdr.reporting.report import cell_means_markdown, markdown_report, means_markdown, schedules_markdown
 from mdr.reporting.report_set import LAST, MANIFEST, staged_report
-from mdr.reporting.schedules import compare_schedules
 from mdr.utils.io import atomic_write_text
 
-__all__ = ["aggregate", "collect", "compare_schedules", "expected_jobs", "job_outcome", "main", "run_variant"]
-
+__all__ = ["aggregate", "collect", "compare_schedules", "main"]
 
 PARTITION = ["data", "split", "depth"]
-"""Runs on different data, evaluated on different splits or at different depths are analysed apart (each its own
-set of tables)."""
-
+"""Runs on other data, splits or evaluation depths are analysed apart, each with its own tables."""
 TABLE_FILES = {"cells": "cells.csv", "tests": "significance.csv", "trends": "trends.csv"}
-"""Analysis tables always written, by :class:`mdr.reporting.analysis.Analysis` field."""
-
+"""Analysis tables always written; the others (``<field>.csv``) when not empty."""
 REPORT_FILES = (
-    LAST,
-    MANIFEST,
-    "results.csv",
-    "duplicates.csv",
-    "schedules.csv",
-    "cells_depth*.csv",
+    *(LAST, MANIFEST, "results.csv", "duplicates.csv", "schedules.csv", "cells_depth*.csv"),
     *(TABLE_FILES.get(field.name, f"{field.name}.csv") for field in fields(Analysis)),
-    "mrr_vs_proportion*.png",
-    "answer*.png",
-    "delta_vs_proportion*.png",  # the figure answer.png replaced: removed from a folder written before
+    *("mrr_vs_proportion*.png", "answer*.png", "delta_vs_proportion*.png"),  # the last: answer.png's predecessor
 )
 """Every file a report set can hold (globs): what a new set replaces in the report folder."""
-COUNTED = ("failed", "missing", "invalid")
-"""Problem statuses counted in the summary under their own name."""
+PROBLEM_TITLES = {
+    ("failed", "missing"): "Failed and missing jobs",
+    ("invalid",): "Invalid runs (not counted)",
+    ("conflict",): "Conflicts: folders of one config with different numbers (none counted)",
+    ("duplicate",): "Duplicates (counted once)",
+}
 
 
 def _sweep_dirs(sweep_dirs: str | Path | list[str] | list[Path]) -> list[Path]:
-    given = sweep_dirs if isinstance(sweep_dirs, list) else [sweep_dirs]
-    return [resolve_sweep_dir(path) for path in given]
+    return [resolve_sweep_dir(path) for path in (sweep_dirs if isinstance(sweep_dirs, list) else [sweep_dirs])]
 
 
 def _partitions(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """(heading, runs) per (data, split, evaluation depth); a single partition at depth 100 has no heading, and
-    the heading names the split only when the runs were evaluated on more than one."""
+    """(heading, runs) per (data, split, depth); no heading for a single partition at depth 100, the split named
+    only when the runs were evaluated on several."""
     groups = list(results.groupby(PARTITION, sort=True, dropna=False))
     if len(groups) == 1 and metric_at(groups[0][0][2]) == METRIC:
         return [("", groups[0][1])]
@@ -82,72 +60,41 @@ def _partitions(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     ]
 
 
-def _with_partition(frame: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
-    return frame.assign(**{key: rows[key].iloc[0] for key in PARTITION})
-
-
-def _problem_sections(problems: pd.DataFrame) -> list[str]:
-    sections: list[str] = []
-    titles = {
-        ("failed", "missing"): "Failed and missing jobs",
-        ("invalid",): "Invalid runs (not counted)",
-        ("conflict",): "Conflicts: folders of one config with different numbers (none counted)",
-        ("duplicate",): "Duplicates (counted once)",
-    }
-    for statuses, title in titles.items():
-        rows = problems[problems.status.isin(statuses)]
-        if not rows.empty:
-            sections += [f"### {title}", "", rows.to_markdown(index=False), ""]
-    return sections
-
-
 def aggregate(
     sweep_dirs: str | Path | list[str] | list[Path],
     equivalence_margin: float = EQUIVALENCE_MARGIN,
     out: str | Path | None = None,
     wandb: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the tables and plot of one sweep folder (into it) or of several analysed as one (into ``out``).
-
-    The files form one set (:mod:`mdr.reporting.report_set`): an error or Ctrl-C leaves the previous set as it
-    was; a finished aggregate replaces all of it (files the new set lacks are removed), results.md last, beside
-    ``report_manifest.json`` naming the set.
-
-    Args:
-        sweep_dirs: a sweep folder, or a list of them: their runs form one results frame, in which a cell and
-            seed found in two folders is a duplicate (counted once), a conflict (different numbers: neither
-            counted), or an invalid run where the two configs differ in a key that changes results
-            (:func:`mdr.reporting.integrity.drop_duplicates`).
-        out: where the files go; default the sweep folder (required for several).
-        wandb: ``wandb.init`` settings (:func:`mdr.reporting.wandb_summary.summary_settings`): log the tables and
-            plots to a summary run of the sweep's W&B group as well; None: no W&B.
-
-    Returns:
-        Counts (completed, failed, missing, invalid, conflicts, duplicates), ``table`` (results.md), ``plot``,
-        ``headline`` (results.md's table of cell means), ``verdicts``.
-    """
+    """Write the report of one sweep folder (into it) or of several analysed as one (into ``out``) as one set, and
+    with ``wandb`` settings (:func:`mdr.reporting.wandb_summary.summary_settings`) log it to W&B; returns the job
+    counts, ``status``, ``table`` (results.md), ``plots``, ``headline`` (the cell means) and ``verdicts``."""
     roots = _sweep_dirs(sweep_dirs)
     if out is None and len(roots) > 1:
         raise ValueError(f"{len(roots)} sweep folders: say where the combined report goes (--out)")
     target = Path(out) if out is not None else roots[0]
     results, problems = collect(roots if len(roots) > 1 else roots[0])
+    counts = {status: int((problems.status == status).sum()) for status in ("failed", "missing", "invalid")}
     summary: dict[str, Any] = {
         "sweep_dir": str(roots[0]) if len(roots) == 1 else [str(root) for root in roots],
         "completed": len(results),
-        **{status: int((problems.status == status).sum()) for status in COUNTED},
+        **counts,
         "conflicts": int((problems.status == "conflict").sum()),
         "duplicates": int((problems.status == "duplicate").sum()),
     }
-    summary["status"] = _status_line(summary)
+    status = f"{summary['completed']} completed, {summary['failed']} failed, {summary['missing']} missing."
+    if summary["invalid"] or summary["duplicates"]:
+        status += f" {summary['invalid']} invalid (not counted), {summary['duplicates']} duplicate(s) (counted once)."
+    if summary["conflicts"]:
+        status += f" {summary['conflicts']} run(s) in conflict (not counted)."
+    summary["status"] = status
     sources = [str(root) for root in roots]
+    heading = [f"# Results: {', '.join(sources)}", "", status, ""]
     with staged_report(target, sources, REPORT_FILES) as staging:
-        tables, plots, headlines = _write_report(
-            results, problems, sources, summary["status"], staging, equivalence_margin, target
-        )
+        tables, plots, headlines = _write_report(results, problems, heading, staging, equivalence_margin, target)
     plots = [target / path.name for path in plots]  # where the set now is
     if plots:
-        summary["plot"] = str(plots[0])
-        summary["plots"] = [str(path) for path in plots]
+        summary["plot"], summary["plots"] = str(plots[0]), [str(path) for path in plots]
     if "trends" in tables:
         summary["verdicts"] = tables["trends"].verdict.tolist()
     summary["table"] = str(target / LAST)
@@ -159,87 +106,65 @@ def aggregate(
     return summary
 
 
-def _status_line(summary: dict[str, Any]) -> str:
-    """results.md's count of the jobs: completed, failed, missing; invalid, duplicates and conflicts when any."""
-    line = f"{summary['completed']} completed, {summary['failed']} failed, {summary['missing']} missing."
-    if summary["invalid"] or summary["duplicates"]:
-        line += f" {summary['invalid']} invalid (not counted), {summary['duplicates']} duplicate(s) (counted once)."
-    if summary["conflicts"]:
-        line += f" {summary['conflicts']} run(s) in conflict (not counted)."
-    return line
-
-
 def _write_report(
-    results: pd.DataFrame,
-    problems: pd.DataFrame,
-    sources: list[str],
-    status: str,
-    folder: Path,
-    equivalence_margin: float,
-    report_dir: Path,
+    results: pd.DataFrame, problems: pd.DataFrame, heading: list[str], folder: Path, margin: float, report_dir: Path
 ) -> tuple[dict[str, pd.DataFrame], list[Path], list[str]]:
     """Write the report's files into ``folder`` (the staging folder of ``report_dir``, which may hold the pool
-    diagnostics); returns (analysis tables by name, plots, headlines)."""
-    sections = [f"# Results: {', '.join(sources)}", "", status, ""]
-    tables: dict[str, pd.DataFrame] = {}
+    diagnostics) below ``heading``; returns (analysis tables by name, plots, headlines)."""
+    sections = list(heading)
+    parts: dict[str, list[pd.DataFrame]] = {}
     plots: list[Path] = []
     headlines: list[str] = []
     if not results.empty:
         results = sort_results(results)
         atomic_write_text(folder / "results.csv", results.drop(columns=["per_query_file"]).to_csv(index=False))
-        parts: dict[str, list[pd.DataFrame]] = {}
         partitions = _partitions(results)
         for index, (heading, rows) in enumerate(partitions):
             depth = int(rows.depth.iloc[0])
+            partition = {key: rows[key].iloc[0] for key in PARTITION}
             if metric_at(depth) != METRIC:  # measured at another depth: the analysis is of MRR@100, so means only
                 means = cell_means(rows, depth)
                 atomic_write_text(folder / f"cells_depth{depth}.csv", means.to_csv(index=False))
                 sections += [heading, "", means_markdown(means, depth), ""]
                 continue
-            analysis = analyse(rows, equivalence_margin=equivalence_margin)
+            analysis = analyse(rows, equivalence_margin=margin)
             for field in fields(analysis):  # every table of the analysis, with the partition's data and depth
-                parts.setdefault(field.name, []).append(_with_partition(getattr(analysis, field.name), rows))
+                parts.setdefault(field.name, []).append(getattr(analysis, field.name).assign(**partition))
             report = markdown_report(analysis)
-            headlines.append("\n".join(filter(None, [heading, headline(report)])))
+            headlines.append("\n".join(filter(None, [heading, cell_means_markdown(analysis)])))
             sections += [heading, ""] if heading else []
             sections += [report, ""]
             if rows.stage.nunique() > 1:  # several stage schedules: compare them per language
-                comparison = _with_partition(compare_schedules(rows, equivalence_margin=equivalence_margin), rows)
+                comparison = compare_schedules(rows, equivalence_margin=margin).assign(**partition)
                 parts.setdefault("schedules", []).append(comparison)
                 sections += [schedules_markdown(comparison), ""]
             name = "mrr_vs_proportion.png" if len(partitions) == 1 else f"mrr_vs_proportion_{index + 1}.png"
             means = plot(analysis.cells, folder / name)
-            plots += [means] if means else []
-            answer = plot_answer(
-                analysis.tests,
-                analysis.trends,
-                folder / name.replace("mrr_vs_proportion", "answer"),
-                equivalence_margin,
-            )
-            plots = ([answer] if answer else []) + plots  # the answer first: README's figure, W&B's first image
-        tables = {field: pd.concat(frames, ignore_index=True) for field, frames in parts.items()}
-        for field, frame in tables.items():  # cells, significance, trends always; the others when not empty
-            if field in TABLE_FILES or not frame.empty:
-                atomic_write_text(folder / TABLE_FILES.get(field, f"{field}.csv"), frame.to_csv(index=False))
+            answer_path = folder / name.replace("mrr_vs_proportion", "answer")
+            answer = plot_answer(analysis.tests, analysis.trends, answer_path, margin)
+            plots = [path for path in (answer, *plots, means) if path]  # the answer first: README's, W&B's first
+    tables = {field: pd.concat(frames, ignore_index=True) for field, frames in parts.items()}
+    for field, frame in tables.items():  # cells, significance, trends always; the others when not empty
+        if field in TABLE_FILES or not frame.empty:
+            atomic_write_text(folder / TABLE_FILES.get(field, f"{field}.csv"), frame.to_csv(index=False))
     duplicates = problems[problems.status == "duplicate"]
     if not duplicates.empty:
         atomic_write_text(folder / "duplicates.csv", duplicates.to_csv(index=False))
-    tests = tables.get("tests")  # when python -m mdr.pool_diagnostics wrote into the report folder:
-    sections += pool_diagnostics_section(report_dir, tests, DEFAULT_VARIANT)
-    sections += _problem_sections(problems)
+    sections += pool_diagnostics_section(report_dir, tables.get("tests"), DEFAULT_VARIANT)
+    for statuses, title in PROBLEM_TITLES.items():
+        rows = problems[problems.status.isin(statuses)]
+        sections += [f"### {title}", "", rows.to_markdown(index=False), ""] if not rows.empty else []
     atomic_write_text(folder / LAST, "\n".join(sections))
     return tables, plots, headlines
 
 
 def exit_status(summary: dict[str, Any]) -> int:
-    """1 when a job failed, is missing, is invalid or in a conflict, else 0 (duplicates are counted once, not an
-    error)."""
+    """1 when a job failed, is missing, is invalid or in a conflict, else 0 (duplicates are counted once)."""
     return 1 if summary["failed"] or summary["missing"] or summary.get("invalid") or summary.get("conflicts") else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: aggregate, print the Markdown report; exit 1 if any job failed, is missing, is invalid or in a
-    conflict."""
+    """CLI: aggregate, print the Markdown report; exit 1 if any job failed, is missing, invalid or in a conflict."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", nargs="+", help="sweep folder(s); several are analysed as one")
     parser.add_argument("--out", help="where the report goes (default: the sweep folder; required for several)")
@@ -264,9 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         from mdr.reporting.wandb_summary import settings_from_sweep
 
         wandb = settings_from_sweep(_sweep_dirs(args.sweep_dir)[0], args.out)
-    summary = aggregate(
-        args.sweep_dir if len(args.sweep_dir) > 1 else args.sweep_dir[0], args.equivalence_margin, args.out, wandb
-    )
+    dirs = args.sweep_dir if len(args.sweep_dir) > 1 else args.sweep_dir[0]
+    summary = aggregate(dirs, args.equivalence_margin, args.out, wandb)
     print(Path(summary["table"]).read_text(encoding="utf-8"))
     return exit_status(summary)
 

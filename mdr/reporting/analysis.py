@@ -1,51 +1,22 @@
-"""The analysis of a results frame: cell means with intervals, deltas against p = 0, trends and verdicts,
-language x p interactions, variant effects and the comparison of stage schedules.
-
-Cells are (model, stage, language, variant, hard_proportion), so only like is compared with like. Each
-proportion is compared with p = 0 of the same variant (else of the same masking without denoising, which p = 0
-never uses, else of the default variant; the table says which), with the Satterthwaite t test of
-:mod:`mdr.reporting.statistics` (paired by seed and query); Holm's adjustment runs within each (model, stage,
-language, variant), and each delta gets a TOST against the equivalence margin and per-query wins / ties /
-losses. A trend (least-squares slope over every level of p, the quadratic term, the adjacent steps) and a
-one-line verdict summarise each; two languages of one (model, stage, variant) are compared by their deltas
-(language x p interaction, paired by query where the query ids match once the language prefix is removed, as
-on XQuAD-R) and, with both low- and high-resource languages, by the contrast of their slopes. Non-default
-variants are also compared with the default variant at the same p. When the sweep holds several stage
-schedules, :func:`mdr.reporting.schedules.compare_schedules` compares them per (model, language), each against
-``target_only`` (else the first schedule), Holm within (model, language). nDCG@10 is tested beside MRR@100
-everywhere.
-"""
+"""The analysis of a results frame (docs/statistics.md): cell means with intervals, deltas against p = 0 of the
+same variant (else its masking without denoising, else the default), trends and verdicts, language x p
+interactions (paired by query on parallel data), the low- vs high-resource contrast, variant effects and the
+comparison of stage schedules."""
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mdr.reporting.collect import DEFAULT_VARIANT, GROUP, KEYS
+from mdr.reporting import statistics as stats
+from mdr.reporting.collect import DEFAULT_VARIANT, GROUP
 from mdr.reporting.integrity import METRIC
-from mdr.reporting.statistics import (
-    CALIBRATED_SEEDS,
-    Cell,
-    Estimate,
-    Parts,
-    combine,
-    contrast,
-    contrast_parts,
-    curvature_weights,
-    decide,
-    estimate,
-    holm,
-    seed_label,
-    slope_weights,
-    step_weights,
-    tost,
-    win_tie_loss,
-)
+from mdr.reporting.statistics import Cell, Estimate, Parts, contrast, contrast_parts, seed_label, slope_weights
 from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -70,12 +41,23 @@ class Analysis:
 
 def shared_query_id(query_id: str, language: str) -> str:
     """A query id without its ``<language>_`` prefix: parallel data (XQuAD-R) shares the rest across languages."""
-    prefix = f"{language}_"
-    return query_id[len(prefix) :] if query_id.startswith(prefix) else query_id
+    return query_id.removeprefix(f"{language}_")
 
 
-class _CellTables:
-    """Per-query metric tables of sweep cells, read once per file."""
+def same_proportion(values: pd.Series, proportion: float) -> np.ndarray:
+    """Where ``values`` equals ``proportion`` (with tolerance; NaN, for runs without p, equals NaN)."""
+    numbers = values.to_numpy(dtype=np.float64)
+    return np.isnan(numbers) if pd.isna(proportion) else np.isclose(numbers, proportion)
+
+
+def resource_class(values: pd.Series) -> bool | None:
+    """Whether runs are of a low-resource language: their first recorded ``low_resource``; None if none is."""
+    known = values.dropna()
+    return bool(known.iloc[0]) if len(known) else None
+
+
+class CellTables:
+    """The runs of a results frame and their per-query files (each read once), as statistics cells."""
 
     def __init__(self, results: pd.DataFrame) -> None:
         self.results = results
@@ -87,45 +69,31 @@ class _CellTables:
         return self._frames[path]
 
     def rows(self, group: tuple[Any, ...], proportion: float) -> pd.DataFrame:
-        keys = dict(zip(GROUP, group))
-        mask = np.ones(len(self.results), dtype=bool)
-        for key, value in keys.items():
+        """The runs of cell (``group``, ``proportion``)."""
+        mask = same_proportion(self.results.hard_proportion, proportion)
+        for key, value in zip(GROUP, group):
             mask &= (self.results[key] == value).to_numpy()
-        return self.results[mask & same_proportion(self.results.hard_proportion, proportion)]
+        return self.results[mask]
 
     def has(self, selections: list[pd.DataFrame], metric: str) -> bool:
         """Whether every selected run's per-query file has a ``metric`` column."""
         return all(metric in self._read(f).columns for rows in selections for f in rows.per_query_file)
 
-    def query_ids(self, rows: pd.DataFrame, parallel: bool = False) -> set[str]:
-        """Query ids the runs of ``rows`` scored (``parallel``: without the language prefix)."""
-        ids: set[str] = set()
+    def scores(self, rows: pd.DataFrame, metric: str, parallel: bool) -> pd.DataFrame:
+        """(queries, runs) of ``metric``; ``parallel``: query ids without the language prefix."""
+        series = []
         for path, language in zip(rows.per_query_file, rows.language):
-            index = self._read(path).index
-            ids |= {shared_query_id(q, str(language)) for q in index} if parallel else set(index)
-        return ids
+            values = self._read(path)[metric].astype(float)
+            if parallel:
+                values.index = [shared_query_id(q, str(language)) for q in values.index]
+            series.append(values)
+        return pd.concat(series, axis=1)
 
     def cells(self, selections: list[pd.DataFrame], metric: str = METRIC, parallel: bool = False) -> list[Cell]:
-        """The selected runs as cells on the queries every one of them scored, grouped by language (the cells
-        whose seed level a pooled contrast estimates together).
-
-        Args:
-            selections: runs per cell.
-            metric: per-query column.
-            parallel: match queries across languages by the id without its language prefix.
-        """
-        tables = []
-        for rows in selections:
-            series = []
-            for path, language in zip(rows.per_query_file, rows.language):
-                values = self._read(path)[metric].astype(float)
-                if parallel:
-                    values.index = [shared_query_id(q, str(language)) for q in values.index]
-                series.append(values)
-            tables.append(pd.concat(series, axis=1))
-        common = tables[0].index
-        for table in tables[1:]:
-            common = common.intersection(table.index)
+        """The selected runs as cells on the queries all of them scored, grouped by language (the cells a pooled
+        contrast estimates the seed level over); ``parallel``: queries matched across languages."""
+        tables = [self.scores(rows, metric, parallel) for rows in selections]
+        common = functools.reduce(pd.Index.intersection, (table.index for table in tables))
         dropped = max(len(table.index) for table in tables) - len(common)
         if dropped:
             log.warning("%d quer%s not scored by every compared run: left out", dropped, "y" if dropped == 1 else "ies")
@@ -141,78 +109,42 @@ class _CellTables:
         ]
 
 
-def resource_class(values: pd.Series) -> bool | None:
-    """Whether runs are of a low-resource language: their first recorded ``low_resource``; None when none
-    records it (:func:`mdr.reporting.collect.low_resource` found no language config saying)."""
-    known = values.dropna()
-    return bool(known.iloc[0]) if len(known) else None
-
-
-def same_proportion(values: pd.Series, proportion: float) -> np.ndarray:
-    """Where ``values`` equals ``proportion`` (floats compared with tolerance; NaN, for runs without p, equals NaN)."""
-    numbers = values.to_numpy(dtype=np.float64)
-    if pd.isna(proportion):
-        return np.isnan(numbers)
-    return np.isclose(numbers, proportion)
-
-
 def _estimate_columns(estimate: Estimate, value_name: str) -> dict[str, Any]:
-    return {
-        value_name: estimate.value,
-        "ci_low": estimate.ci_low,
-        "ci_high": estimate.ci_high,
-        "p_value": estimate.p_value,
-        "se": estimate.se,
-        "df": estimate.df,
-        "seeds": estimate.seeds,
-        "queries": estimate.queries,
-        "seed_level": estimate.seed_level,
-        "seed_ids": seed_label(estimate.seed_ids) if estimate.seed_ids else "none shared",
-        "gives_verdict": estimate.gives_verdict,
-    }
+    names = ("ci_low", "ci_high", "p_value", "se", "df", "seeds", "queries", "seed_level")
+    columns = {value_name: estimate.value, **{name: getattr(estimate, name) for name in names}}
+    seed_ids = seed_label(estimate.seed_ids) if estimate.seed_ids else "none shared"
+    return columns | {"seed_ids": seed_ids, "gives_verdict": estimate.gives_verdict}
 
 
-def _second_metric_columns(estimate: Estimate | None, value_name: str) -> dict[str, Any]:
-    """``<value_name>_ndcg@10`` with its interval and p-value (NaN where per-query files lack the column)."""
-    nan = float("nan")
-    return {
-        f"{value_name}_{SECOND_METRIC}": estimate.value if estimate else nan,
-        f"{SECOND_METRIC}_ci_low": estimate.ci_low if estimate else nan,
-        f"{SECOND_METRIC}_ci_high": estimate.ci_high if estimate else nan,
-        f"{SECOND_METRIC}_p_value": estimate.p_value if estimate else nan,
-    }
+def _interval_columns(estimate: Estimate | None, value_name: str, prefix: str) -> dict[str, Any]:
+    """``value_name``, ``<prefix>_ci_low``, ``<prefix>_ci_high`` and ``<prefix>_p_value`` (NaN without estimate)."""
+    values = (estimate.value, estimate.ci_low, estimate.ci_high, estimate.p_value) if estimate else (np.nan,) * 4
+    return dict(zip((value_name, f"{prefix}_ci_low", f"{prefix}_ci_high", f"{prefix}_p_value"), values))
 
 
-def _comparison(
-    tables: _CellTables,
-    treated: pd.DataFrame,
-    reference: pd.DataFrame,
-    margin: float,
-    family: Sequence[pd.DataFrame] = (),
+def with_holm(family: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``family`` with ``p_holm``: its p-values Holm-adjusted together."""
+    for row, adjusted in zip(family, stats.holm([row["p_value"] for row in family])):
+        row["p_holm"] = adjusted
+    return family
+
+
+def comparison(
+    tables: CellTables, treated: pd.DataFrame, reference: pd.DataFrame, margin: float, *family: pd.DataFrame
 ) -> dict[str, Any]:
-    """treated - reference: MRR@100 and nDCG@10 tests, TOST against ``margin``, wins / ties / losses.
-
-    ``family``: the other cells of the group (one language's other proportions), over which the seed level is
-    pooled (:func:`mdr.reporting.statistics.contrast_parts`).
-    """
+    """treated - reference: MRR@100 and nDCG@10 tests, TOST against ``margin``, wins / ties / losses; the seed
+    level pooled over ``family``, the group's other cells; ``_estimate`` holds the MRR@100 estimate."""
     selections = [treated, reference, *family]
     weights = [1.0, -1.0] + [0.0] * len(family)
     cells = tables.cells(selections)
     result = contrast(cells, weights, pool=True)
-    wins, ties, losses = win_tie_loss(*cells[:2])
     second = None
     if tables.has(selections, SECOND_METRIC):
         second = contrast(tables.cells(selections, SECOND_METRIC), weights, pool=True)
-    return {
-        **_estimate_columns(result, f"delta_{METRIC}"),
-        "p_tost": tost(result, margin),
-        "wins": wins,
-        "ties": ties,
-        "losses": losses,
-        **_second_metric_columns(second, "delta"),
-        "note": _note(result),
-        "_estimate": result,
-    }
+    columns = _estimate_columns(result, f"delta_{METRIC}") | {"p_tost": stats.tost(result, margin)}
+    columns |= dict(zip(("wins", "ties", "losses"), stats.win_tie_loss(*cells[:2])))
+    columns |= _interval_columns(second, f"delta_{SECOND_METRIC}", SECOND_METRIC)
+    return columns | {"note": _note(result), "_estimate": result}
 
 
 def _note(estimate: Estimate) -> str:
@@ -227,15 +159,14 @@ def _note(estimate: Estimate) -> str:
     if estimate.dropped_seeds and estimate.seed_ids:
         notes.append(f"paired on seeds {seed_label(estimate.seed_ids)}, the ones both cells ran")
     if not estimate.gives_verdict:
-        notes.append(f"estimate only, no verdict (below {CALIBRATED_SEEDS} paired seeds)")
+        notes.append(f"estimate only, no verdict (below {stats.CALIBRATED_SEEDS} paired seeds)")
     return "; ".join(notes)
 
 
-def _baseline(tables: _CellTables, group: tuple[Any, ...]) -> tuple[str, pd.DataFrame] | None:
+def _baseline(tables: CellTables, group: tuple[Any, ...]) -> tuple[str, pd.DataFrame] | None:
     """(variant, runs) of the p = 0 cell a group is compared with (see the module docstring)."""
     model, stage, language, variant = group
-    masking = variant.split(",")[0]
-    for candidate in dict.fromkeys([variant, f"{masking},denoise=off", DEFAULT_VARIANT]):
+    for candidate in dict.fromkeys([variant, f"{variant.split(',')[0]},denoise=off", DEFAULT_VARIANT]):
         rows = tables.rows((model, stage, language, candidate), 0.0)
         if not rows.empty:
             return candidate, rows
@@ -250,17 +181,16 @@ def sort_results(results: pd.DataFrame) -> pd.DataFrame:
             return column.map(lambda variant: f"{variant != DEFAULT_VARIANT:d}{variant}")
         return column
 
-    return results.sort_values(KEYS, key=key).reset_index(drop=True)
+    return results.sort_values([*GROUP, "hard_proportion", "seed"], key=key).reset_index(drop=True)
 
 
-def _cell_rows(tables: _CellTables, results: pd.DataFrame) -> list[dict[str, Any]]:
-    rows_out: list[dict[str, Any]] = []
+def _cell_rows(tables: CellTables, results: pd.DataFrame) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
     for key, rows in results.groupby([*GROUP, "hard_proportion"], sort=False, dropna=False):
-        [cell] = tables.cells([rows])
-        interval = contrast([cell], [1.0])
+        interval = contrast(tables.cells([rows]), [1.0])
         values = rows[METRIC]
         second = rows[SECOND_METRIC] if SECOND_METRIC in rows else pd.Series(dtype=float)
-        rows_out.append(
+        found.append(
             {
                 **dict(zip([*GROUP, "hard_proportion"], key)),
                 "mean": float(values.mean()),
@@ -272,74 +202,54 @@ def _cell_rows(tables: _CellTables, results: pd.DataFrame) -> list[dict[str, Any
                 "low_resource": resource_class(rows.low_resource),
             }
         )
-    return rows_out
+    return found
 
 
 def _trend(
-    tables: _CellTables, levels: list[pd.DataFrame], proportions: list[float], metric: str = METRIC
+    tables: CellTables, levels: list[pd.DataFrame], proportions: list[float], metric: str = METRIC
 ) -> tuple[Estimate, Estimate | None, list[Estimate]]:
     """(slope over every level, quadratic term or None below 3 levels, adjacent steps) of one cell group."""
     cells = tables.cells(levels, metric)
     slope = contrast(cells, slope_weights(proportions), pool=True)
-    curvature = contrast(cells, curvature_weights(proportions), pool=True) if len(proportions) >= 3 else None
-    return slope, curvature, [contrast(cells, w, pool=True) for w in step_weights(len(proportions))]
+    curvature = contrast(cells, stats.curvature_weights(proportions), pool=True) if len(proportions) >= 3 else None
+    return slope, curvature, [contrast(cells, w, pool=True) for w in stats.step_weights(len(proportions))]
 
 
 def analyse(results: pd.DataFrame, *, equivalence_margin: float = EQUIVALENCE_MARGIN) -> Analysis:
-    """Cell means with intervals, tests against p = 0, trends and verdicts, interactions and variant effects.
-
-    Args:
-        results: one row per (run, evaluation language) with its per-query file.
-        equivalence_margin: TOST margin in MRR@100 units (``hydra.callbacks.aggregate.equivalence_margin``,
-            ``--equivalence-margin``).
-    """
+    """Every table of the report for ``results`` (one row per run and evaluated language, with its per-query file);
+    ``equivalence_margin``: the TOST margin in MRR@100 units."""
     if not equivalence_margin > 0:
         raise ValueError(f"the equivalence margin must be a number > 0, got {equivalence_margin!r}")
     results = sort_results(results)
-    tables = _CellTables(results)
+    tables = CellTables(results)
     tests: list[dict[str, Any]] = []
     trends: list[dict[str, Any]] = []
     for group, rows in results.groupby(GROUP, sort=False):
         found = _baseline(tables, group)
-        if found is None:
+        proportions = sorted(p for p in rows.hard_proportion.unique() if p != 0.0 and not pd.isna(p))
+        if found is None or not proportions:
             continue
         baseline_variant, baseline = found
-        proportions = sorted(p for p in rows.hard_proportion.unique() if p != 0.0 and not pd.isna(p))
-        if not proportions:
-            continue
-        family: list[dict[str, Any]] = []
+        named = {**dict(zip(GROUP, group)), "baseline_variant": baseline_variant}
+        family = []
         for proportion in proportions:
             others = [tables.rows(group, p) for p in proportions if p != proportion]
-            compared = _comparison(tables, tables.rows(group, proportion), baseline, equivalence_margin, others)
-            family.append(
-                {
-                    **dict(zip(GROUP, group)),
-                    "baseline_variant": baseline_variant,
-                    "hard_proportion": proportion,
-                    **compared,
-                }
-            )
-        for test, adjusted in zip(family, holm([t["p_value"] for t in family])):
-            test["p_holm"] = adjusted
+            compared = comparison(tables, tables.rows(group, proportion), baseline, equivalence_margin, *others)
+            family.append({**named, "hard_proportion": proportion, **compared})
         levels = [baseline] + [tables.rows(group, p) for p in proportions]
         slope, curvature, steps = _trend(tables, levels, [0.0, *proportions])
-        deltas = [(t["hard_proportion"], t.pop("_estimate")) for t in family]
-        tests += family
-        decision = decide(slope, curvature, deltas, steps, equivalence_margin, ALPHA)
-        second = (
-            _trend(tables, levels, [0.0, *proportions], SECOND_METRIC)[0] if tables.has(levels, SECOND_METRIC) else None
-        )
+        deltas = [(test["hard_proportion"], test.pop("_estimate")) for test in family]
+        tests += with_holm(family)
+        decision = stats.decide(slope, curvature, deltas, steps, equivalence_margin, ALPHA)
+        scored = tables.has(levels, SECOND_METRIC)
+        second = _trend(tables, levels, [0.0, *proportions], SECOND_METRIC)[0] if scored else None
         trends.append(
             {
-                **dict(zip(GROUP, group)),
-                "baseline_variant": baseline_variant,
+                **named,
                 "proportions": " ".join(f"{p:g}" for p in [0.0, *proportions]),
                 **_estimate_columns(slope, "slope"),
-                "curvature": curvature.value if curvature else float("nan"),
-                "curvature_ci_low": curvature.ci_low if curvature else float("nan"),
-                "curvature_ci_high": curvature.ci_high if curvature else float("nan"),
-                "curvature_p_value": curvature.p_value if curvature else float("nan"),
-                **_second_metric_columns(second, "slope"),
+                **_interval_columns(curvature, "curvature", "curvature"),
+                **_interval_columns(second, f"slope_{SECOND_METRIC}", SECOND_METRIC),
                 "equivalence_margin": equivalence_margin,
                 "verdict_kind": decision.kind,
                 "verdict": decision.text,
@@ -349,26 +259,15 @@ def analyse(results: pd.DataFrame, *, equivalence_margin: float = EQUIVALENCE_MA
     effects: list[dict[str, Any]] = []
     for (model, stage, language), rows in results.groupby(["model", "stage", "language"], sort=False):
         family = []
-        for (variant, proportion), cell_runs in rows.groupby(["variant", "hard_proportion"], sort=False):
+        for (variant, proportion), runs in rows.groupby(["variant", "hard_proportion"], sort=False):
             reference = tables.rows((model, stage, language, DEFAULT_VARIANT), proportion)
             if variant == DEFAULT_VARIANT or reference.empty:
                 continue
-            compared = _comparison(tables, cell_runs, reference, equivalence_margin)
-            compared.pop("_estimate")
-            family.append(
-                {
-                    "model": model,
-                    "stage": stage,
-                    "language": language,
-                    "variant": variant,
-                    "reference_variant": DEFAULT_VARIANT,
-                    "hard_proportion": proportion,
-                    **compared,
-                }
-            )
-        for effect, adjusted in zip(family, holm([e["p_value"] for e in family])):
-            effect["p_holm"] = adjusted
-        effects += family
+            compared = comparison(tables, runs, reference, equivalence_margin)
+            del compared["_estimate"]
+            named = {"model": model, "stage": stage, "language": language, "variant": variant}
+            family.append({**named, "reference_variant": DEFAULT_VARIANT, "hard_proportion": proportion, **compared})
+        effects += with_holm(family)
     interactions, contrasts = _language_contrasts(tables, results, trends)
     return Analysis(
         cells=pd.DataFrame(_cell_rows(tables, results)),
@@ -380,12 +279,55 @@ def analyse(results: pd.DataFrame, *, equivalence_margin: float = EQUIVALENCE_MA
     )
 
 
+REFERENCE_SCHEDULE = "target_only"
+
+
+def compare_schedules(results: pd.DataFrame, *, equivalence_margin: float = EQUIVALENCE_MARGIN) -> pd.DataFrame:
+    """MRR@100 per (model, evaluation language, schedule), each schedule but the reference (``target_only``, else the
+    first) compared with it, Holm within (model, language); one column per (p, variant) of a schedule run at several"""
+    results = sort_results(results)
+    tables = CellTables(results)
+    rows: list[dict[str, Any]] = []
+    for (model, language), block in results.groupby(["model", "language"], sort=False):
+        conditions = sorted(
+            block.groupby(["stage", "hard_proportion", "variant"], sort=False, dropna=False),
+            key=lambda item: (item[0][0] != "zero_shot", item[0][0] != REFERENCE_SCHEDULE, str(item[0][0])),
+        )
+        names = [str(key[0]) for key, _ in conditions]
+        labelled = [
+            (stage if names.count(stage) == 1 else f"{stage} (p={proportion:g}, {variant})", stage, runs)
+            for (stage, proportion, variant), runs in conditions
+        ]
+        reference = next((item for item in labelled if item[1] == REFERENCE_SCHEDULE), labelled[0])
+        family: list[dict[str, Any]] = []
+        for label, stage, runs in labelled:
+            values = runs[METRIC]
+            row: dict[str, Any] = {
+                "model": model,
+                "language": language,
+                "schedule": label,
+                "stage": stage,
+                "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
+                "n": len(values),
+                "low_resource": resource_class(runs.low_resource),
+                "reference": reference[0],
+            }
+            if label != reference[0]:
+                row.update(comparison(tables, runs, reference[2], equivalence_margin))
+                del row["_estimate"]
+                family.append(row)
+            rows.append(row)
+        with_holm(family)
+    return pd.DataFrame(rows)
+
+
 def _language_parts(
-    tables: _CellTables, entries: list[tuple[list[pd.DataFrame], np.ndarray]], coefficients: list[float]
+    tables: CellTables, entries: list[tuple[list[pd.DataFrame], np.ndarray]], coefficients: list[float]
 ) -> tuple[Parts, str]:
     """sum_i coefficients[i] * (weights_i . cell means of language i): one contrast on shared queries where the
     languages' query ids match without their prefixes (parallel data), else independent parts."""
-    id_sets = [tables.query_ids(pd.concat(levels), parallel=True) for levels, _ in entries]
+    id_sets = [set().union(*(tables.scores(rows, METRIC, True).index for rows in levels)) for levels, _ in entries]
     if all(ids == id_sets[0] for ids in id_sets[1:]):
         cells, weights = [], []
         for (levels, w), a in zip(entries, coefficients):
@@ -393,15 +335,14 @@ def _language_parts(
             weights += list(a * np.asarray(w))
         return contrast_parts(cells, weights, pool=True), "paired by query"
     parts = [contrast_parts(tables.cells(levels), w, pool=True) for levels, w in entries]
-    return combine(parts, coefficients), "independent queries"
+    return stats.combine(parts, coefficients), "independent queries"
 
 
 def _language_contrasts(
-    tables: _CellTables, results: pd.DataFrame, trends: list[dict[str, Any]]
+    tables: CellTables, results: pd.DataFrame, trends: list[dict[str, Any]]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Language x p interactions (delta of deltas per pair of languages, at each p both ran, and the difference
-    of their slopes over the levels both ran where that is not the last delta again, as with p = 0, .5, 1) and
-    the low- vs high-resource contrast of the slope."""
+    """Language x p interactions (per pair of languages: the delta of deltas at each p both ran, and the
+    difference of slopes where that is not the last delta again) and the low- vs high-resource slope contrast."""
     interactions: list[dict[str, Any]] = []
     contrasts: list[dict[str, Any]] = []
     trend_frame = pd.DataFrame(trends)
@@ -409,182 +350,80 @@ def _language_contrasts(
         return interactions, contrasts
     for (model, stage, variant), block in trend_frame.groupby(["model", "stage", "variant"], sort=False):
         languages = list(dict.fromkeys(block.language))
+        runs = results[(results.model == model) & (results.stage == stage) & (results.variant == variant)]
         levels_of = {
-            language: {
-                float(p)
-                for p in tables.results[
-                    (tables.results.model == model)
-                    & (tables.results.stage == stage)
-                    & (tables.results.language == language)
-                    & (tables.results.variant == variant)
-                ].hard_proportion.dropna()
-            }
-            | {0.0}
+            language: {float(p) for p in runs[runs.language == language].hard_proportion.dropna()} | {0.0}
             for language in languages
         }
 
-        def cells_of(language: str, proportions: list[float]) -> list[pd.DataFrame]:
-            group = (model, stage, language, variant)
-            found = _baseline(tables, group)
-            assert found is not None  # a trend exists for the language, so does its p = 0
-            return [found[1] if p == 0.0 else tables.rows(group, p) for p in proportions]
-
         def entry(language: str, weights: dict[float, float]) -> tuple[list[pd.DataFrame], np.ndarray]:
             """Every level of ``language`` (zero weight where not named: they pool the seed level)."""
+            group = (model, stage, language, variant)
             levels = sorted(levels_of[language])
-            return cells_of(language, levels), np.array([weights.get(p, 0.0) for p in levels])
+            baseline = _baseline(tables, group)[1]  # type: ignore[index]  # a trend exists, so does its p = 0
+            cells = [baseline if p == 0.0 else tables.rows(group, p) for p in levels]
+            return cells, np.array([weights.get(p, 0.0) for p in levels])
+
+        def language_contrast(
+            chosen: list[str], weights: dict[float, float], a: list[float], name: str
+        ) -> dict[str, Any]:
+            parts, pairing = _language_parts(tables, [entry(language, weights) for language in chosen], a)
+            named = {"model": model, "stage": stage, "variant": variant, "query_pairing": pairing}
+            return {**named, **_estimate_columns(stats.estimate(parts), name)}
 
         for first, second in itertools.combinations(languages, 2):
             common = sorted(levels_of[first] & levels_of[second])
             if len(common) < 2:
                 continue
-            family = []
-            for proportion in common[1:]:
-                entries = [entry(language, {proportion: 1.0, 0.0: -1.0}) for language in (first, second)]
-                parts, pairing = _language_parts(tables, entries, [1.0, -1.0])
-                result = estimate(parts)
-                family.append(
-                    {
-                        "model": model,
-                        "stage": stage,
-                        "variant": variant,
-                        "language": first,
-                        "other_language": second,
-                        "contrast": f"delta at p={proportion:g}",
-                        **_estimate_columns(result, f"difference_{METRIC}"),
-                        "query_pairing": pairing,
-                    }
-                )
+            family = [(f"delta at p={p:g}", {p: 1.0, 0.0: -1.0}) for p in common[1:]]
             weights = slope_weights(common)
             end_to_end = np.zeros(len(common))
             end_to_end[[0, -1]] = np.array([-1.0, 1.0]) / (common[-1] - common[0])
             if not np.allclose(weights, end_to_end):  # three equally spaced levels: the slope is the last delta
-                entries = [entry(language, dict(zip(common, weights))) for language in (first, second)]
-                parts, pairing = _language_parts(tables, entries, [1.0, -1.0])
-                family.append(
-                    {
-                        "model": model,
-                        "stage": stage,
-                        "variant": variant,
-                        "language": first,
-                        "other_language": second,
-                        "contrast": "slope over p=" + " ".join(f"{p:g}" for p in common),
-                        **_estimate_columns(estimate(parts), f"difference_{METRIC}"),
-                        "query_pairing": pairing,
-                    }
-                )
-            for row, adjusted in zip(family, holm([r["p_value"] for r in family])):
-                row["p_holm"] = adjusted
-            interactions += family
+                family.append(("slope over p=" + " ".join(f"{p:g}" for p in common), dict(zip(common, weights))))
+            rows = []
+            for name, chosen in family:
+                rows.append(language_contrast([first, second], chosen, [1.0, -1.0], f"difference_{METRIC}"))
+                rows[-1].update(language=first, other_language=second, contrast=name)
+            interactions += with_holm(rows)
         classes = {language: resource_class(block[block.language == language].low_resource) for language in languages}
         unknown = [language for language, low_resource in classes.items() if low_resource is None]
         if unknown:
             log.warning(
-                "%s %s %s: no low_resource recorded for %s (metrics.json, config.yaml, conf/language): left out of the "
-                "low- vs high-resource contrast",
-                model,
-                stage,
-                variant,
-                ", ".join(unknown),
+                f"{model} {stage} {variant}: no low_resource recorded for {', '.join(unknown)} (metrics.json, "
+                "config.yaml, conf/language): left out of the low- vs high-resource contrast"
             )
         low = [language for language, low_resource in classes.items() if low_resource is True]
         high = [language for language, low_resource in classes.items() if low_resource is False]
-        languages = low + high
-        if not low or not high:
-            continue
-        common = sorted(set.intersection(*(levels_of[language] for language in languages)))
+        common = sorted(set.intersection(*(levels_of[language] for language in low + high))) if low and high else []
         if len(common) < 2:
             continue
-        weights = slope_weights(common)
-        entries = [entry(language, dict(zip(common, weights))) for language in [*low, *high]]
         coefficients = [1.0 / len(low)] * len(low) + [-1.0 / len(high)] * len(high)
-        parts, pairing = _language_parts(tables, entries, coefficients)
-        contrasts.append(
-            {
-                "model": model,
-                "stage": stage,
-                "variant": variant,
-                "low_resource": " ".join(low),
-                "high_resource": " ".join(high),
-                "proportions": " ".join(f"{p:g}" for p in common),
-                **_estimate_columns(estimate(parts), f"slope_difference_{METRIC}"),
-                "query_pairing": pairing,
-            }
-        )
+        named = {"low_resource": " ".join(low), "high_resource": " ".join(high)}
+        named["proportions"] = " ".join(f"{p:g}" for p in common)
+        weights = dict(zip(common, slope_weights(common)))
+        contrasts.append(language_contrast(low + high, weights, coefficients, f"slope_difference_{METRIC}") | named)
     return interactions, contrasts
 
 
-_ESTIMATE = ["p_value", "ci_low", "ci_high", "seeds", "queries", "se", "df", "seed_level", "seed_ids", "gives_verdict"]
-_SECOND = [f"{SECOND_METRIC}_ci_low", f"{SECOND_METRIC}_ci_high", f"{SECOND_METRIC}_p_value"]
-TEST_COLUMNS = [
-    *GROUP[:3],
-    "hard_proportion",
-    f"delta_{METRIC}",
-    "p_value",
-    "p_holm",
-    *_ESTIMATE[1:],
-    "p_tost",
-    "wins",
-    "ties",
-    "losses",
-    f"delta_{SECOND_METRIC}",
-    *_SECOND,
-    "variant",
-    "baseline_variant",
-    "note",
-]
-TREND_COLUMNS = [
-    *GROUP,
-    "baseline_variant",
-    "proportions",
-    "slope",
-    *_ESTIMATE,
-    "curvature",
-    "curvature_ci_low",
-    "curvature_ci_high",
-    "curvature_p_value",
-    f"slope_{SECOND_METRIC}",
-    *_SECOND,
-    "equivalence_margin",
-    "verdict_kind",
-    "verdict",
-    "low_resource",
-]
-EFFECT_COLUMNS = [
-    *GROUP,
-    "reference_variant",
-    "hard_proportion",
-    f"delta_{METRIC}",
-    "p_holm",
-    *_ESTIMATE,
-    "p_tost",
-    "wins",
-    "ties",
-    "losses",
-    f"delta_{SECOND_METRIC}",
-    *_SECOND,
-    "note",
-]
-INTERACTION_COLUMNS = [
-    "model",
-    "stage",
-    "variant",
-    "language",
-    "other_language",
-    "contrast",
-    f"difference_{METRIC}",
-    "p_holm",
-    *_ESTIMATE,
-    "query_pairing",
-]
-RESOURCE_COLUMNS = [
-    "model",
-    "stage",
-    "variant",
-    "low_resource",
-    "high_resource",
-    "proportions",
-    f"slope_difference_{METRIC}",
-    *_ESTIMATE,
-    "query_pairing",
-]
+_ESTIMATE = "ci_low ci_high seeds queries se df seed_level seed_ids gives_verdict"
+_SECOND = f"{SECOND_METRIC}_ci_low {SECOND_METRIC}_ci_high {SECOND_METRIC}_p_value"
+_DELTA = f"{_ESTIMATE} p_tost wins ties losses delta_{SECOND_METRIC} {_SECOND}"
+TEST_COLUMNS = (
+    f"model stage language hard_proportion delta_{METRIC} p_value p_holm {_DELTA} variant baseline_variant note"
+).split()
+TREND_COLUMNS = (
+    f"model stage language variant baseline_variant proportions slope p_value {_ESTIMATE} curvature curvature_ci_low "
+    f"curvature_ci_high curvature_p_value slope_{SECOND_METRIC} {_SECOND} equivalence_margin verdict_kind verdict "
+    "low_resource"
+).split()
+EFFECT_COLUMNS = (
+    f"model stage language variant reference_variant hard_proportion delta_{METRIC} p_holm p_value {_DELTA} note"
+).split()
+INTERACTION_COLUMNS = (
+    f"model stage variant language other_language contrast difference_{METRIC} p_holm p_value {_ESTIMATE} query_pairing"
+).split()
+RESOURCE_COLUMNS = (
+    f"model stage variant low_resource high_resource proportions slope_difference_{METRIC} p_value {_ESTIMATE} "
+    "query_pairing"
+).split()

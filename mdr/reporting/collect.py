@@ -1,15 +1,5 @@
-"""Read a sweep folder's run folders into a results frame: one row per (completed job, evaluation language).
-
-A job's outcome is its newest record: ``metrics.json`` (completed) or ``failed.json`` (failed), by file
-modification time, so a stale metrics.json older than a later failure counts as failed; a job folder with
-neither (killed, still running) and a job the sweep asked for that never made a folder (from the sweep's
-``multirun.yaml``) are missing. Failed and missing jobs are listed; the other jobs' results are kept.
-
-A job evaluated on several languages (``evaluation.languages``: metrics.json ``per_language``) gives one row per
-evaluation language; ``language`` is the language evaluated. The variant says how the run was trained beyond p
-(``mask=on|off`` for ``loss.mask_false_negatives``, ``denoise=on|off`` for denoised hard negatives, and
-``p_stages=all`` when a multi-stage schedule applied p to every stage, ``stage.proportion_applies_to``).
-"""
+"""Read sweep folders into a results frame (one row per completed job and evaluated language) and a problems
+frame (failed jobs, missing ones: no outcome or no folder for a job multirun.yaml asked for, invalid ones)."""
 
 from __future__ import annotations
 
@@ -22,24 +12,18 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from mdr.reporting.integrity import check_per_query, drop_duplicates, split_cells
-from mdr.utils.config_identity import (
-    REPORT_IGNORED,
-    UNMINED_IGNORED,
-    UNTRAINED_IGNORED,
-    canonical_config,
-    flatten_config,
-)
+from mdr.reporting.integrity import check_per_query, drop_duplicates, problem, split_cells
+from mdr.utils import config_identity
 from mdr.utils.job_dirs import job_dirname
-from mdr.utils.run_record import LanguageResult, RunRecord, read_record
+from mdr.utils.run_record import RunRecord, lookup, read_record
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ["mrr@100", "recall@100", "ndcg@10"]
 GROUP = ["model", "stage", "language", "variant"]
-KEYS = [*GROUP, "hard_proportion", "seed"]
 DEFAULT_VARIANT = "mask=on,denoise=off"
 PROBLEM_COLUMNS = ["job", "status", "error", "overrides"]
+DEFAULT_MINER = dict(source="bm25", backend="bm25s", range_min=0, range_max=50, margin=None, tokenizer="default")
+"""``negatives.pool`` of the default miner (conf/negatives/bm25.yaml): BM25 ranks 1-50."""
 
 
 def resolve_sweep_dir(path: str | Path) -> Path:
@@ -53,40 +37,20 @@ def resolve_sweep_dir(path: str | Path) -> Path:
     return candidates[-1]
 
 
-def variant_name(
-    mask: bool | None, denoised: bool, proportion_stages: str | None = None, miner: str | None = None
-) -> str:
-    """``mask=on|off|n/a,denoise=on|off`` (``n/a``: the run trained nothing), plus ``,p_stages=all`` when p
-    applied to every stage of a multi-stage schedule and ``,miner=<miner>`` when its hard negatives came from
-    another miner than the default (:func:`run_miner`)."""
+def variant_name(mask: bool | None, denoised: bool, stages: str | None = None, miner: str | None = None) -> str:
+    """``mask=on|off|n/a,denoise=on|off`` (``n/a``: nothing trained), ``,p_stages=all`` when p applied to every
+    stage, ``,miner=<miner>`` for another miner than the default (:func:`run_miner`)."""
     masking = "n/a" if mask is None else ("on" if mask else "off")
-    suffix = ",p_stages=all" if proportion_stages == "all" else ""
+    suffix = ",p_stages=all" if stages == "all" else ""
     suffix += f",miner={miner}" if miner else ""
     return f"mask={masking},denoise={'on' if denoised else 'off'}{suffix}"
 
 
-DEFAULT_MINER = {
-    "source": "bm25",
-    "backend": "bm25s",
-    "range_min": 0,
-    "range_max": 50,
-    "margin": None,
-    "tokenizer": "default",
-}
-"""``negatives.pool`` of the default miner (conf/negatives/bm25.yaml): BM25 (bm25s, mdr's words and bigrams), ranks
-1-50, no margin."""
-
-
 def run_miner(record: RunRecord, config: dict[str, Any]) -> str | None:
-    """How a run's hard negatives were mined, as a short label, when that is not the default miner; None for
-    the default miner, for a run that used no hard negatives (p = 0, zero-shot) and for a run whose
-    ``config.yaml`` does not say.
-
-    The label is ``<source>[/<backend>][[<tokenizer>]][(<encoder>)]:<first>-<last rank>[,margin=<m>]`` from the
-    resolved ``negatives.pool`` (e.g. ``bm25:11-60`` for ``range_min=10 range_max=60``, ``dense(me5_small):4-50`` for
-    ``negatives=dense``, ``bm25[thai_words]:1-50`` for ``negatives=bm25_thai_words``).
-    """
-    pool = _lookup(config, "negatives.pool")
+    """``<source>[/<backend>][[<tokenizer>]][(<encoder>)]:<first>-<last rank>[,margin=<m>]`` of the resolved
+    ``negatives.pool`` (e.g. ``bm25:11-60``, ``dense(me5_small):4-50``); None for the default miner, a run without
+    hard negatives, or a config that does not say."""
+    pool = lookup(config, "negatives.pool")
     if not isinstance(pool, dict) or not record.used_hard_negatives():
         return None
     settings = {key: pool.get(key, default) for key, default in DEFAULT_MINER.items()}
@@ -105,58 +69,26 @@ def run_miner(record: RunRecord, config: dict[str, Any]) -> str | None:
     return label
 
 
-LANGUAGES_DIR = Path(__file__).resolve().parents[2] / "conf" / "language"
-"""The language configs (``conf/language/<code>.yaml``), each with ``low_resource``."""
+def run_variant(record: RunRecord, config: dict[str, Any]) -> tuple[bool | None, bool]:
+    """(masked in-batch false negatives?, denoised hard negatives?) of one run (:class:`RunRecord`)."""
+    return record.mask(config), record.denoised_negatives(config)
 
 
-def low_resource(evaluated: LanguageResult, config: dict[str, Any]) -> bool | None:
-    """Whether an evaluated language is low-resource: metrics.json's ``low_resource``, else (runs before it was
-    recorded) the job's ``config.yaml`` language when that is the language evaluated, else
-    ``conf/language/<code>.yaml``; None when none says (the low- vs high-resource contrast leaves it out)."""
-    if evaluated.low_resource is not None:
-        return bool(evaluated.low_resource)
-    code = str(evaluated.language)
-    language = config.get("language")
-    if isinstance(language, dict) and str(language.get("code")) == code and language.get("low_resource") is not None:
-        return bool(language["low_resource"])
-    recorded = _read_yaml(LANGUAGES_DIR / f"{code}.yaml").get("low_resource")
-    return None if recorded is None else bool(recorded)
-
-
-def comparable_config(job: Path, record: RunRecord, config: dict[str, Any]) -> dict[str, Any] | None:
-    """Dotted key -> value of the job's config as two runs of one cell and seed are compared.
-
-    The run folder's identity (``run_folder.json``'s config, else ``config.yaml``, canonicalised again:
-    ``1`` and ``1.0`` are one value, keys at their neutral default and policy keys such as ``run.*``,
-    ``logger.*`` and ``hydra`` left out) less :data:`REPORT_IGNORED`, :data:`UNTRAINED_IGNORED` for a run that
-    trained nothing and :data:`UNMINED_IGNORED` for a one-stage run without hard negatives; a key set to null
-    (or an empty section) counts as absent. None when the job has neither file.
-    """
-    source: Any = None
-    identity = job / "run_folder.json"
-    if identity.is_file():
-        try:
-            source = json.loads(identity.read_text(encoding="utf-8")).get("config")
-        except (OSError, ValueError, AttributeError):
-            source = None
-    if not isinstance(source, dict) or not source:
-        source = config
+def comparable_config(source: dict[str, Any] | None, record: RunRecord) -> dict[str, Any] | None:
+    """Dotted key -> value of ``source`` (the run folder's config) canonicalised, as two runs of one cell and seed
+    are compared: less the keys that cannot change this run's numbers, nulls, and ``paths.*`` folders relative."""
     if not source:
         return None
-    flat = flatten_config(canonical_config(source))
-    roots = sorted(
-        (
-            (key, value.rstrip("/"))
-            for key, value in flat.items()
-            if key.startswith("paths.") and isinstance(value, str)
-        ),
-        key=lambda item: -len(item[1]),
-    )
-    ignored = list(REPORT_IGNORED)
+    flat = config_identity.flatten_config(config_identity.canonical_config(source))
+    roots = [
+        (key, value.rstrip("/")) for key, value in flat.items() if key.startswith("paths.") and isinstance(value, str)
+    ]
+    roots.sort(key=lambda item: -len(item[1]))
+    ignored = list(config_identity.REPORT_IGNORED)
     if not record.trained:
-        ignored += UNTRAINED_IGNORED
+        ignored += config_identity.UNTRAINED_IGNORED
     elif not record.used_hard_negatives() and record.proportion_stages() is None:
-        ignored += UNMINED_IGNORED
+        ignored += config_identity.UNMINED_IGNORED
     compared: dict[str, Any] = {}
     for key, value in flat.items():
         if value is None or value == {} or any(key == prefix or key.startswith(prefix + ".") for prefix in ignored):
@@ -169,46 +101,19 @@ def comparable_config(job: Path, record: RunRecord, config: dict[str, Any]) -> d
     return compared
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+def _read_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _run_folder(job: Path) -> dict[str, Any]:
+    """The job's ``run_folder.json`` (config and its hash); empty when it has none or it cannot be read."""
+    path = job / "run_folder.json"
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError) as error:
+        log.warning("%s: unreadable (%s); duplicates of this job are found by cell and seed only", path, error)
         return {}
-    loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     return loaded if isinstance(loaded, dict) else {}
-
-
-def _lookup(tree: dict[str, Any], dotted: str) -> Any:
-    node: Any = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def run_variant(record: RunRecord, config: dict[str, Any]) -> tuple[bool | None, bool]:
-    """(masked in-batch false negatives?, denoised hard negatives?) of one run.
-
-    As the record says, else as the run's resolved ``config.yaml`` says. A trained run that records no masking
-    predates the option, whose absence meant no masking; a run that trained nothing has mask None.
-    """
-    mask = None
-    if record.trained:
-        recorded = record.recorded_mask()
-        configured = _lookup(config, "loss.mask_false_negatives")
-        mask = recorded if recorded is not None else (bool(configured) if configured is not None else False)
-    denoised = record.recorded_denoised()
-    if denoised is None:
-        hard = record.trained and int(record.train.get("num_hard") or 0) > 0  # type: ignore[union-attr]
-        denoised = hard and bool(_lookup(config, "negatives.denoise.enabled"))
-    return mask, denoised
-
-
-def _job_overrides(job: Path) -> list[str] | None:
-    path = job / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return None
-    loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return [str(item) for item in loaded] if isinstance(loaded, list) else []
 
 
 def expected_jobs(sweep_dir: Path) -> list[list[str]] | None:
@@ -231,154 +136,102 @@ def expected_jobs(sweep_dir: Path) -> list[list[str]] | None:
         overrides = OverridesParser.create().parse_overrides(arguments)
         return [list(job) for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
     except Exception as error:  # an exotic sweep (e.g. a glob over config groups): say so, judge by folders
-        log.warning(
-            "%s: cannot expand the sweep (%s: %s); jobs without a folder go unnoticed",
-            path,
-            type(error).__name__,
-            error,
-        )
+        log.warning("%s: cannot expand the sweep (%r); jobs without a folder go unnoticed", path, error)
         return None
-
-
-def job_dirname_exclusions(sweep_dir: Path) -> list[str]:
-    """The override keys left out of the sweep's job folder names (``hydra.job.config.override_dirname``)."""
-    path = sweep_dir / "multirun.yaml"
-    if not path.is_file():
-        return []
-    from omegaconf import OmegaConf
-
-    keys = OmegaConf.select(OmegaConf.load(path), "hydra.job.config.override_dirname.exclude_keys", default=None)
-    return [str(key) for key in keys] if keys is not None else []
 
 
 def job_outcome(job: Path) -> str:
     """``completed``, ``failed`` or ``missing``: the newest of metrics.json / failed.json decides (ties: failed)."""
-    records = {name: job / f"{name}.json" for name in ("metrics", "failed")}
-    times = {name: path.stat().st_mtime_ns for name, path in records.items() if path.is_file()}
+    paths = {name: job / f"{name}.json" for name in ("metrics", "failed")}
+    times = {name: path.stat().st_mtime_ns for name, path in paths.items() if path.is_file()}
     if not times:
         return "missing"
-    if "failed" in times and times["failed"] >= times.get("metrics", -1):
-        return "failed"
-    return "completed"
+    return "failed" if times.get("failed", -1) >= times.get("metrics", -1) else "completed"
 
 
 def collect(sweep_dirs: Path | str | list[Path] | list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(completed runs, problems) of one sweep folder or several analysed as one.
-
-    ``problems`` lists, one row each, jobs that failed, are missing, are invalid (metrics.json disagrees with the
-    job's own overrides or config, a per-query file is bad or disagrees with its metrics.json: the error names the
-    file, or the job ran the cell and seed of a run kept earlier from another config), duplicates (the same config
-    and numbers as a run kept earlier) and conflicts (folders of one config with different numbers, none counted;
-    see :func:`mdr.reporting.integrity.drop_duplicates`). Only completed, valid, first-seen runs without a conflict
-    are in the results.
-    """
+    """(completed runs, problems) of one sweep folder or several as one (jobs named ``<sweep folder>/<job>``):
+    a problem row per job failed, missing, invalid, a duplicate or in a conflict, the other runs in the results."""
     dirs = [Path(d) for d in sweep_dirs] if isinstance(sweep_dirs, list) else [Path(sweep_dirs)]
-    qualify = len(dirs) > 1  # several sweep folders: a job is named <sweep folder>/<job folder>
     rows: list[dict[str, Any]] = []
     problems: list[dict[str, Any]] = []
     for sweep_dir in dirs:
-        found, trouble = _collect_one(sweep_dir, f"{sweep_dir.name}/" if qualify else "")
-        rows += found
-        problems += trouble
+        _collect_one(sweep_dir, f"{sweep_dir.name}/" if len(dirs) > 1 else "", rows, problems)
     rows, invalid = check_per_query(rows)
-    rows = split_cells(rows)
-    rows, duplicates = drop_duplicates(rows)
-    problems += invalid + duplicates
+    rows, duplicates = drop_duplicates(split_cells(rows))
     rows = [{key: value for key, value in row.items() if not key.startswith("_")} for row in rows]
-    return pd.DataFrame(rows), pd.DataFrame(problems, columns=PROBLEM_COLUMNS)
+    return pd.DataFrame(rows), pd.DataFrame(problems + invalid + duplicates, columns=PROBLEM_COLUMNS)
 
 
-def _collect_one(sweep_dir: Path, prefix: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(rows of completed jobs, failed / missing / invalid jobs) of one sweep folder."""
-    rows: list[dict[str, Any]] = []
-    problems: list[dict[str, Any]] = []
+def _collect_one(sweep_dir: Path, prefix: str, rows: list[dict[str, Any]], problems: list[dict[str, Any]]) -> None:
+    """Add the completed jobs of one sweep folder to ``rows``, its failed, missing and invalid jobs to ``problems``."""
     seen: set[tuple[str, ...]] = set()
     folders: set[str] = set()
     for job in sorted(p.parent for p in sweep_dir.glob("*/.hydra")):
         name = prefix + job.name
         folders.add(job.name)
-        overrides = _job_overrides(job)
-        if overrides is not None:
+        overrides = _read_yaml(job / ".hydra" / "overrides.yaml")
+        overrides = [str(item) for item in overrides] if isinstance(overrides, list) else []
+        if (job / ".hydra" / "overrides.yaml").is_file():
             seen.add(tuple(sorted(overrides)))
-        cell = " ".join(overrides or [])
+        cell = " ".join(overrides)
         outcome = job_outcome(job)
-        if outcome == "missing":
-            problems.append({"job": name, "status": "missing", "error": "", "overrides": cell})
-            continue
-        if outcome == "failed":
-            error = _failure_message(job / "failed.json")
-            if (job / "metrics.json").is_file():
+        if outcome != "completed":
+            error = "" if outcome == "missing" else _failure_message(job / "failed.json")
+            if outcome == "failed" and (job / "metrics.json").is_file():
                 error += " (an older metrics.json in this folder was ignored)"
-            problems.append({"job": name, "status": "failed", "error": error, "overrides": cell})
+            problems.append(problem(name, outcome, error, cell))
             continue
         if (job / "failed.json").is_file():
             log.info("%s: failed.json is older than metrics.json; the job counts as completed", job)
         try:
             record = read_record(job / "metrics.json")
             config = _read_yaml(job / "config.yaml")
-            mismatches = metrics_mismatches(record, overrides or [], config)
+            config = config if isinstance(config, dict) else {}
+            mismatches = metrics_mismatches(record, overrides, config)
             if mismatches:
-                problems.append(
-                    {
-                        "job": name,
-                        "status": "invalid",
-                        "error": f"{job / 'metrics.json'} does not match the job's own settings ("
-                        + "; ".join(mismatches)
-                        + "): not counted",
-                        "overrides": cell,
-                    }
-                )
+                error = f"{job / 'metrics.json'} does not match the job's own settings ({'; '.join(mismatches)})"
+                problems.append(problem(name, "invalid", error + ": not counted", cell))
                 continue
             mask, denoised = run_variant(record, config)
-            stages = record.proportion_stages()
-            miner = run_miner(record, config)
-            compared = comparable_config(job, record, config)
-            found = []
-            for evaluated in record.evaluated():  # a row per (job, evaluation language)
-                per_query = per_query_path(job, evaluated.per_query_file)
-                scores = evaluated.metrics
-                found.append(
-                    {
-                        **{key: getattr(record, key) for key in ("model", "stage", "hard_proportion", "seed")},
-                        "language": evaluated.language,
-                        "variant": variant_name(mask, denoised, stages, miner),
-                        **{name: scores[name] for name in scores if "@" in name},  # mrr@10 at depth 10
-                        "low_resource": low_resource(evaluated, config),
-                        "num_queries": evaluated.num_queries,
-                        "mask_false_negatives": mask,
-                        "denoised": denoised,
-                        "proportion_applies_to": stages,
-                        "miner": miner,
-                        "data": record.data or "n/a",
-                        "split": record.split,
-                        "depth": record.evaluation_depth(evaluated),
-                        "config_hash": _config_hash(job),
-                        "job": name,
-                        "per_query_file": str(per_query),
-                        "_config": compared,  # what drop_duplicates compares; not a results column
-                        "_metrics_file": str(job / "metrics.json"),  # named when the per-query file disagrees
-                    }
-                )
+            stages, miner, identity = record.proportion_stages(), run_miner(record, config), _run_folder(job)
+            source = identity.get("config") if isinstance(identity.get("config"), dict) else None
+            found = [
+                {
+                    **{key: getattr(record, key) for key in ("model", "stage", "hard_proportion", "seed")},
+                    "language": evaluated.language,
+                    "variant": variant_name(mask, denoised, stages, miner),
+                    **{key: value for key, value in evaluated.metrics.items() if "@" in key},  # mrr@10 at depth 10
+                    "low_resource": evaluated.low_resource,
+                    "num_queries": evaluated.num_queries,
+                    "mask_false_negatives": mask,
+                    "denoised": denoised,
+                    "proportion_applies_to": stages,
+                    "miner": miner,
+                    "data": record.data or "n/a",
+                    "split": record.split,
+                    "depth": record.evaluation_depth(evaluated),
+                    "config_hash": str(identity["config_hash"]) if identity.get("config_hash") else None,
+                    "job": name,
+                    "per_query_file": str(per_query_path(job, evaluated.per_query_file)),
+                    "_config": comparable_config(source or config, record),  # what drop_duplicates compares
+                    "_metrics_file": str(job / "metrics.json"),  # named when the per-query file disagrees
+                }
+                for evaluated in record.evaluated(config)
+            ]
             rows += found
         except (OSError, ValueError, KeyError, TypeError) as error:
-            problems.append(
-                {"job": name, "status": "failed", "error": f"unreadable result: {error}", "overrides": cell}
-            )
-    exclude = job_dirname_exclusions(sweep_dir)
-    for overrides in expected_jobs(sweep_dir) or []:
-        # a job is there when a folder has its overrides, or its folder name: a rerun may spell a value otherwise
-        # (0 / 0.0) or add a key left out of folder names (run.*, trainer), and a finished folder keeps the first
-        # command's .hydra files
+            problems.append(problem(name, "failed", f"unreadable result: {error}", cell))
+    jobs = expected_jobs(sweep_dir) or []
+    if jobs:  # the override keys left out of job folder names
+        from omegaconf import OmegaConf
+
+        plan = OmegaConf.load(sweep_dir / "multirun.yaml")
+        exclude = [str(key) for key in OmegaConf.select(plan, "hydra.job.config.override_dirname.exclude_keys") or []]
+    for overrides in jobs:
+        # there when a folder has its overrides or its folder name (a rerun may spell a value otherwise, 0 / 0.0)
         if tuple(sorted(overrides)) not in seen and job_dirname(overrides, exclude) not in folders:
-            problems.append(
-                {
-                    "job": prefix,
-                    "status": "missing",
-                    "error": "no job folder (never started)",
-                    "overrides": " ".join(overrides),
-                }
-            )
-    return rows, problems
+            problems.append(problem(prefix, "missing", "no job folder (never started)", " ".join(overrides)))
 
 
 def per_query_path(job: Path, named: str) -> Path:
@@ -386,9 +239,8 @@ def per_query_path(job: Path, named: str) -> Path:
     path = job / named
     if path.is_file():
         return path
-    packed = path.with_name(path.name + ".gz")
-    if packed.is_file():
-        return packed
+    if path.with_name(path.name + ".gz").is_file():
+        return path.with_name(path.name + ".gz")
     raise FileNotFoundError(f"{path} (named by metrics.json) does not exist")
 
 
@@ -396,40 +248,24 @@ def cell_means(rows: pd.DataFrame, depth: int) -> pd.DataFrame:
     """Mean, std and n over seeds of every measure of ``rows`` (one evaluation depth), per cell."""
     cut = min(int(depth), 100)
     measures = [name for name in (f"mrr@{cut}", f"recall@{cut}", "ndcg@10") if name in rows]
-    cells = [*GROUP, "hard_proportion"]
-    grouped = rows.groupby(cells, sort=False, dropna=False)[measures]
+    grouped = rows.groupby([*GROUP, "hard_proportion"], sort=False, dropna=False)[measures]
     table = grouped.agg(["mean", "std"])
     table.columns = [f"{stat}_{name}" for name, stat in table.columns]
     table["n"] = grouped.size()
     return table.reset_index().assign(depth=int(depth))
 
 
-def _config_hash(job: Path) -> str | None:
-    """The run folder's config hash (``run_folder.json``, :mod:`mdr.run_folder`), None without a readable one."""
-    path = job / "run_folder.json"
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8")).get("config_hash")
-    except (OSError, ValueError) as error:
-        log.warning("%s: unreadable (%s); duplicates of this job are found by cell and seed only", path, error)
-        return None
-    return str(value) if value else None
-
-
-_OVERRIDE_FIELDS = {  # override key -> metrics.json field it sets (config groups: compared through config.yaml)
-    "negatives.hard_proportion": "hard_proportion",
-    "seed": "seed",
-    "evaluation.depth": "depth",
-}
-_CONFIG_FIELDS = {  # resolved config key (config.yaml) -> metrics.json field
+CHECKED = {  # config.yaml key -> the metrics.json field it must agree with
     "negatives.hard_proportion": "hard_proportion",
     "seed": "seed",
     "model.name": "model",
     "stage.name": "stage",
     "data.name": "data",
     "evaluation.depth": "depth",
+    "language.code": "language",
 }
+OVERRIDDEN = ("negatives.hard_proportion", "seed", "evaluation.depth")
+"""Override keys compared with metrics.json (config groups are compared through config.yaml)."""
 
 
 def _same(expected: Any, recorded: Any) -> bool:
@@ -439,37 +275,32 @@ def _same(expected: Any, recorded: Any) -> bool:
         return str(expected) == str(recorded)
 
 
-def metrics_mismatches(record: RunRecord, overrides: list[str], config: dict[str, Any]) -> list[str]:
-    """Where metrics.json contradicts the job's own overrides (``.hydra/overrides.yaml``) or resolved
-    ``config.yaml``, e.g. a metrics.json copied from another cell's folder; empty when they agree.
+def _parsed(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text else text
+    except yaml.YAMLError:
+        return text
 
-    Only the fields that define a cell are compared: p, seed and depth with the overrides; these and model,
-    stage, data and (for a single-language evaluation) language with config.yaml. A field that metrics.json or
-    config.yaml does not record is not compared, except the depth: none recorded means 100.
-    """
-    recorded = {field: getattr(record, field) for field in set(_CONFIG_FIELDS.values())}
-    recorded["depth"] = record.evaluation_depth()  # not recorded: 100, so a run at another depth is caught
-    if not record.per_language:
-        recorded["language"] = record.language
+
+def metrics_mismatches(record: RunRecord, overrides: list[str], config: dict[str, Any]) -> list[str]:
+    """Where metrics.json contradicts the job's overrides or resolved config.yaml (e.g. copied from another cell's
+    folder): the :data:`CHECKED` fields, language only for one evaluated language, p only where negatives were
+    drawn; a field either side does not record is not compared, except the depth (none recorded: 100)."""
+    recorded = {field: getattr(record, field) for field in CHECKED.values()}
+    recorded["depth"] = record.evaluation_depth()
+    if record.per_language:
+        recorded["language"] = None
     if record.num_negatives == 0 or not record.trained:
-        recorded["hard_proportion"] = None  # no negatives drawn or nothing trained: p may be recorded as what ran
+        recorded["hard_proportion"] = None
     found: list[str] = []
     for item in overrides:
         key, separator, text = item.lstrip("+~").partition("=")
-        field = _OVERRIDE_FIELDS.get(key)
-        if not separator or field is None or recorded.get(field) is None:
-            continue
-        try:
-            value = yaml.safe_load(text) if text else text
-        except yaml.YAMLError:
-            value = text
-        if not _same(value, recorded[field]):
+        field = CHECKED[key] if key in OVERRIDDEN else None
+        if separator and field and recorded[field] is not None and not _same(_parsed(text), recorded[field]):
             found.append(f"override {key}={text} but metrics.json {field}={recorded[field]!r}")
-    for key, field in [*_CONFIG_FIELDS.items(), ("language.code", "language")]:
-        value = _lookup(config, key)
-        if value is None or recorded.get(field) is None:
-            continue
-        if not _same(value, recorded[field]):
+    for key, field in CHECKED.items():
+        value = lookup(config, key)
+        if value is not None and recorded[field] is not None and not _same(value, recorded[field]):
             found.append(f"config.yaml {key}={value!r} but metrics.json {field}={recorded[field]!r}")
     return found
 

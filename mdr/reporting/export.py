@@ -1,19 +1,8 @@
-"""Copy a sweep's light files (what its report and a rerun need; no weights, checkpoints or run files) elsewhere,
-e.g. into docs/results/<name> to commit them.
+"""Copy a sweep's light files (metrics.json or failed.json, gzipped per-query files, configs, run_folder.json,
+multirun.yaml; no weights or run files) elsewhere, e.g. into docs/results/<name> to commit them. The copy reads
+like the sweep in aggregate, and copied back as the sweep folder its finished jobs are not rerun.
 
     python -m mdr.reporting.export outputs/hardneg_sweep/multiruns/<time> docs/results/<name>
-
-Per job folder: ``metrics.json``, ``per_query/*.tsv`` (gzipped: ``*.tsv.gz``), ``.hydra/config.yaml``,
-``.hydra/overrides.yaml``, ``run_folder.json`` and ``config.yaml``; a failed job's ``failed.json`` instead of
-``metrics.json``; and the sweep's ``multirun.yaml``. Not copied: ``encoder/``, ``checkpoints/``, ``runs/*.trec``,
-embeddings, logs, W&B folders and the report files (aggregate writes them again).
-
-The copy is itself a sweep folder: :mod:`mdr.reporting.aggregate` gives the same tables from it (it reads
-``.tsv`` or ``.tsv.gz``), and copied back to where a sweep writes (``hydra.sweep.dir``), the run folder check
-(:func:`mdr.run_folder.claim`: same config in ``run_folder.json``, a ``metrics.json`` and no newer
-``failed.json``) finds those jobs finished, so rerunning the sweep command recomputes only the rest. A job that
-completed is exported without any ``failed.json`` of an earlier attempt, since git does not keep the file times
-that tell the two apart.
 """
 
 from __future__ import annotations
@@ -54,10 +43,7 @@ def gzip_bytes(data: bytes) -> bytes:
 
 
 def export(sweep_dir: str | Path, dest: str | Path) -> Exported:
-    """Copy the light files of ``sweep_dir``'s jobs into ``dest`` (see the module docstring).
-
-    A job folder with neither metrics.json nor failed.json (killed, still running) is skipped and counted.
-    """
+    """Copy the light files of ``sweep_dir``'s jobs into ``dest``; a job folder without an outcome is skipped."""
     root = resolve_sweep_dir(sweep_dir)
     target = Path(dest)
     if target.resolve() == root.resolve():
@@ -90,16 +76,7 @@ def export(sweep_dir: str | Path, dest: str | Path) -> Exported:
         for table in sorted((job / "per_query").glob("*.tsv.gz")):
             put(out / "per_query" / table.name, table.read_bytes())
         done.completed.append(job.name)
-    log.info(
-        "%s -> %s: %d completed and %d failed job(s), %d file(s), %.1f MB; %d job folder(s) without an outcome skipped",
-        root,
-        target,
-        len(done.completed),
-        len(done.failed),
-        done.files,
-        done.bytes / 1e6,
-        len(done.skipped),
-    )
+    log.info("%s -> %s: %d file(s), %.1f MB, %d skipped", root, target, done.files, done.bytes / 1e6, len(done.skipped))
     return done
 
 
@@ -110,11 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dest")
     args = parser.parse_args(argv)
     done = export(args.sweep_dir, args.dest)
-    print(
-        f"{args.dest}: {len(done.completed)} completed and {len(done.failed)} failed job(s), {done.files} file(s), "
-        f"{done.bytes / 1e6:.1f} MB"
-        + (f"; skipped (no outcome yet): {', '.join(done.skipped)}" if done.skipped else "")
-    )
+    skipped = f"; skipped (no outcome yet): {', '.join(done.skipped)}" if done.skipped else ""
+    jobs = f"{len(done.completed)} completed and {len(done.failed)} failed job(s)"
+    print(f"{args.dest}: {jobs}, {done.files} file(s), {done.bytes / 1e6:.1f} MB{skipped}")
     return 0
 
 

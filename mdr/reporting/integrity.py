@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from mdr.utils.config_identity import label_of, shown_by
@@ -15,6 +17,9 @@ log = logging.getLogger(__name__)
 
 METRIC = "mrr@100"
 """The measure a report's tables and contrasts are of (at depth 100)."""
+MEAN_TOLERANCE = 1e-6
+"""How far a per-query file's mean may lie from its metrics.json value, and two copies of one run may differ, and
+still agree: per-query files hold 6 decimals, so an honest mean is off by at most 5e-7."""
 
 
 def metric_at(depth: int) -> str:
@@ -22,17 +27,12 @@ def metric_at(depth: int) -> str:
     return f"mrr@{min(int(depth), 100)}"
 
 
-def _read_per_query(path: str) -> pd.DataFrame:
-    return pd.read_csv(path, sep="\t", dtype={"query_id": str})
-
-
-MEAN_TOLERANCE = 1e-6
-"""How far a per-query file's mean of a measure may lie from its metrics.json value, and two copies of one run
-may differ, and still agree: per-query files hold 6 decimals, so an honest mean is off by at most 5e-7."""
+def problem(job: str, status: str, error: str, overrides: str = "") -> dict[str, str]:
+    """A row of the problems frame."""
+    return {"job": job, "status": status, "error": error, "overrides": overrides}
 
 
 def _measures(row: dict[str, Any]) -> dict[str, Any]:
-    """The measures (``mrr@100``, ``ndcg@10``, ...) of a row, as metrics.json reports them."""
     return {key: value for key, value in row.items() if "@" in key}
 
 
@@ -43,87 +43,61 @@ def _agree(first: Any, second: Any) -> bool:
         return False
 
 
-def mean_disagreements(table: pd.DataFrame, row: dict[str, Any]) -> list[str]:
-    """``<measure>: file mean <m>, metrics.json <v>`` for each measure both record whose per-query mean is more
-    than :data:`MEAN_TOLERANCE` from the value metrics.json reports; empty when they agree."""
-    found = []
-    for name, reported in _measures(row).items():
-        if name not in table.columns:
-            continue
-        mean = pd.to_numeric(table[name], errors="coerce").mean()
-        if not _agree(mean, reported):
-            found.append(f"{name}: file mean {mean:.7f}, metrics.json {reported!r}")
-    return found
+def _query_ids(row: dict[str, Any]) -> frozenset[str] | str:
+    """The query ids of a sound per-query file, else what is wrong with it."""
+    try:
+        table = pd.read_csv(row["per_query_file"], sep="\t", dtype={"query_id": str})
+    except (OSError, ValueError) as error:
+        return f"unreadable ({type(error).__name__}: {error})"
+    metric = metric_at(row["depth"])
+    missing = [column for column in ("query_id", metric) if column not in table.columns]
+    if missing:
+        return f"lacks column(s) {missing} (has {list(table.columns)})"
+    repeated = table.query_id[table.query_id.duplicated()].unique()
+    if len(repeated):
+        return f"{len(repeated)} query id(s) appear more than once, e.g. {list(repeated[:3])}"
+    empty = table[metric].isna() | table.query_id.isna()
+    if empty.any():
+        return f"{int(empty.sum())} row(s) without a query id or {metric} score"
+    if row.get("num_queries") is not None and len(table) != int(row["num_queries"]):
+        return f"{len(table)} queries, but metrics.json reports num_queries={row['num_queries']}"
+    means = {name: pd.to_numeric(table[name], errors="coerce").mean() for name in _measures(row) if name in table}
+    disagreements = [
+        f"{name}: file mean {mean:.7f}, metrics.json {row[name]!r}"
+        for name, mean in means.items()
+        if not _agree(mean, row[name])
+    ]
+    if disagreements:
+        return f"its means disagree with {row.get('_metrics_file', 'metrics.json')} ({'; '.join(disagreements)})"
+    return frozenset(table.query_id)
 
 
 def check_per_query(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(rows whose per-query file is sound, an ``invalid`` problem per other row, naming its file).
-
-    A file is sound when it reads as a table with ``query_id`` and every metric column, holds each query once
-    and no missing score, has the ``num_queries`` rows its metrics.json reports, the mean of each measure within
-    :data:`MEAN_TOLERANCE` of the value metrics.json reports (:func:`mean_disagreements`), and scores the same
-    queries as the other runs evaluated on that (data, language, split): the query set most of them share. A run
-    with a bad file would otherwise enter the analysis with NaN scores, a different query set, or per-query scores
-    (the deltas) that contradict its metrics.json (the cell means).
-    """
+    """(rows whose per-query file is sound, an ``invalid`` problem per other row): sound as :func:`_query_ids` says,
+    with the query set most runs of its (data, language, split) share (ties: the first seen)."""
     invalid: list[dict[str, Any]] = []
     query_sets: dict[int, frozenset[str]] = {}
-    refused: set[int] = set()
-
-    def refuse(index: int, reason: str) -> None:
-        row = rows[index]
-        refused.add(index)
-        error = f"{row['per_query_file']}: {reason}: not counted"
-        invalid.append({"job": row["job"], "status": "invalid", "error": error, "overrides": ""})
-
+    groups: dict[tuple[Any, ...], list[int]] = {}
     for index, row in enumerate(rows):
-        path = row["per_query_file"]
-        try:
-            table = _read_per_query(path)
-        except (OSError, ValueError) as error:
-            refuse(index, f"unreadable ({type(error).__name__}: {error})")
+        found = _query_ids(row)
+        if isinstance(found, str):
+            invalid.append(problem(row["job"], "invalid", f"{row['per_query_file']}: {found}: not counted"))
             continue
-        missing = [column for column in ("query_id", metric_at(row["depth"])) if column not in table.columns]
-        if missing:
-            refuse(index, f"lacks column(s) {missing} (has {list(table.columns)})")
-            continue
-        repeated = table.query_id[table.query_id.duplicated()].unique()
-        if len(repeated):
-            refuse(index, f"{len(repeated)} query id(s) appear more than once, e.g. {list(repeated[:3])}")
-            continue
-        empty = table[metric_at(row["depth"])].isna() | table.query_id.isna()
-        if empty.any():
-            refuse(index, f"{int(empty.sum())} row(s) without a query id or {metric_at(row['depth'])} score")
-            continue
-        if row.get("num_queries") is not None and len(table) != int(row["num_queries"]):
-            refuse(index, f"{len(table)} queries, but metrics.json reports num_queries={row['num_queries']}")
-            continue
-        disagreements = mean_disagreements(table, row)
-        if disagreements:
-            metrics_file = row.get("_metrics_file", "metrics.json")
-            refuse(index, f"its means disagree with {metrics_file} ({'; '.join(disagreements)})")
-            continue
-        query_sets[index] = frozenset(table.query_id)
-    groups: dict[tuple[Any, Any], list[int]] = {}
-    for index in query_sets:
-        row = rows[index]
+        query_sets[index] = found
         groups.setdefault((row["data"], row["language"], row.get("split")), []).append(index)
     for members in groups.values():
-        counts: dict[frozenset[str], int] = {}
+        counts = Counter(query_sets[index] for index in members)
+        reference = max(counts, key=counts.__getitem__)
         for index in members:
-            counts[query_sets[index]] = counts.get(query_sets[index], 0) + 1
-        reference = max(counts, key=lambda s: counts[s])  # ties: the first seen
-        for index in members:
-            queries = query_sets[index]
+            queries, row = query_sets[index], rows[index]
             if queries != reference:
-                refuse(
-                    index,
-                    f"its query set differs from the other runs of {rows[index]['language']} "
-                    f"({len(reference - queries)} of their {len(reference)} queries missing, "
-                    f"{len(queries - reference)} not theirs)",
+                del query_sets[index]
+                reason = (
+                    f"its query set differs from the other runs of {row['language']} ({len(reference - queries)} of "
+                    f"their {len(reference)} queries missing, {len(queries - reference)} not theirs)"
                 )
-    sound = [row for index, row in enumerate(rows) if index in query_sets and index not in refused]
-    return sound, invalid
+                invalid.append(problem(row["job"], "invalid", f"{row['per_query_file']}: {reason}: not counted"))
+    return [row for index, row in enumerate(rows) if index in query_sets], invalid
 
 
 def _cell_key(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -134,8 +108,8 @@ def _cell_key(row: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def splitting_keys(rows: list[dict[str, Any]]) -> list[str]:
-    """The result-relevant config keys no cell column shows whose value varies among the runs of one cell
-    (:func:`comparable_config`; seeds apart), e.g. ``negatives.num_negatives`` in a sweep over k."""
+    """The config keys no cell column shows whose value varies among the runs of one cell (seeds apart), e.g.
+    ``negatives.num_negatives`` in a sweep over k."""
     configs: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for row in rows:
         if row.get("_config") is not None:
@@ -149,27 +123,22 @@ def splitting_keys(rows: list[dict[str, Any]]) -> list[str]:
     return sorted(varying)
 
 
-def _shown_value(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
 def split_cells(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``rows`` with every :func:`splitting_keys` key its config holds added to its variant (``,k=8``,
-    ``,lr=2e-05``): a sweep over such a key gets one report cell per value."""
+    """``rows`` with each :func:`splitting_keys` key its config holds added to its variant (``,k=8``)."""
     keys = splitting_keys(rows)
     if keys:
         log.info("report cells split by %s (varying within a cell)", ", ".join(keys))
     result = []
     for row in rows:
         config = row.get("_config") or {}
-        parts = [f"{label_of(key)}={_shown_value(config[key])}" for key in keys if config.get(key) is not None]
+        values = [(label_of(key), config[key]) for key in keys if config.get(key) is not None]
+        parts = [f"{label}={value:g}" if isinstance(value, float) else f"{label}={value}" for label, value in values]
         result.append({**row, "variant": ",".join([row["variant"], *parts])} if parts else row)
     return result
 
 
 def _differences(earlier: dict[str, Any], later: dict[str, Any]) -> list[str]:
-    """``key=<earlier> (<earlier job>) vs <later>`` for every compared key whose value differs between two rows'
-    configs (:func:`comparable_config`); empty when they agree or either config is unknown."""
+    """``key=<earlier> (<earlier job>) vs <later>`` per key two rows' configs differ in (none if one is unknown)."""
     first, second = earlier.get("_config"), later.get("_config")
     if first is None or second is None:
         return []
@@ -182,16 +151,13 @@ def _differences(earlier: dict[str, Any], later: dict[str, Any]) -> list[str]:
 
 
 def number_differences(first: dict[str, Any], second: dict[str, Any]) -> list[str]:
-    """The measures (and ``num_queries``) two rows both report that differ (by more than :data:`MEAN_TOLERANCE`);
-    empty when their numbers are the same."""
+    """The measures (and ``num_queries``) two rows both report that differ by more than :data:`MEAN_TOLERANCE`."""
     found = [
         name
         for name, value in _measures(first).items()
         if name in second and not (pd.isna(value) and pd.isna(second[name])) and not _agree(value, second[name])
     ]
-    if first.get("num_queries") != second.get("num_queries"):
-        found.append("num_queries")
-    return found
+    return found + ["num_queries"] if first.get("num_queries") != second.get("num_queries") else found
 
 
 def _conflict(members: list[dict[str, Any]], reasons: list[str]) -> str:
@@ -210,25 +176,38 @@ def _conflict(members: list[dict[str, Any]], reasons: list[str]) -> str:
     )
 
 
-def drop_duplicates(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(rows counted once, a problem per row left out: ``duplicate``, ``conflict`` or ``invalid``).
+REASONS = {  # how a copy was found: (the duplicate's reason, the conflict's)
+    "hash": ("the same config (run_folder.json config hash)", "same run_folder.json config hash"),
+    "unknown": (
+        "the same cell and seed (a config.yaml to compare is missing)",
+        "same cell and seed, a config.yaml to compare missing",
+    ),
+    "cell": (
+        "the same cell and seed from a config that differs in no key that changes results",
+        "same cell and seed, configs that differ in no key that changes results",
+    ),
+}
 
-    A row is a copy of a row kept before it (sweep folders in the order given, job folders by name) when both jobs
-    have the same config hash (``run_folder.json``: one config run twice, e.g. ``p=0`` and ``p=0.0``, or a folder
-    copied under another name) or the same cell and seed (model, stage, language, variant, p, depth, data, split,
-    seed) from configs that agree on every key that can change the row's numbers (:func:`comparable_config`:
-    e.g. another ``paths.data_dir``, or no ``run_folder.json``). Copies with the same numbers (every measure both
-    report within :data:`MEAN_TOLERANCE`, the same ``num_queries``) are duplicates: the first is kept, the
-    problem row names it and both MRR@100 values. Copies whose numbers differ are a ``conflict``: which is right
-    cannot be told, so none of them is counted, and each one's problem row names every folder and the numbers
-    that differ. Keys that vary within a cell have split it beforehand
-    (:func:`split_cells`); the same cell and seed from a config that still differs (in a key a cell column shows,
-    e.g. the job's own language where another job evaluated it too) is ``invalid`` (not counted), its error naming
-    the keys and both values.
-    """
+
+def _invalid(row: dict[str, Any], earlier: dict[str, Any], differences: list[str]) -> dict[str, str]:
+    shown = "; ".join(differences[:6]) + (f"; ... and {len(differences) - 6} more" if len(differences) > 6 else "")
+    return problem(
+        row["job"],
+        "invalid",
+        f"{row['language']}: the same cell and seed as {earlier['job']} from a config that differs in "
+        f"{len(differences)} key(s) ({shown}): not counted. A key that varies within a cell splits it (its value "
+        "joins the variant) unless a cell column shows it, as here, so these runs cannot share a table: aggregate "
+        "each setting's sweep folders on their own (python -m mdr.reporting.aggregate DIR --out OUT)",
+    )
+
+
+def drop_duplicates(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(rows counted once, a problem per row left out). A row copying a row kept before it (the same config hash, or
+    the same cell and seed from configs that agree on every key that changes its numbers) is a ``duplicate`` with the
+    same numbers, else a ``conflict`` (none counted); the same cell and seed from another config is ``invalid``."""
     kept: list[dict[str, Any]] = []
-    invalid: dict[int, dict[str, Any]] = {}
-    copies: dict[int, list[tuple[dict[str, Any], str, str]]] = {}  # id(kept row) -> (later row, why, short why)
+    left_out: dict[int, dict[str, str]] = {}  # id(row) -> its invalid problem
+    copies: dict[int, list[tuple[dict[str, Any], str]]] = {}  # id(kept row) -> (later copy, how it was found)
     by_hash: dict[tuple[str, Any], dict[str, Any]] = {}
     by_cell: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in rows:
@@ -240,76 +219,31 @@ def drop_duplicates(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], l
             by_cell[cell] = row
             if row.get("config_hash"):
                 by_hash[(row["config_hash"], row["language"])] = row
-            continue
-        differences = [] if same_config is not None else _differences(earlier, row)
-        if differences:
-            shown = "; ".join(differences[:6]) + (
-                f"; ... and {len(differences) - 6} more" if len(differences) > 6 else ""
-            )
-            invalid[id(row)] = {
-                "job": row["job"],
-                "status": "invalid",
-                "error": f"{row['language']}: the same cell and seed as {earlier['job']} from a config that "
-                f"differs in {len(differences)} key(s) ({shown}): not counted. A key that varies within a cell "
-                "splits it (its value joins the variant) unless a cell column shows it, as here, so these runs "
-                "cannot share a table: aggregate each setting's sweep folders on their own "
-                "(python -m mdr.reporting.aggregate DIR --out OUT)",
-                "overrides": "",
-            }
-            continue
-        if same_config is not None:
-            reason, short = "the same config (run_folder.json config hash)", "same run_folder.json config hash"
-        elif earlier.get("_config") is None or row.get("_config") is None:
-            reason = "the same cell and seed (a config.yaml to compare is missing)"
-            short = "same cell and seed, a config.yaml to compare missing"
+        elif same_config is None and (differences := _differences(earlier, row)):
+            left_out[id(row)] = _invalid(row, earlier, differences)
         else:
-            reason = "the same cell and seed from a config that differs in no key that changes results"
-            short = "same cell and seed, configs that differ in no key that changes results"
-        copies.setdefault(id(earlier), []).append((row, reason, short))
-    head_of: dict[int, dict[str, Any]] = {}  # id(copy) -> the kept row it copies
+            unknown = earlier.get("_config") is None or row.get("_config") is None
+            how = "hash" if same_config is not None else "unknown" if unknown else "cell"
+            copies.setdefault(id(earlier), []).append((row, how))
+    head_of = {id(row): (first, how) for first in kept for row, how in copies.get(id(first), [])}
     conflicts: dict[int, str] = {}  # id(kept row) -> the error of its conflict
     for first in kept:
         group = copies.get(id(first), [])
-        head_of.update({id(row): first for row, _, _ in group})
-        if any(number_differences(first, row) for row, _, _ in group):
-            conflicts[id(first)] = _conflict([first, *(row for row, _, _ in group)], [short for *_, short in group])
+        if any(number_differences(first, row) for row, _ in group):
+            conflicts[id(first)] = _conflict([first, *(row for row, _ in group)], [REASONS[how][1] for _, how in group])
     problems: list[dict[str, Any]] = []
     for row in rows:  # in the order read
-        head = head_of.get(id(row), row)
-        if id(row) in invalid:
-            problems.append(invalid[id(row)])
+        head, how = head_of.get(id(row), (row, ""))
+        if id(row) in left_out:
+            problems.append(left_out[id(row)])
         elif id(head) in conflicts:
-            problems.append({"job": row["job"], "status": "conflict", "error": conflicts[id(head)], "overrides": ""})
+            problems.append(problem(row["job"], "conflict", conflicts[id(head)]))
         elif head is not row:
-            reason = next(why for copy, why, _ in copies[id(head)] if copy is row)
-            problems.append(
-                {
-                    "job": row["job"],
-                    "status": "duplicate",
-                    "error": f"{row['language']}: {reason} as {head['job']}: counted once, from {head['job']} "
-                    f"({METRIC} {head.get(METRIC, float('nan')):.4f} kept, {row.get(METRIC, float('nan')):.4f} "
-                    "left out)",
-                    "overrides": "",
-                }
+            values = f"{METRIC} {head.get(METRIC, np.nan):.4f} kept, {row.get(METRIC, np.nan):.4f} left out"
+            error = (
+                f"{row['language']}: {REASONS[how][0]} as {head['job']}: counted once, from {head['job']} ({values})"
             )
-    kept = [row for row in kept if id(row) not in conflicts]
-    counts = {status: sum(problem["status"] == status for problem in problems) for status in STATUSES_LEFT_OUT}
-    if counts["duplicate"]:
-        log.warning("%d duplicate run(s) counted once: see the duplicates list", counts["duplicate"])
-    if counts["conflict"]:
-        log.warning(
-            "%d run(s) in %d conflict(s) not counted: folders of one config with different numbers, see the "
-            "conflicts list",
-            counts["conflict"],
-            len(conflicts),
-        )
-    if counts["invalid"]:
-        log.warning(
-            "%d run(s) of a cell and seed kept from another config not counted: see the invalid runs",
-            counts["invalid"],
-        )
-    return kept, problems
-
-
-STATUSES_LEFT_OUT = ("duplicate", "conflict", "invalid")
-"""The problems :func:`drop_duplicates` reports."""
+            problems.append(problem(row["job"], "duplicate", error))
+    if problems:
+        log.warning("runs left out or counted once (see the report): %s", dict(Counter(p["status"] for p in problems)))
+    return [row for row in kept if id(row) not in conflicts], problems

@@ -3,29 +3,28 @@ against p = 0 as dose-response, map over languages and kinds of hard negatives).
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from mdr.reporting.collect import DEFAULT_VARIANT
-
-LANGUAGE_NAMES = {
-    "ar": "Arabic", "bn": "Bengali", "de": "German", "el": "Greek", "en": "English", "es": "Spanish", "fa": "Persian",
-    "fi": "Finnish", "fr": "French", "hi": "Hindi", "id": "Indonesian", "ja": "Japanese", "ko": "Korean",
-    "ru": "Russian", "sw": "Swahili", "te": "Telugu", "th": "Thai", "tr": "Turkish", "vi": "Vietnamese",
-    "yo": "Yoruba", "zh": "Chinese",
-}  # fmt: skip
-"""Plain names of the language codes of conf/language, for figure labels (an unknown code is shown as it is)."""
+from mdr.utils.run_record import LANGUAGES_DIR
 
 HIGHLIGHT = "#c0392b"
 """The colour of a language whose trend the tests call hurt or helped, or of a significant delta."""
+PROPORTION = "proportion p of mined hard negatives"
 
 
+@functools.cache
 def language_name(code: str) -> str:
-    """``Thai`` for ``th``; a code without a name stays as it is."""
-    return LANGUAGE_NAMES.get(str(code), str(code))
+    """``Thai`` for ``th`` (conf/language/th.yaml's name); a code without a config stays as it is."""
+    path = LANGUAGES_DIR / f"{code}.yaml"
+    return str(yaml.safe_load(path.read_text(encoding="utf-8"))["name"]).capitalize() if path.is_file() else str(code)
 
 
 def negatives_name(variant: str) -> str:
@@ -55,16 +54,9 @@ def negatives_name(variant: str) -> str:
 def plot(cells: pd.DataFrame, path: Path) -> Path | None:
     """MRR@100 vs hard-negative proportion, one line per (language, variant), 95% intervals of each mean; one panel
     per (model, stage) that trained (a zero-shot block has no p); None when none did."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    blocks = [
-        (key, block)
-        for key, block in cells.groupby(["model", "stage"], sort=False)
-        if block.hard_proportion.notna().any()
-    ]
+    plt = pyplot()
+    groups = cells.groupby(["model", "stage"], sort=False)
+    blocks = [(key, block) for key, block in groups if block.hard_proportion.notna().any()]
     if not blocks:
         return None
     figure, axes = plt.subplots(1, len(blocks), figsize=(7 * len(blocks), 4.2), squeeze=False, constrained_layout=True)
@@ -78,37 +70,45 @@ def plot(cells: pd.DataFrame, path: Path) -> Path | None:
             label = language_name(language)
             label += f": {negatives_name(variant)}" if several_variants and not variant.startswith("mask=n/a") else ""
             axis.errorbar(rows.hard_proportion + dodge, rows["mean"], yerr=errors, marker="o", capsize=3, label=label)
-        axis.set(title=f"{model} / {stage}", xlabel="proportion p of mined hard negatives", ylabel="MRR@100")
+        axis.set(title=f"{model} / {stage}", xlabel=PROPORTION, ylabel="MRR@100")
         axis.grid(alpha=0.3)
         axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
-    figure.supxlabel(
+    caption = (
         "mean over seeds; bars: 95% interval of each mean (t over seeds and queries, Satterthwaite df); "
-        "differences against p = 0 are paired by query and seed, hence tighter: answer.png, results.md",
-        fontsize="small",
-        wrap=True,
+        "differences against p = 0 are paired by query and seed, hence tighter: answer.png, results.md"
     )
-    return _save(figure, path)
+    figure.supxlabel(caption, fontsize="small", wrap=True)
+    return save_figure(figure, path, dpi=120, bbox_inches="tight")
 
 
-def _save(figure: object, path: Path) -> Path:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(figure: Any, path: Path, **options: Any) -> Path:
+    """Write ``figure`` to ``path`` atomically (``options``: ``savefig``'s) and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(tmp, dpi=120, bbox_inches="tight")  # type: ignore[attr-defined]
-    plt.close(figure)  # type: ignore[arg-type]
+    figure.savefig(tmp, **options)
+    pyplot().close(figure)
     tmp.replace(path)
     return path
 
 
-def _dose_panel(axis: object, block: pd.DataFrame, hurt_or_helped: set[str], margin: float | None) -> str:
+def _dose_panel(axis: Any, block: pd.DataFrame, hurt_or_helped: set[str], margin: float | None) -> str:
     """Δ against p = 0 over p per language (default negatives), marked languages in colour; returns caption text."""
     rows = block[block.variant == DEFAULT_VARIANT]
     counts = rows.groupby("language").hard_proportion.nunique()
     languages = [language for language in dict.fromkeys(rows.language) if counts[language] >= 2]
     if margin:
-        axis.axhspan(-margin, margin, color="0.92", label=f"±{margin:g} (equivalence margin)")  # type: ignore[attr-defined]
-    axis.axhline(0.0, color="0.4", linewidth=0.8)  # type: ignore[attr-defined]
+        axis.axhspan(-margin, margin, color="0.92", label=f"±{margin:g} (equivalence margin)")
+    axis.axhline(0.0, color="0.4", linewidth=0.8)
     seeds: dict[str, str] = {}
     grey = iter(["0.35", "0.55", "0.7", "0.45", "0.6", "0.8"])
     for index, language in enumerate(languages):
@@ -117,44 +117,33 @@ def _dose_panel(axis: object, block: pd.DataFrame, hurt_or_helped: set[str], mar
         errors = np.vstack([delta - points.ci_low, points.ci_high - delta]).clip(min=0)  # (2, levels)
         marked = language in hurt_or_helped
         x = np.concatenate([[0.0], points.hard_proportion.to_numpy() + 0.01 * (index - (len(languages) - 1) / 2)])
-        axis.errorbar(  # type: ignore[attr-defined]
-            x,
-            np.concatenate([[0.0], delta]),
-            yerr=np.hstack([np.zeros((2, 1)), errors]),
-            marker="o",
-            capsize=3,
-            color=HIGHLIGHT if marked else next(grey, "0.5"),
-            linewidth=2.2 if marked else 1.2,
-            zorder=3 if marked else 2,
-            label=language_name(language),
-        )
+        look = {"color": HIGHLIGHT, "linewidth": 2.2, "zorder": 3} if marked else {"color": next(grey, "0.5")}
+        look = {"linewidth": 1.2, "zorder": 2, **look}
+        y, yerr = np.concatenate([[0.0], delta]), np.hstack([np.zeros((2, 1)), errors])
+        axis.errorbar(x, y, yerr=yerr, marker="o", capsize=3, label=language_name(language), **look)
         seeds[language] = f"{language_name(language)} {int(points.seeds.min())}"
-    axis.set(  # type: ignore[attr-defined]
-        title="Dose-response: BM25 ranks 1-50",
-        xlabel="proportion p of mined hard negatives",
-        ylabel="Δ MRR@100 against p = 0",
-    )
-    axis.grid(alpha=0.3)  # type: ignore[attr-defined]
-    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)  # type: ignore[attr-defined]
+    axis.set(title="Dose-response: BM25 ranks 1-50", xlabel=PROPORTION, ylabel="Δ MRR@100 against p = 0")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
     return "dose-response seeds per point: " + ", ".join(seeds.values()) if seeds else ""
 
 
-def _bars(axis: object, labels: list[str], rows: pd.DataFrame, title: str, margin: float | None) -> None:
+def _bars(axis: Any, labels: list[str], rows: pd.DataFrame, title: str, margin: float | None) -> None:
     """Horizontal Δ with its 95% interval per row, significant ones (calibrated, interval off 0) in colour."""
     y = np.arange(len(rows))[::-1]
     delta = rows["delta_mrr@100"].to_numpy()
     errors = np.vstack([delta - rows.ci_low, rows.ci_high - delta]).clip(min=0)
     clear = rows.gives_verdict.astype(bool).to_numpy() & ((rows.ci_high < 0) | (rows.ci_low > 0)).to_numpy()
     if margin:
-        axis.axvspan(-margin, margin, color="0.92")  # type: ignore[attr-defined]
-    axis.axvline(0.0, color="0.4", linewidth=0.8)  # type: ignore[attr-defined]
+        axis.axvspan(-margin, margin, color="0.92")
+    axis.axvline(0.0, color="0.4", linewidth=0.8)
     for position, value, error, strong in zip(y, delta, errors.T, clear):
-        axis.errorbar(  # type: ignore[attr-defined]
+        axis.errorbar(
             [value], [position], xerr=error.reshape(2, 1), fmt="o", capsize=3, color=HIGHLIGHT if strong else "0.4"
         )
-    axis.set_yticks(y, labels, fontsize="small")  # type: ignore[attr-defined]
-    axis.set(title=title, xlabel="Δ MRR@100 against p = 0 (95% interval)")  # type: ignore[attr-defined]
-    axis.grid(alpha=0.3, axis="x")  # type: ignore[attr-defined]
+    axis.set_yticks(y, labels, fontsize="small")
+    axis.set(title=title, xlabel="Δ MRR@100 against p = 0 (95% interval)")
+    axis.grid(alpha=0.3, axis="x")
 
 
 def _seed_text(row: pd.Series) -> str:
@@ -162,23 +151,13 @@ def _seed_text(row: pd.Series) -> str:
 
 
 def plot_answer(tests: pd.DataFrame, trends: pd.DataFrame, path: Path, margin: float | None = None) -> Path | None:
-    """The figure a reader looks at first, one row of panels per (model, stage) with deltas: the dose-response
-    per language (languages whose trend is called hurt or helped in colour), the map (each language's delta at
-    its highest p, sorted) and the kinds of hard negatives (each at that p against p = 0); None without deltas.
-
-    Args:
-        tests: the analysis's deltas against p = 0 (:attr:`mdr.reporting.analysis.Analysis.tests`).
-        trends: the analysis's trends (their verdicts pick the languages drawn in colour).
-        path: the PNG to write.
-        margin: the equivalence margin, drawn as a band around 0 (None: no band).
-    """
+    """The figure a reader looks at first (answer.png), one row of panels per (model, stage) with deltas against
+    p = 0 (``tests``): the dose-response per language (in colour where ``trends`` call it hurt or helped), the map
+    (each language's delta at its highest p) and the kinds of hard negatives; ``margin`` drawn as a band around 0.
+    None without deltas."""
     if tests.empty:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     blocks = list(tests.groupby(["model", "stage"], sort=False))
     rows_of_panels = []
     for (model, stage), block in blocks:
@@ -215,9 +194,8 @@ def plot_answer(tests: pd.DataFrame, trends: pd.DataFrame, path: Path, margin: f
                 ]
                 _bars(axis, labels, rows, "Every language, BM25 ranks 1-50", margin)
             else:
-                languages = list(dict.fromkeys(at_top[at_top.variant != DEFAULT_VARIANT].language)) or list(
-                    dict.fromkeys(at_top.language)
-                )
+                others = at_top[at_top.variant != DEFAULT_VARIANT]
+                languages = list(dict.fromkeys(others.language if not others.empty else at_top.language))
                 rows = at_top[at_top.language.isin(languages)].copy()
                 rows["_order"] = rows.language.map({language: i for i, language in enumerate(languages)})
                 rows = rows.sort_values(["_order", "delta_mrr@100"], ascending=[True, False])
@@ -234,4 +212,4 @@ def plot_answer(tests: pd.DataFrame, trends: pd.DataFrame, path: Path, margin: f
         "coloured: the tests call it (3+ paired seeds); grey band: equivalence margin"
     )
     figure.supxlabel("\n".join(filter(None, captions)), fontsize="small", wrap=True)
-    return _save(figure, path)
+    return save_figure(figure, path, dpi=120, bbox_inches="tight")

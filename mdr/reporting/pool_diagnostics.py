@@ -1,8 +1,5 @@
-"""Pool diagnostics as files: read the CSVs ``python -m mdr.pool_diagnostics`` writes, render Markdown, draw the plot.
-
-A sweep's report (:mod:`mdr.reporting.aggregate`) gains a "Pool diagnostics" section when its report folder holds
-``pool_diagnostics/pool_diagnostics.csv`` (:data:`SWEEP_CSV`).
-"""
+"""Pool diagnostics as files: read the CSVs ``python -m mdr.pool_diagnostics`` writes, render Markdown, draw the
+plot; a sweep report gains a "Pool diagnostics" section when its folder holds :data:`SWEEP_CSV`."""
 
 from __future__ import annotations
 
@@ -12,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mdr.reporting.plots import pyplot, save_figure
+from mdr.reporting.report import table
 from mdr.reporting.statistics import holm
 
 CSV_NAME = "pool_diagnostics.csv"
@@ -21,32 +20,13 @@ SUMMARY_NAME = "pool_diagnostics.md"
 SWEEP_CSV = Path("pool_diagnostics") / CSV_NAME
 """Where a sweep's report folder holds the diagnostics of its pools (``--out <report folder>/pool_diagnostics``)."""
 
-COLUMNS = (
-    "language",
-    "negatives",
-    "label",
-    "queries",
-    "seeds",
-    "num_negatives",
-    "hard_proportion",
-    "depth",
-    "pool_size_median",
-    "queries_empty_pool",
-    "sampled",
-    "in_pool_share",
-    "positive_rank_median",
-    "positive_rank1_share",
-    "positive_beyond_depth_share",
-    "located_share",
-    "same_paragraph_share",
-    "same_article_share",
-    "teacher",
-    "teacher_ratio_median",
-    "teacher_at_least_positive_share",
-    "teacher_above_denoise_share",
+COLUMNS = tuple(
+    "language negatives label queries seeds num_negatives hard_proportion depth pool_size_median queries_empty_pool "
+    "sampled in_pool_share positive_rank_median positive_rank1_share positive_beyond_depth_share located_share "
+    "same_paragraph_share same_article_share teacher teacher_ratio_median teacher_at_least_positive_share "
+    "teacher_above_denoise_share".split()
 )
 """The diagnostics CSV's columns, one row per (language, negatives option)."""
-
 OVERLAP_COLUMNS = ("language", "negatives", "other", "share")
 
 PANELS = (
@@ -59,11 +39,7 @@ PANELS = (
 
 
 def read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    """A diagnostics CSV, checked for ``columns``.
-
-    Raises:
-        ValueError: naming the file and the columns it lacks.
-    """
+    """A diagnostics CSV; ValueError naming the file and the ``columns`` it lacks."""
     frame = pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"])
     missing = [column for column in columns if column not in frame.columns]
     if missing:
@@ -81,20 +57,19 @@ def _rank(value: float) -> str:
 
 def diagnostics_table(frame: pd.DataFrame) -> list[str]:
     """One Markdown row per (language, negatives option), in the CSV's order."""
-    lines = [
-        "| language | negatives | positive's rank: median / at 1 / beyond depth | same paragraph | same article "
-        "| teacher ≥ positive | teacher ratio (median) | teacher > 95% | from pool |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    header = (
+        "language | negatives | positive's rank: median / at 1 / beyond depth | same paragraph | same article "
+        "| teacher ≥ positive | teacher ratio (median) | teacher > 95% | from pool"
+    )
+    rows = [
+        f"{r.language} | {r.label} | {_rank(r.positive_rank_median)} / {_share(r.positive_rank1_share)} / "
+        f"{_share(r.positive_beyond_depth_share)} | {_share(r.same_paragraph_share)} | "
+        f"{_share(r.same_article_share)} | {_share(r.teacher_at_least_positive_share)} | "
+        f"{_share(r.teacher_ratio_median)} | "
+        f"{_share(r.teacher_above_denoise_share)} | {_share(r.in_pool_share)}"
+        for _, r in frame.iterrows()
     ]
-    for _, row in frame.iterrows():
-        lines.append(
-            f"| {row.language} | {row.label} | {_rank(row.positive_rank_median)} / "
-            f"{_share(row.positive_rank1_share)} / {_share(row.positive_beyond_depth_share)} | "
-            f"{_share(row.same_paragraph_share)} | {_share(row.same_article_share)} | "
-            f"{_share(row.teacher_at_least_positive_share)} | {_share(row.teacher_ratio_median)} | "
-            f"{_share(row.teacher_above_denoise_share)} | {_share(row.in_pool_share)} |"
-        )
-    return lines
+    return table(header, "ll" + "r" * 7, rows)
 
 
 def settings_line(frame: pd.DataFrame) -> str:
@@ -128,41 +103,22 @@ def overlap_tables(overlap: pd.DataFrame, labels: dict[str, str]) -> list[str]:
         options = list(dict.fromkeys(block.negatives))
         others = list(dict.fromkeys(block.other))
         share = {(row.negatives, row.other): row.share for row in block.itertuples()}
-        lines += [
-            f"**{language}**: share of the row's sampled negatives in the column's pool (same query)",
-            "",
-            "| sampled from | " + " | ".join(labels.get(other, other) for other in others) + " |",
-            "|---|" + "---:|" * len(others),
+        rows = [
+            [labels.get(option, option), *(_share(share.get((option, other), math.nan)) for other in others)]
+            for option in options
         ]
-        for option in options:
-            cells = [_share(share.get((option, other), math.nan)) for other in others]
-            lines.append(f"| {labels.get(option, option)} | " + " | ".join(cells) + " |")
+        header = " | ".join(["sampled from", *(labels.get(other, other) for other in others)])
+        intro = f"**{language}**: share of the row's sampled negatives in the column's pool (same query)"
+        lines += [intro, "", *table(header, "l" + "r" * len(others), rows)]
         lines.append("")
     return lines
 
 
 def summary_markdown(frame: pd.DataFrame, overlap: pd.DataFrame, command: str, code: str) -> str:
     """The diagnostics folder's Markdown: how it was made, the table, the overlap matrices."""
-    labels = dict(zip(frame.negatives, frame.label))
-    lines = [
-        "# Pool diagnostics",
-        "",
-        "```bash",
-        command,
-        "```",
-        "",
-        f"Code: {code}. {settings_line(frame)}",
-        "",
-        *diagnostics_table(frame),
-        "",
-        LEGEND,
-        "",
-        f"![pool diagnostics]({PLOT_NAME})",
-        "",
-        "## Overlap between pools",
-        "",
-        *overlap_tables(overlap, labels),
-    ]
+    lines = ["# Pool diagnostics", "", "```bash", command, "```", "", f"Code: {code}. {settings_line(frame)}", ""]
+    lines += [*diagnostics_table(frame), "", LEGEND, "", f"![pool diagnostics]({PLOT_NAME})", ""]
+    lines += ["## Overlap between pools", "", *overlap_tables(overlap, dict(zip(frame.negatives, frame.label)))]
     return "\n".join(lines)
 
 
@@ -188,17 +144,14 @@ def tracking_lines(frame: pd.DataFrame, tests: pd.DataFrame | None, default_vari
     languages = sorted(set(deltas.index) & set(pools.index))
     if len(languages) < 4:
         return []
-    lines = [
-        f"Does a pool measure track the delta at p = 1? Spearman's rank correlation over the {len(languages)} "
-        f"languages with both ({', '.join(languages)}), BM25 ranks 1-50 pools:",
-        "",
-        "| measure | Spearman ρ | p-value | p (Holm over the measures) |",
-        "|---|---:|---:|---:|",
-    ]
     found = [stats.spearmanr(pools.loc[languages, column].astype(float), deltas.loc[languages]) for column in TRACKED]
     adjusted = holm([float(result[1]) for result in found])
-    for name, (rho, p_value), p_holm in zip(TRACKED.values(), found, adjusted):
-        lines.append(f"| {name} | {rho:+.2f} | {p_value:.3f} | {p_holm:.3f} |")
+    rows = [f"{name} | {rho:+.2f} | {p:.3f} | {q:.3f}" for name, (rho, p), q in zip(TRACKED.values(), found, adjusted)]
+    intro = (
+        f"Does a pool measure track the delta at p = 1? Spearman's rank correlation over the {len(languages)} "
+        f"languages with both ({', '.join(languages)}), BM25 ranks 1-50 pools:"
+    )
+    lines = [intro, "", *table("measure | Spearman ρ | p-value | p (Holm over the measures)", "lrrr", rows)]
     return [*lines, ""]
 
 
@@ -209,27 +162,15 @@ def report_section(report_dir: Path, tests: pd.DataFrame | None = None, default_
     if not path.is_file():
         return []
     frame = read_table(path, COLUMNS)
-    return [
-        "### Pool diagnostics",
-        "",
-        settings_line(frame),
-        "",
-        *diagnostics_table(frame),
-        "",
-        LEGEND + f" Overlap between pools and the plot: [{SWEEP_CSV.parent}/{SUMMARY_NAME}]"
-        f"({SWEEP_CSV.parent}/{SUMMARY_NAME}).",
-        "",
-        *tracking_lines(frame, tests, default_variant),
-    ]
+    summary = f"{SWEEP_CSV.parent}/{SUMMARY_NAME}"
+    legend = f"{LEGEND} Overlap between pools and the plot: [{summary}]({summary})."
+    lines = ["### Pool diagnostics", "", settings_line(frame), "", *diagnostics_table(frame), "", legend, ""]
+    return lines + tracking_lines(frame, tests, default_variant)
 
 
 def plot_diagnostics(frame: pd.DataFrame, path: Path) -> Path:
     """Grouped bars per language, one bar per negatives option (plain labels), one panel per measure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     languages = list(dict.fromkeys(frame.language))
     labels = list(dict.fromkeys(frame.label))
     colours = plt.get_cmap("tab10")
@@ -240,13 +181,8 @@ def plot_diagnostics(frame: pd.DataFrame, path: Path) -> Path:
             rows = frame[frame.label == label].set_index("language")
             positions = [languages.index(language) for language in rows.index]
             offset = (index - (len(labels) - 1) / 2) * width
-            axis.bar(
-                [position + offset for position in positions],
-                rows[column].fillna(0.0),
-                width=width,
-                color=colours(index % 10),
-                label=label,
-            )
+            x = [position + offset for position in positions]
+            axis.bar(x, rows[column].fillna(0.0), width=width, color=colours(index % 10), label=label)
         axis.set_title(title, fontsize="medium")
         axis.set_xticks(range(len(languages)), languages)
         axis.grid(axis="y", alpha=0.3)
@@ -255,15 +191,8 @@ def plot_diagnostics(frame: pd.DataFrame, path: Path) -> Path:
     columns = min(len(names), 4)
     rows = -(-len(names) // columns)
     figure.legend(handles, names, title="negatives", loc="lower center", ncol=columns, fontsize="small")
-    figure.suptitle(
-        "Hard-negative pools: the first epoch's sampled negatives of the training queries (teacher: "
-        f"{', '.join(dict.fromkeys(frame.teacher.astype(str)))})",
-        fontsize="medium",
-    )
+    teachers = ", ".join(dict.fromkeys(frame.teacher.astype(str)))
+    title = f"Hard-negative pools: the first epoch's sampled negatives of the training queries (teacher: {teachers})"
+    figure.suptitle(title, fontsize="medium")
     figure.tight_layout(rect=(0, 0.04 + 0.035 * rows, 1, 0.96))  # the legend below the panels
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(tmp, dpi=110)
-    plt.close(figure)
-    tmp.replace(path)
-    return path
+    return save_figure(figure, path, dpi=110)

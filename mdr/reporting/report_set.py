@@ -1,24 +1,10 @@
-"""A report's files (results.md, CSVs, plots) as one set: staged, then moved into place together.
-
-A reader of a report folder sees the previous set untouched or the new one complete, never a results.md beside
-files of another set:
-
-1. every file is written into a hidden staging folder inside the report folder (same file system, so moves are
-   renames); a failure or Ctrl-C there removes the staging folder and leaves the old set as it was;
-2. the staged set gets a manifest (:data:`MANIFEST`: each file's name and SHA-256, and the sweep folders read);
-3. with SIGINT and SIGTERM held back (delivered once the move is done), the old set's results.md and manifest
-   are removed first, then the old set's other files the new set does not have, the new files are moved in,
-   the manifest and, last, results.md.
-
-So results.md present means the files its manifest names beside it are its set. Only a kill that cannot be held
-back (SIGKILL, power loss) during step 3 leaves report files without a results.md or manifest; the next aggregate
-replaces them and removes the staging folder left behind.
-"""
+"""A report's files (results.md, CSVs, plots) as one set: written into a staging folder, then, with SIGINT and
+SIGTERM held back, moved into place with a manifest (each file's SHA-256), the old set's files removed first and
+results.md moved last. A reader sees the old set untouched or the new one complete."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -30,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from mdr.utils.cache import file_sha256
 from mdr.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -42,37 +29,24 @@ STAGING_PREFIX = ".report-staging-"
 HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def manifest(staging: Path, sources: list[str]) -> dict[str, Any]:
     """The manifest of the files staged in ``staging`` (all but the manifest itself)."""
-    files = {path.name: _sha256(path) for path in sorted(staging.iterdir()) if path.name != MANIFEST}
-    return {
-        "about": f"one report set, written by python -m mdr.reporting.aggregate; {LAST} is moved into place last",
-        "files": files,
-        "sources": sources,
-    }
+    files = {path.name: file_sha256(path) for path in sorted(staging.iterdir()) if path.name != MANIFEST}
+    about = f"one report set, written by python -m mdr.reporting.aggregate; {LAST} is moved into place last"
+    return {"about": about, "files": files, "sources": sources}
 
 
 def old_set(target: Path, patterns: Iterable[str]) -> set[str]:
-    """Names of the files of the report set now in ``target``: those its manifest names and every file matching
-    one of ``patterns`` (a set written before manifests, or one whose move was cut short)."""
+    """Names of the files of the report set in ``target``: those its manifest names and every file matching one
+    of ``patterns`` (a set written before manifests, or one whose move was cut short)."""
     names = {path.name for pattern in patterns for path in target.glob(pattern) if path.is_file()}
     listed = target / MANIFEST
-    if listed.is_file():
-        try:
-            files = json.loads(listed.read_text(encoding="utf-8")).get("files") or {}
-        except (OSError, ValueError, AttributeError) as error:
-            log.warning("%s: unreadable (%s); the old report's files are found by name", listed, error)
-            files = {}
-        names |= {name for name in files if isinstance(name, str) and Path(name).name == name}
-    return names
+    try:
+        files = json.loads(listed.read_text(encoding="utf-8")).get("files") or {} if listed.is_file() else {}
+    except (OSError, ValueError, AttributeError) as error:
+        log.warning("%s: unreadable (%s); the old report's files are found by name", listed, error)
+        files = {}
+    return names | {name for name in files if isinstance(name, str) and Path(name).name == name}
 
 
 @contextlib.contextmanager
@@ -95,48 +69,37 @@ def signals_held(signums: Iterable[signal.Signals] = HELD_SIGNALS) -> Iterator[N
             signal.raise_signal(signum)
 
 
-def _fsync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def commit(staging: Path, target: Path, sources: list[str], patterns: Iterable[str]) -> list[str]:
-    """Move the set staged in ``staging`` into ``target`` in place of the set there (steps 2-3 of the module
-    docstring); returns the names of the new set's files."""
+    """Move the set staged in ``staging`` into ``target`` in place of the set there (the module docstring);
+    returns the names of the new set's files in the order moved."""
     atomic_write_json(staging / MANIFEST, manifest(staging, sources))
     names = sorted(path.name for path in staging.iterdir())
     order = [name for name in names if name not in (MANIFEST, LAST)] + [MANIFEST] + ([LAST] if LAST in names else [])
     stale = old_set(target, patterns) - set(names)
     with signals_held():
-        for name in (LAST, MANIFEST):
-            (target / name).unlink(missing_ok=True)
-        for name in sorted(stale):
+        for name in [LAST, MANIFEST, *sorted(stale)]:
             (target / name).unlink(missing_ok=True)
         for name in order:
             os.replace(staging / name, target / name)
-        _fsync_folder(target)
+        descriptor = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)  # the renames, on disk
+        finally:
+            os.close(descriptor)
     staging.rmdir()
     return order
 
 
-def remove_leftover_staging(target: Path) -> None:
-    """Remove staging folders an earlier aggregate left in ``target`` when it was killed."""
+@contextlib.contextmanager
+def staged_report(target: Path, sources: list[str], patterns: Iterable[str]) -> Iterator[Path]:
+    """A staging folder in ``target`` to write a report set into; when the block ends without an error the set
+    replaces the one in ``target`` (:func:`commit`), else ``target`` is left untouched. ``patterns``: the names
+    (globs) of every file a report set can hold."""
+    target.mkdir(parents=True, exist_ok=True)
     for folder in sorted(target.glob(f"{STAGING_PREFIX}*")):
         if folder.is_dir():
             log.warning("%s: left by an interrupted aggregate; removed", folder)
             shutil.rmtree(folder, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def staged_report(target: Path, sources: list[str], patterns: Iterable[str]) -> Iterator[Path]:
-    """A staging folder inside ``target`` to write a report set into; when the block ends without an error the set
-    replaces the one in ``target`` (:func:`commit`), otherwise the staging folder is removed and ``target`` is
-    untouched. ``patterns``: names (globs) of every file a report set can hold."""
-    target.mkdir(parents=True, exist_ok=True)
-    remove_leftover_staging(target)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=target))
     try:
         yield staging

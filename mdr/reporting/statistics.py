@@ -1,32 +1,6 @@
-"""Seed-aware statistics for a sweep: contrasts of cell means with Satterthwaite t tests, equivalence (TOST),
-trend and curvature in p, language x p interactions, per-query wins / ties / losses, Holm, verdicts.
-
-A sweep cell (model, stage, language, variant, proportion p) holds one run per training seed, each scored on
-the same test queries: a (seeds x queries) table of per-query scores. Every estimate is a linear contrast of
-cell means, ``theta = sum_j w_j * mean(cell_j)`` (a delta against p = 0: w = (+1, -1); the least-squares slope
-in p; the quadratic term; a delta of deltas between two languages). Cells with the same seeds form one *seed
-block* and are paired by seed: the block's per-seed contrast table ``D[s, q] = sum_j w_j * y_j[s, q]``. Seeds
-and queries are crossed random factors::
-
-    D[s, q] = theta + g[q] + v[s] + r[s, q]     (query effect g, seed effect v, seed x query residual r)
-
-so, for one block of S seeds and Q queries, ``Var(theta_hat) = sg^2 / Q + sv^2 / S + sr^2 / (S Q)``. The
-two-way ANOVA of D estimates it without bias from three mean squares,
-``(MS_seed + MS_query - MS_residual) / (S Q)``, and Satterthwaite's formula gives the degrees of freedom of
-that combination (``V^2 / sum_i (c_i MS_i)^2 / df_i``). The seed-mean spread ``MS_seed / Q`` holds both the
-seed variance (S - 1 degrees of freedom) and the seed x query noise, which 635 queries estimate to within a few
-per cent; a t(S - 1) on the whole spread (the previous procedure) is conservative, Satterthwaite's df is not.
-A language's contrasts (deltas against p = 0, slope, quadratic term, steps) pool the seed level over all of its
-levels (``pool``): the cell x seed interaction of the seed means, ``(C - 1)(S - 1)`` degrees of freedom instead
-of ``S - 1``, which keeps the Satterthwaite df honest at 3 seeds (a plug-in df from 2 df is liberal). Where the
-unbiased total comes out below one of its parts (a negative variance component) it is floored there, with the df
-of every term. Several seed blocks (cells run with different seeds) add one seed term and one residual term
-each; the query term is shared (the same queries in every cell). Contrasts over different query sets (two
-languages whose queries cannot be matched) add their variance terms as independent parts.
-
-Calibration on simulated nulls with realistic variance components: ``benchmarks/calibration.py`` and
-docs/statistics.md.
-"""
+"""Seed-aware statistics of a sweep (docs/statistics.md): contrasts of cell means with Satterthwaite t intervals
+from the two-way (seeds x queries) ANOVA of the per-seed contrast, TOST, trend and curvature in p, wins / ties /
+losses, Holm and verdicts."""
 
 from __future__ import annotations
 
@@ -40,16 +14,8 @@ from scipy import special
 
 @dataclass(frozen=True)
 class Cell:
-    """One sweep cell: per-query scores of each seed's run, columns in a query order shared by all cells.
-
-    Attributes:
-        seeds: the training seed of each row of ``scores`` (distinct).
-        scores: (seeds, queries) per-query metric.
-        group: cells of one group (one language's proportions) share a seed-level spread when a contrast pools
-            it (:func:`contrast_parts`).
-        seed_free: runs the seed does not change (nothing trained: zero-shot); paired with every seed of the
-            cells it is compared with.
-    """
+    """One sweep cell: (seeds, queries) per-query scores; ``group``: the cells a pooled contrast estimates the seed
+    level over; ``seed_free``: runs the seed does not change (zero-shot), paired with every seed."""
 
     seeds: tuple[int, ...]
     scores: np.ndarray
@@ -65,21 +31,8 @@ class Cell:
 
 @dataclass(frozen=True)
 class Parts:
-    """A contrast's value and its variance as a sum of scaled mean squares (Satterthwaite's input).
-
-    Attributes:
-        value: the contrast on the observed data.
-        terms: (variance contribution c_i * MS_i, degrees of freedom of MS_i) per term; contributions of
-            residual mean squares are negative.
-        seeds: seeds behind the seed level (paired: the shared seeds; else the fewest of any block).
-        queries: queries behind the query level (independent query sets: the fewest).
-        seed_level: ``paired`` (one seed block), ``unpaired`` (several), ``partial`` (a block of one seed:
-            its seed variance is not estimated) or ``none`` (one seed everywhere: queries only).
-        seed_ids: the seeds the contrast was computed on (paired: those every weighted cell ran).
-        dropped_seeds: whether a weighted cell ran seeds the others did not (left out to pair by seed).
-        floor: a lower bound of the variance where the terms' sum comes out below it (a negative variance
-            component); the degrees of freedom still come from every term.
-    """
+    """A contrast's value and its variance as (c_i * MS_i, df_i) terms (Satterthwaite's input), at least ``floor``;
+    ``seed_level``: ``paired`` (one seed block), ``unpaired`` (several), ``partial`` (a 1-seed block) or ``none``."""
 
     value: float
     terms: tuple[tuple[float, float], ...]
@@ -93,17 +46,8 @@ class Parts:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A contrast with its t interval and two-sided p-value.
-
-    Attributes:
-        value: the contrast on the observed data.
-        ci_low / ci_high: the ``confidence`` interval, value -/+ t(df) * se.
-        p_value: two-sided, for value = 0.
-        seeds / queries / seed_level: as in :class:`Parts`.
-        se: standard error.
-        df: Satterthwaite degrees of freedom (inf when the variance is zero).
-        seed_ids / dropped_seeds: as in :class:`Parts`.
-    """
+    """A contrast with its t interval (``ci_low``, ``ci_high``), two-sided p-value, standard error and
+    Satterthwaite degrees of freedom (inf when the variance is zero); the other fields as in :class:`Parts`."""
 
     value: float
     ci_low: float
@@ -151,13 +95,8 @@ def residual_mean_square(table: np.ndarray) -> float:
 
 
 def effective_df(centred: np.ndarray, df: int) -> float:
-    """Degrees of freedom of a mean square of ``centred`` values, for their kurtosis: ``2 / (2 / df + k / n)``.
-
-    Satterthwaite's df of a mean square is ``2 E[MS]^2 / Var(MS)``; for n values with excess kurtosis k,
-    ``Var(s^2) = sigma^4 (2 / df + k / n)``, so normal theory's ``df`` overstates the precision of a variance
-    of sparse, heavy-tailed per-query differences (most queries keep their rank, a few move far). Negative k
-    (lighter tails than normal) is taken as 0.
-    """
+    """Satterthwaite's degrees of freedom of a mean square of ``centred`` values with excess kurtosis k (taken as
+    0 where negative): ``2 / (2 / df + k / n)``, fewer than ``df`` for sparse, heavy-tailed per-query differences."""
     values = centred.ravel()
     if df < 1 or values.size < 4:
         return float(max(df, 1))
@@ -169,8 +108,7 @@ def effective_df(centred: np.ndarray, df: int) -> float:
 
 
 CALIBRATED_SEEDS = 3
-"""The fewest paired seeds the tests are calibrated for (docs/statistics.md#calibration: 3 and 5); a contrast on
-fewer shows its estimate and gives no verdict."""
+"""The fewest paired seeds the tests are calibrated for (docs/statistics.md#calibration); fewer: no verdict."""
 
 
 def seed_label(seeds: Sequence[int]) -> str:
@@ -182,13 +120,8 @@ def seed_label(seeds: Sequence[int]) -> str:
 
 
 def paired_on_shared_seeds(cells: Sequence[Cell], weights: Sequence[float]) -> tuple[list[Cell], tuple[int, ...], bool]:
-    """The cells restricted to the seeds every weighted cell ran, the shared seeds, and whether any was dropped.
-
-    A contrast between cells of different seed sets (a 2-seed arm against a 5-seed reference) is then a paired
-    per-seed contrast on the shared seeds, not a difference of means over different seeds. Zero-weight cells (the
-    pooled family) keep the shared seeds too; a seed-free cell (zero-shot) is the same run at every shared seed.
-    Without a shared seed the cells are returned as they are.
-    """
+    """The cells restricted to the seeds every weighted cell ran (a seed-free cell repeated at each), those seeds,
+    and whether any was dropped; the cells as they are without a shared seed."""
     active = [cell for cell, w in zip(cells, weights) if w != 0]
     seeded = [set(cell.seeds) for cell in active if not cell.seed_free]
     if not seeded:
@@ -212,14 +145,8 @@ def paired_on_shared_seeds(cells: Sequence[Cell], weights: Sequence[float]) -> t
 
 
 def seed_interaction_mean_square(cells: Sequence[Cell]) -> float:
-    """The cell x seed interaction mean square of the cells' seed means (cells with the same seeds).
-
-    For a contrast ``w`` over these cells with ``sum w = 0``, ``sum w^2 * MS / S`` estimates the seed level of
-    ``Var(theta_hat)`` (the seed variance plus the seed x query noise in the seed means) where the seed-level
-    covariance of the cells is compound symmetric (equal variances, equal correlations), with ``(C - 1)(S - 1)``
-    degrees of freedom instead of the ``S - 1`` of the contrast's own seed means; for a contrast with equal
-    ``|w|`` on every cell it is unbiased under unequal variances too (independent cells).
-    """
+    """The cell x seed interaction mean square of the seed means of cells with the same seeds: for a contrast ``w``
+    with ``sum w = 0``, ``sum w^2 * MS / S`` estimates its seed level with ``(C - 1)(S - 1)`` degrees of freedom."""
     means = np.stack([cell.scores[np.argsort(cell.seeds)].mean(axis=1) for cell in cells])  # (C, S)
     levels, seeds = means.shape
     interaction = means - means.mean(axis=0, keepdims=True) - means.mean(axis=1, keepdims=True) + means.mean()
@@ -246,21 +173,8 @@ def _pooled_seed_terms(
 
 
 def contrast_parts(cells: Sequence[Cell], weights: Sequence[float], pool: bool = False) -> Parts:
-    """``sum_j weights[j] * mean(cells[j])`` and its variance terms (module docstring).
-
-    Args:
-        cells: cells on a common query order (same number of columns).
-        weights: the contrast, one weight per cell.
-        pool: estimate each group's part of the seed level from every cell of the group given (zero weights
-            included) with the contrast's seeds, by :func:`seed_interaction_mean_square`, where the contrast's
-            weights within each group sum to zero; one term per group, ``(C_g - 1)(S - 1)`` degrees of freedom
-            instead of ``S - 1`` for the whole contrast. Groups are taken as independent at the seed level, which
-            is conservative for contrasts whose group coefficients sum to zero (a delta of deltas) when a seed's
-            runs in two groups correlate positively. Else each seed block's own per-seed contrast.
-
-    Raises:
-        ValueError: on mismatched cells and weights or query counts.
-    """
+    """``sum_j weights[j] * mean(cells[j])`` and its variance terms (cells on one query order); ``pool``: each
+    group's seed level from all its cells given (:func:`seed_interaction_mean_square`) where its weights sum to 0."""
     if len(cells) != len(weights) or not cells:
         raise ValueError(f"{len(cells)} cells for {len(weights)} weights")
     query_counts = {cell.scores.shape[1] for cell in cells}
@@ -295,20 +209,13 @@ def contrast_parts(cells: Sequence[Cell], weights: Sequence[float], pool: bool =
         residual_df = effective_df(residuals, (seeds - 1) * (queries - 1))
         residual_terms.append((-residual_mean_square(table) / (seeds * queries), residual_df))
     terms = [query_term, *seed_terms, *residual_terms]
-    # Each of the query term and the summed seed terms estimates a part of Var(theta_hat): the larger is a floor
-    # for an unbiased total that sampling noise pushed below it (a negative variance component). The terms stay:
-    # the seed mean square's few degrees of freedom still bound how well the variance is known (dropping the
-    # seed terms there, as before, gave df near Q and 9-11% type-I error within that branch).
+    # the query term and the seed terms each estimate a part of Var(theta_hat): the larger floors the total
     floor = max(query_term[0], sum(v for v, _ in seed_terms))
-    sizes = [table.shape[0] for table in blocks.values()]
-    if len(blocks) == 1 and sizes[0] >= 2:
-        level, seeds_behind = "paired", sizes[0]
-    elif all(size >= 2 for size in sizes):
-        level, seeds_behind = "unpaired", min(sizes)
-    else:
-        level = "partial" if any(size >= 2 for size in sizes) else "none"
-        seeds_behind = min(sizes)
-    return Parts(value, tuple(terms), seeds_behind, queries, level, floor, seed_ids, dropped)
+    estimated = [table.shape[0] >= 2 for table in blocks.values()]  # the seed level of each block
+    level = "unpaired" if all(estimated) else "partial" if any(estimated) else "none"
+    level = "paired" if estimated == [True] else level
+    seeds = min(table.shape[0] for table in blocks.values())
+    return Parts(value, tuple(terms), seeds, queries, level, floor, seed_ids, dropped)
 
 
 def combine(parts: Sequence[Parts], coefficients: Sequence[float]) -> Parts:
@@ -335,41 +242,19 @@ def _variance(parts: Parts) -> float:
 
 
 def estimate(parts: Parts, confidence: float = 0.95) -> Estimate:
-    """The t interval and two-sided p-value of a contrast, Satterthwaite degrees of freedom (of the terms,
-    for the variance at its floor too)."""
+    """The t interval and two-sided p-value of a contrast, Satterthwaite degrees of freedom (of the terms)."""
     variance = _variance(parts)
     if variance <= 0.0:  # no spread at all: the value is known exactly
-        exact = 1.0 if parts.value == 0 else 0.0
-        return Estimate(
-            parts.value,
-            parts.value,
-            parts.value,
-            exact,
-            parts.seeds,
-            parts.queries,
-            parts.seed_level,
-            0.0,
-            math.inf,
-            parts.seed_ids,
-            parts.dropped_seeds,
-        )
-    df = variance**2 / sum(v * v / df for v, df in parts.terms if v != 0)
-    se = math.sqrt(variance)
-    half = _t_quantile(0.5 + confidence / 2, df) * se
-    p_value = 2 * _t_cdf(-abs(parts.value) / se, df)
-    return Estimate(
-        value=parts.value,
-        ci_low=parts.value - half,
-        ci_high=parts.value + half,
-        p_value=min(1.0, p_value),
-        seeds=parts.seeds,
-        queries=parts.queries,
-        seed_level=parts.seed_level,
-        se=se,
-        df=df,
-        seed_ids=parts.seed_ids,
-        dropped_seeds=parts.dropped_seeds,
-    )
+        low = high = parts.value
+        se, df, p_value = 0.0, math.inf, 1.0 if parts.value == 0 else 0.0
+    else:
+        df = variance**2 / sum(v * v / df for v, df in parts.terms if v != 0)
+        se = math.sqrt(variance)
+        half = _t_quantile(0.5 + confidence / 2, df) * se
+        low, high = parts.value - half, parts.value + half
+        p_value = min(1.0, 2 * _t_cdf(-abs(parts.value) / se, df))
+    shared = {name: getattr(parts, name) for name in ("seeds", "queries", "seed_level", "seed_ids", "dropped_seeds")}
+    return Estimate(value=parts.value, ci_low=low, ci_high=high, p_value=p_value, se=se, df=df, **shared)
 
 
 def contrast(cells: Sequence[Cell], weights: Sequence[float], confidence: float = 0.95, pool: bool = False) -> Estimate:
@@ -390,21 +275,9 @@ def tost(value: Estimate, margin: float) -> float:
     return max(below, above)
 
 
-def _polynomial_row(proportions: Sequence[float], degree: int, row: int) -> np.ndarray:
-    x = np.asarray(proportions, dtype=np.float64)
-    if len(np.unique(x)) <= degree:
-        raise ValueError(f"a degree-{degree} fit needs {degree + 1} distinct proportions, got {list(proportions)}")
-    design = np.vander(x, degree + 1, increasing=True)  # (levels, degree + 1): 1, p, p^2
-    weights = np.linalg.pinv(design)[row]  # (levels,)
-    return np.where(np.abs(weights) < 1e-12 * np.abs(weights).max(), 0.0, weights)
-
-
 def slope_weights(proportions: Sequence[float]) -> np.ndarray:
-    """Weights that turn cell means into the least-squares slope of the mean in p, over every level given.
-
-    With three equally spaced levels this is the end-to-end difference (the middle level has weight 0): only
-    :func:`curvature_weights` uses the middle level then.
-    """
+    """Weights that turn cell means into the least-squares slope in p over every level given (with three equally
+    spaced levels: the end-to-end difference)."""
     x = np.asarray(proportions, dtype=np.float64)
     centred = x - x.mean()
     spread = float((centred**2).sum())
@@ -415,17 +288,16 @@ def slope_weights(proportions: Sequence[float]) -> np.ndarray:
 
 def curvature_weights(proportions: Sequence[float]) -> np.ndarray:
     """Weights that turn cell means into the quadratic coefficient of a least-squares fit a + b p + c p^2."""
-    return _polynomial_row(proportions, 2, 2)
+    x = np.asarray(proportions, dtype=np.float64)
+    if len(np.unique(x)) <= 2:
+        raise ValueError(f"a degree-2 fit needs 3 distinct proportions, got {list(proportions)}")
+    weights = np.linalg.pinv(np.vander(x, 3, increasing=True))[2]  # (levels,) the p^2 row of (1, p, p^2)
+    return np.where(np.abs(weights) < 1e-12 * np.abs(weights).max(), 0.0, weights)
 
 
 def step_weights(levels: int) -> list[np.ndarray]:
     """Weights of the differences between adjacent levels (level k+1 minus level k)."""
-    steps = []
-    for k in range(levels - 1):
-        w = np.zeros(levels)
-        w[k], w[k + 1] = -1.0, 1.0
-        steps.append(w)
-    return steps
+    return list(np.diff(np.eye(levels), axis=0))
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -445,9 +317,7 @@ def monotone(steps: Sequence[Estimate], alpha: float = 0.05) -> int:
         return 0
     adjusted = holm([step.p_value for step in steps])
     signs = {int(np.sign(step.value)) for step in steps}
-    if max(adjusted) < alpha and len(signs) == 1:
-        return signs.pop()
-    return 0
+    return signs.pop() if max(adjusted) < alpha and len(signs) == 1 else 0
 
 
 def win_tie_loss(treated: Cell, baseline: Cell, tolerance: float = 1e-9) -> tuple[int, int, int]:
@@ -460,25 +330,18 @@ def win_tie_loss(treated: Cell, baseline: Cell, tolerance: float = 1e-9) -> tupl
 
 
 def _p(value: float) -> str:
-    """``p<0.001`` or ``p=0.012``."""
     return "p<0.001" if value < 0.001 else f"p={value:.3f}"
 
 
 def _seeds_text(seeds: int) -> str:
-    text = f"at {seeds} seed{'s' if seeds != 1 else ''}"
-    if seeds == 1:
-        text += " (training-seed variance not estimated: intervals from queries only)"
-    return text
+    alone = " (training-seed variance not estimated: intervals from queries only)"
+    return f"at {seeds} seed{'s' if seeds != 1 else ''}" + (alone if seeds == 1 else "")
 
 
 @dataclass(frozen=True)
 class Decision:
-    """What a trend's tests show.
-
-    Attributes:
-        kind: ``hurts``, ``helps``, ``curved``, ``equivalent`` or ``inconclusive``.
-        text: the verdict line.
-    """
+    """What a trend's tests show: ``kind`` (``hurts``, ``helps``, ``curved``, ``equivalent``, ``inconclusive`` or
+    ``no verdict``) and the verdict line ``text``."""
 
     kind: str
     text: str
@@ -492,48 +355,24 @@ def decide(
     margin: float = 0.01,
     alpha: float = 0.05,
 ) -> Decision:
-    """The verdict of a trend: a kind and one line that says only what the tests show, and at how many seeds.
-
-    The verdict's family is {slope, curvature} (curvature only with three or more levels), Holm-adjusted, so a
-    wrong claim of an effect has probability at most alpha (about 4.9% with two tests). Then:
-
-    - slope significant: ``hard negatives hurt (slope < 0 ..., p=...)`` or ``help (slope > 0 ..., p=...)``; ``monotone``
-      only when every adjacent step moves that way (Holm over the steps; three or more levels, as with two the
-      one step is the slope); a delta against p = 0 significant the
-      other way (Holm over the proportions) is named;
-    - curvature significant: ``curved (quadratic term ..., p=...)`` after the slope's claim, or alone (kind
-      ``curved``) ``curved (...) response to hard negatives, no linear trend``;
-    - neither, and every delta against p = 0 within +-``margin`` by TOST (intersection-union: each at alpha):
-      ``no effect larger than <margin> (TOST, p=...)``;
-    - else ``inconclusive``, with the largest effect the 1 - 2 alpha intervals do not exclude;
-    - before all of these: ``no verdict`` where a contrast rests on fewer than :data:`CALIBRATED_SEEDS` paired seeds
-      (the estimate is shown, no test is claimed).
-
-    Args:
-        slope: least-squares slope of the metric in p, over every level.
-        curvature: quadratic term (None with fewer than three levels).
-        deltas: (proportion, delta against p = 0) per proportion > 0.
-        steps: differences between adjacent levels, in order of p.
-        margin: equivalence margin (metric units).
-        alpha: level of every test.
-    """
+    """The verdict of a trend (docs/statistics.md#the-verdict): hurt / help / curved where the slope / quadratic term
+    (Holm over the two) is significant, no effect larger than ``margin`` where every delta passes TOST, else
+    inconclusive; no verdict below :data:`CALIBRATED_SEEDS` paired seeds. ``curvature``: None below three levels."""
     seeds = min([slope.seeds, *(d.seeds for _, d in deltas)])
     if not all(e.gives_verdict for e in [slope, *(d for _, d in deltas)]):
         shared = sorted(set(slope.seed_ids).intersection(*(d.seed_ids for _, d in deltas)))
         on = f"paired on seed{'s' if len(shared) != 1 else ''} {seed_label(shared)}" if shared else "no seed shared"
-        return Decision(
-            "no verdict",
-            f"no verdict: {on}, below the {CALIBRATED_SEEDS} paired seeds the tests are calibrated for "
-            f"(slope {slope.value:+.4f} per unit p, estimate only)",
-        )
+        why = f"below the {CALIBRATED_SEEDS} paired seeds the tests are calibrated for"
+        return Decision("no verdict", f"no verdict: {on}, {why} (slope {slope.value:+.4f} per unit p, estimate only)")
     family = [slope.p_value] + ([curvature.p_value] if curvature is not None else [])
     adjusted = holm(family)
     claims: list[str] = []
     kind = ""
     if adjusted[0] < alpha:
         kind = "hurts" if slope.value < 0 else "helps"
-        sign = "<" if slope.value < 0 else ">"
-        text = f"{kind[:-1]} (slope {sign} 0: {slope.value:+.4f} per unit p, {_p(adjusted[0])}"
+        text = (
+            f"{kind[:-1]} (slope {'<' if slope.value < 0 else '>'} 0: {slope.value:+.4f} per unit p, {_p(adjusted[0])}"
+        )
         if len(steps) >= 2 and monotone(steps, alpha) == int(np.sign(slope.value)):  # one step: nothing to add
             text += ", monotone: every step " + ("down" if slope.value < 0 else "up")
         claims.append(text + ")")
@@ -558,8 +397,5 @@ def decide(
         return Decision("equivalent", text)
     bounds = [d.interval(1 - 2 * alpha) for _, d in deltas] or [slope.interval(1 - 2 * alpha)]
     largest = max(max(abs(low), abs(high)) for low, high in bounds)
-    text = (
-        f"inconclusive {_seeds_text(seeds)}: no trend (slope {_p(adjusted[0])}), "
-        f"effects up to {largest:.3f} not excluded"
-    )
-    return Decision("inconclusive", text)
+    text = f"no trend (slope {_p(adjusted[0])}), effects up to {largest:.3f} not excluded"
+    return Decision("inconclusive", f"inconclusive {_seeds_text(seeds)}: {text}")

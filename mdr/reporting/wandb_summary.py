@@ -1,10 +1,5 @@
-"""The sweep's answer on the W&B dashboard: a summary run in the sweep's W&B group with the cells, significance
-and trends tables (and variant effects / schedules when there are any) as W&B Tables and the plot(s) as images.
-
-Offline by default (``logger.wandb.mode``): the run is written under ``<report folder>/wandb/offline-run-*`` and
-``wandb sync`` uploads it. W&B never blocks or fails the aggregation: short timeouts, and any W&B error is a
-warning (the files are written before W&B is called).
-"""
+"""The sweep's analysis tables and plots logged to a summary run in the sweep's W&B group (offline by default);
+a W&B error is a warning, never a failed aggregate."""
 
 from __future__ import annotations
 
@@ -20,26 +15,16 @@ import yaml
 
 log = logging.getLogger(__name__)
 
-TABLE_NAMES = {
-    "cells": "cells",
-    "tests": "significance",
-    "trends": "trends",
-    "variant_effects": "variant_effects",
-    "schedules": "schedules",
-}
-"""Analysis table (:func:`mdr.reporting.aggregate.aggregate`'s) -> W&B key under ``tables/``."""
-
+TABLE_NAMES = {"tests": "significance"}
+"""W&B keys (under ``tables/``) of the analysis tables not named as such (the others keep their names)."""
 TIMEOUT_S = 30
 """Seconds W&B may take to start or to finish the summary run (online: the upload; offline: its own service)."""
 
 
 def summary_settings(wandb_cfg: Mapping[str, Any], sweep_dir: Path, out: Path) -> dict[str, Any]:
-    """``wandb.init`` arguments of the summary run, from the sweep's ``logger.wandb`` settings.
-
-    The group is ``logger.wandb.group`` or the sweep folder's name, the group of the sweep's jobs
-    (:func:`mdr.tracking.sweep_name`). The run id is derived from the project and group with ``resume="allow"``,
-    so aggregating a sweep again updates its one summary run instead of adding another.
-    """
+    """``wandb.init`` arguments of the summary run from the sweep's ``logger.wandb``: in the group of the sweep's
+    jobs (``logger.wandb.group``, else the sweep folder's name), its id from project and group, so aggregating again
+    updates the one summary run."""
     project = wandb_cfg.get("project") or "mdr"
     group = wandb_cfg.get("group") or Path(sweep_dir).name
     return {
@@ -75,11 +60,8 @@ def _table_frame(frame: pd.DataFrame) -> pd.DataFrame:
 def publish_summary(
     settings: dict[str, Any], tables: dict[str, pd.DataFrame], plots: list[Path], summary: dict[str, Any]
 ) -> str | None:
-    """Log ``tables`` and ``plots`` to a summary run (``settings``: :func:`summary_settings`).
-
-    Returns:
-        The run's local folder, or None when W&B is disabled or failed (logged as a warning, never raised).
-    """
+    """Log ``tables`` and ``plots`` to a summary run (``settings``: :func:`summary_settings`); returns its local
+    folder, None when W&B is disabled or failed (a warning, never raised)."""
     if settings.get("mode") == "disabled":
         return None
     os.environ.setdefault("WANDB_SILENT", "true")

@@ -1,8 +1,5 @@
-"""The run record: what ``metrics.json`` holds, written by :mod:`mdr.pipeline` and read by :mod:`mdr.reporting`.
-
-Version 1 adds ``record_version``; a record without it (version 0, every run before) reads the same way, with
-the fallbacks older records need (no ``depth``: 100; masking under ``loss``; denoising under ``denoise``).
-"""
+"""The run record: ``metrics.json``, written by :mod:`mdr.run_evaluation`, read by :mod:`mdr.reporting`; what an
+older record lacks (no ``record_version``, depth or ``low_resource``, masking under ``loss``) is supplied here."""
 
 from __future__ import annotations
 
@@ -12,9 +9,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from mdr.utils.config_compat import parent_of
+
 RECORD_VERSION = 1
 DEFAULT_DEPTH = 100
 """The evaluation depth of a record that states none (every run before depth was recorded)."""
+LANGUAGES_DIR = Path(__file__).resolve().parents[2] / "conf" / "language"
+"""The language configs (``conf/language/<code>.yaml``), each with ``low_resource``."""
+
+
+def lookup(config: dict[str, Any], dotted: str) -> Any:
+    """The value at ``dotted`` in a plain config, None where it is missing."""
+    node, leaf = parent_of(config, dotted)
+    return None if node is None else node.get(leaf)
 
 
 @dataclass(frozen=True)
@@ -31,19 +40,8 @@ class LanguageResult:
 
 @dataclass(frozen=True, kw_only=True)
 class RunRecord:
-    """``metrics.json``. Values are kept as written (``0`` stays ``0``), so a report reads what was recorded.
-
-    Attributes:
-        language: the primary evaluated language (the run's own if evaluated, else the first listed).
-        hard_proportion / num_negatives: None where nothing was trained (no negatives drawn).
-        split: the evaluated split by its published name; depth: what the measures were computed over.
-        metrics: the primary language's measures (``mrr@100``, ``recall@100``, ``ndcg@10`` at depth 100).
-        code: mdr's commit and package versions; evaluation: how the corpus was encoded and searched.
-        train: the final stage's training summary (None: nothing trained); schedule: one record per stage.
-        checkpoint: the encoder evaluate.py evaluated (None for train.py).
-        per_language: language -> section (low_resource, num_queries, metrics, files) with ``evaluation.languages``.
-        extra: fields this version does not know (a newer writer's, or an older one's such as ``loss``), kept.
-    """
+    """``metrics.json``, values kept as written; ``extra``: fields this version does not know (a newer writer's, or an
+    older one's such as ``loss``), kept."""
 
     language: str | None = None
     low_resource: bool | None = None
@@ -79,11 +77,8 @@ class RunRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunRecord:
-        """A record from ``metrics.json``'s object, of this version or an older one.
-
-        Raises:
-            ValueError: not an object, or written by a newer mdr (a higher ``record_version``).
-        """
+        """A record from ``metrics.json``'s object, of this version or an older one (ValueError: not an object, or
+        of a newer version)."""
         if not isinstance(data, dict):
             raise ValueError(f"a run record is a JSON object, got {type(data).__name__}")
         version = int(data.get("record_version", 0))
@@ -117,23 +112,16 @@ class RunRecord:
             return None
         return str(self.proportion_applies_to or self.schedule.get("proportion_applies_to") or "last")
 
-    def evaluated(self) -> list[LanguageResult]:
-        """One entry per evaluated language: the ``per_language`` sections, else the top-level fields."""
-        if isinstance(self.per_language, dict) and self.per_language:
-            return [
-                LanguageResult(
-                    code,
-                    section.get("low_resource"),
-                    section.get("num_queries"),
-                    section.get("metrics"),
-                    section.get("per_query_file"),
-                    section.get("depth"),
-                )
-                for code, section in self.per_language.items()
-            ]
-        return [
-            LanguageResult(self.language, self.low_resource, self.num_queries, self.metrics, self.per_query_file)  # type: ignore[arg-type]
-        ]
+    def evaluated(self, config: dict[str, Any] | None = None) -> list[LanguageResult]:
+        """One entry per evaluated language (the ``per_language`` sections, else the top-level fields); a
+        ``low_resource`` not recorded from the job's resolved ``config``, else ``conf/language/<code>.yaml``."""
+        sections = self.per_language if isinstance(self.per_language, dict) and self.per_language else None
+        if sections is None:
+            top = ("low_resource", "num_queries", "metrics", "per_query_file")
+            sections = {self.language: {name: getattr(self, name) for name in top}}
+        names = ("low_resource", "num_queries", "metrics", "per_query_file", "depth")
+        found = [LanguageResult(code, *(section.get(name) for name in names)) for code, section in sections.items()]
+        return [dataclasses.replace(item, low_resource=_low_resource(item, config or {})) for item in found]
 
     def evaluation_depth(self, evaluated: LanguageResult | None = None) -> int:
         """The ranking depth: the language section's, the record's or its ``evaluation`` section's, else 100."""
@@ -143,34 +131,44 @@ class RunRecord:
                 return int(value)
         return DEFAULT_DEPTH
 
-    def recorded_mask(self) -> bool | None:
-        """Whether in-batch false negatives were masked, as recorded (older records: under ``loss``)."""
-        loss = self.extra.get("loss")
-        for value in (
-            (loss or {}).get("mask_false_negatives") if isinstance(loss, dict) else None,
-            (self.train or {}).get("mask_false_negatives"),
-        ):
+    def mask(self, config: dict[str, Any]) -> bool | None:
+        """Whether in-batch false negatives were masked: as recorded (older records: under ``loss``), else as the
+        resolved ``config`` says, else False (the option's absence meant no masking); None: nothing trained."""
+        if not self.trained:
+            return None
+        loss = self.extra.get("loss") if isinstance(self.extra.get("loss"), dict) else {}
+        configured = lookup(config, "loss.mask_false_negatives")
+        for value in (loss.get("mask_false_negatives"), self.train.get("mask_false_negatives"), configured):  # type: ignore[union-attr]
             if value is not None:
                 return bool(value)
-        return None
+        return False
 
-    def recorded_denoised(self) -> bool | None:
-        """Whether hard negatives were denoised, as recorded (``denoised``, else ``denoise``); None: not recorded."""
-        if self.denoised is not None:
-            return bool(self.denoised)
-        if self.denoise is not None:
-            return bool(self.denoise)
+    def denoised_negatives(self, config: dict[str, Any]) -> bool:
+        """Whether hard negatives were denoised: as recorded (``denoised``, else ``denoise``, else the training
+        summary's ``denoise``), else hard negatives drawn and the resolved ``config`` denoising."""
+        for value in (self.denoised, self.denoise):
+            if value is not None:
+                return bool(value)
         if self.trained and "denoise" in self.train:  # type: ignore[operator]
             return bool(self.train["denoise"])  # type: ignore[index]
-        return None
+        hard = self.trained and int(self.train.get("num_hard") or 0) > 0  # type: ignore[union-attr]
+        return hard and bool(lookup(config, "negatives.denoise.enabled"))
+
+
+def _low_resource(evaluated: LanguageResult, config: dict[str, Any]) -> bool | None:
+    if evaluated.low_resource is not None:
+        return bool(evaluated.low_resource)
+    language = config.get("language")
+    if isinstance(language, dict) and str(language.get("code")) == str(evaluated.language):
+        if language.get("low_resource") is not None:
+            return bool(language["low_resource"])
+    path = LANGUAGES_DIR / f"{evaluated.language}.yaml"
+    recorded = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("low_resource") if path.is_file() else None
+    return None if recorded is None else bool(recorded)
 
 
 def read_record(path: Path) -> RunRecord:
-    """The run record at ``path``.
-
-    Raises:
-        OSError: unreadable; ValueError: not JSON, not an object, or of a newer version (the message names ``path``).
-    """
+    """The run record at ``path`` (ValueError naming ``path``: not JSON, not an object, or of a newer version)."""
     try:
         return RunRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
     except ValueError as error:
