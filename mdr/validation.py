@@ -84,6 +84,15 @@ class _Values:
             return _ABSENT
         return node
 
+    def holds(self, key: str) -> bool:
+        """Whether the mapping holds ``key`` (a null value included)."""
+        node: Any = self.tree
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return False
+            node = node[part]
+        return True
+
     def _checked(self, key: str, problem: Callable[[Any], str | None], optional: bool = False) -> Any:
         """The value at ``key`` where ``problem`` finds none in it (null passes where ``optional``), else None."""
         value = self.get(key, optional)
@@ -279,11 +288,11 @@ class _Builder:
 
     def read(self, cls: type[T]) -> T:
         """A ``cls`` whose fields name their config keys (:func:`mdr.spec.key`), each read and checked; a field with a
-        default where the config does not hold its key keeps it."""
+        default where the config does not hold its key keeps it (a null there is checked, not taken as absent)."""
         v, found = self.values, {}
         for item in fields(cls):  # type: ignore[arg-type]
             meta = item.metadata
-            if "key" in meta and (item.default is MISSING or v.get(meta["key"], optional=True) is not None):
+            if "key" in meta and (item.default is MISSING or v.holds(meta["key"])):
                 found[item.name] = getattr(v, meta["check"])(meta["key"], **meta["options"])
         return cls(**found)
 

@@ -61,6 +61,13 @@ def test_a_bad_value_is_refused_naming_its_key(override: str, key: str) -> None:
     assert len(problems) == 1 and key in problems[0], problems
 
 
+@pytest.mark.parametrize("key", ["on_config_change", "on_complete", "stages_only", "keep_checkpoints", "keep_encoder"])
+def test_a_null_run_policy_is_refused_not_taken_as_its_default(key: str) -> None:
+    """`run.keep_checkpoints=null` is no choice: refused naming the key, as a missing policy key is not."""
+    problems = config_problems(_compose(f"run.{key}=null"))
+    assert len(problems) == 1 and f"run.{key}" in problems[0], problems
+
+
 @pytest.mark.parametrize("override", ["evaluation.bf16=maybe", "evaluation.shard_size=-1", "evaluation.fp16_index=x"])
 def test_evaluation_values_are_refused_before_any_data_is_read(
     override: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
