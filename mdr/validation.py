@@ -12,8 +12,9 @@ import copy
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, fields, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
+from lightning.fabric.connector import _PRECISION_INPUT
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -56,6 +57,10 @@ TARGET = "target"
 """In ``train_on`` and ``evaluation.languages``: the run's own language (in the run's data group)."""
 _ABSENT = object()
 T = TypeVar("T")
+PRECISIONS = tuple(
+    dict.fromkeys(["auto", *(str(value) for kind in get_args(_PRECISION_INPUT) for value in get_args(kind))])
+)
+"""``trainer.precision``: mdr's ``auto`` (:func:`mdr.models.precision.resolve_precision`) or one Lightning takes."""
 NULLABLE = ("range_max", "margin", "encoder", "threads")
 """Pool settings whose null means something (no upper rank, no margin, no encoder, every CPU)."""
 
@@ -83,6 +88,15 @@ class _Values:
             self.problems.append(f"{self.prefix}{key} must be set (it is ???)")
             return _ABSENT
         return node
+
+    def holds(self, key: str) -> bool:
+        """Whether the mapping holds ``key`` (a null value included)."""
+        node: Any = self.tree
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return False
+            node = node[part]
+        return True
 
     def _checked(self, key: str, problem: Callable[[Any], str | None], optional: bool = False) -> Any:
         """The value at ``key`` where ``problem`` finds none in it (null passes where ``optional``), else None."""
@@ -235,6 +249,9 @@ class _Builder:
                 f"evaluation.split={split} but data.test_split={evaluated} is the split evaluated: metrics.json would "
                 f"label {evaluated} results as {split}; set data.test_split={split} (evaluation.split follows it)"
             )
+        precision = spec.trainer.precision if spec.trainer is not None else None
+        if precision is not None and precision not in PRECISIONS:  # else Lightning refuses it after data are read
+            self.problems.append(f"trainer.precision must be one of {list(PRECISIONS)}, got {precision!r}")
         self.problems += launch_problems(self.resolved.get("trainer") if trains else None)
         self.problems += cache_settings_problems()  # MDR_VERIFY_CACHES, MDR_CACHE_LOCK, MDR_LOCK_STALE_SECONDS
         if trains and not self.problems:
@@ -279,11 +296,11 @@ class _Builder:
 
     def read(self, cls: type[T]) -> T:
         """A ``cls`` whose fields name their config keys (:func:`mdr.spec.key`), each read and checked; a field with a
-        default where the config does not hold its key keeps it."""
+        default where the config does not hold its key keeps it (a null there is checked, not taken as absent)."""
         v, found = self.values, {}
         for item in fields(cls):  # type: ignore[arg-type]
             meta = item.metadata
-            if "key" in meta and (item.default is MISSING or v.get(meta["key"], optional=True) is not None):
+            if "key" in meta and (item.default is MISSING or v.holds(meta["key"])):
                 found[item.name] = getattr(v, meta["check"])(meta["key"], **meta["options"])
         return cls(**found)
 

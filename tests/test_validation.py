@@ -52,6 +52,8 @@ def test_the_composed_defaults_pass(config_name: str) -> None:
         ("negatives.denoise.batch_size=0", "negatives.denoise.batch_size"),
         ("+negatives.denoise.margin=1", "negatives.denoise"),
         ("trainer.deterministic=sometimes", "trainer.deterministic"),
+        ("trainer.precision=99", "trainer.precision"),
+        ("trainer.precision=bf16_mixed", "trainer.precision"),
         ("stage=two_stage stage.stages.0.epochs=0", "stage.stages[0].epochs"),
         ("evaluation.languages=[th,xx]", "evaluation.languages[1]"),
     ],
@@ -59,6 +61,18 @@ def test_the_composed_defaults_pass(config_name: str) -> None:
 def test_a_bad_value_is_refused_naming_its_key(override: str, key: str) -> None:
     problems = config_problems(_compose(*override.split()))
     assert len(problems) == 1 and key in problems[0], problems
+
+
+@pytest.mark.parametrize("precision", ["auto", "16", "32", "bf16-mixed", "32-true"])
+def test_lightning_precisions_pass(precision: str) -> None:
+    assert config_problems(_compose(f"trainer.precision={precision}")) == []
+
+
+@pytest.mark.parametrize("key", ["on_config_change", "on_complete", "stages_only", "keep_checkpoints", "keep_encoder"])
+def test_a_null_run_policy_is_refused_not_taken_as_its_default(key: str) -> None:
+    """`run.keep_checkpoints=null` is no choice: refused naming the key, as a missing policy key is not."""
+    problems = config_problems(_compose(f"run.{key}=null"))
+    assert len(problems) == 1 and f"run.{key}" in problems[0], problems
 
 
 @pytest.mark.parametrize("override", ["evaluation.bf16=maybe", "evaluation.shard_size=-1", "evaluation.fp16_index=x"])
