@@ -16,6 +16,7 @@ from mdr.evaluation.metrics import MIN_DEPTH
 from mdr.mining.denoise import DenoiseSettings
 from mdr.mining.miner import PoolSettings
 from mdr.models.bi_encoder import EncoderSettings
+from mdr.models.precision import PRECISIONS
 from mdr.utils.allocator import MAX_RETAIN_MB
 
 
@@ -101,7 +102,7 @@ class Trainer:
     accelerator: str = key("trainer.accelerator", "text")
     devices: Any = key("trainer.devices", "get")
     num_nodes: int = key("trainer.num_nodes", "get")
-    precision: str = key("trainer.precision", "text")
+    precision: str = key("trainer.precision", "text", allowed=PRECISIONS)
     max_epochs: int = key("trainer.max_epochs", "integer", minimum=1, allowed=(-1,))
     deterministic: bool | str = key("trainer.deterministic", "choice", allowed=(True, False, "warn"))
     args: Mapping[str, Any] = key("trainer", "mapping")

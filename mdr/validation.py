@@ -12,9 +12,8 @@ import copy
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, fields, replace
 from pathlib import Path
-from typing import Any, TypeVar, get_args
+from typing import Any, TypeVar
 
-from lightning.fabric.connector import _PRECISION_INPUT
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -57,10 +56,6 @@ TARGET = "target"
 """In ``train_on`` and ``evaluation.languages``: the run's own language (in the run's data group)."""
 _ABSENT = object()
 T = TypeVar("T")
-PRECISIONS = tuple(
-    dict.fromkeys(["auto", *(str(value) for kind in get_args(_PRECISION_INPUT) for value in get_args(kind))])
-)
-"""``trainer.precision``: mdr's ``auto`` (:func:`mdr.models.precision.resolve_precision`) or one Lightning takes."""
 NULLABLE = ("range_max", "margin", "encoder", "threads")
 """Pool settings whose null means something (no upper rank, no margin, no encoder, every CPU)."""
 
@@ -75,28 +70,30 @@ class _Values:
         """The value at ``key``; a key added after a config was made takes its "as before" value
         (:data:`mdr.utils.config_compat.NEUTRAL_DEFAULTS`). Missing or ``???``: ``_ABSENT``, a problem noted
         (``optional``: None for a missing key, no problem)."""
-        node: Any = self.tree
-        for part in key.split("."):
-            if not isinstance(node, Mapping) or part not in node:
-                if self.prefix + key in NEUTRAL_DEFAULTS:
-                    return NEUTRAL_DEFAULTS[self.prefix + key]
-                if not optional:
-                    self.problems.append(f"{self.prefix}{key} is missing from the config")
-                return None if optional else _ABSENT
-            node = node[part]
+        node = self._find(key)
+        if node is _ABSENT:
+            if self.prefix + key in NEUTRAL_DEFAULTS:
+                return NEUTRAL_DEFAULTS[self.prefix + key]
+            if not optional:
+                self.problems.append(f"{self.prefix}{key} is missing from the config")
+            return None if optional else _ABSENT
         if node == "???":
             self.problems.append(f"{self.prefix}{key} must be set (it is ???)")
             return _ABSENT
         return node
 
-    def holds(self, key: str) -> bool:
-        """Whether the mapping holds ``key`` (a null value included)."""
+    def _find(self, key: str) -> Any:
+        """The value at dotted ``key`` as held (a null included); ``_ABSENT`` where the mapping has no such key."""
         node: Any = self.tree
         for part in key.split("."):
             if not isinstance(node, Mapping) or part not in node:
-                return False
+                return _ABSENT
             node = node[part]
-        return True
+        return node
+
+    def holds(self, key: str) -> bool:
+        """Whether the mapping holds ``key`` (a null value included)."""
+        return self._find(key) is not _ABSENT
 
     def _checked(self, key: str, problem: Callable[[Any], str | None], optional: bool = False) -> Any:
         """The value at ``key`` where ``problem`` finds none in it (null passes where ``optional``), else None."""
@@ -162,12 +159,17 @@ class _Values:
             key, lambda value: None if isinstance(value, bool) else f"must be true or false, got {value!r}"
         )
 
-    def text(self, key: str, optional: bool = False) -> Any:
-        """A string (a number is taken as its text: a split named 1)."""
-        wrong = (Mapping, list, bool)
-        value = self._checked(
-            key, lambda v: f"must be a string, got {v!r}" if v is None or isinstance(v, wrong) else None, optional
-        )
+    def text(self, key: str, optional: bool = False, allowed: tuple[str, ...] = ()) -> Any:
+        """A string (a number is taken as its text: a split named 1), one of ``allowed`` where given."""
+
+        def problem(value: Any) -> str | None:
+            if value is None or isinstance(value, (Mapping, list, bool)):
+                return f"must be a string, got {value!r}"
+            if allowed and str(value) not in allowed:
+                return f"must be one of {list(allowed)}, got {value!r}"
+            return None
+
+        value = self._checked(key, problem, optional)
         return None if value is None else str(value)
 
     def mapping(self, key: str, optional: bool = False) -> Any:
@@ -249,9 +251,6 @@ class _Builder:
                 f"evaluation.split={split} but data.test_split={evaluated} is the split evaluated: metrics.json would "
                 f"label {evaluated} results as {split}; set data.test_split={split} (evaluation.split follows it)"
             )
-        precision = spec.trainer.precision if spec.trainer is not None else None
-        if precision is not None and precision not in PRECISIONS:  # else Lightning refuses it after data are read
-            self.problems.append(f"trainer.precision must be one of {list(PRECISIONS)}, got {precision!r}")
         self.problems += launch_problems(self.resolved.get("trainer") if trains else None)
         self.problems += cache_settings_problems()  # MDR_VERIFY_CACHES, MDR_CACHE_LOCK, MDR_LOCK_STALE_SECONDS
         if trains and not self.problems:

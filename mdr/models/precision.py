@@ -4,9 +4,15 @@ support it and on CPUs with bf16 units."""
 from __future__ import annotations
 
 from functools import cache
+from typing import get_args
 
 import torch
+from lightning.fabric.connector import _PRECISION_INPUT
 
+PRECISIONS = tuple(
+    dict.fromkeys(["auto", *(str(value) for kind in get_args(_PRECISION_INPUT) for value in get_args(kind))])
+)
+"""``trainer.precision``: mdr's ``auto`` (:func:`resolve_precision`) or one Lightning takes."""
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 """/proc/cpuinfo flags of x86 CPUs with native bf16 arithmetic (AMX tiles or AVX512-BF16 dot products)."""
 
