@@ -1,21 +1,27 @@
-"""Pool diagnostics: what a hard-negative pool holds, before training on it.
+"""Pool diagnostics: what a hard-negative pool holds, before training on it (docs/negatives.md#pool-diagnostics).
 
     python -m mdr.pool_diagnostics --languages th,hi --negatives bm25,dense_me5,bm25_thai_words:th \\
         --seeds 0-4 --out docs/results/me5_grid/pool_diagnostics [hydra overrides ...]
 
 Each (language, ``negatives`` option; ``name:th+lo``: those languages only) is composed as ``train.py`` composes a
 run (:data:`DEFAULT_OVERRIDES`, then the overrides given), its pool mined as the run mines it and the first epoch's
-negatives drawn for every training query with each seed. The measures (:mod:`mdr.mining.diagnostics`) go to
-``pool_diagnostics.csv`` and ``pool_overlap.csv``, with a plot and a summary (:mod:`mdr.reporting.pool_diagnostics`).
+negatives drawn for every training query with each seed. Measured on those negatives: the positive's rank in the
+miner's ranking, the share from the positive's paragraph or article (XQuAD-style docids), a teacher's scores against
+the positive and the overlaps of options; written to ``pool_diagnostics.csv`` and ``pool_overlap.csv`` with a plot
+and a summary (:mod:`mdr.reporting.pool_diagnostics`).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import math
+import re
 import shlex
+import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,25 +29,24 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
+from mdr.data.negatives import NegativeSampler
 from mdr.data.schema import DataError, RetrievalSplit
-from mdr.mining import diagnostics as measures
 from mdr.mining.denoise import cached_teacher_scores
 from mdr.mining.miner import mine
+from mdr.mining.pools import RawPools
 from mdr.reporting import pool_diagnostics as report
 from mdr.spec import Spec
-from mdr.training import load_encoder, negative_pools, pool_key
+from mdr.training import load_encoder, mining_device, negative_pools, pool_key
 from mdr.utils import quiet
 from mdr.utils.environment import code_version
 from mdr.utils.instantiate import build_reader, ensure_model_files, register_resolvers
 from mdr.utils.io import atomic_write_text
 from mdr.utils.logging import get_logger
-from mdr.utils.ranks import cuda_device
 from mdr.validation import build_spec, resolve_teacher
 
 log = get_logger(__name__)
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
 DEFAULT_OVERRIDES = (
     "data=xquad",
     "model=me5_small",
@@ -50,9 +55,161 @@ DEFAULT_OVERRIDES = (
     "negatives.num_negatives=4",
 )
 """The me5_small grid's settings (conf/experiment/_me5_grid.yaml, block c's p = 1); the overrides given come after."""
-
+# XQuAD-style docids: language, article, paragraph and (sentence level) sentence
+DOCID_LOCATION = re.compile(r"^(?P<language>[^_]+)_(?P<article>a\d+)_(?P<paragraph>p\d+)(?:_s\d+)?$")
+DENOISE_RATIO = 0.95  # the teacher ratio above which denoising at relative margin 0.05 (the default) drops one
 LoadedTeacher = tuple[Any, Any, str, str]
 """(encoder, tokenizer, its folder or hub id, the name the files show)."""
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One training query's positive and negatives (hard ones first) as the sampler drew them with ``seed``."""
+
+    query_id: str
+    seed: int
+    positive: str
+    negatives: tuple[str, ...]
+
+
+def sampled_negatives(
+    split: RetrievalSplit,
+    pools: Mapping[str, Sequence[str]],
+    num_negatives: int,
+    hard_proportion: float,
+    seeds: Iterable[int],
+    strict: bool = False,
+) -> list[Draw]:
+    """The negatives a run with each of ``seeds`` draws in the first epoch, through the training sampler itself."""
+    draws: list[Draw] = []
+    for seed in seeds:
+        examples, _ = NegativeSampler(num_negatives, hard_proportion, seed=seed, strict=strict).examples(
+            split, pools, 0
+        )
+        draws += [Draw(e.query_id, int(seed), e.positive, tuple(e.negatives)) for e in examples]
+    return draws
+
+
+def positive_ranks(raw: RawPools, split: RetrievalSplit, depth: int) -> dict[str, int | None]:
+    """Query (with a judged positive) -> 1 + the candidates scoring strictly above its best positive, None when
+    that is beyond ``depth`` or the miner has no score for the positive (BM25 did not retrieve it)."""
+    ranks: dict[str, int | None] = {}
+    for query_id in filter(split.positives, sorted(split.queries)):
+        score = raw.positive_scores.get(query_id)
+        rank = None if score is None else 1 + sum(c > score for _, c in raw.candidates.get(query_id, ()))
+        ranks[query_id] = rank if rank is not None and rank <= depth else None
+    return ranks
+
+
+def _share(count: float, total: int) -> float:
+    return count / total if total else math.nan
+
+
+def rank_measures(ranks: Mapping[str, int | None]) -> dict[str, float]:
+    """Median rank (NaN when beyond the depth), share at rank 1 and share beyond the depth over ``ranks``' queries."""
+    values = list(ranks.values())
+    middle = statistics.median([math.inf if rank is None else float(rank) for rank in values]) if values else math.nan
+    return {
+        "positive_rank_median": middle if math.isfinite(middle) else math.nan,
+        "positive_rank1_share": _share(sum(rank == 1 for rank in values), len(values)),
+        "positive_beyond_depth_share": _share(sum(rank is None for rank in values), len(values)),
+    }
+
+
+def docid_location(docid: str) -> tuple[str, str] | None:
+    """(article, article + paragraph) of an XQuAD-style docid, None for any other docid."""
+    found = DOCID_LOCATION.match(docid)
+    if found is None:
+        return None
+    article = f"{found['language']}_{found['article']}"
+    return article, f"{article}_{found['paragraph']}"
+
+
+def location_measures(draws: Sequence[Draw]) -> dict[str, float]:
+    """Shares of sampled negatives from the positive's paragraph and article, over those whose docid and
+    positive's docid both locate them (``located_share``)."""
+    pairs = [(docid_location(draw.positive), docid_location(negative)) for draw in draws for negative in draw.negatives]
+    located = [(positive, where) for positive, where in pairs if positive is not None and where is not None]
+    if len(located) < len(pairs):
+        log.warning(
+            f"{len(pairs) - len(located)} of {len(pairs)} sampled negatives (or their positives) have docids without "
+            "article and paragraph: the same-paragraph and same-article shares count only the others"
+        )
+    return {
+        "located_share": _share(len(located), len(pairs)),
+        "same_paragraph_share": _share(sum(where[1] == positive[1] for positive, where in located), len(located)),
+        "same_article_share": _share(sum(where[0] == positive[0] for positive, where in located), len(located)),
+    }
+
+
+def pool_measures(pools: Mapping[str, Sequence[str]], draws: Sequence[Draw]) -> dict[str, float]:
+    """Median pool size and empty pools over the sampled queries; sampled negatives and the share from the pool."""
+    queries = sorted({draw.query_id for draw in draws})
+    sizes = [len(pools.get(query_id, ())) for query_id in queries]
+    members = {query_id: set(pools.get(query_id, ())) for query_id in queries}
+    sampled = sum(len(draw.negatives) for draw in draws)
+    in_pool = sum(negative in members[draw.query_id] for draw in draws for negative in draw.negatives)
+    return {
+        "queries": len(queries),
+        "pool_size_median": statistics.median(sizes) if sizes else math.nan,
+        "queries_empty_pool": sum(size == 0 for size in sizes),
+        "sampled": sampled,
+        "in_pool_share": _share(in_pool, sampled),
+    }
+
+
+def scoring_pools(draws: Iterable[Draw]) -> dict[str, list[str]]:
+    """Query -> every negative sampled for it (any seed, any option), in first-seen order: what a teacher scores."""
+    pools: dict[str, dict[str, None]] = {}
+    for draw in draws:
+        pools.setdefault(draw.query_id, {}).update(dict.fromkeys(draw.negatives))
+    return {query_id: list(negatives) for query_id, negatives in pools.items()}
+
+
+def teacher_measures(draws: Sequence[Draw], scores: RawPools) -> dict[str, float]:
+    """The median teacher ratio negative / positive (where the positive scores > 0), the share of sampled
+    negatives scoring at least the positive and the share above :data:`DENOISE_RATIO` of it; ``scores``: the
+    teacher's (:func:`mdr.mining.denoise.teacher_scores`) over at least the sampled negatives."""
+    ratios: list[float] = []
+    at_least = above_ceiling = total = not_positive = 0
+    for draw in draws:
+        positive = scores.positive_scores.get(draw.query_id)
+        if positive is None:
+            raise KeyError(f"query {draw.query_id!r} has no teacher score for its positive")
+        scored = dict(scores.candidates.get(draw.query_id, ()))
+        for negative in draw.negatives:
+            if negative not in scored:
+                raise KeyError(f"query {draw.query_id!r}: sampled negative {negative!r} has no teacher score")
+            score = scored[negative]
+            total += 1
+            at_least += score >= positive
+            above_ceiling += score > positive - abs(positive) * (1 - DENOISE_RATIO)
+            if positive > 0:
+                ratios.append(score / positive)
+            else:
+                not_positive += 1
+    if not_positive:
+        log.warning("%d sampled negatives left out of the teacher ratio: their positive scores <= 0", not_positive)
+    return {
+        "teacher_ratio_median": statistics.median(ratios) if ratios else math.nan,
+        "teacher_at_least_positive_share": _share(at_least, total),
+        "teacher_above_denoise_share": _share(above_ceiling, total),
+    }
+
+
+def overlap_shares(
+    draws: Mapping[str, Sequence[Draw]], pools: Mapping[str, Mapping[str, Sequence[str]]]
+) -> list[tuple[str, str, float]]:
+    """(option, other, share of the option's sampled negatives in the other's pool for the same query) for every
+    ordered pair of options, an option with itself included."""
+    rows: list[tuple[str, str, float]] = []
+    for option, option_draws in draws.items():
+        drawn = [(draw.query_id, negative) for draw in option_draws for negative in draw.negatives]
+        for other, other_pools in pools.items():
+            members = {query_id: set(docids) for query_id, docids in other_pools.items()}
+            inside = sum(negative in members.get(query_id, ()) for query_id, negative in drawn)
+            rows.append((option, other, _share(inside, len(drawn))))
+    return rows
 
 
 @dataclass(frozen=True)
@@ -92,6 +249,14 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def seeds_text(seeds: Sequence[int]) -> str:
+    """``0-4`` for a run of consecutive seeds, else ``0+2+3`` (no comma: it is a CSV cell)."""
+    ordered = sorted(seeds)
+    if len(ordered) > 1 and ordered == list(range(ordered[0], ordered[-1] + 1)):
+        return f"{ordered[0]}-{ordered[-1]}"
+    return "+".join(str(seed) for seed in ordered)
+
+
 def option_label(spec: Spec) -> str:
     """A plain name for a composed ``negatives`` group: source, window, margin, denoising."""
     pool = spec.negatives.pool
@@ -102,13 +267,9 @@ def option_label(spec: Spec) -> str:
     else:
         source = "BM25" if pool.backend == "bm25s" else "BM25 (Lucene)"
         source += " (Thai words)" if pool.tokenizer == "thai_words" else ""
-    end = pool.range_max if pool.range_max is not None else pool.depth
-    label = f"{source} ranks {pool.range_min + 1}-{end}"
-    if pool.margin is not None:
-        label += f", margin {pool.margin:g}"
-    if spec.negatives.denoise.enabled:
-        label += f", denoised ({spec.negatives.denoise.teacher})"
-    return label
+    label = f"{source} ranks {pool.range_min + 1}-{pool.range_max if pool.range_max is not None else pool.depth}"
+    label += f", margin {pool.margin:g}" if pool.margin is not None else ""
+    return label + (f", denoised ({spec.negatives.denoise.teacher})" if spec.negatives.denoise.enabled else "")
 
 
 def _compose(cells: Sequence[tuple[str, str]], overrides: Sequence[str], out: Path) -> list[Any]:
@@ -143,89 +304,60 @@ def compose_cells(
     return {key: build_spec(cfg) for key, cfg in zip(keys, configs)}
 
 
-def mining_device(spec: Spec) -> str:
-    """Where a run of ``spec`` mines and a teacher scores: the CPU for trainer=cpu, else this process's CUDA device."""
-    return "cpu" if spec.trainer.accelerator == "cpu" else cuda_device()
-
-
-def raw_pool_ranks(spec: Spec, split: RetrievalSplit) -> tuple[dict[str, int | None], int]:
-    """The positive's rank per training query in the cell's miner ranking (the cached pool), and the depth."""
-    settings, language = spec.negatives.pool, spec.language
-    raw = mine(
-        settings,
-        split,
-        language.code,
-        language.analyzer,
-        spec.paths.cache_dir,
-        lambda path: load_encoder(spec.model, path),
-        mining_device(spec),
-        key=pool_key(settings, language.analyzer, spec.paths.cache_dir),
-    )
-    return measures.positive_ranks(raw, split, settings.depth), settings.depth
-
-
 def measure_language(
     cells: dict[str, Spec], seeds: Sequence[int], teacher: LoadedTeacher
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Rows (one per option) and overlap rows of one language, whose cells are ``option -> spec``."""
     first = next(iter(cells.values()))
+    language, cache_dir = first.language, first.paths.cache_dir
     split = build_reader(first.data.reader).load(first.data.train_split)
     pools: dict[str, dict[str, list[str]]] = {}
-    draws: dict[str, list[measures.Draw]] = {}
-    ranks: dict[str, tuple[dict[str, int | None], int]] = {}
+    draws: dict[str, list[Draw]] = {}
+    ranks: dict[str, dict[str, int | None]] = {}
     for option, spec in cells.items():
-        log.info("pool diagnostics: %s %s", spec.language.code, option)
-        negatives = spec.negatives
-        pools[option] = dict(negative_pools(spec, negatives, split, spec.language))
-        ranks[option] = raw_pool_ranks(spec, split)
-        draws[option] = measures.sampled_negatives(
+        log.info("pool diagnostics: %s %s", language.code, option)
+        negatives, settings = spec.negatives, spec.negatives.pool
+        pools[option] = dict(negative_pools(spec, negatives, split, language))
+        key = pool_key(settings, language.analyzer, cache_dir)
+        load = functools.partial(load_encoder, spec.model)
+        raw = mine(
+            settings, split, language.code, language.analyzer, cache_dir, load, mining_device(spec.trainer), key=key
+        )
+        ranks[option] = positive_ranks(raw, split, settings.depth)
+        draws[option] = sampled_negatives(
             split, pools[option], negatives.num_negatives, negatives.hard_proportion, seeds, negatives.strict
         )
     encoder, tokenizer, teacher_path, teacher_name = teacher
-    every = [draw for option_draws in draws.values() for draw in option_draws]
-    log.info("pool diagnostics: %s, the teacher scores %d sampled negatives", first.language.code, len(every))
-    scores, _, _ = cached_teacher_scores(
-        measures.scoring_pools(every),
-        split,
-        first.language.code,
-        encoder,
-        tokenizer,
-        teacher_path,
-        first.paths.cache_dir,
-        device=mining_device(first),
+    every = scoring_pools(draw for option_draws in draws.values() for draw in option_draws)
+    log.info(
+        "pool diagnostics: %s, the teacher scores %d sampled negatives", language.code, sum(map(len, draws.values()))
     )
-    rows = []
-    for option, spec in cells.items():
-        depth_ranks, depth = ranks[option]
-        rows.append(
-            {
-                "language": spec.language.code,
-                "negatives": option,
-                "label": option_label(spec),
-                "seeds": seeds_text(seeds),
-                "num_negatives": spec.negatives.num_negatives,
-                "hard_proportion": spec.negatives.hard_proportion,
-                "depth": depth,
-                **measures.pool_measures(pools[option], draws[option]),
-                **measures.rank_measures(depth_ranks),
-                **measures.location_measures(draws[option]),
-                "teacher": teacher_name,
-                **measures.teacher_measures(draws[option], scores),
-            }
-        )
+    device = mining_device(first.trainer)
+    scores, _, _ = cached_teacher_scores(
+        every, split, language.code, encoder, tokenizer, teacher_path, cache_dir, device=device
+    )
+    rows = [
+        {
+            "language": language.code,
+            "negatives": option,
+            "label": option_label(spec),
+            "seeds": seeds_text(seeds),
+            "num_negatives": spec.negatives.num_negatives,
+            "hard_proportion": spec.negatives.hard_proportion,
+            "depth": spec.negatives.pool.depth,
+            **pool_measures(pools[option], draws[option]),
+            **rank_measures(ranks[option]),
+            **location_measures(draws[option]),
+            "teacher": teacher_name,
+            **teacher_measures(draws[option], scores),
+        }
+        for option, spec in cells.items()
+    ]
     overlap = [
-        {"language": first.language.code, "negatives": option, "other": other, "share": share}
-        for option, other, share in measures.overlap_shares(draws, pools)
+        {"language": language.code, "negatives": option, "other": other, "share": share}
+        for option, other, share in overlap_shares(draws, pools)
     ]
     return rows, overlap
-
-
-def seeds_text(seeds: Sequence[int]) -> str:
-    """``0-4`` for a run of consecutive seeds, else ``0+2+3`` (no comma: it is a CSV cell)."""
-    ordered = sorted(seeds)
-    if len(ordered) > 1 and ordered == list(range(ordered[0], ordered[-1] + 1)):
-        return f"{ordered[0]}-{ordered[-1]}"
-    return "+".join(str(seed) for seed in ordered)
 
 
 def load_teacher(cell: tuple[str, str], overrides: Sequence[str], out: Path, name: str) -> LoadedTeacher:
@@ -260,14 +392,13 @@ def run(
             rows += found
             overlap += shared
     frame = pd.DataFrame(rows, columns=list(report.COLUMNS))
-    shares = pd.DataFrame(overlap, columns=list(report.OVERLAP_COLUMNS))
+    shares = pd.DataFrame(overlap, columns=list(report.OVERLAP_COLUMNS)).round(4)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / report.CSV_NAME, frame.round(4).to_csv(index=False))
-    atomic_write_text(out / report.OVERLAP_NAME, shares.round(4).to_csv(index=False))
+    atomic_write_text(out / report.OVERLAP_NAME, shares.to_csv(index=False))
     report.plot_diagnostics(frame, out / report.PLOT_NAME)
-    atomic_write_text(
-        out / report.SUMMARY_NAME, report.summary_markdown(frame.round(4), shares.round(4), command, code) + "\n"
-    )
+    summary = report.summary_markdown(frame.round(4), shares, command, code)
+    atomic_write_text(out / report.SUMMARY_NAME, summary + "\n")
     return frame
 
 
@@ -289,15 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet.install()  # library messages a user cannot act on (mdr/utils/quiet.py)
     languages = [code.strip() for code in args.languages.split(",") if code.strip()]
     command = "python -m mdr.pool_diagnostics " + " ".join(shlex.quote(arg) for arg in (argv or sys.argv[1:]))
-    run(
-        languages,
-        parse_options(args.negatives),
-        parse_seeds(args.seeds),
-        args.out,
-        args.teacher,
-        args.overrides,
-        command,
-    )
+    options, seeds = parse_options(args.negatives), parse_seeds(args.seeds)
+    run(languages, options, seeds, args.out, args.teacher, args.overrides, command)
     names = (report.OVERLAP_NAME, report.PLOT_NAME, report.SUMMARY_NAME)
     print(f"[mdr] pool diagnostics -> {args.out / report.CSV_NAME}, {', '.join(names)}")
     return 0

@@ -13,7 +13,9 @@ import pytest
 
 from mdr.data.schema import DataError, Passage, Query, RetrievalSplit
 from mdr.mining.denoise import teacher_scores
-from mdr.mining.diagnostics import (
+from mdr.mining.pools import RawPools
+from mdr.models.bi_encoder import BiEncoder, EncoderSettings, load_tokenizer
+from mdr.pool_diagnostics import (
     Draw,
     docid_location,
     location_measures,
@@ -25,8 +27,6 @@ from mdr.mining.diagnostics import (
     scoring_pools,
     teacher_measures,
 )
-from mdr.mining.pools import RawPools
-from mdr.models.bi_encoder import BiEncoder, EncoderSettings, load_tokenizer
 
 from conftest import DATA_DIR
 
