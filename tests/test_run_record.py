@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from mdr.reporting.collect import run_variant
 from mdr.utils.run_record import RECORD_VERSION, RunRecord, read_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +30,7 @@ def test_an_older_record_reads_with_its_fallbacks() -> None:
     record = RunRecord.from_json(old)
     assert record.record_version == 0 and record.evaluation_depth() == 100
     assert record.mask({}) is True and record.used_hard_negatives()
-    assert run_variant(record, {}) == (True, False)
+    assert not record.denoised_negatives({})
     assert record.to_json()["loss"] == {"mask_false_negatives": True}  # nothing dropped
 
 
@@ -44,7 +43,8 @@ def test_a_newer_record_is_refused_naming_the_file(tmp_path: Path) -> None:
 
 def test_variant_is_read_from_the_record_then_config() -> None:
     def variant(metrics: dict, config: dict) -> tuple[bool | None, bool]:
-        return run_variant(RunRecord.from_json(metrics), config)
+        record = RunRecord.from_json(metrics)
+        return record.mask(config), record.denoised_negatives(config)
 
     assert variant({"train": {"mask_false_negatives": False}, "denoised": True}, {}) == (False, True)
     config = {"loss": {"mask_false_negatives": True}, "negatives": {"denoise": {"enabled": True}}}

@@ -50,6 +50,15 @@ def same_proportion(values: pd.Series, proportion: float) -> np.ndarray:
     return np.isnan(numbers) if pd.isna(proportion) else np.isclose(numbers, proportion)
 
 
+def _spread(values: pd.Series) -> dict[str, Any]:
+    """Mean, sample std (NaN for one run) and n of a cell's runs."""
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std(ddof=1)) if len(values) > 1 else np.nan,
+        "n": len(values),
+    }
+
+
 def resource_class(values: pd.Series) -> bool | None:
     """Whether runs are of a low-resource language: their first recorded ``low_resource``; None if none is."""
     known = values.dropna()
@@ -131,9 +140,9 @@ def with_holm(family: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def comparison(
     tables: CellTables, treated: pd.DataFrame, reference: pd.DataFrame, margin: float, *family: pd.DataFrame
-) -> dict[str, Any]:
-    """treated - reference: MRR@100 and nDCG@10 tests, TOST against ``margin``, wins / ties / losses; the seed
-    level pooled over ``family``, the group's other cells; ``_estimate`` holds the MRR@100 estimate."""
+) -> tuple[dict[str, Any], Estimate]:
+    """(columns, MRR@100 estimate) of treated - reference: MRR@100 and nDCG@10 tests, TOST against ``margin``,
+    wins / ties / losses; the seed level pooled over ``family``, the group's other cells."""
     selections = [treated, reference, *family]
     weights = [1.0, -1.0] + [0.0] * len(family)
     cells = tables.cells(selections)
@@ -144,7 +153,7 @@ def comparison(
     columns = _estimate_columns(result, f"delta_{METRIC}") | {"p_tost": stats.tost(result, margin)}
     columns |= dict(zip(("wins", "ties", "losses"), stats.win_tie_loss(*cells[:2])))
     columns |= _interval_columns(second, f"delta_{SECOND_METRIC}", SECOND_METRIC)
-    return columns | {"note": _note(result), "_estimate": result}
+    return columns | {"note": _note(result)}, result
 
 
 def _note(estimate: Estimate) -> str:
@@ -188,17 +197,14 @@ def _cell_rows(tables: CellTables, results: pd.DataFrame) -> list[dict[str, Any]
     found: list[dict[str, Any]] = []
     for key, rows in results.groupby([*GROUP, "hard_proportion"], sort=False, dropna=False):
         interval = contrast(tables.cells([rows]), [1.0])
-        values = rows[METRIC]
         second = rows[SECOND_METRIC] if SECOND_METRIC in rows else pd.Series(dtype=float)
         found.append(
             {
                 **dict(zip([*GROUP, "hard_proportion"], key)),
-                "mean": float(values.mean()),
-                "std": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
-                "n": len(values),
+                **_spread(rows[METRIC]),
                 "ci_low": interval.ci_low,
                 "ci_high": interval.ci_high,
-                f"mean_{SECOND_METRIC}": float(second.mean()) if second.notna().any() else float("nan"),
+                f"mean_{SECOND_METRIC}": float(second.mean()) if second.notna().any() else np.nan,
                 "low_resource": resource_class(rows.low_resource),
             }
         )
@@ -231,14 +237,14 @@ def analyse(results: pd.DataFrame, *, equivalence_margin: float = EQUIVALENCE_MA
             continue
         baseline_variant, baseline = found
         named = {**dict(zip(GROUP, group)), "baseline_variant": baseline_variant}
-        family = []
+        family, deltas = [], []
         for proportion in proportions:
             others = [tables.rows(group, p) for p in proportions if p != proportion]
-            compared = comparison(tables, tables.rows(group, proportion), baseline, equivalence_margin, *others)
+            compared, delta = comparison(tables, tables.rows(group, proportion), baseline, equivalence_margin, *others)
             family.append({**named, "hard_proportion": proportion, **compared})
+            deltas.append((proportion, delta))
         levels = [baseline] + [tables.rows(group, p) for p in proportions]
         slope, curvature, steps = _trend(tables, levels, [0.0, *proportions])
-        deltas = [(test["hard_proportion"], test.pop("_estimate")) for test in family]
         tests += with_holm(family)
         decision = stats.decide(slope, curvature, deltas, steps, equivalence_margin, ALPHA)
         scored = tables.has(levels, SECOND_METRIC)
@@ -263,8 +269,7 @@ def analyse(results: pd.DataFrame, *, equivalence_margin: float = EQUIVALENCE_MA
             reference = tables.rows((model, stage, language, DEFAULT_VARIANT), proportion)
             if variant == DEFAULT_VARIANT or reference.empty:
                 continue
-            compared = comparison(tables, runs, reference, equivalence_margin)
-            del compared["_estimate"]
+            compared = comparison(tables, runs, reference, equivalence_margin)[0]
             named = {"model": model, "stage": stage, "language": language, "variant": variant}
             family.append({**named, "reference_variant": DEFAULT_VARIANT, "hard_proportion": proportion, **compared})
         effects += with_holm(family)
@@ -301,21 +306,13 @@ def compare_schedules(results: pd.DataFrame, *, equivalence_margin: float = EQUI
         reference = next((item for item in labelled if item[1] == REFERENCE_SCHEDULE), labelled[0])
         family: list[dict[str, Any]] = []
         for label, stage, runs in labelled:
-            values = runs[METRIC]
-            row: dict[str, Any] = {
-                "model": model,
-                "language": language,
-                "schedule": label,
-                "stage": stage,
-                "mean": float(values.mean()),
-                "std": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
-                "n": len(values),
+            row: dict[str, Any] = {"model": model, "language": language, "schedule": label, "stage": stage}
+            row |= _spread(runs[METRIC]) | {
                 "low_resource": resource_class(runs.low_resource),
                 "reference": reference[0],
             }
             if label != reference[0]:
-                row.update(comparison(tables, runs, reference[2], equivalence_margin))
-                del row["_estimate"]
+                row.update(comparison(tables, runs, reference[2], equivalence_margin)[0])
                 family.append(row)
             rows.append(row)
         with_holm(family)

@@ -1,5 +1,4 @@
-"""Hydra callback: aggregate a multirun when it ends, print its table, and exit non-zero unless every job
-succeeded."""
+"""Hydra callback: aggregate a multirun when it ends, print its table, and exit 1 unless every job succeeded."""
 
 from __future__ import annotations
 
@@ -13,31 +12,21 @@ from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-EXIT_INCOMPLETE = 1
-"""Exit status of a multirun with a failed, missing, invalid or conflicting job, or whose aggregation failed."""
+EXIT_INCOMPLETE = 1  # a failed, missing, invalid or conflicting job, or a failed aggregation
 
 
 class AggregateOnMultirunEnd(Callback):
-    """Runs :func:`mdr.reporting.aggregate.aggregate` on ``hydra.sweep.dir`` after the last job.
-
-    Prints results.md's table of cell means, where the plot and the full report are, and, with
-    ``logger.wandb.enabled``, logs the tables and plot to a summary run of the sweep's W&B group
-    (:mod:`mdr.reporting.wandb_summary`).
-
-    Hydra turns an ``Exception`` raised by a callback into a warning (``hydra._internal.callbacks``), so the
-    sweep's exit status is set with ``SystemExit`` (not an ``Exception``: it passes through Hydra and ends
-    ``python train.py -m ...`` with status 1) when a job failed, is missing, invalid or in a conflict, or the
-    aggregation itself failed.
-    """
+    """Aggregates ``hydra.sweep.dir`` after the last job, prints the cell means and where the report is, and with
+    ``logger.wandb.enabled`` logs it to the sweep's W&B group. Exits with ``SystemExit`` (Hydra turns an
+    ``Exception`` from a callback into a warning) when a job or the aggregation failed."""
 
     def __init__(self, equivalence_margin: float = 0.01) -> None:
         # Hydra builds its callbacks before the first job: a bad margin stops the sweep before any work
-        if isinstance(equivalence_margin, bool) or not isinstance(equivalence_margin, (int, float)):
+        number = isinstance(equivalence_margin, (int, float)) and not isinstance(equivalence_margin, bool)
+        if not (number and equivalence_margin > 0):
             raise ValueError(
                 f"hydra.callbacks.aggregate.equivalence_margin must be a number > 0, got {equivalence_margin!r}"
             )
-        if not equivalence_margin > 0:
-            raise ValueError(f"hydra.callbacks.aggregate.equivalence_margin must be > 0, got {equivalence_margin}")
         self.equivalence_margin = float(equivalence_margin)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -72,11 +61,6 @@ class AggregateOnMultirunEnd(Callback):
 
 def console_summary(summary: dict[str, Any]) -> str:
     """What a finished multirun prints: the counts, the table of cell means, and where the report and plot are."""
-    lines = [summary["status"]]
-    if summary.get("headline"):
-        lines += ["", summary["headline"]]
-    lines += ["", f"full report: {summary['table']}"]
-    lines += [f"plot: {path}" for path in summary.get("plots", [])]
-    if summary.get("wandb"):
-        lines.append(f"W&B summary run: {summary['wandb']}")
-    return "\n".join(lines)
+    lines = [summary["status"], *(["", summary["headline"]] if summary.get("headline") else [])]
+    lines += ["", f"full report: {summary['table']}", *(f"plot: {path}" for path in summary.get("plots", []))]
+    return "\n".join(lines + ([f"W&B summary run: {summary['wandb']}"] if summary.get("wandb") else []))

@@ -69,11 +69,6 @@ def run_miner(record: RunRecord, config: dict[str, Any]) -> str | None:
     return label
 
 
-def run_variant(record: RunRecord, config: dict[str, Any]) -> tuple[bool | None, bool]:
-    """(masked in-batch false negatives?, denoised hard negatives?) of one run (:class:`RunRecord`)."""
-    return record.mask(config), record.denoised_negatives(config)
-
-
 def comparable_config(source: dict[str, Any] | None, record: RunRecord) -> dict[str, Any] | None:
     """Dotted key -> value of ``source`` (the run folder's config) canonicalised, as two runs of one cell and seed
     are compared: less the keys that cannot change this run's numbers, nulls, and ``paths.*`` folders relative."""
@@ -193,10 +188,10 @@ def _collect_one(sweep_dir: Path, prefix: str, rows: list[dict[str, Any]], probl
                 error = f"{job / 'metrics.json'} does not match the job's own settings ({'; '.join(mismatches)})"
                 problems.append(problem(name, "invalid", error + ": not counted", cell))
                 continue
-            mask, denoised = run_variant(record, config)
+            mask, denoised = record.mask(config), record.denoised_negatives(config)
             stages, miner, identity = record.proportion_stages(), run_miner(record, config), _run_folder(job)
             source = identity.get("config") if isinstance(identity.get("config"), dict) else None
-            found = [
+            rows += [
                 {
                     **{key: getattr(record, key) for key in ("model", "stage", "hard_proportion", "seed")},
                     "language": evaluated.language,
@@ -219,7 +214,6 @@ def _collect_one(sweep_dir: Path, prefix: str, rows: list[dict[str, Any]], probl
                 }
                 for evaluated in record.evaluated(config)
             ]
-            rows += found
         except (OSError, ValueError, KeyError, TypeError) as error:
             problems.append(problem(name, "failed", f"unreadable result: {error}", cell))
     jobs = expected_jobs(sweep_dir) or []
@@ -236,12 +230,10 @@ def _collect_one(sweep_dir: Path, prefix: str, rows: list[dict[str, Any]], probl
 
 def per_query_path(job: Path, named: str) -> Path:
     """The per-query file metrics.json names, or its gzipped copy (``<name>.gz``, as exported)."""
-    path = job / named
-    if path.is_file():
-        return path
-    if path.with_name(path.name + ".gz").is_file():
-        return path.with_name(path.name + ".gz")
-    raise FileNotFoundError(f"{path} (named by metrics.json) does not exist")
+    for path in (job / named, job / f"{named}.gz"):
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{job / named} (named by metrics.json) does not exist")
 
 
 def cell_means(rows: pd.DataFrame, depth: int) -> pd.DataFrame:

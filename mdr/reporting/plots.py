@@ -3,28 +3,25 @@ against p = 0 as dose-response, map over languages and kinds of hard negatives).
 
 from __future__ import annotations
 
-import functools
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from mdr.reporting.collect import DEFAULT_VARIANT
-from mdr.utils.run_record import LANGUAGES_DIR
+from mdr.utils.run_record import language_config
 
 HIGHLIGHT = "#c0392b"
 """The colour of a language whose trend the tests call hurt or helped, or of a significant delta."""
 PROPORTION = "proportion p of mined hard negatives"
 
 
-@functools.cache
 def language_name(code: str) -> str:
     """``Thai`` for ``th`` (conf/language/th.yaml's name); a code without a config stays as it is."""
-    path = LANGUAGES_DIR / f"{code}.yaml"
-    return str(yaml.safe_load(path.read_text(encoding="utf-8"))["name"]).capitalize() if path.is_file() else str(code)
+    config = language_config(str(code))
+    return str(config["name"]).capitalize() if config else str(code)
 
 
 def negatives_name(variant: str) -> str:

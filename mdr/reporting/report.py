@@ -30,10 +30,8 @@ def _p(value: float) -> str:
 
 def _second(row: pd.Series, name: str) -> str:
     """``<name>_ndcg@10`` with its interval, or – where per-query files lack nDCG@10."""
-    value = row.get(f"{name}_{SECOND_METRIC}")
-    if value is None or pd.isna(value):
-        return "–"
-    return f"{value:+.4f} [{row[f'{SECOND_METRIC}_ci_low']:+.4f}, {row[f'{SECOND_METRIC}_ci_high']:+.4f}]"
+    value, low, high = f"{name}_{SECOND_METRIC}", f"{SECOND_METRIC}_ci_low", f"{SECOND_METRIC}_ci_high"
+    return "–" if row.get(value) is None or pd.isna(row[value]) else _interval(row, value, low, high)
 
 
 def _wtl(row: pd.Series) -> str:
@@ -58,18 +56,15 @@ def _cell_tables(cells: pd.DataFrame, tests: pd.DataFrame) -> list[str]:
         rows = []
         for (language, variant), runs in block.groupby(["language", "variant"], sort=False):
             texts = []
+            keys = (tests.model == model) & (tests.stage == stage) & (tests.language == language)
             for proportion in proportions:
                 hit = runs[same_proportion(runs.hard_proportion, proportion)]
-                if hit.empty:
-                    texts.append("–")
-                    continue
-                row = hit.iloc[0]
-                keys = (tests.model == model) & (tests.stage == stage) & (tests.language == language)
                 test = tests[keys & (tests.variant == variant) & same_proportion(tests.hard_proportion, proportion)]
                 calibrated = not test.empty and bool(test.gives_verdict.iloc[0])  # below 3 paired seeds: no claim
-                second = row.get(f"mean_{SECOND_METRIC}")
+                second = None if hit.empty else hit.iloc[0].get(f"mean_{SECOND_METRIC}")
                 second_text = "" if second is None or pd.isna(second) else f" / {second:.4f}"
-                texts.append(_mean(row, calibrated and test.p_holm.iloc[0] < ALPHA, second_text))
+                marked = calibrated and test.p_holm.iloc[0] < ALPHA
+                texts.append("–" if hit.empty else _mean(hit.iloc[0], marked, second_text))
             rows.append([f"{language}{_low(runs)}", variant, *texts])
         header = " | ".join(["language", "variant", *(f"p={p:g}" if not pd.isna(p) else "p=n/a" for p in proportions)])
         lines += [f"### MRR@100, model={model}, stage={stage}", "", *table(header, "ll" + "r" * len(proportions), rows)]

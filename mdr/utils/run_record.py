@@ -4,6 +4,7 @@ older record lacks (no ``record_version``, depth or ``low_resource``, masking un
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,13 @@ DEFAULT_DEPTH = 100
 """The evaluation depth of a record that states none (every run before depth was recorded)."""
 LANGUAGES_DIR = Path(__file__).resolve().parents[2] / "conf" / "language"
 """The language configs (``conf/language/<code>.yaml``), each with ``low_resource``."""
+
+
+@functools.cache
+def language_config(code: str) -> dict[str, Any]:
+    """``conf/language/<code>.yaml``; empty when there is none."""
+    path = LANGUAGES_DIR / f"{code}.yaml"
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
 
 
 def lookup(config: dict[str, Any], dotted: str) -> Any:
@@ -162,8 +170,7 @@ def _low_resource(evaluated: LanguageResult, config: dict[str, Any]) -> bool | N
     if isinstance(language, dict) and str(language.get("code")) == str(evaluated.language):
         if language.get("low_resource") is not None:
             return bool(language["low_resource"])
-    path = LANGUAGES_DIR / f"{evaluated.language}.yaml"
-    recorded = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("low_resource") if path.is_file() else None
+    recorded = language_config(str(evaluated.language)).get("low_resource")
     return None if recorded is None else bool(recorded)
 
 
