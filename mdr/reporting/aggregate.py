@@ -25,10 +25,8 @@ from mdr.utils.io import atomic_write_text
 
 __all__ = ["aggregate", "collect", "compare_schedules", "main"]
 
-PARTITION = ["data", "split", "depth"]
-"""Runs on other data, splits or evaluation depths are analysed apart, each with its own tables."""
-TABLE_FILES = {"cells": "cells.csv", "tests": "significance.csv", "trends": "trends.csv"}
-"""Analysis tables always written; the others (``<field>.csv``) when not empty."""
+PARTITION = ["data", "split", "depth"]  # runs on other data, splits or depths are analysed apart
+TABLE_FILES = {"cells": "cells.csv", "tests": "significance.csv", "trends": "trends.csv"}  # always written
 REPORT_FILES = (
     *(LAST, MANIFEST, "results.csv", "duplicates.csv", "schedules.csv", "cells_depth*.csv"),
     *(TABLE_FILES.get(field.name, f"{field.name}.csv") for field in fields(Analysis)),
@@ -79,8 +77,7 @@ def aggregate(
         "sweep_dir": str(roots[0]) if len(roots) == 1 else [str(root) for root in roots],
         "completed": len(results),
         **counts,
-        "conflicts": int((problems.status == "conflict").sum()),
-        "duplicates": int((problems.status == "duplicate").sum()),
+        **{f"{status}s": int((problems.status == status).sum()) for status in ("conflict", "duplicate")},
     }
     status = f"{summary['completed']} completed, {summary['failed']} failed, {summary['missing']} missing."
     if summary["invalid"] or summary["duplicates"]:
@@ -189,8 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         from mdr.reporting.wandb_summary import settings_from_sweep
 
         wandb = settings_from_sweep(_sweep_dirs(args.sweep_dir)[0], args.out)
-    dirs = args.sweep_dir if len(args.sweep_dir) > 1 else args.sweep_dir[0]
-    summary = aggregate(dirs, args.equivalence_margin, args.out, wandb)
+    summary = aggregate(args.sweep_dir, args.equivalence_margin, args.out, wandb)
     print(Path(summary["table"]).read_text(encoding="utf-8"))
     return exit_status(summary)
 

@@ -37,15 +37,13 @@ def negatives_name(variant: str) -> str:
         name += f" ranks {first}-{last}"
     else:
         name = miner
-    if "margin" in parts:
-        name += f", margin {parts['margin']}"
-    if parts.get("denoise") == "on":
-        name += ", denoised"
-    if parts.get("mask") == "off":
-        name += ", no false-negative mask"
-    if parts.get("p_stages") == "all":
-        name += ", p in every stage"
-    return name
+    name += f", margin {parts['margin']}" if "margin" in parts else ""
+    flags = {
+        ("denoise", "on"): ", denoised",
+        ("mask", "off"): ", no false-negative mask",
+        ("p_stages", "all"): ", p in every stage",
+    }
+    return name + "".join(text for (key, value), text in flags.items() if parts.get(key) == value)
 
 
 def plot(cells: pd.DataFrame, path: Path) -> Path | None:
@@ -159,14 +157,9 @@ def plot_answer(tests: pd.DataFrame, trends: pd.DataFrame, path: Path, margin: f
     rows_of_panels = []
     for (model, stage), block in blocks:
         default = block[block.variant == DEFAULT_VARIANT]
-        panels = []
-        if (default.groupby("language").hard_proportion.nunique() >= 2).any():
-            panels.append("dose")
-        if default.language.nunique() >= 2:
-            panels.append("map")
-        if (block.variant != DEFAULT_VARIANT).any() or not panels:
-            panels.append("kinds")
-        rows_of_panels.append(panels)
+        dose = (default.groupby("language").hard_proportion.nunique() >= 2).any()
+        panels = [name for name, shown in (("dose", dose), ("map", default.language.nunique() >= 2)) if shown]
+        rows_of_panels.append(panels + (["kinds"] if (block.variant != DEFAULT_VARIANT).any() or not panels else []))
     columns = max(len(panels) for panels in rows_of_panels)
     figure, axes = plt.subplots(
         len(blocks), columns, figsize=(6.2 * columns, 4.6 * len(blocks)), squeeze=False, constrained_layout=True

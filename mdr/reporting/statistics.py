@@ -306,8 +306,7 @@ def holm(p_values: Sequence[float]) -> list[float]:
     adjusted = np.empty(len(p_values))
     running = 0.0
     for position, index in enumerate(order):
-        running = max(running, min(1.0, (len(p_values) - position) * p_values[index]))
-        adjusted[index] = running
+        running = adjusted[index] = max(running, min(1.0, (len(p_values) - position) * p_values[index]))
     return adjusted.tolist()
 
 

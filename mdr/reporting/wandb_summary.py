@@ -50,11 +50,10 @@ def settings_from_sweep(sweep_dir: Path, out: str | Path | None = None) -> dict[
 
 def _table_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with text columns as str or None (W&B Tables refuse a column that mixes types)."""
-    frame = frame.copy()
-    for column in frame.columns:
-        if frame[column].dtype == object:
-            frame[column] = [None if value is None or value != value else str(value) for value in frame[column]]
-    return frame
+    texts = [column for column in frame.columns if frame[column].dtype == object]
+    return frame.assign(
+        **{column: [None if v is None or v != v else str(v) for v in frame[column]] for column in texts}
+    )
 
 
 def publish_summary(

@@ -28,6 +28,11 @@ def language_config(code: str) -> dict[str, Any]:
     return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
 
 
+def _first(*values: Any) -> Any:
+    """The first of ``values`` that is not None; None when every one is."""
+    return next((value for value in values if value is not None), None)
+
+
 def lookup(config: dict[str, Any], dotted: str) -> Any:
     """The value at ``dotted`` in a plain config, None where it is missing."""
     node, leaf = parent_of(config, dotted)
@@ -134,10 +139,8 @@ class RunRecord:
     def evaluation_depth(self, evaluated: LanguageResult | None = None) -> int:
         """The ranking depth: the language section's, the record's or its ``evaluation`` section's, else 100."""
         section = self.evaluation if isinstance(self.evaluation, dict) else {}
-        for value in (evaluated.depth if evaluated else None, self.depth, section.get("depth")):
-            if value is not None:
-                return int(value)
-        return DEFAULT_DEPTH
+        depth = _first(evaluated.depth if evaluated else None, self.depth, section.get("depth"))
+        return DEFAULT_DEPTH if depth is None else int(depth)
 
     def mask(self, config: dict[str, Any]) -> bool | None:
         """Whether in-batch false negatives were masked: as recorded (older records: under ``loss``), else as the
@@ -145,11 +148,8 @@ class RunRecord:
         if not self.trained:
             return None
         loss = self.extra.get("loss") if isinstance(self.extra.get("loss"), dict) else {}
-        configured = lookup(config, "loss.mask_false_negatives")
-        for value in (loss.get("mask_false_negatives"), self.train.get("mask_false_negatives"), configured):  # type: ignore[union-attr]
-            if value is not None:
-                return bool(value)
-        return False
+        recorded = _first(loss.get("mask_false_negatives"), self.train.get("mask_false_negatives"))  # type: ignore[union-attr]
+        return bool(_first(recorded, lookup(config, "loss.mask_false_negatives")))
 
     def denoised_negatives(self, config: dict[str, Any]) -> bool:
         """Whether hard negatives were denoised: as recorded (``denoised``, else ``denoise``, else the training
@@ -164,14 +164,11 @@ class RunRecord:
 
 
 def _low_resource(evaluated: LanguageResult, config: dict[str, Any]) -> bool | None:
-    if evaluated.low_resource is not None:
-        return bool(evaluated.low_resource)
     language = config.get("language")
-    if isinstance(language, dict) and str(language.get("code")) == str(evaluated.language):
-        if language.get("low_resource") is not None:
-            return bool(language["low_resource"])
-    recorded = language_config(str(evaluated.language)).get("low_resource")
-    return None if recorded is None else bool(recorded)
+    own = isinstance(language, dict) and str(language.get("code")) == str(evaluated.language)
+    configured = language.get("low_resource") if own else None  # type: ignore[union-attr]
+    found = _first(evaluated.low_resource, configured, language_config(str(evaluated.language)).get("low_resource"))
+    return None if found is None else bool(found)
 
 
 def read_record(path: Path) -> RunRecord:
