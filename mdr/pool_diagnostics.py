@@ -47,6 +47,7 @@ from mdr.validation import build_spec, resolve_teacher
 log = get_logger(__name__)
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# the me5_small grid's settings (conf/experiment/_me5_grid.yaml, block c's p = 1); the overrides given come after
 DEFAULT_OVERRIDES = (
     "data=xquad",
     "model=me5_small",
@@ -54,12 +55,10 @@ DEFAULT_OVERRIDES = (
     "negatives.hard_proportion=1",
     "negatives.num_negatives=4",
 )
-"""The me5_small grid's settings (conf/experiment/_me5_grid.yaml, block c's p = 1); the overrides given come after."""
 # XQuAD-style docids: language, article, paragraph and (sentence level) sentence
 DOCID_LOCATION = re.compile(r"^(?P<language>[^_]+)_(?P<article>a\d+)_(?P<paragraph>p\d+)(?:_s\d+)?$")
 DENOISE_RATIO = 0.95  # the teacher ratio above which denoising at relative margin 0.05 (the default) drops one
-LoadedTeacher = tuple[Any, Any, str, str]
-"""(encoder, tokenizer, its folder or hub id, the name the files show)."""
+LoadedTeacher = tuple[Any, Any, str, str]  # (encoder, tokenizer, its folder or hub id, the name the files show)
 
 
 @dataclass(frozen=True)

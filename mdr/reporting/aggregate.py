@@ -46,8 +46,7 @@ def _sweep_dirs(sweep_dirs: str | Path | list[str] | list[Path]) -> list[Path]:
 
 
 def _partitions(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """(heading, runs) per (data, split, depth); no heading for a single partition at depth 100, the split named
-    only when the runs were evaluated on several."""
+    """(heading, runs) per (data, split, depth); no heading for a single partition at depth 100."""
     groups = list(results.groupby(PARTITION, sort=True, dropna=False))
     if len(groups) == 1 and metric_at(groups[0][0][2]) == METRIC:
         return [("", groups[0][1])]
@@ -106,8 +105,7 @@ def aggregate(
 def _write_report(
     results: pd.DataFrame, problems: pd.DataFrame, heading: list[str], folder: Path, margin: float, report_dir: Path
 ) -> tuple[dict[str, pd.DataFrame], list[Path], list[str]]:
-    """Write the report's files into ``folder`` (the staging folder of ``report_dir``, which may hold the pool
-    diagnostics) below ``heading``; returns (analysis tables by name, plots, headlines)."""
+    """Write the report into ``folder`` (``report_dir``'s staging folder); returns (tables, plots, headlines)."""
     sections = list(heading)
     parts: dict[str, list[pd.DataFrame]] = {}
     plots: list[Path] = []

@@ -22,8 +22,7 @@ from mdr.utils.logging import get_logger
 log = get_logger(__name__)
 
 ALPHA = 0.05
-EQUIVALENCE_MARGIN = 0.01
-"""Default equivalence margin (MRR@100 units): TOST claims "no effect larger than this"."""
+EQUIVALENCE_MARGIN = 0.01  # the default TOST margin (MRR@100 units): "no effect larger than this"
 SECOND_METRIC = "ndcg@10"
 
 
@@ -99,8 +98,8 @@ class CellTables:
         return pd.concat(series, axis=1)
 
     def cells(self, selections: list[pd.DataFrame], metric: str = METRIC, parallel: bool = False) -> list[Cell]:
-        """The selected runs as cells on the queries all of them scored, grouped by language (the cells a pooled
-        contrast estimates the seed level over); ``parallel``: queries matched across languages."""
+        """The selected runs as cells on the queries all of them scored, grouped by language; ``parallel``: queries
+        matched across languages."""
         tables = [self.scores(rows, metric, parallel) for rows in selections]
         common = functools.reduce(pd.Index.intersection, (table.index for table in tables))
         dropped = max(len(table.index) for table in tables) - len(common)
@@ -222,8 +221,7 @@ def _trend(
 
 
 def analyse(results: pd.DataFrame, *, equivalence_margin: float = EQUIVALENCE_MARGIN) -> Analysis:
-    """Every table of the report for ``results`` (one row per run and evaluated language, with its per-query file);
-    ``equivalence_margin``: the TOST margin in MRR@100 units."""
+    """Every table of the report for ``results`` (one row per run and evaluated language, with its per-query file)."""
     if not equivalence_margin > 0:
         raise ValueError(f"the equivalence margin must be a number > 0, got {equivalence_margin!r}")
     results = sort_results(results)

@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 GROUP = ["model", "stage", "language", "variant"]
 DEFAULT_VARIANT = "mask=on,denoise=off"
 PROBLEM_COLUMNS = ["job", "status", "error", "overrides"]
+# negatives.pool of the default miner (conf/negatives/bm25.yaml): BM25 ranks 1-50
 DEFAULT_MINER = dict(source="bm25", backend="bm25s", range_min=0, range_max=50, margin=None, tokenizer="default")
-"""``negatives.pool`` of the default miner (conf/negatives/bm25.yaml): BM25 ranks 1-50."""
 
 
 def resolve_sweep_dir(path: str | Path) -> Path:
@@ -256,8 +256,7 @@ CHECKED = {  # config.yaml key -> the metrics.json field it must agree with
     "evaluation.depth": "depth",
     "language.code": "language",
 }
-OVERRIDDEN = ("negatives.hard_proportion", "seed", "evaluation.depth")
-"""Override keys compared with metrics.json (config groups are compared through config.yaml)."""
+OVERRIDDEN = ("negatives.hard_proportion", "seed", "evaluation.depth")  # override keys compared with metrics.json
 
 
 def _same(expected: Any, recorded: Any) -> bool:
@@ -275,9 +274,8 @@ def _parsed(text: str) -> Any:
 
 
 def metrics_mismatches(record: RunRecord, overrides: list[str], config: dict[str, Any]) -> list[str]:
-    """Where metrics.json contradicts the job's overrides or resolved config.yaml (e.g. copied from another cell's
-    folder): the :data:`CHECKED` fields, language only for one evaluated language, p only where negatives were
-    drawn; a field either side does not record is not compared, except the depth (none recorded: 100)."""
+    """Where metrics.json contradicts the job's overrides or config.yaml in a :data:`CHECKED` field (language for one
+    evaluated language, p where negatives were drawn; one side unrecorded: not compared, but the depth defaults)."""
     recorded = {field: getattr(record, field) for field in CHECKED.values()}
     recorded["depth"] = record.evaluation_depth()
     if record.per_language:

@@ -19,8 +19,7 @@ from mdr.utils.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-JOB_FILES = (".hydra/config.yaml", ".hydra/overrides.yaml", "run_folder.json", "config.yaml")
-"""Copied from every job folder that has them (plus metrics.json / failed.json and the per-query files)."""
+JOB_FILES = (".hydra/config.yaml", ".hydra/overrides.yaml", "run_folder.json", "config.yaml")  # where there
 
 
 @dataclass

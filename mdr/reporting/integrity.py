@@ -15,11 +15,10 @@ from mdr.utils.config_identity import label_of, shown_by
 
 log = logging.getLogger(__name__)
 
-METRIC = "mrr@100"
-"""The measure a report's tables and contrasts are of (at depth 100)."""
+METRIC = "mrr@100"  # the measure of a report's tables and contrasts
 MEAN_TOLERANCE = 1e-6
-"""How far a per-query file's mean may lie from its metrics.json value, and two copies of one run may differ, and
-still agree: per-query files hold 6 decimals, so an honest mean is off by at most 5e-7."""
+"""How far a per-query file's mean may lie from its metrics.json value (and two copies of one run differ) and still
+agree: per-query files hold 6 decimals."""
 
 
 def metric_at(depth: int) -> str:
@@ -108,8 +107,7 @@ def _cell_key(row: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def splitting_keys(rows: list[dict[str, Any]]) -> list[str]:
-    """The config keys no cell column shows whose value varies among the runs of one cell (seeds apart), e.g.
-    ``negatives.num_negatives`` in a sweep over k."""
+    """The config keys no cell column shows whose value varies among the runs of one cell (seeds apart)."""
     configs: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for row in rows:
         if row.get("_config") is not None:

@@ -17,8 +17,7 @@ CSV_NAME = "pool_diagnostics.csv"
 OVERLAP_NAME = "pool_overlap.csv"
 PLOT_NAME = "pool_diagnostics.png"
 SUMMARY_NAME = "pool_diagnostics.md"
-SWEEP_CSV = Path("pool_diagnostics") / CSV_NAME
-"""Where a sweep's report folder holds the diagnostics of its pools (``--out <report folder>/pool_diagnostics``)."""
+SWEEP_CSV = Path("pool_diagnostics") / CSV_NAME  # in a sweep's report folder (``--out <report>/pool_diagnostics``)
 
 COLUMNS = tuple(
     "language negatives label queries seeds num_negatives hard_proportion depth pool_size_median queries_empty_pool "
@@ -26,7 +25,6 @@ COLUMNS = tuple(
     "same_paragraph_share same_article_share teacher teacher_ratio_median teacher_at_least_positive_share "
     "teacher_above_denoise_share".split()
 )
-"""The diagnostics CSV's columns, one row per (language, negatives option)."""
 OVERLAP_COLUMNS = ("language", "negatives", "other", "share")
 
 PANELS = (
@@ -35,7 +33,6 @@ PANELS = (
     ("teacher_above_denoise_share", "sampled negatives the teacher scores above 95% of the positive"),
     ("positive_rank1_share", "positive at rank 1 in the miner's ranking"),
 )
-"""The plot's panels: (column, title)."""
 
 
 def read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:

@@ -21,10 +21,8 @@ from mdr.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-LAST = "results.md"
-"""Moved into place last: its presence says the set beside it is complete."""
-MANIFEST = "report_manifest.json"
-"""Names the set: each file and its SHA-256, and the sweep folders it was computed from."""
+LAST = "results.md"  # moved into place last: its presence says the set beside it is complete
+MANIFEST = "report_manifest.json"  # each file of the set with its SHA-256, and the sweep folders it came from
 STAGING_PREFIX = ".report-staging-"
 HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -70,8 +68,7 @@ def signals_held(signums: Iterable[signal.Signals] = HELD_SIGNALS) -> Iterator[N
 
 
 def commit(staging: Path, target: Path, sources: list[str], patterns: Iterable[str]) -> list[str]:
-    """Move the set staged in ``staging`` into ``target`` in place of the set there (the module docstring);
-    returns the names of the new set's files in the order moved."""
+    """Move the set in ``staging`` into ``target`` in place of the set there; returns its files in the order moved."""
     atomic_write_json(staging / MANIFEST, manifest(staging, sources))
     names = sorted(path.name for path in staging.iterdir())
     order = [name for name in names if name not in (MANIFEST, LAST)] + [MANIFEST] + ([LAST] if LAST in names else [])
@@ -92,9 +89,8 @@ def commit(staging: Path, target: Path, sources: list[str], patterns: Iterable[s
 
 @contextlib.contextmanager
 def staged_report(target: Path, sources: list[str], patterns: Iterable[str]) -> Iterator[Path]:
-    """A staging folder in ``target`` to write a report set into; when the block ends without an error the set
-    replaces the one in ``target`` (:func:`commit`), else ``target`` is left untouched. ``patterns``: the names
-    (globs) of every file a report set can hold."""
+    """A staging folder in ``target`` for a report set, which replaces the one in ``target`` when the block ends
+    without an error (:func:`commit`); ``patterns``: globs of every file a report set can hold."""
     target.mkdir(parents=True, exist_ok=True)
     for folder in sorted(target.glob(f"{STAGING_PREFIX}*")):
         if folder.is_dir():

@@ -46,8 +46,7 @@ class Parts:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A contrast with its t interval (``ci_low``, ``ci_high``), two-sided p-value, standard error and
-    Satterthwaite degrees of freedom (inf when the variance is zero); the other fields as in :class:`Parts`."""
+    """A contrast with its t interval, two-sided p-value, standard error and Satterthwaite df (inf: no variance)."""
 
     value: float
     ci_low: float
@@ -107,8 +106,7 @@ def effective_df(centred: np.ndarray, df: int) -> float:
     return 2.0 / (2.0 / df + excess / values.size)
 
 
-CALIBRATED_SEEDS = 3
-"""The fewest paired seeds the tests are calibrated for (docs/statistics.md#calibration); fewer: no verdict."""
+CALIBRATED_SEEDS = 3  # the fewest paired seeds the tests are calibrated for (docs/statistics.md#calibration)
 
 
 def seed_label(seeds: Sequence[int]) -> str:
@@ -258,14 +256,12 @@ def estimate(parts: Parts, confidence: float = 0.95) -> Estimate:
 
 
 def contrast(cells: Sequence[Cell], weights: Sequence[float], confidence: float = 0.95, pool: bool = False) -> Estimate:
-    """``sum_j weights[j] * mean(cells[j])`` with its Satterthwaite t interval and p-value (``pool``: as in
-    :func:`contrast_parts`)."""
+    """:func:`contrast_parts` with its Satterthwaite t interval and p-value (:func:`estimate`)."""
     return estimate(contrast_parts(cells, weights, pool), confidence)
 
 
 def tost(value: Estimate, margin: float) -> float:
-    """Two one-sided tests of ``|theta| >= margin``: p < alpha claims ``|theta| < margin`` (the 1 - 2 alpha
-    interval lies inside (-margin, +margin))."""
+    """Two one-sided tests of ``|theta| >= margin``: p < alpha claims ``|theta| < margin``."""
     if margin <= 0:
         raise ValueError(f"an equivalence margin must be > 0, got {margin}")
     if value.se == 0:
@@ -276,8 +272,7 @@ def tost(value: Estimate, margin: float) -> float:
 
 
 def slope_weights(proportions: Sequence[float]) -> np.ndarray:
-    """Weights that turn cell means into the least-squares slope in p over every level given (with three equally
-    spaced levels: the end-to-end difference)."""
+    """Weights that turn cell means into the least-squares slope in p over every level given."""
     x = np.asarray(proportions, dtype=np.float64)
     centred = x - x.mean()
     spread = float((centred**2).sum())
@@ -320,8 +315,7 @@ def monotone(steps: Sequence[Estimate], alpha: float = 0.05) -> int:
 
 
 def win_tie_loss(treated: Cell, baseline: Cell, tolerance: float = 1e-9) -> tuple[int, int, int]:
-    """Queries where the treated cell's seed-averaged score is above / within ``tolerance`` of / below the
-    baseline's."""
+    """Queries where the treated cell's seed-averaged score is above / within ``tolerance`` of / below baseline's."""
     difference = treated.scores.mean(axis=0) - baseline.scores.mean(axis=0)  # (Q,)
     wins = int((difference > tolerance).sum())
     losses = int((difference < -tolerance).sum())
@@ -339,8 +333,7 @@ def _seeds_text(seeds: int) -> str:
 
 @dataclass(frozen=True)
 class Decision:
-    """What a trend's tests show: ``kind`` (``hurts``, ``helps``, ``curved``, ``equivalent``, ``inconclusive`` or
-    ``no verdict``) and the verdict line ``text``."""
+    """A trend's verdict: ``kind`` (hurts, helps, curved, equivalent, inconclusive, no verdict) and its ``text``."""
 
     kind: str
     text: str

@@ -15,16 +15,13 @@ import yaml
 
 log = logging.getLogger(__name__)
 
-TABLE_NAMES = {"tests": "significance"}
-"""W&B keys (under ``tables/``) of the analysis tables not named as such (the others keep their names)."""
-TIMEOUT_S = 30
-"""Seconds W&B may take to start or to finish the summary run (online: the upload; offline: its own service)."""
+TABLE_NAMES = {"tests": "significance"}  # W&B keys (under ``tables/``) of tables not named as such
+TIMEOUT_S = 30  # seconds W&B may take to start or to finish the summary run
 
 
 def summary_settings(wandb_cfg: Mapping[str, Any], sweep_dir: Path, out: Path) -> dict[str, Any]:
-    """``wandb.init`` arguments of the summary run from the sweep's ``logger.wandb``: in the group of the sweep's
-    jobs (``logger.wandb.group``, else the sweep folder's name), its id from project and group, so aggregating again
-    updates the one summary run."""
+    """``wandb.init`` arguments of the summary run in the sweep's group (``logger.wandb.group``, else the sweep
+    folder's name), its id from project and group so that aggregating again updates it."""
     project = wandb_cfg.get("project") or "mdr"
     group = wandb_cfg.get("group") or Path(sweep_dir).name
     return {

@@ -15,10 +15,8 @@ import yaml
 from mdr.utils.config_compat import parent_of
 
 RECORD_VERSION = 1
-DEFAULT_DEPTH = 100
-"""The evaluation depth of a record that states none (every run before depth was recorded)."""
+DEFAULT_DEPTH = 100  # the evaluation depth of a record that states none
 LANGUAGES_DIR = Path(__file__).resolve().parents[2] / "conf" / "language"
-"""The language configs (``conf/language/<code>.yaml``), each with ``low_resource``."""
 
 
 @functools.cache
@@ -85,13 +83,11 @@ class RunRecord:
     record_version: int = RECORD_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
-    OPTIONAL = ("checkpoint", "evaluation_languages", "per_language")
-    """Fields written only when set."""
+    OPTIONAL = ("checkpoint", "evaluation_languages", "per_language")  # written only when set
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunRecord:
-        """A record from ``metrics.json``'s object, of this version or an older one (ValueError: not an object, or
-        of a newer version)."""
+        """A record from ``metrics.json``'s object (ValueError: not an object, or of a newer version)."""
         if not isinstance(data, dict):
             raise ValueError(f"a run record is a JSON object, got {type(data).__name__}")
         version = int(data.get("record_version", 0))
