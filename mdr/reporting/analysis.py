@@ -185,9 +185,7 @@ def sort_results(results: pd.DataFrame) -> pd.DataFrame:
     """Runs in cell order, the default variant first within each (model, stage, language)."""
 
     def key(column: pd.Series) -> pd.Series:
-        if column.name == "variant":
-            return column.map(lambda variant: f"{variant != DEFAULT_VARIANT:d}{variant}")
-        return column
+        return column.map(lambda v: f"{v != DEFAULT_VARIANT:d}{v}") if column.name == "variant" else column
 
     return results.sort_values([*GROUP, "hard_proportion", "seed"], key=key).reset_index(drop=True)
 

@@ -48,14 +48,8 @@ class AggregateOnMultirunEnd(Callback):
             raise SystemExit(EXIT_INCOMPLETE) from None
         print(console_summary(summary), flush=True)
         if exit_status(summary):
-            log.error(
-                "%d job(s) failed, %d missing, %d invalid and %d in conflict: see %s",
-                summary["failed"],
-                summary["missing"],
-                summary.get("invalid", 0),
-                summary.get("conflicts", 0),
-                summary["table"],
-            )
+            counts = (summary["failed"], summary["missing"], summary.get("invalid", 0), summary.get("conflicts", 0))
+            log.error("%d job(s) failed, %d missing, %d invalid and %d in conflict: see %s", *counts, summary["table"])
             raise SystemExit(EXIT_INCOMPLETE)
 
 

@@ -210,15 +210,14 @@ def schedules_markdown(comparison: pd.DataFrame) -> str:
     return "\n".join(lines + ([*table(header, "llll" + "r" * 7, rows), ""] if rows else []))
 
 
-_LABELS = {"mrr": "MRR", "recall": "Recall", "ndcg": "nDCG"}
-
-
 def means_markdown(means: pd.DataFrame, depth: int) -> str:
     """Cell means of runs evaluated at a depth below 100 (:func:`mdr.reporting.collect.cell_means`), kept apart
     from the MRR@100 analysis."""
     cut = min(int(depth), 100)
     measures = [name for name in (f"mrr@{cut}", f"recall@{cut}", "ndcg@10") if f"mean_{name}" in means]
-    shown = ", ".join(_LABELS[name.split("@")[0]] + "@" + name.split("@")[1] for name in measures)
+    shown = ", ".join(
+        name.replace("mrr", "MRR").replace("recall", "Recall").replace("ndcg", "nDCG") for name in measures
+    )
     rows = []
     for _, row in means.iterrows():
         values = [
