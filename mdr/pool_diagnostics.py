@@ -169,8 +169,7 @@ def teacher_measures(draws: Sequence[Draw], scores: RawPools) -> dict[str, float
     """The median teacher ratio negative / positive (where the positive scores > 0), the share of sampled
     negatives scoring at least the positive and the share above :data:`DENOISE_RATIO` of it; ``scores``: the
     teacher's (:func:`mdr.mining.denoise.teacher_scores`) over at least the sampled negatives."""
-    ratios: list[float] = []
-    at_least = above_ceiling = total = not_positive = 0
+    pairs: list[tuple[float, float]] = []  # (negative's score, positive's score)
     for draw in draws:
         positive = scores.positive_scores.get(draw.query_id)
         if positive is None:
@@ -179,20 +178,17 @@ def teacher_measures(draws: Sequence[Draw], scores: RawPools) -> dict[str, float
         for negative in draw.negatives:
             if negative not in scored:
                 raise KeyError(f"query {draw.query_id!r}: sampled negative {negative!r} has no teacher score")
-            score = scored[negative]
-            total += 1
-            at_least += score >= positive
-            above_ceiling += score > positive - abs(positive) * (1 - DENOISE_RATIO)
-            if positive > 0:
-                ratios.append(score / positive)
-            else:
-                not_positive += 1
-    if not_positive:
-        log.warning("%d sampled negatives left out of the teacher ratio: their positive scores <= 0", not_positive)
+            pairs.append((scored[negative], positive))
+    ratios = [score / positive for score, positive in pairs if positive > 0]
+    if len(ratios) < len(pairs):
+        log.warning(
+            "%d sampled negatives left out of the teacher ratio: their positive scores <= 0", len(pairs) - len(ratios)
+        )
+    above = sum(score > positive - abs(positive) * (1 - DENOISE_RATIO) for score, positive in pairs)
     return {
         "teacher_ratio_median": statistics.median(ratios) if ratios else math.nan,
-        "teacher_at_least_positive_share": _share(at_least, total),
-        "teacher_above_denoise_share": _share(above_ceiling, total),
+        "teacher_at_least_positive_share": _share(sum(score >= positive for score, positive in pairs), len(pairs)),
+        "teacher_above_denoise_share": _share(above, len(pairs)),
     }
 
 
