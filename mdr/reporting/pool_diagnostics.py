@@ -176,9 +176,8 @@ def plot_diagnostics(frame: pd.DataFrame, path: Path) -> Path:
     for axis, (column, title) in zip(axes.flat, PANELS):
         for index, label in enumerate(labels):
             rows = frame[frame.label == label].set_index("language")
-            positions = [languages.index(language) for language in rows.index]
             offset = (index - (len(labels) - 1) / 2) * width
-            x = [position + offset for position in positions]
+            x = [languages.index(language) + offset for language in rows.index]
             axis.bar(x, rows[column].fillna(0.0), width=width, color=colours(index % 10), label=label)
         axis.set_title(title, fontsize="medium")
         axis.set_xticks(range(len(languages)), languages)
