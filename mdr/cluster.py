@@ -58,10 +58,9 @@ def launch_problems(
     cuda_devices: int | None = None,
     launcher: str | None = None,
 ) -> list[str]:
-    """Problems of ``trainer`` (the resolved group; None: evaluate.py) with this machine (``environ``,
-    ``cuda_devices``) and ``launcher`` (a multirun's ``_target_``, read from Hydra by default): a GPU trainer needs
-    as many CUDA devices, a SLURM job's tasks per node and nodes must match (Lightning refuses them at ``fit``,
-    after mining), a local multirun runs one process per node (:data:`LOCAL_DDP_MULTIRUN`)."""
+    """Problems of ``trainer`` (None: evaluate.py) on this machine (``environ``, ``cuda_devices``) and ``launcher`` (a
+    multirun's ``_target_``; default: Hydra's): enough CUDA devices, a SLURM job's tasks per node and nodes matching it
+    (Lightning refuses them at ``fit``, after mining), one process per node on a local multirun."""
     if trainer is None:
         return []
     import torch

@@ -32,15 +32,9 @@ def evaluate_and_report(
     extra: dict[str, Any],
     distributed: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate on the test split(s), write metrics.json atomically, and print MRR@100.
-
-    ``test`` may map language codes to test splits (``evaluation.languages``): each gets its run file, per-query
-    file and metrics under ``per_language``; the top-level fields are the run's language's (else the first
-    listed). The measures carry the depth they were computed over (``mrr@10`` at ``evaluation.depth=10``). The
-    corpus is encoded in ``evaluation.shard_size``-row shards under ``<out>/embeddings/<language>/`` (a rerun reuses
-    finished ones). ``distributed``: every rank of the process group calls this and encodes and searches its own
-    shards; rank 0 writes the files and returns the payload, the others ``{}``.
-    """
+    """Evaluate on the test split(s), write metrics.json and print the measures. ``test`` may map language codes to
+    splits (``evaluation.languages``: each under ``per_language``, the run's, else the first, on top). ``distributed``:
+    every rank encodes and searches its own shards; rank 0 writes the files and returns the payload, others ``{}``."""
     from mdr.distributed import world_size_and_rank
     from mdr.models.precision import autocast_dtype
 
@@ -124,13 +118,8 @@ def evaluate_and_report(
     atomic_write_json(out / "metrics.json", payload)
     publish_to_wandb(spec, out, payload)
     shown = {"mrr": "MRR", "recall": "Recall", "ndcg": "nDCG"}
+    cell = f"{payload['model']} {payload['stage']} p={payload['hard_proportion']} seed={payload['seed']}"
     for code, found in results.items():
-        values = " ".join(
-            f"{shown[name.split('@')[0]]}@{name.split('@')[1]}={value:.4f}" for name, value in found.metrics.items()
-        )
-        print(
-            f"[mdr] {code} {payload['model']} {payload['stage']} p={payload['hard_proportion']} "
-            f"seed={payload['seed']}: {values}",
-            flush=True,
-        )
+        values = " ".join(f"{shown[n.split('@')[0]]}@{n.split('@')[1]}={v:.4f}" for n, v in found.metrics.items())
+        print(f"[mdr] {code} {cell}: {values}", flush=True)
     return payload

@@ -32,9 +32,8 @@ def sweep_name(out: Path) -> str:
 
 
 def run_name(spec: Spec, stage: Stage | None = None) -> str:
-    """A readable run name: language, model, stage, proportion (one spelling; ``-`` where nothing trains), seed.
-
-    With ``stage``: that stage's (its one source's language, its proportion)."""
+    """A readable run name: language, model, stage, proportion (``-`` where nothing trains), seed; with ``stage``:
+    that stage's (its one source's language, its proportion)."""
     code = stage.sources[0].code if stage is not None and len(stage.sources) == 1 else spec.language.code
     schedule = spec.schedule.name if spec.schedule is not None else "eval"
     if stage is not None:
@@ -45,11 +44,8 @@ def run_name(spec: Spec, stage: Stage | None = None) -> str:
 
 
 def wandb_settings(spec: Spec, out: Path) -> dict[str, Any]:
-    """Keyword arguments shared by ``WandbLogger`` and ``wandb.init``: one group per sweep, offline by default.
-
-    The W&B run id is the run folder's (:func:`mdr.run_folder.run_id`) with ``resume="allow"``: every attempt of a
-    resumed run logs to one W&B run (offline, ``wandb sync`` merges the attempts' folders into it).
-    """
+    """Keyword arguments shared by ``WandbLogger`` and ``wandb.init``: one group per sweep, offline by default, the
+    run folder's id with ``resume="allow"`` (every attempt of a resumed run logs to one W&B run)."""
     logger = spec.logger
     os.environ.setdefault("WANDB_SILENT", "true")
     identity = run_folder.run_id(out)
@@ -81,10 +77,8 @@ def build_loggers(spec: Spec, out: Path, wandb: bool = True) -> list[Any]:
 
 
 def publish_to_wandb(spec: Spec, out: Path, payload: dict[str, Any]) -> None:
-    """Put the test metrics and the cell into the run's W&B summary and close the run.
-
-    Closing matters in a multirun: jobs share one process, and an open run would swallow the next job's logs.
-    """
+    """Put the test metrics and the cell into the run's W&B summary and close the run (a multirun's jobs share one
+    process: an open run would swallow the next job's logs)."""
     if not spec.logger.wandb_enabled:
         return
     import wandb

@@ -73,11 +73,8 @@ def pool_key(settings: PoolSettings, analyzer: str | None, cache_dir: str | Path
 
 
 def negative_pools(spec: Spec, negatives: Negatives, split: RetrievalSplit, language: Language) -> NegativePools:
-    """The hard-negative pools of ``negatives`` on ``split``; nothing is mined when no hard negative is drawn.
-
-    With ``denoise.enabled`` a teacher encoder has dropped likely false negatives, and the result's ``.denoise``
-    (:class:`~mdr.mining.denoise.DenoiseStats`, None when not denoised) says how many.
-    """
+    """The hard-negative pools of ``negatives`` on ``split`` (none mined when no hard negative is drawn); with
+    ``denoise.enabled`` a teacher has dropped likely false negatives, counted in the result's ``.denoise``."""
     if negatives.pool is None or num_hard(negatives.hard_proportion, negatives.num_negatives) == 0:
         return NegativePools()
     device = mining_device(spec.trainer)
