@@ -76,7 +76,7 @@ def evaluate_and_report(
         low_resource=low_resource[primary],
         data=spec.data.name,
         model=spec.model.name,
-        stage=spec.stage_name,
+        stage=spec.schedule.name if spec.schedule is not None else "zero_shot",  # evaluate.py: zero_shot
         # null where nothing was trained (stage zero_shot, evaluate.py): no negatives were drawn
         hard_proportion=spec.negatives.hard_proportion if spec.trains else None,
         num_negatives=spec.negatives.num_negatives if spec.trains else None,

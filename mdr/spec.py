@@ -253,8 +253,3 @@ class Spec:
     def trains(self) -> bool:
         """Whether the run trains at all (not ``stage=zero_shot``, not evaluate.py)."""
         return self.schedule is not None and bool(self.schedule.stages)
-
-    @property
-    def stage_name(self) -> str:
-        """The schedule's name (``zero_shot`` for evaluate.py)."""
-        return self.schedule.name if self.schedule is not None else "zero_shot"

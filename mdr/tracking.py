@@ -36,10 +36,8 @@ def run_name(spec: Spec, stage: Stage | None = None) -> str:
     that stage's (its one source's language, its proportion)."""
     code = stage.sources[0].code if stage is not None and len(stage.sources) == 1 else spec.language.code
     schedule = spec.schedule.name if spec.schedule is not None else "eval"
-    if stage is not None:
-        proportion = f"{stage.negatives.hard_proportion:g}"
-    else:
-        proportion = f"{spec.negatives.hard_proportion:g}" if spec.trains else "-"
+    negatives = stage.negatives if stage is not None else spec.negatives if spec.trains else None
+    proportion = f"{negatives.hard_proportion:g}" if negatives is not None else "-"
     return f"{code}-{spec.model.name}-{schedule}-p{proportion}-s{spec.seed}"
 
 

@@ -397,13 +397,11 @@ class _Builder:
             entry = {"language": _plain(entry.get("language")), "split": entry.get("split")}
         if not isinstance(entry, Mapping) or entry.get("language") is None:
             raise DataError(f"{key}: a source is a language code, `{TARGET}`, or a mapping with a `language`")
-        if entry["language"] == TARGET and data is not None:
+        target = entry["language"] == TARGET
+        if target and data is not None:
             raise DataError(f"{key}: `{TARGET}` means the run's data group; give a language code with `data`")
-        if entry["language"] == TARGET:
-            language_node = copy.deepcopy(self.cfg.language)
-        else:
-            language_node = self.language_node(entry["language"], f"{key}.language")
-        other = self.replaced(language=language_node, **({} if data is None else {"data": OmegaConf.create(data)}))
+        node = copy.deepcopy(self.cfg.language) if target else self.language_node(entry["language"], f"{key}.language")
+        other = self.replaced(language=node, **({} if data is None else {"data": OmegaConf.create(data)}))
         try:
             data_tree, language_tree = _plain(other.data), _plain(other.language)
         except OmegaConfBaseException as error:  # an interpolation that does not resolve for this language
@@ -439,12 +437,8 @@ class _Builder:
         labels = [f"{source.label}:{source.split}" for source in sources]
         if len(set(labels)) != len(labels):
             self.problems.append(f"{key}.train_on names a source twice: {labels}")
-        tree = {
-            "epochs": _plain(entry.get("epochs", spec.trainer.max_epochs)),
-            "negatives": _plain(entry.get("negatives")),
-        }
-        epochs = _Values(tree, self.problems, f"{key}.").integer("epochs", 1)
-        overrides = tree["negatives"] or {}
+        v = _Values({"epochs": _plain(entry.get("epochs", spec.trainer.max_epochs))}, self.problems, f"{key}.")
+        epochs, overrides = v.integer("epochs", 1), _plain(entry.get("negatives")) or {}
         if not isinstance(overrides, dict):
             self.problems.append(f"{key}.negatives must be a mapping merged over `negatives`, got {overrides!r}")
             overrides = {}
@@ -457,10 +451,10 @@ class _Builder:
                 "stage takes negatives.hard_proportion"
             )
         codes = [source.code for source in sources]
-        parts = [
-            source.code if codes.count(source.code) == 1 else f"{source.data.name}-{source.code}" for source in sources
+        sources = [
+            replace(s, part=(s.code if codes.count(s.code) == 1 else f"{s.data.name}-{s.code}").replace("/", "-"))
+            for s in sources
         ]
-        sources = [replace(source, part=part.replace("/", "-")) for source, part in zip(sources, parts)]
         own = last and any(source.is_target for source in sources)
         negatives = self.negatives(merged, f"{key}.negatives.")
         return Stage(index, str(entry.get("name") or f"stage{index}"), tuple(sources), epochs, negatives, own)
