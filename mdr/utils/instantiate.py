@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import textwrap
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,7 +13,6 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from mdr.data.readers import RetrievalReader
-from mdr.utils.app_help import config_groups
 from mdr.utils.cache import cache_lock, check_folder
 from mdr.utils.errors import DataError
 from mdr.utils.job_dirs import hydra_subdir, job_dirname
@@ -33,6 +33,26 @@ def register_resolvers() -> None:
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
+
+
+def config_groups(*, _root_: Any) -> str:
+    """Resolver ``${mdr_config_groups:}``: a line ``  group  a, b*, c`` (``*``: the option chosen) for each group of
+    the config ``--help`` shows, leaving out Hydra's own and ``_`` shared bases (``experiment/_me5_grid``)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    def shown(name: str) -> bool:
+        return not (name == "hydra" or name.startswith("hydra/") or name.rsplit("/", 1)[-1].startswith("_"))
+
+    choices, loader = dict(_root_.hydra.runtime.choices), GlobalHydra.instance().config_loader()
+    groups = sorted(group for group in choices if shown(group))
+    width, lines = max((len(group) for group in groups), default=0), []
+    for group in groups:
+        options = [name for name in sorted(loader.get_group_options(group)) if shown(name)]
+        text = ", ".join(f"{name}*" if name == choices[group] else name for name in options)
+        text += "  (none by default)" if choices[group] is None else ""
+        indents = {"initial_indent": f"  {group.ljust(width)}  ", "subsequent_indent": " " * (width + 4)}
+        lines.append(textwrap.fill(text, width=116, **indents, break_on_hyphens=False))
+    return "\n".join(lines)
 
 
 def build_reader(reader: Mapping[str, Any]) -> RetrievalReader:
