@@ -9,9 +9,11 @@ from typing import Any
 import torch
 
 from mdr.data.schema import RetrievalSplit
+from mdr.distributed import world_size_and_rank
 from mdr.evaluation.evaluator import evaluate_language
 from mdr.evaluation.search import search_device
 from mdr.models.bi_encoder import BiEncoder
+from mdr.models.precision import autocast_dtype
 from mdr.spec import Spec
 from mdr.tracking import publish_to_wandb
 from mdr.utils.environment import code_version, device_name, faiss_version
@@ -35,9 +37,6 @@ def evaluate_and_report(
     """Evaluate on the test split(s), write metrics.json and print the measures. ``test`` may map language codes to
     splits (``evaluation.languages``: each under ``per_language``, the run's, else the first, on top). ``distributed``:
     every rank encodes and searches its own shards; rank 0 writes the files and returns the payload, others ``{}``."""
-    from mdr.distributed import world_size_and_rank
-    from mdr.models.precision import autocast_dtype
-
     evaluation = spec.evaluation
     world, rank = world_size_and_rank() if distributed else (1, 0)
     use_cuda = torch.cuda.is_available() and (spec.trainer is None or spec.trainer.accelerator != "cpu")

@@ -164,12 +164,9 @@ def fit(
     )
     if train.gradient_checkpointing:
         encoder.gradient_checkpointing_enable()
-    fast_dropout = fast_dropout_on(spec, encoder)
-    if fast_dropout:
-        log.info(
-            "train.fast_dropout: %d dropout modules and the attention dropout draw 16-bit masks",
-            encoder.fast_dropout_enable(),
-        )
+    if fast_dropout := fast_dropout_on(spec, encoder):
+        modules = encoder.fast_dropout_enable()
+        log.info("train.fast_dropout: %d dropout modules and the attention dropout draw 16-bit masks", modules)
     datamodule = RetrievalDataModule(split, pools, sampler, collator, train.batch_size, spec.seed, train.num_workers)
     module = BiEncoderModule(
         encoder,
@@ -190,13 +187,10 @@ def fit(
         plugins.append(SLURMEnvironment(auto_requeue=False))  # submitit requeues and the rerun resumes
     trainer_args = {**spec.trainer.args, "max_epochs": stage.epochs}
     trainer_args["precision"] = resolve_precision(spec.trainer.precision, spec.trainer.accelerator)
-    if trains_on_cpu(spec.trainer) and retain_freed_memory(train.cpu_malloc_retain_mb):
-        log.info(
-            "train.cpu_malloc_retain_mb: glibc keeps up to %s MiB of freed memory for reuse", train.cpu_malloc_retain_mb
-        )
-    progress = ProgressLog(
-        run_name(spec, stage), spec.logger.progress_every_n_steps, spec.logger.progress_every_seconds
-    )
+    if trains_on_cpu(spec.trainer) and retain_freed_memory(retain := train.cpu_malloc_retain_mb):
+        log.info("train.cpu_malloc_retain_mb: glibc keeps up to %s MiB of freed memory for reuse", retain)
+    logger = spec.logger
+    progress = ProgressLog(run_name(spec, stage), logger.progress_every_n_steps, logger.progress_every_seconds)
     trainer = pl.Trainer(
         **trainer_args,
         default_root_dir=str(out),

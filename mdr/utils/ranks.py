@@ -19,19 +19,14 @@ def local_rank(environ: Mapping[str, str] | None = None) -> int:
     """This process's index on its node: ``LOCAL_RANK``, else ``SLURM_LOCALID`` (a SLURM task before Lightning's
     trainer starts), else 0."""
     env = os.environ if environ is None else environ
-    for name in ("LOCAL_RANK", "SLURM_LOCALID"):
-        if env.get(name, "").strip():
-            return int(env[name])
-    return 0
+    return next((int(env[name]) for name in ("LOCAL_RANK", "SLURM_LOCALID") if env.get(name, "").strip()), 0)
 
 
 def cuda_device(environ: Mapping[str, str] | None = None) -> str:
     """``cuda:<local rank mod visible GPUs>`` when CUDA is available, else ``cpu``."""
     import torch
 
-    if torch.cuda.is_available():
-        return f"cuda:{local_rank(environ) % torch.cuda.device_count()}"
-    return "cpu"
+    return f"cuda:{local_rank(environ) % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
 
 
 RANKS_DIR = ".ranks"
