@@ -42,10 +42,8 @@ def load_encoder(model: Model, name_or_path: str | None = None) -> tuple[BiEncod
     if name_or_path is None:
         ensure_model_files(model.name, model.name_or_path, model.build)
         name_or_path = model.name_or_path
-    settings = model.encoder
     saved = Path(name_or_path) / SETTINGS_FILE
-    if saved.is_file():
-        settings = EncoderSettings(**json.loads(saved.read_text()))
+    settings = EncoderSettings(**json.loads(saved.read_text())) if saved.is_file() else model.encoder
     return BiEncoder.from_pretrained(name_or_path, settings), load_tokenizer(name_or_path)
 
 

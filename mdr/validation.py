@@ -160,6 +160,7 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
+# negatives.pool: a key the group leaves out keeps PoolSettings' value; negatives.denoise absent: off
 POOL_CHECKS: dict[str, Callable[[_Values], Any]] = {
     "source": lambda v: v.choice("pool.source", ("bm25", "dense", "shipped")),
     "backend": lambda v: v.choice("pool.backend", ("bm25s", "pyserini")),
@@ -171,14 +172,12 @@ POOL_CHECKS: dict[str, Callable[[_Values], Any]] = {
     "threads": lambda v: v.integer("pool.threads", 1, optional=True),  # null: the CPUs this process may use
     "tokenizer": lambda v: v.choice("pool.tokenizer", TOKENIZERS),
 }
-"""``negatives.pool``: a key the group leaves out keeps :class:`mdr.mining.miner.PoolSettings`' value."""
 DENOISE_CHECKS: dict[str, Callable[[_Values], Any]] = {
     "enabled": lambda v: v.boolean("denoise.enabled"),
     "teacher": lambda v: v.text("denoise.teacher"),
     "relative_margin": lambda v: v.number("denoise.relative_margin", 0.0, 0.5),
     "batch_size": lambda v: v.integer("denoise.batch_size", 1),
 }
-"""``negatives.denoise`` (absent: off)."""
 
 
 class _Builder:
