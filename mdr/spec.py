@@ -151,7 +151,8 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class RunPolicy:
-    """``run``: what a run folder does with another config or a finished run, what it keeps (evaluate.py sets two)."""
+    """``run``: what a run folder does with another config or a finished run, and what it keeps (evaluate.py's
+    ``run`` sets only the first two)."""
 
     on_config_change: str = key("run.on_config_change", "choice", "refuse", allowed=("refuse", "fresh"))
     on_complete: str = key("run.on_complete", "choice", "skip", allowed=("skip", "fresh"))
