@@ -1,8 +1,5 @@
-"""Launch checks: the trainer against this machine and launcher, and a SLURM sweep's job shape.
-
-``conf/launcher/slurm.yaml`` takes ``tasks_per_node`` and ``nodes`` from ``trainer.devices`` and ``trainer.num_nodes``;
-:class:`CheckLaunch` (a Hydra callback) fills ``gpus_per_node`` and ``mem_gb`` where null and refuses a sweep that
-cannot run, before any job; every job checks its trainer against its own allocation (:func:`launch_problems`).
+"""Launch checks: every job's trainer against its machine and launcher (:func:`launch_problems`), and a SLURM sweep's
+job shape before any job (:class:`CheckLaunch`, a Hydra callback; it fills ``gpus_per_node`` and ``mem_gb`` where null).
 """
 
 from __future__ import annotations
@@ -11,7 +8,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
@@ -19,9 +18,7 @@ from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-MEM_GB_PER_TASK = 16
-"""GB of memory asked per task (rank) when ``hydra.launcher.mem_gb`` is null: x tasks_per_node per node."""
-EXIT_REFUSED = 2
+MEM_GB_PER_TASK = 16  # GB asked per task (rank) when hydra.launcher.mem_gb is null: x tasks_per_node per node
 GPU_ACCELERATORS = ("gpu", "cuda")
 LOCAL_DDP_MULTIRUN = (
     "a multirun (-m) with {devices} processes per node on the {launcher} launcher: Lightning starts the extra ranks "
@@ -29,13 +26,6 @@ LOCAL_DDP_MULTIRUN = (
     "launcher=slurm (its tasks_per_node follows trainer.devices: each task of a job is one rank of one cell), or run "
     "one cell per command without -m (python train.py trainer=ddp trainer.devices={devices} <the cell's overrides>)"
 )
-
-
-def cuda_device_count() -> int:
-    """CUDA devices this process sees (0 without a CUDA build of torch or without a driver)."""
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def processes_per_node(trainer: Mapping[str, Any], cuda_devices: int) -> int | None:
@@ -48,9 +38,7 @@ def processes_per_node(trainer: Mapping[str, Any], cuda_devices: int) -> int | N
         accelerator = str(trainer.get("accelerator"))
         on_gpu = accelerator in GPU_ACCELERATORS or (accelerator == "auto" and cuda_devices > 0)
         return max(cuda_devices, 1) if on_gpu else 1
-    if isinstance(devices, bool) or not isinstance(devices, int):
-        return None
-    return devices
+    return None if isinstance(devices, bool) or not isinstance(devices, int) else devices
 
 
 def slurm_tasks(environ: Mapping[str, str]) -> tuple[int, int] | None:
@@ -70,14 +58,15 @@ def launch_problems(
     cuda_devices: int | None = None,
     launcher: str | None = None,
 ) -> list[str]:
-    """Problems of ``trainer`` (the resolved group; None: evaluate.py) with this machine (``environ``,
-    ``cuda_devices``) and ``launcher`` (a multirun's ``_target_``, read from Hydra by default): a GPU trainer needs
-    as many CUDA devices, a SLURM job's tasks per node and nodes must match (Lightning refuses them at ``fit``,
-    after mining), a local multirun runs one process per node (:data:`LOCAL_DDP_MULTIRUN`)."""
+    """Problems of ``trainer`` (None: evaluate.py) on this machine (``environ``, ``cuda_devices``) and ``launcher`` (a
+    multirun's ``_target_``; default: Hydra's): enough CUDA devices, a SLURM job's tasks per node and nodes matching it
+    (Lightning refuses them at ``fit``, after mining), one process per node on a local multirun."""
     if trainer is None:
         return []
+    import torch
+
     env = os.environ if environ is None else environ
-    cuda = cuda_device_count() if cuda_devices is None else cuda_devices
+    cuda = (torch.cuda.device_count() if torch.cuda.is_available() else 0) if cuda_devices is None else cuda_devices
     problems: list[str] = []
     accelerator, devices = str(trainer.get("accelerator")), trainer.get("devices", 1)
     per_node = processes_per_node(trainer, cuda)
@@ -90,8 +79,6 @@ def launch_problems(
         problems.append(f"trainer.num_nodes must be an integer >= 1, got {nodes!r}")
         nodes = None
     if accelerator in GPU_ACCELERATORS:
-        import torch
-
         if cuda == 0:
             problems.append(
                 f"trainer.accelerator={accelerator} but torch {torch.__version__} sees no CUDA device (CUDA build: "
@@ -112,21 +99,17 @@ def launch_problems(
                 f"trainer.num_nodes={nodes} but this SLURM job has {tasks[1]} node(s) (hydra.launcher.nodes, or "
                 "sbatch --nodes): they must match; launcher=slurm sets nodes from trainer.num_nodes unless overridden"
             )
-    launcher = _multirun_launcher() if launcher is None else launcher
+    if launcher is None and in_multirun():
+        launcher = str(HydraConfig.get().launcher.get("_target_", ""))
     external = tasks is not None or "TORCHELASTIC_RUN_ID" in env or "LOCAL_RANK" in env
     if launcher is not None and not external and (per_node or 1) > 1 and not launcher.endswith("SlurmLauncher"):
         problems.append(LOCAL_DDP_MULTIRUN.format(devices=per_node, launcher=launcher.rsplit(".", 1)[-1]))
     return problems
 
 
-def _multirun_launcher() -> str | None:
-    """The Hydra launcher's ``_target_`` inside a multirun job, else None."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    return str(HydraConfig.get().launcher.get("_target_", ""))
+def in_multirun() -> bool:
+    """True inside a Hydra multirun job."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def sweep_problems(config: DictConfig, environ: dict[str, str] | None = None) -> list[str]:
@@ -178,13 +161,8 @@ def sweep_problems(config: DictConfig, environ: dict[str, str] | None = None) ->
             launcher.gpus_per_node = per_node
         if launcher.get("mem_gb") is None:
             launcher.mem_gb = MEM_GB_PER_TASK * int(tasks)
-    log.info(
-        "SLURM jobs: %s node(s) x %s task(s), %s GPU(s) and %s GB per node",
-        launcher.nodes,
-        launcher.tasks_per_node,
-        launcher.get("gpus_per_node"),
-        launcher.mem_gb,
-    )
+    shape = (launcher.nodes, launcher.tasks_per_node, launcher.get("gpus_per_node"), launcher.mem_gb)
+    log.info("SLURM jobs: %s node(s) x %s task(s), %s GPU(s) and %s GB per node", *shape)
     return problems
 
 
@@ -195,4 +173,4 @@ class CheckLaunch(Callback):
         problems = sweep_problems(config)
         if problems:
             log.error("the sweep was not started:\n  " + "\n  ".join(problems))
-            raise SystemExit(EXIT_REFUSED)
+            raise SystemExit(2)

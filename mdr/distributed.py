@@ -14,12 +14,8 @@ def world_size_and_rank() -> tuple[int, int]:
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``tensor`` from every process along dim 0, keeping gradients for all slots.
-
-    ``torch.distributed.nn.functional.all_gather`` sums the incoming gradients back to the owning
-    rank in backward, so with DDP's gradient averaging the result is the gradient of the mean loss
-    over all ranks: no extra scaling by the world size is needed. Shapes must match across ranks.
-    """
+    """Concatenate ``tensor`` (the same shape on every rank) from every process along dim 0, keeping gradients for
+    all slots: their backward sums into the owning rank, which DDP's averaging makes the mean loss's gradient."""
     world_size, _ = world_size_and_rank()
     if world_size == 1:
         return tensor

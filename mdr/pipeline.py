@@ -35,13 +35,9 @@ def evaluation_splits(spec: Spec, test: RetrievalSplit) -> RetrievalSplit | dict
         return test
     splits: dict[str, RetrievalSplit] = {}
     for item in languages:
-        code = item.language.code
-        if code == spec.language.code:
-            splits[code] = test
-            continue
-        split = build_reader(item.data.reader).load(item.data.test_split)
-        problems = test_split_problems(split, item.data.test_split)
-        if problems:
+        code, own = item.language.code, item.language.code == spec.language.code
+        split = test if own else build_reader(item.data.reader).load(item.data.test_split)
+        if not own and (problems := test_split_problems(split, item.data.test_split)):
             raise DataError(f"evaluation language {code}: {problems[0]}")
         splits[code] = split
     return splits

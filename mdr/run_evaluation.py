@@ -9,9 +9,11 @@ from typing import Any
 import torch
 
 from mdr.data.schema import RetrievalSplit
+from mdr.distributed import world_size_and_rank
 from mdr.evaluation.evaluator import evaluate_language
 from mdr.evaluation.search import search_device
 from mdr.models.bi_encoder import BiEncoder
+from mdr.models.precision import autocast_dtype
 from mdr.spec import Spec
 from mdr.tracking import publish_to_wandb
 from mdr.utils.environment import code_version, device_name, faiss_version
@@ -32,18 +34,9 @@ def evaluate_and_report(
     extra: dict[str, Any],
     distributed: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate on the test split(s), write metrics.json atomically, and print MRR@100.
-
-    ``test`` may map language codes to test splits (``evaluation.languages``): each gets its run file, per-query
-    file and metrics under ``per_language``; the top-level fields are the run's language's (else the first
-    listed). The measures carry the depth they were computed over (``mrr@10`` at ``evaluation.depth=10``). The
-    corpus is encoded in ``evaluation.shard_size``-row shards under ``<out>/embeddings/<language>/`` (a rerun reuses
-    finished ones). ``distributed``: every rank of the process group calls this and encodes and searches its own
-    shards; rank 0 writes the files and returns the payload, the others ``{}``.
-    """
-    from mdr.distributed import world_size_and_rank
-    from mdr.models.precision import autocast_dtype
-
+    """Evaluate on the test split(s), write metrics.json and print the measures. ``test`` may map language codes to
+    splits (``evaluation.languages``: each under ``per_language``, the run's, else the first, on top). ``distributed``:
+    every rank encodes and searches its own shards; rank 0 writes the files and returns the payload, others ``{}``."""
     evaluation = spec.evaluation
     world, rank = world_size_and_rank() if distributed else (1, 0)
     use_cuda = torch.cuda.is_available() and (spec.trainer is None or spec.trainer.accelerator != "cpu")
@@ -82,7 +75,7 @@ def evaluate_and_report(
         low_resource=low_resource[primary],
         data=spec.data.name,
         model=spec.model.name,
-        stage=spec.stage_name,
+        stage=spec.schedule.name if spec.schedule is not None else "zero_shot",  # evaluate.py: zero_shot
         # null where nothing was trained (stage zero_shot, evaluate.py): no negatives were drawn
         hard_proportion=spec.negatives.hard_proportion if spec.trains else None,
         num_negatives=spec.negatives.num_negatives if spec.trains else None,
@@ -124,13 +117,8 @@ def evaluate_and_report(
     atomic_write_json(out / "metrics.json", payload)
     publish_to_wandb(spec, out, payload)
     shown = {"mrr": "MRR", "recall": "Recall", "ndcg": "nDCG"}
+    cell = f"{payload['model']} {payload['stage']} p={payload['hard_proportion']} seed={payload['seed']}"
     for code, found in results.items():
-        values = " ".join(
-            f"{shown[name.split('@')[0]]}@{name.split('@')[1]}={value:.4f}" for name, value in found.metrics.items()
-        )
-        print(
-            f"[mdr] {code} {payload['model']} {payload['stage']} p={payload['hard_proportion']} "
-            f"seed={payload['seed']}: {values}",
-            flush=True,
-        )
+        values = " ".join(f"{shown[n.split('@')[0]]}@{n.split('@')[1]}={v:.4f}" for n, v in found.metrics.items())
+        print(f"[mdr] {code} {cell}: {values}", flush=True)
     return payload

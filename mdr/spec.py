@@ -1,10 +1,5 @@
-"""The typed run specification: one frozen dataclass per config group, built once from the composed config by
-:func:`mdr.validation.build_spec`, every value checked there. Nothing below the entry point reads the config.
-
-A schedule (``stage.stages``) is a list of stages, each trained from the previous stage's encoder on its sources
-(several: one union, :mod:`mdr.data.union`); the last stage is the run's own when it trains on the run's language
-(in the run folder), every other stage is cached (:mod:`mdr.stage_cache`).
-"""
+"""The typed run specification: one frozen dataclass per config group, built and checked once from the composed
+config by :func:`mdr.validation.build_spec`. Nothing below the entry point reads the config."""
 
 from __future__ import annotations
 
@@ -21,9 +16,8 @@ from mdr.utils.allocator import MAX_RETAIN_MB
 
 
 def key(path: str, check: str, default: Any = ..., **options: Any) -> Any:
-    """A field read from config key ``path`` by ``check`` (a method of ``mdr.validation._Values``: ``integer``,
-    ``number``, ``choice``, ``boolean``, ``text``, ``mapping``, ``get``) with ``options``; a field with a
-    ``default`` is read only where the config holds its key."""
+    """A field read from config key ``path`` by ``check`` (a method of ``mdr.validation._Values``) with ``options``;
+    a field with a ``default`` is read only where the config holds its key."""
     metadata = {"key": path, "check": check, "options": options}
     return field(metadata=metadata) if default is ... else field(default=default, metadata=metadata)
 
@@ -49,8 +43,7 @@ class Language:
 
 @dataclass(frozen=True)
 class Data:
-    """A data group resolved for one language: its ``reader`` node (:func:`mdr.utils.instantiate.build_reader`) and
-    the whole group (``resolved``: a stage key holds it)."""
+    """A data group resolved for one language: its ``reader`` node and the whole group (``resolved``)."""
 
     name: str
     train_split: str
@@ -81,9 +74,8 @@ class Teacher:
 
 @dataclass(frozen=True)
 class Negatives:
-    """``negatives`` (or a stage's, merged over it): ``pool`` None where the group names none (no hard negative is
-    drawn), the denoising ``teacher`` where ``denoise.enabled``, the group as a mapping (``resolved``: a stage key
-    holds it)."""
+    """``negatives`` (or a stage's, merged over it): ``pool`` None where no hard negative is drawn, ``teacher`` where
+    ``denoise.enabled``, the group as a mapping (``resolved``: a stage key holds it)."""
 
     num_negatives: int
     hard_proportion: float
@@ -96,8 +88,7 @@ class Negatives:
 
 @dataclass(frozen=True)
 class Trainer:
-    """``trainer``; ``args`` holds every key, as ``lightning.Trainer`` takes them (devices and nodes are checked
-    with the launch, :func:`mdr.cluster.launch_problems`)."""
+    """``trainer``; ``args`` holds every key as ``lightning.Trainer`` takes them (devices, nodes: mdr.cluster)."""
 
     accelerator: str = key("trainer.accelerator", "text")
     devices: Any = key("trainer.devices", "get")
@@ -160,8 +151,8 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class RunPolicy:
-    """``run``: what a run folder does with another config or a finished run, and what it keeps (the defaults are
-    conf/train.yaml's; evaluate.py's ``run`` sets only the first two)."""
+    """``run``: what a run folder does with another config or a finished run, and what it keeps (evaluate.py's
+    ``run`` sets only the first two)."""
 
     on_config_change: str = key("run.on_config_change", "choice", "refuse", allowed=("refuse", "fresh"))
     on_complete: str = key("run.on_complete", "choice", "skip", allowed=("skip", "fresh"))
@@ -225,7 +216,8 @@ class Stage:
 
 @dataclass(frozen=True)
 class Schedule:
-    """A run's stages (none: zero-shot, the configured model is evaluated as it is)."""
+    """A run's stages, each trained from the previous one's encoder on its sources (none: zero-shot); every stage but
+    the run's own (:attr:`Stage.own`) is cached (:mod:`mdr.stage_cache`)."""
 
     name: str
     proportion_applies_to: str
@@ -239,9 +231,8 @@ class Schedule:
 
 @dataclass(frozen=True)
 class Spec:
-    """A run, as ``train.py`` or ``evaluate.py`` composed it: ``resolved`` is the composed config resolved (W&B's
-    config; stage keys take their sections from it), ``checkpoint`` evaluate.py's encoder folder (None: the model
-    group's); ``trainer``, ``train``, ``negatives`` and ``schedule`` are train.py's (None for evaluate.py)."""
+    """A run as train.py or evaluate.py composed it (``resolved``: the config resolved, W&B's and stage keys' source;
+    ``checkpoint``: evaluate.py's encoder folder); ``trainer``, ``train``, ``negatives``, ``schedule``: train.py's."""
 
     task_name: str
     seed: int
@@ -263,8 +254,3 @@ class Spec:
     def trains(self) -> bool:
         """Whether the run trains at all (not ``stage=zero_shot``, not evaluate.py)."""
         return self.schedule is not None and bool(self.schedule.stages)
-
-    @property
-    def stage_name(self) -> str:
-        """The schedule's name (``zero_shot`` for evaluate.py)."""
-        return self.schedule.name if self.schedule is not None else "zero_shot"

@@ -8,12 +8,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
-from lightning.pytorch.utilities import rank_zero_only
 
 from mdr import run_folder
+from mdr.cluster import in_multirun
 from mdr.spec import Spec, Stage
 from mdr.utils.io import atomic_write_text
 from mdr.utils.logging import get_logger
@@ -22,43 +23,27 @@ from mdr.utils.quiet import drop_unset_wandb_anonymous
 log = get_logger(__name__)
 
 
-def in_multirun() -> bool:
-    """True inside a Hydra multirun job."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 def sweep_name(out: Path) -> str:
     """The sweep folder's name (``hydra.sweep.dir``, wherever it is) for a multirun job, the run folder's
     otherwise: a sweep's jobs and its summary run (:mod:`mdr.reporting.wandb_summary`) share one W&B group."""
     if in_multirun():
-        from hydra.core.hydra_config import HydraConfig
-
         return Path(HydraConfig.get().sweep.dir).name
     return out.parent.name if out.parent.parent.name == "multiruns" else out.name
 
 
 def run_name(spec: Spec, stage: Stage | None = None) -> str:
-    """A readable run name: language, model, stage, proportion (one spelling; ``-`` where nothing trains), seed.
-
-    With ``stage``: that stage's (its one source's language, its proportion)."""
+    """A readable run name: language, model, stage, proportion (``-`` where nothing trains), seed; with ``stage``:
+    that stage's (its one source's language, its proportion)."""
     code = stage.sources[0].code if stage is not None and len(stage.sources) == 1 else spec.language.code
     schedule = spec.schedule.name if spec.schedule is not None else "eval"
-    if stage is not None:
-        proportion = f"{stage.negatives.hard_proportion:g}"
-    else:
-        proportion = f"{spec.negatives.hard_proportion:g}" if spec.trains else "-"
+    negatives = stage.negatives if stage is not None else spec.negatives if spec.trains else None
+    proportion = f"{negatives.hard_proportion:g}" if negatives is not None else "-"
     return f"{code}-{spec.model.name}-{schedule}-p{proportion}-s{spec.seed}"
 
 
 def wandb_settings(spec: Spec, out: Path) -> dict[str, Any]:
-    """Keyword arguments shared by ``WandbLogger`` and ``wandb.init``: one group per sweep, offline by default.
-
-    The W&B run id is the run folder's (:func:`mdr.run_folder.run_id`) with ``resume="allow"``: every attempt of a
-    resumed run logs to one W&B run (offline, ``wandb sync`` merges the attempts' folders into it).
-    """
+    """Keyword arguments shared by ``WandbLogger`` and ``wandb.init``: one group per sweep, offline by default, the
+    run folder's id with ``resume="allow"`` (every attempt of a resumed run logs to one W&B run)."""
     logger = spec.logger
     os.environ.setdefault("WANDB_SILENT", "true")
     identity = run_folder.run_id(out)
@@ -90,10 +75,8 @@ def build_loggers(spec: Spec, out: Path, wandb: bool = True) -> list[Any]:
 
 
 def publish_to_wandb(spec: Spec, out: Path, payload: dict[str, Any]) -> None:
-    """Put the test metrics and the cell into the run's W&B summary and close the run.
-
-    Closing matters in a multirun: jobs share one process, and an open run would swallow the next job's logs.
-    """
+    """Put the test metrics and the cell into the run's W&B summary and close the run (a multirun's jobs share one
+    process: an open run would swallow the next job's logs)."""
     if not spec.logger.wandb_enabled:
         return
     import wandb
@@ -109,25 +92,17 @@ def publish_to_wandb(spec: Spec, out: Path, payload: dict[str, Any]) -> None:
 
 
 class _KeepingWriter(ExperimentWriter):
-    """Lightning's CSV writer, but an existing metrics.csv is trimmed to ``keep_epochs``, not deleted.
+    """Lightning's CSV writer, but an existing metrics.csv keeps its rows before epoch ``keep_epochs`` (and, with
+    ``keep_steps``, a mid-epoch checkpoint's, that epoch's rows below that step) instead of being deleted."""
 
-    With ``keep_steps`` (a mid-epoch checkpoint) the rows of epoch ``keep_epochs`` logged at steps below it
-    are kept too.
-    """
-
-    def __init__(self, log_dir: str, keep_epochs: int, keep_steps: int | None = None) -> None:
-        self.keep_epochs = keep_epochs
-        self.keep_steps = keep_steps
+    def __init__(self, log_dir: str, keep: tuple[int, int | None]) -> None:
+        self.keep_epochs, self.keep_steps = keep
         super().__init__(log_dir)
 
     def _kept(self, row: dict[str, str]) -> bool:
-        if not row.get("epoch"):
-            return True
-        epoch = int(float(row["epoch"]))
-        if epoch < self.keep_epochs:
-            return True
-        before = self.keep_steps is not None and row.get("step") and int(float(row["step"])) < self.keep_steps
-        return epoch == self.keep_epochs and bool(before)
+        epoch = int(float(row["epoch"])) if row.get("epoch") else -1
+        step = int(float(row["step"])) if self.keep_steps is not None and row.get("step") else None
+        return epoch < self.keep_epochs or (epoch == self.keep_epochs and step is not None and step < self.keep_steps)
 
     def _check_log_dir_exists(self) -> None:
         path = Path(self.metrics_file_path)
@@ -135,16 +110,11 @@ class _KeepingWriter(ExperimentWriter):
             return
         with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
-            header = list(reader.fieldnames or [])
-            rows = list(reader)
+            header, rows = list(reader.fieldnames or []), list(reader)
         kept = [row for row in rows if self._kept(row)]
         if len(kept) < len(rows):
-            log.info(
-                "%s: dropped %d row(s) of the interrupted epoch (logged again on resume), kept %d",
-                path,
-                len(rows) - len(kept),
-                len(kept),
-            )
+            counts = (path, len(rows) - len(kept), len(kept))
+            log.info("%s: dropped %d row(s) of the interrupted epoch (logged again on resume), kept %d", *counts)
             buffer = io.StringIO()
             writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\r\n")
             writer.writeheader()
@@ -154,25 +124,19 @@ class _KeepingWriter(ExperimentWriter):
 
 
 class ResumableCSVLogger(CSVLogger):
-    """CSV log that survives resume (see :func:`csv_logger`) and is written through at every row."""
+    """CSV log that survives resume (see :func:`csv_logger`), written through at every row (a kill loses none)."""
 
     def __init__(self, save_dir: str, keep_epochs: int, keep_steps: int | None = None) -> None:
-        super().__init__(save_dir=save_dir, name="csv", version="")
-        self.keep_epochs = keep_epochs
-        self.keep_steps = keep_steps
+        super().__init__(save_dir=save_dir, name="csv", version="", flush_logs_every_n_steps=1)
+        self.keep = keep_epochs, keep_steps
 
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _KeepingWriter(self.log_dir, self.keep_epochs, self.keep_steps)
+            self._experiment = _KeepingWriter(self.log_dir, self.keep)
         return self._experiment
-
-    @rank_zero_only
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        super().log_metrics(metrics, step)
-        self.save()  # every row on disk at once (rows come every log_every_n_steps): a kill loses none
 
 
 def csv_logger(out: Path) -> ResumableCSVLogger:

@@ -42,10 +42,8 @@ def load_encoder(model: Model, name_or_path: str | None = None) -> tuple[BiEncod
     if name_or_path is None:
         ensure_model_files(model.name, model.name_or_path, model.build)
         name_or_path = model.name_or_path
-    settings = model.encoder
     saved = Path(name_or_path) / SETTINGS_FILE
-    if saved.is_file():
-        settings = EncoderSettings(**json.loads(saved.read_text()))
+    settings = EncoderSettings(**json.loads(saved.read_text())) if saved.is_file() else model.encoder
     return BiEncoder.from_pretrained(name_or_path, settings), load_tokenizer(name_or_path)
 
 
@@ -73,11 +71,8 @@ def pool_key(settings: PoolSettings, analyzer: str | None, cache_dir: str | Path
 
 
 def negative_pools(spec: Spec, negatives: Negatives, split: RetrievalSplit, language: Language) -> NegativePools:
-    """The hard-negative pools of ``negatives`` on ``split``; nothing is mined when no hard negative is drawn.
-
-    With ``denoise.enabled`` a teacher encoder has dropped likely false negatives, and the result's ``.denoise``
-    (:class:`~mdr.mining.denoise.DenoiseStats`, None when not denoised) says how many.
-    """
+    """The hard-negative pools of ``negatives`` on ``split`` (none mined when no hard negative is drawn); with
+    ``denoise.enabled`` a teacher has dropped likely false negatives, counted in the result's ``.denoise``."""
     if negatives.pool is None or num_hard(negatives.hard_proportion, negatives.num_negatives) == 0:
         return NegativePools()
     device = mining_device(spec.trainer)
@@ -167,12 +162,9 @@ def fit(
     )
     if train.gradient_checkpointing:
         encoder.gradient_checkpointing_enable()
-    fast_dropout = fast_dropout_on(spec, encoder)
-    if fast_dropout:
-        log.info(
-            "train.fast_dropout: %d dropout modules and the attention dropout draw 16-bit masks",
-            encoder.fast_dropout_enable(),
-        )
+    if fast_dropout := fast_dropout_on(spec, encoder):
+        modules = encoder.fast_dropout_enable()
+        log.info("train.fast_dropout: %d dropout modules and the attention dropout draw 16-bit masks", modules)
     datamodule = RetrievalDataModule(split, pools, sampler, collator, train.batch_size, spec.seed, train.num_workers)
     module = BiEncoderModule(
         encoder,
@@ -193,13 +185,10 @@ def fit(
         plugins.append(SLURMEnvironment(auto_requeue=False))  # submitit requeues and the rerun resumes
     trainer_args = {**spec.trainer.args, "max_epochs": stage.epochs}
     trainer_args["precision"] = resolve_precision(spec.trainer.precision, spec.trainer.accelerator)
-    if trains_on_cpu(spec.trainer) and retain_freed_memory(train.cpu_malloc_retain_mb):
-        log.info(
-            "train.cpu_malloc_retain_mb: glibc keeps up to %s MiB of freed memory for reuse", train.cpu_malloc_retain_mb
-        )
-    progress = ProgressLog(
-        run_name(spec, stage), spec.logger.progress_every_n_steps, spec.logger.progress_every_seconds
-    )
+    if trains_on_cpu(spec.trainer) and retain_freed_memory(retain := train.cpu_malloc_retain_mb):
+        log.info("train.cpu_malloc_retain_mb: glibc keeps up to %s MiB of freed memory for reuse", retain)
+    logger = spec.logger
+    progress = ProgressLog(run_name(spec, stage), logger.progress_every_n_steps, logger.progress_every_seconds)
     trainer = pl.Trainer(
         **trainer_args,
         default_root_dir=str(out),

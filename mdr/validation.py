@@ -1,10 +1,5 @@
-"""The composed config read and checked once into a :class:`mdr.spec.Spec`, before anything is read or built.
-
-:func:`build_spec` checks every value the pipeline reads (types and ranges, the stage schedule, the evaluation
-languages, that the model, checkpoint, dense-mining encoder and denoising teacher exist, the launch against this
-machine) and reports every problem at once, each naming its key, as a :class:`mdr.data.schema.DataError`.
-:func:`validate_splits` checks the splits the reader loaded against the spec.
-"""
+"""The composed config read and checked once into a :class:`mdr.spec.Spec` (:func:`build_spec`), before anything is
+read or built, every problem reported at once naming its key; :func:`validate_splits` checks the loaded splits."""
 
 from __future__ import annotations
 
@@ -48,16 +43,12 @@ from mdr.utils.config_compat import NEUTRAL_DEFAULTS
 from mdr.utils.instantiate import build_target_problem, model_source_problem
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-MAX_SEED = 2**32 - 1
-"""The largest seed numpy (and so ``lightning.seed_everything``) takes."""
-ZERO_SHOT = "zero_shot"
-"""The one schedule name an empty ``stage.stages`` may carry (``conf/stage/zero_shot.yaml``)."""
-TARGET = "target"
-"""In ``train_on`` and ``evaluation.languages``: the run's own language (in the run's data group)."""
+MAX_SEED = 2**32 - 1  # the largest seed numpy (and so lightning.seed_everything) takes
+ZERO_SHOT = "zero_shot"  # the one schedule name an empty stage.stages may carry
+TARGET = "target"  # in train_on and evaluation.languages: the run's own language (in the run's data group)
+NULLABLE = ("range_max", "margin", "encoder", "threads")  # pool settings whose null means something
 _ABSENT = object()
 T = TypeVar("T")
-NULLABLE = ("range_max", "margin", "encoder", "threads")
-"""Pool settings whose null means something (no upper rank, no margin, no encoder, every CPU)."""
 
 
 class _Values:
@@ -66,23 +57,7 @@ class _Values:
     def __init__(self, tree: Mapping[str, Any], problems: list[str], prefix: str = "") -> None:
         self.tree, self.problems, self.prefix = tree, problems, prefix
 
-    def get(self, key: str, optional: bool = False) -> Any:
-        """The value at ``key``; a key added after a config was made takes its "as before" value
-        (:data:`mdr.utils.config_compat.NEUTRAL_DEFAULTS`). Missing or ``???``: ``_ABSENT``, a problem noted
-        (``optional``: None for a missing key, no problem)."""
-        node = self._find(key)
-        if node is _ABSENT:
-            if self.prefix + key in NEUTRAL_DEFAULTS:
-                return NEUTRAL_DEFAULTS[self.prefix + key]
-            if not optional:
-                self.problems.append(f"{self.prefix}{key} is missing from the config")
-            return None if optional else _ABSENT
-        if node == "???":
-            self.problems.append(f"{self.prefix}{key} must be set (it is ???)")
-            return _ABSENT
-        return node
-
-    def _find(self, key: str) -> Any:
+    def find(self, key: str) -> Any:
         """The value at dotted ``key`` as held (a null included); ``_ABSENT`` where the mapping has no such key."""
         node: Any = self.tree
         for part in key.split("."):
@@ -91,20 +66,32 @@ class _Values:
             node = node[part]
         return node
 
-    def holds(self, key: str) -> bool:
-        """Whether the mapping holds ``key`` (a null value included)."""
-        return self._find(key) is not _ABSENT
+    def get(self, key: str, optional: bool = False) -> Any:
+        """The value at ``key`` (a key newer than the config: its :data:`NEUTRAL_DEFAULTS` value); missing or ``???``:
+        ``_ABSENT``, a problem noted (``optional``: None for a missing key, no problem)."""
+        node, full = self.find(key), self.prefix + key
+        if node is _ABSENT and full in NEUTRAL_DEFAULTS:
+            return NEUTRAL_DEFAULTS[full]
+        if node is _ABSENT and optional:
+            return None
+        if node is _ABSENT or node == "???":
+            missing = "must be set (it is ???)" if node == "???" else "is missing from the config"
+            self.problems.append(f"{full} {missing}")
+            return _ABSENT
+        return node
 
-    def _checked(self, key: str, problem: Callable[[Any], str | None], optional: bool = False) -> Any:
-        """The value at ``key`` where ``problem`` finds none in it (null passes where ``optional``), else None."""
+    def _checked(
+        self, key: str, problem: Callable[[Any], str | None], optional: bool = False, convert: Callable = lambda x: x
+    ) -> Any:
+        """The value at ``key`` (``convert``-ed) where ``problem`` finds none in it (null passes where ``optional``),
+        else None."""
         value = self.get(key, optional)
         if value is _ABSENT or value is None and optional:
             return None
-        found = problem(value)
-        if found:
+        if found := problem(value):
             self.problems.append(f"{self.prefix}{key} {found}")
             return None
-        return value
+        return convert(value)
 
     def integer(
         self, key: str, minimum: int, maximum: int | None = None, optional: bool = False, allowed: tuple[int, ...] = ()
@@ -121,8 +108,7 @@ class _Values:
                 return f"must be an integer in [{minimum}, {maximum}], got {value}"
             return None
 
-        value = self._checked(key, problem, optional)
-        return None if value is None else int(value)
+        return self._checked(key, problem, optional, int)
 
     def number(
         self, key: str, low: float | None = None, high: float | None = None, above: bool = False, optional: bool = False
@@ -140,24 +126,18 @@ class _Values:
                 return f"must be{bounds}, got {value}"
             return None
 
-        value = self._checked(key, problem, optional)
-        return None if value is None else float(value)
+        return self._checked(key, problem, optional, float)
 
     def choice(self, key: str, allowed: tuple[Any, ...]) -> Any:
         """One of ``allowed``, of the same type (1 is not true)."""
-
-        def problem(value: Any) -> str | None:
-            if any(value == option and type(value) is type(option) for option in allowed):
-                return None
-            return f"must be one of {list(allowed)}, got {value!r}"
-
-        return self._checked(key, problem)
+        listed = f"must be one of {list(allowed)}, got "
+        return self._checked(
+            key, lambda v: None if any(v == o and type(v) is type(o) for o in allowed) else listed + repr(v)
+        )
 
     def boolean(self, key: str) -> Any:
         """true or false."""
-        return self._checked(
-            key, lambda value: None if isinstance(value, bool) else f"must be true or false, got {value!r}"
-        )
+        return self._checked(key, lambda v: None if isinstance(v, bool) else f"must be true or false, got {v!r}")
 
     def text(self, key: str, optional: bool = False, allowed: tuple[str, ...] = ()) -> Any:
         """A string (a number is taken as its text: a split named 1), one of ``allowed`` where given."""
@@ -165,12 +145,9 @@ class _Values:
         def problem(value: Any) -> str | None:
             if value is None or isinstance(value, (Mapping, list, bool)):
                 return f"must be a string, got {value!r}"
-            if allowed and str(value) not in allowed:
-                return f"must be one of {list(allowed)}, got {value!r}"
-            return None
+            return f"must be one of {list(allowed)}, got {value!r}" if allowed and str(value) not in allowed else None
 
-        value = self._checked(key, problem, optional)
-        return None if value is None else str(value)
+        return self._checked(key, problem, optional, str)
 
     def mapping(self, key: str, optional: bool = False) -> Any:
         """A mapping."""
@@ -183,6 +160,7 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
+# negatives.pool: a key the group leaves out keeps PoolSettings' value; negatives.denoise absent: off
 POOL_CHECKS: dict[str, Callable[[_Values], Any]] = {
     "source": lambda v: v.choice("pool.source", ("bm25", "dense", "shipped")),
     "backend": lambda v: v.choice("pool.backend", ("bm25s", "pyserini")),
@@ -194,14 +172,12 @@ POOL_CHECKS: dict[str, Callable[[_Values], Any]] = {
     "threads": lambda v: v.integer("pool.threads", 1, optional=True),  # null: the CPUs this process may use
     "tokenizer": lambda v: v.choice("pool.tokenizer", TOKENIZERS),
 }
-"""``negatives.pool``: a key the group leaves out keeps :class:`mdr.mining.miner.PoolSettings`' value."""
 DENOISE_CHECKS: dict[str, Callable[[_Values], Any]] = {
     "enabled": lambda v: v.boolean("denoise.enabled"),
     "teacher": lambda v: v.text("denoise.teacher"),
     "relative_margin": lambda v: v.number("denoise.relative_margin", 0.0, 0.5),
     "batch_size": lambda v: v.integer("denoise.batch_size", 1),
 }
-"""``negatives.denoise`` (absent: off)."""
 
 
 class _Builder:
@@ -299,7 +275,7 @@ class _Builder:
         v, found = self.values, {}
         for item in fields(cls):  # type: ignore[arg-type]
             meta = item.metadata
-            if "key" in meta and (item.default is MISSING or v.holds(meta["key"])):
+            if "key" in meta and (item.default is MISSING or v.find(meta["key"]) is not _ABSENT):
                 found[item.name] = getattr(v, meta["check"])(meta["key"], **meta["options"])
         return cls(**found)
 
@@ -315,8 +291,8 @@ class _Builder:
                 f"{prefix}num_negatives=0 trains on in-batch negatives only, so {prefix}hard_proportion={p:g} would "
                 f"label a run that used no hard negative; set {prefix}hard_proportion=0 (or num_negatives >= 1)"
             )
-        elif k is not None and p is not None and proportion_problem(p, k, prefix.rstrip(".")):
-            self.problems.append(proportion_problem(p, k, prefix.rstrip(".")))  # type: ignore[arg-type]
+        elif k is not None and p is not None and (problem := proportion_problem(p, k, prefix.rstrip("."))):
+            self.problems.append(problem)
         denoise = DenoiseSettings(**self.known(v, "denoise", DENOISE_CHECKS))
         teacher = self.teacher(denoise.teacher) if denoise.enabled else None
         return Negatives(k, p, strict, pool, denoise, teacher, dict(tree))
@@ -355,9 +331,7 @@ class _Builder:
         """``negatives.denoise.teacher``: a model group (resolved with the run's paths) or an encoder folder."""
         group = CONF / "model" / f"{name}.yaml"
         if "/" not in name and group.is_file():
-            other = copy.deepcopy(self.cfg)
-            with open_dict(other):
-                other.model = OmegaConf.load(group)
+            other = self.replaced(model=OmegaConf.load(group))
             return Teacher(name, self.model(_plain(other.model), f"negatives.denoise.teacher={name}: model."), None)
         if Path(name).is_dir():
             return Teacher(name, self.model(self.resolved["model"], "model."), str(Path(name).resolve()))
@@ -379,13 +353,12 @@ class _Builder:
             raise DataError(f"{key}: no language {language!r} (conf/language has {known})")
         return OmegaConf.load(path)
 
-    def with_language(self, language: Any, data: Any = None) -> Any:
-        """A copy of the config with ``language`` (and ``data``) put in, so the data group resolves for it."""
+    def replaced(self, **groups: Any) -> Any:
+        """A copy of the config with ``groups`` put in, so the rest resolves for them."""
         other = copy.deepcopy(self.cfg)
         with open_dict(other):
-            other.language = language
-            if data is not None:
-                other.data = OmegaConf.create(data)
+            for name, node in groups.items():
+                setattr(other, name, node)
         return other
 
     def evaluation_languages(self, spec: Spec) -> tuple[EvaluationLanguage, ...]:
@@ -400,7 +373,7 @@ class _Builder:
                 found.append(EvaluationLanguage(spec.language, spec.data))
                 continue
             try:
-                other = self.with_language(self.language_node(code, f"{key}[{number}]"))
+                other = self.replaced(language=self.language_node(code, f"{key}[{number}]"))
             except DataError as error:
                 self.problems.append(str(error))
                 continue
@@ -423,13 +396,11 @@ class _Builder:
             entry = {"language": _plain(entry.get("language")), "split": entry.get("split")}
         if not isinstance(entry, Mapping) or entry.get("language") is None:
             raise DataError(f"{key}: a source is a language code, `{TARGET}`, or a mapping with a `language`")
-        if entry["language"] == TARGET and data is not None:
+        target = entry["language"] == TARGET
+        if target and data is not None:
             raise DataError(f"{key}: `{TARGET}` means the run's data group; give a language code with `data`")
-        if entry["language"] == TARGET:
-            language_node = copy.deepcopy(self.cfg.language)
-        else:
-            language_node = self.language_node(entry["language"], f"{key}.language")
-        other = self.with_language(language_node, data)
+        node = copy.deepcopy(self.cfg.language) if target else self.language_node(entry["language"], f"{key}.language")
+        other = self.replaced(language=node, **({} if data is None else {"data": OmegaConf.create(data)}))
         try:
             data_tree, language_tree = _plain(other.data), _plain(other.language)
         except OmegaConfBaseException as error:  # an interpolation that does not resolve for this language
@@ -465,12 +436,8 @@ class _Builder:
         labels = [f"{source.label}:{source.split}" for source in sources]
         if len(set(labels)) != len(labels):
             self.problems.append(f"{key}.train_on names a source twice: {labels}")
-        tree = {
-            "epochs": _plain(entry.get("epochs", spec.trainer.max_epochs)),
-            "negatives": _plain(entry.get("negatives")),
-        }
-        epochs = _Values(tree, self.problems, f"{key}.").integer("epochs", 1)
-        overrides = tree["negatives"] or {}
+        v = _Values({"epochs": _plain(entry.get("epochs", spec.trainer.max_epochs))}, self.problems, f"{key}.")
+        epochs, overrides = v.integer("epochs", 1), _plain(entry.get("negatives")) or {}
         if not isinstance(overrides, dict):
             self.problems.append(f"{key}.negatives must be a mapping merged over `negatives`, got {overrides!r}")
             overrides = {}
@@ -483,10 +450,10 @@ class _Builder:
                 "stage takes negatives.hard_proportion"
             )
         codes = [source.code for source in sources]
-        parts = [
-            source.code if codes.count(source.code) == 1 else f"{source.data.name}-{source.code}" for source in sources
+        sources = [
+            replace(s, part=(s.code if codes.count(s.code) == 1 else f"{s.data.name}-{s.code}").replace("/", "-"))
+            for s in sources
         ]
-        sources = [replace(source, part=part.replace("/", "-")) for source, part in zip(sources, parts)]
         own = last and any(source.is_target for source in sources)
         negatives = self.negatives(merged, f"{key}.negatives.")
         return Stage(index, str(entry.get("name") or f"stage{index}"), tuple(sources), epochs, negatives, own)
@@ -509,11 +476,12 @@ class _Builder:
         return Schedule(name, applies_to, tuple(stage for stage in stages if stage is not None))
 
 
-def _fail(problems: list[str]) -> None:
+def _fail(problems: list[str], result: Any = None) -> Any:
     if len(problems) == 1:
         raise DataError(problems[0])
     if problems:
         raise DataError(f"{len(problems)} problems with the config:\n  " + "\n  ".join(problems))
+    return result
 
 
 def config_problems(cfg: DictConfig) -> list[str]:
@@ -528,8 +496,7 @@ def build_spec(cfg: DictConfig) -> Spec:
     :class:`DataError` names the key of every problem found."""
     builder = _Builder(cfg)
     spec = builder.spec()
-    _fail(builder.problems)
-    return spec
+    return _fail(builder.problems, spec)
 
 
 def resolve_teacher(cfg: DictConfig, name: str) -> Teacher:
@@ -537,16 +504,14 @@ def resolve_teacher(cfg: DictConfig, name: str) -> Teacher:
     a :class:`DataError` where it is neither a model group nor an existing folder."""
     builder = _Builder(cfg)
     teacher = builder.teacher(name)
-    _fail(builder.problems)
-    return teacher  # type: ignore[return-value]
+    return _fail(builder.problems, teacher)
 
 
 def validate_splits(spec: Spec, train: RetrievalSplit | None, test: RetrievalSplit) -> None:
     """Check the loaded splits against the spec (before mining or training); a :class:`DataError` names the key
     of every problem found."""
-    problems = test_split_problems(test, spec.data.test_split)
-    if train is not None and spec.negatives is not None:
-        negatives, data = spec.negatives, spec.data
+    problems, data, negatives = test_split_problems(test, spec.data.test_split), spec.data, spec.negatives
+    if train is not None and negatives is not None:
         source = negatives.pool.source if negatives.pool is not None else ""
         k, p = negatives.num_negatives, negatives.hard_proportion
         problems += train_split_problems(train, data.train_split, k, p, source, data.name)

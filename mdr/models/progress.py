@@ -1,8 +1,6 @@
-"""One log line per training job every N steps or M seconds (whichever first), progress bar or not.
-
-``<run>: epoch e/E step s/S (p%) loss L r steps/s ETA t``: the loss is the mean over the steps since the previous
-line; steps/s and the ETA are measured from this attempt's start. One line also when training starts and ends.
-"""
+"""One log line per training job every N steps or M seconds (whichever first), progress bar or not, and one when
+training starts and ends: ``<run>: epoch e/E step s/S (p%) loss L r steps/s ETA t`` (the loss: the mean since the
+previous line; steps/s and the ETA: since this attempt's start)."""
 
 from __future__ import annotations
 
@@ -39,7 +37,8 @@ def _loss_of(outputs: Any) -> torch.Tensor | None:
 
 
 class ProgressLog(pl.Callback):
-    """Logs a training job's progress as plain log lines, named by ``label`` (None switches a trigger off)."""
+    """Logs a training job's progress as plain log lines, named by ``label`` (None switches a trigger off; the values
+    are checked with the config, :class:`mdr.spec.Logger`)."""
 
     def __init__(
         self,
@@ -48,23 +47,12 @@ class ProgressLog(pl.Callback):
         every_seconds: float | None = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if every_n_steps is not None and every_n_steps < 1:
-            raise ValueError(f"logger.progress.every_n_steps must be >= 1 or null, got {every_n_steps}")
-        if every_seconds is not None and every_seconds <= 0:
-            raise ValueError(f"logger.progress.every_seconds must be > 0 or null, got {every_seconds}")
         self.label, self.every_n_steps, self.every_seconds, self.clock = label, every_n_steps, every_seconds, clock
         self.started = self.last_time = 0.0
         self.start_step = self.last_step = 0
         self.total: float = 0
         self._loss_sum: torch.Tensor | None = None
         self._loss_count = 0
-
-    @classmethod
-    def from_config(cls, label: str, settings: Any) -> ProgressLog:
-        """From ``logger.progress`` (a mapping with ``every_n_steps`` / ``every_seconds``; None: the defaults)."""
-        settings = settings or {}
-        steps, seconds = settings.get("every_n_steps", 500), settings.get("every_seconds", 60.0)
-        return cls(label, None if steps is None else int(steps), None if seconds is None else float(seconds))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.started = self.last_time = self.clock()

@@ -1,7 +1,5 @@
-"""Which torch and faiss builds are installed, whether they fit the machine (docs/gpu.md), and where a run computes.
-
-Supported: torch for CUDA 12 with ``faiss-gpu`` (PyPI's torch is a CUDA 13 build), or ``faiss-cpu``; never both faiss
-builds (they share ``faiss/_swigfaiss.abi3.so``). A script too (stdlib only at import)::
+"""Which torch and faiss builds are installed, whether they fit the machine (docs/gpu.md: torch for CUDA 12 with
+``faiss-gpu``, or ``faiss-cpu``, never both), and where a run computes. A script too (stdlib only at import)::
 
     python -m mdr.utils.environment check --want gpu     # the problems, one a line; exit 1 if any
     python -m mdr.utils.environment torch --want gpu     # exit 1 when the installed torch must be replaced
@@ -10,6 +8,7 @@ builds (they share ``faiss/_swigfaiss.abi3.so``). A script too (stdlib only at i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -41,12 +40,10 @@ class Installed:
 
 def _cuda_major_of(distribution: str) -> int | None:
     """The CUDA major of ``distribution``'s ``nvidia-*-cuNN`` requirements (None: none)."""
-    try:
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         requires = importlib.metadata.requires(distribution) or []
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    majors = {int(m.group(1)) for r in requires if (m := re.match(r"nvidia-[a-z-]+-cu(\d+)\b", r))}
-    return max(majors) if majors else None
+        return max((int(m.group(1)) for r in requires if (m := re.match(r"nvidia-[a-z-]+-cu(\d+)\b", r))), default=None)
+    return None
 
 
 def faiss_builds() -> tuple[str, ...]:
@@ -55,10 +52,9 @@ def faiss_builds() -> tuple[str, ...]:
 
 
 def _version(distribution: str) -> str | None:
-    try:
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    return None
 
 
 def installed() -> Installed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import textwrap
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,7 +13,6 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from mdr.data.readers import RetrievalReader
-from mdr.utils.app_help import config_groups
 from mdr.utils.cache import cache_lock, check_folder
 from mdr.utils.errors import DataError
 from mdr.utils.job_dirs import hydra_subdir, job_dirname
@@ -22,20 +22,37 @@ log = get_logger(__name__)
 
 
 def register_resolvers() -> None:
-    """``${abspath:...}`` makes a path absolute against the current directory; ``${mdr_job_dir:overrides,exclude}``
-    names a multirun's job folder (:func:`mdr.utils.job_dirs.job_dirname`); ``${mdr_config_groups:}`` lists the
-    config groups in ``--help`` (:func:`mdr.utils.app_help.config_groups`); ``${mdr_hydra_subdir:output_dir}`` is
-    ``.hydra`` unless that folder cannot be written (:func:`mdr.utils.job_dirs.hydra_subdir`)."""
-    if not OmegaConf.has_resolver("abspath"):
-        OmegaConf.register_new_resolver("abspath", lambda path: str(Path(path).expanduser().resolve()))
-    if not OmegaConf.has_resolver("mdr_hydra_subdir"):
-        OmegaConf.register_new_resolver("mdr_hydra_subdir", hydra_subdir)
-    if not OmegaConf.has_resolver("mdr_job_dir"):
-        OmegaConf.register_new_resolver(
-            "mdr_job_dir", lambda overrides, exclude: job_dirname(list(overrides), list(exclude or []))
-        )
-    if not OmegaConf.has_resolver("mdr_config_groups"):
-        OmegaConf.register_new_resolver("mdr_config_groups", config_groups)
+    """``${abspath:...}`` (a path made absolute), ``${mdr_hydra_subdir:...}`` and ``${mdr_job_dir:...}``
+    (:mod:`mdr.utils.job_dirs`), ``${mdr_config_groups:}`` (``--help``'s groups)."""
+    resolvers = {
+        "abspath": lambda path: str(Path(path).expanduser().resolve()),
+        "mdr_hydra_subdir": hydra_subdir,
+        "mdr_job_dir": lambda overrides, exclude: job_dirname(list(overrides), list(exclude or [])),
+        "mdr_config_groups": config_groups,
+    }
+    for name, resolver in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
+
+
+def config_groups(*, _root_: Any) -> str:
+    """Resolver ``${mdr_config_groups:}``: a line ``  group  a, b*, c`` (``*``: the option chosen) for each group of
+    the config ``--help`` shows, leaving out Hydra's own and ``_`` shared bases (``experiment/_me5_grid``)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    def shown(name: str) -> bool:
+        return not (name == "hydra" or name.startswith("hydra/") or name.rsplit("/", 1)[-1].startswith("_"))
+
+    choices, loader = dict(_root_.hydra.runtime.choices), GlobalHydra.instance().config_loader()
+    groups = sorted(group for group in choices if shown(group))
+    width, lines = max((len(group) for group in groups), default=0), []
+    for group in groups:
+        options = [name for name in sorted(loader.get_group_options(group)) if shown(name)]
+        text = ", ".join(f"{name}*" if name == choices[group] else name for name in options)
+        text += "  (none by default)" if choices[group] is None else ""
+        indents = {"initial_indent": f"  {group.ljust(width)}  ", "subsequent_indent": " " * (width + 4)}
+        lines.append(textwrap.fill(text, width=116, **indents, break_on_hyphens=False))
+    return "\n".join(lines)
 
 
 def build_reader(reader: Mapping[str, Any]) -> RetrievalReader:
@@ -62,9 +79,9 @@ def model_source_problem(key: str, value: Any, saved_encoder: bool = False) -> s
     """Why ``value`` (at ``key``) is not a loadable model, or None: a local folder must hold ``config.json`` (or
     ``query_encoder/config.json``); anything else is a hub id, found in the local hub cache or by fetching its
     config. ``saved_encoder``: a local folder is required (``checkpoint=``)."""
-    if value is None or str(value).strip() == "":
+    text = "" if value is None else str(value)
+    if not text.strip():
         return f"{key} must name a model folder{'' if saved_encoder else ' or hub id'}, got {value!r}"
-    text = str(value)
     path = Path(text).expanduser()
     if path.is_dir():
         if (path / "config.json").is_file() or (path / "query_encoder" / "config.json").is_file():
@@ -96,10 +113,9 @@ def ensure_model_files(name: str, name_or_path: str, build: Mapping[str, Any] | 
         return
     target = Path(str(name_or_path))
     out_dir = build.get("out_dir")
-    if target.is_dir() and (out_dir is None or Path(str(out_dir)).expanduser().resolve() != target.resolve()):
-        return  # a model folder of the user's, not the build's: never checked against a build manifest
-    if target.is_dir() and check_folder(target) is None:
-        return
+    users = out_dir is None or Path(str(out_dir)).expanduser().resolve() != target.resolve()  # not the build's
+    if target.is_dir() and (users or check_folder(target) is None):
+        return  # a model folder of the user's is never checked against a build manifest
     with cache_lock(target.with_name(f".{target.name}.lock"), f"another process is building {target}; waiting"):
         if target.is_dir():
             problem = check_folder(target)

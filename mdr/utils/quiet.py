@@ -1,8 +1,5 @@
-"""Silence, at their source, the library messages a user of mdr cannot act on; everything else stays as it is.
-
-Each filter names one message and the module (or logger) that emits it. :func:`install` is called by the entry
-points inside the Hydra main, so every job of a multirun, every DDP rank and every SLURM task has it.
-"""
+"""Silence, at their source, the library messages a user of mdr cannot act on, each filter naming one message and
+its module (or logger); the entry points :func:`install` them inside the Hydra main (every job, rank and task)."""
 
 from __future__ import annotations
 
@@ -40,15 +37,9 @@ QUIET_LOGGERS: dict[str, int] = {"faiss.loader": logging.WARNING}
 QUIET_PROGRESS_BARS = frozenset({"Writing model shards", "Loading weights"})
 
 
-class MessageFilter(logging.Filter):
-    """Drops a logger's records whose message matches one of ``patterns`` (from its start)."""
-
-    def __init__(self, patterns: tuple[str, ...]) -> None:
-        super().__init__()
-        self.patterns = [re.compile(pattern) for pattern in patterns]
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not any(pattern.match(record.getMessage()) for pattern in self.patterns)
+def _shown(record: logging.LogRecord) -> bool:
+    """False for a record whose message matches one of :data:`QUIET_LIGHTNING_INFO` (a logging filter)."""
+    return not any(re.match(pattern, record.getMessage()) for pattern in QUIET_LIGHTNING_INFO)
 
 
 def _quiet_bar(previous: Callable[..., Any] | None) -> Callable[..., Any]:
@@ -66,9 +57,7 @@ def install() -> None:
     for message, category, module in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
     for name in LIGHTNING_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(existing, MessageFilter) for existing in logger.filters):
-            logger.addFilter(MessageFilter(QUIET_LIGHTNING_INFO))
+        logging.getLogger(name).addFilter(_shown)  # once: addFilter skips a filter it holds
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
     from transformers.utils import logging as transformers_logging

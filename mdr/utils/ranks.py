@@ -1,9 +1,6 @@
-"""Which process of a distributed job this is, and how the ranks of one launch follow rank 0's decision.
-
-Where the launcher starts every rank itself (SLURM tasks, torchrun), rank 0 writes what it does with the run folder
-(``run``, ``complete``, ``refused``, or ``failed`` after a ``run``) to ``<folder>/.ranks/<launch>.json``; the other
-ranks read it before any work and, once running, watch it, so none waits for a peer that has returned or failed.
-"""
+"""Which process of a distributed job this is, and how the ranks of one launch follow rank 0's decision on the run
+folder (``run``, ``complete``, ``refused``, ``failed``), written to ``<folder>/.ranks/<launch>.json`` where the launcher
+starts every rank (SLURM, torchrun): the others read it before any work and watch it, never waiting on a dead peer."""
 
 from __future__ import annotations
 
@@ -22,19 +19,14 @@ def local_rank(environ: Mapping[str, str] | None = None) -> int:
     """This process's index on its node: ``LOCAL_RANK``, else ``SLURM_LOCALID`` (a SLURM task before Lightning's
     trainer starts), else 0."""
     env = os.environ if environ is None else environ
-    for name in ("LOCAL_RANK", "SLURM_LOCALID"):
-        if env.get(name, "").strip():
-            return int(env[name])
-    return 0
+    return next((int(env[name]) for name in ("LOCAL_RANK", "SLURM_LOCALID") if env.get(name, "").strip()), 0)
 
 
 def cuda_device(environ: Mapping[str, str] | None = None) -> str:
     """``cuda:<local rank mod visible GPUs>`` when CUDA is available, else ``cpu``."""
     import torch
 
-    if torch.cuda.is_available():
-        return f"cuda:{local_rank(environ) % torch.cuda.device_count()}"
-    return "cpu"
+    return f"cuda:{local_rank(environ) % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
 
 
 RANKS_DIR = ".ranks"
@@ -91,11 +83,8 @@ def watch_rank_zero(out: Path, interval_s: float = 2.0) -> threading.Thread | No
 
 
 def rank_zero_decision(out: Path, timeout_s: float | None = None) -> dict[str, str]:
-    """A rank > 0: rank 0's decision on ``out`` for this launch (``{"decision": "run"}`` without a launch key).
-
-    Raises:
-        TimeoutError: rank 0 said nothing within ``timeout_s`` (default :data:`RANK_WAIT_S`).
-    """
+    """A rank > 0: rank 0's decision on ``out`` for this launch (``{"decision": "run"}`` without a launch key); a
+    :class:`TimeoutError` where rank 0 said nothing within ``timeout_s`` (default :data:`RANK_WAIT_S`)."""
     key = launch_key()
     if key is None:
         return {"decision": "run", "message": ""}
