@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from mdr.data.corpus import Corpus, Row, default_cache_dir
+from mdr.data.corpus import Corpus, Row, cache_root
 from mdr.data.hub import DatasetFiles
 from mdr.data.schema import DataError, Qrels, Query, RetrievalSplit
 from mdr.utils.logging import get_logger
@@ -124,13 +124,9 @@ def corpus_rows(paths: Sequence[Path]) -> Iterator[Row]:
         for number, record in iter_jsonl(path, ("docid", "text")):
             docid = _identifier(record["docid"], "docid", path, number)
             text = _string(record["text"], "text", path, number)
-            title = record.get("title")
-            if title is None:
-                if "title" in record:
-                    _skip(skips, "null titles read as no title", f"{path}:{number}")
-                title = ""
-            elif not isinstance(title, str):
-                raise DataError(f"{path}:{number}: title is a {type(title).__name__}, not a string")
+            if "title" in record and record["title"] is None:
+                _skip(skips, "null titles read as no title", f"{path}:{number}")
+            title = "" if record.get("title") is None else _string(record["title"], "title", path, number)
             yield docid, title, text, index, number
         _log_skips(path, skips)
 
@@ -243,14 +239,9 @@ class LocalReader(_Reader):
 
 
 class _PublishedReader(_Reader):
-    """What the hub readers share: the queries and corpus repos (hub ids or local folders) and their files.
-
-    Args:
-        config: the language's name in the file layout; null for a language the set lacks.
-        split_names: mdr split -> published split (``test`` -> ``dev`` for a set without test labels).
-        config_prefix: where these keys sit in the config, for messages (``data``).
-        published: the canonical hub ids, named in the download command when a local folder is missing.
-    """
+    """The queries and corpus repos (hub ids or local folders) of a published set. ``config``: the language's name in
+    the layout (null: the set lacks it); ``split_names``: mdr split -> published split; ``config_prefix``: where these
+    keys sit in the config (messages); ``published``: the canonical hub ids, named in download commands."""
 
     published: tuple[str, str] = ("", "")
     queries_patterns: tuple[str, ...] = ()
@@ -270,7 +261,7 @@ class _PublishedReader(_Reader):
         published: Sequence[str] | None = None,
     ) -> None:
         self.config, self.split_names, self.language = config, dict(split_names or {}), language
-        self.cache_dir = Path(cache_dir).expanduser().resolve() if cache_dir is not None else default_cache_dir()
+        self.cache_dir = cache_root(cache_dir)
         self.config_prefix = config_prefix
         if published is not None:
             self.published = (str(published[0]), str(published[1]))
@@ -305,18 +296,14 @@ class MrTydiReader(_PublishedReader):
 
     def __init__(
         self,
-        queries_repo: str,
-        corpus_repo: str,
-        config: str | None = None,
-        revision: str | None = None,
-        corpus_revision: str | None = None,
+        *args: Any,
         queries_file: str = "mrtydi-v1.1-{config}/{split}.jsonl.gz",
         corpus_file: str = "mrtydi-v1.1-{config}/corpus.jsonl.gz",
         **options: Any,
     ) -> None:
         self.queries_file, self.corpus_file = queries_file, corpus_file
         self.queries_patterns, self.corpus_patterns = (queries_file,), (corpus_file,)
-        super().__init__(queries_repo, corpus_repo, config, revision, corpus_revision, **options)
+        super().__init__(*args, **options)
 
     def corpus_files(self) -> list[Path]:
         return [self.files["corpus"].file(self.corpus_file.format(config=self.config))]
@@ -335,11 +322,8 @@ class MrTydiReader(_PublishedReader):
         for number, record in iter_jsonl(path, ("query_id", "query")):
             query_id = _add_query(queries, lines, record["query_id"], record["query"], "query_id", path, number)
             positives = _row_docids(record, "positive_passages", path, number)
-            for docid in positives:
-                if docid not in corpus:
-                    raise DataError(
-                        f"{path}:{number}: query {query_id!r} has positive docid {docid!r} not in the corpus"
-                    )
+            if (absent := next((d for d in positives if d not in corpus), None)) is not None:
+                raise DataError(f"{path}:{number}: query {query_id!r} has positive docid {absent!r} not in the corpus")
             if positives:
                 qrels[query_id] = dict.fromkeys(positives, 1)
             shipped = []

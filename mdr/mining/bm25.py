@@ -1,11 +1,6 @@
-"""BM25 for hard-negative mining with bounded memory (pyserini: :mod:`mdr.mining.lucene`).
-
-Scores exactly as ``bm25s.BM25(method="lucene")`` (k1 = 0.9, b = 0.4, float32 weights, query terms summed in query
-order, repeats counted again) over :func:`mdr.mining.tokenize.bm25_tokens`, without holding the corpus's tokens:
-the corpus is tokenised in batches spilled to a file, the term-major weight matrix (bm25s's CSC layout) is written
-into memory-mapped ``.npy`` files by a counting sort, and queries are scored in batches by a sparse product. The
-index is cached under ``<cache_dir>/bm25/``, keyed by the corpus fingerprint, the tokenizer version and k1/b.
-"""
+"""BM25 for hard-negative mining with bounded memory, scoring exactly as ``bm25s.BM25(method="lucene")`` over
+:func:`mdr.mining.tokenize.bm25_tokens`: an on-disk CSC weight matrix built by a counting sort, cached under
+``<cache_dir>/bm25/`` (docs/negatives.md). Lucene itself: :mod:`mdr.mining.lucene`."""
 
 from __future__ import annotations
 
@@ -43,10 +38,8 @@ POSTINGS_PER_QUERY_BATCH = 8_000_000
 
 def default_threads() -> int:
     """The CPUs this process may use (SLURM's cpus-per-task, taskset), at most 8."""
-    try:
-        return max(1, min(8, len(os.sched_getaffinity(0))))
-    except AttributeError:  # not Linux
-        return max(1, min(8, os.cpu_count() or 1))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # Linux / other
+    return max(1, min(8, cpus or 1))
 
 
 @dataclass
@@ -62,11 +55,8 @@ class BM25Index:
 
     @classmethod
     def load(cls, folder: str | Path, level: str = "size") -> BM25Index:
-        """Memory-map an index written by :func:`build_index`, checked against its manifest at ``level``.
-
-        Raises:
-            CacheError: naming the file that is not what was written, and how to clear the index.
-        """
+        """Memory-map an index written by :func:`build_index`, checked against its manifest at ``level`` (a
+        CacheError names the file that is not what was written, and how to clear the index)."""
         root = Path(folder)
         clear = f"delete {root} (it is rebuilt on the next run)"
         try:
@@ -349,12 +339,9 @@ def bm25s_search(
     threads: int | None = None,
     tokenizer: str = "default",
 ) -> dict[str, list[tuple[str, float]]]:
-    """Top-``depth`` BM25 documents (score > 0) for every query of ``split``, ties broken by docid.
-
-    Args:
-        cache_dir: where the corpus index is cached (``None``: built in a temporary folder, then removed).
-        threads: query batches scored in parallel (``None``: :func:`default_threads`).
-    """
+    """Top-``depth`` BM25 documents (score > 0) for every query of ``split``, ties broken by docid; the index is
+    cached in ``cache_dir`` (None: a temporary folder); ``threads``: query batches scored in parallel (None:
+    :func:`default_threads`)."""
     if cache_dir is None:
         with tempfile.TemporaryDirectory(prefix="mdr-bm25-") as tmp:
             return bm25s_search(split, depth, k1, b, tmp, threads, tokenizer)
