@@ -57,12 +57,9 @@ class ResumingDataLoader(DataLoader):
 
 
 class RetrievalDataModule(pl.LightningDataModule):
-    """Serves one epoch of training examples at a time, its negatives and order functions of (seed, epoch).
-
-    A checkpoint records how many of the epoch's batches were trained (:meth:`state_dict`); resumed from a mid-epoch
-    checkpoint, every loader of that epoch serves the batches after those (the one Lightning asks for before it
-    restores the loop's epoch skips nothing). ``batch_size``: queries per batch and device.
-    """
+    """Serves one epoch of training examples at a time (``batch_size`` queries per batch and device), its negatives and
+    order functions of (seed, epoch); resumed from a mid-epoch checkpoint (:meth:`state_dict`), the loaders of that
+    epoch serve the batches after those trained."""
 
     def __init__(
         self,
