@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import lightning.pytorch as pl
@@ -19,19 +18,6 @@ from mdr.utils.logging import get_logger
 log = get_logger(__name__)
 
 
-class _SkippedBatches:
-    """A batch sampler that leaves out its first ``skip`` batches of indices (nothing is read or collated for them)."""
-
-    def __init__(self, batch_sampler: Any, skip: int) -> None:
-        self.batch_sampler, self.skip = batch_sampler, skip
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return itertools.islice(iter(self.batch_sampler), self.skip, None)
-
-    def __len__(self) -> int:
-        return max(0, len(self.batch_sampler) - self.skip)
-
-
 class ResumingDataLoader(DataLoader):
     """A DataLoader whose iterators start at batch ``skip_batches`` while its length stays the whole epoch's
     (as Lightning counts a resumed epoch). Under DDP, Lightning rebuilds it with ``skip_batches`` carried over."""
@@ -41,9 +27,9 @@ class ResumingDataLoader(DataLoader):
         self.skip_batches = int(skip_batches)
 
     @property
-    def _index_sampler(self) -> Any:  # what the DataLoader's iterators draw indices from
+    def _index_sampler(self) -> Any:  # what the iterators draw indices from: the batches after the skipped ones
         sampler = super()._index_sampler
-        return _SkippedBatches(sampler, self.skip_batches) if self.skip_batches else sampler
+        return list(itertools.islice(sampler, self.skip_batches, None)) if self.skip_batches else sampler
 
     def __len__(self) -> int:
         return len(super()._index_sampler)

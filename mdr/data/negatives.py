@@ -138,11 +138,9 @@ class NegativeSampler:
         if stats.queries_without_positive:
             log.warning("skipped %d training queries with no positive passage", stats.queries_without_positive)
         if stats.hard_shortfall:
+            short, shortfall = stats.queries_short_of_hard, stats.hard_shortfall
             log.warning(
-                "epoch %d: %d queries had fewer than %d hard candidates; %d hard negatives replaced by random ones",
-                epoch,
-                stats.queries_short_of_hard,
-                self.num_hard,
-                stats.hard_shortfall,
+                f"epoch {epoch}: {short} queries had fewer than {self.num_hard} hard candidates; {shortfall} hard "
+                "negatives replaced by random ones"
             )
         return examples, stats

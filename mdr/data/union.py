@@ -1,9 +1,5 @@
-"""Several languages' (or datasets') training splits trained on as one, each query keeping its own corpus.
-
-Every id of a part is namespaced ``<part>/<id>`` (XQuAD's ids are parallel across languages). The sampler samples
-each of :attr:`UnionSplit.parts` on its own corpus and pools; the collator looks passages up in
-:attr:`UnionSplit.corpus`. Nothing is copied.
-"""
+"""Several languages' (or datasets') training splits trained on as one, each id namespaced ``<part>/<id>`` (XQuAD's
+ids are parallel across languages); each part is sampled on its own corpus and pools. Nothing is copied."""
 
 from __future__ import annotations
 
@@ -20,14 +16,6 @@ SEPARATOR = "/"
 def namespaced(part: str, identifier: str) -> str:
     """``<part>/<identifier>``."""
     return f"{part}{SEPARATOR}{identifier}"
-
-
-def part_of(identifier: str) -> str:
-    """The part a namespaced id belongs to (KeyError if it has none)."""
-    part, separator, _ = identifier.partition(SEPARATOR)
-    if not separator:
-        raise KeyError(identifier)
-    return part
 
 
 class NamespacedCorpus(Mapping[str, Passage]):
@@ -74,10 +62,10 @@ class UnionCorpus(Mapping[str, Passage]):
         return itertools.chain.from_iterable(self._order)
 
     def __getitem__(self, docid: str) -> Passage:
-        corpus = self.parts.get(part_of(docid))
-        if corpus is None:
+        part, separator, _ = docid.partition(SEPARATOR)
+        if not separator or part not in self.parts:
             raise KeyError(docid)
-        return corpus[docid]
+        return self.parts[part][docid]
 
     def docid(self, row: int) -> str:
         """The namespaced docid at union row ``row``."""

@@ -71,13 +71,6 @@ def remove_if_empty(folder: Path) -> bool:
         return False
 
 
-def _gpu_index(device: torch.device | str) -> int:
-    device = torch.device(device)
-    if device.type != "cuda":
-        return 0
-    return torch.cuda.current_device() if device.index is None else device.index
-
-
 def corpus_shards(
     encoder: BiEncoder,
     tokenizer: PreTrainedTokenizerBase,
@@ -175,7 +168,9 @@ def dense_retrieve(
     seconds["encode_queries"] = time.perf_counter() - started
     started = time.perf_counter()
     k = min(depth, shards.plan.num_rows)
-    best = search_shards(shards, owned, query_vectors, k, use_gpu_index, fp16_index, _gpu_index(device))
+    gpu = torch.device(device)
+    gpu_index = (torch.cuda.current_device() if gpu.index is None else gpu.index) if gpu.type == "cuda" else 0
+    best = search_shards(shards, owned, query_vectors, k, use_gpu_index, fp16_index, gpu_index)
     seconds["search"] = time.perf_counter() - started
     started = time.perf_counter()
     if world > 1:
