@@ -218,11 +218,9 @@ class Corpus(Mapping[str, Passage]):
     def from_records(
         cls, records: Iterable[Passage | Mapping[str, Any]], cache_dir: str | Path | None = None
     ) -> Corpus:
-        """A corpus of ``records`` (:class:`Passage` objects or ``{docid, text, [title]}`` mappings), in order.
-
-        With ``cache_dir`` it is stored under ``<cache_dir>/corpora/records-<fingerprint>/`` and reused by equal
-        content; without, in a temporary folder removed when the returned object is garbage-collected.
-        """
+        """A corpus of ``records`` (:class:`Passage` objects or ``{docid, text, [title]}`` mappings), in order, stored
+        under ``<cache_dir>/corpora/records-<fingerprint>/`` (reused by equal content) or, without ``cache_dir``, in a
+        temporary folder removed when the returned object is garbage-collected."""
         if cache_dir is None:
             root = Path(tempfile.mkdtemp(prefix="mdr-corpus-"))
         else:

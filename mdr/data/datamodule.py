@@ -64,9 +64,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         self._resume: dict[str, int] | None = None  # a mid-epoch checkpoint's position, until its epoch is served
 
     def dataloader_for_epoch(self, epoch: int, skip_batches: int = 0) -> DataLoader:
-        """A loader over the epoch's examples in an order that depends only on (seed, epoch), less its first
-        ``skip_batches`` batches (per process). Shuffled here, not by a sampler whose generator would advance
-        with each iteration of the loader; under DDP, Lightning's DistributedSampler deals this order out."""
+        """A loader over the epoch's examples in an order that depends only on (seed, epoch), shuffled here (not by
+        a sampler whose generator advances per iteration), less its first ``skip_batches`` batches (per process)."""
         examples, self.last_stats = self.sampler.examples(self.train_split, self.pools, epoch)
         random.Random(f"{self.seed}:{epoch}:order").shuffle(examples)
         return ResumingDataLoader(

@@ -68,8 +68,7 @@ class NegativeSampler:
             raise ValueError(f"negatives.hard_proportion must be in [0, 1], got {hard_proportion}")
         if num_negatives < 0:
             raise ValueError(f"negatives.num_negatives must be >= 0, got {num_negatives}")
-        problem = proportion_problem(float(hard_proportion), int(num_negatives))
-        if problem:
+        if problem := proportion_problem(float(hard_proportion), int(num_negatives)):
             raise ValueError(problem)
         self.num_negatives, self.hard_proportion = int(num_negatives), float(hard_proportion)
         self.seed, self.strict = int(seed), strict

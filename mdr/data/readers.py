@@ -1,7 +1,6 @@
 """Readers that turn a language's retrieval data into a :class:`RetrievalSplit` (``reader.load(split)``): the local
 layout, Mr. TyDi (and sets in its row schema: MS MARCO) and MIRACL as published. Bad input raises a DataError naming
-``file:line``; what is tolerated and counted instead is listed in docs/data.md.
-"""
+``file:line``; what is tolerated and counted instead is listed in docs/data.md."""
 
 from __future__ import annotations
 
@@ -197,6 +196,7 @@ class _Reader:
     """What every reader shares: the language's corpus, stored under ``cache_dir`` on first use and then reused."""
 
     cache_dir: str | Path | None = None
+    split_names: Mapping[str, str] = {}  # mdr split -> published split (MIRACL's ``test`` is its ``dev``)
     _corpus: Corpus | None = None
 
     def corpus_files(self) -> list[Path]:  # the language's corpus files, in order
@@ -210,8 +210,8 @@ class _Reader:
         return self._corpus
 
     def published_split(self, split: str) -> str:
-        """The name under which ``split`` is published."""
-        return split
+        """The name under which ``split`` is published (``split_names``)."""
+        return self.split_names.get(split, split)
 
 
 class LocalReader(_Reader):
@@ -281,10 +281,6 @@ class _PublishedReader(_Reader):
         filled = tuple(pattern.format(config=self.config, split="*") for pattern in patterns)
         key = f"{self.config_prefix}.{role}_repo"
         return DatasetFiles(repo, revision, filled, key, published or repo, self.cache_dir / "datasets")
-
-    def published_split(self, split: str) -> str:
-        """The published name of mdr split ``split`` (``split_names``; MIRACL's ``test`` is its ``dev``)."""
-        return self.split_names.get(split, split)
 
 
 class MrTydiReader(_PublishedReader):
@@ -357,11 +353,8 @@ _SHARD = re.compile(r"docs-(\d+)\.jsonl\.gz")
 
 
 class MiraclReader(_PublishedReader):
-    """MIRACL v1.0 from its published topics, qrels and corpus shards (``config``: the language code, ``sw``).
-
-    Grade-0 judgements stay in the qrels (judged non-relevant) and are also the split's shipped negatives, as
-    the dataset's own loading script exposes them. MIRACL's labelled evaluation split is ``dev``.
-    """
+    """MIRACL v1.0 from its published topics, qrels and corpus shards (``config``: the language code, ``sw``); grade-0
+    judgements stay in the qrels and are also the shipped negatives, as the dataset's loading script exposes them."""
 
     published = ("miracl/miracl", "miracl/miracl-corpus")
     queries_patterns = ("miracl-v1.0-{config}/topics/*", "miracl-v1.0-{config}/qrels/*")

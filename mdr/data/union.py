@@ -4,6 +4,7 @@ ids are parallel across languages); each part is sampled on its own corpus and p
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,9 +23,7 @@ class NamespacedCorpus(Mapping[str, Passage]):
     """One part's corpus seen with namespaced docids (and ``docid(row)``, what the sampler draws from)."""
 
     def __init__(self, part: str, corpus: Corpus) -> None:
-        self.part = part
-        self.base = corpus
-        self.prefix = namespaced(part, "")
+        self.part, self.base, self.prefix = part, corpus, namespaced(part, "")
 
     def _local(self, docid: str) -> str:
         if not isinstance(docid, str) or not docid.startswith(self.prefix):
@@ -86,9 +85,7 @@ class PartSplit(Judged):
 
 
 def _namespace_split(part: str, split: RetrievalSplit) -> PartSplit:
-    def name(identifier: str) -> str:
-        return namespaced(part, identifier)
-
+    name = functools.partial(namespaced, part)
     return PartSplit(
         corpus=NamespacedCorpus(part, split.corpus),
         queries={name(qid): Query(name(qid), query.text) for qid, query in split.queries.items()},

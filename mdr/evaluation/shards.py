@@ -87,9 +87,8 @@ class EmbeddingShards:
         return self.folder / f"{self._stem(shard)}.json"
 
     def _meta(self, shard: int) -> dict[str, Any]:
-        meta = dict(
-            format=SHARD_FORMAT, shard=shard, num_shards=self.plan.num_shards, rows=list(self.plan.bounds(shard))
-        )
+        rows = list(self.plan.bounds(shard))
+        meta = dict(format=SHARD_FORMAT, shard=shard, num_shards=self.plan.num_shards, rows=rows)
         return {**meta, "dtype": np.dtype(self.dtype).name, "identity": self.identity}
 
     def is_done(self, shard: int) -> bool:

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import chain
@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from mdr.data.schema import Passage, RetrievalSplit
-from mdr.evaluation.corpus_rows import DOCS_PER_BATCH, corpus_batches, corpus_fingerprint, docid_lookup
+from mdr.data.schema import Corpus, RetrievalSplit
 from mdr.mining.pools import RawPools, file_lock, from_rankings, retrieval_depth, settings_hash
 from mdr.mining.tokenize import TOKENIZER_VERSION, bm25_tokens, tokenizer_version
 from mdr.utils.cache import CacheError, check_manifest, manifest, remove_stale_builds, staging_name, verify_level
@@ -34,6 +33,7 @@ log = get_logger(__name__)
 INDEX_VERSION = "csc-v1"
 """Part of the index cache key: change it whenever the on-disk layout or the weights change."""
 POSTINGS_PER_QUERY_BATCH = 8_000_000
+DOCS_PER_BATCH = 20_000
 
 
 def default_threads() -> int:
@@ -166,7 +166,7 @@ def tokenize_batch(texts: Sequence[str], tokenizer: str = "default") -> Tokenize
     )
 
 
-_POOL_CORPUS: Mapping[str, Passage] | None = None  # the corpus the forked tokenizer processes read from
+_POOL_CORPUS: Corpus | None = None  # the corpus the forked tokenizer processes read from
 
 
 def _tokenize_rows(bounds: tuple[int, int], tokenizer: str) -> TokenizedBatch:
@@ -174,13 +174,13 @@ def _tokenize_rows(bounds: tuple[int, int], tokenizer: str) -> TokenizedBatch:
 
 
 def tokenized_batches(
-    corpus: Mapping[str, Passage], batch_size: int, processes: int = 1, tokenizer: str = "default"
+    corpus: Corpus, batch_size: int, processes: int = 1, tokenizer: str = "default"
 ) -> Iterator[TokenizedBatch]:
     """The corpus tokenised batch by batch, in row order; in ``processes`` forked workers when > 1, which read
     their rows from the corpus (``Corpus.texts``), at most ``2 * processes`` batches in flight."""
     global _POOL_CORPUS
-    if processes <= 1 or not callable(getattr(corpus, "texts", None)) or len(corpus) <= batch_size:
-        for _, texts in corpus_batches(corpus, batch_size):
+    if processes <= 1 or len(corpus) <= batch_size:
+        for _, _, texts in corpus.iter_batches(batch_size):
             yield tokenize_batch(texts, tokenizer)
         return
     _POOL_CORPUS = corpus
@@ -295,23 +295,21 @@ def build_index(
 
 
 def corpus_index(
-    corpus: Mapping[str, Passage],
+    corpus: Corpus,
     cache_dir: str | Path,
     k1: float = 0.9,
     b: float = 0.4,
-    docid_of: Callable[[int], str] | None = None,
     threads: int = 1,
     tokenizer: str = "default",
 ) -> BM25Index:
     """The BM25 index of ``corpus`` under ``<cache_dir>/bm25/``, built there (under a lock, in ``threads`` forked
     tokenizer processes) unless built before. A cached index that differs from its manifest (every byte checked)
     or whose row count or sampled docids disagree with ``corpus`` is logged and rebuilt."""
-    docid_of = docid_of or docid_lookup(corpus)
-    key = {"corpus": corpus_fingerprint(corpus), "tokenizer": tokenizer_version(tokenizer), "index": INDEX_VERSION}
+    key = {"corpus": corpus.fingerprint(), "tokenizer": tokenizer_version(tokenizer), "index": INDEX_VERSION}
     key.update(k1=k1, b=b)
     folder = Path(cache_dir) / "bm25" / settings_hash(key)
     rows = len(corpus)
-    samples = [docid_of(row) for row in sorted({0, rows // 2, rows - 1})] if rows else []
+    samples = [corpus.docid(row) for row in sorted({0, rows // 2, rows - 1})] if rows else []
     with file_lock(folder.with_name(folder.name + ".lock")):
         if (folder / "meta.json").is_file():
             try:
@@ -346,8 +344,8 @@ def bm25s_search(
         with tempfile.TemporaryDirectory(prefix="mdr-bm25-") as tmp:
             return bm25s_search(split, depth, k1, b, tmp, threads, tokenizer)
     threads = threads or default_threads()
-    docid_of = docid_lookup(split.corpus)
-    index = corpus_index(split.corpus, cache_dir, k1, b, docid_of, threads, tokenizer)
+    docid_of = split.corpus.docid
+    index = corpus_index(split.corpus, cache_dir, k1, b, threads, tokenizer)
     query_ids = sorted(split.queries)
     term_ids = index.token_ids([bm25_tokens(split.queries[q].text, tokenizer) for q in query_ids])
     started = time.perf_counter()

@@ -19,14 +19,10 @@ from pathlib import Path
 from types import FrameType
 
 from mdr.data.schema import RetrievalSplit
-from mdr.evaluation.corpus_rows import corpus_batches
 from mdr.evaluation.trec import read_run
-from mdr.mining.bm25 import default_threads
+from mdr.mining.bm25 import DOCS_PER_BATCH, default_threads
 from mdr.mining.java import configure_java
 from mdr.mining.pools import RawPools, from_rankings, rank_run, retrieval_depth
-from mdr.utils.logging import get_logger
-
-log = get_logger(__name__)
 
 TEMP_PREFIX = "mdr-lucene-"  # the temporary folder of the JSONL corpus, the Lucene index and the run file
 KILL_GRACE_SECONDS = 5.0
@@ -131,7 +127,7 @@ def _write_corpus(split: RetrievalSplit, folder: Path, files: int) -> None:
     with ExitStack() as stack:
         paths = [folder / f"part-{i:03d}.jsonl" for i in range(files)]
         handles = [stack.enter_context(path.open("w", encoding="utf-8")) for path in paths]
-        rows = (pair for docids, texts in corpus_batches(split.corpus) for pair in zip(docids, texts))
+        rows = (pair for _, docids, texts in split.corpus.iter_batches(DOCS_PER_BATCH) for pair in zip(docids, texts))
         for row, (docid, text) in enumerate(rows):
             handles[row // per_file].write(json.dumps({"id": docid, "contents": text}, ensure_ascii=False) + "\n")
 

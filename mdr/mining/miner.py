@@ -84,18 +84,10 @@ def mine(
 
 
 def hard_negative_pools(
-    settings: PoolSettings,
-    split: RetrievalSplit,
-    language: str,
-    analyzer: str,
-    cache_dir: str | Path,
-    load_encoder: EncoderLoader,
-    device: str | None = None,
-    *,
-    key: Mapping[str, Any],
+    settings: PoolSettings, *args: Any, key: Mapping[str, Any], **kwargs: Any
 ) -> dict[str, list[str]]:
-    """Docid pools after the false-negative controls (their skip counts are logged)."""
-    raw = mine(settings, split, language, analyzer, cache_dir, load_encoder, device, key=key)
+    """Docid pools after the false-negative controls (their skip counts are logged); ``args``: :func:`mine`'s."""
+    raw = mine(settings, *args, key=key, **kwargs)
     pools, stats = filter_pools(raw, settings.range_min, settings.range_max, settings.margin)
     log.debug("pool settings %s: %s", asdict(settings), asdict(stats))  # the counts: mdr.mining.pools at INFO
     return pools

@@ -105,8 +105,7 @@ class BiEncoderModule(pl.LightningModule):
         return LossOutput(output.loss.detach(), output.accuracy, output.masked)
 
     def training_step(self, batch: BiEncoderBatch, batch_idx: int) -> torch.Tensor:
-        optimizer = self.optimizers()
-        scheduler = self.lr_schedulers()
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         optimizer.zero_grad(set_to_none=True)
         if self.grad_cache:
             output = self._grad_cache_backward(batch)
