@@ -21,13 +21,8 @@ class LossOutput:
 
 
 def false_negative_mask(passage_ids: torch.Tensor, positive_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(Q, N) true where column j holds one of query i's judged positives and is not i's own target column.
-
-    Args:
-        passage_ids: (N,) docid hashes of the (gathered) passage columns.
-        positive_ids: (Q, P) docid hashes of each query's judged positives, -1 padded.
-        targets: (Q,) each query's target column.
-    """
+    """(Q, N) true where column j holds one of query i's judged positives (``positive_ids``: (Q, P) docid hashes,
+    -1 padded; ``passage_ids``: (N,) those of the passage columns) and is not i's own target column (``targets``)."""
     hits = (passage_ids[None, :, None] == positive_ids[:, None, :]) & (positive_ids[:, None, :] >= 0)  # (Q, N, P)
     mask = hits.any(dim=-1)  # (Q, N)
     mask[torch.arange(len(targets), device=mask.device), targets] = False
@@ -35,23 +30,12 @@ def false_negative_mask(passage_ids: torch.Tensor, positive_ids: torch.Tensor, t
 
 
 class InfoNCELoss(nn.Module):
-    """Cross-entropy of each query over every passage in the (global) batch.
+    """Cross-entropy of each query over every passage in the (global) batch (DPR, Karpukhin et al. 2020).
 
-    Passages are laid out per query as ``[pos, neg_1..neg_k]``; query ``i`` on rank ``r`` has its
-    positive at column ``(r * Q + i) * (1 + k)`` of the gathered passage matrix, so it is scored
-    against its own positive and k negatives plus every other query's passages. ``scale = 1/temperature``.
-
-    A column that holds one of query i's judged positives (another query's identical positive, or i's
-    positive drawn as somebody else's negative) is a false negative for i: with ``mask_false_negatives``
-    it leaves i's softmax (its logit is set to -inf) instead of being pushed away.
-
-    References:
-        Karpukhin et al. (2020), Dense Passage Retrieval; van den Oord et al. (2018), CPC (InfoNCE).
-
-    Args:
-        temperature: divides the similarity scores (1.0 for DPR dot products, ~0.01-0.05 for cosine).
-        gather_across_devices: under DDP, score against the passages of every rank (with gradients).
-        mask_false_negatives: drop columns holding a query's own judged positives from its softmax.
+    Passages are laid out per query as ``[pos, neg_1..neg_k]``: query ``i`` on rank ``r`` has its positive at column
+    ``(r * Q + i) * (1 + k)`` of the passage matrix, gathered from every rank with ``gather_across_devices``. Scores
+    are divided by ``temperature``. With ``mask_false_negatives``, a column holding one of query i's judged positives
+    (other than its target) leaves i's softmax instead of being pushed away.
     """
 
     def __init__(
@@ -71,14 +55,8 @@ class InfoNCELoss(nn.Module):
         passage_ids: torch.Tensor | None = None,
         positive_ids: torch.Tensor | None = None,
     ) -> LossOutput:
-        """Loss from embeddings.
-
-        Args:
-            query_embeddings: (Q, dim).
-            passage_embeddings: (Q * (1 + k), dim), grouped per query with the positive first.
-            passage_ids: (Q * (1 + k),) docid hashes of the passages; needed to mask false negatives.
-            positive_ids: (Q, P) docid hashes of each query's judged positives, -1 padded.
-        """
+        """Loss of (Q, dim) queries and (Q * (1 + k), dim) passages grouped per query, positive first;
+        ``passage_ids`` (Q * (1 + k),) and ``positive_ids`` (Q, P, -1 padded) docid hashes mask false negatives."""
         num_queries = query_embeddings.shape[0]
         if passage_embeddings.shape[0] % num_queries:
             raise ValueError(f"{passage_embeddings.shape[0]} passages do not split into {num_queries} groups")

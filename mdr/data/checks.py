@@ -39,11 +39,9 @@ def train_split_problems(
             "nothing to train on"
         ]
     if len(usable) < len(train.queries):
+        skipped = len(train.queries) - len(usable)
         log.warning(
-            "training split %s: %d of %d queries have no relevant passage and are skipped",
-            name,
-            len(train.queries) - len(usable),
-            len(train.queries),
+            f"training split {name}: {skipped} of {len(train.queries)} queries have no relevant passage and are skipped"
         )
     problems = []
     worst = max(usable, key=lambda qid: (len(usable[qid]), qid))

@@ -154,13 +154,9 @@ class BiEncoderBatch:
 
     def to(self, device: torch.device | str) -> BiEncoderBatch:
         """A copy with every tensor on ``device``."""
-        return BiEncoderBatch(
-            self.queries.to(device),
-            self.passages.to(device),
-            self.group_size,
-            self.passage_ids.to(device),
-            self.positive_ids.to(device),
-        )
+        moved = (self.queries, self.passages, self.passage_ids, self.positive_ids)
+        queries, passages, passage_ids, positive_ids = (item.to(device) for item in moved)
+        return BiEncoderBatch(queries, passages, self.group_size, passage_ids, positive_ids)
 
 
 class BiEncoderCollator:

@@ -1,11 +1,5 @@
-"""A corpus stored once on disk as Arrow and opened memory-mapped, so every process and rank shares one copy.
-
-A stored corpus is one folder: ``corpus.arrow`` (string columns ``docid``, ``title``, ``text`` in record batches
-of :data:`BATCH_ROWS` rows), ``docid_hashes.npy`` / ``docid_rows.npy`` (the docids' 64-bit hashes, sorted, and
-each one's row: ``row(docid)`` is a ``searchsorted`` plus a check of the docid string) and ``meta.json``
-(written last: row count, content fingerprint, sources, manifest; docs/caches.md). Building streams the rows
-and is atomic; concurrent builders wait on a lock. The folder is named by the content of the source files.
-"""
+"""A corpus stored once on disk (Arrow columns docid, title, text; sorted docid hashes and their rows; meta.json
+last: docs/caches.md) and opened memory-mapped, so every process and rank shares one copy."""
 
 from __future__ import annotations
 
@@ -52,9 +46,10 @@ class Passage:
     title: str = ""
 
 
-def default_cache_dir() -> Path:
-    """``$MDR_CACHE_DIR`` or ``.cache/mdr`` (the default of ``paths.cache_dir``), made absolute."""
-    return Path(os.environ.get("MDR_CACHE_DIR", ".cache/mdr")).expanduser().resolve()
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """``cache_dir`` made absolute; None: ``$MDR_CACHE_DIR`` or ``.cache/mdr`` (the default of ``paths.cache_dir``)."""
+    default = os.environ.get("MDR_CACHE_DIR", ".cache/mdr")
+    return Path(default if cache_dir is None else cache_dir).expanduser().resolve()
 
 
 def docid_key(docid: str) -> int:
@@ -187,7 +182,7 @@ class Corpus(Mapping[str, Passage]):
     ) -> Corpus:
         """The corpus of ``sources`` stored under ``<cache_dir>/corpora/<source key>/``, built from ``rows()`` now
         if absent (``parser`` names how ``rows`` reads the sources: a change of parsing rules must change it)."""
-        root = Path(cache_dir).expanduser().resolve() if cache_dir is not None else default_cache_dir()
+        root = cache_root(cache_dir)
         folder = root / "corpora" / source_key(sources, parser, root)
         if (corpus := cls._reuse(folder)) is not None:
             return corpus
@@ -223,15 +218,13 @@ class Corpus(Mapping[str, Passage]):
     def from_records(
         cls, records: Iterable[Passage | Mapping[str, Any]], cache_dir: str | Path | None = None
     ) -> Corpus:
-        """A corpus of ``records`` (:class:`Passage` objects or ``{docid, text, [title]}`` mappings), in order.
-
-        With ``cache_dir`` it is stored under ``<cache_dir>/corpora/records-<fingerprint>/`` and reused by equal
-        content; without, in a temporary folder removed when the returned object is garbage-collected.
-        """
+        """A corpus of ``records`` (:class:`Passage` objects or ``{docid, text, [title]}`` mappings), in order, stored
+        under ``<cache_dir>/corpora/records-<fingerprint>/`` (reused by equal content) or, without ``cache_dir``, in a
+        temporary folder removed when the returned object is garbage-collected."""
         if cache_dir is None:
             root = Path(tempfile.mkdtemp(prefix="mdr-corpus-"))
         else:
-            root = Path(cache_dir).expanduser().resolve() / "corpora"
+            root = cache_root(cache_dir) / "corpora"
             root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".records.tmp-", dir=root))
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import lightning.pytorch as pl
@@ -19,19 +18,6 @@ from mdr.utils.logging import get_logger
 log = get_logger(__name__)
 
 
-class _SkippedBatches:
-    """A batch sampler that leaves out its first ``skip`` batches of indices (nothing is read or collated for them)."""
-
-    def __init__(self, batch_sampler: Any, skip: int) -> None:
-        self.batch_sampler, self.skip = batch_sampler, skip
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return itertools.islice(iter(self.batch_sampler), self.skip, None)
-
-    def __len__(self) -> int:
-        return max(0, len(self.batch_sampler) - self.skip)
-
-
 class ResumingDataLoader(DataLoader):
     """A DataLoader whose iterators start at batch ``skip_batches`` while its length stays the whole epoch's
     (as Lightning counts a resumed epoch). Under DDP, Lightning rebuilds it with ``skip_batches`` carried over."""
@@ -41,9 +27,9 @@ class ResumingDataLoader(DataLoader):
         self.skip_batches = int(skip_batches)
 
     @property
-    def _index_sampler(self) -> Any:  # what the DataLoader's iterators draw indices from
+    def _index_sampler(self) -> Any:  # what the iterators draw indices from: the batches after the skipped ones
         sampler = super()._index_sampler
-        return _SkippedBatches(sampler, self.skip_batches) if self.skip_batches else sampler
+        return list(itertools.islice(sampler, self.skip_batches, None)) if self.skip_batches else sampler
 
     def __len__(self) -> int:
         return len(super()._index_sampler)
@@ -57,12 +43,9 @@ class ResumingDataLoader(DataLoader):
 
 
 class RetrievalDataModule(pl.LightningDataModule):
-    """Serves one epoch of training examples at a time, its negatives and order functions of (seed, epoch).
-
-    A checkpoint records how many of the epoch's batches were trained (:meth:`state_dict`); resumed from a mid-epoch
-    checkpoint, every loader of that epoch serves the batches after those (the one Lightning asks for before it
-    restores the loop's epoch skips nothing). ``batch_size``: queries per batch and device.
-    """
+    """Serves one epoch of training examples at a time (``batch_size`` queries per batch and device), its negatives and
+    order functions of (seed, epoch); resumed from a mid-epoch checkpoint (:meth:`state_dict`), the loaders of that
+    epoch serve the batches after those trained."""
 
     def __init__(
         self,
@@ -81,9 +64,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         self._resume: dict[str, int] | None = None  # a mid-epoch checkpoint's position, until its epoch is served
 
     def dataloader_for_epoch(self, epoch: int, skip_batches: int = 0) -> DataLoader:
-        """A loader over the epoch's examples in an order that depends only on (seed, epoch), less its first
-        ``skip_batches`` batches (per process). Shuffled here, not by a sampler whose generator would advance
-        with each iteration of the loader; under DDP, Lightning's DistributedSampler deals this order out."""
+        """A loader over the epoch's examples in an order that depends only on (seed, epoch), shuffled here (not by
+        a sampler whose generator advances per iteration), less its first ``skip_batches`` batches (per process)."""
         examples, self.last_stats = self.sampler.examples(self.train_split, self.pools, epoch)
         random.Random(f"{self.seed}:{epoch}:order").shuffle(examples)
         return ResumingDataLoader(

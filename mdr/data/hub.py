@@ -30,12 +30,8 @@ def download_command(repo: str, revision: str | None, patterns: Sequence[str], l
 
 @dataclass(frozen=True)
 class DatasetFiles:
-    """The files ``patterns`` (globs) of one dataset: a local folder or a hub id (``repo``), set by config ``key``.
-
-    Attributes:
-        published: the canonical hub id, named in the download command for a missing local folder.
-        suggest_dir: where messages suggest downloading hub files to.
-    """
+    """The files ``patterns`` (globs) of one dataset: a local folder or a hub id (``repo``), set by config ``key``;
+    ``published``: the canonical hub id, for download commands; ``suggest_dir``: where messages suggest them to."""
 
     repo: str
     revision: str | None

@@ -68,8 +68,7 @@ class NegativeSampler:
             raise ValueError(f"negatives.hard_proportion must be in [0, 1], got {hard_proportion}")
         if num_negatives < 0:
             raise ValueError(f"negatives.num_negatives must be >= 0, got {num_negatives}")
-        problem = proportion_problem(float(hard_proportion), int(num_negatives))
-        if problem:
+        if problem := proportion_problem(float(hard_proportion), int(num_negatives)):
             raise ValueError(problem)
         self.num_negatives, self.hard_proportion = int(num_negatives), float(hard_proportion)
         self.seed, self.strict = int(seed), strict
@@ -138,11 +137,9 @@ class NegativeSampler:
         if stats.queries_without_positive:
             log.warning("skipped %d training queries with no positive passage", stats.queries_without_positive)
         if stats.hard_shortfall:
+            short, shortfall = stats.queries_short_of_hard, stats.hard_shortfall
             log.warning(
-                "epoch %d: %d queries had fewer than %d hard candidates; %d hard negatives replaced by random ones",
-                epoch,
-                stats.queries_short_of_hard,
-                self.num_hard,
-                stats.hard_shortfall,
+                f"epoch {epoch}: {short} queries had fewer than {self.num_hard} hard candidates; {shortfall} hard "
+                "negatives replaced by random ones"
             )
         return examples, stats

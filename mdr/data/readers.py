@@ -1,7 +1,6 @@
 """Readers that turn a language's retrieval data into a :class:`RetrievalSplit` (``reader.load(split)``): the local
 layout, Mr. TyDi (and sets in its row schema: MS MARCO) and MIRACL as published. Bad input raises a DataError naming
-``file:line``; what is tolerated and counted instead is listed in docs/data.md.
-"""
+``file:line``; what is tolerated and counted instead is listed in docs/data.md."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from mdr.data.corpus import Corpus, Row, default_cache_dir
+from mdr.data.corpus import Corpus, Row, cache_root
 from mdr.data.hub import DatasetFiles
 from mdr.data.schema import DataError, Qrels, Query, RetrievalSplit
 from mdr.utils.logging import get_logger
@@ -124,13 +123,9 @@ def corpus_rows(paths: Sequence[Path]) -> Iterator[Row]:
         for number, record in iter_jsonl(path, ("docid", "text")):
             docid = _identifier(record["docid"], "docid", path, number)
             text = _string(record["text"], "text", path, number)
-            title = record.get("title")
-            if title is None:
-                if "title" in record:
-                    _skip(skips, "null titles read as no title", f"{path}:{number}")
-                title = ""
-            elif not isinstance(title, str):
-                raise DataError(f"{path}:{number}: title is a {type(title).__name__}, not a string")
+            if "title" in record and record["title"] is None:
+                _skip(skips, "null titles read as no title", f"{path}:{number}")
+            title = "" if record.get("title") is None else _string(record["title"], "title", path, number)
             yield docid, title, text, index, number
         _log_skips(path, skips)
 
@@ -201,6 +196,7 @@ class _Reader:
     """What every reader shares: the language's corpus, stored under ``cache_dir`` on first use and then reused."""
 
     cache_dir: str | Path | None = None
+    split_names: Mapping[str, str] = {}  # mdr split -> published split (MIRACL's ``test`` is its ``dev``)
     _corpus: Corpus | None = None
 
     def corpus_files(self) -> list[Path]:  # the language's corpus files, in order
@@ -214,8 +210,8 @@ class _Reader:
         return self._corpus
 
     def published_split(self, split: str) -> str:
-        """The name under which ``split`` is published."""
-        return split
+        """The name under which ``split`` is published (``split_names``)."""
+        return self.split_names.get(split, split)
 
 
 class LocalReader(_Reader):
@@ -243,14 +239,9 @@ class LocalReader(_Reader):
 
 
 class _PublishedReader(_Reader):
-    """What the hub readers share: the queries and corpus repos (hub ids or local folders) and their files.
-
-    Args:
-        config: the language's name in the file layout; null for a language the set lacks.
-        split_names: mdr split -> published split (``test`` -> ``dev`` for a set without test labels).
-        config_prefix: where these keys sit in the config, for messages (``data``).
-        published: the canonical hub ids, named in the download command when a local folder is missing.
-    """
+    """The queries and corpus repos (hub ids or local folders) of a published set. ``config``: the language's name in
+    the layout (null: the set lacks it); ``split_names``: mdr split -> published split; ``config_prefix``: where these
+    keys sit in the config (messages); ``published``: the canonical hub ids, named in download commands."""
 
     published: tuple[str, str] = ("", "")
     queries_patterns: tuple[str, ...] = ()
@@ -270,7 +261,7 @@ class _PublishedReader(_Reader):
         published: Sequence[str] | None = None,
     ) -> None:
         self.config, self.split_names, self.language = config, dict(split_names or {}), language
-        self.cache_dir = Path(cache_dir).expanduser().resolve() if cache_dir is not None else default_cache_dir()
+        self.cache_dir = cache_root(cache_dir)
         self.config_prefix = config_prefix
         if published is not None:
             self.published = (str(published[0]), str(published[1]))
@@ -291,10 +282,6 @@ class _PublishedReader(_Reader):
         key = f"{self.config_prefix}.{role}_repo"
         return DatasetFiles(repo, revision, filled, key, published or repo, self.cache_dir / "datasets")
 
-    def published_split(self, split: str) -> str:
-        """The published name of mdr split ``split`` (``split_names``; MIRACL's ``test`` is its ``dev``)."""
-        return self.split_names.get(split, split)
-
 
 class MrTydiReader(_PublishedReader):
     """Mr. TyDi v1.1 (or another set in its row schema) from its published files (``queries_file`` /
@@ -305,18 +292,14 @@ class MrTydiReader(_PublishedReader):
 
     def __init__(
         self,
-        queries_repo: str,
-        corpus_repo: str,
-        config: str | None = None,
-        revision: str | None = None,
-        corpus_revision: str | None = None,
+        *args: Any,
         queries_file: str = "mrtydi-v1.1-{config}/{split}.jsonl.gz",
         corpus_file: str = "mrtydi-v1.1-{config}/corpus.jsonl.gz",
         **options: Any,
     ) -> None:
         self.queries_file, self.corpus_file = queries_file, corpus_file
         self.queries_patterns, self.corpus_patterns = (queries_file,), (corpus_file,)
-        super().__init__(queries_repo, corpus_repo, config, revision, corpus_revision, **options)
+        super().__init__(*args, **options)
 
     def corpus_files(self) -> list[Path]:
         return [self.files["corpus"].file(self.corpus_file.format(config=self.config))]
@@ -335,11 +318,8 @@ class MrTydiReader(_PublishedReader):
         for number, record in iter_jsonl(path, ("query_id", "query")):
             query_id = _add_query(queries, lines, record["query_id"], record["query"], "query_id", path, number)
             positives = _row_docids(record, "positive_passages", path, number)
-            for docid in positives:
-                if docid not in corpus:
-                    raise DataError(
-                        f"{path}:{number}: query {query_id!r} has positive docid {docid!r} not in the corpus"
-                    )
+            if (absent := next((d for d in positives if d not in corpus), None)) is not None:
+                raise DataError(f"{path}:{number}: query {query_id!r} has positive docid {absent!r} not in the corpus")
             if positives:
                 qrels[query_id] = dict.fromkeys(positives, 1)
             shipped = []
@@ -373,11 +353,8 @@ _SHARD = re.compile(r"docs-(\d+)\.jsonl\.gz")
 
 
 class MiraclReader(_PublishedReader):
-    """MIRACL v1.0 from its published topics, qrels and corpus shards (``config``: the language code, ``sw``).
-
-    Grade-0 judgements stay in the qrels (judged non-relevant) and are also the split's shipped negatives, as
-    the dataset's own loading script exposes them. MIRACL's labelled evaluation split is ``dev``.
-    """
+    """MIRACL v1.0 from its published topics, qrels and corpus shards (``config``: the language code, ``sw``); grade-0
+    judgements stay in the qrels and are also the shipped negatives, as the dataset's loading script exposes them."""
 
     published = ("miracl/miracl", "miracl/miracl-corpus")
     queries_patterns = ("miracl-v1.0-{config}/topics/*", "miracl-v1.0-{config}/qrels/*")

@@ -1,13 +1,10 @@
-"""Several languages' (or datasets') training splits trained on as one, each query keeping its own corpus.
-
-Every id of a part is namespaced ``<part>/<id>`` (XQuAD's ids are parallel across languages). The sampler samples
-each of :attr:`UnionSplit.parts` on its own corpus and pools; the collator looks passages up in
-:attr:`UnionSplit.corpus`. Nothing is copied.
-"""
+"""Several languages' (or datasets') training splits trained on as one, each id namespaced ``<part>/<id>`` (XQuAD's
+ids are parallel across languages); each part is sampled on its own corpus and pools. Nothing is copied."""
 
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,21 +19,11 @@ def namespaced(part: str, identifier: str) -> str:
     return f"{part}{SEPARATOR}{identifier}"
 
 
-def part_of(identifier: str) -> str:
-    """The part a namespaced id belongs to (KeyError if it has none)."""
-    part, separator, _ = identifier.partition(SEPARATOR)
-    if not separator:
-        raise KeyError(identifier)
-    return part
-
-
 class NamespacedCorpus(Mapping[str, Passage]):
     """One part's corpus seen with namespaced docids (and ``docid(row)``, what the sampler draws from)."""
 
     def __init__(self, part: str, corpus: Corpus) -> None:
-        self.part = part
-        self.base = corpus
-        self.prefix = namespaced(part, "")
+        self.part, self.base, self.prefix = part, corpus, namespaced(part, "")
 
     def _local(self, docid: str) -> str:
         if not isinstance(docid, str) or not docid.startswith(self.prefix):
@@ -74,10 +61,10 @@ class UnionCorpus(Mapping[str, Passage]):
         return itertools.chain.from_iterable(self._order)
 
     def __getitem__(self, docid: str) -> Passage:
-        corpus = self.parts.get(part_of(docid))
-        if corpus is None:
+        part, separator, _ = docid.partition(SEPARATOR)
+        if not separator or part not in self.parts:
             raise KeyError(docid)
-        return corpus[docid]
+        return self.parts[part][docid]
 
     def docid(self, row: int) -> str:
         """The namespaced docid at union row ``row``."""
@@ -98,9 +85,7 @@ class PartSplit(Judged):
 
 
 def _namespace_split(part: str, split: RetrievalSplit) -> PartSplit:
-    def name(identifier: str) -> str:
-        return namespaced(part, identifier)
-
+    name = functools.partial(namespaced, part)
     return PartSplit(
         corpus=NamespacedCorpus(part, split.corpus),
         queries={name(qid): Query(name(qid), query.text) for qid, query in split.queries.items()},

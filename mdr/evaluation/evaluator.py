@@ -8,14 +8,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from mdr.data.schema import Passage, Query, RetrievalSplit
+from mdr.data.schema import Corpus, Query, RetrievalSplit
 from mdr.distributed import world_size_and_rank
-from mdr.evaluation.corpus_rows import corpus_fingerprint, docid_lookup, row_texts
 from mdr.evaluation.encode import encode_texts
 from mdr.evaluation.metrics import Run, evaluate_run, mean_metrics
 from mdr.evaluation.search import FlatIPSearcher, merge_topk
@@ -53,11 +53,12 @@ class DenseRetrieval:
     encoded: list[int]  # the shards this process encoded now (the others it owns were reused)
     seconds: dict[str, float]  # this process's wall time per stage
 
-    def run(self, corpus: Mapping[str, Passage]) -> Run:
+    def run(self, corpus: Corpus) -> Run:
         """query_id -> {docid: score}."""
-        docid_of = docid_lookup(corpus)
         return {
-            query_id: {docid_of(int(row)): float(score) for score, row in zip(self.scores[i], self.rows[i]) if row >= 0}
+            query_id: {
+                corpus.docid(int(row)): float(score) for score, row in zip(self.scores[i], self.rows[i]) if row >= 0
+            }
             for i, query_id in enumerate(self.query_ids)
         }
 
@@ -71,17 +72,10 @@ def remove_if_empty(folder: Path) -> bool:
         return False
 
 
-def _gpu_index(device: torch.device | str) -> int:
-    device = torch.device(device)
-    if device.type != "cuda":
-        return 0
-    return torch.cuda.current_device() if device.index is None else device.index
-
-
 def corpus_shards(
     encoder: BiEncoder,
     tokenizer: PreTrainedTokenizerBase,
-    corpus: Mapping[str, Passage],
+    corpus: Corpus,
     folder: str | Path,
     autocast_dtype: torch.dtype | None = None,
     fp16_index: bool = False,
@@ -89,7 +83,7 @@ def corpus_shards(
 ) -> EmbeddingShards:
     """The shard files of ``corpus`` encoded by ``encoder`` (identity: weights, tokenizer, corpus, precision)."""
     plan = ShardPlan(len(corpus), int(shard_rows))
-    what = {"corpus": corpus_fingerprint(corpus), "autocast": str(autocast_dtype), "fp16": bool(fp16_index)}
+    what = {"corpus": corpus.fingerprint(), "autocast": str(autocast_dtype), "fp16": bool(fp16_index)}
     identity = encoder_identity(encoder, tokenizer, **what, shard_rows=plan.shard_rows)
     return EmbeddingShards(folder, plan, identity, fp16=fp16_index)
 
@@ -117,7 +111,7 @@ def search_shards(
 def dense_retrieve(
     encoder: BiEncoder,
     tokenizer: PreTrainedTokenizerBase,
-    corpus: Mapping[str, Passage],
+    corpus: Corpus,
     queries: Mapping[str, Query],
     depth: int,
     folder: str | Path,
@@ -136,7 +130,6 @@ def dense_retrieve(
     encoder.eval()
     shards = corpus_shards(encoder, tokenizer, corpus, folder, autocast_dtype, fp16_index, shard_rows)
     owned = shards.plan.owned(rank, world)
-    texts = row_texts(corpus)
     encoded: list[int] = []
     started = time.perf_counter()
     for shard in (shard for shard in owned if not shards.is_done(shard)):
@@ -146,7 +139,7 @@ def dense_retrieve(
             created.append(shards.create(shard, dim))
             return created[0][0]
 
-        passages = texts(*shards.plan.bounds(shard), settings.passage_prefix)
+        passages = corpus.texts(range(*shards.plan.bounds(shard)), settings.passage_prefix)
         length = settings.passage_max_length
         encode_texts(encoder.encode_passages, tokenizer, passages, length, batch_size, device, autocast_dtype, allocate)
         shards.commit(shard, *created[0])  # type: ignore[arg-type]
@@ -175,7 +168,9 @@ def dense_retrieve(
     seconds["encode_queries"] = time.perf_counter() - started
     started = time.perf_counter()
     k = min(depth, shards.plan.num_rows)
-    best = search_shards(shards, owned, query_vectors, k, use_gpu_index, fp16_index, _gpu_index(device))
+    gpu = torch.device(device)
+    gpu_index = (torch.cuda.current_device() if gpu.index is None else gpu.index) if gpu.type == "cuda" else 0
+    best = search_shards(shards, owned, query_vectors, k, use_gpu_index, fp16_index, gpu_index)
     seconds["search"] = time.perf_counter() - started
     started = time.perf_counter()
     if world > 1:
@@ -194,25 +189,20 @@ def evaluate_language(
     language: str,
     output_dir: str | Path,
     depth: int = 100,
-    batch_size: int = 128,
-    device: torch.device | str = "cpu",
-    use_gpu_index: bool | str = "auto",
-    autocast_dtype: torch.dtype | None = None,
-    fp16_index: bool = False,
-    shard_rows: int = DEFAULT_SHARD_ROWS,
     keep_embeddings: bool = False,
     distributed: bool = False,
+    **options: Any,
 ) -> EvaluationResult:
-    """Retrieve, score and write ``runs/<language>.trec`` and ``per_query/<language>.tsv`` under ``output_dir``.
-
-    The embeddings in ``<output_dir>/embeddings/<language>/`` are removed afterwards unless ``keep_embeddings``.
-    With ``distributed``, every rank must call this; all return the same result and rank 0 writes the files.
-    """
+    """Retrieve (``options``: :func:`dense_retrieve`'s batch size, device, precision, faiss and shard settings), score
+    and write ``runs/<language>.trec`` and ``per_query/<language>.tsv`` under ``output_dir``; the embeddings in
+    ``<output_dir>/embeddings/<language>/`` are removed unless ``keep_embeddings``. With ``distributed``, every rank
+    must call this; all return the same result and rank 0 writes the files."""
     out = Path(output_dir)
     folder = out / "embeddings" / language
     _, rank = world_size_and_rank() if distributed else (1, 0)
-    options = (batch_size, device, autocast_dtype, use_gpu_index, fp16_index, shard_rows, distributed)
-    found = dense_retrieve(encoder, tokenizer, split.corpus, split.queries, depth, folder, *options)
+    found = dense_retrieve(
+        encoder, tokenizer, split.corpus, split.queries, depth, folder, distributed=distributed, **options
+    )
     run = found.run(split.corpus)
     per_query = evaluate_run(run, split.qrels, depth)
     metrics = mean_metrics(per_query)

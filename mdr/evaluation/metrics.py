@@ -1,15 +1,6 @@
-"""MRR@100, Recall@100 and nDCG@10 with trec_eval's conventions, per query and averaged.
-
-Matches ``trec_eval -c -M 100 -m recip_rank -m recall.100 -m ndcg_cut.10``:
-* documents are ranked by score descending, ties broken by docid descending (trec_eval ignores the
-  rank column of the run file);
-* ``-M 100`` keeps the top 100 per query before any measure;
-* ``-c`` averages over every query in the qrels that has a relevant document, a query missing from the
-  run scoring 0;
-* nDCG gains are the qrels grades with a log2(rank + 1) discount, the ideal ranking from the qrels.
-
-A run retrieved to a depth ``d`` below 100 gives ``mrr@d`` and ``recall@d`` (:func:`metric_names`), never @100.
-"""
+"""MRR@100, Recall@100 and nDCG@10 per query and averaged, as ``trec_eval -c -M 100 -m recip_rank -m recall.100
+-m ndcg_cut.10`` gives them (docs/evaluation.md): ranked by score, ties by docid descending; nDCG gains are the
+grades. A run retrieved to a depth ``d`` below 100 gives ``mrr@d`` and ``recall@d`` (:func:`metric_names`)."""
 
 from __future__ import annotations
 
@@ -20,9 +11,6 @@ from mdr.data.schema import Qrels
 
 Run = Mapping[str, Mapping[str, float]]
 """query_id -> {docid: score}."""
-
-METRICS = ("mrr@100", "recall@100", "ndcg@10")
-"""The measures of a run retrieved to depth 100 or more."""
 
 MIN_DEPTH = 10
 """nDCG@10 needs the top 10."""

@@ -13,17 +13,12 @@ ADD_ROWS = 65_536
 """Rows copied to faiss at a time (bounds the float32 copy of a float16 / memory-mapped shard)."""
 
 
-def faiss_gpus() -> int:
-    """GPUs faiss can use (0 for faiss-cpu)."""
-    import faiss
-
-    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-
-
 def search_device(use_gpu: bool | str = "auto", cuda_devices: int = 0) -> str:
     """Where :class:`FlatIPSearcher` searches with setting ``use_gpu``: ``gpu`` or ``cpu`` (a RuntimeError for
     True when faiss sees no GPU; a warning for ``auto`` when torch sees ``cuda_devices`` but faiss none)."""
-    gpus = faiss_gpus()
+    import faiss
+
+    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0  # 0 for faiss-cpu
     if use_gpu is True and not gpus:
         raise RuntimeError("evaluation.faiss_gpu=true but faiss sees no GPU (install faiss-gpu: mdr[gpu])")
     if use_gpu == "auto" and not gpus and cuda_devices > 0:

@@ -1,10 +1,6 @@
-"""Corpus embeddings on disk in fixed-size row shards, so ranks split the work and a requeued job resumes it.
-
-Shard ``i`` of ``n`` holds rows ``[i * shard_rows, (i + 1) * shard_rows)`` in ``shard-<i>-of-<n>.npy``, with a
-``.json`` written after it (rows, dtype, the identity of what was encoded, the file's checksums); a shard whose
-JSON matches and whose file holds every byte written is reused. Rank ``r`` of ``w`` owns the shards ``i % w == r``;
-the boundaries do not depend on the number of ranks, so DDP encodes every passage to the same bits.
-"""
+"""Corpus embeddings on disk in fixed-size row shards (``shard-<i>-of-<n>.npy``, then its ``.json``: rows, dtype,
+identity, checksums), so ranks split the work (rank ``r`` of ``w``: shards ``i % w == r``; boundaries independent
+of ``w``, so every passage encodes to the same bits) and a requeued job reuses the finished ones."""
 
 from __future__ import annotations
 
@@ -91,9 +87,8 @@ class EmbeddingShards:
         return self.folder / f"{self._stem(shard)}.json"
 
     def _meta(self, shard: int) -> dict[str, Any]:
-        meta = dict(
-            format=SHARD_FORMAT, shard=shard, num_shards=self.plan.num_shards, rows=list(self.plan.bounds(shard))
-        )
+        rows = list(self.plan.bounds(shard))
+        meta = dict(format=SHARD_FORMAT, shard=shard, num_shards=self.plan.num_shards, rows=rows)
         return {**meta, "dtype": np.dtype(self.dtype).name, "identity": self.identity}
 
     def is_done(self, shard: int) -> bool:

@@ -1,11 +1,6 @@
-"""BM25 for hard-negative mining with bounded memory (pyserini: :mod:`mdr.mining.lucene`).
-
-Scores exactly as ``bm25s.BM25(method="lucene")`` (k1 = 0.9, b = 0.4, float32 weights, query terms summed in query
-order, repeats counted again) over :func:`mdr.mining.tokenize.bm25_tokens`, without holding the corpus's tokens:
-the corpus is tokenised in batches spilled to a file, the term-major weight matrix (bm25s's CSC layout) is written
-into memory-mapped ``.npy`` files by a counting sort, and queries are scored in batches by a sparse product. The
-index is cached under ``<cache_dir>/bm25/``, keyed by the corpus fingerprint, the tokenizer version and k1/b.
-"""
+"""BM25 for hard-negative mining with bounded memory, scoring exactly as ``bm25s.BM25(method="lucene")`` over
+:func:`mdr.mining.tokenize.bm25_tokens`: an on-disk CSC weight matrix built by a counting sort, cached under
+``<cache_dir>/bm25/`` (docs/negatives.md). Lucene itself: :mod:`mdr.mining.lucene`."""
 
 from __future__ import annotations
 
@@ -17,7 +12,7 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import chain
@@ -26,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from mdr.data.schema import Passage, RetrievalSplit
-from mdr.evaluation.corpus_rows import DOCS_PER_BATCH, corpus_batches, corpus_fingerprint, docid_lookup
+from mdr.data.schema import Corpus, RetrievalSplit
 from mdr.mining.pools import RawPools, file_lock, from_rankings, retrieval_depth, settings_hash
 from mdr.mining.tokenize import TOKENIZER_VERSION, bm25_tokens, tokenizer_version
 from mdr.utils.cache import CacheError, check_manifest, manifest, remove_stale_builds, staging_name, verify_level
@@ -39,14 +33,13 @@ log = get_logger(__name__)
 INDEX_VERSION = "csc-v1"
 """Part of the index cache key: change it whenever the on-disk layout or the weights change."""
 POSTINGS_PER_QUERY_BATCH = 8_000_000
+DOCS_PER_BATCH = 20_000
 
 
 def default_threads() -> int:
     """The CPUs this process may use (SLURM's cpus-per-task, taskset), at most 8."""
-    try:
-        return max(1, min(8, len(os.sched_getaffinity(0))))
-    except AttributeError:  # not Linux
-        return max(1, min(8, os.cpu_count() or 1))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # Linux / other
+    return max(1, min(8, cpus or 1))
 
 
 @dataclass
@@ -62,11 +55,8 @@ class BM25Index:
 
     @classmethod
     def load(cls, folder: str | Path, level: str = "size") -> BM25Index:
-        """Memory-map an index written by :func:`build_index`, checked against its manifest at ``level``.
-
-        Raises:
-            CacheError: naming the file that is not what was written, and how to clear the index.
-        """
+        """Memory-map an index written by :func:`build_index`, checked against its manifest at ``level`` (a
+        CacheError names the file that is not what was written, and how to clear the index)."""
         root = Path(folder)
         clear = f"delete {root} (it is rebuilt on the next run)"
         try:
@@ -176,7 +166,7 @@ def tokenize_batch(texts: Sequence[str], tokenizer: str = "default") -> Tokenize
     )
 
 
-_POOL_CORPUS: Mapping[str, Passage] | None = None  # the corpus the forked tokenizer processes read from
+_POOL_CORPUS: Corpus | None = None  # the corpus the forked tokenizer processes read from
 
 
 def _tokenize_rows(bounds: tuple[int, int], tokenizer: str) -> TokenizedBatch:
@@ -184,13 +174,13 @@ def _tokenize_rows(bounds: tuple[int, int], tokenizer: str) -> TokenizedBatch:
 
 
 def tokenized_batches(
-    corpus: Mapping[str, Passage], batch_size: int, processes: int = 1, tokenizer: str = "default"
+    corpus: Corpus, batch_size: int, processes: int = 1, tokenizer: str = "default"
 ) -> Iterator[TokenizedBatch]:
     """The corpus tokenised batch by batch, in row order; in ``processes`` forked workers when > 1, which read
     their rows from the corpus (``Corpus.texts``), at most ``2 * processes`` batches in flight."""
     global _POOL_CORPUS
-    if processes <= 1 or not callable(getattr(corpus, "texts", None)) or len(corpus) <= batch_size:
-        for _, texts in corpus_batches(corpus, batch_size):
+    if processes <= 1 or len(corpus) <= batch_size:
+        for _, _, texts in corpus.iter_batches(batch_size):
             yield tokenize_batch(texts, tokenizer)
         return
     _POOL_CORPUS = corpus
@@ -305,23 +295,21 @@ def build_index(
 
 
 def corpus_index(
-    corpus: Mapping[str, Passage],
+    corpus: Corpus,
     cache_dir: str | Path,
     k1: float = 0.9,
     b: float = 0.4,
-    docid_of: Callable[[int], str] | None = None,
     threads: int = 1,
     tokenizer: str = "default",
 ) -> BM25Index:
     """The BM25 index of ``corpus`` under ``<cache_dir>/bm25/``, built there (under a lock, in ``threads`` forked
     tokenizer processes) unless built before. A cached index that differs from its manifest (every byte checked)
     or whose row count or sampled docids disagree with ``corpus`` is logged and rebuilt."""
-    docid_of = docid_of or docid_lookup(corpus)
-    key = {"corpus": corpus_fingerprint(corpus), "tokenizer": tokenizer_version(tokenizer), "index": INDEX_VERSION}
+    key = {"corpus": corpus.fingerprint(), "tokenizer": tokenizer_version(tokenizer), "index": INDEX_VERSION}
     key.update(k1=k1, b=b)
     folder = Path(cache_dir) / "bm25" / settings_hash(key)
     rows = len(corpus)
-    samples = [docid_of(row) for row in sorted({0, rows // 2, rows - 1})] if rows else []
+    samples = [corpus.docid(row) for row in sorted({0, rows // 2, rows - 1})] if rows else []
     with file_lock(folder.with_name(folder.name + ".lock")):
         if (folder / "meta.json").is_file():
             try:
@@ -349,18 +337,15 @@ def bm25s_search(
     threads: int | None = None,
     tokenizer: str = "default",
 ) -> dict[str, list[tuple[str, float]]]:
-    """Top-``depth`` BM25 documents (score > 0) for every query of ``split``, ties broken by docid.
-
-    Args:
-        cache_dir: where the corpus index is cached (``None``: built in a temporary folder, then removed).
-        threads: query batches scored in parallel (``None``: :func:`default_threads`).
-    """
+    """Top-``depth`` BM25 documents (score > 0) for every query of ``split``, ties broken by docid; the index is
+    cached in ``cache_dir`` (None: a temporary folder); ``threads``: query batches scored in parallel (None:
+    :func:`default_threads`)."""
     if cache_dir is None:
         with tempfile.TemporaryDirectory(prefix="mdr-bm25-") as tmp:
             return bm25s_search(split, depth, k1, b, tmp, threads, tokenizer)
     threads = threads or default_threads()
-    docid_of = docid_lookup(split.corpus)
-    index = corpus_index(split.corpus, cache_dir, k1, b, docid_of, threads, tokenizer)
+    docid_of = split.corpus.docid
+    index = corpus_index(split.corpus, cache_dir, k1, b, threads, tokenizer)
     query_ids = sorted(split.queries)
     term_ids = index.token_ids([bm25_tokens(split.queries[q].text, tokenizer) for q in query_ids])
     started = time.perf_counter()

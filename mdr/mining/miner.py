@@ -42,68 +42,52 @@ def mine(
     *,
     key: Mapping[str, Any],
 ) -> RawPools:
-    """The unfiltered pool for ``settings``, from the cache when these data and settings were mined before.
-
-    Args:
-        device: where a dense miner encodes (``None``: this process's CUDA device when there is one, else CPU).
-        key: the pool's cache key (:func:`mdr.training.pool_key`, from :data:`mdr.utils.config_identity.IDENTITY`).
-    """
+    """The unfiltered pool for ``settings``, from the cache when these data and settings were mined before; a dense
+    miner encodes on ``device`` (None: this process's CUDA device, else CPU); ``key``: the pool's cache key
+    (:func:`mdr.training.pool_key`, from :data:`mdr.utils.config_identity.IDENTITY`)."""
     if settings.source == "shipped":
         if not split.shipped_negatives:
             raise ValueError("negatives.pool.source=shipped but the data set ships no negative_passages")
         rankings = {q: [(d, 0.0) for d in docs] for q, docs in split.shipped_negatives.items()}
         return from_rankings(split, rankings, settings.depth)
-    if settings.source == "bm25":
-        if settings.backend == "bm25s":
-            from mdr.mining.bm25 import bm25s_pools
-
-            return cached(
-                cache_path(cache_dir, split, language, key),
-                lambda: bm25s_pools(
-                    split, settings.depth, cache_dir=cache_dir, threads=settings.threads, tokenizer=settings.tokenizer
-                ),
-            )
+    if settings.source not in ("bm25", "dense"):
+        raise ValueError(f"negatives.pool.source={settings.source!r}: expected bm25, dense or shipped")
+    if settings.source == "bm25" and settings.backend != "bm25s":
         if settings.tokenizer != "default":
             raise ValueError(
                 f"negatives.pool.tokenizer={settings.tokenizer!r} is for backend=bm25s (pyserini uses its analyzer)"
             )
-        if settings.backend == "pyserini":
-            from mdr.mining.lucene import pyserini_pools
+        if settings.backend != "pyserini":
+            raise ValueError(f"negatives.pool.backend={settings.backend!r}: expected bm25s or pyserini")
+    if settings.source == "dense" and not settings.encoder:
+        raise ValueError("negatives.pool.source=dense needs negatives.pool.encoder (an encoder folder or model)")
 
-            return cached(
-                cache_path(cache_dir, split, language, key),
-                lambda: pyserini_pools(split, analyzer, settings.depth, threads=settings.threads),
-            )
-        raise ValueError(f"negatives.pool.backend={settings.backend!r}: expected bm25s or pyserini")
-    if settings.source == "dense":
-        if not settings.encoder:
-            raise ValueError("negatives.pool.source=dense needs negatives.pool.encoder (an encoder folder or model)")
-
-        def run_dense() -> RawPools:
+    def run() -> RawPools:
+        if settings.source == "dense":
             from mdr.mining.dense import dense_pools
 
             encoder, tokenizer = load_encoder(settings.encoder)  # type: ignore[arg-type]
             return dense_pools(
                 encoder, tokenizer, split, settings.depth, device=device, work_dir=Path(cache_dir) / "tmp"
             )
+        if settings.backend == "pyserini":
+            from mdr.mining.lucene import pyserini_pools
 
-        return cached(cache_path(cache_dir, split, language, key), run_dense)
-    raise ValueError(f"negatives.pool.source={settings.source!r}: expected bm25, dense or shipped")
+            return pyserini_pools(split, analyzer, settings.depth, threads=settings.threads)
+        from mdr.mining.bm25 import bm25s_pools
+
+        return bm25s_pools(
+            split, settings.depth, cache_dir=cache_dir, threads=settings.threads, tokenizer=settings.tokenizer
+        )
+
+    return cached(cache_path(cache_dir, split, language, key), run)
 
 
 def hard_negative_pools(
-    settings: PoolSettings,
-    split: RetrievalSplit,
-    language: str,
-    analyzer: str,
-    cache_dir: str | Path,
-    load_encoder: EncoderLoader,
-    device: str | None = None,
-    *,
-    key: Mapping[str, Any],
+    settings: PoolSettings, *args: Any, key: Mapping[str, Any], **kwargs: Any
 ) -> dict[str, list[str]]:
-    """Docid pools after the false-negative controls (their skip counts are logged)."""
-    raw = mine(settings, split, language, analyzer, cache_dir, load_encoder, device, key=key)
+    """Docid pools after the false-negative controls (their skip counts are logged); ``args``: :func:`mine`'s."""
+    raw = mine(settings, *args, key=key, **kwargs)
     pools, stats = filter_pools(raw, settings.range_min, settings.range_max, settings.margin)
     log.debug("pool settings %s: %s", asdict(settings), asdict(stats))  # the counts: mdr.mining.pools at INFO
     return pools

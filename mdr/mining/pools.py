@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mdr.data.schema import DataError, RetrievalSplit
-from mdr.evaluation.corpus_rows import corpus_fingerprint
 from mdr.utils.cache import cache_lock, check_file_manifest, write_file_manifest
 from mdr.utils.io import atomic_write_lines
 from mdr.utils.logging import get_logger
@@ -32,7 +31,7 @@ class RawPools:
 
 def fingerprint(split: RetrievalSplit) -> str:
     """A short hash of the corpus, the queries and the qrels (the positives a pool leaves out)."""
-    digest = hashlib.sha256(corpus_fingerprint(split.corpus).encode())
+    digest = hashlib.sha256(split.corpus.fingerprint().encode())
     for query_id in sorted(split.queries):
         digest.update(f"q\t{query_id}\t{split.queries[query_id].text}\n".encode())
     for query_id in sorted(split.qrels):

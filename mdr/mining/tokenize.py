@@ -1,10 +1,6 @@
-"""BM25 tokens for the bm25s backend: words, or character bigrams for unspaced scripts (docs/negatives.md).
-
-One rule for every language (no stemming, no stopwords): NFKC, lower case, maximal runs of letters, marks and digits
-(Unicode L*, M*, N*); a word of more than two characters holding an unspaced script (Thai, Lao, Myanmar, Khmer,
-kana, CJK ideographs, hangul) becomes its overlapping character bigrams. ``tokenizer="thai_words"`` segments Thai
-words into dictionary words instead (PyThaiNLP's ``newmm``); other unspaced scripts keep their bigrams.
-"""
+"""BM25 tokens for the bm25s backend (docs/negatives.md): NFKC, lower case, runs of Unicode letters, marks and
+digits; a word of more than two characters in an unspaced script becomes its character bigrams (Thai: dictionary
+words with ``tokenizer="thai_words"``). No stemming, no stopwords."""
 
 from __future__ import annotations
 

@@ -188,10 +188,6 @@ def _lookup(backbone: PreTrainedModel, chunks: list[Mapping[str, torch.Tensor]])
 def _write_sentence_transformers_files(out: Path, settings: EncoderSettings, dim: int) -> None:
     """sentence-transformers files that reproduce mdr's encoding: ``encode_query`` / ``encode_document`` add the
     prefixes and truncate as mdr does; a plain ``encode`` adds no prefix and truncates at the passage length."""
-
-    def dump(path: Path, value: object) -> None:
-        path.write_text(json.dumps(value, indent=2) + "\n")
-
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
@@ -199,18 +195,13 @@ def _write_sentence_transformers_files(out: Path, settings: EncoderSettings, dim
     if settings.normalize:
         modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
         (out / "2_Normalize").mkdir(exist_ok=True)
-    dump(out / "modules.json", modules)
-    lengths = {"query_length": settings.query_max_length, "document_length": settings.passage_max_length}
-    dump(
-        out / "sentence_bert_config.json",
-        {"max_seq_length": settings.passage_max_length, **lengths, "do_lower_case": False},
-    )
-    prompts = {"query": settings.query_prefix, "document": settings.passage_prefix}
-    dump(
-        out / "config_sentence_transformers.json",
-        {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "dot"},
-    )
     (out / "1_Pooling").mkdir(exist_ok=True)
+    lengths = {"query_length": settings.query_max_length, "document_length": settings.passage_max_length}
+    prompts = {"query": settings.query_prefix, "document": settings.passage_prefix}
     cls, mean = settings.pooling == "cls", settings.pooling == "mean"
+    bert = {"max_seq_length": settings.passage_max_length, **lengths, "do_lower_case": False}
+    config = {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "dot"}
     pooling = {"word_embedding_dimension": dim, "pooling_mode_cls_token": cls, "pooling_mode_mean_tokens": mean}
-    dump(out / "1_Pooling" / "config.json", pooling)
+    names = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json")
+    for name, value in zip(names, (modules, bert, config, pooling)):
+        (out / name).write_text(json.dumps(value, indent=2) + "\n")

@@ -1,11 +1,6 @@
-"""Faster dropout for CPU training (``train.fast_dropout``): masks from 16-bit slices of torch's random words.
-
-torch's CPU dropout draws one Mersenne-Twister number per element outside Intel's MKL (~6 ns each). Here one 64-bit
-word gives four elements 16 random bits each, dropped below ``round(p * 65536)``: P(drop) is p to within 1/131072,
-kept elements scaled by 1 / (1 - p). The masks follow ``torch.manual_seed`` but are not torch's own, so a run with
-the option differs from one without as two dropout seeds do. Attention dropout, inside the attention function, gets
-:func:`dropout_attention` in CPU training; everywhere else transformers' SDPA attention runs unchanged.
-"""
+"""Faster dropout for CPU training (``train.fast_dropout``, docs/training.md): each 64-bit random word gives four
+elements 16 bits each, dropped below ``round(p * 65536)``; the masks follow ``torch.manual_seed`` but are not
+torch's own. Attention dropout gets :func:`dropout_attention` in CPU training; elsewhere SDPA runs unchanged."""
 
 from __future__ import annotations
 
@@ -63,12 +58,9 @@ def attention_with_dropout(
     scaling: float,
     dropout: float,
 ) -> torch.Tensor:
-    """Bidirectional attention with :func:`drop_mask` on the probabilities: (B, Lq, H, d) from (B, H, L, d).
-
-    Each (B, H, Lq, Lk) tensor is touched as few times as possible: the scale goes on the query, the softmax stays in
-    the scores' dtype and dropout's 1 / (1 - p) goes on the (B, H, Lq, d) output. A query row with no key to attend
-    to gets the mean of the values, as transformers' eager attention gives (SDPA: zeros).
-    """
+    """Bidirectional attention with :func:`drop_mask` on the probabilities: (B, Lq, H, d) from (B, H, L, d), the
+    scale on the query and 1 / (1 - p) on the output; a query row with no key to attend to gets the mean of the
+    values, as transformers' eager attention gives (SDPA: zeros)."""
     scores = torch.matmul(query * scaling, key.transpose(-1, -2))  # (B, H, Lq, Lk)
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:  # SDPA's mask: True = attend, (B, 1, Lq, Lk)

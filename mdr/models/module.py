@@ -1,10 +1,6 @@
-"""LightningModule: a bi-encoder trained with in-batch plus hard-negative InfoNCE, one AdamW step per batch.
-
-The batch is encoded chunk by chunk (the collator's chunks). With GradCache (Gao et al. 2021) the chunks are first
-encoded without a graph, the loss's gradient with respect to every embedding is computed once, and each chunk is
-encoded again and back-propagated on its own: the same gradients, with one chunk's activation memory. Dropout
-masks are seeded per (seed, step, rank, side, chunk), so the second pass replays the first exactly.
-"""
+"""LightningModule: a bi-encoder trained with in-batch plus hard-negative InfoNCE, one AdamW step per batch, encoded
+chunk by chunk, optionally with GradCache (Gao et al. 2021; docs/training.md). Dropout masks are seeded per (seed,
+step, rank, side, chunk), so GradCache's second pass replays the first exactly."""
 
 from __future__ import annotations
 
@@ -47,14 +43,9 @@ class BiEncoderModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.automatic_optimization = False  # one step may run several backward passes (GradCache)
-        self.seed = seed
-        self.encoder = encoder
-        self.loss = loss
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
-        self.warmup_ratio = warmup_ratio
-        self.grad_cache = grad_cache
-        self.gradient_clip_val = gradient_clip_val
+        self.seed, self.encoder, self.loss = seed, encoder, loss
+        self.learning_rate, self.weight_decay, self.warmup_ratio = learning_rate, weight_decay, warmup_ratio
+        self.grad_cache, self.gradient_clip_val = grad_cache, gradient_clip_val
         self.register_buffer("false_negatives_masked", torch.zeros((), dtype=torch.long), persistent=False)
         self._masked_total: int | None = None  # summed over ranks at the end of training (on_train_end)
         # (2,): this epoch's sum of loss x queries and its number of queries on this rank; a checkpoint holds it,
@@ -114,8 +105,7 @@ class BiEncoderModule(pl.LightningModule):
         return LossOutput(output.loss.detach(), output.accuracy, output.masked)
 
     def training_step(self, batch: BiEncoderBatch, batch_idx: int) -> torch.Tensor:
-        optimizer = self.optimizers()
-        scheduler = self.lr_schedulers()
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         optimizer.zero_grad(set_to_none=True)
         if self.grad_cache:
             output = self._grad_cache_backward(batch)
@@ -198,11 +188,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class EpochEndCheckpoint(pl.callbacks.ModelCheckpoint):
-    """Keeps the latest epoch-end checkpoint (and, with ``every_n_steps``, mid-epoch ones), ``last.ckpt`` linking to it.
-
-    Only states that resume exactly are saved: an epoch's end, and the end of every ``every_n_steps``-th optimiser
-    step (the datamodule serves the rest of that epoch); nothing when training is interrupted.
-    """
+    """Keeps the latest checkpoint, ``last.ckpt`` linking to it: saved at each epoch's end and after every
+    ``every_n_steps``-th optimiser step (states that resume exactly), never when training is interrupted."""
 
     def __init__(self, dirpath: str | Path, every_n_steps: int | None = None) -> None:
         name = "epoch{epoch}-step{step}" if every_n_steps else "epoch{epoch}"

@@ -13,6 +13,8 @@ import numpy as np
 
 BLOCK = 32
 HEADER_KEYS = ("H", "NL", "NH", "FF", "VOC", "MAXP", "TVS")
+BERT_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+BERT_SIZES += ("max_position_embeddings", "type_vocab_size")  # the BertConfig names of HEADER_KEYS
 LAYER_PARTS = {
     "q": "attention.self.query",
     "k": "attention.self.key",
@@ -98,15 +100,5 @@ def read_state_dict(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 def bert_config(header: dict[str, Any]) -> dict[str, Any]:
     """BertConfig keyword arguments for the parsed header."""
-    return dict(
-        vocab_size=header["VOC"],
-        hidden_size=header["H"],
-        num_hidden_layers=header["NL"],
-        num_attention_heads=header["NH"],
-        intermediate_size=header["FF"],
-        max_position_embeddings=header["MAXP"],
-        type_vocab_size=header["TVS"],
-        layer_norm_eps=float(header["eps"]),
-        hidden_act="gelu",
-        pad_token_id=0,
-    )
+    sizes = {name: header[key] for name, key in zip(BERT_SIZES, HEADER_KEYS)}
+    return dict(**sizes, layer_norm_eps=float(header["eps"]), hidden_act="gelu", pad_token_id=0)
