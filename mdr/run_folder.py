@@ -10,7 +10,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
@@ -143,10 +143,8 @@ def _move_aside(out: Path) -> Path:
     names = (f"previous-{stamp}{f'-{n}' if n > 1 else ''}" for n in count(1))
     target = next(out / name for name in names if not (out / name).exists())
     target.mkdir()
-    keep = _hydra_owned(out) | {LOCK_FILE, target.name}
-    for entry in sorted(out.iterdir()):
-        if entry.name in keep or entry.name.startswith("previous-"):
-            continue
+    keep = _hydra_owned(out) | {LOCK_FILE}
+    for entry in sorted(p for p in out.iterdir() if p.name not in keep and not p.name.startswith("previous-")):
         entry.rename(target / entry.name)
     return target
 
@@ -174,11 +172,9 @@ def _restore_hydra(folder: Path, record: dict[str, Any] | None) -> None:
     read-only folder is not written)."""
     for name, text in ((record or {}).get("hydra_files") or {}).items():
         path = folder / ".hydra" / name
-        try:
+        with suppress(OSError, ValueError):  # missing or unreadable: written
             if path.read_text(encoding="utf-8") == text:
                 continue
-        except (OSError, ValueError):
-            pass  # missing or unreadable: write it
         atomic_write_text(path, text)
 
 
@@ -301,8 +297,7 @@ def earlier_runs(wanted: str, runs_dir: Path, exclude: Path) -> list[EarlierRun]
     """Runs of the config hashed ``wanted`` (:func:`~mdr.utils.config_identity.config_hash`) in the folders directly
     under ``runs_dir`` other than ``exclude``: the finished ones, newest first, then the unfinished ones that
     hold ``checkpoints/last.ckpt``, newest first. A folder that cannot be read is skipped with a log line."""
-    finished: list[EarlierRun] = []
-    unfinished: list[EarlierRun] = []
+    runs: list[EarlierRun] = []
     skip = exclude.resolve()
     for folder in sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []:
         if not folder.is_dir() or folder.resolve() == skip:
@@ -317,21 +312,17 @@ def earlier_runs(wanted: str, runs_dir: Path, exclude: Path) -> list[EarlierRun]
             continue
         last = folder / "checkpoints" / "last.ckpt"
         if payload is not None:
-            when = (folder / "metrics.json").stat().st_mtime
-            finished.append(EarlierRun(folder, payload, when))
+            runs.append(EarlierRun(folder, payload, (folder / "metrics.json").stat().st_mtime))
         elif last.exists():
-            unfinished.append(EarlierRun(folder, None, last.stat().st_mtime))
-    return sorted(finished, key=lambda run: -run.when) + sorted(unfinished, key=lambda run: -run.when)
+            runs.append(EarlierRun(folder, None, last.stat().st_mtime))
+    return sorted(runs, key=lambda run: (run.metrics is None, -run.when))
 
 
 def weights_changed_since(folders: dict[str, str | None], when: float) -> str | None:
     """``key=path`` of a local weights folder (``folders``: config key -> the path it names) holding a file modified
     after ``when`` (a run trained again into the same folder), or None: a run of the same config before it is stale."""
-    for key, value in folders.items():
-        folder = Path(str(value)) if value else None
-        if folder is None or not folder.is_dir():
-            continue
-        if any(path.is_file() and path.stat().st_mtime > when for path in folder.iterdir()):
+    for key, folder in ((key, Path(str(value))) for key, value in folders.items() if value):
+        if folder.is_dir() and any(path.is_file() and path.stat().st_mtime > when for path in folder.iterdir()):
             return f"{key}={folder}"
     return None
 
@@ -433,9 +424,7 @@ def checkpoint_position(path: Path) -> CheckpointPosition | None:
         log.warning("cannot read the epoch of %s (%s)", path, error)
         return None
     data = checkpoint.get("RetrievalDataModule") or {}
-    mid_epoch = bool(data.get("mid_epoch", False))
-    epoch = int(checkpoint["epoch"])
-    steps = int(checkpoint.get("global_step", 0))
-    if mid_epoch:
+    epoch, steps = int(checkpoint["epoch"]), int(checkpoint.get("global_step", 0))
+    if data.get("mid_epoch", False):
         return CheckpointPosition(epoch, steps, True, int(data.get("batches_done", 0)))
     return CheckpointPosition(epoch + 1, steps, False)

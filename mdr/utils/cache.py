@@ -154,10 +154,10 @@ def _hashed_in_full(files: Mapping[str, Any], level: str) -> set[str]:
     """The files read in full at ``level``; at ``auto`` the smallest while they add up to :data:`FULL_CHECK_BYTES`."""
     if level != "auto":
         return set(files) if level == "full" else set()
-    sizes = {name: entry.get("size") if isinstance(entry, Mapping) else None for name, entry in files.items()}
-    order = sorted(files, key=lambda name: (sizes[name] if isinstance(sizes[name], int) else 0, name))
-    totals = accumulate(sizes[name] if isinstance(sizes[name], int) else 0 for name in order)
-    return {name for name, total in zip(order, totals) if total <= FULL_CHECK_BYTES}  # sizes ascend: a prefix
+    sizes = {name: entry.get("size") if isinstance(entry, Mapping) else 0 for name, entry in files.items()}
+    sizes = {name: size if isinstance(size, int) else 0 for name, size in sizes.items()}
+    order = sorted(files, key=lambda name: (sizes[name], name))  # sizes ascend: the totals kept are a prefix
+    return {name for name, total in zip(order, accumulate(sizes[n] for n in order)) if total <= FULL_CHECK_BYTES}
 
 
 _told_sampled: set[tuple[str, int]] = set()
