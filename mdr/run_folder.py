@@ -45,17 +45,14 @@ class RunFolderConflict(RunFolderRefused):
 class RunFolderNotWritable(RunFolderRefused):
     """The run must write to its folder (it is not finished, or ``fresh`` moves it aside) and cannot."""
 
-    def __init__(self, out: Path, needed: str) -> None:
-        super().__init__(
-            f"{out} is not writable (its permissions, or a read-only mount), and {needed}: make it writable, or give "
-            "another output folder (hydra.run.dir=...)"
-        )
-
 
 def require_writable(out: Path, needed: str) -> None:
     """Raise :class:`RunFolderNotWritable` (saying that ``needed``) unless this process can write to ``out``."""
     if not writable(out):
-        raise RunFolderNotWritable(out, needed)
+        raise RunFolderNotWritable(
+            f"{out} is not writable (its permissions, or a read-only mount), and {needed}: make it writable, or give "
+            "another output folder (hydra.run.dir=...)"
+        )
 
 
 class RunFolderDamaged(RunFolderRefused):
