@@ -149,9 +149,7 @@ def _move_aside(out: Path) -> Path:
 def _completed_payload(out: Path) -> dict[str, Any] | None:
     """The stored metrics when the folder's last outcome is a success (metrics.json newer than failed.json)."""
     metrics, failed = out / "metrics.json", out / "failed.json"
-    if not metrics.is_file():
-        return None
-    if failed.is_file() and failed.stat().st_mtime_ns >= metrics.stat().st_mtime_ns:
+    if not metrics.is_file() or (failed.is_file() and failed.stat().st_mtime_ns >= metrics.stat().st_mtime_ns):
         return None
     return _read_json(metrics, _remedy(out, "run.on_complete=fresh"))
 
@@ -231,9 +229,8 @@ def claim(out: Path, canonical: dict[str, Any], policy: RunPolicy) -> RunFolderS
             log.warning("run.on_config_change=fresh: earlier contents of %s moved to %s", out, state.moved_to)
         else:
             restore(out)
-            shown = "\n  ".join(differences[:30]) + (
-                f"\n  ... and {len(differences) - 30} more" if len(differences) > 30 else ""
-            )
+            more = [f"... and {len(differences) - 30} more"] if len(differences) > 30 else []
+            shown = "\n  ".join(differences[:30] + more)
             raise RunFolderConflict(
                 f"{out} holds a run of another config ({', '.join(results)}); differing keys (recorded -> now):\n"
                 f"  {shown}\n"

@@ -81,12 +81,10 @@ def content_digest(path: str | os.PathLike[str], memo_dir: str | os.PathLike[str
     memo = None
     if memo_dir is not None:
         memo = Path(memo_dir) / f"{hashlib.sha256(str(resolved).encode()).hexdigest()[:32]}.json"
-        try:
+        with suppress(OSError, ValueError, KeyError, AttributeError):  # no memo yet, or an unreadable one
             known = json.loads(memo.read_text(encoding="utf-8"))
             if known.get("path") == str(resolved) and known.get("stamp") == stamp:
                 return str(known["sha256"])
-        except (OSError, ValueError, KeyError, AttributeError):
-            pass  # no memo yet, or an unreadable one
     digest = file_sha256(resolved)
     if memo is not None:
         try:

@@ -173,12 +173,10 @@ def config_hash(canonical: dict[str, Any]) -> str:
 
 def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:
     """Dotted key -> value of every leaf of a plain config (an empty mapping is a leaf)."""
-    if isinstance(value, dict) and value:
-        flat: dict[str, Any] = {}
-        for key, child in value.items():
-            flat.update(flatten_config(child, f"{prefix}.{key}" if prefix else str(key)))
-        return flat
-    return {prefix: value}
+    if not (isinstance(value, dict) and value):
+        return {prefix: value}
+    children = (flatten_config(child, f"{prefix}.{key}" if prefix else str(key)) for key, child in value.items())
+    return {dotted: leaf for flat in children for dotted, leaf in flat.items()}
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
