@@ -174,8 +174,7 @@ def run_prepared(run: Prepared, task: Task, runs_dir: Path | None = None) -> dic
 
 
 def record_failure(out: Path, error: BaseException) -> None:
-    """Log ``error`` and write it (message and traceback) to ``out/failed.json`` (where that cannot be written, log
-    why)."""
+    """Log ``error`` and write it with its traceback to ``out/failed.json`` (logging why where that fails)."""
     message = f"{type(error).__name__}: {error}"
     log.error("run failed: %s (recorded in %s)", message, out / "failed.json")
     try:

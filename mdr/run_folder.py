@@ -261,16 +261,14 @@ def claim(out: Path, canonical: dict[str, Any], policy: RunPolicy) -> RunFolderS
 
 
 def run_id(out: Path) -> str | None:
-    """The id of the run this folder holds (None before :func:`claim` recorded one): kept when the run resumes (W&B
-    continues one run), new when the folder starts again (``fresh``)."""
+    """The id of the run this folder holds (kept on resume, new after ``fresh``); None before :func:`claim`."""
     record = _read_record(out)
     value = record.get("run_id") if record else None
     return str(value) if value else None
 
 
 def is_new(out: Path) -> bool:
-    """True when ``out`` holds no run yet: no record of a config (an unreadable one is left to :func:`claim`) and
-    nothing but bookkeeping."""
+    """True when ``out`` holds no run yet: no config record (an unreadable one is left to :func:`claim`), no results."""
     try:
         return _read_record(out) is None and not _results(out)
     except RunFolderDamaged:
@@ -378,8 +376,7 @@ def remove_checkpoints(folder: Path, encoder: Path, keep: bool = False) -> int:
 
 
 def remove_weights(folder: Path, policy: RunPolicy) -> int:
-    """A finished run's tidying: its resume checkpoints, then its encoder where ``run.keep_encoder=false``; the bytes
-    freed."""
+    """A finished run's tidying: its resume checkpoints, then its encoder if ``run.keep_encoder=false``; bytes freed."""
     encoder = folder / "encoder"
     freed = remove_checkpoints(folder, encoder, policy.keep_checkpoints)
     if policy.keep_encoder or not encoder.is_dir():

@@ -67,8 +67,7 @@ def path_roots(spec: Spec) -> dict[str, str]:
 
 
 def model_identity(spec: Spec) -> str:
-    """The starting model's identity: ``folder:<digest of its files>`` for a local folder (built first), else the hub
-    id."""
+    """The starting model: ``folder:<digest of its files>`` for a local folder (built first), else the hub id."""
     model = spec.model
     if model.build is not None:
         ensure_model_files(model.name, model.name_or_path, model.build)
@@ -79,8 +78,7 @@ def model_identity(spec: Spec) -> str:
 
 
 def _negatives_identity(cache_dir: str, negatives: Mapping[str, Any]) -> dict[str, Any]:
-    """``negatives`` with a dense miner's encoder folder and a denoising teacher folder written as the digest of
-    their files (model groups and hub ids stay names)."""
+    """``negatives`` with local miner-encoder and teacher folders written as ``folder:<digest of their files>``."""
     result = copy.deepcopy(dict(negatives))
     for section, key in (("pool", "encoder"), ("denoise", "teacher")):
         value = (result.get(section) or {}).get(key)
@@ -209,8 +207,7 @@ def run_stage(
     target_train: RetrievalSplit | None = None,
     splits: SplitMemo | None = None,
 ) -> StageRun:
-    """Train one stage from ``start`` (an encoder folder; None: the configured model) in ``out`` (resumed from its
-    ``checkpoints/last.ckpt``)."""
+    """Train one stage from ``start`` (an encoder folder; None: the configured model) in ``out``, resuming there."""
     data, pools, denoise = training_data(spec, stage, target_train, splits)
     encoder, tokenizer = training.load_encoder(spec.model, start)
     fitted = training.fit(spec, stage, encoder, tokenizer, data, pools, out)
