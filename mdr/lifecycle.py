@@ -27,9 +27,8 @@ from mdr.validation import build_spec
 
 log = get_logger(__name__)
 
-
-Task = Callable[[Spec], dict[str, Any]]
-"""What a run does with its spec in its folder (:func:`mdr.pipeline.train`, :func:`mdr.pipeline.evaluate`)."""
+Task = Callable[[Spec], dict[str, Any]]  # what a run does with its spec (mdr.pipeline.train / evaluate)
+REUSED_FROM = "reused_from"  # added to the metrics returned from an earlier run's folder (written to no file)
 
 
 def output_dir(spec: Spec) -> Path:
@@ -39,14 +38,9 @@ def output_dir(spec: Spec) -> Path:
     return path
 
 
-REUSED_FROM = "reused_from"
-"""Key :func:`run_task` adds to the metrics it returns from an earlier run's folder (written to no file)."""
-
-
 def runs_folder(out: Path) -> Path | None:
-    """Where a single run looks for earlier runs of its config (:func:`reuse_earlier_run`): Hydra's
-    ``outputs/<task>/runs`` when the command gave no ``hydra.run.dir``; None for a multirun, a folder the command
-    chose, or a config composed outside Hydra."""
+    """Where a single run looks for earlier runs of its config: Hydra's ``outputs/<task>/runs`` when the command gave
+    no ``hydra.run.dir``; None for a multirun, a folder the command chose, or a config composed outside Hydra."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -67,9 +61,8 @@ def headline(payload: dict[str, Any]) -> str:
 
 
 def reuse_earlier_run(spec: Spec, wanted: str, out: Path, runs_dir: Path) -> dict[str, Any] | None:
-    """A single run in a new folder: the stored metrics of the newest finished run of the config hashed ``wanted``
-    under ``runs_dir`` (``run.on_complete=skip``), or None to run in ``out`` (``fresh``, its weights changed since,
-    or none finished). Logs what it found."""
+    """The stored metrics of the newest finished run of the config hashed ``wanted`` under ``runs_dir``, or None to
+    run in ``out`` (``run.on_complete=fresh``, its weights changed since, or none finished); logs what it found."""
     runs = run_folder.earlier_runs(wanted, runs_dir, out)
     if not runs:
         return None
@@ -103,8 +96,7 @@ def reuse_earlier_run(spec: Spec, wanted: str, out: Path, runs_dir: Path) -> dic
 
 @dataclass(frozen=True)
 class Prepared:
-    """A composed config made ready to run: its folder, its spec (or the problem that refused it), its canonical
-    form (the run folder's identity) and the resolved YAML written to ``config.yaml``."""
+    """A composed config made ready to run: its folder, spec (or the problem refusing it), canonical form and YAML."""
 
     out: Path
     spec: Spec | None
@@ -114,8 +106,8 @@ class Prepared:
 
 
 def prepare(cfg: DictConfig) -> Prepared:
-    """Build the spec (:func:`mdr.validation.build_spec`, every value checked before anything is read or built);
-    a config with a bad value keeps the problem, raised once its folder is claimed (``failed.json`` names the key)."""
+    """Build the spec (every value checked before anything is read or built); a bad value's problem is kept, raised
+    once its folder is claimed (``failed.json`` names the key)."""
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -131,11 +123,9 @@ def run_task(cfg: DictConfig, task: Task, runs_dir: Path | None = None) -> dict[
 
 
 def run_prepared(run: Prepared, task: Task, runs_dir: Path | None = None) -> dict[str, Any]:
-    """Claim the run folder for the config (:mod:`mdr.run_folder`), write ``config.yaml``, run ``task`` (which
-    writes ``metrics.json`` once everything succeeded); on failure leave ``failed.json``. Another config is refused
-    before anything runs, the same config resumes, a finished run returns its stored metrics; a config with a bad
-    value claims the folder with the default policies, then fails. With ``runs_dir``, a finished run of the same
-    config under it is returned instead (:func:`reuse_earlier_run`)."""
+    """Claim the run folder for the config (:mod:`mdr.run_folder`), write ``config.yaml``, run ``task`` (it writes
+    ``metrics.json``), on failure leave ``failed.json``; with ``runs_dir``, an earlier finished run there is returned
+    instead (:func:`reuse_earlier_run`)."""
     out, spec = run.out, run.spec
 
     def work() -> dict[str, Any]:
@@ -184,8 +174,7 @@ def run_prepared(run: Prepared, task: Task, runs_dir: Path | None = None) -> dic
 
 
 def record_failure(out: Path, error: BaseException) -> None:
-    """Log ``error`` and write it (message and traceback) to ``out/failed.json``; where even that cannot be written
-    (a full disk), log why and leave the error to propagate as it is."""
+    """Log ``error`` and write it with its traceback to ``out/failed.json`` (logging why where that fails)."""
     message = f"{type(error).__name__}: {error}"
     log.error("run failed: %s (recorded in %s)", message, out / "failed.json")
     try:
@@ -197,8 +186,8 @@ def record_failure(out: Path, error: BaseException) -> None:
 
 
 def follow_rank_zero(out: Path, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """A rank > 0 takes rank 0's decision on the run folder (:func:`mdr.utils.ranks.rank_zero_decision`): do
-    ``work``, return ``{}`` (already complete), or raise what rank 0 raised; it neither locks nor records."""
+    """A rank > 0 takes rank 0's decision on the run folder: do ``work``, return ``{}`` (already complete), or raise
+    what rank 0 raised; it neither locks nor records."""
     decision = ranks.rank_zero_decision(out)
     if decision["decision"] == "complete":
         print(f"[mdr] {out}: rank 0 found this config's finished run; this rank returns", flush=True)  # off rank 0
@@ -212,11 +201,8 @@ def follow_rank_zero(out: Path, work: Callable[[], dict[str, Any]]) -> dict[str,
 
 
 def entry_point(cfg: DictConfig, task: Task) -> float | None:
-    """Run ``task`` for a Hydra main; return MRR for sweepers (MRR@100; MRR@d below ``evaluation.depth=100``).
-
-    In a multirun a failing job is recorded (``failed.json``) and logged and the sweep goes on; a single run
-    re-raises. A job refused by its run folder (another config's results are there) stops the sweep either way.
-    """
+    """Run ``task`` for a Hydra main; return MRR for sweepers. A failing job of a multirun is recorded and the sweep
+    goes on (a single run re-raises); a job refused by its run folder stops the sweep either way."""
     started = time.monotonic()
     try:
         run = prepare(cfg)
@@ -234,8 +220,7 @@ def entry_point(cfg: DictConfig, task: Task) -> float | None:
         reused = result.get(REUSED_FROM)
         print(
             f"[mdr] done {run_name(run.spec) if run.spec else run.out.name} in {duration(time.monotonic() - started)}: "
-            f"{name.upper()}"
-            f"={mrr:.4f} -> {reused or run.out}{' (an earlier run, reused)' if reused else ''}",
+            f"{name.upper()}={mrr:.4f} -> {reused or run.out}{' (an earlier run, reused)' if reused else ''}",
             flush=True,
         )
     return mrr

@@ -1,28 +1,25 @@
-"""A run folder belongs to one config: ``run_folder.json`` records its canonical config
-(:func:`mdr.utils.config_identity.canonical_config`) and hash. A later run of the same config resumes it, or returns
-its stored metrics once finished (``run.on_complete=fresh`` runs again); another config is refused with the
-differing keys listed, unless the folder holds no results or ``run.on_config_change=fresh`` (which moves the old
-contents to ``previous-<time>/``, never deletes); a damaged record is named with the way out. One process uses a
-folder at a time (``flock`` on ``.lock``); DDP ranks other than 0 neither lock nor record (:mod:`mdr.utils.ranks`).
-"""
+"""A run folder belongs to the config its ``run_folder.json`` records (canonical form and hash): the same config
+resumes or returns its stored metrics, another is refused with the differing keys unless the folder holds no results
+or a ``fresh`` policy moves them to ``previous-<time>/``. One process at a time (``flock`` on ``.lock``)."""
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
+from itertools import count
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
 from mdr.spec import RunPolicy
+from mdr.utils.cache import LockBusy, flocked
 from mdr.utils.config_identity import canonical_config, config_differences, config_hash
 from mdr.utils.errors import DataError
 from mdr.utils.io import atomic_write_json, atomic_write_text, writable
@@ -48,22 +45,18 @@ class RunFolderConflict(RunFolderRefused):
 class RunFolderNotWritable(RunFolderRefused):
     """The run must write to its folder (it is not finished, or ``fresh`` moves it aside) and cannot."""
 
-    def __init__(self, out: Path, needed: str) -> None:
-        super().__init__(
+
+def require_writable(out: Path, needed: str) -> None:
+    """Raise :class:`RunFolderNotWritable` (saying that ``needed``) unless this process can write to ``out``."""
+    if not writable(out):
+        raise RunFolderNotWritable(
             f"{out} is not writable (its permissions, or a read-only mount), and {needed}: make it writable, or give "
             "another output folder (hydra.run.dir=...)"
         )
 
 
-def require_writable(out: Path, needed: str) -> None:
-    """Raise :class:`RunFolderNotWritable` (saying that ``needed``) unless this process can write to ``out``."""
-    if not writable(out):
-        raise RunFolderNotWritable(out, needed)
-
-
 class RunFolderDamaged(RunFolderRefused):
-    """A bookkeeping file of the run folder (``run_folder.json``, ``config.yaml``, ``metrics.json``), ``path``,
-    cannot be read, for ``reason``."""
+    """A bookkeeping file of the run folder (``run_folder.json``, ``config.yaml``, ``metrics.json``) is unreadable."""
 
     def __init__(self, path: Path, reason: str, remedy: str) -> None:
         super().__init__(f"{path} cannot be read ({reason}); it was cut off or garbled. {remedy}")
@@ -76,9 +69,6 @@ def _remedy(out: Path, policies: str) -> str:
         f"Rerun with {policies} to move the contents of {out} to {out}/previous-<time>/ and start again, "
         "or use another output folder."
     )
-
-
-_ANY_FRESH = "run.on_config_change=fresh or run.on_complete=fresh"
 
 
 def _read_json(path: Path, remedy: str) -> dict[str, Any]:
@@ -104,22 +94,22 @@ class RunFolderState:
 
 def _read_record(out: Path) -> dict[str, Any] | None:
     """The folder's record; for folders made before records existed, one built from their config.yaml."""
-    record = out / RECORD_FILE
+    record, legacy = out / RECORD_FILE, out / "config.yaml"
+    remedy = _remedy(out, "run.on_config_change=fresh or run.on_complete=fresh")
     if record.is_file():
-        found = _read_json(record, _remedy(out, _ANY_FRESH))
+        found = _read_json(record, remedy)
         if not isinstance(found.get("config"), dict):
-            raise RunFolderDamaged(record, "it holds no `config` object", _remedy(out, _ANY_FRESH))
+            raise RunFolderDamaged(record, "it holds no `config` object", remedy)
         return found
-    legacy = out / "config.yaml"
-    if legacy.is_file():
-        try:
-            config = OmegaConf.to_container(OmegaConf.load(legacy), resolve=False)
-        except Exception as error:  # noqa: BLE001 - yaml and omegaconf errors alike: the file is unreadable
-            raise RunFolderDamaged(legacy, f"{type(error).__name__}: {error}", _remedy(out, _ANY_FRESH)) from error
-        if not isinstance(config, dict):
-            raise RunFolderDamaged(legacy, "it holds no config mapping", _remedy(out, _ANY_FRESH))
-        return {"config": canonical_config(config)}
-    return None
+    if not legacy.is_file():
+        return None
+    try:
+        config = OmegaConf.to_container(OmegaConf.load(legacy), resolve=False)
+    except Exception as error:  # noqa: BLE001 - yaml and omegaconf errors alike: the file is unreadable
+        raise RunFolderDamaged(legacy, f"{type(error).__name__}: {error}", remedy) from error
+    if not isinstance(config, dict):
+        raise RunFolderDamaged(legacy, "it holds no config mapping", remedy)
+    return {"config": canonical_config(config)}
 
 
 def _hydra_owned(out: Path) -> set[str]:
@@ -147,16 +137,11 @@ def _move_aside(out: Path) -> Path:
     """Move everything but Hydra's files of this run and earlier ``previous-*`` folders to ``previous-<time>``."""
     require_writable(out, "run.on_*=fresh moves its contents to previous-<time>/")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = out / f"previous-{stamp}"
-    suffix = 1
-    while target.exists():
-        suffix += 1
-        target = out / f"previous-{stamp}-{suffix}"
+    names = (f"previous-{stamp}{f'-{n}' if n > 1 else ''}" for n in count(1))
+    target = next(out / name for name in names if not (out / name).exists())
     target.mkdir()
-    keep = _hydra_owned(out) | {LOCK_FILE, target.name}
-    for entry in sorted(out.iterdir()):
-        if entry.name in keep or entry.name.startswith("previous-"):
-            continue
+    keep = _hydra_owned(out) | {LOCK_FILE}
+    for entry in sorted(p for p in out.iterdir() if p.name not in keep and not p.name.startswith("previous-")):
         entry.rename(target / entry.name)
     return target
 
@@ -164,9 +149,7 @@ def _move_aside(out: Path) -> Path:
 def _completed_payload(out: Path) -> dict[str, Any] | None:
     """The stored metrics when the folder's last outcome is a success (metrics.json newer than failed.json)."""
     metrics, failed = out / "metrics.json", out / "failed.json"
-    if not metrics.is_file():
-        return None
-    if failed.is_file() and failed.stat().st_mtime_ns >= metrics.stat().st_mtime_ns:
+    if not metrics.is_file() or (failed.is_file() and failed.stat().st_mtime_ns >= metrics.stat().st_mtime_ns):
         return None
     return _read_json(metrics, _remedy(out, "run.on_complete=fresh"))
 
@@ -180,15 +163,13 @@ def _hydra_snapshot(out: Path) -> dict[str, str]:
 
 
 def _restore_hydra(folder: Path, record: dict[str, Any] | None) -> None:
-    """Put back the recorded ``.hydra`` files that Hydra overwrote before the task ran (only those that differ:
-    a read-only folder, whose files Hydra left alone, is not written)."""
+    """Put back the recorded ``.hydra`` files that Hydra overwrote before the task ran (only those that differ, so a
+    read-only folder is not written)."""
     for name, text in ((record or {}).get("hydra_files") or {}).items():
         path = folder / ".hydra" / name
-        try:
+        with suppress(OSError, ValueError):  # missing or unreadable: written
             if path.read_text(encoding="utf-8") == text:
                 continue
-        except (OSError, ValueError):
-            pass  # missing or unreadable: write it
         atomic_write_text(path, text)
 
 
@@ -216,9 +197,10 @@ def claim(out: Path, canonical: dict[str, Any], policy: RunPolicy) -> RunFolderS
     state = RunFolderState()
     hydra_running = ".hydra" in _hydra_owned(out)  # Hydra already overwrote .hydra with this run's files
 
-    def restore(folder: Path) -> None:
+    def restore(folder: Path) -> Path:
         if hydra_running:
             _restore_hydra(folder, record)
+        return folder
 
     created = run_id = None
     try:
@@ -228,14 +210,13 @@ def claim(out: Path, canonical: dict[str, Any], policy: RunPolicy) -> RunFolderS
             log.warning(
                 "%s cannot be read (%s); %s holds no results: recording this config", error.path, error.reason, out
             )
-            _write_record(out, canonical, None, None)
-            return state
-        if "fresh" not in (on_change, on_complete):
+        elif "fresh" not in (on_change, on_complete):
             raise
-        state.moved_to = _move_aside(out)  # its config is unknown: either fresh policy applies
-        log.warning(
-            f"{error.path} cannot be read ({error.reason}); fresh: the contents of {out} moved to {state.moved_to}"
-        )
+        else:
+            state.moved_to = _move_aside(out)  # its config is unknown: either fresh policy applies
+            log.warning(
+                f"{error.path} cannot be read ({error.reason}); fresh: the contents of {out} moved to {state.moved_to}"
+            )
         _write_record(out, canonical, None, None)
         return state
     if record is not None and config_hash(record["config"]) != config_hash(canonical):
@@ -244,14 +225,12 @@ def claim(out: Path, canonical: dict[str, Any], policy: RunPolicy) -> RunFolderS
         if not results:
             log.info("%s held no results of its earlier config; recording the new one", out)
         elif on_change == "fresh":
-            state.moved_to = _move_aside(out)
-            restore(state.moved_to)
+            state.moved_to = restore(_move_aside(out))
             log.warning("run.on_config_change=fresh: earlier contents of %s moved to %s", out, state.moved_to)
         else:
             restore(out)
-            shown = "\n  ".join(differences[:30]) + (
-                f"\n  ... and {len(differences) - 30} more" if len(differences) > 30 else ""
-            )
+            more = [f"... and {len(differences) - 30} more"] if len(differences) > 30 else []
+            shown = "\n  ".join(differences[:30] + more)
             raise RunFolderConflict(
                 f"{out} holds a run of another config ({', '.join(results)}); differing keys (recorded -> now):\n"
                 f"  {shown}\n"
@@ -268,8 +247,7 @@ def claim(out: Path, canonical: dict[str, Any], policy: RunPolicy) -> RunFolderS
             log.warning("%s cannot be read (%s); run.on_complete=fresh moves it aside", error.path, error.reason)
             complete = {}  # moved aside below like a finished run
         if complete is not None and on_complete == "fresh":
-            state.moved_to = _move_aside(out)
-            restore(state.moved_to)
+            state.moved_to = restore(_move_aside(out))
             log.warning("run.on_complete=fresh: the finished run in %s moved to %s", out, state.moved_to)
         elif complete is not None:
             restore(out)
@@ -283,16 +261,14 @@ def claim(out: Path, canonical: dict[str, Any], policy: RunPolicy) -> RunFolderS
 
 
 def run_id(out: Path) -> str | None:
-    """The id of the run this folder holds (None before :func:`claim` recorded one): kept when the run resumes,
-    new when the folder starts again (``fresh``). W&B uses it, so a resumed run continues one W&B run."""
+    """The id of the run this folder holds (kept on resume, new after ``fresh``); None before :func:`claim`."""
     record = _read_record(out)
     value = record.get("run_id") if record else None
     return str(value) if value else None
 
 
 def is_new(out: Path) -> bool:
-    """True when ``out`` holds no run yet: no record of a config (or an unreadable one, left to :func:`claim`) and
-    nothing but bookkeeping (Hydra's files of this command, its log)."""
+    """True when ``out`` holds no run yet: no config record (an unreadable one is left to :func:`claim`), no results."""
     try:
         return _read_record(out) is None and not _results(out)
     except RunFolderDamaged:
@@ -301,8 +277,8 @@ def is_new(out: Path) -> bool:
 
 @dataclass(frozen=True)
 class EarlierRun:
-    """A run of the same config in another ``folder``: its ``metrics`` (None: unfinished, it holds a resume
-    checkpoint) and ``when`` it finished (or checkpointed), in seconds since the epoch."""
+    """A run of the same config in another ``folder``: its ``metrics`` (None: unfinished, with a resume checkpoint)
+    and ``when`` it finished (or checkpointed), in seconds since the epoch."""
 
     folder: Path
     metrics: dict[str, Any] | None
@@ -313,8 +289,7 @@ def earlier_runs(wanted: str, runs_dir: Path, exclude: Path) -> list[EarlierRun]
     """Runs of the config hashed ``wanted`` (:func:`~mdr.utils.config_identity.config_hash`) in the folders directly
     under ``runs_dir`` other than ``exclude``: the finished ones, newest first, then the unfinished ones that
     hold ``checkpoints/last.ckpt``, newest first. A folder that cannot be read is skipped with a log line."""
-    finished: list[EarlierRun] = []
-    unfinished: list[EarlierRun] = []
+    runs: list[EarlierRun] = []
     skip = exclude.resolve()
     for folder in sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []:
         if not folder.is_dir() or folder.resolve() == skip:
@@ -329,21 +304,17 @@ def earlier_runs(wanted: str, runs_dir: Path, exclude: Path) -> list[EarlierRun]
             continue
         last = folder / "checkpoints" / "last.ckpt"
         if payload is not None:
-            when = (folder / "metrics.json").stat().st_mtime
-            finished.append(EarlierRun(folder, payload, when))
+            runs.append(EarlierRun(folder, payload, (folder / "metrics.json").stat().st_mtime))
         elif last.exists():
-            unfinished.append(EarlierRun(folder, None, last.stat().st_mtime))
-    return sorted(finished, key=lambda run: -run.when) + sorted(unfinished, key=lambda run: -run.when)
+            runs.append(EarlierRun(folder, None, last.stat().st_mtime))
+    return sorted(runs, key=lambda run: (run.metrics is None, -run.when))
 
 
 def weights_changed_since(folders: dict[str, str | None], when: float) -> str | None:
     """``key=path`` of a local weights folder (``folders``: config key -> the path it names) holding a file modified
     after ``when`` (a run trained again into the same folder), or None: a run of the same config before it is stale."""
-    for key, value in folders.items():
-        folder = Path(str(value)) if value else None
-        if folder is None or not folder.is_dir():
-            continue
-        if any(path.is_file() and path.stat().st_mtime > when for path in folder.iterdir()):
+    for key, folder in ((key, Path(str(value))) for key, value in folders.items() if value):
+        if folder.is_dir() and any(path.is_file() and path.stat().st_mtime > when for path in folder.iterdir()):
             return f"{key}={folder}"
     return None
 
@@ -351,8 +322,8 @@ def weights_changed_since(folders: dict[str, str | None], when: float) -> str | 
 @contextmanager
 def exclusive(out: Path) -> Iterator[None]:
     """Hold ``<out>/.lock`` for the block; a second process on the same folder fails at once. Without ``flock``
-    (some network mounts) it warns and goes on unlocked; a folder this process cannot write is locked through a
-    read-only handle, or not at all where there is no lock file (:func:`claim` refuses to write there)."""
+    it warns and goes on unlocked; a folder this process cannot write is locked through a read-only handle, or not
+    at all where there is no lock file (:func:`claim` refuses to write there)."""
     try:
         handle = open(out / LOCK_FILE, "a+" if writable(out) else "r")
     except OSError as error:
@@ -363,19 +334,14 @@ def exclusive(out: Path) -> Iterator[None]:
         except FileNotFoundError:
             yield
             return
-    with handle:
+    with handle, ExitStack() as held:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise RunFolderConflict(f"{out} is in use by another process (it holds {out / LOCK_FILE})") from error
-            log.warning("cannot lock %s (%s); going on without a lock", out, error)
-            yield
-            return
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            refused = held.enter_context(flocked(handle, wait=False))
+        except LockBusy as error:
+            raise RunFolderConflict(f"{out} is in use by another process (it holds {out / LOCK_FILE})") from error
+        if refused is not None:
+            log.warning("cannot lock %s (%s); going on without a lock", out, refused)
+        yield
 
 
 def _tree_bytes(folder: Path) -> int:
@@ -384,8 +350,7 @@ def _tree_bytes(folder: Path) -> int:
 
 
 def _remove(folder: Path, why: str) -> int:
-    """Delete ``folder``; the bytes freed (0 where it cannot be: a warning, never an error, since the run's results
-    are written)."""
+    """Delete ``folder``; the bytes freed (0 with a warning where it cannot be: the run's results are written)."""
     try:
         freed = _tree_bytes(folder)
         shutil.rmtree(folder)
@@ -411,8 +376,7 @@ def remove_checkpoints(folder: Path, encoder: Path, keep: bool = False) -> int:
 
 
 def remove_weights(folder: Path, policy: RunPolicy) -> int:
-    """A finished run's tidying (once ``metrics.json`` is written, and again by a rerun of the finished folder):
-    its resume checkpoints, then its encoder where ``run.keep_encoder=false``. Returns the bytes freed."""
+    """A finished run's tidying: its resume checkpoints, then its encoder if ``run.keep_encoder=false``; bytes freed."""
     encoder = folder / "encoder"
     freed = remove_checkpoints(folder, encoder, policy.keep_checkpoints)
     if policy.keep_encoder or not encoder.is_dir():
@@ -451,9 +415,7 @@ def checkpoint_position(path: Path) -> CheckpointPosition | None:
         log.warning("cannot read the epoch of %s (%s)", path, error)
         return None
     data = checkpoint.get("RetrievalDataModule") or {}
-    mid_epoch = bool(data.get("mid_epoch", False))
-    epoch = int(checkpoint["epoch"])
-    steps = int(checkpoint.get("global_step", 0))
-    if mid_epoch:
+    epoch, steps = int(checkpoint["epoch"]), int(checkpoint.get("global_step", 0))
+    if data.get("mid_epoch", False):
         return CheckpointPosition(epoch, steps, True, int(data.get("batches_done", 0)))
     return CheckpointPosition(epoch + 1, steps, False)

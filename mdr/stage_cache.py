@@ -1,16 +1,9 @@
-"""Cached stages: their keys, their folders, and running a schedule's stages in order.
-
-Every stage but the run's own is cached under ``<paths.cache_dir>/stages/<key hash>/``, keyed by what shapes it
-(:data:`mdr.utils.config_identity.IDENTITY` says which config keys), by content, not place: a moved cache is reused,
-edited data or another starting model trains again. Jobs needing one stage wait on its lock (across nodes) and
-reuse it, checked against its manifest. The run's own stage trains in the run folder (resumable, saved to
-``<run>/encoder``).
-"""
+"""Running a schedule's stages in order: every stage but the run's own is cached under
+``<paths.cache_dir>/stages/<key hash>/``, keyed by content, not place, of what shapes it (docs/stages.md)."""
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import shutil
 import uuid
@@ -40,24 +33,17 @@ from mdr.utils.cache import (
     write_folder_manifest,
 )
 from mdr.utils.config_compat import drop_neutral_defaults
-from mdr.utils.config_identity import left_out
+from mdr.utils.config_identity import config_hash, left_out
 from mdr.utils.instantiate import build_reader, ensure_model_files
 from mdr.utils.io import atomic_write_json
 from mdr.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-TRAINER_KEYS_IGNORED = left_out("stage", "trainer")
-"""Trainer settings a stage key leaves out (epochs and the resolved precision are keyed apart; a cached stage is
-trained by one process on one device, so a DDP run reuses it)."""
-TRAIN_KEYS_IGNORED = left_out("stage", "train")
-"""``train`` settings a stage key leaves out: none changes the encoder."""
-MODEL_KEYS_IGNORED = left_out("stage", "model")
-"""``model`` settings a stage key leaves out: how a local model is built (its weights are keyed by content)."""
-
-
-SplitMemo = dict[tuple[str, str], RetrievalSplit]
-"""Training splits read for keys, by (source label, split), so training does not read them again."""
+TRAINER_KEYS_IGNORED = left_out("stage", "trainer")  # epochs, precision keyed apart; one process trains a stage
+TRAIN_KEYS_IGNORED = left_out("stage", "train")  # none changes the encoder
+MODEL_KEYS_IGNORED = left_out("stage", "model")  # how a local model is built (its weights are keyed by content)
+SplitMemo = dict[tuple[str, str], RetrievalSplit]  # training splits read for keys, by (source label, split)
 
 
 def placeholders(tree: Any, roots: Mapping[str, str], drop: tuple[str, ...] = ()) -> Any:
@@ -81,8 +67,7 @@ def path_roots(spec: Spec) -> dict[str, str]:
 
 
 def model_identity(spec: Spec) -> str:
-    """The starting model's identity: ``folder:<digest of its files>`` for a local folder (built first where its
-    group says how), else the hub id."""
+    """The starting model: ``folder:<digest of its files>`` for a local folder (built first), else the hub id."""
     model = spec.model
     if model.build is not None:
         ensure_model_files(model.name, model.name_or_path, model.build)
@@ -93,8 +78,7 @@ def model_identity(spec: Spec) -> str:
 
 
 def _negatives_identity(cache_dir: str, negatives: Mapping[str, Any]) -> dict[str, Any]:
-    """``negatives`` with a dense miner's encoder folder and a denoising teacher folder written as the digest of
-    their files: a retrained encoder re-keys the stage, a moved one does not (model groups and hub ids stay names)."""
+    """``negatives`` with local miner-encoder and teacher folders written as ``folder:<digest of their files>``."""
     result = copy.deepcopy(dict(negatives))
     for section, key in (("pool", "encoder"), ("denoise", "teacher")):
         value = (result.get(section) or {}).get(key)
@@ -128,18 +112,15 @@ def stage_key(
 ) -> dict[str, Any]:
     """Everything that shapes a stage's encoder, by content, not place: the starting model by its weights
     (``model``: :func:`model_identity`), each source by its language, data config and split's content fingerprint
-    (``content=False``: left out, nothing read; for comparing configs only), paths as placeholders."""
+    (``content=False``: left out, for comparing configs only), paths as placeholders."""
     roots = path_roots(spec)
     resolved = spec.resolved
-    settings = placeholders(dict(resolved["model"]), roots)
-    for key in MODEL_KEYS_IGNORED:
-        settings.pop(key, None)
+    settings = {k: v for k, v in placeholders(dict(resolved["model"]), roots).items() if k not in MODEL_KEYS_IGNORED}
     settings["name_or_path"] = model if model is not None else model_identity(spec)
     train_on = []
     for source in stage.sources:
-        # where a corpus is stored (cache_dir) does not change the data
-        key = {"language": source.code, "data": placeholders(dict(source.data.resolved), roots, ("cache_dir",))}
-        key["split"] = source.split
+        data = placeholders(dict(source.data.resolved), roots, ("cache_dir",))  # where a corpus is stored
+        key = {"language": source.code, "data": data, "split": source.split}
         if content:
             key["content"] = split_fingerprint(_training_split(source, splits, target_train))
         train_on.append(key)
@@ -158,9 +139,9 @@ def stage_key(
     }
 
 
-def key_digest(key: Mapping[str, Any]) -> str:
+def key_digest(key: Any) -> str:
     """A 16-hex-digit hash of a stage key."""
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return config_hash(key)[:16]
 
 
 def stage_keys(
@@ -226,8 +207,7 @@ def run_stage(
     target_train: RetrievalSplit | None = None,
     splits: SplitMemo | None = None,
 ) -> StageRun:
-    """Train one stage from ``start`` (an encoder folder; None: the configured model) in ``out``; ``fit`` resumes
-    from ``out/checkpoints/last.ckpt`` when a killed attempt left one."""
+    """Train one stage from ``start`` (an encoder folder; None: the configured model) in ``out``, resuming there."""
     data, pools, denoise = training_data(spec, stage, target_train, splits)
     encoder, tokenizer = training.load_encoder(spec.model, start)
     fitted = training.fit(spec, stage, encoder, tokenizer, data, pools, out)
@@ -246,12 +226,8 @@ def cached_stage(
     splits: SplitMemo | None = None,
     wait: bool = True,
 ) -> tuple[Path, str, dict[str, Any] | None]:
-    """(encoder folder, ``trained``, ``reused`` or ``busy``, summary) of a cached stage, trained now unless found.
-
-    Jobs needing the same stage wait on ``<dir>/.lock`` (``wait=False``: ``busy``, left to the job holding it); the
-    encoder is saved with a manifest to a staging folder and renamed, so a folder with ``encoder/`` is complete. A
-    found encoder is reused only when ``stage.json`` holds this key and the encoder matches its manifest.
-    """
+    """(encoder folder, ``trained``, ``reused`` or ``busy``, summary) of a cached stage, trained now unless a
+    complete one holding this key is found; jobs needing it wait on its lock (``wait=False``: ``busy``)."""
     root = stage_dir(spec, digest)
     encoder_dir = root / "encoder"
     root.mkdir(parents=True, exist_ok=True)
@@ -324,10 +300,8 @@ def one_process(trainer: Trainer) -> bool:
 
 def _summary(root: Path) -> dict[str, Any] | None:
     path = root / "summary.json"
-    if not path.is_file():
-        return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     except (OSError, ValueError) as error:
         log.warning("%s cannot be read (%s): the stage's training summary is left out", path, error)
         return None
@@ -335,9 +309,7 @@ def _summary(root: Path) -> dict[str, Any] | None:
 
 @dataclass
 class ScheduleResult:
-    """The final encoder (the configured model for zero-shot) and the metrics.json fields the schedule fills:
-    ``train`` (the final stage's summary), ``initialised_from``, ``encoder`` (its folder), ``denoised`` /
-    ``denoise``, ``proportion_applies_to`` and ``schedule`` (one record per stage)."""
+    """The final encoder (the configured model for zero-shot) and the metrics.json fields the schedule fills."""
 
     encoder: Any
     tokenizer: Any
@@ -355,9 +327,7 @@ def _record(stage: Stage, digest: str) -> dict[str, Any]:
         "num_negatives": negatives.num_negatives,
         "pool": negatives.pool.source if negatives.pool is not None else None,
         "key": digest,
-        "dir": None,
-        "status": None,
-        "train": None,
+        **dict.fromkeys(("dir", "status", "train")),
     }
 
 
@@ -365,8 +335,7 @@ def _cached_stages(
     spec: Spec, splits: SplitMemo, target_train: RetrievalSplit | None = None, wait: bool = True
 ) -> tuple[list[dict[str, Any]], list[str | None], dict[str, Any] | None]:
     """Train or find the schedule's cached stages in order: (one record per stage, the encoder each cached stage
-    started from and the last one's, the last one's summary). ``wait=False``: a stage another job holds is left to
-    it (``busy``) and the stages after it too."""
+    started from and the last one's, the last one's summary); ``wait``: see :func:`cached_stage`."""
     keys = stage_keys(spec, splits, target_train)
     records = [_record(stage, digest) for stage, (_, digest) in zip(spec.schedule.stages, keys)]
     starts: list[str | None] = [None]
@@ -382,9 +351,8 @@ def _cached_stages(
 
 
 def run_schedule(spec: Spec, out: Path, target_train: RetrievalSplit | None = None) -> ScheduleResult:
-    """Run the schedule's stages in order (cached ones ``trained`` or ``reused``, then the run's own, ``run``, in
-    ``out``, saved to ``out/encoder`` with ``train.save_encoder``); return the final encoder, on every DDP rank
-    (``distributed``: each evaluates its shards). ``target_train``: the run's own training split, already read."""
+    """Run the schedule's stages in order (cached ones, then the run's own in ``out``, saved to ``out/encoder`` with
+    ``train.save_encoder``); return the final encoder on every DDP rank. ``target_train``: the run's own split."""
     plan = spec.schedule
     splits: SplitMemo = {}
     records, starts, summary = _cached_stages(spec, splits, target_train)
@@ -419,8 +387,7 @@ def run_schedule(spec: Spec, out: Path, target_train: RetrievalSplit | None = No
 
 def train_cached_stages(spec: Spec) -> dict[str, Any]:
     """``run.stages_only``: train (or find) the cached stages in order, nothing else; return their records. A stage
-    another job holds is not waited for (``busy``; the later ones are left to the run), so no job holds a device
-    waiting on a lock."""
+    another job holds is left to it (``busy``, with the later ones), so no job holds a device waiting on a lock."""
     records, _, _ = _cached_stages(spec, {}, wait=False)
     done = [record for record in records if record["status"] is not None]
     return {"stages_only": True, "schedule": {"name": spec.schedule.name, "stages": done}}

@@ -528,6 +528,26 @@ def test_locks_hold_where_flock_is_node_local(tmp_path: Path, monkeypatch: pytes
     assert _contend(tmp_path / "x.lock") == ["a+", "a-", "b+", "b-"]
 
 
+def test_a_run_folder_lock_fails_fast_and_runs_unlocked_where_flock_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``run_folder.exclusive`` shares the cache's flock: busy -> RunFolderConflict at once, no flock -> a warning."""
+    from mdr.run_folder import RunFolderConflict, exclusive
+
+    with exclusive(tmp_path), pytest.raises(RunFolderConflict, match="in use by another process"):
+        with exclusive(tmp_path):
+            pass
+    with pytest.raises(cache.LockBusy), exclusive(tmp_path):  # the run's own LockBusy is not a conflict
+        raise cache.LockBusy("a stage")
+    unlocked = [errno.ENOSYS, errno.EIO]
+    monkeypatch.setattr(cache.fcntl, "flock", lambda h, o: (_ for _ in ()).throw(OSError(unlocked[0], "no")))
+    for code in list(unlocked):
+        unlocked[0] = code
+        with exclusive(tmp_path), exclusive(tmp_path):  # both run, unlocked
+            pass
+        assert f"cannot lock {tmp_path} ([Errno {code}] no); going on without a lock" in caplog.text
+
+
 def test_a_dead_holders_lock_is_taken_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     owner = tmp_path / "x.lock.owner"
     owner.write_text(json.dumps({"host": cache.HOST, "pid": 999999999, "token": "gone"}))

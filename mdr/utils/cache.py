@@ -1,10 +1,5 @@
-"""One way for every cache to name, verify and lock its entries (docs/caches.md).
-
-* content digests: a file's SHA-256, remembered under ``<cache_dir>/digests/`` while its stat stamp holds;
-* manifests: sizes, sampled and full checksums of an entry's files, checked at level ``size``, ``auto`` or ``full``;
-* locks: ``flock`` where supported plus an owner file (host, pid, heartbeat) that holds across nodes;
-* staging folders: ``<name>.tmp-<host>-<pid>``, renamed into place; leftovers of dead builders removed.
-"""
+"""One way for every cache to name (content digests), verify (manifests), lock (``flock`` plus an owner file that
+holds across nodes) and build (staging folders renamed into place) its entries (docs/caches.md)."""
 
 from __future__ import annotations
 
@@ -21,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext, suppress
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +34,7 @@ BUILD_MANIFEST = ".manifest.json"
 """In a folder built into the cache (tiny model, me5_small, a cached stage's encoder): the manifest of its files."""
 _HF_BLOB = re.compile(r"^[0-9a-f]{64}$")
 _UNSUPPORTED = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL}
+_BUSY = {errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES}
 
 
 class CacheError(ValueError):
@@ -74,10 +71,8 @@ def sample_digest(path: str | os.PathLike[str]) -> str:
 
 
 def content_digest(path: str | os.PathLike[str], memo_dir: str | os.PathLike[str] | None = None) -> str:
-    """The SHA-256 of ``path``'s bytes, remembered in ``memo_dir`` while size, mtime, ctime and inode hold.
-
-    A Hugging Face cache blob (``.../blobs/<sha256>``) is its own digest.
-    """
+    """The SHA-256 of ``path``'s bytes (a Hugging Face ``blobs/<sha256>`` is its own), remembered in ``memo_dir``
+    while size, mtime, ctime and inode hold."""
     resolved = Path(path).resolve()
     if resolved.parent.name == "blobs" and _HF_BLOB.match(resolved.name):
         return resolved.name
@@ -86,12 +81,10 @@ def content_digest(path: str | os.PathLike[str], memo_dir: str | os.PathLike[str
     memo = None
     if memo_dir is not None:
         memo = Path(memo_dir) / f"{hashlib.sha256(str(resolved).encode()).hexdigest()[:32]}.json"
-        try:
+        with suppress(OSError, ValueError, KeyError, AttributeError):  # no memo yet, or an unreadable one
             known = json.loads(memo.read_text(encoding="utf-8"))
             if known.get("path") == str(resolved) and known.get("stamp") == stamp:
                 return str(known["sha256"])
-        except (OSError, ValueError, KeyError, AttributeError):
-            pass  # no memo yet, or an unreadable one
     digest = file_sha256(resolved)
     if memo is not None:
         try:
@@ -122,11 +115,7 @@ def digests_dir(cache_dir: str | os.PathLike[str]) -> Path:
 
 
 def verify_level(default: str) -> str:
-    """``default``, or ``full`` when ``MDR_VERIFY_CACHES=full``.
-
-    Raises:
-        SettingError: ``MDR_VERIFY_CACHES`` is neither unset, ``auto`` nor ``full``.
-    """
+    """``default``, or ``full`` when ``MDR_VERIFY_CACHES=full`` (else :class:`SettingError` unless unset / auto)."""
     value = os.environ.get(VERIFY_ENV, "").strip().lower() or "auto"
     if value not in ("auto", "full"):
         raise SettingError(
@@ -163,19 +152,10 @@ def _hashed_in_full(files: Mapping[str, Any], level: str) -> set[str]:
     """The files read in full at ``level``; at ``auto`` the smallest while they add up to :data:`FULL_CHECK_BYTES`."""
     if level != "auto":
         return set(files) if level == "full" else set()
-
-    def size(name: str) -> int:
-        entry = files[name]
-        value = entry.get("size") if isinstance(entry, Mapping) else None
-        return value if isinstance(value, int) else 0
-
-    chosen, total = set(), 0
-    for name in sorted(files, key=lambda name: (size(name), name)):
-        total += size(name)
-        if total > FULL_CHECK_BYTES:
-            break
-        chosen.add(name)
-    return chosen
+    sizes = {name: entry.get("size") if isinstance(entry, Mapping) else 0 for name, entry in files.items()}
+    sizes = {name: size if isinstance(size, int) else 0 for name, size in sizes.items()}
+    order = sorted(files, key=lambda name: (sizes[name], name))  # sizes ascend: the totals kept are a prefix
+    return {name for name, total in zip(order, accumulate(sizes[n] for n in order)) if total <= FULL_CHECK_BYTES}
 
 
 _told_sampled: set[tuple[str, int]] = set()
@@ -269,11 +249,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def builder_gone(path: str | os.PathLike[str]) -> bool:
-    """Whether the process that made staging folder ``path`` is gone.
-
-    Another host's build counts as gone only under owner-file locks (``MDR_CACHE_LOCK=auto``), which hold across
-    nodes: the caller holds the entry's lock. Under ``flock`` or ``none`` another node's build is never touched.
-    """
+    """Whether the process that made staging folder ``path`` is gone; another host's counts as gone only under
+    owner-file locks (``MDR_CACHE_LOCK=auto``, which hold across nodes and the caller holds), never otherwise."""
     match = re.search(r"\.tmp-(?:(.+)-)?(\d+)$", Path(path).name)  # no host: an older mdr's '.tmp-<pid>'
     if match is None:  # an older mdr's mkdtemp name
         return True
@@ -283,10 +260,8 @@ def builder_gone(path: str | os.PathLike[str]) -> bool:
 
 
 def remove_stale_builds(parent: str | os.PathLike[str], pattern: str) -> int:
-    """Remove the staging folders/files under ``parent`` matching ``pattern`` whose builder is gone; count them.
-
-    Call it holding the entry's :func:`cache_lock`.
-    """
+    """Remove the staging folders/files under ``parent`` matching ``pattern`` whose builder is gone (call it holding
+    the entry's :func:`cache_lock`); count them."""
     removed = 0
     for stale in Path(parent).glob(pattern):
         if stale.name.endswith(f"-{HOST}-{os.getpid()}") or not builder_gone(stale):
@@ -323,28 +298,28 @@ def stale_seconds() -> float:
 _warned_no_flock: set[str] = set()
 
 
-def _flock(handle: Any, path: Path, waiting: str | None, wait: bool) -> bool:
-    """Take ``flock`` on ``handle``; False where the file system does not support it (raises :class:`LockBusy`)."""
+@contextmanager
+def flocked(handle: Any, wait: bool = True, waiting: str | None = None) -> Iterator[OSError | None]:
+    """Hold an exclusive ``flock`` on ``handle`` for the block, waiting for another holder (``waiting`` logged) or,
+    unless ``wait``, raising :class:`LockBusy`; yields None, or the error where flock failed (then runs unlocked)."""
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError as error:
+            if error.errno not in _BUSY:
+                raise
             if not wait:
-                raise LockBusy(str(path)) from None
+                raise LockBusy(handle.name) from None
             if waiting:
                 log.info("%s", waiting)
             fcntl.flock(handle, fcntl.LOCK_EX)
     except OSError as error:
-        if error.errno not in _UNSUPPORTED:
-            raise
-        if str(path.parent) not in _warned_no_flock:
-            _warned_no_flock.add(str(path.parent))
-            log.warning(
-                f"{path.parent}: this file system has no flock ({os.strerror(error.errno)}); locking with owner files "
-                "only (host + pid + heartbeat)"
-            )
-        return False
-    return True
+        yield error
+        return
+    try:
+        yield None
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _owner(path: Path) -> tuple[dict[str, Any], tuple[int, int] | None]:
@@ -453,32 +428,30 @@ def _owner_file(path: Path, waiting: str | None, wait: bool) -> Iterator[None]:
 
 @contextmanager
 def cache_lock(path: str | os.PathLike[str], waiting: str | None = None, wait: bool = True) -> Iterator[None]:
-    """Hold the lock ``path`` for the block: one process in the block at a time, on any node.
-
-    ``flock`` on ``path`` where supported, plus the owner file ``<path>.owner``; ``MDR_CACHE_LOCK=flock`` uses
-    ``flock`` alone, ``none`` no lock.
-
-    Args:
-        waiting: logged when another process holds the lock and this one waits.
-        wait: false: raise :class:`LockBusy` at once where a live process holds the lock.
-    """
+    """Hold the lock ``path`` for the block, one process at a time on any node: ``flock`` where supported plus the
+    owner file ``<path>.owner`` (``MDR_CACHE_LOCK=flock``: flock alone, ``none``: no lock). ``waiting`` is logged
+    while another process holds it; ``wait=False`` raises :class:`LockBusy` then instead."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     mode = lock_mode()
     if mode == "none":
         yield
         return
-    with target.open("a") as handle:
-        flocked = _flock(handle, target, waiting, wait)
-        if mode == "flock" and not flocked:
-            raise CacheError(
-                f"cannot lock {target}: MDR_CACHE_LOCK=flock but this file system has no flock; "
-                "unset MDR_CACHE_LOCK (owner-file locks) or mount it with flock"
-            )
-        try:
-            owner = target.with_name(target.name + ".owner")
-            with nullcontext() if mode == "flock" else _owner_file(owner, None if flocked else waiting, wait):
-                yield
-        finally:
-            if flocked:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    with target.open("a") as handle, flocked(handle, wait, waiting) as refused:
+        if refused is not None:
+            if refused.errno not in _UNSUPPORTED:
+                raise refused
+            if str(target.parent) not in _warned_no_flock:
+                _warned_no_flock.add(str(target.parent))
+                log.warning(
+                    f"{target.parent}: this file system has no flock ({os.strerror(refused.errno)}); locking with "
+                    "owner files only (host + pid + heartbeat)"
+                )
+            if mode == "flock":
+                raise CacheError(
+                    f"cannot lock {target}: MDR_CACHE_LOCK=flock but this file system has no flock; "
+                    "unset MDR_CACHE_LOCK (owner-file locks) or mount it with flock"
+                )
+        owner = target.with_name(target.name + ".owner")
+        with nullcontext() if mode == "flock" else _owner_file(owner, None if refused is None else waiting, wait):
+            yield

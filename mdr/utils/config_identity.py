@@ -1,7 +1,5 @@
-"""What makes two runs "the same": one table (:data:`IDENTITY`) of which config keys count for a run folder
-(:mod:`mdr.run_folder`), a cached stage (:mod:`mdr.stage_cache`), a hard-negative pool (:func:`mdr.training.pool_key`)
-and a report cell (:mod:`mdr.reporting.collect`), and the canonical form a run folder's identity is the hash of.
-"""
+"""What makes two runs "the same": which config keys count (:data:`IDENTITY`) for a run folder, a cached stage, a
+hard-negative pool and a report cell, and the canonical form a run folder's identity is the hash of."""
 
 from __future__ import annotations
 
@@ -14,15 +12,12 @@ from omegaconf import OmegaConf
 
 from mdr.utils.config_compat import drop_neutral_defaults, parent_of
 
-CACHE_PLACEHOLDER = "${paths.cache_dir}"
-
 
 @dataclass(frozen=True)
 class Counts:
-    """Where a config key (and every key under it without a row of its own) counts: a run folder's identity
-    (``run``), a cached stage's key when its section is part of one (``stage``), a pool's cache key (``pool``), a
-    report cell (``report``: runs of one cell agree on it, a sweep varying it gets one cell per value); ``shown``:
-    the results column showing the key; ``label``: its short name in a variant that splits cells by it."""
+    """Where a config key (and every key under it without a row of its own) counts: ``run`` folder identity, cached
+    ``stage`` key, ``pool`` cache key, ``report`` cell; ``shown``: the results column showing it; ``label``: its short
+    name in a variant that splits cells by it."""
 
     run: bool = True
     stage: bool = True
@@ -102,16 +97,13 @@ IDENTITY: dict[str, Counts] = {
 def counts(dotted: str) -> Counts:
     """Where ``dotted`` counts: its own row in :data:`IDENTITY`, else its nearest listed parent's."""
     parts = dotted.split(".")
-    for end in range(len(parts), 0, -1):
-        found = IDENTITY.get(".".join(parts[:end]))
-        if found is not None:
-            return found
-    return Counts()
+    prefixes = (".".join(parts[:end]) for end in range(len(parts), 0, -1))
+    return next((IDENTITY[key] for key in prefixes if key in IDENTITY), Counts())
 
 
 def left_out(scope: str, under: str = "") -> tuple[str, ...]:
-    """The keys of :data:`IDENTITY` (under ``under``, relative to it) that do not count for ``scope`` (``run``,
-    ``stage``, ``pool`` or ``report``) while their parent does: what that scope drops."""
+    """The keys of :data:`IDENTITY` (under ``under``, relative to it) that do not count for ``scope`` while their
+    parent does: what that scope drops."""
     found = []
     for key, role in IDENTITY.items():
         if under and not key.startswith(under + "."):
@@ -129,26 +121,20 @@ def pool_keys() -> tuple[str, ...]:
 
 def shown_by(dotted: str) -> str | None:
     """The report column that shows ``dotted`` itself (None: a cell does not show it)."""
-    found = IDENTITY.get(dotted)
-    return found.shown if found is not None else None
+    return IDENTITY[dotted].shown if dotted in IDENTITY else None
 
 
 def label_of(dotted: str) -> str:
     """How a variant names ``dotted`` when it splits report cells by it."""
-    found = IDENTITY.get(dotted)
-    return found.label if found is not None and found.label else dotted
+    return (IDENTITY[dotted].label if dotted in IDENTITY else None) or dotted
 
 
-IGNORED_KEYS: tuple[str, ...] = left_out("run")
-"""Dotted keys left out of a run folder's identity; every other resolved key is part of it."""
-REPORT_IGNORED: tuple[str, ...] = left_out("report")
-"""Keys that cannot change one row's numbers (where files live: values under a ``paths.*`` folder are compared as
-``${paths.<key>}/...``; the task's name, the other languages a job evaluated, kept embeddings, BM25 threads)."""
+IGNORED_KEYS: tuple[str, ...] = left_out("run")  # left out of a run folder's identity
+REPORT_IGNORED: tuple[str, ...] = left_out("report")  # cannot change one row's numbers
+# cannot change the numbers of a run that trained nothing (the cell's stage and language say what was evaluated)
 UNTRAINED_IGNORED: tuple[str, ...] = ("train", "negatives", "loss", "trainer", "stage", "language")
-"""Keys that cannot change the numbers of a run that trained nothing (zero-shot: the cell's stage and language
-say what was evaluated)."""
+# cannot change the numbers of a one-stage run that drew no hard negative (nothing is mined)
 UNMINED_IGNORED: tuple[str, ...] = ("negatives.pool", "negatives.denoise", "negatives.strict")
-"""Keys that cannot change the numbers of a one-stage run that drew no hard negative (nothing is mined)."""
 
 
 def _normalise(value: Any, cache_dir: str | None) -> Any:
@@ -159,7 +145,7 @@ def _normalise(value: Any, cache_dir: str | None) -> Any:
     if isinstance(value, float) and value.is_integer():
         return int(value)  # 1 and 1.0 are one config
     if isinstance(value, str) and cache_dir and (value == cache_dir or value.startswith(cache_dir.rstrip("/") + "/")):
-        return CACHE_PLACEHOLDER + value[len(cache_dir.rstrip("/")) :]
+        return "${paths.cache_dir}" + value[len(cache_dir.rstrip("/")) :]
     return value
 
 
@@ -187,12 +173,10 @@ def config_hash(canonical: dict[str, Any]) -> str:
 
 def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:
     """Dotted key -> value of every leaf of a plain config (an empty mapping is a leaf)."""
-    if isinstance(value, dict) and value:
-        flat: dict[str, Any] = {}
-        for key, child in value.items():
-            flat.update(flatten_config(child, f"{prefix}.{key}" if prefix else str(key)))
-        return flat
-    return {prefix: value}
+    if not (isinstance(value, dict) and value):
+        return {prefix: value}
+    children = (flatten_config(child, f"{prefix}.{key}" if prefix else str(key)) for key, child in value.items())
+    return {dotted: leaf for flat in children for dotted, leaf in flat.items()}
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -31,21 +31,15 @@ def lack_of_space(error: BaseException | None) -> bool:
     return False
 
 
-def free_bytes(path: str | os.PathLike[str]) -> int | None:
-    """Free bytes (for this user) on the file system holding ``path`` (or its nearest existing parent)."""
+def no_space_error(path: str | os.PathLike[str], error: BaseException) -> NoSpaceError:
+    """A :class:`NoSpaceError` for ``path``, whose write raised ``error``, saying the free bytes on its file system."""
     place = Path(path)
-    while not place.exists() and place != place.parent:
+    while not place.exists() and place != place.parent:  # its nearest existing parent
         place = place.parent
     try:
-        return shutil.disk_usage(place).free
+        where = f"{shutil.disk_usage(place).free} bytes free on its file system"
     except OSError:
-        return None
-
-
-def no_space_error(path: str | os.PathLike[str], error: BaseException) -> NoSpaceError:
-    """A :class:`NoSpaceError` for ``path``, whose write raised ``error``."""
-    free = free_bytes(path)
-    where = f"{free} bytes free on its file system" if free is not None else "its file system's free space unknown"
+        where = "its file system's free space unknown"
     message = f"cannot write {path}: no space left on device ({where}; {type(error).__name__}: {error})"
     return NoSpaceError(errno.ENOSPC, message)
 
@@ -94,8 +88,8 @@ def _default_mode() -> int:
 
 
 def share_like_new_files(root: str | os.PathLike[str]) -> None:
-    """Give ``root`` and everything under it the modes ``mkdir`` / ``open`` would (mkdtemp's 0o700, safetensors'
-    0o600 would make a folder renamed into a shared cache unreadable to others)."""
+    """Give ``root`` and everything under it the modes ``mkdir`` / ``open`` would (not mkdtemp's 0o700 or
+    safetensors' 0o600, unreadable to others in a shared cache)."""
     file_mode = _default_mode()
     folder_mode = file_mode | ((file_mode & 0o444) >> 2)  # x wherever r: 0o644 -> 0o755
     top = Path(root)
@@ -131,11 +125,7 @@ def atomic_write_lines(path: str | os.PathLike[str], lines: Iterable[str]) -> Pa
 
 def atomic_write_with(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
     """Write ``path`` by calling ``write`` on a temporary file in its folder, then ``os.replace``: a failure leaves
-    the old file (or none), never a partial one.
-
-    Raises:
-        NoSpaceError: the write failed for lack of space, whatever error the writer made of it.
-    """
+    the old file (or none), never a partial one; lack of space raises :class:`NoSpaceError` whatever the writer said."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")

@@ -40,12 +40,10 @@ def job_dirname(overrides: Sequence[str], exclude_keys: Sequence[str] = ()) -> s
     for override in OverridesParser.create().parse_overrides([str(item) for item in overrides]):
         if excluded(override.key_or_group, exclude_keys):
             continue
-        line = str(override.input_line)
-        key, _, typed = line.partition("=")
+        key, _, typed = str(override.input_line).partition("=")
         value = override.value() if not override.is_sweep_override() else typed
         lines.append(f"{key}={_value_text(value, typed)}")
-    lines.sort()
-    name = ",".join(lines)
+    name = ",".join(sorted(lines))
     if len(name.encode("utf-8")) > MAX_NAME:
         prefix = name.encode("utf-8")[: MAX_NAME - 50].decode("utf-8", errors="ignore")  # whole characters only
         name = f"{prefix}...{_digest(name, 16)}"
@@ -58,7 +56,5 @@ def hydra_subdir(output_dir: str) -> str | None:
     out = Path(output_dir)
     record = out / ".hydra"
     if record.is_dir():
-        can_write = writable(record) and all(os.access(path, os.W_OK) for path in record.iterdir())
-    else:
-        can_write = not out.exists() or writable(out)
-    return ".hydra" if can_write else None
+        return ".hydra" if writable(record) and all(os.access(path, os.W_OK) for path in record.iterdir()) else None
+    return ".hydra" if not out.exists() or writable(out) else None
