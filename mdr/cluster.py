@@ -1,6 +1,4 @@
-"""Launch checks: every job's trainer against its machine and launcher (:func:`launch_problems`), and a SLURM sweep's
-job shape before any job (:class:`CheckLaunch`, a Hydra callback; it fills ``gpus_per_node`` and ``mem_gb`` where null).
-"""
+"""Launch checks: each job's trainer on its machine (:func:`launch_problems`), a sweep's jobs (:class:`CheckLaunch`)."""
 
 from __future__ import annotations
 
@@ -29,8 +27,7 @@ LOCAL_DDP_MULTIRUN = (
 
 
 def processes_per_node(trainer: Mapping[str, Any], cuda_devices: int) -> int | None:
-    """How many processes (ranks) per node ``trainer`` runs: ``devices`` as a count or a list, ``auto`` as Lightning
-    reads it (1 on CPU, every visible GPU); None when ``devices`` is none of these."""
+    """Processes (ranks) per node of ``trainer`` (``auto``: 1 on CPU, every visible GPU); None for bad ``devices``."""
     devices = trainer.get("devices", 1)
     if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
         return len(devices)
@@ -42,8 +39,7 @@ def processes_per_node(trainer: Mapping[str, Any], cuda_devices: int) -> int | N
 
 
 def slurm_tasks(environ: Mapping[str, str]) -> tuple[int, int] | None:
-    """(tasks per node, nodes) of the SLURM job step this process is a task of, as Lightning's SLURM environment
-    sees it (``SLURM_NTASKS`` set, not an interactive shell); None outside SLURM."""
+    """(tasks per node, nodes) of this process's SLURM job step, as Lightning sees it; None outside SLURM."""
     if not environ.get("SLURM_NTASKS") or environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
         return None
     nodes = int(environ.get("SLURM_NNODES") or 1)
@@ -58,9 +54,8 @@ def launch_problems(
     cuda_devices: int | None = None,
     launcher: str | None = None,
 ) -> list[str]:
-    """Problems of ``trainer`` (None: evaluate.py) on this machine (``environ``, ``cuda_devices``) and ``launcher`` (a
-    multirun's ``_target_``; default: Hydra's): enough CUDA devices, a SLURM job's tasks per node and nodes matching it
-    (Lightning refuses them at ``fit``, after mining), one process per node on a local multirun."""
+    """Problems of ``trainer`` (None: evaluate.py) on this machine and ``launcher`` (default: Hydra's): CUDA devices,
+    a SLURM job's tasks and nodes (Lightning refuses them only at ``fit``), one process per node on a local multirun."""
     if trainer is None:
         return []
     import torch
@@ -113,8 +108,7 @@ def in_multirun() -> bool:
 
 
 def sweep_problems(config: DictConfig, environ: dict[str, str] | None = None) -> list[str]:
-    """What is wrong with launching this multirun (``config``: the sweep's config, ``hydra`` node included); fills
-    the SLURM launcher's ``gpus_per_node`` and ``mem_gb`` where they are null."""
+    """What is wrong with launching this multirun; fills the SLURM launcher's null ``gpus_per_node`` and ``mem_gb``."""
     trainer = OmegaConf.select(config, "trainer")
     if not OmegaConf.is_dict(trainer):  # evaluate.py: one process
         trainer = OmegaConf.create({"accelerator": "cpu", "devices": 1, "num_nodes": 1})

@@ -1,5 +1,4 @@
-"""What ``train.py`` and ``evaluate.py`` do with a run's :class:`~mdr.spec.Spec`: read the data, run the stage
-schedule, evaluate."""
+"""What ``train.py`` and ``evaluate.py`` do with a run's :class:`~mdr.spec.Spec`: read, train, evaluate."""
 
 from __future__ import annotations
 
@@ -28,8 +27,7 @@ def load_splits(spec: Spec) -> tuple[RetrievalSplit | None, RetrievalSplit]:
 
 
 def evaluation_splits(spec: Spec, test: RetrievalSplit) -> RetrievalSplit | dict[str, RetrievalSplit]:
-    """``test`` when the run is evaluated on its own language only, else language code -> test split, each other
-    language's read with the run's data group in that language and checked like the run's own."""
+    """``test`` where the run evaluates its own language only, else language code -> test split (each checked)."""
     languages = spec.evaluation.languages
     if [item.language.code for item in languages] == [spec.language.code]:
         return test
@@ -44,8 +42,7 @@ def evaluation_splits(spec: Spec, test: RetrievalSplit) -> RetrievalSplit | dict
 
 
 def train(spec: Spec) -> dict[str, Any]:
-    """Run the stage schedule, evaluate the final encoder, write metrics.json, then remove the resume checkpoints
-    and, with ``run.keep_encoder=false``, the encoder (:func:`mdr.run_folder.remove_weights`)."""
+    """Run the stage schedule, evaluate the final encoder, write metrics.json, remove the weights not kept."""
     out = output_dir(spec)
     pl.seed_everything(spec.seed, workers=True, verbose=False)
     if spec.run.stages_only:  # a sweep's shared stages first, one job per stage
@@ -55,7 +52,6 @@ def train(spec: Spec) -> dict[str, Any]:
     training.check_fast_dropout(spec)  # before mining and training
     tests = evaluation_splits(spec, test_split)  # read and checked before training
     trained = run_schedule(spec, out, train_split)  # cached earlier stages, then the run's own stage in `out`
-    # after a DDP fit every rank encodes and searches its shards; rank 0 writes the files, the others get {}
     payload = evaluate_and_report(
         spec, trained.encoder, trained.tokenizer, tests, out, trained.extra, distributed=trained.distributed
     )
@@ -65,8 +61,7 @@ def train(spec: Spec) -> dict[str, Any]:
 
 
 def stages_only(spec: Spec) -> dict[str, Any]:
-    """``run.stages_only=true``: train the cached stages and stop (no ``metrics.json``: the same command without
-    the flag runs the cell, reusing them)."""
+    """``run.stages_only=true``: train the cached stages and stop (no ``metrics.json``)."""
     result = train_cached_stages(spec)
     stages = result["schedule"]["stages"]
     for record in stages:

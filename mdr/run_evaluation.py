@@ -34,15 +34,14 @@ def evaluate_and_report(
     extra: dict[str, Any],
     distributed: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate on the test split(s), write metrics.json and print the measures. ``test`` may map language codes to
-    splits (``evaluation.languages``: each under ``per_language``, the run's, else the first, on top). ``distributed``:
-    every rank encodes and searches its own shards; rank 0 writes the files and returns the payload, others ``{}``."""
+    """Evaluate on the test split(s) (a dict: one per evaluation language), write metrics.json, print the measures;
+    ``distributed``: every rank searches its shards, rank 0 writes the files and returns the payload, others ``{}``."""
     evaluation = spec.evaluation
     world, rank = world_size_and_rank() if distributed else (1, 0)
     use_cuda = torch.cuda.is_available() and (spec.trainer is None or spec.trainer.accelerator != "cpu")
     device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
     encoder.to(device)
-    bf16 = evaluation.bf16  # auto | true | false
+    bf16 = evaluation.bf16
     autocast = autocast_dtype(device) if bf16 == "auto" else (torch.bfloat16 if bf16 else None)
     search = search_device(evaluation.faiss_gpu, torch.cuda.device_count() if use_cuda else 0)
     log.info("evaluation: encoding on %s (%s), faiss searching on %s", device, device_name(device), search)
@@ -76,7 +75,6 @@ def evaluate_and_report(
         data=spec.data.name,
         model=spec.model.name,
         stage=spec.schedule.name if spec.schedule is not None else "zero_shot",  # evaluate.py: zero_shot
-        # null where nothing was trained (stage zero_shot, evaluate.py): no negatives were drawn
         hard_proportion=spec.negatives.hard_proportion if spec.trains else None,
         num_negatives=spec.negatives.num_negatives if spec.trains else None,
         seed=spec.seed,

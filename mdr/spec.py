@@ -1,5 +1,4 @@
-"""The typed run specification: one frozen dataclass per config group, built and checked once from the composed
-config by :func:`mdr.validation.build_spec`. Nothing below the entry point reads the config."""
+"""The typed run specification, one frozen dataclass per config group (built by :func:`mdr.validation.build_spec`)."""
 
 from __future__ import annotations
 
@@ -16,8 +15,7 @@ from mdr.utils.allocator import MAX_RETAIN_MB
 
 
 def key(path: str, check: str, default: Any = ..., **options: Any) -> Any:
-    """A field read from config key ``path`` by ``check`` (a method of ``mdr.validation._Values``) with ``options``;
-    a field with a ``default`` is read only where the config holds its key."""
+    """A field read from config key ``path`` by ``check`` (a ``mdr.validation._Values`` method) with ``options``."""
     metadata = {"key": path, "check": check, "options": options}
     return field(metadata=metadata) if default is ... else field(default=default, metadata=metadata)
 
@@ -33,8 +31,7 @@ class Paths:
 
 @dataclass(frozen=True)
 class Language:
-    """A language config (``conf/language/<code>.yaml`` or a mapping in ``train_on``); ``analyzer`` (pyserini's)
-    and ``low_resource`` (metrics.json records it) are None where a mapping does not say."""
+    """A language config (``conf/language/<code>.yaml`` or a mapping); None where a mapping does not say."""
 
     code: str
     analyzer: str | None
@@ -74,8 +71,7 @@ class Teacher:
 
 @dataclass(frozen=True)
 class Negatives:
-    """``negatives`` (or a stage's, merged over it): ``pool`` None where no hard negative is drawn, ``teacher`` where
-    ``denoise.enabled``, the group as a mapping (``resolved``: a stage key holds it)."""
+    """``negatives`` (or a stage's, merged over it); ``teacher`` where ``denoise.enabled``, ``resolved``: the group."""
 
     num_negatives: int
     hard_proportion: float
@@ -151,8 +147,7 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class RunPolicy:
-    """``run``: what a run folder does with another config or a finished run, and what it keeps (evaluate.py's
-    ``run`` sets only the first two)."""
+    """``run``: a run folder's policy on another config, a finished run, what it keeps (evaluate.py: the first two)."""
 
     on_config_change: str = key("run.on_config_change", "choice", "refuse", allowed=("refuse", "fresh"))
     on_complete: str = key("run.on_complete", "choice", "skip", allowed=("skip", "fresh"))
@@ -181,8 +176,7 @@ class Logger:
 
 @dataclass(frozen=True)
 class Source:
-    """One training set of a stage; ``part`` namespaces its ids in a union (the language code, or ``<data>-<code>``
-    where codes repeat); ``is_target``: the run's own language in the run's data group."""
+    """A stage's training set; ``part``: its ids' namespace in a union; ``is_target``: the run's language and data."""
 
     part: str
     language: Language
@@ -203,8 +197,7 @@ class Source:
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage of a schedule; its ``negatives`` are the run's with the stage's overrides and the proportion rule
-    (``stage.proportion_applies_to``); ``own``: the run's own stage, trained in the run folder."""
+    """One stage of a schedule; ``own``: the run's own stage, trained in the run folder."""
 
     index: int
     name: str
@@ -216,8 +209,7 @@ class Stage:
 
 @dataclass(frozen=True)
 class Schedule:
-    """A run's stages, each trained from the previous one's encoder on its sources (none: zero-shot); every stage but
-    the run's own (:attr:`Stage.own`) is cached (:mod:`mdr.stage_cache`)."""
+    """A run's stages, each trained from the previous one's encoder (none: zero-shot)."""
 
     name: str
     proportion_applies_to: str
@@ -231,8 +223,7 @@ class Schedule:
 
 @dataclass(frozen=True)
 class Spec:
-    """A run as train.py or evaluate.py composed it (``resolved``: the config resolved, W&B's and stage keys' source;
-    ``checkpoint``: evaluate.py's encoder folder); ``trainer``, ``train``, ``negatives``, ``schedule``: train.py's."""
+    """A run as train.py or evaluate.py composed it (``checkpoint``: evaluate.py's; the last four train.py's)."""
 
     task_name: str
     seed: int

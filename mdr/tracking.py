@@ -24,16 +24,14 @@ log = get_logger(__name__)
 
 
 def sweep_name(out: Path) -> str:
-    """The sweep folder's name (``hydra.sweep.dir``, wherever it is) for a multirun job, the run folder's
-    otherwise: a sweep's jobs and its summary run (:mod:`mdr.reporting.wandb_summary`) share one W&B group."""
+    """The sweep folder's name for a multirun job, else the run folder's: the W&B group of a sweep's runs."""
     if in_multirun():
         return Path(HydraConfig.get().sweep.dir).name
     return out.parent.name if out.parent.parent.name == "multiruns" else out.name
 
 
 def run_name(spec: Spec, stage: Stage | None = None) -> str:
-    """A readable run name: language, model, stage, proportion (``-`` where nothing trains), seed; with ``stage``:
-    that stage's (its one source's language, its proportion)."""
+    """A readable name: language, model, stage, proportion (``-``: nothing trains), seed; with ``stage``: its own."""
     code = stage.sources[0].code if stage is not None and len(stage.sources) == 1 else spec.language.code
     schedule = spec.schedule.name if spec.schedule is not None else "eval"
     negatives = stage.negatives if stage is not None else spec.negatives if spec.trains else None
@@ -42,12 +40,10 @@ def run_name(spec: Spec, stage: Stage | None = None) -> str:
 
 
 def wandb_settings(spec: Spec, out: Path) -> dict[str, Any]:
-    """Keyword arguments shared by ``WandbLogger`` and ``wandb.init``: one group per sweep, offline by default, the
-    run folder's id with ``resume="allow"`` (every attempt of a resumed run logs to one W&B run)."""
+    """``WandbLogger`` / ``wandb.init`` arguments: one group per sweep, every attempt of a run in one W&B run."""
     logger = spec.logger
     os.environ.setdefault("WANDB_SILENT", "true")
-    identity = run_folder.run_id(out)
-    resume = {"id": identity, "resume": "allow"} if identity else {}
+    resume = {"id": identity, "resume": "allow"} if (identity := run_folder.run_id(out)) else {}
     return {
         **resume,
         "project": logger.wandb_project,
@@ -62,9 +58,8 @@ def wandb_settings(spec: Spec, out: Path) -> dict[str, Any]:
 
 
 def build_loggers(spec: Spec, out: Path, wandb: bool = True) -> list[Any]:
-    """CSV always (kept across resume: :func:`csv_logger`); W&B (where ``logger.wandb.enabled`` and ``wandb``)
-    grouped by the multirun folder."""
-    loggers: list[Any] = [csv_logger(out)]
+    """CSV always (kept across resume); W&B where ``logger.wandb.enabled`` and ``wandb``."""
+    loggers: list[Any] = [ResumableCSVLogger(out)]
     if wandb and spec.logger.wandb_enabled:
         from lightning.pytorch.loggers import WandbLogger
 
@@ -75,8 +70,7 @@ def build_loggers(spec: Spec, out: Path, wandb: bool = True) -> list[Any]:
 
 
 def publish_to_wandb(spec: Spec, out: Path, payload: dict[str, Any]) -> None:
-    """Put the test metrics and the cell into the run's W&B summary and close the run (a multirun's jobs share one
-    process: an open run would swallow the next job's logs)."""
+    """Put the test metrics and the cell into the run's W&B summary and close the run (for the next multirun job)."""
     if not spec.logger.wandb_enabled:
         return
     import wandb
@@ -92,8 +86,7 @@ def publish_to_wandb(spec: Spec, out: Path, payload: dict[str, Any]) -> None:
 
 
 class _KeepingWriter(ExperimentWriter):
-    """Lightning's CSV writer, but an existing metrics.csv keeps its rows before epoch ``keep_epochs`` (and, with
-    ``keep_steps``, a mid-epoch checkpoint's, that epoch's rows below that step) instead of being deleted."""
+    """Lightning's CSV writer, keeping an existing metrics.csv's rows before (epoch, step) ``keep``, not deleting it."""
 
     def __init__(self, log_dir: str, keep: tuple[int, int | None]) -> None:
         self.keep_epochs, self.keep_steps = keep
@@ -124,11 +117,15 @@ class _KeepingWriter(ExperimentWriter):
 
 
 class ResumableCSVLogger(CSVLogger):
-    """CSV log that survives resume (see :func:`csv_logger`), written through at every row (a kill loses none)."""
+    """``<out>/csv/metrics.csv``, written at every row; on resume from ``checkpoints/last.ckpt`` earlier rows stay."""
 
-    def __init__(self, save_dir: str, keep_epochs: int, keep_steps: int | None = None) -> None:
-        super().__init__(save_dir=save_dir, name="csv", version="", flush_logs_every_n_steps=1)
-        self.keep = keep_epochs, keep_steps
+    def __init__(self, out: Path) -> None:
+        super().__init__(save_dir=str(out), name="csv", version="", flush_logs_every_n_steps=1)
+        last = out / "checkpoints" / "last.ckpt"
+        position = run_folder.checkpoint_position(last) if last.is_file() else None
+        self.keep: tuple[int, int | None] = (1 << 30, None) if last.is_file() else (0, None)  # position unknown: all
+        if position is not None:
+            self.keep = position.epochs, position.steps if position.mid_epoch else None
 
     @property
     @rank_zero_experiment
@@ -137,14 +134,3 @@ class ResumableCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _KeepingWriter(self.log_dir, self.keep)
         return self._experiment
-
-
-def csv_logger(out: Path) -> ResumableCSVLogger:
-    """``<out>/csv/metrics.csv``; on resume from ``checkpoints/last.ckpt`` the rows logged before it are kept."""
-    last = out / "checkpoints" / "last.ckpt"
-    keep, steps = 0, None
-    if last.is_file():
-        position = run_folder.checkpoint_position(last)
-        keep = position.epochs if position is not None else 1 << 30  # unknown: keep every row rather than lose any
-        steps = position.steps if position is not None and position.mid_epoch else None
-    return ResumableCSVLogger(save_dir=str(out), keep_epochs=keep, keep_steps=steps)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,7 @@ log = get_logger(__name__)
 
 
 def load_encoder(model: Model, name_or_path: str | None = None) -> tuple[BiEncoder, Any]:
-    """The encoder at ``name_or_path`` (None: the model group's, built locally first where the group says how)
-    and its tokenizer; a saved encoder's own settings win over the group's."""
+    """(encoder, tokenizer) at ``name_or_path`` (None: the model group's, built first); saved settings win."""
     if name_or_path is None:
         ensure_model_files(model.name, model.name_or_path, model.build)
         name_or_path = model.name_or_path
@@ -48,9 +48,7 @@ def load_encoder(model: Model, name_or_path: str | None = None) -> tuple[BiEncod
 
 
 def pool_key(settings: PoolSettings, analyzer: str | None, cache_dir: str | Path) -> dict[str, Any]:
-    """A mined pool's cache key: the pool settings :data:`mdr.utils.config_identity.IDENTITY` counts for a pool
-    that apply to its source (``backend``: bm25; ``tokenizer``: bm25s, by its version, with the index's; ``encoder``:
-    dense, a folder by its content), and the language's analyzer for bm25."""
+    """A mined pool's cache key: the IDENTITY pool settings that apply to its source, and bm25's analyzer."""
     from mdr.mining.bm25 import INDEX_VERSION
     from mdr.mining.tokenize import tokenizer_version
 
@@ -71,22 +69,12 @@ def pool_key(settings: PoolSettings, analyzer: str | None, cache_dir: str | Path
 
 
 def negative_pools(spec: Spec, negatives: Negatives, split: RetrievalSplit, language: Language) -> NegativePools:
-    """The hard-negative pools of ``negatives`` on ``split`` (none mined when no hard negative is drawn); with
-    ``denoise.enabled`` a teacher has dropped likely false negatives, counted in the result's ``.denoise``."""
+    """The hard-negative pools of ``negatives`` on ``split`` (empty when none is drawn), denoised where enabled."""
     if negatives.pool is None or num_hard(negatives.hard_proportion, negatives.num_negatives) == 0:
         return NegativePools()
-    device = mining_device(spec.trainer)
-    cache_dir = spec.paths.cache_dir
-    pools = hard_negative_pools(
-        negatives.pool,
-        split,
-        language.code,
-        language.analyzer,
-        cache_dir,
-        lambda path: load_encoder(spec.model, path),
-        device,
-        key=pool_key(negatives.pool, language.analyzer, cache_dir),
-    )
+    pool, device, cache_dir = negatives.pool, mining_device(spec.trainer), spec.paths.cache_dir
+    encoder, key = partial(load_encoder, spec.model), pool_key(pool, language.analyzer, cache_dir)
+    pools = hard_negative_pools(pool, split, language.code, language.analyzer, cache_dir, encoder, device, key=key)
     teacher = negatives.teacher
     if teacher is None:
         return NegativePools(pools)
@@ -116,8 +104,7 @@ def fast_dropout_on(spec: Spec, encoder: BiEncoder) -> bool:
 
 
 def check_fast_dropout(spec: Spec) -> None:
-    """With ``train.fast_dropout=true`` the model must run SDPA attention, read from its config alone (``auto`` is
-    off for a model without it): a :class:`DataError` where it does not."""
+    """A :class:`DataError` where ``train.fast_dropout=true`` but the model's config does not run SDPA attention."""
     if spec.train.fast_dropout is not True:
         return
     model = spec.model
@@ -144,8 +131,7 @@ def fit(
     pools: dict[str, list[str]],
     out: Path,
 ) -> dict[str, Any]:
-    """Train ``encoder`` on ``split`` for ``stage`` (its epochs and negatives); resumes from
-    ``out/checkpoints/last.ckpt``. Only the run's own stage logs to W&B."""
+    """Train ``encoder`` on ``split`` for ``stage``, resuming from ``out/checkpoints/last.ckpt``."""
     train, negatives = spec.train, stage.negatives
     sampler = NegativeSampler(negatives.num_negatives, negatives.hard_proportion, spec.seed, negatives.strict)
     settings = encoder.settings
@@ -176,9 +162,7 @@ def fit(
         grad_cache=train.grad_cache_chunk_size is not None,
         gradient_clip_val=train.gradient_clip_val,
     )
-    # one checkpoint per epoch end (and every train.checkpoint_every_n_steps steps): a killed or preempted job
-    # resumes from the last one; negatives, batch order and dropout seeds are functions of (seed, epoch, step) and
-    # the checkpoint says how many of the epoch's batches are done, so it ends where an uninterrupted run ends
+    # a killed job resumes from the last checkpoint and, all draws seeded by (seed, epoch, step), ends as if unkilled
     checkpoints = EpochEndCheckpoint(out / "checkpoints", train.checkpoint_every_n_steps)
     plugins: list[Any] = [AtomicCheckpointIO()]  # checkpoints written in their own folder, then renamed
     if SLURMEnvironment.detect():
@@ -206,9 +190,7 @@ def fit(
         where = position.describe(trainer.max_epochs) if position else "its position unreadable"
         log.info("resuming from %s: %s", last.resolve(), where)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
-    root_device = trainer.strategy.root_device
-    stats = datamodule.last_stats
-    resumed = bool(trainer.ckpt_path)
+    root_device, stats, resumed = trainer.strategy.root_device, datamodule.last_stats, bool(trainer.ckpt_path)
     return {
         "trainer": trainer,
         "summary": {

@@ -1,5 +1,4 @@
-"""The composed config read and checked once into a :class:`mdr.spec.Spec` (:func:`build_spec`), before anything is
-read or built, every problem reported at once naming its key; :func:`validate_splits` checks the loaded splits."""
+"""The composed config checked into a :class:`mdr.spec.Spec` before any work, every problem naming its key."""
 
 from __future__ import annotations
 
@@ -67,8 +66,7 @@ class _Values:
         return node
 
     def get(self, key: str, optional: bool = False) -> Any:
-        """The value at ``key`` (a key newer than the config: its :data:`NEUTRAL_DEFAULTS` value); missing or ``???``:
-        ``_ABSENT``, a problem noted (``optional``: None for a missing key, no problem)."""
+        """The value at ``key`` (absent: its :data:`NEUTRAL_DEFAULTS` value, or None if ``optional``, or a problem)."""
         node, full = self.find(key), self.prefix + key
         if node is _ABSENT and full in NEUTRAL_DEFAULTS:
             return NEUTRAL_DEFAULTS[full]
@@ -83,8 +81,7 @@ class _Values:
     def _checked(
         self, key: str, problem: Callable[[Any], str | None], optional: bool = False, convert: Callable = lambda x: x
     ) -> Any:
-        """The value at ``key`` (``convert``-ed) where ``problem`` finds none in it (null passes where ``optional``),
-        else None."""
+        """The value at ``key``, ``convert``-ed, where ``problem`` finds none in it (else None)."""
         value = self.get(key, optional)
         if value is _ABSENT or value is None and optional:
             return None
@@ -193,8 +190,7 @@ class _Builder:
         self.values = _Values(self.resolved, self.problems)
 
     def spec(self) -> Spec:
-        """The spec (a field None where a problem was noted); the schedule and the evaluation languages are
-        resolved once every other value is sound."""
+        """The spec (a field None where a problem was noted; the schedule only where all else is sound)."""
         v, trains = self.values, "train" in self.resolved
         model = self.model(v.mapping("model") or {}, "model.")
         checkpoint = v.text("checkpoint", optional=True)
@@ -270,8 +266,7 @@ class _Builder:
         return Model(v.text("name"), v.text("name_or_path"), v.mapping("build", optional=True), settings, temperature)
 
     def read(self, cls: type[T]) -> T:
-        """A ``cls`` whose fields name their config keys (:func:`mdr.spec.key`), each read and checked; a field with a
-        default where the config does not hold its key keeps it (a null there is checked, not taken as absent)."""
+        """A ``cls`` whose fields name their config keys (:func:`mdr.spec.key`); a default stands for an absent key."""
         v, found = self.values, {}
         for item in fields(cls):  # type: ignore[arg-type]
             meta = item.metadata
@@ -492,24 +487,21 @@ def config_problems(cfg: DictConfig) -> list[str]:
 
 
 def build_spec(cfg: DictConfig) -> Spec:
-    """The run's :class:`Spec`, every value checked before anything is read, built or trained; a
-    :class:`DataError` names the key of every problem found."""
+    """The run's :class:`Spec`; a :class:`DataError` names the key of every problem found."""
     builder = _Builder(cfg)
     spec = builder.spec()
     return _fail(builder.problems, spec)
 
 
 def resolve_teacher(cfg: DictConfig, name: str) -> Teacher:
-    """The denoising teacher ``name`` (as ``negatives.denoise.teacher`` names one) for the run ``cfg`` composes;
-    a :class:`DataError` where it is neither a model group nor an existing folder."""
+    """Denoising teacher ``name`` for ``cfg``; a :class:`DataError` where it is neither a model group nor a folder."""
     builder = _Builder(cfg)
     teacher = builder.teacher(name)
     return _fail(builder.problems, teacher)
 
 
 def validate_splits(spec: Spec, train: RetrievalSplit | None, test: RetrievalSplit) -> None:
-    """Check the loaded splits against the spec (before mining or training); a :class:`DataError` names the key
-    of every problem found."""
+    """Check the loaded splits against the spec; a :class:`DataError` names the key of every problem found."""
     problems, data, negatives = test_split_problems(test, spec.data.test_split), spec.data, spec.negatives
     if train is not None and negatives is not None:
         source = negatives.pool.source if negatives.pool is not None else ""

@@ -67,21 +67,18 @@ def installed() -> Installed:
         torch_version, torch_cuda = str(torch.__version__), torch.version.cuda
         devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
     builds = faiss_builds()
-    gpu_builds = [name for name in builds if name.startswith("faiss-gpu")]
+    gpu_build = next((name for name in builds if name.startswith("faiss-gpu")), None)
     try:
         import faiss
 
         gpus: int | None = int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
     except ImportError:
         gpus = None
-    return Installed(
-        torch_version, torch_cuda, builds, _cuda_major_of(gpu_builds[0]) if gpu_builds else None, devices, gpus
-    )
+    return Installed(torch_version, torch_cuda, builds, _cuda_major_of(gpu_build) if gpu_build else None, devices, gpus)
 
 
 def torch_problem(want: str, torch_version: str | None, torch_cuda: str | None) -> str | None:
-    """Why the installed torch does not suit a ``want`` (``cpu`` / ``gpu``) install, or None: ``gpu`` needs a CUDA
-    build of :data:`SUPPORTED_CUDA_MAJOR` (a reused CPU venv keeps ``+cpu``), ``cpu`` takes any."""
+    """Why the installed torch does not suit a ``want`` (``cpu`` / ``gpu``) install, or None."""
     if want == "cpu":
         return None
     if torch_version is None:
@@ -124,13 +121,9 @@ def install_problems(want: str, found: Installed) -> list[str]:
 
 def cpu_name() -> str:
     """The CPU's model name (``/proc/cpuinfo``), else :func:`platform.processor`."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+        if line := next((line for line in handle if line.startswith("model name")), None):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
@@ -143,8 +136,7 @@ def device_name(device: Any) -> str:
 
 
 def code_version() -> dict[str, Any]:
-    """mdr's git commit and whether tracked files had changes (None outside a git checkout), and the versions of
-    torch, transformers and lightning."""
+    """mdr's git commit and dirty flag (None outside git), and the torch, transformers and lightning versions."""
     root = Path(__file__).resolve().parents[2]
     commit: str | None = None
     dirty: bool | None = None

@@ -22,8 +22,7 @@ log = get_logger(__name__)
 
 
 def register_resolvers() -> None:
-    """``${abspath:...}`` (a path made absolute), ``${mdr_hydra_subdir:...}`` and ``${mdr_job_dir:...}``
-    (:mod:`mdr.utils.job_dirs`), ``${mdr_config_groups:}`` (``--help``'s groups)."""
+    """Register mdr's OmegaConf resolvers (once)."""
     resolvers = {
         "abspath": lambda path: str(Path(path).expanduser().resolve()),
         "mdr_hydra_subdir": hydra_subdir,
@@ -36,8 +35,7 @@ def register_resolvers() -> None:
 
 
 def config_groups(*, _root_: Any) -> str:
-    """Resolver ``${mdr_config_groups:}``: a line ``  group  a, b*, c`` (``*``: the option chosen) for each group of
-    the config ``--help`` shows, leaving out Hydra's own and ``_`` shared bases (``experiment/_me5_grid``)."""
+    """Resolver ``${mdr_config_groups:}``: ``--help``'s line ``  group  a, b*, c`` (``*``: chosen) per mdr group."""
     from hydra.core.global_hydra import GlobalHydra
 
     def shown(name: str) -> bool:
@@ -61,24 +59,18 @@ def build_reader(reader: Mapping[str, Any]) -> RetrievalReader:
 
 
 def build_target_problem(name: str, name_or_path: str, build: Mapping[str, Any] | None) -> str | None:
-    """Why a locally built model cannot be built at ``name_or_path``, or None: it is built only at
-    ``model.build.out_dir``, so a ``model.name_or_path`` anywhere else (a typo) must exist."""
-    path = Path(str(name_or_path))
-    if build is None or path.is_dir():
+    """Why a locally built model cannot be at ``name_or_path`` (not its ``build.out_dir``, not a folder), or None."""
+    path, target = Path(str(name_or_path)), (build or {}).get("out_dir")
+    if target is None or path.is_dir() or Path(str(target)).expanduser().resolve() == path.expanduser().resolve():
         return None
-    target = build.get("out_dir")
-    if target is not None and Path(str(target)).expanduser().resolve() != path.expanduser().resolve():
-        return (
-            f"model.name_or_path={str(path)!r} does not exist, and model={name} is built only at "
-            f"model.build.out_dir={str(target)!r}: fix the path, or set model.build.out_dir to it to build there"
-        )
-    return None
+    return (
+        f"model.name_or_path={str(path)!r} does not exist, and model={name} is built only at "
+        f"model.build.out_dir={str(target)!r}: fix the path, or set model.build.out_dir to it to build there"
+    )
 
 
 def model_source_problem(key: str, value: Any, saved_encoder: bool = False) -> str | None:
-    """Why ``value`` (at ``key``) is not a loadable model, or None: a local folder must hold ``config.json`` (or
-    ``query_encoder/config.json``); anything else is a hub id, found in the local hub cache or by fetching its
-    config. ``saved_encoder``: a local folder is required (``checkpoint=``)."""
+    """Why ``value`` (at ``key``) is not a loadable model folder or hub id, or None (``saved_encoder``: a folder)."""
     text = "" if value is None else str(value)
     if not text.strip():
         return f"{key} must name a model folder{'' if saved_encoder else ' or hub id'}, got {value!r}"
@@ -103,16 +95,13 @@ def model_source_problem(key: str, value: Any, saved_encoder: bool = False) -> s
 
 
 def ensure_model_files(name: str, name_or_path: str, build: Mapping[str, Any] | None) -> None:
-    """Build a locally made model (tiny, me5_small) on first use, and again (deterministic) where the built folder
-    does not match its manifest; hub models are left to transformers. A missing ``name_or_path`` that is not the
-    build target is a :class:`DataError`."""
+    """Build a local model on first use or where it fails its manifest; a :class:`DataError` for a wrong path."""
     problem = build_target_problem(name, name_or_path, build)
     if problem:
         raise DataError(problem)
     if build is None:
         return
-    target = Path(str(name_or_path))
-    out_dir = build.get("out_dir")
+    target, out_dir = Path(str(name_or_path)), build.get("out_dir")
     users = out_dir is None or Path(str(out_dir)).expanduser().resolve() != target.resolve()  # not the build's
     if target.is_dir() and (users or check_folder(target) is None):
         return  # a model folder of the user's is never checked against a build manifest

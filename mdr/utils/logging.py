@@ -19,8 +19,7 @@ def get_logger(name: str) -> logging.Logger:
 
 
 class RunLogFileHandler(logging.FileHandler):
-    """The run's log file (``conf/hydra/default.yaml``); where it cannot be opened (a read-only run folder) it says
-    so once on stderr and drops the records (Hydra would fail with ``Unable to configure handler 'file'``)."""
+    """The run's log file; where it cannot be opened it says so once on stderr and drops the records (not fail)."""
 
     def __init__(self, filename: str, mode: str = "a", encoding: str | None = None, delay: bool = False) -> None:
         self.unwritable: OSError | None = None

@@ -1,5 +1,4 @@
-"""Silence, at their source, the library messages a user of mdr cannot act on, each filter naming one message and
-its module (or logger); the entry points :func:`install` them inside the Hydra main (every job, rank and task)."""
+"""Silence, at their source, the library messages a user of mdr cannot act on (:func:`install`, in every job)."""
 
 from __future__ import annotations
 
@@ -67,8 +66,7 @@ def install() -> None:
 
 
 def drop_unset_wandb_anonymous(logger: Any) -> Any:
-    """Leave an unset ``anonymous`` out of a Lightning ``WandbLogger``'s ``wandb.init`` arguments (wandb warns that
-    it has no effect whenever it is passed, and Lightning always passes it); returns ``logger``."""
+    """``logger`` (a ``WandbLogger``) without its unset ``anonymous`` init argument, which wandb warns about."""
     init = getattr(logger, "_wandb_init", None)
     if isinstance(init, dict) and init.get("anonymous", "set") is None:
         init.pop("anonymous")

@@ -1,6 +1,5 @@
-"""Which process of a distributed job this is, and how the ranks of one launch follow rank 0's decision on the run
-folder (``run``, ``complete``, ``refused``, ``failed``), written to ``<folder>/.ranks/<launch>.json`` where the launcher
-starts every rank (SLURM, torchrun): the others read it before any work and watch it, never waiting on a dead peer."""
+"""Which process of a distributed job this is; the ranks a launcher starts (SLURM, torchrun) follow rank 0's decision
+on the run folder (``run``, ``complete``, ``refused``, ``failed``) in ``<folder>/.ranks/<launch>.json``."""
 
 from __future__ import annotations
 
@@ -15,18 +14,13 @@ from pathlib import Path
 from mdr.utils.io import atomic_write_json
 
 
-def local_rank(environ: Mapping[str, str] | None = None) -> int:
-    """This process's index on its node: ``LOCAL_RANK``, else ``SLURM_LOCALID`` (a SLURM task before Lightning's
-    trainer starts), else 0."""
-    env = os.environ if environ is None else environ
-    return next((int(env[name]) for name in ("LOCAL_RANK", "SLURM_LOCALID") if env.get(name, "").strip()), 0)
-
-
 def cuda_device(environ: Mapping[str, str] | None = None) -> str:
-    """``cuda:<local rank mod visible GPUs>`` when CUDA is available, else ``cpu``."""
+    """``cuda:<local rank mod visible GPUs>`` (``LOCAL_RANK``, else ``SLURM_LOCALID``, else 0), or ``cpu``."""
     import torch
 
-    return f"cuda:{local_rank(environ) % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+    env = os.environ if environ is None else environ
+    rank = next((int(env[name]) for name in ("LOCAL_RANK", "SLURM_LOCALID") if env.get(name, "").strip()), 0)
+    return f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
 
 
 RANKS_DIR = ".ranks"
@@ -39,8 +33,7 @@ def is_primary_process() -> bool:
 
 
 def launch_key(environ: dict[str, str] | None = None) -> str | None:
-    """What the ranks of one launch share where the launcher starts them all: the SLURM job, step and requeue count,
-    or torchrun's run id; None where Lightning starts them (from rank 0's ``fit``, after rank 0 decided to run)."""
+    """What a launch's ranks share (SLURM job, step and requeue; torchrun's id); None where Lightning starts them."""
     env = os.environ if environ is None else environ
     if env.get("SLURM_JOB_ID") and env.get("SLURM_PROCID", "").strip():
         step = env.get("SLURM_STEP_ID") or "batch"
@@ -58,8 +51,7 @@ def tell_other_ranks(out: Path, decision: str, message: str = "") -> None:
 
 
 def watch_rank_zero(out: Path, interval_s: float = 2.0) -> threading.Thread | None:
-    """A rank > 0 that follows a ``run`` decision: a daemon thread that ends this process (exit 1, rank 0's error on
-    stderr) once rank 0 records that the run failed, rather than wait in a collective; None without a launch key."""
+    """A rank > 0: a daemon thread ending this process (exit 1) once rank 0 records a failure; None without a key."""
     key = launch_key()
     if key is None:
         return None
@@ -83,8 +75,7 @@ def watch_rank_zero(out: Path, interval_s: float = 2.0) -> threading.Thread | No
 
 
 def rank_zero_decision(out: Path, timeout_s: float | None = None) -> dict[str, str]:
-    """A rank > 0: rank 0's decision on ``out`` for this launch (``{"decision": "run"}`` without a launch key); a
-    :class:`TimeoutError` where rank 0 said nothing within ``timeout_s`` (default :data:`RANK_WAIT_S`)."""
+    """A rank > 0: rank 0's decision on ``out`` (``run`` without a launch key); TimeoutError after ``timeout_s``."""
     key = launch_key()
     if key is None:
         return {"decision": "run", "message": ""}
