@@ -102,15 +102,17 @@ def test_metrics_json_says_where_training_and_search_ran(make_cfg) -> None:  # n
 
 
 def test_auto_faiss_on_a_cpu_build_says_so(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import faiss
+
     from mdr.evaluation import search
 
-    monkeypatch.setattr(search, "faiss_gpus", lambda: 0)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0, raising=False)
     with caplog.at_level("WARNING"):
         assert search.search_device("auto", cuda_devices=2) == "cpu"
     assert "torch sees 2 CUDA device(s) but faiss none" in caplog.text
     with pytest.raises(RuntimeError, match="faiss_gpu=true"):
         search.search_device(True)
-    monkeypatch.setattr(search, "faiss_gpus", lambda: 2)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 2, raising=False)
     assert search.search_device("auto") == "gpu" and search.search_device(False) == "cpu"
 
 
