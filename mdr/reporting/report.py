@@ -13,8 +13,7 @@ from mdr.reporting.integrity import METRIC
 
 
 def table(header: str, align: str, rows: Iterable[str | Sequence[object]]) -> list[str]:
-    """A Markdown table: ``header`` and each row (text or cells) with columns joined by `` | ``, ``align`` an
-    ``l`` or ``r`` per column."""
+    """A Markdown table of ``rows`` (text or cells) under ``header``; ``align``: ``l`` or ``r`` per column."""
     rule = "|" + "".join("---:|" if side == "r" else "---|" for side in align)
     texts = (row if isinstance(row, str) else " | ".join(str(cell) for cell in row) for row in rows)
     return [f"| {header} |", rule, *(f"| {text} |" for text in texts)]
@@ -67,8 +66,7 @@ def _cell_tables(cells: pd.DataFrame, tests: pd.DataFrame) -> list[str]:
                 texts.append("–" if hit.empty else _mean(hit.iloc[0], marked, second_text))
             rows.append([f"{language}{_low(runs)}", variant, *texts])
         header = " | ".join(["language", "variant", *(f"p={p:g}" if not pd.isna(p) else "p=n/a" for p in proportions)])
-        lines += [f"### MRR@100, model={model}, stage={stage}", "", *table(header, "ll" + "r" * len(proportions), rows)]
-        lines.append("")
+        lines += _section(f"### MRR@100, model={model}, stage={stage}", header, "ll" + "r" * len(proportions), rows)
     return lines
 
 
@@ -189,8 +187,7 @@ def schedules_markdown(comparison: pd.DataFrame) -> str:
                 texts.append("–" if row is None else _mean(row, tested and row.p_holm < ALPHA))
             rows.append([f"{language}{_low(runs)}", *texts])
         header = " | ".join(["language", *schedules])
-        lines += [f"### MRR@100 by stage schedule, model={model}", "", *table(header, "l" + "r" * len(schedules), rows)]
-        lines.append("")
+        lines += _section(f"### MRR@100 by stage schedule, model={model}", header, "l" + "r" * len(schedules), rows)
     lines += [
         "Mean ± std over seeds (n = seeds). `*`: different from the reference schedule at Holm-adjusted p < 0.05 "
         "(t test on the seeds x queries ANOVA with Satterthwaite degrees of freedom, paired by seed and query; "
@@ -211,8 +208,7 @@ def schedules_markdown(comparison: pd.DataFrame) -> str:
 
 
 def means_markdown(means: pd.DataFrame, depth: int) -> str:
-    """Cell means of runs evaluated at a depth below 100 (:func:`mdr.reporting.collect.cell_means`), kept apart
-    from the MRR@100 analysis."""
+    """Cell means of runs evaluated at a depth below 100 (:func:`mdr.reporting.collect.cell_means`)."""
     cut = min(int(depth), 100)
     measures = [name for name in (f"mrr@{cut}", f"recall@{cut}", "ndcg@10") if f"mean_{name}" in means]
     shown = ", ".join(

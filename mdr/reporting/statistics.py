@@ -109,12 +109,12 @@ def effective_df(centred: np.ndarray, df: int) -> float:
 CALIBRATED_SEEDS = 3  # the fewest paired seeds the tests are calibrated for (docs/statistics.md#calibration)
 
 
-def seed_label(seeds: Sequence[int]) -> str:
-    """``0-4`` for a run of consecutive seeds, else ``0,2,3``."""
+def seed_label(seeds: Sequence[int], separator: str = ",", shortest_run: int = 3) -> str:
+    """``0-4`` for a run of at least ``shortest_run`` consecutive seeds, else ``0,2,3``."""
     ordered = sorted(seeds)
-    if len(ordered) > 2 and ordered == list(range(ordered[0], ordered[-1] + 1)):
+    if len(ordered) >= shortest_run and ordered == list(range(ordered[0], ordered[-1] + 1)):
         return f"{ordered[0]}-{ordered[-1]}"
-    return ",".join(str(seed) for seed in ordered)
+    return separator.join(str(seed) for seed in ordered)
 
 
 def paired_on_shared_seeds(cells: Sequence[Cell], weights: Sequence[float]) -> tuple[list[Cell], tuple[int, ...], bool]:
