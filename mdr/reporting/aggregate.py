@@ -63,9 +63,8 @@ def aggregate(
     out: str | Path | None = None,
     wandb: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the report of one sweep folder (into it) or of several analysed as one (into ``out``) as one set, and
-    with ``wandb`` settings (:func:`mdr.reporting.wandb_summary.summary_settings`) log it to W&B; returns the job
-    counts, ``status``, ``table`` (results.md), ``plots``, ``headline`` (the cell means) and ``verdicts``."""
+    """Write one sweep folder's report set (into it) or several's as one (into ``out``), logged to W&B with ``wandb``
+    settings; returns the job counts, ``status``, ``table``, ``plots``, ``headline`` and ``verdicts``."""
     roots = _sweep_dirs(sweep_dirs)
     if out is None and len(roots) > 1:
         raise ValueError(f"{len(roots)} sweep folders: say where the combined report goes (--out)")

@@ -1,5 +1,4 @@
-"""Read sweep folders into a results frame (one row per completed job and evaluated language) and a problems
-frame (failed jobs, missing ones: no outcome or no folder for a job multirun.yaml asked for, invalid ones)."""
+"""Read sweep folders into a results frame (a row per completed job and evaluated language) and a problems frame."""
 
 from __future__ import annotations
 
@@ -48,8 +47,7 @@ def variant_name(mask: bool | None, denoised: bool, stages: str | None = None, m
 
 def run_miner(record: RunRecord, config: dict[str, Any]) -> str | None:
     """``<source>[/<backend>][[<tokenizer>]][(<encoder>)]:<first>-<last rank>[,margin=<m>]`` of the resolved
-    ``negatives.pool`` (e.g. ``bm25:11-60``, ``dense(me5_small):4-50``); None for the default miner, a run without
-    hard negatives, or a config that does not say."""
+    ``negatives.pool`` (e.g. ``bm25:11-60``); None for the default miner, no hard negatives or no config."""
     pool = lookup(config, "negatives.pool")
     if not isinstance(pool, dict) or not record.used_hard_negatives():
         return None
@@ -70,8 +68,8 @@ def run_miner(record: RunRecord, config: dict[str, Any]) -> str | None:
 
 
 def comparable_config(source: dict[str, Any] | None, record: RunRecord) -> dict[str, Any] | None:
-    """Dotted key -> value of ``source`` (the run folder's config) canonicalised, as two runs of one cell and seed
-    are compared: less the keys that cannot change this run's numbers, nulls, and ``paths.*`` folders relative."""
+    """Dotted key -> value of the run folder's config as two runs of one cell and seed are compared: canonical, less
+    the keys that cannot change this run's numbers and nulls, ``paths.*`` folders relative."""
     if not source:
         return None
     flat = config_identity.flatten_config(config_identity.canonical_config(source))
@@ -145,8 +143,8 @@ def job_outcome(job: Path) -> str:
 
 
 def collect(sweep_dirs: Path | str | list[Path] | list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(completed runs, problems) of one sweep folder or several as one (jobs named ``<sweep folder>/<job>``):
-    a problem row per job failed, missing, invalid, a duplicate or in a conflict, the other runs in the results."""
+    """(completed runs, problems: failed, missing, invalid, duplicate, conflict) of one sweep folder or several as
+    one (jobs named ``<sweep folder>/<job>``)."""
     dirs = [Path(d) for d in sweep_dirs] if isinstance(sweep_dirs, list) else [Path(sweep_dirs)]
     rows: list[dict[str, Any]] = []
     problems: list[dict[str, Any]] = []
@@ -274,8 +272,8 @@ def _parsed(text: str) -> Any:
 
 
 def metrics_mismatches(record: RunRecord, overrides: list[str], config: dict[str, Any]) -> list[str]:
-    """Where metrics.json contradicts the job's overrides or config.yaml in a :data:`CHECKED` field (language for one
-    evaluated language, p where negatives were drawn; one side unrecorded: not compared, but the depth defaults)."""
+    """Where metrics.json contradicts the job's overrides or config.yaml in a :data:`CHECKED` field (where both
+    record it; language for one evaluated language, p where negatives were drawn)."""
     recorded = {field: getattr(record, field) for field in CHECKED.values()}
     recorded["depth"] = record.evaluation_depth()
     if record.per_language:

@@ -1,5 +1,4 @@
-"""The sweep's plots: MRR@100 against the hard-negative proportion, and the answer figure (the paired deltas
-against p = 0 as dose-response, map over languages and kinds of hard negatives)."""
+"""The sweep's plots: MRR@100 against the hard-negative proportion, and the answer figure (deltas against p = 0)."""
 
 from __future__ import annotations
 
@@ -47,8 +46,7 @@ def negatives_name(variant: str) -> str:
 
 
 def plot(cells: pd.DataFrame, path: Path) -> Path | None:
-    """MRR@100 vs p, one line per (language, variant) with 95% intervals, one panel per (model, stage) that trained;
-    None when none did."""
+    """MRR@100 vs p per (language, variant) with 95% intervals, a panel per (model, stage) that trained (else None)."""
     plt = pyplot()
     groups = cells.groupby(["model", "stage"], sort=False)
     blocks = [(key, block) for key, block in groups if block.hard_proportion.notna().any()]

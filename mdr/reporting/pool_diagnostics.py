@@ -1,5 +1,4 @@
-"""Pool diagnostics as files: read the CSVs ``python -m mdr.pool_diagnostics`` writes, render Markdown, draw the
-plot; a sweep report gains a "Pool diagnostics" section when its folder holds :data:`SWEEP_CSV`."""
+"""The CSVs ``python -m mdr.pool_diagnostics`` writes as Markdown and a plot, and as a sweep report's section."""
 
 from __future__ import annotations
 
@@ -117,8 +116,7 @@ TRACKED = {  # pool measures set against each language's delta at p = 1 (:func:`
 
 
 def tracking_lines(frame: pd.DataFrame, tests: pd.DataFrame | None, default_variant: str) -> list[str]:
-    """Spearman's correlation of each default-miner pool measure with the languages' deltas at p = 1 (Holm over the
-    measures); [] below 4 languages."""
+    """Spearman's correlation of default-miner pool measures with the languages' deltas at p = 1; [] below 4."""
     if tests is None or tests.empty or "delta_mrr@100" not in tests:
         return []
     from scipy import stats

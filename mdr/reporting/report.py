@@ -1,5 +1,4 @@
-"""The sweep's Markdown: MRR@100 per cell, deltas against p = 0, trends and verdicts, language contrasts, variant
-effects, the comparison of stage schedules and the means of runs at another depth."""
+"""The sweep's Markdown: cell means, deltas against p = 0, trends and verdicts, contrasts, variants and schedules."""
 
 from __future__ import annotations
 

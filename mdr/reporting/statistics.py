@@ -1,6 +1,5 @@
 """Seed-aware statistics of a sweep (docs/statistics.md): contrasts of cell means with Satterthwaite t intervals
-from the two-way (seeds x queries) ANOVA of the per-seed contrast, TOST, trend and curvature in p, wins / ties /
-losses, Holm and verdicts."""
+(seeds x queries ANOVA), TOST, trend and curvature in p, wins / ties / losses, Holm and verdicts."""
 
 from __future__ import annotations
 

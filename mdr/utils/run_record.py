@@ -51,8 +51,7 @@ class LanguageResult:
 
 @dataclass(frozen=True, kw_only=True)
 class RunRecord:
-    """``metrics.json``, values kept as written; ``extra``: fields this version does not know (a newer writer's, or an
-    older one's such as ``loss``), kept."""
+    """``metrics.json``, values kept as written; ``extra``: the fields this version does not know (e.g. ``loss``)."""
 
     language: str | None = None
     low_resource: bool | None = None
