@@ -368,8 +368,7 @@ def run(
     atomic_write_text(out / report.CSV_NAME, frame.round(4).to_csv(index=False))
     atomic_write_text(out / report.OVERLAP_NAME, shares.to_csv(index=False))
     report.plot_diagnostics(frame, out / report.PLOT_NAME)
-    summary = report.summary_markdown(frame.round(4), shares, command, code)
-    atomic_write_text(out / report.SUMMARY_NAME, summary + "\n")
+    atomic_write_text(out / report.SUMMARY_NAME, report.summary_markdown(frame.round(4), shares, command, code) + "\n")
     return frame
 
 

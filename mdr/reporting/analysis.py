@@ -93,11 +93,9 @@ class CellTables:
     def cells(self, selections: list[pd.DataFrame], metric: str = METRIC, parallel: bool = False) -> list[Cell]:
         """The selected runs as cells on the queries all of them scored, grouped by language."""
         tables = [self.scores(rows, metric, parallel) for rows in selections]
-        common = functools.reduce(pd.Index.intersection, (table.index for table in tables))
-        dropped = max(len(table.index) for table in tables) - len(common)
-        if dropped:
+        common = functools.reduce(pd.Index.intersection, (table.index for table in tables)).sort_values()
+        if dropped := max(len(table.index) for table in tables) - len(common):
             log.warning("%d quer%s not scored by every compared run: left out", dropped, "y" if dropped == 1 else "ies")
-        common = common.sort_values()
         return [
             Cell(
                 tuple(int(s) for s in rows.seed),

@@ -181,8 +181,7 @@ def _collect_one(sweep_dir: Path, prefix: str, rows: list[dict[str, Any]], probl
             record = read_record(job / "metrics.json")
             config = _read_yaml(job / "config.yaml")
             config = config if isinstance(config, dict) else {}
-            mismatches = metrics_mismatches(record, overrides, config)
-            if mismatches:
+            if mismatches := metrics_mismatches(record, overrides, config):
                 error = f"{job / 'metrics.json'} does not match the job's own settings ({'; '.join(mismatches)})"
                 problems.append(problem(name, "invalid", error + ": not counted", cell))
                 continue
@@ -215,11 +214,8 @@ def _collect_one(sweep_dir: Path, prefix: str, rows: list[dict[str, Any]], probl
         except (OSError, ValueError, KeyError, TypeError) as error:
             problems.append(problem(name, "failed", f"unreadable result: {error}", cell))
     jobs = expected_jobs(sweep_dir) or []
-    if jobs:  # the override keys left out of job folder names
-        from omegaconf import OmegaConf
-
-        plan = OmegaConf.load(sweep_dir / "multirun.yaml")
-        exclude = [str(key) for key in OmegaConf.select(plan, "hydra.job.config.override_dirname.exclude_keys") or []]
+    plan = _read_yaml(sweep_dir / "multirun.yaml") if jobs else None  # the override keys left out of folder names
+    exclude = [str(key) for key in lookup(plan or {}, "hydra.job.config.override_dirname.exclude_keys") or []]
     for overrides in jobs:
         # there when a folder has its overrides or its folder name (a rerun may spell a value otherwise, 0 / 0.0)
         if tuple(sorted(overrides)) not in seen and job_dirname(overrides, exclude) not in folders:

@@ -134,8 +134,7 @@ def tracking_lines(frame: pd.DataFrame, tests: pd.DataFrame | None, default_vari
         f"Does a pool measure track the delta at p = 1? Spearman's rank correlation over the {len(languages)} "
         f"languages with both ({', '.join(languages)}), BM25 ranks 1-50 pools:"
     )
-    lines = [intro, "", *table("measure | Spearman ρ | p-value | p (Holm over the measures)", "lrrr", rows)]
-    return [*lines, ""]
+    return [intro, "", *table("measure | Spearman ρ | p-value | p (Holm over the measures)", "lrrr", rows), ""]
 
 
 def report_section(report_dir: Path, tests: pd.DataFrame | None = None, default_variant: str = "") -> list[str]:

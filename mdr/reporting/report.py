@@ -208,8 +208,7 @@ def schedules_markdown(comparison: pd.DataFrame) -> str:
 
 def means_markdown(means: pd.DataFrame, depth: int) -> str:
     """Cell means of runs evaluated at a depth below 100 (:func:`mdr.reporting.collect.cell_means`)."""
-    cut = min(int(depth), 100)
-    measures = [name for name in (f"mrr@{cut}", f"recall@{cut}", "ndcg@10") if f"mean_{name}" in means]
+    measures = [column.removeprefix("mean_") for column in means.columns if column.startswith("mean_")]
     shown = ", ".join(
         name.replace("mrr", "MRR").replace("recall", "Recall").replace("ndcg", "nDCG") for name in measures
     )

@@ -137,8 +137,7 @@ def paired_on_shared_seeds(cells: Sequence[Cell], weights: Sequence[float]) -> t
             restricted.append(Cell(tuple(cell.seeds[i] for i in rows), cell.scores[rows], cell.group))
         else:  # a family cell without the shared seeds: kept as given, outside the seed block
             restricted.append(cell)
-    dropped = any(set(cell.seeds) != shared for cell in active if not cell.seed_free)
-    return restricted, order, dropped
+    return restricted, order, any(set(cell.seeds) != shared for cell in active if not cell.seed_free)
 
 
 def seed_interaction_mean_square(cells: Sequence[Cell]) -> float:
@@ -355,8 +354,7 @@ def decide(
         on = f"paired on seed{'s' if len(shared) != 1 else ''} {seed_label(shared)}" if shared else "no seed shared"
         why = f"below the {CALIBRATED_SEEDS} paired seeds the tests are calibrated for"
         return Decision("no verdict", f"no verdict: {on}, {why} (slope {slope.value:+.4f} per unit p, estimate only)")
-    family = [slope.p_value] + ([curvature.p_value] if curvature is not None else [])
-    adjusted = holm(family)
+    adjusted = holm([slope.p_value] + ([curvature.p_value] if curvature is not None else []))
     claims: list[str] = []
     kind = ""
     if adjusted[0] < alpha:
