@@ -110,8 +110,7 @@ def rank_measures(ranks: Mapping[str, int | None]) -> dict[str, float]:
 
 def docid_location(docid: str) -> tuple[str, str] | None:
     """(article, article + paragraph) of an XQuAD-style docid, None for any other docid."""
-    found = DOCID_LOCATION.match(docid)
-    if found is None:
+    if (found := DOCID_LOCATION.match(docid)) is None:
         return None
     article = f"{found['language']}_{found['article']}"
     return article, f"{article}_{found['paragraph']}"
@@ -211,10 +210,8 @@ class Option:
 
 def parse_options(text: str) -> list[Option]:
     """``bm25,dense_me5,bm25_thai_words:th+lo`` -> options (a ``:`` limits one to the languages after it)."""
-    options = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        name, _, languages = item.partition(":")
-        options.append(Option(name, tuple(languages.split("+")) if languages else None))
+    items = [part.strip().partition(":") for part in text.split(",") if part.strip()]
+    options = [Option(name, tuple(languages.split("+")) if languages else None) for name, _, languages in items]
     if not options:
         raise DataError("--negatives names no option (e.g. --negatives bm25,dense_me5)")
     return options
@@ -264,8 +261,7 @@ def compose_cells(
 ) -> dict[tuple[str, str], Spec]:
     """(language, option) -> the run's spec, all built (and a locally built miner model) before any data is read."""
     for option in options:
-        unknown = sorted(set(option.languages or ()) - set(languages))
-        if unknown:
+        if unknown := sorted(set(option.languages or ()) - set(languages)):
             raise DataError(
                 f"--negatives {option.name}:{'+'.join(option.languages or ())}: {unknown} not in --languages"
             )
@@ -308,9 +304,8 @@ def measure_language(
     log.info(
         "pool diagnostics: %s, the teacher scores %d sampled negatives", language.code, sum(map(len, draws.values()))
     )
-    device = mining_device(first.trainer)
     scores, _, _ = cached_teacher_scores(
-        every, split, language.code, encoder, tokenizer, teacher_path, cache_dir, device=device
+        every, split, language.code, encoder, tokenizer, teacher_path, cache_dir, device=mining_device(first.trainer)
     )
     rows = [
         {

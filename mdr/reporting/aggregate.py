@@ -124,10 +124,8 @@ def _write_report(
             analysis = analyse(rows, equivalence_margin=margin)
             for field in fields(analysis):  # every table of the analysis, with the partition's data and depth
                 parts.setdefault(field.name, []).append(getattr(analysis, field.name).assign(**partition))
-            report = markdown_report(analysis)
             headlines.append("\n".join(filter(None, [heading, cell_means_markdown(analysis)])))
-            sections += [heading, ""] if heading else []
-            sections += [report, ""]
+            sections += [*([heading, ""] if heading else []), markdown_report(analysis), ""]
             if rows.stage.nunique() > 1:  # several stage schedules: compare them per language
                 comparison = compare_schedules(rows, equivalence_margin=margin).assign(**partition)
                 parts.setdefault("schedules", []).append(comparison)
@@ -141,8 +139,7 @@ def _write_report(
     for field, frame in tables.items():  # cells, significance, trends always; the others when not empty
         if field in TABLE_FILES or not frame.empty:
             atomic_write_text(folder / TABLE_FILES.get(field, f"{field}.csv"), frame.to_csv(index=False))
-    duplicates = problems[problems.status == "duplicate"]
-    if not duplicates.empty:
+    if not (duplicates := problems[problems.status == "duplicate"]).empty:
         atomic_write_text(folder / "duplicates.csv", duplicates.to_csv(index=False))
     sections += pool_diagnostics_section(report_dir, tables.get("tests"), DEFAULT_VARIANT)
     for statuses, title in PROBLEM_TITLES.items():

@@ -83,8 +83,7 @@ def check_per_query(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], l
         query_sets[index] = found
         groups.setdefault((row["data"], row["language"], row.get("split")), []).append(index)
     for members in groups.values():
-        counts = Counter(query_sets[index] for index in members)
-        reference = max(counts, key=counts.__getitem__)
+        reference = Counter(query_sets[index] for index in members).most_common(1)[0][0]  # ties: the first seen
         for index in members:
             queries, row = query_sets[index], rows[index]
             if queries != reference:
