@@ -74,13 +74,11 @@ def sampled_negatives(
     strict: bool = False,
 ) -> list[Draw]:
     """The negatives a run with each of ``seeds`` draws in the first epoch, through the training sampler itself."""
-    draws: list[Draw] = []
-    for seed in seeds:
-        examples, _ = NegativeSampler(num_negatives, hard_proportion, seed=seed, strict=strict).examples(
-            split, pools, 0
-        )
-        draws += [Draw(e.query_id, int(seed), e.positive, tuple(e.negatives)) for e in examples]
-    return draws
+    return [
+        Draw(e.query_id, int(seed), e.positive, tuple(e.negatives))
+        for seed in seeds
+        for e in NegativeSampler(num_negatives, hard_proportion, seed=seed, strict=strict).examples(split, pools, 0)[0]
+    ]
 
 
 def positive_ranks(raw: RawPools, split: RetrievalSplit, depth: int) -> dict[str, int | None]:

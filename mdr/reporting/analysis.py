@@ -357,8 +357,7 @@ def _language_contrasts(
                 continue
             family = [(f"delta at p={p:g}", {p: 1.0, 0.0: -1.0}) for p in common[1:]]
             weights = slope_weights(common)
-            end_to_end = np.zeros(len(common))
-            end_to_end[[0, -1]] = np.array([-1.0, 1.0]) / (common[-1] - common[0])
+            end_to_end = np.array([-1.0] + [0.0] * (len(common) - 2) + [1.0]) / (common[-1] - common[0])
             if not np.allclose(weights, end_to_end):  # three equally spaced levels: the slope is the last delta
                 family.append(("slope over p=" + " ".join(f"{p:g}" for p in common), dict(zip(common, weights))))
             rows = []
@@ -367,8 +366,7 @@ def _language_contrasts(
                 rows[-1].update(language=first, other_language=second, contrast=name)
             interactions += with_holm(rows)
         classes = {language: resource_class(block[block.language == language].low_resource) for language in languages}
-        unknown = [language for language, low_resource in classes.items() if low_resource is None]
-        if unknown:
+        if unknown := [language for language, low_resource in classes.items() if low_resource is None]:
             log.warning(
                 f"{model} {stage} {variant}: no low_resource recorded for {', '.join(unknown)} (metrics.json, "
                 "config.yaml, conf/language): left out of the low- vs high-resource contrast"
