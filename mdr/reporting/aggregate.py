@@ -27,12 +27,11 @@ __all__ = ["aggregate", "collect", "compare_schedules", "main"]
 
 PARTITION = ["data", "split", "depth"]  # runs on other data, splits or depths are analysed apart
 TABLE_FILES = {"cells": "cells.csv", "tests": "significance.csv", "trends": "trends.csv"}  # always written
-REPORT_FILES = (
+REPORT_FILES = (  # every file a report set can hold (globs): what a new set replaces in the report folder
     *(LAST, MANIFEST, "results.csv", "duplicates.csv", "schedules.csv", "cells_depth*.csv"),
     *(TABLE_FILES.get(field.name, f"{field.name}.csv") for field in fields(Analysis)),
     *("mrr_vs_proportion*.png", "answer*.png", "delta_vs_proportion*.png"),  # the last: answer.png's predecessor
 )
-"""Every file a report set can hold (globs): what a new set replaces in the report folder."""
 PROBLEM_TITLES = {
     ("failed", "missing"): "Failed and missing jobs",
     ("invalid",): "Invalid runs (not counted)",

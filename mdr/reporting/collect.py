@@ -57,14 +57,10 @@ def run_miner(record: RunRecord, config: dict[str, Any]) -> str | None:
     label = str(settings["source"])
     if settings["source"] in ("bm25", "shipped") and settings["backend"] != DEFAULT_MINER["backend"]:
         label += f"/{settings['backend']}"
-    if settings["tokenizer"] != DEFAULT_MINER["tokenizer"]:
-        label += f"[{settings['tokenizer']}]"
-    if pool.get("encoder"):
-        label += f"({Path(str(pool['encoder'])).name})"
+    label += f"[{settings['tokenizer']}]" if settings["tokenizer"] != DEFAULT_MINER["tokenizer"] else ""
+    label += f"({Path(str(pool['encoder'])).name})" if pool.get("encoder") else ""
     label += f":{int(settings['range_min']) + 1}-{settings['range_max']}"
-    if settings["margin"] is not None:
-        label += f",margin={settings['margin']}"
-    return label
+    return label + (f",margin={settings['margin']}" if settings["margin"] is not None else "")
 
 
 def comparable_config(source: dict[str, Any] | None, record: RunRecord) -> dict[str, Any] | None:
