@@ -79,8 +79,7 @@ def aggregate(
     status = f"{summary['completed']} completed, {summary['failed']} failed, {summary['missing']} missing."
     if summary["invalid"] or summary["duplicates"]:
         status += f" {summary['invalid']} invalid (not counted), {summary['duplicates']} duplicate(s) (counted once)."
-    if summary["conflicts"]:
-        status += f" {summary['conflicts']} run(s) in conflict (not counted)."
+    status += f" {summary['conflicts']} run(s) in conflict (not counted)." if summary["conflicts"] else ""
     summary["status"] = status
     sources = [str(root) for root in roots]
     heading = [f"# Results: {', '.join(sources)}", "", status, ""]
