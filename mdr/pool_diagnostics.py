@@ -2,13 +2,6 @@
 
     python -m mdr.pool_diagnostics --languages th,hi --negatives bm25,dense_me5,bm25_thai_words:th \\
         --seeds 0-4 --out docs/results/me5_grid/pool_diagnostics [hydra overrides ...]
-
-Each (language, ``negatives`` option; ``name:th+lo``: those languages only) is composed as ``train.py`` composes a
-run (:data:`DEFAULT_OVERRIDES`, then the overrides given), its pool mined as the run mines it and the first epoch's
-negatives drawn for every training query with each seed. Measured on those negatives: the positive's rank in the
-miner's ranking, the share from the positive's paragraph or article (XQuAD-style docids), a teacher's scores against
-the positive and the overlaps of options; written to ``pool_diagnostics.csv`` and ``pool_overlap.csv`` with a plot
-and a summary (:mod:`mdr.reporting.pool_diagnostics`).
 """
 
 from __future__ import annotations
@@ -35,6 +28,7 @@ from mdr.mining.denoise import cached_teacher_scores
 from mdr.mining.miner import mine
 from mdr.mining.pools import RawPools
 from mdr.reporting import pool_diagnostics as report
+from mdr.reporting.statistics import seed_label
 from mdr.spec import Spec
 from mdr.training import load_encoder, mining_device, negative_pools, pool_key
 from mdr.utils import quiet
@@ -80,18 +74,15 @@ def sampled_negatives(
     strict: bool = False,
 ) -> list[Draw]:
     """The negatives a run with each of ``seeds`` draws in the first epoch, through the training sampler itself."""
-    draws: list[Draw] = []
-    for seed in seeds:
-        examples, _ = NegativeSampler(num_negatives, hard_proportion, seed=seed, strict=strict).examples(
-            split, pools, 0
-        )
-        draws += [Draw(e.query_id, int(seed), e.positive, tuple(e.negatives)) for e in examples]
-    return draws
+    return [
+        Draw(e.query_id, int(seed), e.positive, tuple(e.negatives))
+        for seed in seeds
+        for e in NegativeSampler(num_negatives, hard_proportion, seed=seed, strict=strict).examples(split, pools, 0)[0]
+    ]
 
 
 def positive_ranks(raw: RawPools, split: RetrievalSplit, depth: int) -> dict[str, int | None]:
-    """Query (with a judged positive) -> 1 + the candidates scoring strictly above its best positive, None when
-    that is beyond ``depth`` or the miner has no score for the positive (BM25 did not retrieve it)."""
+    """Query -> its positive's rank in the miner's ranking; None beyond ``depth`` or where the miner lacks its score."""
     ranks: dict[str, int | None] = {}
     for query_id in filter(split.positives, sorted(split.queries)):
         score = raw.positive_scores.get(query_id)
@@ -117,16 +108,14 @@ def rank_measures(ranks: Mapping[str, int | None]) -> dict[str, float]:
 
 def docid_location(docid: str) -> tuple[str, str] | None:
     """(article, article + paragraph) of an XQuAD-style docid, None for any other docid."""
-    found = DOCID_LOCATION.match(docid)
-    if found is None:
+    if (found := DOCID_LOCATION.match(docid)) is None:
         return None
     article = f"{found['language']}_{found['article']}"
     return article, f"{article}_{found['paragraph']}"
 
 
 def location_measures(draws: Sequence[Draw]) -> dict[str, float]:
-    """Shares of sampled negatives from the positive's paragraph and article, over those whose docid and
-    positive's docid both locate them (``located_share``)."""
+    """Shares of sampled negatives from the positive's paragraph and article, over the located ones."""
     pairs = [(docid_location(draw.positive), docid_location(negative)) for draw in draws for negative in draw.negatives]
     located = [(positive, where) for positive, where in pairs if positive is not None and where is not None]
     if len(located) < len(pairs):
@@ -166,9 +155,8 @@ def scoring_pools(draws: Iterable[Draw]) -> dict[str, list[str]]:
 
 
 def teacher_measures(draws: Sequence[Draw], scores: RawPools) -> dict[str, float]:
-    """The median teacher ratio negative / positive (where the positive scores > 0), the share of sampled
-    negatives scoring at least the positive and the share above :data:`DENOISE_RATIO` of it; ``scores``: the
-    teacher's (:func:`mdr.mining.denoise.teacher_scores`) over at least the sampled negatives."""
+    """Median teacher ratio negative / positive, shares of negatives scoring >= the positive and above
+    :data:`DENOISE_RATIO` of it (``scores``: the teacher's over at least the sampled negatives)."""
     pairs: list[tuple[float, float]] = []  # (negative's score, positive's score)
     for draw in draws:
         positive = scores.positive_scores.get(draw.query_id)
@@ -195,8 +183,7 @@ def teacher_measures(draws: Sequence[Draw], scores: RawPools) -> dict[str, float
 def overlap_shares(
     draws: Mapping[str, Sequence[Draw]], pools: Mapping[str, Mapping[str, Sequence[str]]]
 ) -> list[tuple[str, str, float]]:
-    """(option, other, share of the option's sampled negatives in the other's pool for the same query) for every
-    ordered pair of options, an option with itself included."""
+    """(option, other, share of the option's sampled negatives in the other's pool) per ordered pair, self included."""
     rows: list[tuple[str, str, float]] = []
     for option, option_draws in draws.items():
         drawn = [(draw.query_id, negative) for draw in option_draws for negative in draw.negatives]
@@ -221,10 +208,8 @@ class Option:
 
 def parse_options(text: str) -> list[Option]:
     """``bm25,dense_me5,bm25_thai_words:th+lo`` -> options (a ``:`` limits one to the languages after it)."""
-    options = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        name, _, languages = item.partition(":")
-        options.append(Option(name, tuple(languages.split("+")) if languages else None))
+    items = [part.strip().partition(":") for part in text.split(",") if part.strip()]
+    options = [Option(name, tuple(languages.split("+")) if languages else None) for name, _, languages in items]
     if not options:
         raise DataError("--negatives names no option (e.g. --negatives bm25,dense_me5)")
     return options
@@ -242,14 +227,6 @@ def parse_seeds(text: str) -> list[int]:
     if not seeds:
         raise DataError(f"--seeds {text!r} names no seed")
     return seeds
-
-
-def seeds_text(seeds: Sequence[int]) -> str:
-    """``0-4`` for a run of consecutive seeds, else ``0+2+3`` (no comma: it is a CSV cell)."""
-    ordered = sorted(seeds)
-    if len(ordered) > 1 and ordered == list(range(ordered[0], ordered[-1] + 1)):
-        return f"{ordered[0]}-{ordered[-1]}"
-    return "+".join(str(seed) for seed in ordered)
 
 
 def option_label(spec: Spec) -> str:
@@ -280,11 +257,9 @@ def _compose(cells: Sequence[tuple[str, str]], overrides: Sequence[str], out: Pa
 def compose_cells(
     languages: Sequence[str], options: Sequence[Option], overrides: Sequence[str], out: Path
 ) -> dict[tuple[str, str], Spec]:
-    """(language, option) -> the run's spec, every one built before any data is read (a dense pool mined by the
-    run's own locally built model builds it first: the spec checks the encoder exists)."""
+    """(language, option) -> the run's spec, all built (and a locally built miner model) before any data is read."""
     for option in options:
-        unknown = sorted(set(option.languages or ()) - set(languages))
-        if unknown:
+        if unknown := sorted(set(option.languages or ()) - set(languages)):
             raise DataError(
                 f"--negatives {option.name}:{'+'.join(option.languages or ())}: {unknown} not in --languages"
             )
@@ -327,16 +302,15 @@ def measure_language(
     log.info(
         "pool diagnostics: %s, the teacher scores %d sampled negatives", language.code, sum(map(len, draws.values()))
     )
-    device = mining_device(first.trainer)
     scores, _, _ = cached_teacher_scores(
-        every, split, language.code, encoder, tokenizer, teacher_path, cache_dir, device=device
+        every, split, language.code, encoder, tokenizer, teacher_path, cache_dir, device=mining_device(first.trainer)
     )
     rows = [
         {
             "language": language.code,
             "negatives": option,
             "label": option_label(spec),
-            "seeds": seeds_text(seeds),
+            "seeds": seed_label(seeds, "+", shortest_run=2),  # no comma: it is a CSV cell
             "num_negatives": spec.negatives.num_negatives,
             "hard_proportion": spec.negatives.hard_proportion,
             "depth": spec.negatives.pool.depth,
@@ -356,8 +330,7 @@ def measure_language(
 
 
 def load_teacher(cell: tuple[str, str], overrides: Sequence[str], out: Path, name: str) -> LoadedTeacher:
-    """The teacher ``name`` (a model group, built on first use, or an encoder folder, as
-    ``negatives.denoise.teacher`` names one), resolved for the run of ``cell``."""
+    """The teacher ``name`` (a model group or an encoder folder) resolved for the run of ``cell``."""
     teacher = resolve_teacher(_compose([cell], overrides, out)[0], name)
     encoder, tokenizer = load_encoder(teacher.model, teacher.folder)
     name_or_path = teacher.folder or teacher.model.name_or_path
@@ -378,22 +351,17 @@ def run(
     code = f"mdr {version.get('commit') or 'outside git'}{' (uncommitted changes)' if version.get('dirty') else ''}"
     cells = compose_cells(languages, options, overrides, out)
     loaded_teacher = load_teacher(next(iter(cells)), overrides, out, teacher)
-    rows: list[dict[str, Any]] = []
-    overlap: list[dict[str, Any]] = []
-    for language in languages:
-        language_cells = {option: spec for (code, option), spec in cells.items() if code == language}
-        if language_cells:
-            found, shared = measure_language(language_cells, seeds, loaded_teacher)
-            rows += found
-            overlap += shared
-    frame = pd.DataFrame(rows, columns=list(report.COLUMNS))
-    shares = pd.DataFrame(overlap, columns=list(report.OVERLAP_COLUMNS)).round(4)
+    by_language = [
+        {option: spec for (code, option), spec in cells.items() if code == language} for language in languages
+    ]
+    measured = [measure_language(found, seeds, loaded_teacher) for found in by_language if found]
+    frame = pd.DataFrame([row for rows, _ in measured for row in rows], columns=list(report.COLUMNS))
+    shares = pd.DataFrame([row for _, rows in measured for row in rows], columns=list(report.OVERLAP_COLUMNS)).round(4)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / report.CSV_NAME, frame.round(4).to_csv(index=False))
     atomic_write_text(out / report.OVERLAP_NAME, shares.to_csv(index=False))
     report.plot_diagnostics(frame, out / report.PLOT_NAME)
-    summary = report.summary_markdown(frame.round(4), shares, command, code)
-    atomic_write_text(out / report.SUMMARY_NAME, summary + "\n")
+    atomic_write_text(out / report.SUMMARY_NAME, report.summary_markdown(frame.round(4), shares, command, code) + "\n")
     return frame
 
 

@@ -27,12 +27,11 @@ __all__ = ["aggregate", "collect", "compare_schedules", "main"]
 
 PARTITION = ["data", "split", "depth"]  # runs on other data, splits or depths are analysed apart
 TABLE_FILES = {"cells": "cells.csv", "tests": "significance.csv", "trends": "trends.csv"}  # always written
-REPORT_FILES = (
+REPORT_FILES = (  # every file a report set can hold (globs): what a new set replaces in the report folder
     *(LAST, MANIFEST, "results.csv", "duplicates.csv", "schedules.csv", "cells_depth*.csv"),
     *(TABLE_FILES.get(field.name, f"{field.name}.csv") for field in fields(Analysis)),
     *("mrr_vs_proportion*.png", "answer*.png", "delta_vs_proportion*.png"),  # the last: answer.png's predecessor
 )
-"""Every file a report set can hold (globs): what a new set replaces in the report folder."""
 PROBLEM_TITLES = {
     ("failed", "missing"): "Failed and missing jobs",
     ("invalid",): "Invalid runs (not counted)",
@@ -63,9 +62,8 @@ def aggregate(
     out: str | Path | None = None,
     wandb: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the report of one sweep folder (into it) or of several analysed as one (into ``out``) as one set, and
-    with ``wandb`` settings (:func:`mdr.reporting.wandb_summary.summary_settings`) log it to W&B; returns the job
-    counts, ``status``, ``table`` (results.md), ``plots``, ``headline`` (the cell means) and ``verdicts``."""
+    """Write one sweep folder's report set (into it) or several's as one (into ``out``), logged to W&B with ``wandb``
+    settings; returns the job counts, ``status``, ``table``, ``plots``, ``headline`` and ``verdicts``."""
     roots = _sweep_dirs(sweep_dirs)
     if out is None and len(roots) > 1:
         raise ValueError(f"{len(roots)} sweep folders: say where the combined report goes (--out)")
@@ -81,8 +79,7 @@ def aggregate(
     status = f"{summary['completed']} completed, {summary['failed']} failed, {summary['missing']} missing."
     if summary["invalid"] or summary["duplicates"]:
         status += f" {summary['invalid']} invalid (not counted), {summary['duplicates']} duplicate(s) (counted once)."
-    if summary["conflicts"]:
-        status += f" {summary['conflicts']} run(s) in conflict (not counted)."
+    status += f" {summary['conflicts']} run(s) in conflict (not counted)." if summary["conflicts"] else ""
     summary["status"] = status
     sources = [str(root) for root in roots]
     heading = [f"# Results: {', '.join(sources)}", "", status, ""]
@@ -125,10 +122,8 @@ def _write_report(
             analysis = analyse(rows, equivalence_margin=margin)
             for field in fields(analysis):  # every table of the analysis, with the partition's data and depth
                 parts.setdefault(field.name, []).append(getattr(analysis, field.name).assign(**partition))
-            report = markdown_report(analysis)
             headlines.append("\n".join(filter(None, [heading, cell_means_markdown(analysis)])))
-            sections += [heading, ""] if heading else []
-            sections += [report, ""]
+            sections += [*([heading, ""] if heading else []), markdown_report(analysis), ""]
             if rows.stage.nunique() > 1:  # several stage schedules: compare them per language
                 comparison = compare_schedules(rows, equivalence_margin=margin).assign(**partition)
                 parts.setdefault("schedules", []).append(comparison)
@@ -142,8 +137,7 @@ def _write_report(
     for field, frame in tables.items():  # cells, significance, trends always; the others when not empty
         if field in TABLE_FILES or not frame.empty:
             atomic_write_text(folder / TABLE_FILES.get(field, f"{field}.csv"), frame.to_csv(index=False))
-    duplicates = problems[problems.status == "duplicate"]
-    if not duplicates.empty:
+    if not (duplicates := problems[problems.status == "duplicate"]).empty:
         atomic_write_text(folder / "duplicates.csv", duplicates.to_csv(index=False))
     sections += pool_diagnostics_section(report_dir, tables.get("tests"), DEFAULT_VARIANT)
     for statuses, title in PROBLEM_TITLES.items():

@@ -1,7 +1,5 @@
-"""The analysis of a results frame (docs/statistics.md): cell means with intervals, deltas against p = 0 of the
-same variant (else its masking without denoising, else the default), trends and verdicts, language x p
-interactions (paired by query on parallel data), the low- vs high-resource contrast, variant effects and the
-comparison of stage schedules."""
+"""The analysis of a results frame (docs/statistics.md): cell means, deltas against p = 0, trends and verdicts,
+language x p interactions, the low- vs high-resource contrast, variant effects and stage schedule comparisons."""
 
 from __future__ import annotations
 
@@ -36,11 +34,6 @@ class Analysis:
     variant_effects: pd.DataFrame
     interactions: pd.DataFrame
     resource_contrasts: pd.DataFrame
-
-
-def shared_query_id(query_id: str, language: str) -> str:
-    """A query id without its ``<language>_`` prefix: parallel data (XQuAD-R) shares the rest across languages."""
-    return query_id.removeprefix(f"{language}_")
 
 
 def same_proportion(values: pd.Series, proportion: float) -> np.ndarray:
@@ -88,24 +81,21 @@ class CellTables:
         return all(metric in self._read(f).columns for rows in selections for f in rows.per_query_file)
 
     def scores(self, rows: pd.DataFrame, metric: str, parallel: bool) -> pd.DataFrame:
-        """(queries, runs) of ``metric``; ``parallel``: query ids without the language prefix."""
+        """(queries, runs) of ``metric``; ``parallel``: query ids without the ``<language>_`` prefix (XQuAD-R)."""
         series = []
         for path, language in zip(rows.per_query_file, rows.language):
             values = self._read(path)[metric].astype(float)
             if parallel:
-                values.index = [shared_query_id(q, str(language)) for q in values.index]
+                values.index = [q.removeprefix(f"{language}_") for q in values.index]
             series.append(values)
         return pd.concat(series, axis=1)
 
     def cells(self, selections: list[pd.DataFrame], metric: str = METRIC, parallel: bool = False) -> list[Cell]:
-        """The selected runs as cells on the queries all of them scored, grouped by language; ``parallel``: queries
-        matched across languages."""
+        """The selected runs as cells on the queries all of them scored, grouped by language."""
         tables = [self.scores(rows, metric, parallel) for rows in selections]
-        common = functools.reduce(pd.Index.intersection, (table.index for table in tables))
-        dropped = max(len(table.index) for table in tables) - len(common)
-        if dropped:
+        common = functools.reduce(pd.Index.intersection, (table.index for table in tables)).sort_values()
+        if dropped := max(len(table.index) for table in tables) - len(common):
             log.warning("%d quer%s not scored by every compared run: left out", dropped, "y" if dropped == 1 else "ies")
-        common = common.sort_values()
         return [
             Cell(
                 tuple(int(s) for s in rows.seed),
@@ -140,8 +130,7 @@ def with_holm(family: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def comparison(
     tables: CellTables, treated: pd.DataFrame, reference: pd.DataFrame, margin: float, *family: pd.DataFrame
 ) -> tuple[dict[str, Any], Estimate]:
-    """(columns, MRR@100 estimate) of treated - reference: MRR@100 and nDCG@10 tests, TOST against ``margin``,
-    wins / ties / losses; the seed level pooled over ``family``, the group's other cells."""
+    """(columns, MRR@100 estimate) of treated - reference, the seed level pooled over ``family`` (other cells)."""
     selections = [treated, reference, *family]
     weights = [1.0, -1.0] + [0.0] * len(family)
     cells = tables.cells(selections)
@@ -172,7 +161,7 @@ def _note(estimate: Estimate) -> str:
 
 
 def _baseline(tables: CellTables, group: tuple[Any, ...]) -> tuple[str, pd.DataFrame] | None:
-    """(variant, runs) of the p = 0 cell a group is compared with (see the module docstring)."""
+    """(variant, runs) of a group's p = 0 cell: its variant's, else its masking undenoised, else the default's."""
     model, stage, language, variant = group
     for candidate in dict.fromkeys([variant, f"{variant.split(',')[0]},denoise=off", DEFAULT_VARIANT]):
         rows = tables.rows((model, stage, language, candidate), 0.0)
@@ -318,8 +307,7 @@ def compare_schedules(results: pd.DataFrame, *, equivalence_margin: float = EQUI
 def _language_parts(
     tables: CellTables, entries: list[tuple[list[pd.DataFrame], np.ndarray]], coefficients: list[float]
 ) -> tuple[Parts, str]:
-    """sum_i coefficients[i] * (weights_i . cell means of language i): one contrast on shared queries where the
-    languages' query ids match without their prefixes (parallel data), else independent parts."""
+    """sum_i coefficients[i] * language i's contrast: paired by query on parallel data, else independent."""
     id_sets = [set().union(*(tables.scores(rows, METRIC, True).index for rows in levels)) for levels, _ in entries]
     if all(ids == id_sets[0] for ids in id_sets[1:]):
         cells, weights = [], []
@@ -334,8 +322,7 @@ def _language_parts(
 def _language_contrasts(
     tables: CellTables, results: pd.DataFrame, trends: list[dict[str, Any]]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Language x p interactions (per pair of languages: the delta of deltas at each p both ran, and the
-    difference of slopes where that is not the last delta again) and the low- vs high-resource slope contrast."""
+    """Language x p interactions (per pair: deltas of deltas, slope difference) and the low- vs high-resource one."""
     interactions: list[dict[str, Any]] = []
     contrasts: list[dict[str, Any]] = []
     trend_frame = pd.DataFrame(trends)
@@ -370,8 +357,7 @@ def _language_contrasts(
                 continue
             family = [(f"delta at p={p:g}", {p: 1.0, 0.0: -1.0}) for p in common[1:]]
             weights = slope_weights(common)
-            end_to_end = np.zeros(len(common))
-            end_to_end[[0, -1]] = np.array([-1.0, 1.0]) / (common[-1] - common[0])
+            end_to_end = np.array([-1.0] + [0.0] * (len(common) - 2) + [1.0]) / (common[-1] - common[0])
             if not np.allclose(weights, end_to_end):  # three equally spaced levels: the slope is the last delta
                 family.append(("slope over p=" + " ".join(f"{p:g}" for p in common), dict(zip(common, weights))))
             rows = []
@@ -380,8 +366,7 @@ def _language_contrasts(
                 rows[-1].update(language=first, other_language=second, contrast=name)
             interactions += with_holm(rows)
         classes = {language: resource_class(block[block.language == language].low_resource) for language in languages}
-        unknown = [language for language, low_resource in classes.items() if low_resource is None]
-        if unknown:
+        if unknown := [language for language, low_resource in classes.items() if low_resource is None]:
             log.warning(
                 f"{model} {stage} {variant}: no low_resource recorded for {', '.join(unknown)} (metrics.json, "
                 "config.yaml, conf/language): left out of the low- vs high-resource contrast"

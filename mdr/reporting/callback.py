@@ -16,9 +16,8 @@ EXIT_INCOMPLETE = 1  # a failed, missing, invalid or conflicting job, or a faile
 
 
 class AggregateOnMultirunEnd(Callback):
-    """Aggregates ``hydra.sweep.dir`` after the last job, prints the cell means and where the report is, and with
-    ``logger.wandb.enabled`` logs it to the sweep's W&B group. Exits with ``SystemExit`` (Hydra turns an
-    ``Exception`` from a callback into a warning) when a job or the aggregation failed."""
+    """Aggregates ``hydra.sweep.dir`` after the last job (to W&B with ``logger.wandb.enabled``) and prints it; raises
+    ``SystemExit`` (Hydra makes a callback's ``Exception`` a warning) when a job or the aggregation failed."""
 
     def __init__(self, equivalence_margin: float = 0.01) -> None:
         # Hydra builds its callbacks before the first job: a bad margin stops the sweep before any work

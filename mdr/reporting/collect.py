@@ -1,5 +1,4 @@
-"""Read sweep folders into a results frame (one row per completed job and evaluated language) and a problems
-frame (failed jobs, missing ones: no outcome or no folder for a job multirun.yaml asked for, invalid ones)."""
+"""Read sweep folders into a results frame (a row per completed job and evaluated language) and a problems frame."""
 
 from __future__ import annotations
 
@@ -48,8 +47,7 @@ def variant_name(mask: bool | None, denoised: bool, stages: str | None = None, m
 
 def run_miner(record: RunRecord, config: dict[str, Any]) -> str | None:
     """``<source>[/<backend>][[<tokenizer>]][(<encoder>)]:<first>-<last rank>[,margin=<m>]`` of the resolved
-    ``negatives.pool`` (e.g. ``bm25:11-60``, ``dense(me5_small):4-50``); None for the default miner, a run without
-    hard negatives, or a config that does not say."""
+    ``negatives.pool`` (e.g. ``bm25:11-60``); None for the default miner, no hard negatives or no config."""
     pool = lookup(config, "negatives.pool")
     if not isinstance(pool, dict) or not record.used_hard_negatives():
         return None
@@ -59,19 +57,15 @@ def run_miner(record: RunRecord, config: dict[str, Any]) -> str | None:
     label = str(settings["source"])
     if settings["source"] in ("bm25", "shipped") and settings["backend"] != DEFAULT_MINER["backend"]:
         label += f"/{settings['backend']}"
-    if settings["tokenizer"] != DEFAULT_MINER["tokenizer"]:
-        label += f"[{settings['tokenizer']}]"
-    if pool.get("encoder"):
-        label += f"({Path(str(pool['encoder'])).name})"
+    label += f"[{settings['tokenizer']}]" if settings["tokenizer"] != DEFAULT_MINER["tokenizer"] else ""
+    label += f"({Path(str(pool['encoder'])).name})" if pool.get("encoder") else ""
     label += f":{int(settings['range_min']) + 1}-{settings['range_max']}"
-    if settings["margin"] is not None:
-        label += f",margin={settings['margin']}"
-    return label
+    return label + (f",margin={settings['margin']}" if settings["margin"] is not None else "")
 
 
 def comparable_config(source: dict[str, Any] | None, record: RunRecord) -> dict[str, Any] | None:
-    """Dotted key -> value of ``source`` (the run folder's config) canonicalised, as two runs of one cell and seed
-    are compared: less the keys that cannot change this run's numbers, nulls, and ``paths.*`` folders relative."""
+    """Dotted key -> value of the run folder's config as two runs of one cell and seed are compared: canonical, less
+    the keys that cannot change this run's numbers and nulls, ``paths.*`` folders relative."""
     if not source:
         return None
     flat = config_identity.flatten_config(config_identity.canonical_config(source))
@@ -145,8 +139,8 @@ def job_outcome(job: Path) -> str:
 
 
 def collect(sweep_dirs: Path | str | list[Path] | list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(completed runs, problems) of one sweep folder or several as one (jobs named ``<sweep folder>/<job>``):
-    a problem row per job failed, missing, invalid, a duplicate or in a conflict, the other runs in the results."""
+    """(completed runs, problems: failed, missing, invalid, duplicate, conflict) of one sweep folder or several as
+    one (jobs named ``<sweep folder>/<job>``)."""
     dirs = [Path(d) for d in sweep_dirs] if isinstance(sweep_dirs, list) else [Path(sweep_dirs)]
     rows: list[dict[str, Any]] = []
     problems: list[dict[str, Any]] = []
@@ -183,8 +177,7 @@ def _collect_one(sweep_dir: Path, prefix: str, rows: list[dict[str, Any]], probl
             record = read_record(job / "metrics.json")
             config = _read_yaml(job / "config.yaml")
             config = config if isinstance(config, dict) else {}
-            mismatches = metrics_mismatches(record, overrides, config)
-            if mismatches:
+            if mismatches := metrics_mismatches(record, overrides, config):
                 error = f"{job / 'metrics.json'} does not match the job's own settings ({'; '.join(mismatches)})"
                 problems.append(problem(name, "invalid", error + ": not counted", cell))
                 continue
@@ -217,11 +210,8 @@ def _collect_one(sweep_dir: Path, prefix: str, rows: list[dict[str, Any]], probl
         except (OSError, ValueError, KeyError, TypeError) as error:
             problems.append(problem(name, "failed", f"unreadable result: {error}", cell))
     jobs = expected_jobs(sweep_dir) or []
-    if jobs:  # the override keys left out of job folder names
-        from omegaconf import OmegaConf
-
-        plan = OmegaConf.load(sweep_dir / "multirun.yaml")
-        exclude = [str(key) for key in OmegaConf.select(plan, "hydra.job.config.override_dirname.exclude_keys") or []]
+    plan = _read_yaml(sweep_dir / "multirun.yaml") if jobs else None  # the override keys left out of folder names
+    exclude = [str(key) for key in lookup(plan or {}, "hydra.job.config.override_dirname.exclude_keys") or []]
     for overrides in jobs:
         # there when a folder has its overrides or its folder name (a rerun may spell a value otherwise, 0 / 0.0)
         if tuple(sorted(overrides)) not in seen and job_dirname(overrides, exclude) not in folders:
@@ -274,8 +264,8 @@ def _parsed(text: str) -> Any:
 
 
 def metrics_mismatches(record: RunRecord, overrides: list[str], config: dict[str, Any]) -> list[str]:
-    """Where metrics.json contradicts the job's overrides or config.yaml in a :data:`CHECKED` field (language for one
-    evaluated language, p where negatives were drawn; one side unrecorded: not compared, but the depth defaults)."""
+    """Where metrics.json contradicts the job's overrides or config.yaml in a :data:`CHECKED` field (where both
+    record it; language for one evaluated language, p where negatives were drawn)."""
     recorded = {field: getattr(record, field) for field in CHECKED.values()}
     recorded["depth"] = record.evaluation_depth()
     if record.per_language:

@@ -1,6 +1,5 @@
-"""Copy a sweep's light files (metrics.json or failed.json, gzipped per-query files, configs, run_folder.json,
-multirun.yaml; no weights or run files) elsewhere, e.g. into docs/results/<name> to commit them. The copy reads
-like the sweep in aggregate, and copied back as the sweep folder its finished jobs are not rerun.
+"""Copy a sweep's light files (no weights or run files) elsewhere, e.g. into docs/results/<name> to commit them;
+copied back as the sweep folder, its finished jobs are not rerun.
 
     python -m mdr.reporting.export outputs/hardneg_sweep/multiruns/<time> docs/results/<name>
 """

@@ -16,9 +16,7 @@ from mdr.utils.config_identity import label_of, shown_by
 log = logging.getLogger(__name__)
 
 METRIC = "mrr@100"  # the measure of a report's tables and contrasts
-MEAN_TOLERANCE = 1e-6
-"""How far a per-query file's mean may lie from its metrics.json value (and two copies of one run differ) and still
-agree: per-query files hold 6 decimals."""
+MEAN_TOLERANCE = 1e-6  # per-query files hold 6 decimals: how far their mean (or two copies) may differ and agree
 
 
 def metric_at(depth: int) -> str:
@@ -85,8 +83,7 @@ def check_per_query(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], l
         query_sets[index] = found
         groups.setdefault((row["data"], row["language"], row.get("split")), []).append(index)
     for members in groups.values():
-        counts = Counter(query_sets[index] for index in members)
-        reference = max(counts, key=counts.__getitem__)
+        reference = Counter(query_sets[index] for index in members).most_common(1)[0][0]  # ties: the first seen
         for index in members:
             queries, row = query_sets[index], rows[index]
             if queries != reference:

@@ -1,5 +1,4 @@
-"""The sweep's plots: MRR@100 against the hard-negative proportion, and the answer figure (the paired deltas
-against p = 0 as dose-response, map over languages and kinds of hard negatives)."""
+"""The sweep's plots: MRR@100 against the hard-negative proportion, and the answer figure (deltas against p = 0)."""
 
 from __future__ import annotations
 
@@ -11,10 +10,10 @@ import numpy as np
 import pandas as pd
 
 from mdr.reporting.collect import DEFAULT_VARIANT
+from mdr.utils.io import atomic_write_with
 from mdr.utils.run_record import language_config
 
-HIGHLIGHT = "#c0392b"
-"""The colour of a language whose trend the tests call hurt or helped, or of a significant delta."""
+HIGHLIGHT = "#c0392b"  # a language whose trend the tests call hurt or helped, or a significant delta
 PROPORTION = "proportion p of mined hard negatives"
 
 
@@ -47,8 +46,7 @@ def negatives_name(variant: str) -> str:
 
 
 def plot(cells: pd.DataFrame, path: Path) -> Path | None:
-    """MRR@100 vs hard-negative proportion, one line per (language, variant), 95% intervals of each mean; one panel
-    per (model, stage) that trained (a zero-shot block has no p); None when none did."""
+    """MRR@100 vs p per (language, variant) with 95% intervals, a panel per (model, stage) that trained (else None)."""
     plt = pyplot()
     groups = cells.groupby(["model", "stage"], sort=False)
     blocks = [(key, block) for key, block in groups if block.hard_proportion.notna().any()]
@@ -87,13 +85,11 @@ def pyplot() -> Any:
 
 
 def save_figure(figure: Any, path: Path, **options: Any) -> Path:
-    """Write ``figure`` to ``path`` atomically (``options``: ``savefig``'s) and close it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(tmp, **options)
-    pyplot().close(figure)
-    tmp.replace(path)
-    return path
+    """Write ``figure`` to ``path`` as PNG atomically (``options``: ``savefig``'s) and close it."""
+    try:
+        return atomic_write_with(path, lambda handle: figure.savefig(handle, format="png", **options))
+    finally:
+        pyplot().close(figure)
 
 
 def _dose_panel(axis: Any, block: pd.DataFrame, hurt_or_helped: set[str], margin: float | None) -> str:
@@ -146,10 +142,9 @@ def _seed_text(row: pd.Series) -> str:
 
 
 def plot_answer(tests: pd.DataFrame, trends: pd.DataFrame, path: Path, margin: float | None = None) -> Path | None:
-    """The figure a reader looks at first (answer.png), one row of panels per (model, stage) with deltas against
-    p = 0 (``tests``): the dose-response per language (in colour where ``trends`` call it hurt or helped), the map
-    (each language's delta at its highest p) and the kinds of hard negatives; ``margin`` drawn as a band around 0.
-    None without deltas."""
+    """answer.png: per (model, stage), the deltas against p = 0 (``tests``) as dose-response per language (coloured
+    where ``trends`` call it hurt or helped), map (each language at its highest p) and kinds of hard negatives;
+    ``margin`` as a band around 0. None without deltas."""
     if tests.empty:
         return None
     plt = pyplot()

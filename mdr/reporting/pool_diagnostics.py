@@ -1,5 +1,4 @@
-"""Pool diagnostics as files: read the CSVs ``python -m mdr.pool_diagnostics`` writes, render Markdown, draw the
-plot; a sweep report gains a "Pool diagnostics" section when its folder holds :data:`SWEEP_CSV`."""
+"""The CSVs ``python -m mdr.pool_diagnostics`` writes as Markdown and a plot, and as a sweep report's section."""
 
 from __future__ import annotations
 
@@ -35,15 +34,6 @@ PANELS = (
 )
 
 
-def read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    """A diagnostics CSV; ValueError naming the file and the ``columns`` it lacks."""
-    frame = pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"])
-    missing = [column for column in columns if column not in frame.columns]
-    if missing:
-        raise ValueError(f"{path}: not a pool diagnostics file, it lacks the columns {missing}")
-    return frame
-
-
 def _share(value: float) -> str:
     return "–" if pd.isna(value) else f"{value:.3f}"
 
@@ -62,8 +52,7 @@ def diagnostics_table(frame: pd.DataFrame) -> list[str]:
         f"{r.language} | {r.label} | {_rank(r.positive_rank_median)} / {_share(r.positive_rank1_share)} / "
         f"{_share(r.positive_beyond_depth_share)} | {_share(r.same_paragraph_share)} | "
         f"{_share(r.same_article_share)} | {_share(r.teacher_at_least_positive_share)} | "
-        f"{_share(r.teacher_ratio_median)} | "
-        f"{_share(r.teacher_above_denoise_share)} | {_share(r.in_pool_share)}"
+        f"{_share(r.teacher_ratio_median)} | {_share(r.teacher_above_denoise_share)} | {_share(r.in_pool_share)}"
         for _, r in frame.iterrows()
     ]
     return table(header, "ll" + "r" * 7, rows)
@@ -106,8 +95,7 @@ def overlap_tables(overlap: pd.DataFrame, labels: dict[str, str]) -> list[str]:
         ]
         header = " | ".join(["sampled from", *(labels.get(other, other) for other in others)])
         intro = f"**{language}**: share of the row's sampled negatives in the column's pool (same query)"
-        lines += [intro, "", *table(header, "l" + "r" * len(others), rows)]
-        lines.append("")
+        lines += [intro, "", *table(header, "l" + "r" * len(others), rows), ""]
     return lines
 
 
@@ -119,18 +107,16 @@ def summary_markdown(frame: pd.DataFrame, overlap: pd.DataFrame, command: str, c
     return "\n".join(lines)
 
 
-TRACKED = {
+TRACKED = {  # pool measures set against each language's delta at p = 1 (:func:`tracking_lines`)
     "teacher_at_least_positive_share": "likely false negatives (teacher >= positive)",
     "same_paragraph_share": "negatives from the positive's paragraph",
     "positive_rank1_share": "positive at BM25 rank 1",
     "positive_beyond_depth_share": "positive beyond BM25's depth",
 }
-"""Pool measures set against each language's delta at p = 1 (:func:`tracking_lines`)."""
 
 
 def tracking_lines(frame: pd.DataFrame, tests: pd.DataFrame | None, default_variant: str) -> list[str]:
-    """Whether a pool measure of the default miner (BM25 ranks 1-50) tracks the languages' deltas at p = 1:
-    Spearman's rank correlation over the languages with both, and its two-sided p-value; [] below 4 languages."""
+    """Spearman's correlation of default-miner pool measures with the languages' deltas at p = 1; [] below 4."""
     if tests is None or tests.empty or "delta_mrr@100" not in tests:
         return []
     from scipy import stats
@@ -148,17 +134,17 @@ def tracking_lines(frame: pd.DataFrame, tests: pd.DataFrame | None, default_vari
         f"Does a pool measure track the delta at p = 1? Spearman's rank correlation over the {len(languages)} "
         f"languages with both ({', '.join(languages)}), BM25 ranks 1-50 pools:"
     )
-    lines = [intro, "", *table("measure | Spearman ρ | p-value | p (Holm over the measures)", "lrrr", rows)]
-    return [*lines, ""]
+    return [intro, "", *table("measure | Spearman ρ | p-value | p (Holm over the measures)", "lrrr", rows), ""]
 
 
 def report_section(report_dir: Path, tests: pd.DataFrame | None = None, default_variant: str = "") -> list[str]:
-    """A sweep report's "Pool diagnostics" section from ``<report_dir>/pool_diagnostics/``, with the measures set
-    against the analysis's deltas (``tests``) where there are enough languages; [] when it has no diagnostics."""
+    """A sweep report's "Pool diagnostics" section from ``<report_dir>/pool_diagnostics/``; [] when there is none."""
     path = report_dir / SWEEP_CSV
     if not path.is_file():
         return []
-    frame = read_table(path, COLUMNS)
+    frame = pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"])
+    if missing := [column for column in COLUMNS if column not in frame.columns]:
+        raise ValueError(f"{path}: not a pool diagnostics file, it lacks the columns {missing}")
     summary = f"{SWEEP_CSV.parent}/{SUMMARY_NAME}"
     legend = f"{LEGEND} Overlap between pools and the plot: [{summary}]({summary})."
     lines = ["### Pool diagnostics", "", settings_line(frame), "", *diagnostics_table(frame), "", legend, ""]

@@ -1,5 +1,4 @@
-"""The sweep's Markdown: MRR@100 per cell, deltas against p = 0, trends and verdicts, language contrasts, variant
-effects, the comparison of stage schedules and the means of runs at another depth."""
+"""The sweep's Markdown: cell means, deltas against p = 0, trends and verdicts, contrasts, variants and schedules."""
 
 from __future__ import annotations
 
@@ -13,8 +12,7 @@ from mdr.reporting.integrity import METRIC
 
 
 def table(header: str, align: str, rows: Iterable[str | Sequence[object]]) -> list[str]:
-    """A Markdown table: ``header`` and each row (text or cells) with columns joined by `` | ``, ``align`` an
-    ``l`` or ``r`` per column."""
+    """A Markdown table of ``rows`` (text or cells) under ``header``; ``align``: ``l`` or ``r`` per column."""
     rule = "|" + "".join("---:|" if side == "r" else "---|" for side in align)
     texts = (row if isinstance(row, str) else " | ".join(str(cell) for cell in row) for row in rows)
     return [f"| {header} |", rule, *(f"| {text} |" for text in texts)]
@@ -67,8 +65,7 @@ def _cell_tables(cells: pd.DataFrame, tests: pd.DataFrame) -> list[str]:
                 texts.append("–" if hit.empty else _mean(hit.iloc[0], marked, second_text))
             rows.append([f"{language}{_low(runs)}", variant, *texts])
         header = " | ".join(["language", "variant", *(f"p={p:g}" if not pd.isna(p) else "p=n/a" for p in proportions)])
-        lines += [f"### MRR@100, model={model}, stage={stage}", "", *table(header, "ll" + "r" * len(proportions), rows)]
-        lines.append("")
+        lines += _section(f"### MRR@100, model={model}, stage={stage}", header, "ll" + "r" * len(proportions), rows)
     return lines
 
 
@@ -89,36 +86,34 @@ def markdown_report(analysis: Analysis) -> str:
     lines = [cell_means_markdown(analysis), ""]
     margins = analysis.trends.get("equivalence_margin", [])
     margin = float(margins.iloc[0]) if len(margins) else EQUIVALENCE_MARGIN
-    tests = [
-        f"{r.model} | {r.stage} | {r.language} | {r.variant} | "
-        f"{'same' if r.baseline_variant == r.variant else r.baseline_variant} | {r.hard_proportion:g} | "
-        f"{_interval(r, f'delta_{METRIC}')} | {_p(r.p_value)} | {_p(r.p_holm)} | {_p(r.p_tost)} | "
-        f"{_second(r, 'delta')} | {_wtl(r)} | {r.seeds} | {r.df:.1f} | {r.note}"
-        for _, r in analysis.tests.iterrows()
-    ]
     lines += _section(
         "### MRR@100 and nDCG@10 against p=0 (95% intervals)",
         "model | stage | language | variant | p=0 from | p | Δ MRR@100 [95% interval] | p-value | p (Holm) | "
         f"TOST ±{margin:g} | Δ nDCG@10 [95% interval] | wins/ties/losses | seeds | df | note",
         "lllll" + "r" * 9 + "l",
-        tests,
+        [
+            f"{r.model} | {r.stage} | {r.language} | {r.variant} | "
+            f"{'same' if r.baseline_variant == r.variant else r.baseline_variant} | {r.hard_proportion:g} | "
+            f"{_interval(r, f'delta_{METRIC}')} | {_p(r.p_value)} | {_p(r.p_holm)} | {_p(r.p_tost)} | "
+            f"{_second(r, 'delta')} | {_wtl(r)} | {r.seeds} | {r.df:.1f} | {r.note}"
+            for _, r in analysis.tests.iterrows()
+        ],
         f"TOST: p < 0.05 says the delta lies within ±{margin:g} (its 90% interval does). wins/ties/losses: "
         "queries whose seed-averaged MRR@100 is above / equal to / below p=0's.",
     )
-    trends = [
-        f"{r.model} | {r.stage} | {r.language} | {r.variant} | {r.proportions} | {_interval(r, 'slope')} | "
-        f"{_p(r.p_value)} | "
-        + ("–" if pd.isna(r.curvature) else _interval(r, "curvature", "curvature_ci_low", "curvature_ci_high"))
-        + f" | {'–' if pd.isna(r.curvature_p_value) else _p(r.curvature_p_value)} | {_second(r, 'slope')} | "
-        f"{r.verdict}"
-        for _, r in analysis.trends.iterrows()
-    ]
     lines += _section(
         "### Trend over every p (least-squares slope and quadratic term, 95% intervals) and verdict",
         "model | stage | language | variant | proportions | slope MRR@100 [95% interval] | p-value "
         "| quadratic term [95% interval] | p-value | slope nDCG@10 [95% interval] | verdict",
         "lllll" + "r" * 5 + "l",
-        trends,
+        [
+            f"{r.model} | {r.stage} | {r.language} | {r.variant} | {r.proportions} | {_interval(r, 'slope')} | "
+            f"{_p(r.p_value)} | "
+            + ("–" if pd.isna(r.curvature) else _interval(r, "curvature", "curvature_ci_low", "curvature_ci_high"))
+            + f" | {'–' if pd.isna(r.curvature_p_value) else _p(r.curvature_p_value)} | {_second(r, 'slope')} | "
+            f"{r.verdict}"
+            for _, r in analysis.trends.iterrows()
+        ],
         "Verdict (MRR@100): *hurt* / *help* when the slope differs from 0, *curved* when the quadratic term "
         "does (Holm over the two: a wrong claim of an effect in at most 5% of sweeps without one); "
         "*monotone* only when every step between adjacent p levels moves that way (Holm over the steps); "
@@ -126,44 +121,42 @@ def markdown_report(analysis: Analysis) -> str:
         "*inconclusive*, with the largest effect the 90% intervals leave open. With three equally spaced "
         "levels the slope is the p=1 delta: only the quadratic term uses the middle level.",
     )
-    interactions = [
-        f"{r.model} | {r.stage} | {r.variant} | {r.language} − {r.other_language} | {r.contrast} | "
-        f"{_interval(r, f'difference_{METRIC}')} | {_p(r.p_value)} | {_p(r.p_holm)} | {r.seeds} | "
-        f"{r.queries} ({r.query_pairing})"
-        for _, r in analysis.interactions.iterrows()
-    ]
     lines += _section(
         "### Language x p: difference of two languages' deltas (or slopes), 95% intervals",
         "model | stage | variant | language − other | contrast | difference MRR@100 [95% interval] | p-value "
         "| p (Holm) | seeds | queries",
         "lllll" + "r" * 4 + "l",
-        interactions,
+        [
+            f"{r.model} | {r.stage} | {r.variant} | {r.language} − {r.other_language} | {r.contrast} | "
+            f"{_interval(r, f'difference_{METRIC}')} | {_p(r.p_value)} | {_p(r.p_holm)} | {r.seeds} | "
+            f"{r.queries} ({r.query_pairing})"
+            for _, r in analysis.interactions.iterrows()
+        ],
         "Holm within each pair of languages.",
     )
-    contrasts = [
-        f"{r.model} | {r.stage} | {r.variant} | {r.low_resource} | {r.high_resource} | {r.proportions} | "
-        f"{_interval(r, f'slope_difference_{METRIC}')} | {_p(r.p_value)} | {r.seeds} | {r.queries} ({r.query_pairing})"
-        for _, r in analysis.resource_contrasts.iterrows()
-    ]
     lines += _section(
         "### Low- vs high-resource languages: difference of mean slopes (MRR@100, 95% interval)",
         "model | stage | variant | low-resource | high-resource | proportions | difference [95% interval] "
         "| p-value | seeds | queries",
         "l" * 6 + "r" * 3 + "l",
-        contrasts,
+        [
+            f"{r.model} | {r.stage} | {r.variant} | {r.low_resource} | {r.high_resource} | {r.proportions} | "
+            f"{_interval(r, f'slope_difference_{METRIC}')} | {_p(r.p_value)} | {r.seeds} | "
+            f"{r.queries} ({r.query_pairing})"
+            for _, r in analysis.resource_contrasts.iterrows()
+        ],
     )
-    effects = [
-        f"{r.model} | {r.stage} | {r.language} | {r.variant} | {r.hard_proportion:g} | "
-        f"{_interval(r, f'delta_{METRIC}')} | {_p(r.p_value)} | {_p(r.p_holm)} | {_p(r.p_tost)} | "
-        f"{_second(r, 'delta')} | {_wtl(r)} | {r.seeds} | {r.note}"
-        for _, r in analysis.variant_effects.iterrows()
-    ]
     lines += _section(
         f"### Variants against {DEFAULT_VARIANT} at the same p",
         "model | stage | language | variant | p | Δ MRR@100 [95% interval] | p-value | p (Holm) | TOST "
         "| Δ nDCG@10 [95% interval] | wins/ties/losses | seeds | note",
         "llll" + "r" * 8 + "l",
-        effects,
+        [
+            f"{r.model} | {r.stage} | {r.language} | {r.variant} | {r.hard_proportion:g} | "
+            f"{_interval(r, f'delta_{METRIC}')} | {_p(r.p_value)} | {_p(r.p_holm)} | {_p(r.p_tost)} | "
+            f"{_second(r, 'delta')} | {_wtl(r)} | {r.seeds} | {r.note}"
+            for _, r in analysis.variant_effects.iterrows()
+        ],
     )
     return "\n".join(lines)
 
@@ -189,8 +182,7 @@ def schedules_markdown(comparison: pd.DataFrame) -> str:
                 texts.append("–" if row is None else _mean(row, tested and row.p_holm < ALPHA))
             rows.append([f"{language}{_low(runs)}", *texts])
         header = " | ".join(["language", *schedules])
-        lines += [f"### MRR@100 by stage schedule, model={model}", "", *table(header, "l" + "r" * len(schedules), rows)]
-        lines.append("")
+        lines += _section(f"### MRR@100 by stage schedule, model={model}", header, "l" + "r" * len(schedules), rows)
     lines += [
         "Mean ± std over seeds (n = seeds). `*`: different from the reference schedule at Holm-adjusted p < 0.05 "
         "(t test on the seeds x queries ANOVA with Satterthwaite degrees of freedom, paired by seed and query; "
@@ -211,10 +203,8 @@ def schedules_markdown(comparison: pd.DataFrame) -> str:
 
 
 def means_markdown(means: pd.DataFrame, depth: int) -> str:
-    """Cell means of runs evaluated at a depth below 100 (:func:`mdr.reporting.collect.cell_means`), kept apart
-    from the MRR@100 analysis."""
-    cut = min(int(depth), 100)
-    measures = [name for name in (f"mrr@{cut}", f"recall@{cut}", "ndcg@10") if f"mean_{name}" in means]
+    """Cell means of runs evaluated at a depth below 100 (:func:`mdr.reporting.collect.cell_means`)."""
+    measures = [column.removeprefix("mean_") for column in means.columns if column.startswith("mean_")]
     shown = ", ".join(
         name.replace("mrr", "MRR").replace("recall", "Recall").replace("ndcg", "nDCG") for name in measures
     )

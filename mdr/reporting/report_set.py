@@ -35,8 +35,7 @@ def manifest(staging: Path, sources: list[str]) -> dict[str, Any]:
 
 
 def old_set(target: Path, patterns: Iterable[str]) -> set[str]:
-    """Names of the files of the report set in ``target``: those its manifest names and every file matching one
-    of ``patterns`` (a set written before manifests, or one whose move was cut short)."""
+    """Names of ``target``'s report set files: those its manifest lists and every file matching ``patterns``."""
     names = {path.name for pattern in patterns for path in target.glob(pattern) if path.is_file()}
     listed = target / MANIFEST
     try:
@@ -49,8 +48,7 @@ def old_set(target: Path, patterns: Iterable[str]) -> set[str]:
 
 @contextlib.contextmanager
 def signals_held(signums: Iterable[signal.Signals] = HELD_SIGNALS) -> Iterator[None]:
-    """Hold back ``signums`` during the block and deliver them (once each) when it ends; outside the main thread,
-    where no handler can be set, nothing is held."""
+    """Hold back ``signums`` during the block and deliver them (once each) after it; other threads hold nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -89,8 +87,7 @@ def commit(staging: Path, target: Path, sources: list[str], patterns: Iterable[s
 
 @contextlib.contextmanager
 def staged_report(target: Path, sources: list[str], patterns: Iterable[str]) -> Iterator[Path]:
-    """A staging folder in ``target`` for a report set, which replaces the one in ``target`` when the block ends
-    without an error (:func:`commit`); ``patterns``: globs of every file a report set can hold."""
+    """A staging folder whose report set replaces ``target``'s when the block ends without an error (:func:`commit`)."""
     target.mkdir(parents=True, exist_ok=True)
     for folder in sorted(target.glob(f"{STAGING_PREFIX}*")):
         if folder.is_dir():

@@ -1,6 +1,5 @@
 """Seed-aware statistics of a sweep (docs/statistics.md): contrasts of cell means with Satterthwaite t intervals
-from the two-way (seeds x queries) ANOVA of the per-seed contrast, TOST, trend and curvature in p, wins / ties /
-losses, Holm and verdicts."""
+(seeds x queries ANOVA), TOST, trend and curvature in p, wins / ties / losses, Holm and verdicts."""
 
 from __future__ import annotations
 
@@ -109,12 +108,12 @@ def effective_df(centred: np.ndarray, df: int) -> float:
 CALIBRATED_SEEDS = 3  # the fewest paired seeds the tests are calibrated for (docs/statistics.md#calibration)
 
 
-def seed_label(seeds: Sequence[int]) -> str:
-    """``0-4`` for a run of consecutive seeds, else ``0,2,3``."""
+def seed_label(seeds: Sequence[int], separator: str = ",", shortest_run: int = 3) -> str:
+    """``0-4`` for a run of at least ``shortest_run`` consecutive seeds, else ``0,2,3``."""
     ordered = sorted(seeds)
-    if len(ordered) > 2 and ordered == list(range(ordered[0], ordered[-1] + 1)):
+    if len(ordered) >= shortest_run and ordered == list(range(ordered[0], ordered[-1] + 1)):
         return f"{ordered[0]}-{ordered[-1]}"
-    return ",".join(str(seed) for seed in ordered)
+    return separator.join(str(seed) for seed in ordered)
 
 
 def paired_on_shared_seeds(cells: Sequence[Cell], weights: Sequence[float]) -> tuple[list[Cell], tuple[int, ...], bool]:
@@ -138,8 +137,7 @@ def paired_on_shared_seeds(cells: Sequence[Cell], weights: Sequence[float]) -> t
             restricted.append(Cell(tuple(cell.seeds[i] for i in rows), cell.scores[rows], cell.group))
         else:  # a family cell without the shared seeds: kept as given, outside the seed block
             restricted.append(cell)
-    dropped = any(set(cell.seeds) != shared for cell in active if not cell.seed_free)
-    return restricted, order, dropped
+    return restricted, order, any(set(cell.seeds) != shared for cell in active if not cell.seed_free)
 
 
 def seed_interaction_mean_square(cells: Sequence[Cell]) -> float:
@@ -356,8 +354,7 @@ def decide(
         on = f"paired on seed{'s' if len(shared) != 1 else ''} {seed_label(shared)}" if shared else "no seed shared"
         why = f"below the {CALIBRATED_SEEDS} paired seeds the tests are calibrated for"
         return Decision("no verdict", f"no verdict: {on}, {why} (slope {slope.value:+.4f} per unit p, estimate only)")
-    family = [slope.p_value] + ([curvature.p_value] if curvature is not None else [])
-    adjusted = holm(family)
+    adjusted = holm([slope.p_value] + ([curvature.p_value] if curvature is not None else []))
     claims: list[str] = []
     kind = ""
     if adjusted[0] < alpha:

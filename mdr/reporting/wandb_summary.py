@@ -56,8 +56,7 @@ def _table_frame(frame: pd.DataFrame) -> pd.DataFrame:
 def publish_summary(
     settings: dict[str, Any], tables: dict[str, pd.DataFrame], plots: list[Path], summary: dict[str, Any]
 ) -> str | None:
-    """Log ``tables`` and ``plots`` to a summary run (``settings``: :func:`summary_settings`); returns its local
-    folder, None when W&B is disabled or failed (a warning, never raised)."""
+    """Log ``tables`` and ``plots`` to a summary run; its folder, None when W&B is disabled or failed (a warning)."""
     if settings.get("mode") == "disabled":
         return None
     os.environ.setdefault("WANDB_SILENT", "true")

@@ -51,8 +51,7 @@ class LanguageResult:
 
 @dataclass(frozen=True, kw_only=True)
 class RunRecord:
-    """``metrics.json``, values kept as written; ``extra``: fields this version does not know (a newer writer's, or an
-    older one's such as ``loss``), kept."""
+    """``metrics.json``, values kept as written; ``extra``: the fields this version does not know (e.g. ``loss``)."""
 
     language: str | None = None
     low_resource: bool | None = None
@@ -124,11 +123,9 @@ class RunRecord:
     def evaluated(self, config: dict[str, Any] | None = None) -> list[LanguageResult]:
         """One entry per evaluated language (the ``per_language`` sections, else the top-level fields); a
         ``low_resource`` not recorded from the job's resolved ``config``, else ``conf/language/<code>.yaml``."""
-        sections = self.per_language if isinstance(self.per_language, dict) and self.per_language else None
-        if sections is None:
-            top = ("low_resource", "num_queries", "metrics", "per_query_file")
-            sections = {self.language: {name: getattr(self, name) for name in top}}
         names = ("low_resource", "num_queries", "metrics", "per_query_file", "depth")
+        sections = self.per_language if isinstance(self.per_language, dict) and self.per_language else None
+        sections = sections or {self.language: {name: getattr(self, name) for name in names[:-1]}}
         found = [LanguageResult(code, *(section.get(name) for name in names)) for code, section in sections.items()]
         return [dataclasses.replace(item, low_resource=_low_resource(item, config or {})) for item in found]
 
@@ -150,9 +147,8 @@ class RunRecord:
     def denoised_negatives(self, config: dict[str, Any]) -> bool:
         """Whether hard negatives were denoised: as recorded (``denoised``, else ``denoise``, else the training
         summary's ``denoise``), else hard negatives drawn and the resolved ``config`` denoising."""
-        for value in (self.denoised, self.denoise):
-            if value is not None:
-                return bool(value)
+        if (recorded := _first(self.denoised, self.denoise)) is not None:
+            return bool(recorded)
         if self.trained and "denoise" in self.train:  # type: ignore[operator]
             return bool(self.train["denoise"])  # type: ignore[index]
         hard = self.trained and int(self.train.get("num_hard") or 0) > 0  # type: ignore[union-attr]
