@@ -82,9 +82,9 @@ def pack_ids(
     order = sorted(range(len(ids)), key=lengths.__getitem__)
     groups: list[list[int]] = []
     for index in order:
-        if groups and chunk_size is not None and len(groups[-1]) < chunk_size:
-            groups[-1].append(index)
-        elif groups and chunk_size is None and (len(groups[-1]) + 1) * lengths[index] <= chunk_tokens:
+        size = len(groups[-1]) if groups else 0
+        fits = size < chunk_size if chunk_size is not None else (size + 1) * lengths[index] <= chunk_tokens
+        if groups and fits:
             groups[-1].append(index)
         else:
             groups.append([index])

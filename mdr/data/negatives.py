@@ -59,8 +59,7 @@ class PartedSplit(Protocol):
 
 
 class NegativeSampler:
-    """Draws each training query's negatives for one epoch; with ``strict``, a pool short of p * k usable
-    candidates is an error (else random ones replace the missing and are counted)."""
+    """Draws each training query's negatives for one epoch (``strict``: a pool short of p * k is an error)."""
 
     def __init__(self, num_negatives: int, hard_proportion: float, seed: int = 0, strict: bool = False) -> None:
         if not 0.0 <= float(hard_proportion) <= 1.0:

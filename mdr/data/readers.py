@@ -237,9 +237,8 @@ class LocalReader(_Reader):
 
 
 class _PublishedReader(_Reader):
-    """The queries and corpus repos (hub ids or local folders) of a published set. ``config``: the language's name in
-    the layout (null: the set lacks it); ``split_names``: mdr split -> published split; ``config_prefix``: where these
-    keys sit in the config (messages); ``published``: the canonical hub ids, named in download commands."""
+    """The queries and corpus repos (hub ids or folders) of a published set (``config``: the language's name in it,
+    null: absent; ``config_prefix``: these keys' place in the config; ``published``: the canonical hub ids)."""
 
     published: tuple[str, str] = ("", "")
     queries_patterns: tuple[str, ...] = ()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Mapping
@@ -62,13 +63,10 @@ class DenseRetrieval:
         }
 
 
-def remove_if_empty(folder: Path) -> bool:
-    """Remove ``folder`` if it exists and holds nothing; True when removed."""
-    try:
+def remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` if it exists and holds nothing."""
+    with contextlib.suppress(OSError):  # absent, not empty, or not removable: nothing to tidy
         folder.rmdir()
-        return True
-    except OSError:  # absent, not empty, or not removable: nothing to tidy
-        return False
 
 
 def corpus_shards(
@@ -192,9 +190,8 @@ def evaluate_language(
     distributed: bool = False,
     **options: Any,
 ) -> EvaluationResult:
-    """Retrieve (``options``: :func:`dense_retrieve`'s), score and write ``runs/<language>.trec`` and
-    ``per_query/<language>.tsv`` under ``output_dir``, the embeddings removed unless ``keep_embeddings``. With
-    ``distributed``, every rank must call this; all return the same result and rank 0 writes the files."""
+    """Retrieve (``options``: :func:`dense_retrieve`'s), score, write ``runs/`` and ``per_query/`` files under
+    ``output_dir``; with ``distributed``, every rank calls this, all return the same and rank 0 writes."""
     out = Path(output_dir)
     folder = out / "embeddings" / language
     _, rank = world_size_and_rank() if distributed else (1, 0)

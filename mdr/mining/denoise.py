@@ -43,9 +43,8 @@ class DenoiseSettings:
 
 @dataclass
 class DenoiseStats:
-    """What denoising did to a run's pools (metrics.json records it): of the ``queries`` with a pool and their
-    ``candidates``, how many were ``dropped``, in how many queries, how many pools it ``emptied`` (random negatives
-    then), how many queries had no judged positive (kept as they were), and where the teacher scores came from."""
+    """What denoising did to a run's pools (in metrics.json): ``emptied`` pools get random negatives, queries
+    ``without_positive`` are kept as they were."""
 
     teacher: str
     relative_margin: float

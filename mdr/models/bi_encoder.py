@@ -138,8 +138,7 @@ class BiEncoder(nn.Module):
     def embed_words(
         self, query_chunks: list[Mapping[str, torch.Tensor]], passage_chunks: list[Mapping[str, torch.Tensor]]
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Word embeddings of every query and passage chunk, (n_c, len_c, dim) per chunk, one lookup per table: one
-        dense (vocab x dim) gradient per step instead of one per chunk."""
+        """Word embeddings of every query and passage chunk, (n_c, len_c, dim) each, one lookup (gradient) per table."""
         if self.passage_backbone is None:
             pieces = _lookup(self.query_backbone, [*query_chunks, *passage_chunks])
             return pieces[: len(query_chunks)], pieces[len(query_chunks) :]
@@ -183,8 +182,7 @@ def _lookup(backbone: PreTrainedModel, chunks: list[Mapping[str, torch.Tensor]])
 
 
 def _write_sentence_transformers_files(out: Path, settings: EncoderSettings, dim: int) -> None:
-    """sentence-transformers files that reproduce mdr's encoding: ``encode_query`` / ``encode_document`` add the
-    prefixes and truncate as mdr does; a plain ``encode`` adds no prefix and truncates at the passage length."""
+    """sentence-transformers files: ``encode_query`` / ``encode_document`` encode as mdr does, ``encode`` unprefixed."""
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},

@@ -57,9 +57,8 @@ def attention_with_dropout(
     scaling: float,
     dropout: float,
 ) -> torch.Tensor:
-    """Bidirectional attention with :func:`drop_mask` on the probabilities: (B, Lq, H, d) from (B, H, L, d), the
-    scale on the query and 1 / (1 - p) on the output; a query row with no key to attend to gets the mean of the
-    values, as transformers' eager attention gives (SDPA: zeros)."""
+    """Bidirectional attention with :func:`drop_mask` on the probabilities: (B, Lq, H, d) from (B, H, L, d); a query
+    row with no key to attend to gets the mean of the values, as transformers' eager attention gives (SDPA: zeros)."""
     scores = torch.matmul(query * scaling, key.transpose(-1, -2))  # (B, H, Lq, Lk)
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:  # SDPA's mask: True = attend, (B, 1, Lq, Lk)

@@ -184,8 +184,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class EpochEndCheckpoint(pl.callbacks.ModelCheckpoint):
-    """Keeps the latest checkpoint, ``last.ckpt`` linking to it: saved at each epoch's end and after every
-    ``every_n_steps``-th optimiser step (states that resume exactly), never when training is interrupted."""
+    """Keeps the latest checkpoint (``last.ckpt`` links to it), saved at epoch ends and every ``every_n_steps``
+    steps, never when training is interrupted."""
 
     def __init__(self, dirpath: str | Path, every_n_steps: int | None = None) -> None:
         name = "epoch{epoch}-step{step}" if every_n_steps else "epoch{epoch}"
