@@ -30,13 +30,9 @@ def false_negative_mask(passage_ids: torch.Tensor, positive_ids: torch.Tensor, t
 
 
 class InfoNCELoss(nn.Module):
-    """Cross-entropy of each query over every passage in the (global) batch (DPR, Karpukhin et al. 2020).
-
-    Passages are laid out per query as ``[pos, neg_1..neg_k]``: query ``i`` on rank ``r`` has its positive at column
-    ``(r * Q + i) * (1 + k)`` of the passage matrix, gathered from every rank with ``gather_across_devices``. Scores
-    are divided by ``temperature``. With ``mask_false_negatives``, a column holding one of query i's judged positives
-    (other than its target) leaves i's softmax instead of being pushed away.
-    """
+    """Cross-entropy of each query over every passage in the (global) batch (DPR, Karpukhin et al. 2020), scores over
+    ``temperature``: query ``i`` on rank ``r`` has its positive at column ``(r * Q + i) * (1 + k)`` of the passages
+    gathered from every rank; with ``mask_false_negatives``, query i's other judged positives leave its softmax."""
 
     def __init__(
         self, temperature: float = 1.0, gather_across_devices: bool = True, mask_false_negatives: bool = False

@@ -1,5 +1,4 @@
-"""Tokenise training examples into a :class:`BiEncoderBatch`: passages laid out per query as [pos, negs...],
-texts in length-sorted chunks padded only to their own longest text."""
+"""Tokenise training examples into a :class:`BiEncoderBatch` of length-sorted text chunks, each padded on its own."""
 
 from __future__ import annotations
 
@@ -83,9 +82,9 @@ def pack_ids(
     order = sorted(range(len(ids)), key=lengths.__getitem__)
     groups: list[list[int]] = []
     for index in order:
-        if groups and chunk_size is not None and len(groups[-1]) < chunk_size:
-            groups[-1].append(index)
-        elif groups and chunk_size is None and (len(groups[-1]) + 1) * lengths[index] <= chunk_tokens:
+        size = len(groups[-1]) if groups else 0
+        fits = size < chunk_size if chunk_size is not None else (size + 1) * lengths[index] <= chunk_tokens
+        if groups and fits:
             groups[-1].append(index)
         else:
             groups.append([index])
@@ -160,8 +159,7 @@ class BiEncoderBatch:
 
 
 class BiEncoderCollator:
-    """Turns a list of examples into a :class:`BiEncoderBatch`, passage texts looked up in ``corpus``; chunks as
-    :func:`pack_ids` cuts them; ``token_cache`` passages' token ids kept for their next draw (0: none)."""
+    """Turns examples into a :class:`BiEncoderBatch` chunked by :func:`pack_ids` (``token_cache``: passages kept)."""
 
     def __init__(
         self,

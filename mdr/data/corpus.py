@@ -1,5 +1,4 @@
-"""A corpus stored once on disk (Arrow columns docid, title, text; sorted docid hashes and their rows; meta.json
-last: docs/caches.md) and opened memory-mapped, so every process and rank shares one copy."""
+"""A corpus stored once on disk (docs/caches.md), opened memory-mapped so every process and rank shares one copy."""
 
 from __future__ import annotations
 
@@ -23,6 +22,7 @@ from mdr.utils.cache import CacheError
 from mdr.utils.errors import DataError
 from mdr.utils.io import atomic_write_json
 from mdr.utils.logging import get_logger
+from mdr.utils.staging import staged_folder
 
 log = get_logger(__name__)
 
@@ -63,8 +63,7 @@ def encoded_text(title: str, text: str, prefix: str = "") -> str:
 
 
 def source_key(paths: Sequence[Path], parser: str, cache_dir: str | Path | None = None) -> str:
-    """A short hash naming a corpus built from ``paths`` by ``parser``: the files' contents in order, not their paths
-    (each file's digest is remembered under ``<cache_dir>/digests`` while its size, mtime and inode stay)."""
+    """A short hash of the contents (not paths) of ``paths``, in order, and ``parser``: the corpus's cache key."""
     memo = cache.digests_dir(cache_dir) if cache_dir is not None else None
     files = [cache.content_digest(path, memo) for path in paths]
     payload = json.dumps({"format": FORMAT_VERSION, "parser": parser, "files": files}, sort_keys=True)
@@ -146,8 +145,7 @@ class _Store:
 
 
 class Corpus(Mapping[str, Passage]):
-    """A read-only docid -> :class:`Passage` mapping over a stored, memory-mapped corpus, in row order (the order
-    of the source files), plus row access. Built by :meth:`from_records` or :meth:`build_cached`."""
+    """A read-only docid -> :class:`Passage` mapping over a stored corpus in source-file order, plus row access."""
 
     def __init__(self, folder: str | Path, level: str = "size") -> None:
         self.folder = Path(folder)
@@ -180,8 +178,8 @@ class Corpus(Mapping[str, Passage]):
     def build_cached(
         cls, rows: Callable[[], Iterable[Row]], sources: Sequence[Path], parser: str, cache_dir: str | Path | None
     ) -> Corpus:
-        """The corpus of ``sources`` stored under ``<cache_dir>/corpora/<source key>/``, built from ``rows()`` now
-        if absent (``parser`` names how ``rows`` reads the sources: a change of parsing rules must change it)."""
+        """The corpus of ``sources`` under ``<cache_dir>/corpora/<source key>/``, built from ``rows()`` if absent
+        (``parser``: names the parsing rules, part of the key)."""
         root = cache_root(cache_dir)
         folder = root / "corpora" / source_key(sources, parser, root)
         if (corpus := cls._reuse(folder)) is not None:
@@ -190,17 +188,9 @@ class Corpus(Mapping[str, Passage]):
         with cache.cache_lock(folder.with_name(folder.name + ".lock"), waiting):
             if (corpus := cls._reuse(folder)) is not None:
                 return corpus
-            cache.remove_stale_builds(folder.parent, f"{folder.name}.tmp-*")  # left by killed builders
-            staging = folder.with_name(cache.staging_name(folder.name))
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir()
-            try:
+            with staged_folder(folder, prefix="", replace=True) as staging:  # replaces an incomplete or broken one
                 log.info("storing corpus %s -> %s", ", ".join(str(p) for p in sources), folder)
                 _write(rows(), staging, [str(p) for p in sources])
-                shutil.rmtree(folder, ignore_errors=True)  # an incomplete or broken one
-                os.rename(staging, folder)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
         return cls(folder)
 
     @classmethod
@@ -218,9 +208,8 @@ class Corpus(Mapping[str, Passage]):
     def from_records(
         cls, records: Iterable[Passage | Mapping[str, Any]], cache_dir: str | Path | None = None
     ) -> Corpus:
-        """A corpus of ``records`` (:class:`Passage` objects or ``{docid, text, [title]}`` mappings), in order, stored
-        under ``<cache_dir>/corpora/records-<fingerprint>/`` (reused by equal content) or, without ``cache_dir``, in a
-        temporary folder removed when the returned object is garbage-collected."""
+        """A corpus of ``records`` (:class:`Passage` or ``{docid, text, [title]}``) under ``<cache_dir>/corpora/``
+        (reused by equal content); without ``cache_dir``, in a temporary folder removed with the object."""
         if cache_dir is None:
             root = Path(tempfile.mkdtemp(prefix="mdr-corpus-"))
         else:

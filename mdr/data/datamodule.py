@@ -19,8 +19,7 @@ log = get_logger(__name__)
 
 
 class ResumingDataLoader(DataLoader):
-    """A DataLoader whose iterators start at batch ``skip_batches`` while its length stays the whole epoch's
-    (as Lightning counts a resumed epoch). Under DDP, Lightning rebuilds it with ``skip_batches`` carried over."""
+    """A DataLoader whose iterators start at batch ``skip_batches``, its length still the whole epoch's."""
 
     def __init__(self, *args: Any, skip_batches: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -43,9 +42,8 @@ class ResumingDataLoader(DataLoader):
 
 
 class RetrievalDataModule(pl.LightningDataModule):
-    """Serves one epoch of training examples at a time (``batch_size`` queries per batch and device), its negatives and
-    order functions of (seed, epoch); resumed from a mid-epoch checkpoint (:meth:`state_dict`), the loaders of that
-    epoch serve the batches after those trained."""
+    """Serves one epoch of training examples at a time (``batch_size`` queries per batch and device), negatives and
+    order functions of (seed, epoch); resumed mid-epoch (:meth:`state_dict`), it serves the batches not trained."""
 
     def __init__(
         self,
@@ -64,8 +62,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         self._resume: dict[str, int] | None = None  # a mid-epoch checkpoint's position, until its epoch is served
 
     def dataloader_for_epoch(self, epoch: int, skip_batches: int = 0) -> DataLoader:
-        """A loader over the epoch's examples in an order that depends only on (seed, epoch), shuffled here (not by
-        a sampler whose generator advances per iteration), less its first ``skip_batches`` batches (per process)."""
+        """A loader over the epoch's examples shuffled by (seed, epoch) only, less its first ``skip_batches``."""
         examples, self.last_stats = self.sampler.examples(self.train_split, self.pools, epoch)
         random.Random(f"{self.seed}:{epoch}:order").shuffle(examples)
         return ResumingDataLoader(

@@ -1,5 +1,4 @@
-"""Published dataset files from a local folder (what ``hf download`` leaves) or the Hugging Face hub, fetched at a
-pinned revision into the HF cache, only the files a language needs. No dataset script is ever run."""
+"""Published dataset files from a local folder or the Hugging Face hub (pinned revision); no dataset script is run."""
 
 from __future__ import annotations
 

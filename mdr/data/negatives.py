@@ -59,9 +59,7 @@ class PartedSplit(Protocol):
 
 
 class NegativeSampler:
-    """Draws each training query's k (``num_negatives``) negatives for one epoch, p (``hard_proportion``) of them
-    from its hard pool; with ``strict``, a pool short of p * k usable candidates is an error (else random ones
-    replace the missing and are counted)."""
+    """Draws each training query's negatives for one epoch (``strict``: a pool short of p * k is an error)."""
 
     def __init__(self, num_negatives: int, hard_proportion: float, seed: int = 0, strict: bool = False) -> None:
         if not 0.0 <= float(hard_proportion) <= 1.0:
@@ -80,8 +78,7 @@ class NegativeSampler:
     def draw(
         self, query_id: str, positives: set[str], pool: Sequence[str], corpus: Corpus, epoch: int
     ) -> tuple[list[str], int]:
-        """Negatives for one query and how many hard ones the pool could not supply (random ones are drawn as
-        uniform corpus rows: a function of seed, epoch, query_id and the corpus row order)."""
+        """Negatives for one query and how many hard ones the pool could not supply (random: uniform corpus rows)."""
         rng = self._rng(epoch, query_id)
         candidates = list(dict.fromkeys(docid for docid in pool if docid not in positives))
         hard = rng.sample(candidates, min(self.num_hard, len(candidates)))
@@ -107,8 +104,7 @@ class NegativeSampler:
     def examples(
         self, split: RetrievalSplit | PartedSplit, pools: HardNegativePools, epoch: int
     ) -> tuple[list[TrainingExample], SamplingStats]:
-        """One epoch's training examples (queries without a positive are skipped and counted); a
-        :class:`PartedSplit`'s parts are sampled one by one and concatenated, their stats summed."""
+        """One epoch's training examples (queries without a positive skipped and counted; a split's parts in turn)."""
         examples: list[TrainingExample] = []
         stats = SamplingStats()
         if isinstance(split, PartedSplit):

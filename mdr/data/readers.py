@@ -1,6 +1,5 @@
-"""Readers that turn a language's retrieval data into a :class:`RetrievalSplit` (``reader.load(split)``): the local
-layout, Mr. TyDi (and sets in its row schema: MS MARCO) and MIRACL as published. Bad input raises a DataError naming
-``file:line``; what is tolerated and counted instead is listed in docs/data.md."""
+"""Readers of a language's data (local layout, Mr. TyDi / MS MARCO rows, MIRACL) into a :class:`RetrievalSplit`.
+Bad input raises a DataError naming ``file:line``; what is tolerated and counted instead: docs/data.md."""
 
 from __future__ import annotations
 
@@ -155,8 +154,7 @@ def read_topics(path: Path) -> dict[str, Query]:
 
 
 def read_qrels(path: Path, corpus: Mapping[str, Any], queries: Mapping[str, Query], queries_file: str = "") -> Qrels:
-    """TREC qrels ``qid iteration docid grade`` (grade 0 kept as judged non-relevant), checked against the
-    corpus and ``queries``; a (query, docid) pair graded twice with different grades is an error."""
+    """TREC qrels ``qid iteration docid grade`` (0 kept) checked against the corpus and ``queries``, grades unique."""
     if not path.is_file():
         raise DataError(f"{path}: qrels file not found")
     qrels: Qrels = {}
@@ -239,9 +237,8 @@ class LocalReader(_Reader):
 
 
 class _PublishedReader(_Reader):
-    """The queries and corpus repos (hub ids or local folders) of a published set. ``config``: the language's name in
-    the layout (null: the set lacks it); ``split_names``: mdr split -> published split; ``config_prefix``: where these
-    keys sit in the config (messages); ``published``: the canonical hub ids, named in download commands."""
+    """The queries and corpus repos (hub ids or folders) of a published set (``config``: the language's name in it,
+    null: absent; ``config_prefix``: these keys' place in the config; ``published``: the canonical hub ids)."""
 
     published: tuple[str, str] = ("", "")
     queries_patterns: tuple[str, ...] = ()
@@ -284,9 +281,8 @@ class _PublishedReader(_Reader):
 
 
 class MrTydiReader(_PublishedReader):
-    """Mr. TyDi v1.1 (or another set in its row schema) from its published files (``queries_file`` /
-    ``corpus_file``: the layout, with ``{config}`` and ``{split}``): positives and shipped negatives come from each
-    row's ``positive_passages`` / ``negative_passages``, texts from the corpus."""
+    """Mr. TyDi v1.1 (or a set in its row schema) from its published files (``queries_file`` / ``corpus_file``: the
+    layout, with ``{config}`` and ``{split}``); positives and shipped negatives from each row's passage lists."""
 
     published = ("castorini/mr-tydi", "castorini/mr-tydi-corpus")
 
@@ -353,8 +349,7 @@ _SHARD = re.compile(r"docs-(\d+)\.jsonl\.gz")
 
 
 class MiraclReader(_PublishedReader):
-    """MIRACL v1.0 from its published topics, qrels and corpus shards (``config``: the language code, ``sw``); grade-0
-    judgements stay in the qrels and are also the shipped negatives, as the dataset's loading script exposes them."""
+    """MIRACL v1.0 from its published topics, qrels and corpus shards; grade-0 judgements are also shipped negatives."""
 
     published = ("miracl/miracl", "miracl/miracl-corpus")
     queries_patterns = ("miracl-v1.0-{config}/topics/*", "miracl-v1.0-{config}/qrels/*")

@@ -1,5 +1,4 @@
-"""Several languages' (or datasets') training splits trained on as one, each id namespaced ``<part>/<id>`` (XQuAD's
-ids are parallel across languages); each part is sampled on its own corpus and pools. Nothing is copied."""
+"""Several training splits trained on as one, ids namespaced ``<part>/<id>``, each part on its own corpus and pools."""
 
 from __future__ import annotations
 
@@ -25,11 +24,6 @@ class NamespacedCorpus(Mapping[str, Passage]):
     def __init__(self, part: str, corpus: Corpus) -> None:
         self.part, self.base, self.prefix = part, corpus, namespaced(part, "")
 
-    def _local(self, docid: str) -> str:
-        if not isinstance(docid, str) or not docid.startswith(self.prefix):
-            raise KeyError(docid)
-        return docid[len(self.prefix) :]
-
     def __len__(self) -> int:
         return len(self.base)
 
@@ -37,7 +31,9 @@ class NamespacedCorpus(Mapping[str, Passage]):
         return (self.prefix + docid for docid in self.base)
 
     def __getitem__(self, docid: str) -> Passage:
-        passage = self.base[self._local(docid)]
+        if not isinstance(docid, str) or not docid.startswith(self.prefix):
+            raise KeyError(docid)
+        passage = self.base[docid[len(self.prefix) :]]
         return Passage(docid, passage.text, passage.title)
 
     def docid(self, row: int) -> str:
@@ -95,8 +91,7 @@ def _namespace_split(part: str, split: RetrievalSplit) -> PartSplit:
 
 
 class UnionSplit(Judged):
-    """The union of (name, split) ``parts``, each with its own corpus (the :class:`RetrievalSplit` API); a name
-    (e.g. the language code) namespaces that part's ids and must be unique and free of ``/``."""
+    """The union of (name, split) ``parts`` (the :class:`RetrievalSplit` API); names are unique and free of ``/``."""
 
     def __init__(self, parts: Sequence[tuple[str, RetrievalSplit]]) -> None:
         if not parts:

@@ -24,9 +24,8 @@ def encode_texts(
     autocast_dtype: torch.dtype | None = None,
     allocate: Allocate | None = None,
 ) -> np.ndarray:
-    """(len(texts), dim) vectors in the order of ``texts``, encoded sorted by length, each batch written straight
-    to its rows of the output (``allocate``: e.g. a memory-mapped file); under ``torch.autocast`` with
-    ``autocast_dtype``."""
+    """(len(texts), dim) vectors in the order of ``texts``, encoded sorted by length into ``allocate(dim)``'s array
+    (e.g. a memory-mapped file), under ``torch.autocast`` with ``autocast_dtype``."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out: np.ndarray | None = None
     device_type = torch.device(device).type

@@ -1,8 +1,8 @@
-"""Evaluate a bi-encoder on one language's test split: encode the corpus in row shards, search, score, write results.
-Under DDP each rank encodes and searches its own shards, and the merged top-k lists equal a single process's."""
+"""Evaluate a bi-encoder on one language's test split: encode the corpus in shards, search, score, write results."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Mapping
@@ -63,13 +63,10 @@ class DenseRetrieval:
         }
 
 
-def remove_if_empty(folder: Path) -> bool:
-    """Remove ``folder`` if it exists and holds nothing; True when removed."""
-    try:
+def remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` if it exists and holds nothing."""
+    with contextlib.suppress(OSError):  # absent, not empty, or not removable: nothing to tidy
         folder.rmdir()
-        return True
-    except OSError:  # absent, not empty, or not removable: nothing to tidy
-        return False
 
 
 def corpus_shards(
@@ -123,8 +120,8 @@ def dense_retrieve(
     shard_rows: int = DEFAULT_SHARD_ROWS,
     distributed: bool = False,
 ) -> DenseRetrieval:
-    """Encode ``corpus`` into shards under ``folder`` (reusing finished ones) and search ``queries``; with
-    ``distributed``, the ranks of the initialised process group split the shards (every rank must call)."""
+    """Encode ``corpus`` into shards under ``folder`` (reusing finished ones) and search ``queries`` (``distributed``:
+    the ranks split the shards; every rank must call)."""
     world, rank = world_size_and_rank() if distributed else (1, 0)
     settings = encoder.settings
     encoder.eval()
@@ -193,10 +190,8 @@ def evaluate_language(
     distributed: bool = False,
     **options: Any,
 ) -> EvaluationResult:
-    """Retrieve (``options``: :func:`dense_retrieve`'s batch size, device, precision, faiss and shard settings), score
-    and write ``runs/<language>.trec`` and ``per_query/<language>.tsv`` under ``output_dir``; the embeddings in
-    ``<output_dir>/embeddings/<language>/`` are removed unless ``keep_embeddings``. With ``distributed``, every rank
-    must call this; all return the same result and rank 0 writes the files."""
+    """Retrieve (``options``: :func:`dense_retrieve`'s), score, write ``runs/`` and ``per_query/`` files under
+    ``output_dir``; with ``distributed``, every rank calls this, all return the same and rank 0 writes."""
     out = Path(output_dir)
     folder = out / "embeddings" / language
     _, rank = world_size_and_rank() if distributed else (1, 0)

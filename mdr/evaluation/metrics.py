@@ -1,6 +1,5 @@
 """MRR@100, Recall@100 and nDCG@10 per query and averaged, as ``trec_eval -c -M 100 -m recip_rank -m recall.100
--m ndcg_cut.10`` gives them (docs/evaluation.md): ranked by score, ties by docid descending; nDCG gains are the
-grades. A run retrieved to a depth ``d`` below 100 gives ``mrr@d`` and ``recall@d`` (:func:`metric_names`)."""
+-m ndcg_cut.10`` gives them (docs/evaluation.md); a run of depth ``d`` < 100 gives ``mrr@d`` and ``recall@d``."""
 
 from __future__ import annotations
 
@@ -44,8 +43,7 @@ def query_metrics(ranking: list[str], judged: Mapping[str, int], depth: int = 10
 
 
 def evaluate_run(run: Run, qrels: Qrels, depth: int = 100) -> dict[str, dict[str, float]]:
-    """Per-query measures for every query in ``qrels`` with a relevant document (absent from run: 0), named by the
-    ``depth`` the run was retrieved to."""
+    """Per-query measures, named by ``depth``, of every query with a relevant document (absent from ``run``: 0)."""
     metric_names(depth)  # a depth below 10 fails here, before any query
     per_query: dict[str, dict[str, float]] = {}
     for query_id, judged in qrels.items():

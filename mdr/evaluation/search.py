@@ -1,5 +1,4 @@
-"""Exact inner-product search with faiss, one shard's flat index at a time (on the rank's own GPU when faiss-gpu
-sees one); per-shard top-k lists merged in one total order, whatever the split between processes."""
+"""Exact inner-product search with faiss, one shard at a time, top-k lists merged in one total order."""
 
 from __future__ import annotations
 
@@ -31,8 +30,7 @@ def search_device(use_gpu: bool | str = "auto", cuda_devices: int = 0) -> str:
 
 
 class FlatIPSearcher:
-    """Exact inner-product index over (num_passages, dim) vectors, float32 or float16, in memory or memory-mapped
-    (``use_gpu``: as :func:`search_device`; ``fp16``: vectors stored in float16 in the index)."""
+    """Exact inner-product index over (num_passages, dim) vectors (``use_gpu``: as :func:`search_device`)."""
 
     def __init__(
         self, passage_embeddings: np.ndarray, use_gpu: bool | str = "auto", fp16: bool = False, gpu_device: int = 0
@@ -65,8 +63,7 @@ def empty_topk(num_queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int, num_queries: int) -> tuple[np.ndarray, np.ndarray]:
-    """The best ``k`` of several (scores, rows) top lists per query, by score descending then row ascending (rows
-    < 0, no hit, last): the same result for any split into parts and any order of the parts."""
+    """The best ``k`` of several (scores, rows) top lists per query, by score descending then row (< 0 last)."""
     if not parts:
         return empty_topk(num_queries, k)
     scores = np.concatenate([np.asarray(s, dtype=np.float32).reshape(num_queries, -1) for s, _ in parts], axis=1)

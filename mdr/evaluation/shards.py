@@ -1,6 +1,5 @@
-"""Corpus embeddings on disk in fixed-size row shards (``shard-<i>-of-<n>.npy``, then its ``.json``: rows, dtype,
-identity, checksums), so ranks split the work (rank ``r`` of ``w``: shards ``i % w == r``; boundaries independent
-of ``w``, so every passage encodes to the same bits) and a requeued job reuses the finished ones."""
+"""Corpus embeddings on disk in fixed-size row shards (``shard-<i>-of-<n>.npy``, then its ``.json``), so ranks split
+the work (rank ``r`` of ``w``: shards ``i % w == r``) and a requeued job reuses the finished ones."""
 
 from __future__ import annotations
 
@@ -92,8 +91,7 @@ class EmbeddingShards:
         return {**meta, "dtype": np.dtype(self.dtype).name, "identity": self.identity}
 
     def is_done(self, shard: int) -> bool:
-        """True when ``shard`` was written completely for this identity, rows and dtype, and its file holds every
-        byte written (a shard that fails the check is logged and encoded again)."""
+        """True when ``shard`` was written completely for this identity, rows and dtype (else logged if corrupt)."""
         try:
             meta = json.loads(self.meta_path(shard).read_text())
         except (OSError, ValueError):

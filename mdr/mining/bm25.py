@@ -1,6 +1,5 @@
-"""BM25 for hard-negative mining with bounded memory, scoring exactly as ``bm25s.BM25(method="lucene")`` over
-:func:`mdr.mining.tokenize.bm25_tokens`: an on-disk CSC weight matrix built by a counting sort, cached under
-``<cache_dir>/bm25/`` (docs/negatives.md). Lucene itself: :mod:`mdr.mining.lucene`."""
+"""BM25 with bounded memory, scoring as ``bm25s.BM25(method="lucene")``: an on-disk CSC weight matrix built by a
+counting sort, cached under ``<cache_dir>/bm25/`` (docs/negatives.md)."""
 
 from __future__ import annotations
 
@@ -8,7 +7,6 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
 import tempfile
 import time
 from collections import defaultdict, deque
@@ -24,9 +22,10 @@ import scipy.sparse as sp
 from mdr.data.schema import Corpus, RetrievalSplit
 from mdr.mining.pools import RawPools, file_lock, from_rankings, retrieval_depth, settings_hash
 from mdr.mining.tokenize import TOKENIZER_VERSION, bm25_tokens, tokenizer_version
-from mdr.utils.cache import CacheError, check_manifest, manifest, remove_stale_builds, staging_name, verify_level
+from mdr.utils.cache import CacheError, check_manifest, manifest, verify_level
 from mdr.utils.io import atomic_write_json
 from mdr.utils.logging import get_logger
+from mdr.utils.staging import staged_folder
 
 log = get_logger(__name__)
 
@@ -55,8 +54,7 @@ class BM25Index:
 
     @classmethod
     def load(cls, folder: str | Path, level: str = "size") -> BM25Index:
-        """Memory-map an index written by :func:`build_index`, checked against its manifest at ``level`` (a
-        CacheError names the file that is not what was written, and how to clear the index)."""
+        """Memory-map an index written by :func:`build_index`, checked at ``level`` (else a CacheError)."""
         root = Path(folder)
         clear = f"delete {root} (it is rebuilt on the next run)"
         try:
@@ -81,8 +79,7 @@ class BM25Index:
         return int(self.meta["num_docs"])
 
     def token_ids(self, token_lists: Sequence[Sequence[str]]) -> list[list[int]]:
-        """Term ids of each token list, in order, repeats kept, unknown tokens dropped (bm25s's rule); streams
-        ``vocab.txt`` keeping only the tokens asked for."""
+        """Term ids of each token list, in order, repeats kept, unknown tokens dropped (bm25s's rule)."""
         wanted = {token for tokens in token_lists for token in tokens}
         ids: dict[str, int] = {}
         with (self.folder / "vocab.txt").open(encoding="utf-8") as handle:
@@ -94,8 +91,7 @@ class BM25Index:
     def search(
         self, query_term_ids: Sequence[Sequence[int]], k: int, threads: int = 1
     ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per query, (rows, float32 scores) of every document scoring > 0 and at least the k-th best score,
-        unsorted, ties at the k-th score all kept (the caller breaks them by docid)."""
+        """Per query, unsorted (rows, float32 scores) of the documents scoring > 0 and >= the k-th best (ties kept)."""
         matrix = sp.csr_matrix(
             (self.data, self.indices, self.indptr), shape=(int(self.meta["num_terms"]), self.num_docs), copy=False
         )
@@ -176,8 +172,7 @@ def _tokenize_rows(bounds: tuple[int, int], tokenizer: str) -> TokenizedBatch:
 def tokenized_batches(
     corpus: Corpus, batch_size: int, processes: int = 1, tokenizer: str = "default"
 ) -> Iterator[TokenizedBatch]:
-    """The corpus tokenised batch by batch, in row order; in ``processes`` forked workers when > 1, which read
-    their rows from the corpus (``Corpus.texts``), at most ``2 * processes`` batches in flight."""
+    """The corpus tokenised batch by batch, in row order, by ``processes`` forked workers (at most 2 batches each)."""
     global _POOL_CORPUS
     if processes <= 1 or len(corpus) <= batch_size:
         for _, _, texts in corpus.iter_batches(batch_size):
@@ -227,16 +222,11 @@ def build_index(
     b: float = 0.4,
     extra_meta: Mapping[str, object] | None = None,
 ) -> BM25Index:
-    """Write a :class:`BM25Index` of the tokenised ``batches`` (the corpus in row order) into ``folder``, built in
-    a staging folder and renamed. Weights are bm25s's Lucene variant: ``float32(idf * tf / (tf + k1 * (1 - b + b
-    * dl / avgdl)))``, ``idf = float32(log(1 + (N - df + 0.5) / (df + 0.5)))`` computed in float64."""
+    """Write a :class:`BM25Index` of the tokenised ``batches`` (corpus row order) into ``folder``; weights ``float32(idf
+    * tf / (tf + k1 * (1 - b + b * dl / avgdl)))``, ``idf = float32(log(1 + (N - df + 0.5) / (df + 0.5)))``."""
     target = Path(folder)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = target.parent / f".{staging_name(target.name)}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
     started = time.perf_counter()
-    try:
+    with staged_folder(target, replace=True) as work:
         vocab, doc_freq, lengths, part_sizes = _spill(batches, work / "parts.bin")
         tokenized = time.perf_counter()
         with (work / "vocab.txt").open("w", encoding="utf-8") as handle:
@@ -283,11 +273,6 @@ def build_index(
         meta.update(build_seconds=round(time.perf_counter() - started, 2), **(extra_meta or {}))
         meta.update(manifest(work, ["data.npy", "indices.npy", "indptr.npy", "vocab.txt"]))
         atomic_write_json(work / "meta.json", meta)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(work, target)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     log.info(
         f"BM25 index: {num_docs} docs, {num_terms} terms, {nnz} postings in {meta['build_seconds']:.1f}s -> {target}"
     )
@@ -302,9 +287,7 @@ def corpus_index(
     threads: int = 1,
     tokenizer: str = "default",
 ) -> BM25Index:
-    """The BM25 index of ``corpus`` under ``<cache_dir>/bm25/``, built there (under a lock, in ``threads`` forked
-    tokenizer processes) unless built before. A cached index that differs from its manifest (every byte checked)
-    or whose row count or sampled docids disagree with ``corpus`` is logged and rebuilt."""
+    """The BM25 index of ``corpus`` under ``<cache_dir>/bm25/``, reused if it passes every check, else (re)built."""
     key = {"corpus": corpus.fingerprint(), "tokenizer": tokenizer_version(tokenizer), "index": INDEX_VERSION}
     key.update(k1=k1, b=b)
     folder = Path(cache_dir) / "bm25" / settings_hash(key)
@@ -321,7 +304,6 @@ def corpus_index(
                     log.info("reusing BM25 index %s", folder)
                     return index
                 log.warning("BM25 index %s does not match the corpus's rows: rebuilding it", folder)
-        remove_stale_builds(folder.parent, f".{folder.name}.tmp-*")  # left by killed builds of this host
         batches = tokenized_batches(corpus, DOCS_PER_BATCH, threads, tokenizer)
         return build_index(
             batches, folder, k1, b, {"key": key, "docid_samples": samples, "tokenizer": key["tokenizer"]}
@@ -337,9 +319,7 @@ def bm25s_search(
     threads: int | None = None,
     tokenizer: str = "default",
 ) -> dict[str, list[tuple[str, float]]]:
-    """Top-``depth`` BM25 documents (score > 0) for every query of ``split``, ties broken by docid; the index is
-    cached in ``cache_dir`` (None: a temporary folder); ``threads``: query batches scored in parallel (None:
-    :func:`default_threads`)."""
+    """Top-``depth`` BM25 documents (score > 0) per query, ties by docid; index in ``cache_dir`` (None: temporary)."""
     if cache_dir is None:
         with tempfile.TemporaryDirectory(prefix="mdr-bm25-") as tmp:
             return bm25s_search(split, depth, k1, b, tmp, threads, tokenizer)

@@ -1,7 +1,5 @@
-"""Denoised hard negatives (NV-Retriever's TopK-PercPos, docs/negatives.md): of a filtered pool, keep the candidates
-a teacher scores at most ``positive - |positive| * relative_margin``, ``positive`` the lowest teacher score of the
-query's judged positives. Teacher scores are cached per (data, pool, teacher), so any ``relative_margin`` reuses them.
-"""
+"""Denoised hard negatives (NV-Retriever's TopK-PercPos, docs/negatives.md): keep the candidates a teacher scores at
+most ``positive - |positive| * relative_margin`` (``positive``: the query's lowest-scored judged positive)."""
 
 from __future__ import annotations
 
@@ -35,8 +33,7 @@ TeacherLoader = Callable[[], tuple[BiEncoder, Any, str]]
 
 @dataclass(frozen=True)
 class DenoiseSettings:
-    """``negatives.denoise``: ``teacher`` is a model group (``conf/model/<name>.yaml``) or an encoder folder;
-    ``batch_size`` texts go through it per forward pass."""
+    """``negatives.denoise``: ``teacher`` is a model group (``conf/model/<name>.yaml``) or an encoder folder."""
 
     enabled: bool = False
     teacher: str = "me5_small"
@@ -46,9 +43,8 @@ class DenoiseSettings:
 
 @dataclass
 class DenoiseStats:
-    """What denoising did to a run's pools (metrics.json records it): of the ``queries`` with a pool and their
-    ``candidates``, how many were ``dropped``, in how many queries, how many pools it ``emptied`` (random negatives
-    then), how many queries had no judged positive (kept as they were), and where the teacher scores came from."""
+    """What denoising did to a run's pools (in metrics.json): ``emptied`` pools get random negatives, queries
+    ``without_positive`` are kept as they were."""
 
     teacher: str
     relative_margin: float
@@ -67,8 +63,7 @@ class DenoiseStats:
 
 
 class NegativePools(dict[str, list[str]]):
-    """Hard-negative docid pools per training query (a plain ``dict`` to the sampler), plus ``denoise``: what
-    denoising dropped (None: off)."""
+    """Hard-negative docid pools per training query, plus ``denoise``: what denoising dropped (None: off)."""
 
     def __init__(self, pools: Mapping[str, list[str]] | None = None, denoise: DenoiseStats | None = None) -> None:
         super().__init__(pools or {})
@@ -76,8 +71,7 @@ class NegativePools(dict[str, list[str]]):
 
 
 def teacher_identity(encoder: BiEncoder, name_or_path: str, cache_dir: str | Path | None = None) -> str:
-    """What the teacher is, for the scores' cache key: a folder's content digest (not its path, so a moved cache
-    is reused; remembered under ``<cache_dir>/digests``) or a hub id, plus its encoding settings."""
+    """The teacher for the scores' cache key: a folder's content digest (not its path) or a hub id, plus settings."""
     root = Path(name_or_path)
     memo = digests_dir(cache_dir) if cache_dir else None
     what = f"folder:{folder_digest(root, memo)}" if root.is_dir() else name_or_path
@@ -85,20 +79,15 @@ def teacher_identity(encoder: BiEncoder, name_or_path: str, cache_dir: str | Pat
     return f"{what}#{settings}"
 
 
-def _pool_digest(pools: Mapping[str, Sequence[str]]) -> str:
-    digest = hashlib.sha256()
-    for query_id in sorted(pools):
-        digest.update(f"{query_id}\t{' '.join(pools[query_id])}\n".encode())
-    return digest.hexdigest()[:16]
-
-
 def scores_cache_path(
     cache_dir: str | Path, language: str, split: RetrievalSplit, pools: Mapping[str, Sequence[str]], identity: str
 ) -> Path:
     """``<cache_dir>/pools/<language>-teacher-<hash>.jsonl`` for these data, pools and teacher."""
-    key = settings_hash(
-        {"data": fingerprint(split), "pools": _pool_digest(pools), "teacher": identity, "version": SCORES_VERSION}
-    )
+    digest = hashlib.sha256()
+    for query_id in sorted(pools):
+        digest.update(f"{query_id}\t{' '.join(pools[query_id])}\n".encode())
+    what = {"data": fingerprint(split), "pools": digest.hexdigest()[:16], "teacher": identity}
+    key = settings_hash({**what, "version": SCORES_VERSION})
     return Path(cache_dir) / "pools" / f"{language}-teacher-{key}.jsonl"
 
 
@@ -113,8 +102,7 @@ def teacher_scores(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
 ) -> RawPools:
-    """Teacher scores (dot products) of each query's candidates and, as ``positive_scores``, of its lowest-scoring
-    judged positive; each distinct passage and query is encoded once (bf16 autocast where the device runs it)."""
+    """Teacher dot products of each query's candidates and, as ``positive_scores``, its lowest-scoring positive."""
     settings = encoder.settings
     encoder.eval()
     encoder.to(device)
@@ -193,8 +181,7 @@ def cached_teacher_scores(
     batch_size: int = 64,
     device: str | None = None,
 ) -> tuple[RawPools, Path, bool]:
-    """(:func:`teacher_scores` of ``pools``, their cache file, whether they came from it); a cache file that is not
-    what was written, or misses a score, is logged and scored again."""
+    """(:func:`teacher_scores` of ``pools``, their cache file, whether cached); a bad cache file is scored again."""
     identity = teacher_identity(encoder, name_or_path, cache_dir)
     path = scores_cache_path(cache_dir, language, split, pools, identity)
     with file_lock(path.with_name(path.name + ".lock")):
@@ -218,8 +205,7 @@ def denoise_pools(
     cache_dir: str | Path,
     device: str | None = None,
 ) -> NegativePools:
-    """Drop likely false negatives from ``pools`` (the module's rule); ``.denoise`` of the result says how many.
-    Teacher scores are cached under ``<cache_dir>/pools/``; ``device`` None: :func:`default_device`."""
+    """Drop likely false negatives from ``pools`` (the module's rule); ``.denoise`` of the result says how many."""
     encoder, tokenizer, name_or_path = load_teacher()
     scores, path, from_cache = cached_teacher_scores(
         pools, split, language, encoder, tokenizer, name_or_path, cache_dir, settings.batch_size, device

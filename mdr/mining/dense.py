@@ -1,5 +1,4 @@
-"""Dense hard-negative mining (ANCE-style): an encoder's top-N per training query, positives removed, through the
-sharded encode + search of :mod:`mdr.evaluation.evaluator` (bf16 autocast where the hardware has it)."""
+"""Dense hard-negative mining (ANCE-style): an encoder's top-N per training query, positives removed."""
 
 from __future__ import annotations
 
@@ -30,9 +29,7 @@ def dense_pools(
     shard_rows: int = DEFAULT_SHARD_ROWS,
     work_dir: str | Path | None = None,
 ) -> RawPools:
-    """Top-``depth`` non-positive passages per query, with the exact best-positive score for the margin filter,
-    encoded on ``device`` (None: :func:`mining_device`); the corpus embeddings go to ``work_dir`` (None: the system's
-    temporary folder, maybe a too small tmpfs: the miner passes ``<cache_dir>/tmp``) and are removed."""
+    """Top-``depth`` non-positive passages per query, with the best-positive score; embeddings in ``work_dir``."""
     device = device or mining_device()
     encoder.to(device)
     if work_dir is not None:

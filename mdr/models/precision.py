@@ -1,5 +1,4 @@
-"""Which low precision the hardware runs fast (for training, evaluation and mining): bf16 on CUDA cards that
-support it and on CPUs with bf16 units."""
+"""Which low precision the hardware runs fast: bf16 on CUDA cards that support it and on CPUs with bf16 units."""
 
 from __future__ import annotations
 
@@ -45,8 +44,7 @@ def autocast_dtype(device: str | torch.device) -> torch.dtype | None:
 
 
 def resolve_precision(precision: str | int, accelerator: str) -> str:
-    """Lightning's precision string for ``trainer.precision`` on ``accelerator``; ``auto``: ``bf16-mixed`` where
-    supported, else ``32-true``."""
+    """Lightning's precision for ``trainer.precision`` (``auto``: ``bf16-mixed`` where supported, else ``32-true``)."""
     if str(precision) != "auto":
         return str(precision)
     device = (

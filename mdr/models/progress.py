@@ -1,6 +1,5 @@
-"""One log line per training job every N steps or M seconds (whichever first), progress bar or not, and one when
-training starts and ends: ``<run>: epoch e/E step s/S (p%) loss L r steps/s ETA t`` (the loss: the mean since the
-previous line; steps/s and the ETA: since this attempt's start)."""
+"""A training job's progress log line every N steps or M seconds (whichever first), and when it starts and ends:
+``<run>: epoch e/E step s/S (p%) loss L r steps/s ETA t`` (loss: mean since the last line; rate: since the start)."""
 
 from __future__ import annotations
 
@@ -37,8 +36,7 @@ def _loss_of(outputs: Any) -> torch.Tensor | None:
 
 
 class ProgressLog(pl.Callback):
-    """Logs a training job's progress as plain log lines, named by ``label`` (None switches a trigger off; the values
-    are checked with the config, :class:`mdr.spec.Logger`)."""
+    """Logs a training job's progress as plain lines named by ``label`` (a None trigger is off)."""
 
     def __init__(
         self,
