@@ -32,8 +32,7 @@ from mdr.utils.cache import (
     staging_name,
     write_folder_manifest,
 )
-from mdr.utils.config_compat import drop_neutral_defaults
-from mdr.utils.config_identity import config_hash, left_out
+from mdr.utils.config_identity import config_hash, drop_neutral_defaults, left_out
 from mdr.utils.instantiate import build_reader, ensure_model_files
 from mdr.utils.io import atomic_write_json
 from mdr.utils.logging import get_logger

@@ -38,7 +38,7 @@ from mdr.spec import (
     Trainer,
 )
 from mdr.utils.cache import settings_problems as cache_settings_problems
-from mdr.utils.config_compat import NEUTRAL_DEFAULTS
+from mdr.utils.config_identity import NEUTRAL_DEFAULTS
 from mdr.utils.instantiate import build_target_problem, model_source_problem
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

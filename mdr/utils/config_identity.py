@@ -1,8 +1,10 @@
 """What makes two runs "the same": which config keys count (:data:`IDENTITY`) for a run folder, a cached stage, a
-hard-negative pool and a report cell, and the canonical form a run folder's identity is the hash of."""
+hard-negative pool and a report cell, the canonical form a run folder's identity is the hash of, and the neutral
+values of keys added after runs were recorded (left out while they hold it, so older runs keep their identity)."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass
@@ -10,14 +12,38 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from mdr.utils.config_compat import drop_neutral_defaults, parent_of
+NEUTRAL_DEFAULTS: dict[str, Any] = {
+    "train.fast_dropout": False,  # added with train.fast_dropout: torch's own dropout, as before
+    "train.checkpoint_every_n_steps": None,  # checkpoints at epoch ends only, as before
+    "run.stages_only": False,  # a policy key (run.* is no part of a run's identity): the whole run, as before
+    "negatives.pool.tokenizer": "default",  # added for the Thai word arm: mdr's words + bigrams, as before
+    "trainer.num_nodes": 1,  # added to conf/trainer: one node, Lightning's default, as before
+}
+
+
+def parent_of(data: dict[str, Any], dotted: str) -> tuple[dict[str, Any] | None, str]:
+    """The dict of ``data`` holding ``dotted``'s last part (None: a parent is missing), and that part."""
+    *parents, leaf = dotted.split(".")
+    node: Any = data
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    return (node if isinstance(node, dict) else None), leaf
+
+
+def drop_neutral_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of plain config ``data`` without the keys of :data:`NEUTRAL_DEFAULTS` that hold their neutral value."""
+    result = copy.deepcopy(data)
+    for dotted, neutral in NEUTRAL_DEFAULTS.items():
+        node, leaf = parent_of(result, dotted)
+        if node is not None and leaf in node and type(node[leaf]) is type(neutral) and node[leaf] == neutral:
+            node.pop(leaf)  # type check: False is neutral, 0 is not
+    return result
 
 
 @dataclass(frozen=True)
 class Counts:
-    """Where a config key (and every key under it without a row of its own) counts: ``run`` folder identity, cached
-    ``stage`` key, ``pool`` cache key, ``report`` cell; ``shown``: the results column showing it; ``label``: its short
-    name in a variant that splits cells by it."""
+    """Where a config key (and those under it without a row) counts: ``run`` folder, ``stage`` / ``pool`` cache key,
+    ``report`` cell; ``shown``: the results column showing it; ``label``: its name in a variant split by it."""
 
     run: bool = True
     stage: bool = True
@@ -102,8 +128,7 @@ def counts(dotted: str) -> Counts:
 
 
 def left_out(scope: str, under: str = "") -> tuple[str, ...]:
-    """The keys of :data:`IDENTITY` (under ``under``, relative to it) that do not count for ``scope`` while their
-    parent does: what that scope drops."""
+    """The :data:`IDENTITY` keys (relative to ``under``) that ``scope`` drops: not counting while their parent does."""
     found = []
     for key, role in IDENTITY.items():
         if under and not key.startswith(under + "."):
@@ -151,7 +176,7 @@ def _normalise(value: Any, cache_dir: str | None) -> Any:
 
 def canonical_config(cfg: Any) -> dict[str, Any]:
     """The resolved config (a composed one, or a plain mapping) without :data:`IGNORED_KEYS` and keys at their
-    neutral default (:mod:`mdr.utils.config_compat`), with the cache folder written as a placeholder."""
+    neutral default (:data:`NEUTRAL_DEFAULTS`), with the cache folder written as a placeholder."""
     if OmegaConf.is_config(cfg):
         data: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     else:

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from mdr.utils.config_compat import parent_of
+from mdr.utils.config_identity import parent_of
 
 RECORD_VERSION = 1
 DEFAULT_DEPTH = 100  # the evaluation depth of a record that states none
