@@ -29,7 +29,7 @@ from mdr.utils.cache import (
     digests_dir,
     folder_digest,
     remove_stale_builds,
-    staging_name,
+    staged_folder,
     write_folder_manifest,
 )
 from mdr.utils.config_identity import config_hash, drop_neutral_defaults, left_out
@@ -46,8 +46,7 @@ SplitMemo = dict[tuple[str, str], RetrievalSplit]  # training splits read for ke
 
 
 def placeholders(tree: Any, roots: Mapping[str, str], drop: tuple[str, ...] = ()) -> Any:
-    """``tree`` without its ``drop`` keys and with every string under a ``roots`` folder written as
-    ``${<name>}/...``, so that a key does not change when the data or cache folder moves (content is keyed apart)."""
+    """``tree`` without its ``drop`` keys, each string under a ``roots`` folder written ``${<name>}/...`` (movable)."""
     if isinstance(tree, dict):
         return {key: placeholders(value, roots, drop) for key, value in tree.items() if key not in drop}
     if isinstance(tree, list):
@@ -57,12 +56,6 @@ def placeholders(tree: Any, roots: Mapping[str, str], drop: tuple[str, ...] = ()
             if root and (tree == root or tree.startswith(root.rstrip("/") + "/")):
                 return "${" + name + "}" + tree[len(root.rstrip("/")) :]
     return tree
-
-
-def path_roots(spec: Spec) -> dict[str, str]:
-    """``paths.data_dir`` and ``paths.cache_dir`` (longest first, so a nested one wins)."""
-    roots = {"paths.cache_dir": spec.paths.cache_dir, "paths.data_dir": spec.paths.data_dir}
-    return dict(sorted(((name, root) for name, root in roots.items() if root), key=lambda item: -len(item[1])))
 
 
 def model_identity(spec: Spec) -> str:
@@ -109,10 +102,10 @@ def stage_key(
     model: str | None = None,
     content: bool = True,
 ) -> dict[str, Any]:
-    """Everything that shapes a stage's encoder, by content, not place: the starting model by its weights
-    (``model``: :func:`model_identity`), each source by its language, data config and split's content fingerprint
-    (``content=False``: left out, for comparing configs only), paths as placeholders."""
-    roots = path_roots(spec)
+    """Everything that shapes a stage's encoder, by content, not place (``model``: :func:`model_identity`; sources by
+    language, data config and split fingerprint, unless ``content=False``: for comparing configs only)."""
+    roots = {"paths.cache_dir": spec.paths.cache_dir, "paths.data_dir": spec.paths.data_dir}  # longest first wins
+    roots = dict(sorted(((name, root) for name, root in roots.items() if root), key=lambda item: -len(item[1])))
     resolved = spec.resolved
     settings = {k: v for k, v in placeholders(dict(resolved["model"]), roots).items() if k not in MODEL_KEYS_IGNORED}
     settings["name_or_path"] = model if model is not None else model_identity(spec)
@@ -146,8 +139,7 @@ def key_digest(key: Any) -> str:
 def stage_keys(
     spec: Spec, splits: SplitMemo | None = None, target_train: RetrievalSplit | None = None, content: bool = True
 ) -> list[tuple[dict[str, Any], str]]:
-    """(key, digest) of every stage of the schedule, each chained to the one before; the splits read for their
-    content go into ``splits`` (training reuses them; ``target_train`` stands for the run's own)."""
+    """(key, digest) of every stage, each chained to the one before; splits read go into ``splits`` for training."""
     keys: list[tuple[dict[str, Any], str]] = []
     previous = None
     model = model_identity(spec) if spec.schedule.stages else None
@@ -178,8 +170,7 @@ class StageRun:
 def training_data(
     spec: Spec, stage: Stage, target_train: RetrievalSplit | None, splits: SplitMemo | None = None
 ) -> tuple[RetrievalSplit | UnionSplit, Mapping[str, list[str]], Any]:
-    """The stage's training split (a :class:`UnionSplit` for several sources, each query's negatives from its own
-    language's corpus and pools), its pools and its denoise record; splits read for the key come from ``splits``."""
+    """The stage's training split (a :class:`UnionSplit` for several sources), its pools and its denoise record."""
     loaded = []
     for source in stage.sources:
         split = _training_split(source, splits, target_train)
@@ -225,8 +216,7 @@ def cached_stage(
     splits: SplitMemo | None = None,
     wait: bool = True,
 ) -> tuple[Path, str, dict[str, Any] | None]:
-    """(encoder folder, ``trained``, ``reused`` or ``busy``, summary) of a cached stage, trained now unless a
-    complete one holding this key is found; jobs needing it wait on its lock (``wait=False``: ``busy``)."""
+    """(encoder folder, ``trained`` / ``reused`` / ``busy`` (``wait=False``, locked), summary) of a cached stage."""
     root = stage_dir(spec, digest)
     encoder_dir = root / "encoder"
     root.mkdir(parents=True, exist_ok=True)
@@ -262,17 +252,12 @@ def cached_stage(
                 f"stage {stage.name} is cached and must be trained before DDP spawns: train it first with trainer=gpu "
                 "(one process, one device), then rerun"
             )
-        remove_stale_builds(root, ".encoder.tmp*")  # saves of killed jobs (legacy '.encoder.tmp' included)
-        staging = root / staging_name(".encoder")
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
+        remove_stale_builds(root, ".encoder.tmp")  # an older mdr's save of a killed job
+        with staged_folder(encoder_dir, replace=True) as staging:
             trained.encoder.save_pretrained(staging, trained.tokenizer)
             write_folder_manifest(staging)
             summary = {**trained.summary, "denoise": trained.denoise}
             atomic_write_json(root / "summary.json", summary)
-            staging.rename(encoder_dir)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         remove_checkpoints(root / "run", encoder_dir)  # later jobs reuse the encoder, never resume
         return encoder_dir, "trained", summary
 
@@ -333,8 +318,7 @@ def _record(stage: Stage, digest: str) -> dict[str, Any]:
 def _cached_stages(
     spec: Spec, splits: SplitMemo, target_train: RetrievalSplit | None = None, wait: bool = True
 ) -> tuple[list[dict[str, Any]], list[str | None], dict[str, Any] | None]:
-    """Train or find the schedule's cached stages in order: (one record per stage, the encoder each cached stage
-    started from and the last one's, the last one's summary); ``wait``: see :func:`cached_stage`."""
+    """Train or find the cached stages in order: (a record per stage, the encoders they start from, last summary)."""
     keys = stage_keys(spec, splits, target_train)
     records = [_record(stage, digest) for stage, (_, digest) in zip(spec.schedule.stages, keys)]
     starts: list[str | None] = [None]
@@ -350,8 +334,7 @@ def _cached_stages(
 
 
 def run_schedule(spec: Spec, out: Path, target_train: RetrievalSplit | None = None) -> ScheduleResult:
-    """Run the schedule's stages in order (cached ones, then the run's own in ``out``, saved to ``out/encoder`` with
-    ``train.save_encoder``); return the final encoder on every DDP rank. ``target_train``: the run's own split."""
+    """Run the cached stages, then the run's own in ``out``; return the final encoder on every DDP rank."""
     plan = spec.schedule
     splits: SplitMemo = {}
     records, starts, summary = _cached_stages(spec, splits, target_train)
@@ -385,8 +368,7 @@ def run_schedule(spec: Spec, out: Path, target_train: RetrievalSplit | None = No
 
 
 def train_cached_stages(spec: Spec) -> dict[str, Any]:
-    """``run.stages_only``: train (or find) the cached stages in order, nothing else; return their records. A stage
-    another job holds is left to it (``busy``, with the later ones), so no job holds a device waiting on a lock."""
+    """``run.stages_only``: train or find the cached stages (one another job holds is left to it, ``busy``); records."""
     records, _, _ = _cached_stages(spec, {}, wait=False)
     done = [record for record in records if record["status"] is not None]
     return {"stages_only": True, "schedule": {"name": spec.schedule.name, "stages": done}}

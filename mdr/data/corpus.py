@@ -18,11 +18,10 @@ import numpy as np
 import pyarrow as pa
 
 from mdr.utils import cache
-from mdr.utils.cache import CacheError
+from mdr.utils.cache import CacheError, staged_folder
 from mdr.utils.errors import DataError
 from mdr.utils.io import atomic_write_json
 from mdr.utils.logging import get_logger
-from mdr.utils.staging import staged_folder
 
 log = get_logger(__name__)
 

@@ -22,10 +22,9 @@ import scipy.sparse as sp
 from mdr.data.schema import Corpus, RetrievalSplit
 from mdr.mining.pools import RawPools, file_lock, from_rankings, retrieval_depth, settings_hash
 from mdr.mining.tokenize import TOKENIZER_VERSION, bm25_tokens, tokenizer_version
-from mdr.utils.cache import CacheError, check_manifest, manifest, verify_level
+from mdr.utils.cache import CacheError, check_manifest, manifest, staged_folder, verify_level
 from mdr.utils.io import atomic_write_json
 from mdr.utils.logging import get_logger
-from mdr.utils.staging import staged_folder
 
 log = get_logger(__name__)
 

@@ -10,10 +10,9 @@ from typing import Any
 
 import torch
 
-from mdr.utils.cache import remove_stale_builds, write_folder_manifest
+from mdr.utils.cache import remove_stale_builds, staged_folder, write_folder_manifest
 from mdr.utils.io import share_like_new_files
 from mdr.utils.logging import get_logger
-from mdr.utils.staging import staged_folder
 
 log = get_logger(__name__)
 

@@ -27,11 +27,9 @@ log = get_logger(__name__)
 
 HOST = socket.gethostname()
 SAMPLE_BLOCKS, SAMPLE_BYTES = 16, 4096
-FULL_CHECK_BYTES = 512 << 20
-"""At level ``auto``, how many bytes of an entry's files are hashed in full, smallest first (about a second)."""
+FULL_CHECK_BYTES = 512 << 20  # at level auto: bytes of an entry's files hashed in full, smallest first (about 1 s)
 VERIFY_ENV = "MDR_VERIFY_CACHES"
-BUILD_MANIFEST = ".manifest.json"
-"""In a folder built into the cache (tiny model, me5_small, a cached stage's encoder): the manifest of its files."""
+BUILD_MANIFEST = ".manifest.json"  # the manifest of a folder built into the cache (a model, a stage's encoder)
 _HF_BLOB = re.compile(r"^[0-9a-f]{64}$")
 _UNSUPPORTED = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL}
 _BUSY = {errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES}
@@ -71,8 +69,7 @@ def sample_digest(path: str | os.PathLike[str]) -> str:
 
 
 def content_digest(path: str | os.PathLike[str], memo_dir: str | os.PathLike[str] | None = None) -> str:
-    """The SHA-256 of ``path``'s bytes (a Hugging Face ``blobs/<sha256>`` is its own), remembered in ``memo_dir``
-    while size, mtime, ctime and inode hold."""
+    """The SHA-256 of ``path`` (a Hugging Face ``blobs/<sha256>``: its name), memoised in ``memo_dir`` by file stat."""
     resolved = Path(path).resolve()
     if resolved.parent.name == "blobs" and _HF_BLOB.match(resolved.name):
         return resolved.name
@@ -249,8 +246,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def builder_gone(path: str | os.PathLike[str]) -> bool:
-    """Whether the process that made staging folder ``path`` is gone; another host's counts as gone only under
-    owner-file locks (``MDR_CACHE_LOCK=auto``, which hold across nodes and the caller holds), never otherwise."""
+    """Whether the process that made staging folder ``path`` is gone (another host's: only under owner-file locks)."""
     match = re.search(r"\.tmp-(?:(.+)-)?(\d+)$", Path(path).name)  # no host: an older mdr's '.tmp-<pid>'
     if match is None:  # an older mdr's mkdtemp name
         return True
@@ -260,8 +256,7 @@ def builder_gone(path: str | os.PathLike[str]) -> bool:
 
 
 def remove_stale_builds(parent: str | os.PathLike[str], pattern: str) -> int:
-    """Remove the staging folders/files under ``parent`` matching ``pattern`` whose builder is gone (call it holding
-    the entry's :func:`cache_lock`); count them."""
+    """Remove and count the builds under ``parent`` matching ``pattern`` whose builder is gone (under the lock)."""
     removed = 0
     for stale in Path(parent).glob(pattern):
         if stale.name.endswith(f"-{HOST}-{os.getpid()}") or not builder_gone(stale):
@@ -273,6 +268,28 @@ def remove_stale_builds(parent: str | os.PathLike[str], pattern: str) -> int:
         removed += 1
         log.info("removed %s, left by a build that was killed", stale)
     return removed
+
+
+@contextmanager
+def staged_folder(target: Path, prefix: str = ".", replace: bool = False) -> Iterator[Path]:
+    """A fresh ``<prefix><target>.tmp-<host>-<pid>`` for the block to fill, then renamed to ``target`` (``replace``: an
+    existing one is deleted first; else another process's is kept); never outlives the block."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_builds(target.parent, f"{prefix}{target.name}.tmp-*")
+    staging = target.parent / f"{prefix}{staging_name(target.name)}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        if replace:
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if replace or not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def lock_mode() -> str:
@@ -372,9 +389,8 @@ def _take_over(path: Path, seen: tuple[int, int], token: str) -> None:
 
 @contextmanager
 def _owner_file(path: Path, waiting: str | None, wait: bool) -> Iterator[None]:
-    """Hold the owner file ``path`` for the block, touched by a heartbeat; a holder is taken over when its pid on
-    this host is gone, or after ``MDR_LOCK_STALE_SECONDS`` without a heartbeat (the longer of how long this process
-    has seen the file unchanged and its age by the file system's clock)."""
+    """Hold the owner file ``path`` for the block, touched by a heartbeat; take over a holder whose pid on this host is
+    gone, or silent for ``MDR_LOCK_STALE_SECONDS`` (the longer of time seen unchanged and age by the file's clock)."""
     token, limit = uuid.uuid4().hex, stale_seconds()
     observed: tuple[int, int] | None = None
     since, delay, told = time.monotonic(), 0.05, False
@@ -428,9 +444,8 @@ def _owner_file(path: Path, waiting: str | None, wait: bool) -> Iterator[None]:
 
 @contextmanager
 def cache_lock(path: str | os.PathLike[str], waiting: str | None = None, wait: bool = True) -> Iterator[None]:
-    """Hold the lock ``path`` for the block, one process at a time on any node: ``flock`` where supported plus the
-    owner file ``<path>.owner`` (``MDR_CACHE_LOCK=flock``: flock alone, ``none``: no lock). ``waiting`` is logged
-    while another process holds it; ``wait=False`` raises :class:`LockBusy` then instead."""
+    """Hold the lock ``path``, one process on any node: ``flock`` plus owner file ``<path>.owner`` (``MDR_CACHE_LOCK``
+    says which); ``waiting`` is logged while another holds it, or with ``wait=False`` :class:`LockBusy` is raised."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     mode = lock_mode()
