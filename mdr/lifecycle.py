@@ -39,8 +39,7 @@ def output_dir(spec: Spec) -> Path:
 
 
 def runs_folder(out: Path) -> Path | None:
-    """Where a single run looks for earlier runs of its config: Hydra's ``outputs/<task>/runs`` when the command gave
-    no ``hydra.run.dir``; None for a multirun, a folder the command chose, or a config composed outside Hydra."""
+    """Hydra's ``outputs/<task>/runs``, where a run without ``hydra.run.dir`` looks for earlier runs; else None."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -61,8 +60,7 @@ def headline(payload: dict[str, Any]) -> str:
 
 
 def reuse_earlier_run(spec: Spec, wanted: str, out: Path, runs_dir: Path) -> dict[str, Any] | None:
-    """The stored metrics of the newest finished run of the config hashed ``wanted`` under ``runs_dir``, or None to
-    run in ``out`` (``run.on_complete=fresh``, its weights changed since, or none finished); logs what it found."""
+    """The metrics of the newest finished run hashed ``wanted`` under ``runs_dir`` still valid, or None (logged)."""
     runs = run_folder.earlier_runs(wanted, runs_dir, out)
     if not runs:
         return None
@@ -106,8 +104,7 @@ class Prepared:
 
 
 def prepare(cfg: DictConfig) -> Prepared:
-    """Build the spec (every value checked before anything is read or built); a bad value's problem is kept, raised
-    once its folder is claimed (``failed.json`` names the key)."""
+    """Build the spec; a bad value's problem is kept, raised once its folder is claimed (``failed.json`` names it)."""
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -123,9 +120,8 @@ def run_task(cfg: DictConfig, task: Task, runs_dir: Path | None = None) -> dict[
 
 
 def run_prepared(run: Prepared, task: Task, runs_dir: Path | None = None) -> dict[str, Any]:
-    """Claim the run folder for the config (:mod:`mdr.run_folder`), write ``config.yaml``, run ``task`` (it writes
-    ``metrics.json``), on failure leave ``failed.json``; with ``runs_dir``, an earlier finished run there is returned
-    instead (:func:`reuse_earlier_run`)."""
+    """Claim the run folder, write ``config.yaml``, run ``task`` (it writes ``metrics.json``), on failure leave
+    ``failed.json``; with ``runs_dir``, an earlier finished run there is returned (:func:`reuse_earlier_run`)."""
     out, spec = run.out, run.spec
 
     def work() -> dict[str, Any]:
@@ -186,8 +182,7 @@ def record_failure(out: Path, error: BaseException) -> None:
 
 
 def follow_rank_zero(out: Path, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """A rank > 0 takes rank 0's decision on the run folder: do ``work``, return ``{}`` (already complete), or raise
-    what rank 0 raised; it neither locks nor records."""
+    """A rank > 0 follows rank 0's decision on the folder: do ``work``, return ``{}`` (complete), or raise rank 0's."""
     decision = ranks.rank_zero_decision(out)
     if decision["decision"] == "complete":
         print(f"[mdr] {out}: rank 0 found this config's finished run; this rank returns", flush=True)  # off rank 0

@@ -84,8 +84,7 @@ def _read_json(path: Path, remedy: str) -> dict[str, Any]:
 
 @dataclass
 class RunFolderState:
-    """What :func:`claim` found: the stored metrics when the same config finished here (``complete``), whether the
-    folder already belonged to this config (``resumed``), where ``fresh`` moved the old contents (``moved_to``)."""
+    """What :func:`claim` found: this config's stored metrics, whether it resumes, where ``fresh`` moved it."""
 
     complete: dict[str, Any] | None = None
     resumed: bool = False
@@ -126,11 +125,8 @@ def _hydra_owned(out: Path) -> set[str]:
 
 def _results(out: Path) -> list[str]:
     """Names in ``out`` that are more than bookkeeping (results, checkpoints, logs of training)."""
-    return sorted(
-        p.name
-        for p in out.iterdir()
-        if p.name not in BOOKKEEPING and not p.name.startswith("previous-") and not p.name.endswith(".log")
-    )
+    names = (path.name for path in out.iterdir())
+    return sorted(n for n in names if n not in BOOKKEEPING and not n.startswith("previous-") and not n.endswith(".log"))
 
 
 def _move_aside(out: Path) -> Path:
@@ -154,28 +150,10 @@ def _completed_payload(out: Path) -> dict[str, Any] | None:
     return _read_json(metrics, _remedy(out, "run.on_complete=fresh"))
 
 
-def _hydra_snapshot(out: Path) -> dict[str, str]:
-    """Hydra's ``.hydra/*.yaml`` of this run, when Hydra is running this folder (else empty)."""
-    folder = out / ".hydra"
-    if ".hydra" not in _hydra_owned(out) or not folder.is_dir():
-        return {}
-    return {path.name: path.read_text(encoding="utf-8") for path in sorted(folder.glob("*.yaml"))}
-
-
-def _restore_hydra(folder: Path, record: dict[str, Any] | None) -> None:
-    """Put back the recorded ``.hydra`` files that Hydra overwrote before the task ran (only those that differ, so a
-    read-only folder is not written)."""
-    for name, text in ((record or {}).get("hydra_files") or {}).items():
-        path = folder / ".hydra" / name
-        with suppress(OSError, ValueError):  # missing or unreadable: written
-            if path.read_text(encoding="utf-8") == text:
-                continue
-        atomic_write_text(path, text)
-
-
 def _write_record(out: Path, canonical: dict[str, Any], created: str | None, run_id: str | None) -> None:
     require_writable(out, "this command's run is not finished there, so it must write there (its record, results)")
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
+    hydra_files = sorted((out / ".hydra").glob("*.yaml")) if ".hydra" in _hydra_owned(out) else []  # this run's
     atomic_write_json(
         out / RECORD_FILE,
         {
@@ -184,22 +162,26 @@ def _write_record(out: Path, canonical: dict[str, Any], created: str | None, run
             "run_id": run_id or uuid.uuid4().hex[:16],
             "updated": now,
             "config": canonical,
-            "hydra_files": _hydra_snapshot(out),
+            "hydra_files": {path.name: path.read_text(encoding="utf-8") for path in hydra_files},
         },
     )
 
 
 def claim(out: Path, canonical: dict[str, Any], policy: RunPolicy) -> RunFolderState:
-    """Check ``out`` against the ``canonical`` config and record it there (the module's rules): raises
-    :class:`RunFolderConflict` (another config's results, ``refuse``) or :class:`RunFolderDamaged` (an unreadable
-    record, no ``fresh`` policy)."""
+    """Check ``out`` against the ``canonical`` config and record it there (the module's rules), or raise
+    :class:`RunFolderConflict` (another config's results) / :class:`RunFolderDamaged` (unreadable, no ``fresh``)."""
     on_change, on_complete = policy.on_config_change, policy.on_complete
     state = RunFolderState()
     hydra_running = ".hydra" in _hydra_owned(out)  # Hydra already overwrote .hydra with this run's files
 
     def restore(folder: Path) -> Path:
-        if hydra_running:
-            _restore_hydra(folder, record)
+        """Put back the recorded ``.hydra`` files Hydra overwrote (only those that differ: read-only folders stay)."""
+        for name, text in (((record or {}).get("hydra_files") or {}) if hydra_running else {}).items():
+            path = folder / ".hydra" / name
+            with suppress(OSError, ValueError):  # missing or unreadable: written
+                if path.read_text(encoding="utf-8") == text:
+                    continue
+            atomic_write_text(path, text)
         return folder
 
     created = run_id = None
@@ -277,8 +259,7 @@ def is_new(out: Path) -> bool:
 
 @dataclass(frozen=True)
 class EarlierRun:
-    """A run of the same config in another ``folder``: its ``metrics`` (None: unfinished, with a resume checkpoint)
-    and ``when`` it finished (or checkpointed), in seconds since the epoch."""
+    """A run of the same config in ``folder``: ``metrics`` (None: unfinished, with a checkpoint), ``when`` (epoch s)."""
 
     folder: Path
     metrics: dict[str, Any] | None
@@ -286,9 +267,8 @@ class EarlierRun:
 
 
 def earlier_runs(wanted: str, runs_dir: Path, exclude: Path) -> list[EarlierRun]:
-    """Runs of the config hashed ``wanted`` (:func:`~mdr.utils.config_identity.config_hash`) in the folders directly
-    under ``runs_dir`` other than ``exclude``: the finished ones, newest first, then the unfinished ones that
-    hold ``checkpoints/last.ckpt``, newest first. A folder that cannot be read is skipped with a log line."""
+    """Runs of the config hashed ``wanted`` directly under ``runs_dir`` but ``exclude``: finished ones, then unfinished
+    ones holding ``checkpoints/last.ckpt``, each newest first; an unreadable folder is skipped with a log line."""
     runs: list[EarlierRun] = []
     skip = exclude.resolve()
     for folder in sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []:
@@ -311,8 +291,7 @@ def earlier_runs(wanted: str, runs_dir: Path, exclude: Path) -> list[EarlierRun]
 
 
 def weights_changed_since(folders: dict[str, str | None], when: float) -> str | None:
-    """``key=path`` of a local weights folder (``folders``: config key -> the path it names) holding a file modified
-    after ``when`` (a run trained again into the same folder), or None: a run of the same config before it is stale."""
+    """``key=path`` of a weights folder (``folders``: key -> path) holding a file changed after ``when``, or None."""
     for key, folder in ((key, Path(str(value))) for key, value in folders.items() if value):
         if folder.is_dir() and any(path.is_file() and path.stat().st_mtime > when for path in folder.iterdir()):
             return f"{key}={folder}"
@@ -321,9 +300,8 @@ def weights_changed_since(folders: dict[str, str | None], when: float) -> str | 
 
 @contextmanager
 def exclusive(out: Path) -> Iterator[None]:
-    """Hold ``<out>/.lock`` for the block; a second process on the same folder fails at once. Without ``flock``
-    it warns and goes on unlocked; a folder this process cannot write is locked through a read-only handle, or not
-    at all where there is no lock file (:func:`claim` refuses to write there)."""
+    """Hold ``<out>/.lock`` for the block (a second process fails at once; without ``flock``: a warning, unlocked); a
+    folder this process cannot write is locked read-only, or not at all without a lock file (claim refuses it)."""
     try:
         handle = open(out / LOCK_FILE, "a+" if writable(out) else "r")
     except OSError as error:
@@ -362,8 +340,7 @@ def _remove(folder: Path, why: str) -> int:
 
 
 def remove_checkpoints(folder: Path, encoder: Path, keep: bool = False) -> int:
-    """Delete ``<folder>/checkpoints`` (the resume state: weights and optimizer moments, ~3x the encoder) once
-    training there is over and ``encoder`` holds its weights, unless ``keep`` (``run.keep_checkpoints``)."""
+    """Delete ``<folder>/checkpoints`` (~3x the encoder) once ``encoder`` holds its weights, unless ``keep``."""
     from mdr.models.bi_encoder import SETTINGS_FILE  # torch: kept off this module's import
 
     checkpoints = folder / "checkpoints"
@@ -386,8 +363,7 @@ def remove_weights(folder: Path, policy: RunPolicy) -> int:
 
 @dataclass(frozen=True)
 class CheckpointPosition:
-    """Where a resume checkpoint stands: ``epochs`` finished, optimiser ``steps`` done, and whether it was saved
-    ``mid_epoch`` (``train.checkpoint_every_n_steps``) after ``batches_done`` batches of epoch ``epochs``."""
+    """A resume checkpoint's ``epochs`` finished and ``steps`` done; ``mid_epoch``: ``batches_done`` into the next."""
 
     epochs: int
     steps: int
@@ -405,8 +381,7 @@ class CheckpointPosition:
 
 
 def checkpoint_position(path: Path) -> CheckpointPosition | None:
-    """Where the Lightning checkpoint ``path`` stands (memory-mapped: no tensor is read), or None if unreadable; a
-    mid-epoch checkpoint says so in the datamodule's state, an epoch-end one holds ``epoch`` + 1 epochs."""
+    """Where the Lightning checkpoint ``path`` stands (memory-mapped: no tensor is read), or None if unreadable."""
     import torch
 
     try:

@@ -56,8 +56,7 @@ def reporting_no_space(path: str | os.PathLike[str]) -> Iterator[None]:
 
 
 class _WriteRecorder:
-    """A binary file that keeps its first ``OSError`` on write or flush (``torch.save`` replaces it by a
-    ``RuntimeError`` naming neither the file nor the cause)."""
+    """A binary file keeping its first ``OSError`` on write or flush (``torch.save`` hides it in a ``RuntimeError``)."""
 
     def __init__(self, handle: IO[bytes]) -> None:
         self._handle = handle
@@ -88,8 +87,7 @@ def _default_mode() -> int:
 
 
 def share_like_new_files(root: str | os.PathLike[str]) -> None:
-    """Give ``root`` and everything under it the modes ``mkdir`` / ``open`` would (not mkdtemp's 0o700 or
-    safetensors' 0o600, unreadable to others in a shared cache)."""
+    """Give ``root`` and all under it the modes ``mkdir`` / ``open`` would (not mkdtemp's 0o700, safetensors' 0o600)."""
     file_mode = _default_mode()
     folder_mode = file_mode | ((file_mode & 0o444) >> 2)  # x wherever r: 0o644 -> 0o755
     top = Path(root)

@@ -51,8 +51,7 @@ def job_dirname(overrides: Sequence[str], exclude_keys: Sequence[str] = ()) -> s
 
 
 def hydra_subdir(output_dir: str) -> str | None:
-    """The ``${mdr_hydra_subdir:...}`` resolver: ``.hydra``, or None (Hydra records nothing) where that record
-    cannot be rewritten, so a read-only finished run folder returns its metrics as it is."""
+    """The ``${mdr_hydra_subdir:...}`` resolver: ``.hydra``, or None (Hydra records nothing) where it is read-only."""
     out = Path(output_dir)
     record = out / ".hydra"
     if record.is_dir():
