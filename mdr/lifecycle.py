@@ -120,8 +120,7 @@ def run_task(cfg: DictConfig, task: Task, runs_dir: Path | None = None) -> dict[
 
 
 def run_prepared(run: Prepared, task: Task, runs_dir: Path | None = None) -> dict[str, Any]:
-    """Claim the run folder, write ``config.yaml``, run ``task`` (it writes ``metrics.json``), on failure leave
-    ``failed.json``; with ``runs_dir``, an earlier finished run there is returned (:func:`reuse_earlier_run`)."""
+    """Claim the folder, write ``config.yaml``, run ``task`` (failed: ``failed.json``), or reuse one in ``runs_dir``."""
     out, spec = run.out, run.spec
 
     def work() -> dict[str, Any]:

@@ -150,7 +150,7 @@ def _completed_payload(out: Path) -> dict[str, Any] | None:
     return _read_json(metrics, _remedy(out, "run.on_complete=fresh"))
 
 
-def _write_record(out: Path, canonical: dict[str, Any], created: str | None, run_id: str | None) -> None:
+def _write_record(out: Path, canonical: dict[str, Any], earlier: dict[str, Any] | None = None) -> None:
     require_writable(out, "this command's run is not finished there, so it must write there (its record, results)")
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
     hydra_files = sorted((out / ".hydra").glob("*.yaml")) if ".hydra" in _hydra_owned(out) else []  # this run's
@@ -158,8 +158,8 @@ def _write_record(out: Path, canonical: dict[str, Any], created: str | None, run
         out / RECORD_FILE,
         {
             "config_hash": config_hash(canonical),
-            "created": created or now,
-            "run_id": run_id or uuid.uuid4().hex[:16],
+            "created": (earlier or {}).get("created") or now,
+            "run_id": (earlier or {}).get("run_id") or uuid.uuid4().hex[:16],
             "updated": now,
             "config": canonical,
             "hydra_files": {path.name: path.read_text(encoding="utf-8") for path in hydra_files},
@@ -184,7 +184,6 @@ def claim(out: Path, canonical: dict[str, Any], policy: RunPolicy) -> RunFolderS
             atomic_write_text(path, text)
         return folder
 
-    created = run_id = None
     try:
         record = _read_record(out)
     except RunFolderDamaged as error:
@@ -199,7 +198,7 @@ def claim(out: Path, canonical: dict[str, Any], policy: RunPolicy) -> RunFolderS
             log.warning(
                 f"{error.path} cannot be read ({error.reason}); fresh: the contents of {out} moved to {state.moved_to}"
             )
-        _write_record(out, canonical, None, None)
+        _write_record(out, canonical)
         return state
     if record is not None and config_hash(record["config"]) != config_hash(canonical):
         differences = config_differences(record["config"], canonical)
@@ -237,8 +236,7 @@ def claim(out: Path, canonical: dict[str, Any], policy: RunPolicy) -> RunFolderS
             return state
         else:
             state.resumed = True
-            created, run_id = record.get("created"), record.get("run_id")
-    _write_record(out, canonical, created, run_id)
+    _write_record(out, canonical, record if state.resumed else None)
     return state
 
 
@@ -267,8 +265,7 @@ class EarlierRun:
 
 
 def earlier_runs(wanted: str, runs_dir: Path, exclude: Path) -> list[EarlierRun]:
-    """Runs of the config hashed ``wanted`` directly under ``runs_dir`` but ``exclude``: finished ones, then unfinished
-    ones holding ``checkpoints/last.ckpt``, each newest first; an unreadable folder is skipped with a log line."""
+    """Runs hashed ``wanted`` in ``runs_dir`` but ``exclude``: finished, then checkpointed, each newest first."""
     runs: list[EarlierRun] = []
     skip = exclude.resolve()
     for folder in sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []:

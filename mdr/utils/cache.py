@@ -317,8 +317,7 @@ _warned_no_flock: set[str] = set()
 
 @contextmanager
 def flocked(handle: Any, wait: bool = True, waiting: str | None = None) -> Iterator[OSError | None]:
-    """Hold an exclusive ``flock`` on ``handle`` for the block, waiting for another holder (``waiting`` logged) or,
-    unless ``wait``, raising :class:`LockBusy`; yields None, or the error where flock failed (then runs unlocked)."""
+    """Hold a ``flock`` on ``handle`` (held: wait, or :class:`LockBusy`); yield None, or flock's error (unlocked)."""
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -389,8 +388,7 @@ def _take_over(path: Path, seen: tuple[int, int], token: str) -> None:
 
 @contextmanager
 def _owner_file(path: Path, waiting: str | None, wait: bool) -> Iterator[None]:
-    """Hold the owner file ``path`` for the block, touched by a heartbeat; take over a holder whose pid on this host is
-    gone, or silent for ``MDR_LOCK_STALE_SECONDS`` (the longer of time seen unchanged and age by the file's clock)."""
+    """Hold owner file ``path``, with a heartbeat; take it from a dead pid or one silent ``MDR_LOCK_STALE_SECONDS``."""
     token, limit = uuid.uuid4().hex, stale_seconds()
     observed: tuple[int, int] | None = None
     since, delay, told = time.monotonic(), 0.05, False
