@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from mdr.data.schema import RetrievalSplit
-from mdr.evaluation.encode import encode_texts
+from mdr.evaluation.evaluator import encode_texts
 from mdr.mining.pools import RawPools, fingerprint, load_verified, save_pools, settings_hash
 from mdr.models.bi_encoder import BiEncoder
 from mdr.models.precision import autocast_dtype

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from mdr.data.schema import RetrievalSplit
-from mdr.evaluation.trec import read_run
+from mdr.evaluation.metrics import read_run
 from mdr.mining.bm25 import DOCS_PER_BATCH, default_threads
 from mdr.mining.pools import RawPools, from_rankings, rank_run, retrieval_depth
 from mdr.mining.pyserini_cli import configure_java
