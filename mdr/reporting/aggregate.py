@@ -27,8 +27,7 @@ import pandas as pd
 import yaml
 
 from mdr.reporting.analysis import EQUIVALENCE_MARGIN, Analysis, analyse, compare_schedules, sort_results
-from mdr.reporting.collect import DEFAULT_VARIANT, cell_means, collect, resolve_sweep_dir
-from mdr.reporting.integrity import METRIC, metric_at
+from mdr.reporting.collect import DEFAULT_VARIANT, METRIC, cell_means, collect, metric_at, resolve_sweep_dir
 from mdr.reporting.plots import plot, plot_answer
 from mdr.reporting.pool_diagnostics import report_section as pool_diagnostics_section
 from mdr.reporting.report import cell_means_markdown, markdown_report, means_markdown, schedules_markdown
