@@ -14,7 +14,7 @@ import torch
 
 from mdr.data.collator import passage_text
 from mdr.data.readers import LocalReader
-from mdr.evaluation.encode import encode_texts
+from mdr.evaluation.evaluator import encode_texts
 from mdr.evaluation.search import FlatIPSearcher
 from mdr.models.bi_encoder import BiEncoder, EncoderSettings, load_tokenizer
 

@@ -36,11 +36,10 @@ from mdr.utils.environment import code_version
 from mdr.utils.instantiate import build_reader, ensure_model_files, register_resolvers
 from mdr.utils.io import atomic_write_text
 from mdr.utils.logging import get_logger
-from mdr.validation import build_spec, resolve_teacher
+from mdr.validation import CONF, build_spec, resolve_teacher
 
 log = get_logger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # the me5_small grid's settings (conf/experiment/_me5_grid.yaml, block c's p = 1); the overrides given come after
 DEFAULT_OVERRIDES = (
     "data=xquad",
@@ -249,7 +248,7 @@ def _compose(cells: Sequence[tuple[str, str]], overrides: Sequence[str], out: Pa
     from hydra import compose, initialize_config_dir
 
     register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         fixed = [f"paths.output_dir={out}", *DEFAULT_OVERRIDES, *overrides]
         return [compose("train", [f"language={language}", f"negatives={option}", *fixed]) for language, option in cells]
 

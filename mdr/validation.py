@@ -489,15 +489,13 @@ def config_problems(cfg: DictConfig) -> list[str]:
 def build_spec(cfg: DictConfig) -> Spec:
     """The run's :class:`Spec`; a :class:`DataError` names the key of every problem found."""
     builder = _Builder(cfg)
-    spec = builder.spec()
-    return _fail(builder.problems, spec)
+    return _fail(builder.problems, builder.spec())  # the problems list is filled by spec(), before _fail reads it
 
 
 def resolve_teacher(cfg: DictConfig, name: str) -> Teacher:
     """Denoising teacher ``name`` for ``cfg``; a :class:`DataError` where it is neither a model group nor a folder."""
     builder = _Builder(cfg)
-    teacher = builder.teacher(name)
-    return _fail(builder.problems, teacher)
+    return _fail(builder.problems, builder.teacher(name))  # teacher() notes its problems first
 
 
 def validate_splits(spec: Spec, train: RetrievalSplit | None, test: RetrievalSplit) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-# before anything imports huggingface_hub (mdr.data.hub does), which reads these once at import
+# before anything imports huggingface_hub (mdr.data.readers does), which reads these once at import
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")

@@ -24,7 +24,7 @@ from mdr import training
 from mdr.data.corpus import ARROW_FILE, Corpus
 from mdr.data.readers import LocalReader
 from mdr.data.schema import RetrievalSplit
-from mdr.evaluation.shards import EmbeddingShards, ShardPlan
+from mdr.evaluation.evaluator import EmbeddingShards, ShardPlan
 from mdr.mining.bm25 import bm25s_search
 from mdr.mining.denoise import DenoiseSettings, NegativePools, denoise_pools
 from mdr.mining.miner import PoolSettings, mine

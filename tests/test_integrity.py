@@ -564,7 +564,7 @@ def test_sentence_transformers_reproduces_mdr_query_and_passage_vectors(tiny_mod
     from sentence_transformers import SentenceTransformer
     from transformers import AutoTokenizer
 
-    from mdr.evaluation.encode import encode_texts
+    from mdr.evaluation.evaluator import encode_texts
     from mdr.models.bi_encoder import BiEncoder, EncoderSettings
 
     settings = EncoderSettings(

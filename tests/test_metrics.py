@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import pytrec_eval
 
-from mdr.evaluation.metrics import evaluate_run, mean_metrics, ranked
-from mdr.evaluation.trec import read_run, write_run
+from mdr.evaluation.metrics import evaluate_run, mean_metrics, ranked, read_run, write_run
 
 
 def _random_case(seed: int) -> tuple[dict, dict]:

@@ -15,8 +15,7 @@ import pytest
 from test_sweep_integrity import _grid, _job_scores, _scores, make_job
 
 import mdr.reporting.aggregate as aggregate_module
-from mdr.reporting.aggregate import aggregate
-from mdr.reporting.report_set import MANIFEST
+from mdr.reporting.aggregate import MANIFEST, aggregate
 
 
 def _files(folder: Path) -> dict[str, bytes]:

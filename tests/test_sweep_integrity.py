@@ -18,10 +18,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from mdr import run_folder
-from mdr.reporting.aggregate import aggregate, main
+from mdr.reporting.aggregate import aggregate, main, summary_settings
 from mdr.reporting.collect import collect, run_miner
 from mdr.reporting.export import export
-from mdr.reporting.wandb_summary import summary_settings
 from mdr.spec import RunPolicy
 from mdr.utils.config_identity import canonical_config
 from mdr.utils.run_record import RunRecord

@@ -1,12 +1,15 @@
 """MRR@100, Recall@100 and nDCG@10 per query and averaged, as ``trec_eval -c -M 100 -m recip_rank -m recall.100
--m ndcg_cut.10`` gives them (docs/evaluation.md); a run of depth ``d`` < 100 gives ``mrr@d`` and ``recall@d``."""
+-m ndcg_cut.10`` gives them (docs/evaluation.md; depth ``d`` < 100: ``mrr@d``, ``recall@d``); TREC run files."""
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
-from mdr.data.schema import Qrels
+from mdr.data.schema import DataError, Qrels
+from mdr.utils.io import atomic_write_lines
 
 Run = Mapping[str, Mapping[str, float]]
 """query_id -> {docid: score}."""
@@ -59,3 +62,29 @@ def mean_metrics(per_query: Mapping[str, Mapping[str, float]]) -> dict[str, floa
         raise ValueError("no judged query to average over")
     names = list(next(iter(per_query.values())))
     return {name: sum(values[name] for values in per_query.values()) / len(per_query) for name in names}
+
+
+# TREC run files: ``qid Q0 docid rank score tag``.
+def write_run(path: str | os.PathLike[str], run: Run, tag: str = "mdr", depth: int = 100) -> Path:
+    """Write ``run`` in trec_eval order, ``depth`` lines per query, atomically."""
+    lines = []
+    for query_id in sorted(run):
+        scores = run[query_id]
+        for rank, docid in enumerate(ranked(scores, depth), start=1):
+            # 9 significant digits round-trip float32 scores, so the file ranks exactly as in memory
+            lines.append(f"{query_id} Q0 {docid} {rank} {scores[docid]:.9g} {tag}")
+    return atomic_write_lines(path, lines)
+
+
+def read_run(path: str | os.PathLike[str]) -> dict[str, dict[str, float]]:
+    """Read a TREC run file into query_id -> {docid: score}."""
+    run: dict[str, dict[str, float]] = {}
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 6:
+                raise DataError(f"{path}:{line_number}: expected 'qid Q0 docid rank score tag'")
+            run.setdefault(fields[0], {})[fields[2]] = float(fields[4])
+    return run

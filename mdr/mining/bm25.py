@@ -20,9 +20,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from mdr.data.schema import Corpus, RetrievalSplit
-from mdr.mining.pools import RawPools, file_lock, from_rankings, retrieval_depth, settings_hash
+from mdr.mining.pools import RawPools, from_rankings, retrieval_depth, settings_hash
 from mdr.mining.tokenize import TOKENIZER_VERSION, bm25_tokens, tokenizer_version
-from mdr.utils.cache import CacheError, check_manifest, manifest, staged_folder, verify_level
+from mdr.utils.cache import CacheError, cache_lock, check_manifest, manifest, staged_folder, verify_level
 from mdr.utils.io import atomic_write_json
 from mdr.utils.logging import get_logger
 
@@ -292,7 +292,7 @@ def corpus_index(
     folder = Path(cache_dir) / "bm25" / settings_hash(key)
     rows = len(corpus)
     samples = [corpus.docid(row) for row in sorted({0, rows // 2, rows - 1})] if rows else []
-    with file_lock(folder.with_name(folder.name + ".lock")):
+    with cache_lock(folder.with_name(folder.name + ".lock")):
         if (folder / "meta.json").is_file():
             try:
                 index = BM25Index.load(folder, "full")

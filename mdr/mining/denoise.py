@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from mdr.data.schema import RetrievalSplit
-from mdr.evaluation.encode import encode_texts
-from mdr.mining.pools import RawPools, file_lock, fingerprint, load_verified, save_pools, settings_hash
+from mdr.evaluation.evaluator import encode_texts
+from mdr.mining.pools import RawPools, fingerprint, load_verified, save_pools, settings_hash
 from mdr.models.bi_encoder import BiEncoder
 from mdr.models.precision import autocast_dtype
-from mdr.utils.cache import digests_dir, folder_digest
+from mdr.utils.cache import cache_lock, digests_dir, folder_digest
 from mdr.utils.logging import get_logger
 from mdr.utils.ranks import cuda_device
 
@@ -184,7 +184,7 @@ def cached_teacher_scores(
     """(:func:`teacher_scores` of ``pools``, their cache file, whether cached); a bad cache file is scored again."""
     identity = teacher_identity(encoder, name_or_path, cache_dir)
     path = scores_cache_path(cache_dir, language, split, pools, identity)
-    with file_lock(path.with_name(path.name + ".lock")):
+    with cache_lock(path.with_name(path.name + ".lock")):
         if path.is_file():
             scores, problem = load_verified(path)
             problem = problem or _missing_scores(pools, split, scores)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@ parent, so the JVM never lives in the training process. Thai needs a Java runtim
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -18,10 +19,10 @@ from pathlib import Path
 from types import FrameType
 
 from mdr.data.schema import RetrievalSplit
-from mdr.evaluation.trec import read_run
+from mdr.evaluation.metrics import read_run
 from mdr.mining.bm25 import DOCS_PER_BATCH, default_threads
-from mdr.mining.java import configure_java
 from mdr.mining.pools import RawPools, from_rankings, rank_run, retrieval_depth
+from mdr.mining.pyserini_cli import configure_java
 
 TEMP_PREFIX = "mdr-lucene-"  # the temporary folder of the JSONL corpus, the Lucene index and the run file
 KILL_GRACE_SECONDS = 5.0
@@ -63,15 +64,12 @@ def _sigterm_raises() -> Iterator[None]:
 
 def _kill_group(process: subprocess.Popen) -> None:
     """SIGTERM the child's process group, then SIGKILL it if it has not exited after a grace period."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    with contextlib.suppress(ProcessLookupError):  # the group is gone already
+        os.killpg(process.pid, signal.SIGTERM)
         try:
-            os.killpg(process.pid, sig)
             process.wait(timeout=KILL_GRACE_SECONDS)
-            break
-        except ProcessLookupError:
-            break
         except subprocess.TimeoutExpired:
-            continue
+            os.killpg(process.pid, signal.SIGKILL)
     process.wait()
 
 

@@ -16,7 +16,6 @@ from mdr.utils.logging import get_logger
 log = get_logger(__name__)
 
 Candidates = list[tuple[str, float]]
-file_lock = cache_lock  # the lock of every pool, score and index cache
 
 
 @dataclass
@@ -91,7 +90,7 @@ def load_verified(path: Path) -> tuple[RawPools | None, str | None]:
 
 def cached(path: Path, mine: Callable[[], RawPools]) -> RawPools:
     """The pool at ``path``, or ``mine()`` saved there (under a lock; a bad pool file is logged and mined again)."""
-    with file_lock(path.with_name(path.name + ".lock")):
+    with cache_lock(path.with_name(path.name + ".lock")):
         if path.is_file():
             pools, problem = load_verified(path)
             if pools is not None:

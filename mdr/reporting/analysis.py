@@ -12,8 +12,7 @@ import numpy as np
 import pandas as pd
 
 from mdr.reporting import statistics as stats
-from mdr.reporting.collect import DEFAULT_VARIANT, GROUP
-from mdr.reporting.integrity import METRIC
+from mdr.reporting.collect import DEFAULT_VARIANT, GROUP, METRIC
 from mdr.reporting.statistics import Cell, Estimate, Parts, contrast, contrast_parts, seed_label, slope_weights
 from mdr.utils.logging import get_logger
 

@@ -29,8 +29,7 @@ class AggregateOnMultirunEnd(Callback):
         self.equivalence_margin = float(equivalence_margin)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from mdr.reporting.aggregate import aggregate, exit_status
-        from mdr.reporting.wandb_summary import summary_settings
+        from mdr.reporting.aggregate import aggregate, exit_status, summary_settings
 
         if config.get("run", {}).get("stages_only", False):
             log.info("run.stages_only: the cached stages are trained; rerun the command without it for the cells")

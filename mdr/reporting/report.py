@@ -7,8 +7,7 @@ from collections.abc import Iterable, Sequence
 import pandas as pd
 
 from mdr.reporting.analysis import ALPHA, EQUIVALENCE_MARGIN, SECOND_METRIC, Analysis, resource_class, same_proportion
-from mdr.reporting.collect import DEFAULT_VARIANT
-from mdr.reporting.integrity import METRIC
+from mdr.reporting.collect import DEFAULT_VARIANT, METRIC
 
 
 def table(header: str, align: str, rows: Iterable[str | Sequence[object]]) -> list[str]:
