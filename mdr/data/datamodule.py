@@ -19,7 +19,8 @@ log = get_logger(__name__)
 
 
 class ResumingDataLoader(DataLoader):
-    """A DataLoader whose iterators start at batch ``skip_batches``, its length still the whole epoch's."""
+    """A DataLoader whose iterators start at batch ``skip_batches``, its length still the whole epoch's (as Lightning
+    counts a resumed epoch); under DDP, Lightning rebuilds it with ``skip_batches`` carried over."""
 
     def __init__(self, *args: Any, skip_batches: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -62,7 +63,9 @@ class RetrievalDataModule(pl.LightningDataModule):
         self._resume: dict[str, int] | None = None  # a mid-epoch checkpoint's position, until its epoch is served
 
     def dataloader_for_epoch(self, epoch: int, skip_batches: int = 0) -> DataLoader:
-        """A loader over the epoch's examples shuffled by (seed, epoch) only, less its first ``skip_batches``."""
+        """A loader over the epoch's examples shuffled by (seed, epoch) only, less its first ``skip_batches``. Shuffled
+        here, not by a sampler whose generator advances with each iteration; under DDP, DistributedSampler deals
+        this order out."""
         examples, self.last_stats = self.sampler.examples(self.train_split, self.pools, epoch)
         random.Random(f"{self.seed}:{epoch}:order").shuffle(examples)
         return ResumingDataLoader(

@@ -31,7 +31,8 @@ log = get_logger(__name__)
 DEFAULT_SHARD_ROWS = 50_000
 
 # Corpus embeddings on disk in fixed-size row shards (``shard-<i>-of-<n>.npy``, then its ``.json``), so ranks split
-# the work (rank ``r`` of ``w``: shards ``i % w == r``) and a requeued job reuses the finished ones.
+# the work (rank ``r`` of ``w``: shards ``i % w == r``) and a requeued job reuses the finished ones. The boundaries do
+# not depend on the number of ranks, so DDP encodes every passage to the same bits as one process.
 SHARD_FORMAT = 2
 """2: the JSON carries the array file's manifest (size, sampled and full SHA-256)."""
 
